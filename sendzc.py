@@ -1,0 +1,1698 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: MIT
+"""sendzc: Linux io_uring zero-copy send from raw syscalls, measured and explained.
+
+    sudo python3 sendzc.py                  the whole comparison, on a private sink
+    python3 sendzc.py -4 -D 10.0.0.2 udp    send to a receiver on another box ...
+    python3 sendzc.py rx udp                ... which runs this, and checks every byte
+    python3 sendzc.py --probe               what this kernel's io_uring offers
+
+This file is also a tutorial. It drives io_uring with nothing but the three
+system calls and shared memory, the way liburing does in C, and it is meant to
+be read from top to bottom:
+
+  1. Kernel ABI      constants and structs transcribed from <linux/io_uring.h>
+  2. System calls    io_uring_setup, io_uring_enter, io_uring_register
+  3. The ring        mapping the shared rings; who owns which index
+  4. Submit, reap    placing SQEs and judging CQEs in bulk
+  5. Preparing SQEs  the io_uring_prep_* helpers of liburing
+  6. The senders     io_uring SEND / SEND_ZC / SENDMSG_ZC, send(2), MSG_ZEROCOPY
+  7. The receiver    rx: counts and verifies what a sender sends
+  8. The benchmark   the private sink and the table of every way to send
+  9. Command line
+
+A zero-copy send in one paragraph: the application puts a submission queue
+entry (SQE) saying "send these bytes on this socket" into a ring it shares
+with the kernel and calls io_uring_enter(). The kernel builds packets that
+point at the application's own pages instead of copying them, and posts two
+completion queue entries (CQEs): the *result* (bytes sent, with
+IORING_CQE_F_MORE set to say another CQE will follow) and, once the network
+stack has let go of the pages, the *notification* (IORING_CQE_F_NOTIF). Only
+then may the buffer change. Everything below serves that sentence.
+"""
+
+import argparse
+import ctypes
+import errno
+import json
+import mmap
+import os
+import platform
+import resource
+import signal
+import socket
+import struct
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional, Tuple
+
+VERSION = "0.1.0"
+
+# =============================================================================
+# 1. Kernel ABI
+#
+# io_uring's interface is memory shared with the kernel plus three syscalls.
+# The layout of that memory is ABI: the names and numbers below are copied
+# from <linux/io_uring.h> (kernel 6.18) and must never be guessed. Each opcode
+# and flag is tagged with the kernel release that brought it, because on an
+# older kernel it is simply absent: setup answers EINVAL, an SQE answers
+# -EINVAL in its CQE, and the probe in section 3 says which is which.
+# =============================================================================
+
+# --- io_uring_setup() flags: io_uring_params.flags --------------------------
+IORING_SETUP_SQPOLL = 1 << 1          # 5.1  a kernel thread polls the SQ
+IORING_SETUP_CQSIZE = 1 << 3          # 5.5  io_uring_params.cq_entries is ours
+IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 no IPI to run completion work
+IORING_SETUP_SINGLE_ISSUER = 1 << 12  # 6.0  only one task submits
+IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  completion work runs in io_uring_enter
+IORING_SETUP_NO_SQARRAY = 1 << 16     # 6.6  no SQ index array: slot i is SQE i
+
+# --- enum io_uring_op: the opcodes this file uses, by the release that added them
+IORING_OP_NOP = 0           # 5.1
+IORING_OP_SENDMSG = 9       # 5.3
+IORING_OP_SEND = 26         # 5.6
+IORING_OP_RECV = 27         # 5.6
+IORING_OP_SEND_ZC = 47      # 6.0  (the 2021 RFC's opcode 40 is IORING_OP_MSG_RING today)
+IORING_OP_SENDMSG_ZC = 48   # 6.1
+
+# --- io_uring_sqe.flags: IOSQE_* -------------------------------------------
+IOSQE_FIXED_FILE = 1 << 0   # sqe.fd is an index into the registered file table
+IOSQE_IO_LINK = 1 << 2      # the next SQE starts only after this one completes
+
+# --- send flags, in io_uring_sqe.ioprio for SEND/SENDMSG and their _ZC forms
+IORING_RECVSEND_POLL_FIRST = 1 << 0
+IORING_RECVSEND_FIXED_BUF = 1 << 2     # 6.0  sqe.buf_index names a registered buffer
+IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it copied
+# cqe.res of a notification when REPORT_USAGE was asked: "a flag, all other
+# bits reserved". Bit 31 of a signed 32-bit res: it reads as a negative number.
+IORING_NOTIF_USAGE_ZC_COPIED = 1 << 31
+
+# --- io_uring_cqe.flags: IORING_CQE_F_* --------------------------------------
+IORING_CQE_F_BUFFER = 1 << 0
+IORING_CQE_F_MORE = 1 << 1           # another CQE for this request will follow
+IORING_CQE_F_SOCK_NONEMPTY = 1 << 2
+IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
+
+# --- mmap offsets of the three regions --------------------------------------
+IORING_OFF_SQ_RING = 0
+IORING_OFF_CQ_RING = 0x8000000
+IORING_OFF_SQES = 0x10000000
+
+# --- sq_ring flags (the word at sq_off.flags, written by the kernel) ---------
+IORING_SQ_NEED_WAKEUP = 1 << 0   # SQPOLL thread sleeps: io_uring_enter must wake it
+IORING_SQ_CQ_OVERFLOW = 1 << 1   # CQEs wait in the kernel's overflow list
+IORING_SQ_TASKRUN = 1 << 2
+
+# --- io_uring_enter() flags ---------------------------------------------------
+IORING_ENTER_GETEVENTS = 1 << 0       # wait for min_complete CQEs
+IORING_ENTER_SQ_WAKEUP = 1 << 1
+IORING_ENTER_SQ_WAIT = 1 << 2
+IORING_ENTER_EXT_ARG = 1 << 3         # 5.11 arg is struct io_uring_getevents_arg
+IORING_ENTER_REGISTERED_RING = 1 << 4  # 5.18 fd is a registered ring index
+
+# --- io_uring_params.features: IORING_FEAT_*, every one the kernel may report
+IORING_FEAT_SINGLE_MMAP = 1 << 0
+IORING_FEAT_NODROP = 1 << 1
+IORING_FEAT_SUBMIT_STABLE = 1 << 2
+IORING_FEAT_RW_CUR_POS = 1 << 3
+IORING_FEAT_CUR_PERSONALITY = 1 << 4
+IORING_FEAT_FAST_POLL = 1 << 5
+IORING_FEAT_POLL_32BITS = 1 << 6
+IORING_FEAT_SQPOLL_NONFIXED = 1 << 7
+IORING_FEAT_EXT_ARG = 1 << 8
+IORING_FEAT_NATIVE_WORKERS = 1 << 9
+IORING_FEAT_RSRC_TAGS = 1 << 10
+IORING_FEAT_CQE_SKIP = 1 << 11
+IORING_FEAT_LINKED_FILE = 1 << 12
+IORING_FEAT_REG_REG_RING = 1 << 13
+IORING_FEAT_RECVSEND_BUNDLE = 1 << 14
+IORING_FEAT_MIN_TIMEOUT = 1 << 15
+IORING_FEAT_RW_ATTR = 1 << 16
+IORING_FEAT_NO_IOWAIT = 1 << 17
+
+# --- enum io_uring_register_op -----------------------------------------------
+IORING_REGISTER_BUFFERS = 0
+IORING_UNREGISTER_BUFFERS = 1
+IORING_REGISTER_FILES = 2
+IORING_UNREGISTER_FILES = 3
+IORING_REGISTER_PROBE = 8          # 5.6
+IORING_REGISTER_RING_FDS = 20      # 5.18
+IORING_UNREGISTER_RING_FDS = 21
+
+IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
+
+
+def _names(prefix: str) -> Dict[int, str]:
+    """Value -> name for every constant above that starts with prefix."""
+    return {v: k for k, v in globals().items() if k.startswith(prefix) and isinstance(v, int)}
+
+
+OPCODE_NAMES = _names("IORING_OP_")
+CQE_FLAG_NAMES = _names("IORING_CQE_F_")
+FEAT_NAMES = _names("IORING_FEAT_")
+SETUP_NAMES = _names("IORING_SETUP_")
+
+# --- The structs, field by field as the header declares them -----------------
+u8, u16, u32, s32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
+
+
+class io_sqring_offsets(ctypes.Structure):
+    """Where each SQ ring word lives inside the SQ mapping (byte offsets)."""
+    _fields_ = [("head", u32), ("tail", u32), ("ring_mask", u32), ("ring_entries", u32),
+                ("flags", u32), ("dropped", u32), ("array", u32), ("resv1", u32),
+                ("user_addr", u64)]
+
+
+class io_cqring_offsets(ctypes.Structure):
+    """Where each CQ ring word, and the CQE array, live inside the CQ mapping."""
+    _fields_ = [("head", u32), ("tail", u32), ("ring_mask", u32), ("ring_entries", u32),
+                ("overflow", u32), ("cqes", u32), ("flags", u32), ("resv1", u32),
+                ("user_addr", u64)]
+
+
+class io_uring_params(ctypes.Structure):
+    """Passed to io_uring_setup(); the kernel writes back sizes, features, offsets."""
+    _fields_ = [("sq_entries", u32), ("cq_entries", u32), ("flags", u32),
+                ("sq_thread_cpu", u32), ("sq_thread_idle", u32), ("features", u32),
+                ("wq_fd", u32), ("resv", u32 * 3),
+                ("sq_off", io_sqring_offsets), ("cq_off", io_cqring_offsets)]
+
+
+# struct io_uring_sqe is 64 bytes of unions: each opcode reads the same bytes
+# under its own names. The anonymous unions are declared as ctypes unions so
+# that sqe.msg_flags and sqe.rw_flags are the same four bytes, as in C.
+class _sqe_off(ctypes.Union):
+    class _cmd(ctypes.Structure):
+        _fields_ = [("cmd_op", u32), ("__pad1", u32)]
+    _anonymous_ = ("_c",)
+    _fields_ = [("off", u64), ("addr2", u64), ("_c", _cmd)]
+
+
+class _sqe_addr(ctypes.Union):
+    class _sockopt(ctypes.Structure):
+        _fields_ = [("level", u32), ("optname", u32)]
+    _anonymous_ = ("_s",)
+    _fields_ = [("addr", u64), ("splice_off_in", u64), ("_s", _sockopt)]
+
+
+class _sqe_op_flags(ctypes.Union):
+    # One u32 that every opcode names for itself; SEND reads msg_flags.
+    _fields_ = [("rw_flags", ctypes.c_int32), ("poll_events", u16)] + [(n, u32) for n in (
+        "fsync_flags", "poll32_events", "sync_range_flags", "msg_flags", "timeout_flags",
+        "accept_flags", "cancel_flags", "open_flags", "statx_flags", "fadvise_advice",
+        "splice_flags", "rename_flags", "unlink_flags", "hardlink_flags", "xattr_flags",
+        "msg_ring_flags", "uring_cmd_flags", "waitid_flags", "futex_flags",
+        "install_fd_flags", "nop_flags", "pipe_flags")]
+
+
+class _sqe_buf(ctypes.Union):
+    _pack_ = 1   # the header packs it "to avoid bogus arm OABI complaints"
+    _fields_ = [("buf_index", u16), ("buf_group", u16)]
+
+
+class _sqe_file(ctypes.Union):
+    class _addr_len(ctypes.Structure):
+        _fields_ = [("addr_len", u16), ("__pad3", u16 * 1)]
+    _anonymous_ = ("_a",)
+    _fields_ = [("splice_fd_in", s32), ("file_index", u32), ("zcrx_ifq_idx", u32),
+                ("optlen", u32), ("_a", _addr_len)]
+
+
+class _sqe_tail(ctypes.Union):
+    class _addr3(ctypes.Structure):
+        _fields_ = [("addr3", u64), ("__pad2", u64 * 1)]
+
+    class _attr(ctypes.Structure):
+        _fields_ = [("attr_ptr", u64), ("attr_type_mask", u64)]
+    _anonymous_ = ("_a3", "_at")
+    _fields_ = [("_a3", _addr3), ("_at", _attr), ("optval", u64), ("cmd", u8 * 0)]
+
+
+class io_uring_sqe(ctypes.Structure):
+    """Submission queue entry: one request, 64 bytes."""
+    _anonymous_ = ("_off", "_addr", "_opf", "_buf", "_file", "_tail")
+    _fields_ = [("opcode", u8), ("flags", u8), ("ioprio", u16), ("fd", s32),
+                ("_off", _sqe_off), ("_addr", _sqe_addr), ("len", u32),
+                ("_opf", _sqe_op_flags), ("user_data", u64), ("_buf", _sqe_buf),
+                ("personality", u16), ("_file", _sqe_file), ("_tail", _sqe_tail)]
+
+
+class io_uring_cqe(ctypes.Structure):
+    """Completion queue entry: user_data handed back, res (bytes or -errno), flags."""
+    _fields_ = [("user_data", u64), ("res", s32), ("flags", u32), ("big_cqe", u64 * 0)]
+
+
+class io_uring_probe_op(ctypes.Structure):
+    _fields_ = [("op", u8), ("resv", u8), ("flags", u16), ("resv2", u32)]
+
+
+class io_uring_probe(ctypes.Structure):
+    """Header of IORING_REGISTER_PROBE's answer; ops[] follows (see Probe)."""
+    _fields_ = [("last_op", u8), ("ops_len", u8), ("resv", u16), ("resv2", u32 * 3),
+                ("ops", io_uring_probe_op * 0)]
+
+
+class io_uring_rsrc_update(ctypes.Structure):
+    """Argument of IORING_REGISTER_RING_FDS: offset -1 lets the kernel pick a slot."""
+    _fields_ = [("offset", u32), ("resv", u32), ("data", u64)]
+
+
+class io_uring_getevents_arg(ctypes.Structure):
+    """IORING_ENTER_EXT_ARG's argument: here only for a timeout on waiting."""
+    _fields_ = [("sigmask", u64), ("sigmask_sz", u32), ("min_wait_usec", u32), ("ts", u64)]
+
+
+class kernel_timespec(ctypes.Structure):
+    """struct __kernel_timespec (renamed: Python mangles a leading __ inside classes)."""
+    _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_int64)]
+
+
+# Plain socket structs, from <sys/uio.h>, <sys/socket.h>, <linux/errqueue.h>.
+class iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", u32),
+                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
+
+
+class sock_extended_err(ctypes.Structure):
+    """What MSG_ZEROCOPY's completions carry on the socket error queue."""
+    _fields_ = [("ee_errno", u32), ("ee_origin", u8), ("ee_type", u8), ("ee_code", u8),
+                ("ee_pad", u8), ("ee_info", u32), ("ee_data", u32)]
+
+
+def _check_layout():
+    """Fail at import, loudly, if a declaration above drifted from the kernel's."""
+    sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
+             io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
+             io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
+             iovec: 16, msghdr: 56, sock_extended_err: 16}
+    for struct_type, size in sizes.items():
+        assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
+    offsets = {io_uring_sqe: dict(opcode=0, flags=1, ioprio=2, fd=4, off=8, addr=16, len=24,
+                                  msg_flags=28, user_data=32, buf_index=40, personality=42,
+                                  file_index=44, addr3=48),
+               io_uring_cqe: dict(user_data=0, res=8, flags=12),
+               io_uring_params: dict(features=20, sq_off=40, cq_off=80)}
+    for struct_type, fields in offsets.items():
+        for name, want in fields.items():
+            # ctypes lifts the fields of an anonymous union into the outer
+            # struct, with their offsets, just as C does.
+            assert getattr(struct_type, name).offset == want, (struct_type.__name__, name)
+
+
+_check_layout()
+
+# --- Socket constants Python's socket module may lack (values from the kernel UAPI)
+SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)          # <asm-generic/socket.h>
+MSG_ZEROCOPY = getattr(socket, "MSG_ZEROCOPY", 0x4000000)  # <linux/socket.h>
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)             # <linux/in.h>
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)         # <linux/in6.h>
+SO_EE_ORIGIN_ZEROCOPY = 5                                  # <linux/errqueue.h>
+SO_EE_CODE_ZEROCOPY_COPIED = 1
+IPPROTO_EGP = 8     # what the seed's raw mode sends: a protocol nobody answers
+IP_MAXPACKET = 65535
+U32 = 0xFFFFFFFF    # ring indices are u32 and wrap at 2**32
+PAGE = mmap.PAGESIZE
+MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap has it from 3.10
+CLONE_NEWNET = 0x40000000                                  # <sched.h>
+
+
+# =============================================================================
+# 2. System calls
+#
+# glibc has no wrappers for the io_uring syscalls, so, like liburing's
+# syscall.h, we call syscall(2) with their numbers. They have one number on
+# every architecture but alpha since 5.1; we name the two we support. Above
+# this section nothing sees a raw return value: errors become OSError with the
+# syscall's name, so "io_uring_setup: [Errno 1] EPERM" says who refused.
+# =============================================================================
+
+_NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
+    "x86_64": (425, 426, 427),    # arch/x86/entry/syscalls/syscall_64.tbl
+    "aarch64": (425, 426, 427),   # include/uapi/asm-generic/unistd.h
+}
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+# No argtypes, on purpose: converting through declared argtypes costs ~0.7 us
+# a call here, more than the rest of a batch's Python. Without them ctypes
+# passes a Python int as a C int, which libffi widens (sign-extends) to a
+# full 64-bit register on x86-64 and arm64, so small ints arrive intact in
+# registers. A pointer goes as ctypes.byref() or None (NULL), never as an int.
+# The trap: syscall()'s 7th argument (the syscall's 6th, io_uring_enter's
+# argsz) travels on the *stack* on x86-64, where libffi writes only the 4
+# bytes of a C int and leaves the slot's upper half as it was; the kernel
+# reads a size_t there. So that argument is always a ctypes.c_size_t.
+_SIZE_0 = ctypes.c_size_t(0)
+
+
+class Unsupported(Exception):
+    """This machine cannot run what was asked; the message says what is missing."""
+
+
+NR_io_uring_setup, NR_io_uring_enter, NR_io_uring_register = _NR_IO_URING.get(
+    platform.machine(), (None, None, None))
+
+
+def _check_arch() -> None:
+    if NR_io_uring_setup is None:
+        raise Unsupported(f"sendzc knows the io_uring syscall numbers of x86_64 and aarch64, "
+                          f"not of {platform.machine()}")
+
+
+def _raise_errno(call: str) -> None:
+    err = ctypes.get_errno()
+    raise OSError(err, f"{call}: {errno.errorcode.get(err, err)}: {os.strerror(err)}")
+
+
+def io_uring_setup(entries: int, params: io_uring_params) -> int:
+    """io_uring_setup(2): make a ring; returns its fd and fills params.
+
+    EINVAL  a flag this kernel does not know (or bad sizes)
+    EPERM   io_uring disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp
+    ENOSYS  kernel built without io_uring, or a filter pretending so
+    ENOMEM  out of memory or, before 5.12, over RLIMIT_MEMLOCK
+    EMFILE  out of file descriptors
+    """
+    _check_arch()
+    ret = _syscall(NR_io_uring_setup, entries, ctypes.byref(params))
+    if ret < 0:
+        _raise_errno("io_uring_setup")
+    return ret
+
+
+def io_uring_enter(fd: int, to_submit: int, min_complete: int, flags: int,
+                   arg=None, argsz: ctypes.c_size_t = _SIZE_0) -> int:
+    """io_uring_enter(2): submit to_submit SQEs, then wait for min_complete CQEs.
+
+    Returns how many SQEs the kernel consumed. The errnos (io_uring_enter.2):
+    EINTR   a signal arrived while waiting: nothing lost, call again
+    EAGAIN  the kernel could not allocate for a request: reap, retry
+    EBUSY   CQ overflow entries could not be flushed: reap, retry
+    ETIME   the EXT_ARG timeout passed before min_complete CQEs came
+    EBADR   CQEs were dropped (no IORING_FEAT_NODROP): accounting is lost
+    EFAULT  an argument points outside our memory
+    """
+    ret = _syscall(NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz)
+    if ret < 0:
+        _raise_errno("io_uring_enter")
+    return ret
+
+
+def io_uring_register(fd: int, opcode: int, arg, nr_args: int) -> int:
+    """io_uring_register(2): register buffers, files, ring fds; or probe.
+
+    ENOMEM  pinning buffers exceeds RLIMIT_MEMLOCK (non-root) or memory
+    EINVAL  an opcode or argument this kernel does not accept
+    EBUSY   buffers or files are already registered
+    EFAULT  a buffer address is not mapped
+    """
+    ret = _syscall(NR_io_uring_register, fd, opcode, arg, nr_args)
+    if ret < 0:
+        _raise_errno("io_uring_register")
+    return ret
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): e.g. CLONE_NEWNET gives this process a network namespace of its own."""
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        _raise_errno("unshare")
+
+
+def _addr_of(buf) -> int:
+    """The address of a writable buffer (an mmap): what the kernel is told to read."""
+    anchor = ctypes.c_char.from_buffer(buf)
+    try:
+        return ctypes.addressof(anchor)
+    finally:
+        # The anchor holds an export on buf; drop it so buf can be closed later.
+        del anchor
+
+
+# =============================================================================
+# 3. The ring
+#
+# io_uring_setup() makes three regions that we mmap from the ring fd:
+#
+#   SQ ring  head, tail, mask, flags, and (unless NO_SQARRAY) an index array
+#   CQ ring  head, tail, mask, overflow, flags, and the CQE array itself
+#   SQEs     the array of 64-byte submission entries
+#
+# (With IORING_FEAT_SINGLE_MMAP, 5.4, the two rings share one mapping; we
+# still keep a name for each so every field is read through its own ring.)
+#
+# Who writes which word, and so who may cache it:
+#
+#   sq.tail   we     (the kernel reads it inside io_uring_enter)
+#   sq.head   kernel (advances as it consumes SQEs; we read it for free space)
+#   cq.tail   kernel (advances as it posts CQEs; we read it to reap)
+#   cq.head   we     (tells the kernel which CQE slots are free again)
+#
+# Head and tail are free-running u32 counters, never reset: the slot of
+# counter c is c & ring_mask, and the number of entries between them is
+# (tail - head) & 0xffffffff, which stays right when tail has wrapped past
+# 2**32 and head has not. Everything below masks and says so.
+#
+# Memory ordering. C code pairs a release store of sq.tail with the kernel's
+# acquire load, and an acquire load of cq.tail with the kernel's release
+# store. CPython offers no fences, so we rely on the design instead:
+#  - Without SQPOLL, the kernel reads sq.tail only inside io_uring_enter(),
+#    which this same thread calls after writing the SQEs and the tail:
+#    program order makes the stores visible (liburing's plain store too).
+#  - With IORING_SETUP_DEFER_TASKRUN every CQE is posted by the kernel on
+#    behalf of this thread, inside its own io_uring_enter(); when the call
+#    returns, the CQEs and cq.tail are this thread's own earlier writes.
+#    Without DEFER_TASKRUN (kernel 6.0), CQEs may be posted from another CPU:
+#    x86-64 keeps loads in order (TSO), so reading cq.tail before the CQEs
+#    suffices there; on arm64 a 6.0 kernel is the one case left to luck.
+# =============================================================================
+
+@dataclass
+class Probe:
+    """What IORING_REGISTER_PROBE says the kernel supports (io_uring_get_probe)."""
+    last_op: int
+    supported: frozenset
+
+    def has(self, op: int) -> bool:
+        """Like liburing's io_uring_opcode_supported()."""
+        return op in self.supported
+
+
+# Setup flags to try, best first. EINVAL from io_uring_setup means "a flag I
+# do not know": drop to the next set, as liburing's callers do by hand.
+SETUP_ATTEMPTS = (
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_NO_SQARRAY,  # 6.6
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,                            # 6.1
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,                             # 6.0
+    IORING_SETUP_COOP_TASKRUN,                                                          # 5.19
+    0,
+)
+
+
+class Ring:
+    """An io_uring instance: its fd, its mappings, and our cached indices.
+
+    Like liburing's struct io_uring; __init__ is io_uring_queue_init_params()
+    and close() is io_uring_queue_exit(). Use it as a context manager.
+    """
+
+    def __init__(self, entries: int, cq_entries: int = 0, flags: int = 0,
+                 attempts: Tuple[int, ...] = SETUP_ATTEMPTS, sq_thread_idle: int = 0):
+        self._stack = ExitStack()
+        try:
+            self._setup(entries, cq_entries, flags, attempts, sq_thread_idle)
+        except BaseException:
+            self._stack.close()
+            raise
+
+    def _setup(self, entries, cq_entries, flags, attempts, sq_thread_idle):
+        last_error = None
+        for extra in attempts:
+            p = io_uring_params()
+            p.flags = flags | extra | (IORING_SETUP_CQSIZE if cq_entries else 0)
+            p.cq_entries = cq_entries
+            p.sq_thread_idle = sq_thread_idle
+            try:
+                self.fd = io_uring_setup(entries, p)
+                break
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                last_error = e
+        else:
+            raise last_error
+        self.params = p
+        self.flags = p.flags
+        self.features = p.features
+        self._stack.callback(os.close, self.fd)          # last to go: the ring itself
+
+        # Map the regions. Sizes as liburing's io_uring_mmap() computes them.
+        sq_off, cq_off = p.sq_off, p.cq_off
+        sq_size = (sq_off.array + p.sq_entries * 4) if sq_off.array else sq_off.user_addr
+        cq_size = cq_off.cqes + p.cq_entries * ctypes.sizeof(io_uring_cqe)
+        single = bool(p.features & IORING_FEAT_SINGLE_MMAP)
+        if single or not sq_off.array:
+            sq_size = cq_size = max(sq_size, cq_size)
+        self._sq_map = self._map(sq_size, IORING_OFF_SQ_RING)
+        self._cq_map = self._sq_map if single else self._map(cq_size, IORING_OFF_CQ_RING)
+        self._sqe_map = self._map(p.sq_entries * ctypes.sizeof(io_uring_sqe), IORING_OFF_SQES)
+
+        # u32 views of each ring's words; the kernel's offsets are in bytes.
+        sq_words = self._hold(self._view(self._sq_map).cast("I"))
+        cq_words = self._hold(self._view(self._cq_map).cast("I"))
+        self._sq_words, self._cq_words = sq_words, cq_words
+        self._sq_head_i, self._sq_tail_i = sq_off.head // 4, sq_off.tail // 4
+        self._sq_flags_i = sq_off.flags // 4
+        self._cq_head_i, self._cq_tail_i = cq_off.head // 4, cq_off.tail // 4
+        self._cq_overflow_i = cq_off.overflow // 4
+        self.sq_entries = sq_words[sq_off.ring_entries // 4]
+        self.sq_mask = sq_words[sq_off.ring_mask // 4]
+        self.cq_entries = cq_words[cq_off.ring_entries // 4]
+        self.cq_mask = cq_words[cq_off.ring_mask // 4]
+
+        # What the kernel promised; if any fails, the code above is wrong.
+        assert self.sq_mask == self.sq_entries - 1 and self.cq_mask == self.cq_entries - 1
+        assert self.sq_entries == p.sq_entries and self.cq_entries == p.cq_entries
+        assert self.cq_entries >= self.sq_entries
+        assert sq_words[self._sq_head_i] == sq_words[self._sq_tail_i] == 0
+        assert cq_words[self._cq_head_i] == cq_words[self._cq_tail_i] == 0
+
+        # The SQE array as bytes, and the CQE array as strided views: res of
+        # CQE i is cqe_res[i], its flags cqe_flags[i]. Reaping slices these,
+        # so judging a thousand CQEs is a few C loops, not a Python loop.
+        self._sqes = self._view(self._sqe_map)
+        cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cq_size])
+        self._cqe_user_data = self._hold(cqe_bytes.cast("Q")[0::2])
+        self._cqe_res = self._hold(cqe_bytes.cast("i")[2::4])
+        self._cqe_flags = self._hold(cqe_bytes.cast("I")[3::4])
+
+        if not (p.flags & IORING_SETUP_NO_SQARRAY):
+            # The SQ array maps ring slot -> SQE index. We always put SQE i in
+            # slot i (as liburing does), so we fill it once with the identity.
+            array_i = sq_off.array // 4
+            sq_words[array_i:array_i + self.sq_entries] = memoryview(
+                struct.pack(f"{self.sq_entries}I", *range(self.sq_entries))).cast("I")
+
+        self.sq_tail = 0            # our copy of sq.tail (we own it)
+        self.cq_head = 0            # our copy of cq.head (we own it)
+        self.enter_fd = self.fd     # becomes a registered index with register_ring_fd()
+        self.enter_flags = 0
+        self.submitted = 0          # SQEs the kernel has consumed, in total
+        self.reaped = 0             # CQEs we have consumed, in total
+
+    def _map(self, size: int, offset: int) -> mmap.mmap:
+        # MAP_POPULATE: fault the pages in now rather than on first touch.
+        m = mmap.mmap(self.fd, size, flags=mmap.MAP_SHARED | MAP_POPULATE,
+                      prot=mmap.PROT_READ | mmap.PROT_WRITE, offset=offset)
+        self._stack.callback(m.close)      # munmap; runs before os.close(fd)
+        return m
+
+    def _view(self, m: mmap.mmap) -> memoryview:
+        v = memoryview(m)
+        self._stack.callback(v.release)    # a view must go before its mmap can close
+        return v
+
+    def _hold(self, v: memoryview) -> memoryview:
+        # Views derived from a view share its export of the mmap: every one
+        # must be released (latest first) before the mmap can be unmapped.
+        self._stack.callback(v.release)
+        return v
+
+    def close(self) -> None:
+        """io_uring_queue_exit(): release views, unmap, unregister, close; reverse order."""
+        self._stack.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def setup_flags(self) -> List[str]:
+        return [name for bit, name in SETUP_NAMES.items() if self.flags & bit]
+
+    # --- registration ---------------------------------------------------------
+    def register_files(self, fds: List[int]) -> None:
+        """io_uring_register_files(): sqe.fd becomes an index, saving a file lookup per SQE."""
+        arr = (ctypes.c_int32 * len(fds))(*fds)
+        io_uring_register(self.fd, IORING_REGISTER_FILES, ctypes.byref(arr), len(fds))
+        self._stack.callback(io_uring_register, self.fd, IORING_UNREGISTER_FILES, 0, 0)
+
+    def register_buffers(self, bufs: List[Tuple[int, int]]) -> None:
+        """io_uring_register_buffers(): pin pages once, instead of once per send.
+
+        A registered buffer is pinned and mapped by the kernel at registration,
+        so a SEND_ZC with IORING_RECVSEND_FIXED_BUF skips get_user_pages() and
+        page reference counting on every request. The pinned pages count
+        against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK.
+        """
+        iovs = (iovec * len(bufs))(*[iovec(a, n) for a, n in bufs])
+        io_uring_register(self.fd, IORING_REGISTER_BUFFERS, ctypes.byref(iovs), len(bufs))
+        self._stack.callback(io_uring_register, self.fd, IORING_UNREGISTER_BUFFERS, 0, 0)
+
+    def register_ring_fd(self) -> bool:
+        """io_uring_register_ring_fd() (5.18): io_uring_enter skips the fd lookup."""
+        up = io_uring_rsrc_update(offset=U32, data=self.fd)
+        try:
+            io_uring_register(self.fd, IORING_REGISTER_RING_FDS, ctypes.byref(up), 1)
+        except OSError as e:
+            if e.errno == errno.EINVAL:
+                return False    # older kernel: keep entering by fd
+            raise
+        self.enter_fd, self.enter_flags = up.offset, IORING_ENTER_REGISTERED_RING
+        done = io_uring_rsrc_update(offset=up.offset)
+        self._stack.callback(io_uring_register, self.fd, IORING_UNREGISTER_RING_FDS,
+                             ctypes.byref(done), 1)
+        return True
+
+    def probe(self) -> Probe:
+        """io_uring_get_probe_ring(): which opcodes does this kernel support?"""
+        n_ops = 256
+        buf = (ctypes.c_uint8 * (ctypes.sizeof(io_uring_probe) + n_ops * ctypes.sizeof(io_uring_probe_op)))()
+        io_uring_register(self.fd, IORING_REGISTER_PROBE, ctypes.byref(buf), n_ops)
+        head = io_uring_probe.from_buffer(buf)
+        ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
+        return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
+
+    # =========================================================================
+    # 4. Submit, reap
+    #
+    # Python pays per bytecode, the kernel per syscall, so both are paid per
+    # *batch*: a batch of SQEs is one slice copy into the SQE array, one store
+    # of sq.tail and one io_uring_enter that both submits and waits; the CQEs
+    # that came back are read as two lists (res, flags) and judged with
+    # list.count/sum/min, which loop in C.
+    # =========================================================================
+
+    def sq_space_left(self) -> int:
+        """io_uring_sq_space_left(): free SQ slots (sq.head is the kernel's)."""
+        return self.sq_entries - ((self.sq_tail - self._sq_words[self._sq_head_i]) & U32)
+
+    def place(self, sqes: bytes) -> None:
+        """io_uring_get_sqe() for len(sqes)//64 SQEs at once, plus the memcpy.
+
+        The SQEs go in at slot sq_tail & mask onward; a batch that runs past
+        the end of the array is split in two (the wraparound). The caller
+        checks sq_space_left() first. The tail is only published by submit.
+        """
+        n = len(sqes) >> 6
+        tail = self.sq_tail
+        i = tail & self.sq_mask
+        if i + n <= self.sq_entries:
+            self._sqes[i << 6:(i + n) << 6] = sqes
+        else:                                    # wrapped: the rest goes to slot 0
+            first = self.sq_entries - i
+            self._sqes[i << 6:] = sqes[:first << 6]
+            self._sqes[:(n - first) << 6] = sqes[first << 6:]
+        self.sq_tail = (tail + n) & U32
+
+    def submit_and_wait(self, wait_nr: int) -> int:
+        """io_uring_submit_and_wait(): publish sq.tail, submit, wait for wait_nr CQEs.
+
+        One syscall for both. IORING_ENTER_GETEVENTS is always passed: with
+        DEFER_TASKRUN it is what runs the completion work that posts CQEs, so
+        even wait_nr == 0 collects whatever has finished.
+        """
+        words = self._sq_words
+        # Plain store of sq.tail: the kernel reads it inside the io_uring_enter
+        # below, on this thread (see "Memory ordering" above).
+        words[self._sq_tail_i] = self.sq_tail
+        to_submit = (self.sq_tail - words[self._sq_head_i]) & U32
+        ret = io_uring_enter(self.enter_fd, to_submit, wait_nr,
+                             IORING_ENTER_GETEVENTS | self.enter_flags)
+        self.submitted += ret
+        return ret
+
+    def submit_and_reap(self, wait_nr: int) -> Tuple[List[int], List[int]]:
+        """submit_and_wait(), peek() and cq_advance() fused: the batch loop's one call.
+
+        The same three steps as liburing's io_uring_submit_and_wait(),
+        io_uring_peek_batch_cqe() and io_uring_cq_advance(), written out in
+        one body because each Python call and attribute lookup costs about
+        as much as the kernel's work for a small send. Returns the res and
+        flags of every CQE that was ready, already handed back to the kernel.
+        """
+        words = self._sq_words
+        tail = self.sq_tail
+        words[self._sq_tail_i] = tail                       # see "Memory ordering" above
+        ret = _syscall(NR_io_uring_enter, self.enter_fd, (tail - words[self._sq_head_i]) & U32,
+                       wait_nr, IORING_ENTER_GETEVENTS | self.enter_flags, None, _SIZE_0)
+        if ret < 0:
+            _raise_errno("io_uring_enter")
+        self.submitted += ret
+        head = self.cq_head
+        new_head = self._cq_words[self._cq_tail_i]
+        i = head & self.cq_mask
+        end = i + ((new_head - head) & U32)
+        res, flags = self._cqe_res, self._cqe_flags
+        if end <= self.cq_entries:
+            got = res[i:end].tolist(), flags[i:end].tolist()
+        else:                                               # wrapped: tail part, then head part
+            end -= self.cq_entries
+            got = res[i:].tolist() + res[:end].tolist(), flags[i:].tolist() + flags[:end].tolist()
+        self.cq_head = new_head
+        self._cq_words[self._cq_head_i] = new_head          # after the copies above: slots are free
+        return got
+
+    def wait_cqes(self, wait_nr: int, timeout_s: float) -> bool:
+        """io_uring_wait_cqes() with a timeout: False if it ran out (ETIME)."""
+        words = self._sq_words
+        words[self._sq_tail_i] = self.sq_tail
+        to_submit = (self.sq_tail - words[self._sq_head_i]) & U32
+        ts = kernel_timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
+        arg = io_uring_getevents_arg(ts=ctypes.addressof(ts))
+        try:
+            self.submitted += io_uring_enter(
+                self.enter_fd, to_submit, wait_nr,
+                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | self.enter_flags,
+                ctypes.byref(arg), ctypes.c_size_t(ctypes.sizeof(arg)))
+        except OSError as e:
+            if e.errno == errno.ETIME:
+                return False
+            raise
+        return True
+
+    def cq_ready(self) -> int:
+        """io_uring_cq_ready(): CQEs posted and not yet reaped (cq.tail is the kernel's)."""
+        return (self._cq_words[self._cq_tail_i] - self.cq_head) & U32
+
+    def peek(self) -> Tuple[List[int], List[int]]:
+        """io_uring_peek_batch_cqe(), as two lists: every ready CQE's res and flags.
+
+        The CQEs stay in the ring until cq_advance(): the kernel will not
+        overwrite a slot before we move cq.head past it.
+        """
+        n = self.cq_ready()
+        i = self.cq_head & self.cq_mask
+        end = i + n
+        res, flags = self._cqe_res, self._cqe_flags
+        if end <= self.cq_entries:
+            return res[i:end].tolist(), flags[i:end].tolist()
+        end -= self.cq_entries                              # wrapped: tail part, then head part
+        return (res[i:].tolist() + res[:end].tolist(),
+                flags[i:].tolist() + flags[:end].tolist())
+
+    def peek_user_data(self, n: int) -> List[int]:
+        """The user_data of the next n ready CQEs (for tracing; off the fast path)."""
+        return [self._cqe_user_data[(self.cq_head + k) & self.cq_mask] for k in range(n)]
+
+    def cq_advance(self, n: int) -> None:
+        """io_uring_cq_advance(): hand n CQE slots back to the kernel.
+
+        Ordering: our reads of those CQEs are complete (peek copied them into
+        lists) before this store tells the kernel it may reuse the slots.
+        """
+        self.cq_head = (self.cq_head + n) & U32
+        self._cq_words[self._cq_head_i] = self.cq_head
+        self.reaped += n
+
+    @property
+    def sq_head(self) -> int:
+        return self._sq_words[self._sq_head_i]
+
+    @property
+    def cq_tail(self) -> int:
+        return self._cq_words[self._cq_tail_i]
+
+    @property
+    def cq_overflow(self) -> int:
+        return self._cq_words[self._cq_overflow_i]
+
+
+def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
+    """The (start, stop) slot ranges of count entries from counter head.
+
+    The arithmetic place() and peek() do inline, as a pure function so the
+    tests can check it where the u32 counters wrap.
+    """
+    i = head & (entries - 1)
+    end = i + count
+    if end <= entries:
+        return [(i, end)]
+    return [(i, entries), (0, end - entries)]
+
+
+# =============================================================================
+# 5. Preparing SQEs
+#
+# liburing's io_uring_prep_* helpers are thin layers over one primitive,
+# io_uring_prep_rw(), which clears the SQE and sets the common fields. Ours
+# fill a ctypes io_uring_sqe; bytes(sqe) is then the 64 bytes place() copies.
+# =============================================================================
+
+def prep_rw(sqe: io_uring_sqe, op: int, fd: int, addr: int, length: int, offset: int) -> None:
+    """io_uring_prep_rw(): zero the SQE, set opcode, fd, addr, len, off."""
+    ctypes.memset(ctypes.addressof(sqe), 0, ctypes.sizeof(sqe))
+    sqe.opcode, sqe.fd, sqe.addr, sqe.len, sqe.off = op, fd, addr, length, offset
+
+
+def prep_nop(sqe: io_uring_sqe) -> None:
+    """io_uring_prep_nop(): a request that does nothing and completes with res 0."""
+    prep_rw(sqe, IORING_OP_NOP, -1, 0, 0, 0)
+
+
+def prep_send(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
+    """io_uring_prep_send(): send(2) as a request; the kernel copies the data."""
+    prep_rw(sqe, IORING_OP_SEND, fd, addr, length, 0)
+    sqe.msg_flags = msg_flags
+
+
+def prep_send_zc(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int,
+                 zc_flags: int) -> None:
+    """io_uring_prep_send_zc(): send without copying; two CQEs follow (result, notification)."""
+    prep_rw(sqe, IORING_OP_SEND_ZC, fd, addr, length, 0)
+    sqe.msg_flags = msg_flags
+    sqe.ioprio = zc_flags
+
+
+def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int,
+                       zc_flags: int, buf_index: int) -> None:
+    """io_uring_prep_send_zc_fixed(): SEND_ZC from registered buffer buf_index.
+
+    addr and length must lie inside that registered buffer.
+    """
+    prep_send_zc(sqe, fd, addr, length, msg_flags, zc_flags)
+    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
+    sqe.buf_index = buf_index
+
+
+def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg_zc(): sendmsg(2) without copying the iovecs' data."""
+    prep_rw(sqe, IORING_OP_SENDMSG_ZC, fd, msg_addr, 1, 0)
+    sqe.msg_flags = msg_flags
+
+
+def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
+                          buf_index: int) -> None:
+    """io_uring_prep_sendmsg_zc_fixed() (6.14): the iovecs lie in a registered buffer."""
+    prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
+    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
+    sqe.buf_index = buf_index
+
+
+# =============================================================================
+# 6. The senders
+#
+# Every sender sends the same bytes: the seed's pattern, byte i = 'a' + i % 26,
+# from one preallocated page-aligned buffer. Each returns a Result built from
+# the kernel's own answers: bytes from CQE res (or send(2)'s return), CPU from
+# getrusage(), time from a monotonic clock, and whether the kernel copied.
+# =============================================================================
+
+PATTERN = bytes(range(ord("a"), ord("a") + 26))
+PATTERN_LEN = len(PATTERN)
+SNDBUF = 1 << 21        # the seed's SO_SNDBUF
+DEFAULT_PORT = 8000     # the seed's port
+# The seed's maximum payload: IP_MAXPACKET minus an IPv6 header, a TCP header
+# and 40 bytes of TCP options. It fits every protocol and family, so it is the
+# default size; the true per-protocol limits are in max_payload().
+SEED_MAX_PAYLOAD = IP_MAXPACKET - 40 - 20 - 40
+MIB = 1 << 20
+
+
+def pattern(length: int, phase: int = 0) -> bytes:
+    """length bytes of the pattern starting at stream offset phase."""
+    reps = (phase + length) // PATTERN_LEN + 1
+    return (PATTERN * reps)[phase:phase + length]
+
+
+def max_payload(proto: str, family: int) -> int:
+    """The largest payload one send may carry for this protocol and family."""
+    ip_header = 20 if family == socket.AF_INET else 0   # IPv6's payload length excludes its 40-byte header
+    if proto == "udp":
+        return IP_MAXPACKET - ip_header - 8             # 65507 over IPv4, 65527 over IPv6
+    if proto == "raw":
+        return IP_MAXPACKET - ip_header                 # 65515 / 65535
+    return 1 << 24                                      # tcp: a stream; 16 MiB bounds the buffer
+
+
+class Payload:
+    """The buffer every request sends from: page-aligned, written once, then only read.
+
+    The zero-copy contract: from the moment a SEND_ZC is submitted until its
+    F_NOTIF CQE is reaped, the kernel's packets point into these pages, so
+    they must not change. We fill the buffer once, before the first send, and
+    never write it again; that is why every request may reuse it while older
+    notifications are still outstanding, and why waiting for notifications
+    (-f) is never needed for correctness here. A sender that must change its
+    data (a real application) would need a pool of buffers and could reuse
+    one only after that buffer's notifications have all come back.
+
+    The buffer holds PATTERN_LEN bytes more than a send needs, so a TCP stream
+    stays one continuous pattern: a write that starts at stream offset o
+    sends from address (o % 26).
+    """
+
+    def __init__(self, size: int):
+        self.size = size
+        self.length = -(-(size + PATTERN_LEN) // PAGE) * PAGE
+        # An anonymous mapping is page-aligned by construction.
+        self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
+        self.map[:] = pattern(self.length)
+        self.addr = _addr_of(self.map)
+
+    def close(self) -> None:
+        self.map.close()
+
+
+class Fatal(Exception):
+    """One line for the user: what failed and how to fix it; exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(Fatal):
+    def __init__(self, message: str):
+        super().__init__(message, 2)
+
+
+class _Stop:
+    """Set by SIGINT; every loop looks at it once per batch."""
+    requested = False
+
+
+STOP = _Stop()
+
+
+@dataclass
+class Result:
+    """One run of one sender: what the kernel said, and what it cost."""
+    mode: str
+    proto: str
+    size: int
+    batch: int
+    family: str = "ipv4"
+    requests: int = 0          # sends the kernel completed (CQEs with res >= 0)
+    bytes: int = 0             # sum of those results
+    notifications: int = 0     # F_NOTIF CQEs (or MSG_ZEROCOPY completions) seen
+    eagain: int = 0            # sends answered -EAGAIN (counted, as the seed does)
+    seconds: float = 0.0       # measured wall time of the sending loop
+    cpu_user_s: float = 0.0    # getrusage: time in Python and libc
+    cpu_sys_s: float = 0.0     # getrusage: time in the kernel
+    zc_copied: Optional[int] = None  # notifications that report a copy; None: kernel cannot say
+    speedup: Optional[float] = None
+    interrupted: bool = False
+    error: Optional[str] = None
+    undrained: int = 0         # notifications still outstanding at teardown
+    setup: List[str] = field(default_factory=list)
+
+    @property
+    def mb_per_s(self) -> float:
+        return (self.bytes / MIB) / self.seconds if self.seconds else 0.0
+
+    @property
+    def gbit_per_s(self) -> float:
+        return self.bytes * 8 / 1e9 / self.seconds if self.seconds else 0.0
+
+    def row(self) -> dict:
+        """The JSON row (README documents every field)."""
+        return {"mode": self.mode, "proto": self.proto, "family": self.family,
+                "size": self.size, "batch": self.batch, "requests": self.requests,
+                "bytes": self.bytes, "notifications": self.notifications,
+                "eagain": self.eagain, "seconds": round(self.seconds, 6),
+                "mb_per_s": round(self.mb_per_s, 1), "gbit_per_s": round(self.gbit_per_s, 3),
+                "speedup": None if self.speedup is None else round(self.speedup, 2),
+                "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
+                "zc_copied": self.zc_copied, "interrupted": self.interrupted,
+                "error": self.error, "undrained": self.undrained, "setup": self.setup}
+
+
+class Meter:
+    """Wall clock and CPU of one run: perf_counter_ns and getrusage deltas."""
+
+    def __init__(self, who: int = resource.RUSAGE_SELF):
+        self.who = who
+        self.t0 = time.perf_counter_ns()
+        self.ru0 = resource.getrusage(who)
+
+    def stop(self, result: Result) -> Result:
+        ru = resource.getrusage(self.who)
+        result.seconds = (time.perf_counter_ns() - self.t0) / 1e9
+        result.cpu_user_s = ru.ru_utime - self.ru0.ru_utime
+        result.cpu_sys_s = ru.ru_stime - self.ru0.ru_stime
+        return result
+
+
+# --- Sockets -----------------------------------------------------------------
+
+SOCK_TYPES = {"udp": (socket.SOCK_DGRAM, 0), "tcp": (socket.SOCK_STREAM, 0),
+              "raw": (socket.SOCK_RAW, IPPROTO_EGP)}
+
+
+def family_name(family: int) -> str:
+    return "ipv6" if family == socket.AF_INET6 else "ipv4"
+
+
+def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.socket:
+    """The seed's do_setup_tx(): a socket, a 2 MiB send buffer, connect()."""
+    sock_type, ipproto = SOCK_TYPES[proto]
+    try:
+        sock = socket.socket(family, sock_type, ipproto)
+    except PermissionError:
+        raise Fatal("raw sockets need CAP_NET_RAW: run as root, or "
+                    "`setcap cap_net_raw+ep` on the python binary") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
+        sock.connect((addr, 0 if proto == "raw" else port))
+    except OSError as e:
+        sock.close()
+        raise Fatal(connect_error(e, proto, addr, port)) from None
+    return sock
+
+
+def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
+    """One line for a failed connect(), naming the cause and what to do."""
+    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    if e.errno == errno.ECONNREFUSED:
+        return (f"{proto}: connection refused by {where}: start the receiver there "
+                f"(`python3 sendzc.py rx -p {port} {proto}`)")
+    if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+        return f"{proto}: no route to {addr} ({errno.errorcode[e.errno]}): check the address and `ip route get {addr}`"
+    if e.errno == errno.ETIMEDOUT:
+        return f"{proto}: connecting to {where} timed out: is the host up and the port open?"
+    return f"{proto}: connect to {where} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+# --- io_uring SEND, SEND_ZC, SENDMSG_ZC ---------------------------------------
+
+@dataclass
+class SendConfig:
+    """What to send and how: the seed's options plus the io_uring variants."""
+    proto: str = "udp"
+    family: int = socket.AF_INET
+    addr: str = ""
+    port: int = DEFAULT_PORT
+    size: int = SEED_MAX_PAYLOAD
+    batch: int = 8               # -r: requests per io_uring_enter (the seed's nr_reqs)
+    zc: bool = True              # SEND_ZC (else SEND, which copies)
+    fixed_buf: bool = True       # IORING_RECVSEND_FIXED_BUF (registered buffer)
+    sendmsg: bool = False        # SENDMSG_ZC instead of SEND_ZC
+    flush: bool = False          # -f: wait for each batch's notifications
+    entries: int = 512           # SQ ring size (the seed's io_uring_queue_init(512))
+    seconds: float = 4.0
+    trace: int = 0               # --trace N: print the first N requests' SQEs and CQEs
+
+    @property
+    def mode(self) -> str:
+        if not self.zc:
+            return "sendmsg" if self.sendmsg else "send"
+        base = "sendmsg_zc" if self.sendmsg else "send_zc"
+        return base + ("_fixed" if self.fixed_buf else "")
+
+
+REQUIRED_OPS = {"send": (IORING_OP_SEND, "5.6"), "sendmsg": (IORING_OP_SENDMSG, "5.3"),
+                "send_zc": (IORING_OP_SEND_ZC, "6.0"), "sendmsg_zc": (IORING_OP_SENDMSG_ZC, "6.1")}
+
+
+def check_opcode(probe: Probe, mode: str) -> None:
+    """Refuse, in one line, a mode whose opcode this kernel lacks."""
+    base = mode.replace("_fixed", "")
+    op, since = REQUIRED_OPS[base]
+    if not probe.has(op):
+        raise Fatal(f"this kernel ({platform.release()}) has no {OPCODE_NAMES[op]} "
+                    f"(needs Linux {since}+): use --no-zc for IORING_OP_SEND, or a newer kernel")
+
+
+def probe_report_usage(ring: Ring) -> bool:
+    """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel.
+
+    A SEND_ZC with the flag goes to one end of an AF_UNIX socketpair: a
+    kernel that knows the flag rejects the socket (-EOPNOTSUPP, unix sockets
+    do not do zero-copy); one that does not rejects the flag (-EINVAL) first.
+    No packet leaves, and both answers come with F_MORE and a notification,
+    which we reap so the ring starts the real run empty.
+    """
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b:
+        sqe = io_uring_sqe()
+        prep_send_zc(sqe, a.fileno(), ring_dummy_addr(), 1, 0, IORING_SEND_ZC_REPORT_USAGE)
+        ring.place(bytes(sqe))
+        ring.submit_and_wait(1)
+        res, flags = ring.peek()
+        while flags and flags[0] & IORING_CQE_F_MORE and len(flags) < 2:
+            ring.wait_cqes(2, 1.0)
+            res, flags = ring.peek()
+        ring.cq_advance(len(flags))
+    return res[0] != -errno.EINVAL
+
+
+_DUMMY = ctypes.create_string_buffer(1)
+
+
+def ring_dummy_addr() -> int:
+    return ctypes.addressof(_DUMMY)
+
+
+@dataclass
+class Tally:
+    """What a batch of CQEs said, judged one by one (the slow path)."""
+    results: int = 0      # result CQEs, whatever their res
+    ok: int = 0           # ... of which res >= 0
+    bytes: int = 0
+    notifs: int = 0
+    due: int = 0          # F_MORE results minus notifications
+    eagain: int = 0
+    copied: int = 0
+    short: int = 0
+    error: int = 0        # first errno other than EAGAIN
+
+
+def judge_each(res: List[int], flags: List[int], size: int) -> Tally:
+    """Walk the CQEs one by one: errors, EAGAIN, copies, odd flags.
+
+    The fast path in UringSender.run() handles the common case in bulk and
+    comes here only when a batch holds something else. Strict accounting, as
+    the kernel selftest does: a notification with F_MORE, or more
+    notifications than F_MORE results, is an error in our bookkeeping.
+    """
+    t = Tally()
+    for r, f in zip(res, flags):
+        if f & IORING_CQE_F_NOTIF:
+            if f & IORING_CQE_F_MORE:
+                raise AssertionError("a notification CQE with F_MORE set")
+            t.notifs += 1
+            t.due -= 1
+            if r & IORING_NOTIF_USAGE_ZC_COPIED:
+                t.copied += 1
+            continue
+        t.results += 1
+        if f & IORING_CQE_F_MORE:
+            t.due += 1               # a notification follows, whatever res says
+        if r >= 0:
+            t.ok += 1
+            t.bytes += r
+            if r != size:
+                t.short += 1
+        elif r == -errno.EAGAIN:
+            t.eagain += 1
+        elif not t.error:
+            t.error = -r
+    return t
+
+
+class UringSender:
+    """The seed's do_tx(): one socket, one ring, batches of SEND_ZC.
+
+    Set up in the order liburing's example does: ring, registered file (the
+    socket), registered buffer (the payload), registered ring fd; torn down
+    in reverse by the ExitStack it is given.
+    """
+
+    def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, stack: ExitStack):
+        self.cfg = cfg
+        self.sock = sock
+        self.payload = payload
+        try:
+            self.ring = ring = Ring(cfg.entries, cq_entries=4 * cfg.entries)
+        except OSError as e:
+            raise Fatal(setup_error(e)) from None
+        stack.callback(ring.close)
+        check_opcode(ring.probe(), cfg.mode)
+        try:
+            ring.register_files([sock.fileno()])
+            if cfg.fixed_buf and cfg.zc:
+                ring.register_buffers([(payload.addr, payload.length)])
+        except OSError as e:
+            raise Fatal(register_error(e)) from None
+        ring.register_ring_fd()
+        self.report_usage = cfg.zc and probe_report_usage(ring)
+        self.stream = cfg.proto == "tcp"
+        self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
+        self._batches: Dict[int, bytes] = {}
+
+    # --- building SQEs -------------------------------------------------------
+    def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
+        """One request: send size bytes starting at pattern offset phase."""
+        cfg = self.cfg
+        addr = self.payload.addr + phase
+        # TCP: MSG_WAITALL makes io_uring retry a partial send until it is
+        # whole, so every request moves exactly size bytes of the stream.
+        msg_flags = socket.MSG_WAITALL if self.stream else 0
+        zc_flags = IORING_SEND_ZC_REPORT_USAGE if self.report_usage else 0
+        fd = 0                                    # index 0 of the registered files
+        if cfg.sendmsg:
+            iov = iovec(addr, cfg.size)
+            msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
+            self._msgs += [iov, msg]
+            if not cfg.zc:
+                prep_rw(sqe, IORING_OP_SENDMSG, fd, ctypes.addressof(msg), 1, 0)
+                sqe.msg_flags = msg_flags
+            elif cfg.fixed_buf:
+                prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), msg_flags, 0)
+                sqe.ioprio |= zc_flags
+            else:
+                prep_sendmsg_zc(sqe, fd, ctypes.addressof(msg), msg_flags)
+                sqe.ioprio |= zc_flags
+        elif not cfg.zc:
+            prep_send(sqe, fd, addr, cfg.size, msg_flags)
+        elif cfg.fixed_buf:
+            prep_send_zc_fixed(sqe, fd, addr, cfg.size, msg_flags, zc_flags, 0)
+        else:
+            prep_send_zc(sqe, fd, addr, cfg.size, msg_flags, zc_flags)
+        sqe.flags |= IOSQE_FIXED_FILE
+        sqe.user_data = user_data
+
+    def batch(self, phase: int) -> bytes:
+        """The bytes of one batch of -r SQEs, built once per starting phase.
+
+        UDP and raw always start at phase 0. A TCP batch's request j starts at
+        phase + j*size, and the requests are linked (IOSQE_IO_LINK) so each
+        begins only after the one before it has finished: a send that must
+        wait for socket space would otherwise be overtaken by the next, and
+        the stream would be out of order.
+        """
+        got = self._batches.get(phase)
+        if got is None:
+            sqe = io_uring_sqe()
+            parts = []
+            for j in range(self.cfg.batch):
+                self.prep(sqe, (phase + j * self.cfg.size) % PATTERN_LEN, j)
+                if self.stream and j < self.cfg.batch - 1:
+                    sqe.flags |= IOSQE_IO_LINK
+                parts.append(bytes(sqe))
+            got = self._batches[phase] = b"".join(parts)
+        return got
+
+    # --- the loop ------------------------------------------------------------
+    def run(self, on_tick: Optional[Callable[[int, int], None]] = None,
+            tick_ns: int = 0) -> Result:
+        """Send batches for cfg.seconds; return the kernel's totals.
+
+        Per batch: one place() (a slice copy), one submit_and_wait() (one
+        io_uring_enter that submits and waits), one peek() and the bulk
+        judgement below. A new batch goes in once every result of the last one
+        is back (as the seed does), while notifications may lag: up to `room`
+        of them, so the CQ (4x the SQ) never overflows. With -f, a batch also
+        waits for its notifications.
+        """
+        cfg, ring = self.cfg, self.ring
+        r, size, stream = cfg.batch, cfg.size, self.stream
+        room = 0 if cfg.flush else ring.cq_entries - 2 * r
+        place, submit_and_reap = ring.place, ring.submit_and_reap
+        clock = time.perf_counter_ns
+        F_NOTIF = IORING_CQE_F_NOTIF
+        # The flags of a result CQE when all is well: F_MORE for a zero-copy
+        # send (its notification follows), none for a copying SEND.
+        ok_flags = IORING_CQE_F_MORE if cfg.zc else 0
+        first = self.batch(0)
+
+        inflight = due = 0      # results not yet seen; notifications promised (F_MORE) not yet seen
+        nbytes = results = notifs = eagain = copied = 0
+        error = 0
+        result = Result(cfg.mode, cfg.proto, size, r, family_name(cfg.family),
+                        setup=ring.setup_flags)
+        if self.report_usage:
+            result.zc_copied = 0
+        meter = Meter()
+        deadline = meter.t0 + int(cfg.seconds * 1e9)
+        next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
+
+        while True:
+            if inflight == 0:
+                now = clock()
+                if now >= deadline or STOP.requested or error:
+                    break
+                if now >= next_tick:            # -i: ticks only inside the run
+                    on_tick(nbytes, results)
+                    next_tick += tick_ns
+                if due <= room:
+                    place(self.batch(nbytes % PATTERN_LEN) if stream else first)
+                    inflight = r
+            try:
+                res, fl = submit_and_reap(inflight or 1)
+            except InterruptedError:
+                continue                      # a signal: look at STOP, then carry on
+            k = len(fl)
+            # The fast path, in bulk: every CQE is a result with the expected
+            # flags or a notification, and the results add up to exactly
+            # size bytes each. No result can exceed size and a notification's
+            # res is 0 or has bit 31 set (REPORT_USAGE: copied), which reads
+            # as negative; so the sum matches only if every send was whole and
+            # every notification says zero-copy. Anything else (an error,
+            # EAGAIN, a short send, a copy) goes to judge_each().
+            n_notif = fl.count(F_NOTIF)
+            done = k - n_notif
+            if fl.count(ok_flags) == done and sum(res) == done * size:
+                nbytes += done * size
+                results += done
+                inflight -= done
+                notifs += n_notif
+                due += (done if ok_flags else 0) - n_notif
+            else:
+                t = judge_each(res, fl, size)
+                nbytes += t.bytes
+                results += t.ok
+                inflight -= t.results
+                notifs += t.notifs
+                due += t.due
+                eagain += t.eagain
+                copied += t.copied
+                error = error or t.error or (errno.EIO if stream and t.short else 0)
+            assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
+
+        result.interrupted = STOP.requested
+        meter.stop(result)            # the rate covers sending; the drain below is not timed
+        result.requests, result.bytes, result.eagain = results, nbytes, eagain
+        # Drain: every notification before the buffer may go. Bounded: a TCP
+        # peer that stopped acknowledging could hold the pages for minutes.
+        drain_until = clock() + int(DRAIN_SECONDS * 1e9)
+        while inflight or due:
+            left = (drain_until - clock()) / 1e9
+            if left <= 0:
+                break
+            try:
+                ring.wait_cqes(1, left)
+            except InterruptedError:
+                continue
+            res, fl = ring.peek()
+            if fl:
+                ring.cq_advance(len(fl))
+                t = judge_each(res, fl, size)
+                result.bytes += t.bytes
+                result.requests += t.ok
+                result.eagain += t.eagain
+                inflight -= t.results
+                notifs += t.notifs
+                due += t.due
+                copied += t.copied
+                error = error or t.error
+        result.notifications = notifs
+        result.undrained = due + inflight
+        if self.report_usage:
+            result.zc_copied = copied
+        if error:
+            result.error = send_error(error, cfg)
+        return result
+
+
+DRAIN_SECONDS = 5.0
+
+
+def send_error(err: int, cfg: SendConfig) -> str:
+    """One line for an error a send's CQE carried (res = -err)."""
+    name = errno.errorcode.get(err, str(err))
+    where = f"{cfg.addr}:{cfg.port}"
+    if err == errno.EIO:
+        return "tcp: a send completed short of its length: the stream is torn; stopping"
+    if err == errno.ECONNREFUSED:
+        return (f"{cfg.proto}: {where} refused the data (ECONNREFUSED, an ICMP port unreachable): "
+                f"start the receiver there (`python3 sendzc.py rx -p {cfg.port} {cfg.proto}`)")
+    if err in (errno.ECONNRESET, errno.EPIPE):
+        return f"{cfg.proto}: the peer at {where} closed the connection ({name}): partial result above"
+    if err == errno.ENOBUFS:
+        return "send: ENOBUFS: the kernel ran out of socket buffer memory; try a smaller -r or -s"
+    if err == errno.EMSGSIZE:
+        return f"send: EMSGSIZE: {cfg.size} bytes do not fit one {cfg.proto} packet on this path; lower -s"
+    if err == errno.EOPNOTSUPP and cfg.zc:
+        return f"{cfg.proto}: this socket does not support zero-copy send (EOPNOTSUPP): use --no-zc"
+    if err == errno.EINVAL and cfg.sendmsg and cfg.fixed_buf:
+        return "SENDMSG_ZC with a registered buffer needs Linux 6.14+: add --no-fixed-buf"
+    return f"send failed: {name}: {os.strerror(err)}"
+
+
+def setup_error(e: OSError) -> str:
+    """One line for a refused io_uring_setup()."""
+    if e.errno in (errno.EPERM, errno.EACCES):
+        disabled = read_io_uring_disabled()
+        if disabled == 2:
+            return ("io_uring is disabled on this host (kernel.io_uring_disabled=2): "
+                    "`sysctl -w kernel.io_uring_disabled=0` as root")
+        if disabled == 1:
+            return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
+                    "run as root, or `sysctl -w kernel.io_uring_disabled=0`")
+        return ("io_uring_setup was refused (EPERM) though io_uring is enabled: a seccomp "
+                "profile blocks it (containers do by default); allow io_uring_setup/enter/register "
+                "or run outside the container")
+    if e.errno == errno.ENOSYS:
+        return ("io_uring_setup: ENOSYS: this kernel has no io_uring (CONFIG_IO_URING=n), or a "
+                "seccomp profile hides it: use a kernel with io_uring, or allow the syscalls")
+    if e.errno == errno.ENOMEM:
+        return ("io_uring_setup: ENOMEM: the ring does not fit the locked-memory limit "
+                "(`ulimit -l`); raise it, or run as root")
+    return f"io_uring_setup failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+def register_error(e: OSError) -> str:
+    """One line for a refused io_uring_register()."""
+    if e.errno == errno.ENOMEM:
+        return ("registering the buffer needs more locked memory than RLIMIT_MEMLOCK allows "
+                "(`ulimit -l`): raise it (e.g. `ulimit -l unlimited` as root), or add --no-fixed-buf")
+    return f"io_uring_register failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+def read_io_uring_disabled() -> Optional[int]:
+    """kernel.io_uring_disabled (6.6+): 0 on, 1 root/group only, 2 off; None if absent."""
+    try:
+        with open("/proc/sys/kernel/io_uring_disabled") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+# =============================================================================
+# 9. Command line
+#
+#   sendzc.py [options] udp|tcp|raw     the sender, with the seed's options
+#   sendzc.py rx [options] udp|tcp      the receiver
+#   sendzc.py [bench] [options]         the comparison on a private sink
+#   sendzc.py --probe                   what this kernel offers
+#
+# Every failure ends in one line on stderr and a non-zero status: 2 for a
+# mistake on the command line, 1 for a refusal by the system, 130 for Ctrl-C.
+# =============================================================================
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage mistake is one line and exit status 2."""
+
+    def error(self, message):
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
+    return value
+
+
+def add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-4", dest="families", action="append_const", const=socket.AF_INET,
+                   help="IPv4")
+    p.add_argument("-6", dest="families", action="append_const", const=socket.AF_INET6,
+                   help="IPv6")
+    p.add_argument("-p", dest="port", type=port_number, default=DEFAULT_PORT,
+                   help=f"port (default {DEFAULT_PORT})")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
+    p.add_argument("-i", dest="interval", type=positive_float, metavar="SECS",
+                   help="report every SECS seconds during the run, as iperf3 does")
+
+
+def sender_parser() -> Parser:
+    p = Parser(prog="sendzc.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Send with io_uring zero-copy (IORING_OP_SEND_ZC) and report what "
+                           "the kernel did.",
+               epilog="other forms:\n"
+                      "  sendzc.py [bench] [options]   the whole comparison on a private sink "
+                      "(root; see `sendzc.py bench --help`)\n"
+                      "  sendzc.py rx [options] udp|tcp  receive and verify "
+                      "(see `sendzc.py rx --help`)\n"
+                      "  sendzc.py --probe             what this kernel's io_uring offers")
+    add_common(p)
+    p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
+    p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
+                   help=f"payload bytes per send (default {SEED_MAX_PAYLOAD}, the seed's maximum)")
+    p.add_argument("-t", dest="seconds", type=positive_float, default=4.0,
+                   help="seconds to send (default 4)")
+    p.add_argument("-r", dest="batch", type=positive_int, default=8, metavar="NR_REQS",
+                   help="requests per io_uring_enter (default 8)")
+    p.add_argument("-f", dest="flush", action="store_true",
+                   help="wait for each batch's notifications before the next")
+    p.add_argument("--no-zc", dest="zc", action="store_false",
+                   help="IORING_OP_SEND, which copies, instead of SEND_ZC")
+    p.add_argument("--no-fixed-buf", dest="fixed_buf", action="store_false",
+                   help="do not use a registered buffer")
+    p.add_argument("--sendmsg", action="store_true", help="IORING_OP_SENDMSG_ZC instead of SEND_ZC")
+    p.add_argument("--entries", type=positive_int, default=512,
+                   help="SQ ring entries, a power of two (default 512)")
+    p.add_argument("--trace", type=int, default=0, metavar="N",
+                   help="print the SQEs and CQEs of the first N requests")
+    p.add_argument("proto", choices=("udp", "tcp", "raw"), help="what to send")
+    return p
+
+
+def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
+    """-4 or -6 or, with neither, the address's own family (IPv4 by default)."""
+    if families and len(set(families)) > 1:
+        raise UsageError("pass one of -4 or -6")
+    if families:
+        family = families[0]
+    elif addr and ":" in addr:
+        family = socket.AF_INET6
+    else:
+        family = socket.AF_INET
+    if addr is not None:
+        try:
+            socket.inet_pton(family, addr)
+        except OSError:
+            other = socket.AF_INET6 if family == socket.AF_INET else socket.AF_INET
+            try:
+                socket.inet_pton(other, addr)
+            except OSError:
+                raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address") from None
+            raise UsageError(f"-D {addr} is an {family_name(other).replace('ip', 'IP')} address "
+                             f"but -{4 if family == socket.AF_INET else 6} was given") from None
+    return family
+
+
+def sender_config(a: argparse.Namespace) -> SendConfig:
+    """Check the sender's options against each other; UsageError names the mistake."""
+    if a.addr is None:
+        raise UsageError("no destination: pass -D ADDR (a host running `sendzc.py rx`), "
+                         "or run `sendzc.py bench` for the private sink")
+    family = pick_family(a.families, a.addr)
+    limit = max_payload(a.proto, family)
+    if a.size > limit:
+        raise UsageError(f"-s {a.size}: payload exceeds max ({limit}) for {a.proto} over "
+                         f"{family_name(family).replace('ip', 'IP')}")
+    if a.entries & (a.entries - 1) or a.entries > 32768:
+        raise UsageError(f"--entries {a.entries}: must be a power of two up to 32768")
+    if a.batch > a.entries:
+        raise UsageError(f"-r {a.batch}: more requests per batch than the ring has entries "
+                         f"({a.entries}); raise --entries or lower -r")
+    if a.flush and not a.zc:
+        raise UsageError("-f waits for zero-copy notifications: it needs zero-copy (drop --no-zc)")
+    if a.trace < 0:
+        raise UsageError(f"--trace {a.trace}: must be 0 or more")
+    return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
+                      batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
+                      flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace)
+
+
+class Intervals:
+    """-i: a line per interval, as iperf3 prints; kept for JSON too."""
+
+    def __init__(self, every_s: float, printing: bool, start_ns: int = 0):
+        self.every_ns = int(every_s * 1e9)
+        self.printing = printing
+        self.start_ns = start_ns
+        self.last = (0, 0, 0)       # (ns since start, bytes, requests) at the last report
+        self.rows: List[dict] = []
+
+    def report(self, now_ns: int, nbytes: int, requests: int) -> None:
+        t0, b0, r0 = self.last
+        t1 = now_ns - self.start_ns
+        dt = (t1 - t0) / 1e9 or 1e-9
+        row = {"start": round(t0 / 1e9, 3), "end": round(t1 / 1e9, 3), "bytes": nbytes - b0,
+               "requests": requests - r0, "mb_per_s": round((nbytes - b0) / MIB / dt, 1),
+               "gbit_per_s": round((nbytes - b0) * 8 / 1e9 / dt, 3)}
+        self.rows.append(row)
+        self.last = (t1, nbytes, requests)
+        if self.printing:
+            print(f"[{row['start']:6.2f}-{row['end']:6.2f} s] {row['bytes'] >> 20:8d} MB "
+                  f"{row['mb_per_s']:10.1f} MB/s {row['gbit_per_s']:8.2f} Gbit/s "
+                  f"{row['requests']:9d} req", flush=True)
+
+
+def describe_result(r: Result) -> List[str]:
+    """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
+    lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
+    rate = r.requests / r.seconds if r.seconds else 0.0
+    lines.append(f"{r.proto} {family_name_label(r.family)} {r.size} B {r.mode} batch {r.batch}: "
+                 f"{r.mb_per_s:.0f} MB/s {r.gbit_per_s:.2f} Gbit/s {rate:.0f} req/s in {r.seconds:.2f} s; "
+                 f"cpu user {r.cpu_user_s:.2f} s sys {r.cpu_sys_s:.2f} s")
+    if r.zc_copied is not None and r.notifications:
+        if r.zc_copied:
+            lines.append(f"zero-copy: the kernel copied instead for {r.zc_copied} of {r.notifications} "
+                         f"sends (REPORT_USAGE). A receiver on this host (loopback, veth) always "
+                         f"copies, and so does a path whose MTU fragments the packet.")
+        else:
+            lines.append(f"zero-copy: all {r.notifications} notifications report zero-copy (REPORT_USAGE)")
+    elif r.mode.endswith(("zc", "zc_fixed")) and r.notifications:
+        lines.append("zero-copy: this kernel cannot say whether it copied (REPORT_USAGE needs 6.2+)")
+    if r.undrained:
+        lines.append(f"warning: {r.undrained} notifications were still outstanding at teardown "
+                     f"(the kernel holds its own page references, so tearing down is safe)")
+    return lines
+
+
+def family_name_label(name: str) -> str:
+    return name.replace("ip", "IP")
+
+
+def json_doc(params: dict, results: List[Result], extra: Optional[dict] = None) -> dict:
+    doc = {"tool": "sendzc", "version": VERSION, "kernel": platform.release(),
+           "host": socket.gethostname(), "params": params, "rows": [r.row() for r in results]}
+    doc.update(extra or {})
+    return doc
+
+
+def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
+    """The seed's main(): one sender, one result."""
+    with ExitStack() as stack:
+        sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
+        stack.callback(sock.close)
+        payload = Payload(cfg.size)
+        stack.callback(payload.close)           # after the ring (below) has let go of it
+        sender = UringSender(cfg, sock, payload, stack)
+        ticks = Intervals(interval, not as_json, time.perf_counter_ns()) if interval else None
+        result = sender.run(on_tick=None if ticks is None else
+                            (lambda b, n: ticks.report(time.perf_counter_ns(), b, n)),
+                            tick_ns=int(interval * 1e9) if interval else 0)
+        if ticks:                               # the last, partial interval
+            ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
+    if as_json:
+        row_extra = {"intervals": ticks.rows} if ticks else {}
+        doc = json_doc(sender_params(cfg), [result])
+        doc["rows"][0].update(row_extra)
+        print(json.dumps(doc, indent=2))
+    else:
+        print("\n".join(describe_result(result)))
+    if result.error:
+        print(f"sendzc: {result.error}", file=sys.stderr)
+        return 1
+    return 130 if result.interrupted else 0
+
+
+def sender_params(cfg: SendConfig) -> dict:
+    return {"proto": cfg.proto, "family": family_name(cfg.family), "addr": cfg.addr,
+            "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
+            "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
+            "entries": cfg.entries, "seconds": cfg.seconds}
+
+
+def on_sigint(signum, frame):
+    """First Ctrl-C: finish the batch, drain, print the partial result. Second: stop now."""
+    if STOP.requested:
+        raise KeyboardInterrupt
+    STOP.requested = True
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    signal.signal(signal.SIGINT, on_sigint)
+    try:
+        a = sender_parser().parse_args(argv)
+        return run_sender(sender_config(a), a.json, a.interval)
+    except Fatal as e:
+        print(f"sendzc: {e}", file=sys.stderr)
+        return e.status
+    except KeyboardInterrupt:
+        print("sendzc: interrupted twice: stopped without draining", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
