@@ -331,7 +331,8 @@ CLONE_NEWNET = 0x40000000                                  # <sched.h>
 # syscall.h, we call syscall(2) with their numbers. They have one number on
 # every architecture but alpha since 5.1; we name the two we support. Above
 # this section nothing sees a raw return value: errors become OSError with the
-# syscall's name, so "io_uring_setup: [Errno 1] EPERM" says who refused.
+# syscall's name, so "io_uring_setup: [Errno 1] EPERM" says who refused. A
+# refusal the user must act on becomes Fatal: one line, naming the fix.
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
@@ -353,8 +354,17 @@ _syscall.restype = ctypes.c_long
 _SIZE_0 = ctypes.c_size_t(0)
 
 
-class Unsupported(Exception):
-    """This machine cannot run what was asked; the message says what is missing."""
+class Fatal(Exception):
+    """One line for the user: what failed and how to fix it; exit status."""
+
+    def __init__(self, message: str, status: int = 1):
+        super().__init__(message)
+        self.status = status
+
+
+class UsageError(Fatal):
+    def __init__(self, message: str):
+        super().__init__(message, 2)
 
 
 NR_io_uring_setup, NR_io_uring_enter, NR_io_uring_register = _NR_IO_URING.get(
@@ -363,7 +373,7 @@ NR_io_uring_setup, NR_io_uring_enter, NR_io_uring_register = _NR_IO_URING.get(
 
 def _check_arch() -> None:
     if NR_io_uring_setup is None:
-        raise Unsupported(f"sendzc knows the io_uring syscall numbers of x86_64 and aarch64, "
+        raise Fatal(f"sendzc knows the io_uring syscall numbers of x86_64 and aarch64, "
                           f"not of {platform.machine()}")
 
 
@@ -943,19 +953,6 @@ class Payload:
         self.map.close()
 
 
-class Fatal(Exception):
-    """One line for the user: what failed and how to fix it; exit status."""
-
-    def __init__(self, message: str, status: int = 1):
-        super().__init__(message)
-        self.status = status
-
-
-class UsageError(Fatal):
-    def __init__(self, message: str):
-        super().__init__(message, 2)
-
-
 class _Stop:
     """Set by SIGINT; every loop looks at it once per batch."""
     requested = False
@@ -1021,6 +1018,66 @@ class Meter:
         result.cpu_user_s = ru.ru_utime - self.ru0.ru_utime
         result.cpu_sys_s = ru.ru_stime - self.ru0.ru_stime
         return result
+
+
+# --- Reporting ---------------------------------------------------------------
+
+class Intervals:
+    """-i: a line per interval, as iperf3 prints; kept for JSON too."""
+
+    def __init__(self, every_s: float, printing: bool, start_ns: int = 0):
+        self.every_ns = int(every_s * 1e9)
+        self.printing = printing
+        self.start_ns = start_ns
+        self.last = (0, 0, 0)       # (ns since start, bytes, requests) at the last report
+        self.rows: List[dict] = []
+
+    def report(self, now_ns: int, nbytes: int, requests: int) -> None:
+        t0, b0, r0 = self.last
+        t1 = now_ns - self.start_ns
+        dt = (t1 - t0) / 1e9 or 1e-9
+        row = {"start": round(t0 / 1e9, 3), "end": round(t1 / 1e9, 3), "bytes": nbytes - b0,
+               "requests": requests - r0, "mb_per_s": round((nbytes - b0) / MIB / dt, 1),
+               "gbit_per_s": round((nbytes - b0) * 8 / 1e9 / dt, 3)}
+        self.rows.append(row)
+        self.last = (t1, nbytes, requests)
+        if self.printing:
+            print(f"[{row['start']:6.2f}-{row['end']:6.2f} s] {row['bytes'] >> 20:8d} MB "
+                  f"{row['mb_per_s']:10.1f} MB/s {row['gbit_per_s']:8.2f} Gbit/s "
+                  f"{row['requests']:9d} req", flush=True)
+
+
+def describe_result(r: Result) -> List[str]:
+    """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
+    lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
+    rate = r.requests / r.seconds if r.seconds else 0.0
+    lines.append(f"{r.proto} {family_name_label(r.family)} {r.size} B {r.mode} batch {r.batch}: "
+                 f"{r.mb_per_s:.0f} MB/s {r.gbit_per_s:.2f} Gbit/s {rate:.0f} req/s in {r.seconds:.2f} s; "
+                 f"cpu user {r.cpu_user_s:.2f} s sys {r.cpu_sys_s:.2f} s")
+    if r.zc_copied is not None and r.notifications:
+        if r.zc_copied:
+            lines.append(f"zero-copy: the kernel copied instead for {r.zc_copied} of {r.notifications} "
+                         f"sends (REPORT_USAGE). A receiver on this host (loopback, veth) always "
+                         f"copies, and so does a path whose MTU fragments the packet.")
+        else:
+            lines.append(f"zero-copy: all {r.notifications} notifications report zero-copy (REPORT_USAGE)")
+    elif r.mode.endswith(("zc", "zc_fixed")) and r.notifications:
+        lines.append("zero-copy: this kernel cannot say whether it copied (REPORT_USAGE needs 6.2+)")
+    if r.undrained:
+        lines.append(f"warning: {r.undrained} notifications were still outstanding at teardown "
+                     f"(the kernel holds its own page references, so tearing down is safe)")
+    return lines
+
+
+def family_name_label(name: str) -> str:
+    return name.replace("ip", "IP")
+
+
+def json_doc(params: dict, results: List[Result], extra: Optional[dict] = None) -> dict:
+    doc = {"tool": "sendzc", "version": VERSION, "kernel": platform.release(),
+           "host": socket.gethostname(), "params": params, "rows": [r.row() for r in results]}
+    doc.update(extra or {})
+    return doc
 
 
 # --- Sockets -----------------------------------------------------------------
@@ -1440,6 +1497,34 @@ def read_io_uring_disabled() -> Optional[int]:
 
 
 # =============================================================================
+# 7. The receiver
+#
+# `sendzc.py rx`: bind, receive until the sender is done, count, and check
+# every byte against the pattern.
+# =============================================================================
+
+def rx_main(argv: List[str]) -> int:
+    """`sendzc.py rx [options] udp|tcp`."""
+    raise Fatal("rx: not built yet")
+
+
+# =============================================================================
+# 8. The benchmark
+#
+# `sendzc.py bench`: every way to send, on a private sink, as one table.
+# =============================================================================
+
+def bench_main(argv: List[str]) -> int:
+    """`sendzc.py [bench] [options]`."""
+    raise Fatal("bench: not built yet")
+
+
+def probe_main(argv: List[str]) -> int:
+    """`sendzc.py --probe`."""
+    raise Fatal("--probe: not built yet")
+
+
+# =============================================================================
 # 9. Command line
 #
 #   sendzc.py [options] udp|tcp|raw     the sender, with the seed's options
@@ -1581,64 +1666,6 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace)
 
 
-class Intervals:
-    """-i: a line per interval, as iperf3 prints; kept for JSON too."""
-
-    def __init__(self, every_s: float, printing: bool, start_ns: int = 0):
-        self.every_ns = int(every_s * 1e9)
-        self.printing = printing
-        self.start_ns = start_ns
-        self.last = (0, 0, 0)       # (ns since start, bytes, requests) at the last report
-        self.rows: List[dict] = []
-
-    def report(self, now_ns: int, nbytes: int, requests: int) -> None:
-        t0, b0, r0 = self.last
-        t1 = now_ns - self.start_ns
-        dt = (t1 - t0) / 1e9 or 1e-9
-        row = {"start": round(t0 / 1e9, 3), "end": round(t1 / 1e9, 3), "bytes": nbytes - b0,
-               "requests": requests - r0, "mb_per_s": round((nbytes - b0) / MIB / dt, 1),
-               "gbit_per_s": round((nbytes - b0) * 8 / 1e9 / dt, 3)}
-        self.rows.append(row)
-        self.last = (t1, nbytes, requests)
-        if self.printing:
-            print(f"[{row['start']:6.2f}-{row['end']:6.2f} s] {row['bytes'] >> 20:8d} MB "
-                  f"{row['mb_per_s']:10.1f} MB/s {row['gbit_per_s']:8.2f} Gbit/s "
-                  f"{row['requests']:9d} req", flush=True)
-
-
-def describe_result(r: Result) -> List[str]:
-    """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
-    lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
-    rate = r.requests / r.seconds if r.seconds else 0.0
-    lines.append(f"{r.proto} {family_name_label(r.family)} {r.size} B {r.mode} batch {r.batch}: "
-                 f"{r.mb_per_s:.0f} MB/s {r.gbit_per_s:.2f} Gbit/s {rate:.0f} req/s in {r.seconds:.2f} s; "
-                 f"cpu user {r.cpu_user_s:.2f} s sys {r.cpu_sys_s:.2f} s")
-    if r.zc_copied is not None and r.notifications:
-        if r.zc_copied:
-            lines.append(f"zero-copy: the kernel copied instead for {r.zc_copied} of {r.notifications} "
-                         f"sends (REPORT_USAGE). A receiver on this host (loopback, veth) always "
-                         f"copies, and so does a path whose MTU fragments the packet.")
-        else:
-            lines.append(f"zero-copy: all {r.notifications} notifications report zero-copy (REPORT_USAGE)")
-    elif r.mode.endswith(("zc", "zc_fixed")) and r.notifications:
-        lines.append("zero-copy: this kernel cannot say whether it copied (REPORT_USAGE needs 6.2+)")
-    if r.undrained:
-        lines.append(f"warning: {r.undrained} notifications were still outstanding at teardown "
-                     f"(the kernel holds its own page references, so tearing down is safe)")
-    return lines
-
-
-def family_name_label(name: str) -> str:
-    return name.replace("ip", "IP")
-
-
-def json_doc(params: dict, results: List[Result], extra: Optional[dict] = None) -> dict:
-    doc = {"tool": "sendzc", "version": VERSION, "kernel": platform.release(),
-           "host": socket.gethostname(), "params": params, "rows": [r.row() for r in results]}
-    doc.update(extra or {})
-    return doc
-
-
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
     """The seed's main(): one sender, one result."""
     with ExitStack() as stack:
@@ -1681,9 +1708,16 @@ def on_sigint(signum, frame):
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender."""
     argv = sys.argv[1:] if argv is None else list(argv)
     signal.signal(signal.SIGINT, on_sigint)
     try:
+        if argv[:1] == ["rx"]:
+            return rx_main(argv[1:])
+        if not argv or argv[0] == "bench":
+            return bench_main(argv[1:])
+        if "--probe" in argv:
+            return probe_main(argv)
         a = sender_parser().parse_args(argv)
         return run_sender(sender_config(a), a.json, a.interval)
     except Fatal as e:
