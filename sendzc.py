@@ -153,6 +153,8 @@ OPCODE_NAMES = _names("IORING_OP_")
 CQE_FLAG_NAMES = _names("IORING_CQE_F_")
 FEAT_NAMES = _names("IORING_FEAT_")
 SETUP_NAMES = _names("IORING_SETUP_")
+SQE_FLAG_NAMES = _names("IOSQE_")
+SEND_FLAG_NAMES = {**_names("IORING_RECVSEND_"), **_names("IORING_SEND_ZC_")}
 
 # --- The structs, field by field as the header declares them -----------------
 u8, u16, u32, s32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
@@ -830,6 +832,41 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     return [(i, entries), (0, end - entries)]
 
 
+def flag_names(value: int, names: Dict[int, str], strip: str = "") -> str:
+    """'A|B' for the bits of value that have names; leftover bits in hex; '0' for none."""
+    parts = [names[bit].replace(strip, "") for bit in sorted(names) if value & bit]
+    rest = value & ~sum(bit for bit in names if value & bit)
+    return "|".join(parts + ([hex(rest)] if rest else [])) or "0"
+
+
+def describe_sqe(slot: int, sqe: io_uring_sqe) -> str:
+    """One SQE in words, for --trace: what the kernel will read from slot sq[slot]."""
+    fd = f"fixed:{sqe.fd}" if sqe.flags & IOSQE_FIXED_FILE else str(sqe.fd)
+    words = [f"sq[{slot}]", OPCODE_NAMES.get(sqe.opcode, f"op {sqe.opcode}"), f"fd={fd}",
+             f"addr={sqe.addr:#x}", f"len={sqe.len}"]
+    if sqe.opcode in (IORING_OP_SEND, IORING_OP_SEND_ZC, IORING_OP_SENDMSG, IORING_OP_SENDMSG_ZC):
+        words.append(f"msg_flags={sqe.msg_flags:#x}")
+        if sqe.ioprio:
+            words.append(f"ioprio={flag_names(sqe.ioprio, SEND_FLAG_NAMES, 'IORING_')}")
+        if sqe.ioprio & IORING_RECVSEND_FIXED_BUF:
+            words.append(f"buf_index={sqe.buf_index}")
+    words += [f"flags={flag_names(sqe.flags, SQE_FLAG_NAMES)}", f"user_data={sqe.user_data}"]
+    return " ".join(words)
+
+
+def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
+    """One CQE in words, for --trace: res decoded as bytes, -errno or usage; flags by name."""
+    if flags & IORING_CQE_F_NOTIF:
+        meaning = "copied" if res & IORING_NOTIF_USAGE_ZC_COPIED else "zero-copy"
+        # Without REPORT_USAGE res is always 0 and says nothing either way.
+    elif res < 0:
+        meaning = f"-{errno.errorcode.get(-res, -res)}"
+    else:
+        meaning = "bytes"
+    return (f"cq[{slot}] user_data={user_data} res={res} ({meaning}) "
+            f"flags={flag_names(flags, CQE_FLAG_NAMES, 'IORING_CQE_')}")
+
+
 # =============================================================================
 # 5. Preparing SQEs
 #
@@ -1160,17 +1197,18 @@ def check_opcode(probe: Probe, mode: str) -> None:
                     f"(needs Linux {since}+): use --no-zc for IORING_OP_SEND, or a newer kernel")
 
 
-def probe_report_usage(ring: Ring) -> bool:
+def probe_report_usage() -> bool:
     """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel.
 
     A SEND_ZC with the flag goes to one end of an AF_UNIX socketpair: a
     kernel that knows the flag rejects the socket (-EOPNOTSUPP, unix sockets
     do not do zero-copy); one that does not rejects the flag (-EINVAL) first.
-    No packet leaves, and both answers come with F_MORE and a notification,
-    which we reap so the ring starts the real run empty.
+    No packet leaves. Both answers come with F_MORE and a notification. A
+    small ring of its own keeps the sender's ring untouched (its counters
+    start at 0, which makes --trace easier to follow).
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with a, b:
+    with a, b, Ring(2) as ring:
         sqe = io_uring_sqe()
         prep_send_zc(sqe, a.fileno(), ring_dummy_addr(), 1, 0, IORING_SEND_ZC_REPORT_USAGE)
         ring.place(bytes(sqe))
@@ -1181,6 +1219,62 @@ def probe_report_usage(ring: Ring) -> bool:
             res, flags = ring.peek()
         ring.cq_advance(len(flags))
     return res[0] != -errno.EINVAL
+
+
+# What --probe asks about: the setup flags this file may use, and the opcodes.
+PROBED_SETUP_FLAGS = (
+    ("SINGLE_ISSUER", IORING_SETUP_SINGLE_ISSUER),
+    ("DEFER_TASKRUN", IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
+    ("COOP_TASKRUN", IORING_SETUP_COOP_TASKRUN),
+    ("NO_SQARRAY", IORING_SETUP_NO_SQARRAY),
+    ("CQSIZE", IORING_SETUP_CQSIZE),
+    ("SQPOLL", IORING_SETUP_SQPOLL),
+)
+PROBED_OPS = (IORING_OP_NOP, IORING_OP_SENDMSG, IORING_OP_SEND, IORING_OP_RECV,
+              IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC)
+
+
+def kernel_capabilities() -> dict:
+    """What this kernel's io_uring offers, each answer the kernel's own (for --probe).
+
+    Nothing is guessed from the version number: each setup flag is tried on a
+    ring of its own (EINVAL = unknown), the opcodes come from
+    IORING_REGISTER_PROBE, registrations are attempted for real.
+    """
+    caps = {"kernel": platform.release(), "machine": platform.machine(),
+            "io_uring_disabled": read_io_uring_disabled(), "missing": []}
+    missing = caps["missing"]
+    try:
+        ring = Ring(4, attempts=(0,))
+    except (OSError, Fatal) as e:
+        caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
+        missing.append("io_uring_setup")
+        return caps
+    with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
+        probe = ring.probe()
+        caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
+        caps["registered_ring_fd"] = ring.register_ring_fd()
+        for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
+                               ("registered_buffers", lambda: ring.register_buffers([(ring_dummy_addr(), 1)]))):
+            try:
+                register()
+                caps[what] = True
+            except OSError as e:
+                caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+                missing.append(what.replace("_", " "))
+    caps["setup_flags"] = {}
+    for name, flag in PROBED_SETUP_FLAGS:
+        try:
+            Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
+                 attempts=(0,)).close()
+            caps["setup_flags"][name] = True
+        except OSError as e:
+            caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
+    caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+    if not probe.has(IORING_OP_SEND_ZC):
+        missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+    return caps
 
 
 _DUMMY = ctypes.create_string_buffer(1)
@@ -1237,6 +1331,32 @@ def judge_each(res: List[int], flags: List[int], size: int) -> Tally:
     return t
 
 
+TRACE_EXPLAINED = {
+    "sqe": ["SQE: a request written into slot sq[i] of the submission array. The kernel",
+            "will read it when io_uring_enter() runs with the tail past it. fd=fixed:0 is",
+            "slot 0 of the registered files (our socket); FIXED_BUF's buf_index names the",
+            "registered buffer; user_data comes back unchanged in every CQE it causes."],
+    "enter": ["io_uring_enter(to_submit, min_complete): the kernel consumes to_submit SQEs",
+              "(sq head moves up to our tail) and returns once min_complete CQEs are in the",
+              "CQ ring (cq tail moves). tail - head is what one side has written and the",
+              "other not yet read."],
+    "entered": ["After the call: sq head == sq tail means every SQE was consumed (the slots",
+                "are ours again); cq tail - cq head CQEs wait for us to read them."],
+    "more": ["F_MORE: the send is done (res = bytes handed to the network stack), but a",
+             "notification for this request will follow: the buffer is still the kernel's,",
+             "its pages may sit in a packet queue. Do not change it yet."],
+    "notif": ["F_NOTIF: the notification. The kernel has let go of the buffer (the last",
+              "packet that pointed at it was freed): now it may be changed or reused. With",
+              "REPORT_USAGE, res 0 means the pages really went out zero-copy; bit 31",
+              "(IORING_NOTIF_USAGE_ZC_COPIED, reads as negative) means the kernel copied."],
+    "done": ["No F_MORE: a copying SEND. The data was copied at submission, so the buffer",
+             "was free again before this CQE was even posted; no notification follows."],
+    "error": ["res < 0 is -errno: the send failed. A zero-copy send may still set F_MORE,",
+              "and then its notification still comes."],
+    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 4)."],
+}
+
+
 class UringSender:
     """The seed's do_tx(): one socket, one ring, batches of SEND_ZC.
 
@@ -1262,9 +1382,10 @@ class UringSender:
         except OSError as e:
             raise Fatal(register_error(e)) from None
         ring.register_ring_fd()
-        self.report_usage = cfg.zc and probe_report_usage(ring)
+        self.report_usage = cfg.zc and probe_report_usage()
         self.stream = cfg.proto == "tcp"
         self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
+        self.trace_out = sys.stdout
         self._batches: Dict[int, bytes] = {}
 
     # --- building SQEs -------------------------------------------------------
@@ -1320,6 +1441,71 @@ class UringSender:
             got = self._batches[phase] = b"".join(parts)
         return got
 
+    # --- --trace --------------------------------------------------------------
+    def trace(self, n: int, out) -> Tally:
+        """Send the first n requests slowly, saying aloud what each step does.
+
+        Each request is prepared on its own (user_data = its number), placed,
+        submitted, and every CQE it causes is printed, notification included:
+        a run of n sends followed from SQE to F_NOTIF. Returns the tally, which
+        run() adds to its totals: these are real sends.
+        """
+        cfg, ring = self.cfg, self.ring
+        explained = set()
+
+        def say(kind: str, line: str) -> None:
+            if kind not in explained:
+                explained.add(kind)
+                for text in TRACE_EXPLAINED[kind]:
+                    print(f"#   {text}", file=out)
+            print(f"trace: {line}", file=out)
+
+        def rings() -> str:
+            return (f"sq head={ring.sq_head} tail={ring.sq_tail} "
+                    f"cq head={ring.cq_head} tail={ring.cq_tail}")
+
+        total = Tally()
+        sqe = io_uring_sqe()
+        seq = 0
+        while seq < n and not total.error:
+            count = min(cfg.batch, n - seq)
+            for j in range(count):
+                seq += 1
+                phase = (total.bytes + j * cfg.size) % PATTERN_LEN if self.stream else 0
+                self.prep(sqe, phase, seq)
+                if self.stream and j < count - 1:
+                    sqe.flags |= IOSQE_IO_LINK
+                slot = ring.sq_tail & ring.sq_mask
+                ring.place(bytes(sqe))
+                say("sqe", "SQE " + describe_sqe(slot, sqe))
+            due = 0
+            wait = count
+            while wait:
+                say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
+                             f"min_complete={wait}) before: {rings()}")
+                ring.submit_and_wait(wait)
+                ready = ring.cq_ready()
+                say("entered", f"  returned; after: {rings()} ({ready} CQEs ready)")
+                user_data = ring.peek_user_data(ready)
+                res, flags = ring.peek()
+                for k in range(ready):
+                    kind = ("notif" if flags[k] & IORING_CQE_F_NOTIF else
+                            "error" if res[k] < 0 else
+                            "more" if flags[k] & IORING_CQE_F_MORE else "done")
+                    say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
+                                                    user_data[k], res[k], flags[k]))
+                ring.cq_advance(ready)
+                t = judge_each(res, flags, cfg.size)
+                for name in ("results", "ok", "bytes", "notifs", "eagain", "copied", "short"):
+                    setattr(total, name, getattr(total, name) + getattr(t, name))
+                total.error = total.error or t.error
+                due += t.due
+                count -= t.results
+                wait = count + due          # here we do wait for the notifications
+        total.due = 0
+        say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
+        return total
+
     # --- the loop ------------------------------------------------------------
     def run(self, on_tick: Optional[Callable[[int, int], None]] = None,
             tick_ns: int = 0) -> Result:
@@ -1353,6 +1539,11 @@ class UringSender:
         meter = Meter()
         deadline = meter.t0 + int(cfg.seconds * 1e9)
         next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
+        if cfg.trace:
+            # Inside the timed run: the trace's sends count, so must its time.
+            t = self.trace(cfg.trace, self.trace_out)
+            nbytes, results, notifs = t.bytes, t.ok, t.notifs
+            eagain, copied, error = t.eagain, t.copied, t.error
 
         while True:
             if inflight == 0:
@@ -1519,11 +1710,6 @@ def bench_main(argv: List[str]) -> int:
     raise Fatal("bench: not built yet")
 
 
-def probe_main(argv: List[str]) -> int:
-    """`sendzc.py --probe`."""
-    raise Fatal("--probe: not built yet")
-
-
 # =============================================================================
 # 9. Command line
 #
@@ -1674,6 +1860,7 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         payload = Payload(cfg.size)
         stack.callback(payload.close)           # after the ring (below) has let go of it
         sender = UringSender(cfg, sock, payload, stack)
+        sender.trace_out = sys.stderr if as_json else sys.stdout
         ticks = Intervals(interval, not as_json, time.perf_counter_ns()) if interval else None
         result = sender.run(on_tick=None if ticks is None else
                             (lambda b, n: ticks.report(time.perf_counter_ns(), b, n)),
@@ -1698,6 +1885,51 @@ def sender_params(cfg: SendConfig) -> dict:
             "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
             "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
             "entries": cfg.entries, "seconds": cfg.seconds}
+
+
+def probe_main(argv: List[str]) -> int:
+    """`sendzc.py --probe [--json]`: the kernel's answers; exit 1 naming what is missing."""
+    p = Parser(prog="sendzc.py --probe", description="Ask this kernel what io_uring offers.")
+    p.add_argument("--probe", action="store_true", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    a = p.parse_args(argv)
+    caps = kernel_capabilities()
+    if a.json:
+        print(json.dumps({"tool": "sendzc", "version": VERSION, "kernel": caps["kernel"],
+                          "host": socket.gethostname(), "probe": caps}, indent=2))
+    else:
+        print("\n".join(describe_capabilities(caps)))
+    if caps["missing"]:
+        print(f"sendzc: missing: {', '.join(caps['missing'])}"
+              + (f" ({caps['setup_error']})" if "setup_error" in caps else ""), file=sys.stderr)
+        return 1
+    return 0
+
+
+def describe_capabilities(caps: dict) -> List[str]:
+    def yes(v):
+        return "yes" if v is True else f"no ({v})" if v else "no"
+    disabled = caps["io_uring_disabled"]
+    lines = [f"kernel {caps['kernel']} ({caps['machine']}), Python {platform.python_version()}",
+             "kernel.io_uring_disabled = " + ("(absent: before 6.6)" if disabled is None else
+                                              f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
+    if "setup_error" in caps:
+        return lines + [f"io_uring_setup: refused: {caps['setup_error']}"]
+    lines.append(f"features ({len(caps['features'])}): "
+                 + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]))
+    lines.append("setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()))
+    lines.append("opcodes: " + "  ".join(f"{k.replace('IORING_OP_', '')} {yes(v)}"
+                                         for k, v in caps["opcodes"].items()))
+    lines.append(f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}")
+    lines.append(f"registered files {yes(caps['registered_files'])}  buffers "
+                 f"{yes(caps['registered_buffers'])}  ring fd (5.18) {yes(caps['registered_ring_fd'])}")
+    lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
+                                else "missing " + ", ".join(caps["missing"])))
+    return lines
+
+
+IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
+                           2: "(io_uring off for everyone)"}
 
 
 def on_sigint(signum, frame):

@@ -13,6 +13,7 @@ import errno
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -397,6 +398,84 @@ def test_tcp_receiver_gets_every_byte_in_order(pair, family, opts):
     assert got["bad"] is None                      # ... and every byte is the pattern, in order
     if row["mode"] != "send":
         assert row["notifications"] == row["requests"]
+
+
+# =============================================================================
+# Teaching: --trace and --probe
+# =============================================================================
+
+def test_trace_follows_two_sends_from_sqe_to_notification(sink):
+    if not kernel_at_least(6, 2):
+        pytest.skip("the notification's zero-copy verdict needs Linux 6.2")
+    p = tool("-4", "-D", SINK4, "-t", "0.3", "--trace", "2", "udp", ns=sink)
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    sqes = [l for l in lines if l.startswith("trace: SQE ")]
+    cqes = [l for l in lines if l.startswith("trace: CQE ")]
+    assert len(sqes) == 2 and all(" IORING_OP_SEND_ZC " in l for l in sqes)
+    assert [l.split("user_data=")[1] for l in sqes] == ["1", "2"]
+    results = [l for l in cqes if l.endswith("flags=F_MORE")]
+    notifs = [l for l in cqes if l.endswith("flags=F_NOTIF")]
+    assert len(results) == 2 and all("res=65435 (bytes)" in l for l in results)
+    assert len(notifs) == 2 and all("res=0 (zero-copy)" in l for l in notifs)
+    assert len(cqes) == 4
+    # Head and tail around each io_uring_enter() tell the same story.
+    counters = re.compile(r"sq head=(\d+) tail=(\d+) cq head=(\d+) tail=(\d+)")
+    placed, enters = 2, 0
+    for line in lines:
+        m = counters.search(line)
+        if line.startswith("trace: io_uring_enter("):
+            sq_head, sq_tail, cq_head, cq_tail = map(int, m.groups())
+            assert sq_tail - sq_head == placed         # placed, not yet consumed by the kernel
+            assert cq_tail == cq_head                  # everything earlier was reaped
+            placed, enters = 0, enters + 1
+        elif line.startswith("trace:   returned; after:"):
+            sq_head, sq_tail, cq_head, cq_tail = map(int, m.groups())
+            ready = int(line.split("(")[1].split()[0])
+            assert sq_head == sq_tail                  # every SQE consumed
+            assert cq_tail - cq_head == ready > 0      # these CQEs wait to be read
+    assert enters >= 1
+    # Each kind of line is explained once, before its first use.
+    assert sum(l.startswith("#   F_MORE:") for l in lines) == 1
+    assert lines.index(next(l for l in lines if l.startswith("#   F_NOTIF:"))) < lines.index(notifs[0])
+    assert int(lines[-3].split("tx=")[1].split()[0]) > 2        # the run went on
+
+
+def test_probe_says_send_zc_is_here():
+    p = tool("--probe")
+    if not kernel_at_least(6, 0):
+        assert p.returncode == 1 and "IORING_OP_SEND_ZC" in p.stderr
+        return
+    assert p.returncode == 0, p.stderr
+    assert "SEND_ZC yes" in p.stdout
+    doc = json.loads(tool("--probe", "--json").stdout)
+    assert doc["probe"]["opcodes"]["IORING_OP_SEND_ZC"] is True and doc["probe"]["missing"] == []
+
+
+@contextlib.contextmanager
+def sysctl(path, value):
+    """Set a sysctl for the test; always put the old value back."""
+    full = "/proc/sys/" + path.replace(".", "/")
+    if not IS_ROOT or not os.path.exists(full):
+        pytest.skip(f"needs root and {full}")
+    with open(full) as f:
+        old = f.read()
+    try:
+        with open(full, "w") as f:
+            f.write(str(value))
+        yield
+    finally:
+        with open(full, "w") as f:
+            f.write(old)
+
+
+def test_probe_names_io_uring_disabled_as_the_cause():
+    with sysctl("kernel.io_uring_disabled", 2):
+        p = tool("--probe")
+    assert p.returncode == 1
+    assert p.stderr.splitlines() == [
+        "sendzc: missing: io_uring_setup (io_uring is disabled on this host "
+        "(kernel.io_uring_disabled=2): `sysctl -w kernel.io_uring_disabled=0` as root)"]
 
 
 # =============================================================================
