@@ -577,11 +577,13 @@ class Ring:
         assert cq_words[self._cq_head_i] == cq_words[self._cq_tail_i] == 0
 
         # The SQE array as bytes, and the CQE array as strided views: res of
-        # CQE i is cqe_res[i], its flags cqe_flags[i]. Reaping slices these,
-        # so judging a thousand CQEs is a few C loops, not a Python loop.
+        # CQE i is cqe_res[i], its flags cqe_flags[i], and cqe_words[i] is the
+        # two together as one 64-bit word, cqe_word(res, flags). Reaping
+        # slices these, so judging a thousand CQEs is a few C loops.
         self._sqes = self._view(self._sqe_map)
         cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cq_size])
         self._cqe_user_data = self._hold(cqe_bytes.cast("Q")[0::2])
+        self._cqe_words = self._hold(cqe_bytes.cast("Q")[1::2])
         self._cqe_res = self._hold(cqe_bytes.cast("i")[2::4])
         self._cqe_flags = self._hold(cqe_bytes.cast("I")[3::4])
 
@@ -723,14 +725,13 @@ class Ring:
         self.submitted += ret
         return ret
 
-    def submit_and_reap(self, wait_nr: int) -> Tuple[List[int], List[int]]:
-        """submit_and_wait(), peek() and cq_advance() fused: the batch loop's one call.
+    def submit_and_reap(self, wait_nr: int) -> List[int]:
+        """submit_and_wait(), then every ready CQE as a cqe_word(), handed back.
 
-        The same three steps as liburing's io_uring_submit_and_wait(),
+        The same steps as liburing's io_uring_submit_and_wait(),
         io_uring_peek_batch_cqe() and io_uring_cq_advance(), written out in
-        one body because each Python call and attribute lookup costs about
-        as much as the kernel's work for a small send. Returns the res and
-        flags of every CQE that was ready, already handed back to the kernel.
+        one body: each Python call and attribute lookup costs about as much
+        as the kernel's work for a small send, and this runs once per batch.
         """
         words = self._sq_words
         tail = self.sq_tail
@@ -744,14 +745,14 @@ class Ring:
         new_head = self._cq_words[self._cq_tail_i]
         i = head & self.cq_mask
         end = i + ((new_head - head) & U32)
-        res, flags = self._cqe_res, self._cqe_flags
+        cqes = self._cqe_words
         if end <= self.cq_entries:
-            got = res[i:end].tolist(), flags[i:end].tolist()
+            got = cqes[i:end].tolist()
         else:                                               # wrapped: tail part, then head part
-            end -= self.cq_entries
-            got = res[i:].tolist() + res[:end].tolist(), flags[i:].tolist() + flags[:end].tolist()
+            got = cqes[i:].tolist() + cqes[:end - self.cq_entries].tolist()
         self.cq_head = new_head
-        self._cq_words[self._cq_head_i] = new_head          # after the copies above: slots are free
+        self._cq_words[self._cq_head_i] = new_head          # after the copy above: slots are free
+        self.reaped += len(got)
         return got
 
     def wait_cqes(self, wait_nr: int, timeout_s: float) -> bool:
@@ -830,6 +831,24 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     if end <= entries:
         return [(i, end)]
     return [(i, entries), (0, end - entries)]
+
+
+# A CQE's res and flags, read together as one little-endian 64-bit word:
+# flags in the high half, res (as u32) in the low half. A good SEND_ZC result
+# is then one exact number, cqe_word(size, F_MORE), and so is a good
+# notification, cqe_word(0, F_NOTIF): list.count() finds them all in C.
+assert sys.byteorder == "little", "the CQE word view assumes little-endian (x86-64, arm64)"
+
+
+def cqe_word(res: int, flags: int) -> int:
+    """The 64-bit word a CQE with this res and flags reads as."""
+    return (flags << 32) | (res & U32)
+
+
+def split_cqe_words(words: List[int]) -> Tuple[List[int], List[int]]:
+    """The res (signed) and flags of each CQE word: the slow path's view."""
+    res = [((w & U32) ^ 0x80000000) - 0x80000000 for w in words]   # u32 -> s32
+    return res, [w >> 32 for w in words]
 
 
 def flag_names(value: int, names: Dict[int, str], strip: str = "") -> str:
@@ -1297,6 +1316,11 @@ class Tally:
     short: int = 0
     error: int = 0        # first errno other than EAGAIN
 
+    def add(self, t: "Tally") -> None:
+        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short"):
+            setattr(self, name, getattr(self, name) + getattr(t, name))
+        self.error = self.error or t.error
+
 
 def judge_each(res: List[int], flags: List[int], size: int) -> Tally:
     """Walk the CQEs one by one: errors, EAGAIN, copies, odd flags.
@@ -1496,9 +1520,7 @@ class UringSender:
                                                     user_data[k], res[k], flags[k]))
                 ring.cq_advance(ready)
                 t = judge_each(res, flags, cfg.size)
-                for name in ("results", "ok", "bytes", "notifs", "eagain", "copied", "short"):
-                    setattr(total, name, getattr(total, name) + getattr(t, name))
-                total.error = total.error or t.error
+                total.add(t)
                 due += t.due
                 count -= t.results
                 wait = count + due          # here we do wait for the notifications
@@ -1519,78 +1541,66 @@ class UringSender:
         waits for its notifications.
         """
         cfg, ring = self.cfg, self.ring
-        r, size, stream = cfg.batch, cfg.size, self.stream
+        r, size, stream, zc = cfg.batch, cfg.size, self.stream, cfg.zc
         room = 0 if cfg.flush else ring.cq_entries - 2 * r
         place, submit_and_reap = ring.place, ring.submit_and_reap
         clock = time.perf_counter_ns
-        F_NOTIF = IORING_CQE_F_NOTIF
-        # The flags of a result CQE when all is well: F_MORE for a zero-copy
-        # send (its notification follows), none for a copying SEND.
-        ok_flags = IORING_CQE_F_MORE if cfg.zc else 0
+        # What a CQE reads as when all is well (see cqe_word): a zero-copy
+        # result carries F_MORE (its notification follows), a copying SEND's
+        # none; a notification says res 0, zero-copy. A send never returns
+        # more than size, so an exact match is a whole send.
+        good_result = cqe_word(size, IORING_CQE_F_MORE if zc else 0)
+        good_notif = cqe_word(0, IORING_CQE_F_NOTIF)
         first = self.batch(0)
 
         inflight = due = 0      # results not yet seen; notifications promised (F_MORE) not yet seen
-        nbytes = results = notifs = eagain = copied = 0
-        error = 0
+        whole = notifs = 0      # good results and good notifications, counted in bulk
+        slow = Tally()          # everything else, judged one by one
         result = Result(cfg.mode, cfg.proto, size, r, family_name(cfg.family),
                         setup=ring.setup_flags)
-        if self.report_usage:
-            result.zc_copied = 0
         meter = Meter()
         deadline = meter.t0 + int(cfg.seconds * 1e9)
         next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
         if cfg.trace:
             # Inside the timed run: the trace's sends count, so must its time.
-            t = self.trace(cfg.trace, self.trace_out)
-            nbytes, results, notifs = t.bytes, t.ok, t.notifs
-            eagain, copied, error = t.eagain, t.copied, t.error
+            slow = self.trace(cfg.trace, self.trace_out)
 
         while True:
             if inflight == 0:
                 now = clock()
-                if now >= deadline or STOP.requested or error:
+                if now >= deadline or STOP.requested or slow.error:
                     break
                 if now >= next_tick:            # -i: ticks only inside the run
-                    on_tick(nbytes, results)
+                    on_tick(whole * size + slow.bytes, whole + slow.ok)
                     next_tick += tick_ns
                 if due <= room:
-                    place(self.batch(nbytes % PATTERN_LEN) if stream else first)
+                    place(self.batch((whole * size + slow.bytes) % PATTERN_LEN) if stream else first)
                     inflight = r
             try:
-                res, fl = submit_and_reap(inflight or 1)
+                cqes = submit_and_reap(inflight or 1)
             except InterruptedError:
                 continue                      # a signal: look at STOP, then carry on
-            k = len(fl)
-            # The fast path, in bulk: every CQE is a result with the expected
-            # flags or a notification, and the results add up to exactly
-            # size bytes each. No result can exceed size and a notification's
-            # res is 0 or has bit 31 set (REPORT_USAGE: copied), which reads
-            # as negative; so the sum matches only if every send was whole and
-            # every notification says zero-copy. Anything else (an error,
-            # EAGAIN, a short send, a copy) goes to judge_each().
-            n_notif = fl.count(F_NOTIF)
-            done = k - n_notif
-            if fl.count(ok_flags) == done and sum(res) == done * size:
-                nbytes += done * size
-                results += done
-                inflight -= done
+            # The fast path, in bulk: two list.count() calls in C. If every
+            # CQE is a good result or a good notification, we are done.
+            n_ok = cqes.count(good_result)
+            n_notif = cqes.count(good_notif)
+            if n_ok + n_notif == len(cqes):
+                whole += n_ok
                 notifs += n_notif
-                due += (done if ok_flags else 0) - n_notif
-            else:
-                t = judge_each(res, fl, size)
-                nbytes += t.bytes
-                results += t.ok
+                inflight -= n_ok
+                if zc:
+                    due += n_ok - n_notif
+            else:                             # an error, EAGAIN, a short send, a copy...
+                t = judge_each(*split_cqe_words(cqes), size)
+                slow.add(t)
                 inflight -= t.results
-                notifs += t.notifs
                 due += t.due
-                eagain += t.eagain
-                copied += t.copied
-                error = error or t.error or (errno.EIO if stream and t.short else 0)
+                if stream and t.short and not slow.error:
+                    slow.error = errno.EIO    # a short TCP write: the stream would tear
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
 
         result.interrupted = STOP.requested
         meter.stop(result)            # the rate covers sending; the drain below is not timed
-        result.requests, result.bytes, result.eagain = results, nbytes, eagain
         # Drain: every notification before the buffer may go. Bounded: a TCP
         # peer that stopped acknowledging could hold the pages for minutes.
         drain_until = clock() + int(DRAIN_SECONDS * 1e9)
@@ -1606,20 +1616,18 @@ class UringSender:
             if fl:
                 ring.cq_advance(len(fl))
                 t = judge_each(res, fl, size)
-                result.bytes += t.bytes
-                result.requests += t.ok
-                result.eagain += t.eagain
+                slow.add(t)
                 inflight -= t.results
-                notifs += t.notifs
                 due += t.due
-                copied += t.copied
-                error = error or t.error
-        result.notifications = notifs
+        result.requests = whole + slow.ok
+        result.bytes = whole * size + slow.bytes
+        result.eagain = slow.eagain
+        result.notifications = notifs + slow.notifs
         result.undrained = due + inflight
         if self.report_usage:
-            result.zc_copied = copied
-        if error:
-            result.error = send_error(error, cfg)
+            result.zc_copied = slow.copied
+        if slow.error:
+            result.error = send_error(slow.error, cfg)
         return result
 
 

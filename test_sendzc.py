@@ -205,10 +205,27 @@ def test_submit_and_reap_wraps_the_completion_ring():
         got = 0
         for _ in range(50):
             ring.place(bytes(sqe) * 3)             # 3 does not divide 8 either
-            res, flags = ring.submit_and_reap(3)
-            assert res == [0] * 3 and flags == [0] * 3
+            assert ring.submit_and_reap(3) == [sendzc.cqe_word(0, 0)] * 3
             got += 3
         assert ring.cq_head == got == 150
+
+
+def test_cqe_words_are_res_and_flags_read_together():
+    word = sendzc.cqe_word(65435, sendzc.IORING_CQE_F_MORE)
+    assert word == (2 << 32) | 65435
+    copied = sendzc.cqe_word(-2**31, sendzc.IORING_CQE_F_NOTIF)   # REPORT_USAGE: copied
+    failed = sendzc.cqe_word(-errno.ECONNREFUSED, 0)
+    assert sendzc.split_cqe_words([word, copied, failed]) == (
+        [65435, -2**31, -errno.ECONNREFUSED], [2, 8, 0])
+    # ... and the ring's word view agrees with its res and flags views.
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b, sendzc.Ring(4) as ring:
+        sqe = sendzc.io_uring_sqe()
+        sendzc.prep_send_zc(sqe, a.fileno(), 8, 1, 0, 0)
+        ring.place(bytes(sqe))
+        ring.submit_and_wait(2)
+        res, flags = ring.peek()
+        assert ring.submit_and_reap(0) == [sendzc.cqe_word(r, f) for r, f in zip(res, flags)]
 
 
 def test_probe_reports_the_opcodes_this_kernel_has():
