@@ -506,6 +506,14 @@ SETUP_ATTEMPTS = (
     IORING_SETUP_COOP_TASKRUN,                                                          # 5.19
     0,
 )
+# With SQPOLL the kernel's thread is the only submitter, so SINGLE_ISSUER
+# holds; DEFER_TASKRUN does not combine with it (no task of ours to defer to).
+SQPOLL_ATTEMPTS = (
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_NO_SQARRAY,
+    IORING_SETUP_SINGLE_ISSUER,
+    0,
+)
+SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do before it sleeps
 
 
 class Ring:
@@ -598,6 +606,7 @@ class Ring:
         self.cq_head = 0            # our copy of cq.head (we own it)
         self.enter_fd = self.fd     # becomes a registered index with register_ring_fd()
         self.enter_flags = 0
+        self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
         self.submitted = 0          # SQEs the kernel has consumed, in total
         self.reaped = 0             # CQEs we have consumed, in total
 
@@ -720,8 +729,9 @@ class Ring:
         # below, on this thread (see "Memory ordering" above).
         words[self._sq_tail_i] = self.sq_tail
         to_submit = (self.sq_tail - words[self._sq_head_i]) & U32
+        wakeup = IORING_ENTER_SQ_WAKEUP if self.sqpoll else 0
         ret = io_uring_enter(self.enter_fd, to_submit, wait_nr,
-                             IORING_ENTER_GETEVENTS | self.enter_flags)
+                             IORING_ENTER_GETEVENTS | wakeup | self.enter_flags)
         self.submitted += ret
         return ret
 
@@ -755,6 +765,47 @@ class Ring:
         self.reaped += len(got)
         return got
 
+    def sqpoll_submit_and_reap(self, wait_nr: int) -> List[int]:
+        """submit_and_reap() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
+
+        The kernel's SQ thread, on another CPU, watches sq.tail and submits
+        whatever we place; we only store the tail and read the CQ ring. We
+        enter the kernel only to sleep when no CQE is ready (GETEVENTS), and
+        always with IORING_ENTER_SQ_WAKEUP, the way liburing's
+        io_uring_submit() does when the thread has set IORING_SQ_NEED_WAKEUP.
+
+        Memory ordering, the part C gets from barriers: the SQ thread reads
+        our tail concurrently, so the SQE bytes must be visible before the
+        tail. x86-64 keeps stores in order (TSO), so writing the SQEs then the
+        tail is enough there; arm64 needs a store-release that Python cannot
+        issue, which is why --sqpoll is x86-64 only. A store then a load (the
+        tail, then NEED_WAKEUP) may still pass each other even on x86: the
+        thread could fall asleep without seeing our tail. Then no CQE comes,
+        we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
+        """
+        tail = self.sq_tail
+        self._sq_words[self._sq_tail_i] = tail
+        head = self.cq_head
+        new_head = self._cq_words[self._cq_tail_i]
+        if new_head == head or self._sq_words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
+            ret = _syscall(NR_io_uring_enter, self.enter_fd, 0, wait_nr if new_head == head else 0,
+                           IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP | self.enter_flags,
+                           None, _SIZE_0)
+            if ret < 0:
+                _raise_errno("io_uring_enter")
+            new_head = self._cq_words[self._cq_tail_i]
+        i = head & self.cq_mask
+        end = i + ((new_head - head) & U32)
+        cqes = self._cqe_words
+        if end <= self.cq_entries:
+            got = cqes[i:end].tolist()
+        else:
+            got = cqes[i:].tolist() + cqes[:end - self.cq_entries].tolist()
+        self.cq_head = new_head
+        self._cq_words[self._cq_head_i] = new_head
+        self.reaped += len(got)
+        return got
+
     def wait_cqes(self, wait_nr: int, timeout_s: float) -> bool:
         """io_uring_wait_cqes() with a timeout: False if it ran out (ETIME)."""
         words = self._sq_words
@@ -762,10 +813,11 @@ class Ring:
         to_submit = (self.sq_tail - words[self._sq_head_i]) & U32
         ts = kernel_timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
         arg = io_uring_getevents_arg(ts=ctypes.addressof(ts))
+        wakeup = IORING_ENTER_SQ_WAKEUP if self.sqpoll else 0
         try:
             self.submitted += io_uring_enter(
                 self.enter_fd, to_submit, wait_nr,
-                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | self.enter_flags,
+                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | wakeup | self.enter_flags,
                 ctypes.byref(arg), ctypes.c_size_t(ctypes.sizeof(arg)))
         except OSError as e:
             if e.errno == errno.ETIME:
@@ -1194,6 +1246,8 @@ class SendConfig:
     entries: int = 512           # SQ ring size (the seed's io_uring_queue_init(512))
     seconds: float = 4.0
     trace: int = 0               # --trace N: print the first N requests' SQEs and CQEs
+    sqpoll: bool = False         # --sqpoll: a kernel thread submits (IORING_SETUP_SQPOLL)
+    flows: int = 1               # -n: parallel senders, each its own thread, socket and ring
 
     @property
     def mode(self) -> str:
@@ -1393,8 +1447,17 @@ class UringSender:
         self.cfg = cfg
         self.sock = sock
         self.payload = payload
+        if cfg.sqpoll and platform.machine() != "x86_64":
+            raise Fatal("--sqpoll is x86-64 only: the SQ thread reads our tail concurrently, and "
+                        "ordering the SQE stores before it needs a store barrier Python cannot "
+                        "issue on arm64; run without --sqpoll")
         try:
-            self.ring = ring = Ring(cfg.entries, cq_entries=4 * cfg.entries)
+            if cfg.sqpoll:
+                self.ring = ring = Ring(cfg.entries, cq_entries=4 * cfg.entries,
+                                        flags=IORING_SETUP_SQPOLL, attempts=SQPOLL_ATTEMPTS,
+                                        sq_thread_idle=SQ_THREAD_IDLE_MS)
+            else:
+                self.ring = ring = Ring(cfg.entries, cq_entries=4 * cfg.entries)
         except OSError as e:
             raise Fatal(setup_error(e)) from None
         stack.callback(ring.close)
@@ -1410,6 +1473,7 @@ class UringSender:
         self.stream = cfg.proto == "tcp"
         self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
         self.trace_out = sys.stdout
+        self.rusage_who = resource.RUSAGE_SELF     # RUSAGE_THREAD when one of several flows
         self._batches: Dict[int, bytes] = {}
 
     # --- building SQEs -------------------------------------------------------
@@ -1543,7 +1607,12 @@ class UringSender:
         cfg, ring = self.cfg, self.ring
         r, size, stream, zc = cfg.batch, cfg.size, self.stream, cfg.zc
         room = 0 if cfg.flush else ring.cq_entries - 2 * r
-        place, submit_and_reap = ring.place, ring.submit_and_reap
+        place = ring.place
+        submit_and_reap = ring.sqpoll_submit_and_reap if ring.sqpoll else ring.submit_and_reap
+        # Batches in flight. One, as the seed: the next goes in when the last
+        # one's results are back. With SQPOLL two, so the SQ thread always has
+        # the next batch waiting while we reap the last.
+        ahead = r if ring.sqpoll else 0
         clock = time.perf_counter_ns
         # What a CQE reads as when all is well (see cqe_word): a zero-copy
         # result carries F_MORE (its notification follows), a copying SEND's
@@ -1558,15 +1627,17 @@ class UringSender:
         slow = Tally()          # everything else, judged one by one
         result = Result(cfg.mode, cfg.proto, size, r, family_name(cfg.family),
                         setup=ring.setup_flags)
-        meter = Meter()
+        meter = Meter(self.rusage_who)
         deadline = meter.t0 + int(cfg.seconds * 1e9)
         next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
+        placed = 0              # requests placed: a TCP batch starts at stream offset placed*size
         if cfg.trace:
             # Inside the timed run: the trace's sends count, so must its time.
             slow = self.trace(cfg.trace, self.trace_out)
+            placed = slow.results
 
         while True:
-            if inflight == 0:
+            if inflight <= ahead:
                 now = clock()
                 if now >= deadline or STOP.requested or slow.error:
                     break
@@ -1574,8 +1645,9 @@ class UringSender:
                     on_tick(whole * size + slow.bytes, whole + slow.ok)
                     next_tick += tick_ns
                 if due <= room:
-                    place(self.batch((whole * size + slow.bytes) % PATTERN_LEN) if stream else first)
-                    inflight = r
+                    place(self.batch(placed * size % PATTERN_LEN) if stream else first)
+                    inflight += r
+                    placed += r
             try:
                 cqes = submit_and_reap(inflight or 1)
             except InterruptedError:
@@ -1629,6 +1701,67 @@ class UringSender:
         if slow.error:
             result.error = send_error(slow.error, cfg)
         return result
+
+
+def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
+    """-n N: N senders at once, each a thread with its own socket, payload and ring.
+
+    Like the seed's successor in liburing (send-zerocopy -T). A ring set up
+    with SINGLE_ISSUER and DEFER_TASKRUN belongs to the thread that made it,
+    so each thread makes its own. Python's GIL is not the limit it seems:
+    ctypes releases it for the whole io_uring_enter(), where a sender spends
+    most of its time, so on two cores one flow's kernel work overlaps the
+    other's Python. Returns each flow's result (CPU from RUSAGE_THREAD) and
+    their total (CPU from RUSAGE_SELF, which includes every thread).
+    """
+    import threading
+    results: List[Optional[Result]] = [None] * cfg.flows
+    errors: List[BaseException] = []
+    ready = threading.Barrier(cfg.flows + 1)
+
+    def flow(i: int) -> None:
+        try:
+            with ExitStack() as stack:
+                sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
+                stack.callback(sock.close)
+                payload = Payload(cfg.size)
+                stack.callback(payload.close)
+                sender = UringSender(cfg, sock, payload, stack)
+                sender.rusage_who = resource.RUSAGE_THREAD
+                ready.wait()
+                results[i] = sender.run()
+        except BaseException as e:          # reported by the main thread, in one line
+            errors.append(e)
+            ready.abort()
+
+    threads = [threading.Thread(target=flow, args=(i,), name=f"flow{i}") for i in range(cfg.flows)]
+    for t in threads:
+        t.start()
+    try:
+        ready.wait()
+    except threading.BrokenBarrierError:
+        pass
+    meter = Meter()
+    for t in threads:
+        while t.is_alive():
+            t.join(0.1)                     # short joins: the main thread still sees Ctrl-C
+    if errors:
+        raise errors[0]
+    done = [r for r in results if r is not None]
+    total = meter.stop(Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
+                              setup=done[0].setup))
+    for r in done:
+        total.requests += r.requests
+        total.bytes += r.bytes
+        total.notifications += r.notifications
+        total.eagain += r.eagain
+        total.undrained += r.undrained
+        if r.zc_copied is not None:
+            total.zc_copied = (total.zc_copied or 0) + r.zc_copied
+        total.error = total.error or r.error
+    total.seconds = max(r.seconds for r in done)   # the rate: all bytes over the longest flow
+    total.interrupted = STOP.requested
+    return done, total
 
 
 DRAIN_SECONDS = 5.0
@@ -1808,6 +1941,10 @@ def sender_parser() -> Parser:
                    help="SQ ring entries, a power of two (default 512)")
     p.add_argument("--trace", type=int, default=0, metavar="N",
                    help="print the SQEs and CQEs of the first N requests")
+    p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
+                   help="parallel flows, each with its own thread, socket and ring")
+    p.add_argument("--sqpoll", action="store_true",
+                   help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
     p.add_argument("proto", choices=("udp", "tcp", "raw"), help="what to send")
     return p
 
@@ -1857,11 +1994,14 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
         raise UsageError(f"--trace {a.trace}: must be 0 or more")
     return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
                       batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
-                      flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace)
+                      flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
+                      sqpoll=a.sqpoll, flows=a.flows)
 
 
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
     """The seed's main(): one sender, one result."""
+    if cfg.flows > 1:
+        return run_senders(cfg, as_json)
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
         stack.callback(sock.close)
@@ -1888,11 +2028,30 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
     return 130 if result.interrupted else 0
 
 
+def run_senders(cfg: SendConfig, as_json: bool) -> int:
+    """-n N: each flow's result, then the total."""
+    flows, total = run_flows(cfg)
+    if as_json:
+        doc = json_doc(sender_params(cfg), flows)
+        doc["total"] = total.row()
+        print(json.dumps(doc, indent=2))
+    else:
+        for i, r in enumerate(flows):
+            print(f"flow {i}: " + describe_result(r)[1])
+        print(f"total of {len(flows)} flows:")
+        print("\n".join(describe_result(total)))
+    if total.error:
+        print(f"sendzc: {total.error}", file=sys.stderr)
+        return 1
+    return 130 if total.interrupted else 0
+
+
 def sender_params(cfg: SendConfig) -> dict:
     return {"proto": cfg.proto, "family": family_name(cfg.family), "addr": cfg.addr,
             "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
             "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
-            "entries": cfg.entries, "seconds": cfg.seconds}
+            "entries": cfg.entries, "seconds": cfg.seconds, "flows": cfg.flows,
+            "sqpoll": cfg.sqpoll}
 
 
 def probe_main(argv: List[str]) -> int:

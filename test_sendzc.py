@@ -345,6 +345,26 @@ def test_udp_into_the_sink(sink, opts):
     assert row["size"] == size and row["proto"] == "udp"
 
 
+def test_sqpoll_sends_and_reaps_without_losing_a_cqe(sink):
+    if os.uname().machine != "x86_64":
+        pytest.skip("--sqpoll is x86-64 only")
+    for opts in ([], ["-r", "32"]):
+        row = tool_json("-4", "-D", SINK4, "-t", "0.3", "--sqpoll", *opts, "udp", ns=sink)["rows"][0]
+        check_row(row, 65435)
+        assert "IORING_SETUP_SQPOLL" in row["setup"]
+
+
+def test_flows_each_count_and_add_up(sink):
+    doc = tool_json("-4", "-D", SINK4, "-t", "0.3", "-n", "2", "udp", ns=sink)
+    assert len(doc["rows"]) == 2
+    for row in doc["rows"]:
+        check_row(row, 65435)
+    total = doc["total"]
+    assert total["requests"] == sum(r["requests"] for r in doc["rows"])
+    assert total["bytes"] == sum(r["bytes"] for r in doc["rows"])
+    assert total["notifications"] == total["requests"]
+
+
 def test_udp_ipv6_into_the_sink(sink):
     row = tool_json("-6", "-D", SINK6, "-t", "0.3", "-s", "1400", "udp", ns=sink)["rows"][0]
     check_row(row, 1400)
