@@ -39,14 +39,17 @@ import mmap
 import os
 import platform
 import resource
+import select
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 VERSION = "0.1.0"
 
@@ -434,6 +437,12 @@ def unshare(flags: int) -> None:
     """unshare(2): e.g. CLONE_NEWNET gives this process a network namespace of its own."""
     if _libc.unshare(ctypes.c_int(flags)) != 0:
         _raise_errno("unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2): move this thread into the namespace fd refers to (os.setns is 3.12+)."""
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
+        _raise_errno("setns")
 
 
 def _addr_of(buf) -> int:
@@ -906,6 +915,7 @@ DEFAULT_PORT = 8000     # the seed's port
 # default size; the true per-protocol limits are in max_payload().
 SEED_MAX_PAYLOAD = IP_MAXPACKET - 40 - 20 - 40
 MIB = 1 << 20
+GIB = 1 << 30           # the GB of "CPU s/GB": 2**30 bytes, as MB is 2**20
 
 
 def pattern(length: int, phase: int = 0) -> bytes:
@@ -973,6 +983,7 @@ class Result:
     bytes: int = 0             # sum of those results
     notifications: int = 0     # F_NOTIF CQEs (or MSG_ZEROCOPY completions) seen
     eagain: int = 0            # sends answered -EAGAIN (counted, as the seed does)
+    enobufs: int = 0           # MSG_ZEROCOPY sends refused with ENOBUFS (optmem), retried
     seconds: float = 0.0       # measured wall time of the sending loop
     cpu_user_s: float = 0.0    # getrusage: time in Python and libc
     cpu_sys_s: float = 0.0     # getrusage: time in the kernel
@@ -991,15 +1002,21 @@ class Result:
     def gbit_per_s(self) -> float:
         return self.bytes * 8 / 1e9 / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_s_per_gb(self) -> Optional[float]:
+        """CPU seconds (user + sys) per 2**30 bytes sent: the cost, whatever the speed."""
+        return (self.cpu_user_s + self.cpu_sys_s) / (self.bytes / GIB) if self.bytes else None
+
     def row(self) -> dict:
         """The JSON row (README documents every field)."""
         return {"mode": self.mode, "proto": self.proto, "family": self.family,
                 "size": self.size, "batch": self.batch, "requests": self.requests,
                 "bytes": self.bytes, "notifications": self.notifications,
-                "eagain": self.eagain, "seconds": round(self.seconds, 6),
+                "eagain": self.eagain, "enobufs": self.enobufs, "seconds": round(self.seconds, 6),
                 "mb_per_s": round(self.mb_per_s, 1), "gbit_per_s": round(self.gbit_per_s, 3),
                 "speedup": None if self.speedup is None else round(self.speedup, 2),
                 "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
+                "cpu_s_per_gb": None if self.cpu_s_per_gb is None else round(self.cpu_s_per_gb, 4),
                 "zc_copied": self.zc_copied, "interrupted": self.interrupted,
                 "error": self.error, "undrained": self.undrained, "setup": self.setup}
 
@@ -1494,6 +1511,206 @@ def read_io_uring_disabled() -> Optional[int]:
             return int(f.read())
     except (OSError, ValueError):
         return None
+
+
+# --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
+#
+# The seed measures io_uring against the kernel selftest msg_zerocopy.c, which
+# calls send(2) in a loop, copying or with MSG_ZEROCOPY. SyscallSender is that
+# loop, written as a careful program would write it: MSG_DONTWAIT sends, a
+# poll() when the socket is full (counted as EAGAIN), and, for MSG_ZEROCOPY,
+# completions read from the socket's error queue "every couple of send calls"
+# as Documentation/networking/msg_zerocopy.rst advises.
+#
+# How MSG_ZEROCOPY says a buffer is free again. With SO_ZEROCOPY set, every
+# send(MSG_ZEROCOPY) that moves data takes the next number of a per-socket u32
+# counter (0, 1, 2, ...). When the kernel lets go of that send's pages it queues
+# a struct sock_extended_err on the socket's error queue: ee_origin
+# SO_EE_ORIGIN_ZEROCOPY, ee_errno 0, and the inclusive range of completed sends
+# [ee_info, ee_data]. While a notification waits on the queue, the next one
+# that extends its range is merged into it, so one recvmsg(MSG_ERRQUEUE)
+# usually reports many sends. ee_code SO_EE_CODE_ZEROCOPY_COPIED says the
+# kernel copied after all (a merged range keeps the flag of its first send).
+# Each queued notification is charged to the socket's option memory: when
+# net.core.optmem_max is used up, send(MSG_ZEROCOPY) fails with ENOBUFS, and
+# the remedy is to read the queue and try again.
+
+SEND_BURST = 16         # send(2) calls between two looks at the clock and at STOP
+ZC_REAP_EVERY = 32      # MSG_ZEROCOPY sends between two reads of the error queue
+POLL_MS = 100           # longest wait in poll(): STOP is looked at this often
+SOCKADDR_IN6_SIZE = 28  # the offender address that follows sock_extended_err in the cmsg
+ERRQUEUE_CMSG_SPACE = socket.CMSG_SPACE(ctypes.sizeof(sock_extended_err) + SOCKADDR_IN6_SIZE)
+# (level, type) of the control message that carries sock_extended_err: IPv4 or IPv6
+RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
+
+
+class ZerocopyCompletions:
+    """MSG_ZEROCOPY's bookkeeping: which numbered sends the kernel has let go of.
+
+    Like do_recv_completion() in the selftest msg_zerocopy.c, and as strict:
+    ranges are counted modulo 2**32, and more completions than sends is an
+    error in our accounting, not something to round away.
+    """
+
+    def __init__(self):
+        self.sent = 0          # sends that moved data: each took a number
+        self.completed = 0     # sends covered by the ranges read so far
+        self.copied = 0        # ... of which in ranges flagged SO_EE_CODE_ZEROCOPY_COPIED
+        self.ranges = 0        # notifications read (one recvmsg each)
+        self.next_lo = 0       # where the next range should start, if in order
+        self.out_of_order = 0  # ranges that did not start there (allowed, but rare)
+
+    def add(self, lo: int, hi: int, code: int) -> int:
+        """Count the inclusive range [lo, hi] of send numbers; returns its length."""
+        n = ((hi - lo) & U32) + 1          # the counter is u32: a range may wrap
+        if lo != self.next_lo:
+            self.out_of_order += 1
+        self.next_lo = (hi + 1) & U32
+        self.completed += n
+        self.ranges += 1
+        if code & SO_EE_CODE_ZEROCOPY_COPIED:
+            self.copied += n
+        if self.completed > self.sent:
+            raise AssertionError(f"MSG_ZEROCOPY: {self.completed} completions for {self.sent} sends")
+        return n
+
+    @property
+    def outstanding(self) -> int:
+        return self.sent - self.completed
+
+    def read(self, sock: socket.socket) -> int:
+        """recvmsg(MSG_ERRQUEUE) until the queue is empty (do_recv_completions()).
+
+        Returns 0, or the errno of an error that is not a zero-copy completion
+        (none is expected: we do not ask for IP_RECVERR). Reading the error
+        queue never blocks: an empty queue answers EAGAIN.
+        """
+        while True:
+            try:
+                _, ancdata, msg_flags, _ = sock.recvmsg(0, ERRQUEUE_CMSG_SPACE, socket.MSG_ERRQUEUE)
+            except BlockingIOError:
+                return 0
+            if msg_flags & socket.MSG_CTRUNC:
+                raise AssertionError("recvmsg(MSG_ERRQUEUE): control message truncated")
+            for level, kind, data in ancdata:
+                if (level, kind) not in RECVERR_CMSGS:
+                    continue
+                ee = sock_extended_err.from_buffer_copy(data)
+                if ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY or ee.ee_errno:
+                    return ee.ee_errno or errno.EIO
+                self.add(ee.ee_info, ee.ee_data, ee.ee_code)
+
+
+class SyscallSender:
+    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY if asked.
+
+    One request per system call, so its `batch` is 1. With zerocopy, the
+    socket gets SO_ZEROCOPY (which io_uring's SEND_ZC must not have: it
+    needs none) and every send carries MSG_ZEROCOPY.
+    """
+
+    def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, zerocopy: bool):
+        self.cfg = cfg
+        self.sock = sock
+        self.payload = payload
+        self.zerocopy = zerocopy
+        self.mode = "msg_zerocopy" if zerocopy else "send_syscall"
+        if zerocopy:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+            except OSError as e:
+                raise Fatal(f"setsockopt(SO_ZEROCOPY) refused ({errno.errorcode.get(e.errno, e.errno)}): "
+                            f"MSG_ZEROCOPY needs Linux 4.14+ for TCP, 5.0+ for UDP") from None
+
+    def run(self, on_tick: Optional[Callable[[int, int], None]] = None,
+            tick_ns: int = 0) -> Result:
+        """Send for cfg.seconds; return the totals, every completion reaped.
+
+        A TCP send may move fewer bytes than asked; the next one starts where
+        the stream stands, so the bytes on the wire stay the pattern, in order.
+        UDP sends are all or nothing.
+        """
+        cfg, sock, zc = self.cfg, self.sock, self.zerocopy
+        size, stream = cfg.size, cfg.proto == "tcp"
+        flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
+        whole = memoryview(self.payload.map)
+        views = [whole[p:p + size] for p in range(PATTERN_LEN if stream else 1)]
+        room = select.poll()           # wakes when the send buffer has space (or an error is queued)
+        room.register(sock, select.POLLOUT)
+        errq = select.poll()           # wakes when a notification is queued
+        errq.register(sock, select.POLLERR)
+        done = ZerocopyCompletions()
+        result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family))
+        if zc:
+            result.zc_copied = 0
+        send, clock, burst = sock.send, time.perf_counter_ns, range(SEND_BURST)
+        view = views[0]
+        sends = nbytes = eagain = enobufs = error = 0
+        reap_at = ZC_REAP_EVERY
+        try:
+            meter = Meter()
+            deadline = meter.t0 + int(cfg.seconds * 1e9)
+            next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
+            while True:
+                now = clock()
+                if now >= deadline or STOP.requested or error:
+                    break
+                if now >= next_tick:                # -i: ticks only inside the run
+                    on_tick(nbytes, sends)
+                    next_tick += tick_ns
+                try:
+                    if stream:
+                        for _ in burst:
+                            nbytes += send(views[nbytes % PATTERN_LEN], flags)
+                            sends += 1
+                    else:
+                        for _ in burst:
+                            nbytes += send(view, flags)
+                            sends += 1
+                except BlockingIOError:             # the send buffer is full: wait for room
+                    eagain += 1
+                    if zc:
+                        done.sent = sends
+                        error = done.read(sock)
+                    room.poll(POLL_MS)
+                except OSError as e:
+                    if not (zc and e.errno == errno.ENOBUFS):
+                        error = e.errno
+                        continue
+                    # Out of option memory: notifications we have not read
+                    # hold it. Read them; if there were none, wait for one.
+                    enobufs += 1
+                    done.sent = sends
+                    ranges = done.ranges
+                    error = done.read(sock)
+                    if done.ranges == ranges:
+                        errq.poll(POLL_MS)
+                if zc and sends >= reap_at:
+                    done.sent = sends
+                    error = error or done.read(sock)
+                    reap_at = sends + ZC_REAP_EVERY
+            result.interrupted = STOP.requested
+            meter.stop(result)          # the rate covers sending; the drain below is not timed
+            done.sent = sends
+            # Drain: every completion before the buffer may go. Bounded, as
+            # UringSender's is: a TCP peer that stopped reading could hold
+            # the pages for minutes.
+            drain_until = clock() + int(DRAIN_SECONDS * 1e9)
+            while zc and done.outstanding and clock() < drain_until:
+                errq.poll(POLL_MS)
+                error = error or done.read(sock)
+        finally:
+            for v in views:
+                v.release()             # the mmap cannot close while a view exports it
+            whole.release()
+        result.requests, result.bytes = sends, nbytes
+        result.eagain, result.enobufs = eagain, enobufs
+        if zc:
+            result.notifications, result.zc_copied = done.completed, done.copied
+            result.undrained = done.outstanding
+        if error:
+            result.error = send_error(error, cfg)
+        return result
 
 
 # =============================================================================
