@@ -993,6 +993,7 @@ class Result:
     error: Optional[str] = None
     undrained: int = 0         # notifications still outstanding at teardown
     setup: List[str] = field(default_factory=list)
+    intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
 
     @property
     def mb_per_s(self) -> float:
@@ -1018,7 +1019,8 @@ class Result:
                 "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
                 "cpu_s_per_gb": None if self.cpu_s_per_gb is None else round(self.cpu_s_per_gb, 4),
                 "zc_copied": self.zc_copied, "interrupted": self.interrupted,
-                "error": self.error, "undrained": self.undrained, "setup": self.setup}
+                "error": self.error, "undrained": self.undrained, "setup": self.setup,
+                **({} if self.intervals is None else {"intervals": self.intervals})}
 
 
 class Meter:
@@ -1728,12 +1730,460 @@ def rx_main(argv: List[str]) -> int:
 # =============================================================================
 # 8. The benchmark
 #
-# `sendzc.py bench`: every way to send, on a private sink, as one table.
+# `sendzc.py bench` is the 2021 RFC's table, measured on this host: every way
+# to send, each for -t seconds into the same sink, and how each compares with
+# MSG_ZEROCOPY, the baseline the RFC measured io_uring against.
+#
+# The sink. Sending to a NIC measures the NIC; sending over loopback or veth
+# measures the receiver's copy, and turns zero-copy back into a copy. The RFC
+# sent UDP to a dummy device, which drops every packet at the end of the whole
+# transmit path. This kernel may lack the dummy driver, but ifb does the same
+# for packets routed out of it: ifb_xmit() drops any packet that tc did not
+# redirect to it. So bench gives itself a network namespace of its own
+# (unshare(CLONE_NEWNET)) with an ifb device in it, MTU 65535 so that a 64 KB
+# datagram is one packet (at MTU 1500 it would be 45 fragments, and every
+# fragmented send is copied), addresses from the benchmarking ranges
+# (198.18.0.0/15, 2001:2::/48), and sends to a second address on that subnet,
+# which only the ifb route leads to. The root qdisc is replaced by noqueue, as
+# on dummy: ifb's default pfifo_fast queue costs every packet an enqueue and a
+# dequeue (15-18% of the rate at 64 KB). The namespace has no name and belongs
+# to this process alone: when the process is gone, however it went (error,
+# Ctrl-C, kill -9), the kernel tears it down with the device in it.
+#
+# The rows, per size: send(2) copying, send(2) + MSG_ZEROCOPY (the baseline,
+# speedup 1.00), then io_uring SEND (copying), SEND_ZC and SEND_ZC from a
+# registered buffer, each at every --batches size. Each row is a fresh socket
+# (and ring) sending for -t seconds; rates divide by the measured time and CPU
+# comes from getrusage(), so Python's own cost is in every row: user time is
+# this process outside the kernel (the interpreter, ctypes, libc), sys time is
+# the kernel's send path.
 # =============================================================================
 
+BENCH_SECONDS = 3.0                  # per row; the default table (8 rows) takes ~25 s
+BENCH_SIZES = [SEED_MAX_PAYLOAD]     # the RFC's 65435 bytes
+BENCH_BATCHES = [1, 8]               # the RFC's nr_reqs values
+BENCH_ENTRIES = 512                  # SQ ring entries, as the seed's io_uring_queue_init(512)
+BASELINE_MODE = "msg_zerocopy"       # speedup 1.00
+SYSCALL_MODES = ("send_syscall", "msg_zerocopy")
+URING_MODES = ("send", "send_zc", "send_zc_fixed")
+COPY_MODES = ("send_syscall", "send")
+MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY",
+               "send": "io_uring SEND", "send_zc": "io_uring SEND_ZC",
+               "send_zc_fixed": "io_uring SEND_ZC fixed buf"}
+# Where zero-copy starts to pay: each zero-copy way against its copying twin.
+CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",)),
+                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",))}
+BAR_WIDTH = 40                       # characters of the fastest row's bar
+CLEAR_EOL = "\033[K"                 # ANSI: erase to the end of the line (the progress line)
+
+# The private sink: an ifb device and two addresses on it, in our own namespace.
+SINK_DEV = "ifb0"
+SINK_MTU = IP_MAXPACKET              # the largest MTU: a 64 KB datagram is one packet
+SINK_NET4, SINK_DST4 = "198.18.0.1/24", "198.18.0.2"    # RFC 2544's benchmarking range
+SINK_NET6, SINK_DST6 = "2001:2::1/64", "2001:2::2"      # RFC 5180's
+DEFAULT_QDISC = "noqueue"            # as on the RFC's dummy device
+KEEP_QDISC = "default"               # --qdisc default: leave the kernel's choice
+
+NO_SINK_HINT = ("or measure against a receiver instead, with no private sink and no root: "
+                "`python3 sendzc.py bench -D ADDR` (`sendzc.py rx udp` running at ADDR)")
+
+
+@dataclass
+class Sink:
+    """What private_sink() made, for the report."""
+    dev: str
+    mtu: int
+    qdisc: str
+
+
+def _iproute(*args: str) -> subprocess.CompletedProcess:
+    """Run an iproute2 command (ip, tc); it inherits our network namespace."""
+    return subprocess.run(list(args), capture_output=True, text=True)
+
+
+def _sink_step(*args: str) -> None:
+    done = _iproute(*args)
+    if done.returncode:
+        if STOP.requested:            # Ctrl-C reached the command too
+            raise Fatal("interrupted while making the private sink", 130)
+        why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        raise Fatal(f"bench: `{' '.join(args)}`: {why}")
+
+
+def make_sink(qdisc: str) -> Sink:
+    """Inside our new namespace: lo up, an ifb device with MTU 65535, its addresses, its qdisc."""
+    _sink_step("ip", "link", "set", "lo", "up")
+    made = _iproute("ip", "link", "add", SINK_DEV, "type", "ifb")
+    if made.returncode:
+        why = (made.stderr.strip().splitlines() or ["failed"])[-1]
+        raise Fatal(f"bench: no ifb device here (`ip link add type ifb`: {why}): the private sink "
+                    f"needs the ifb driver (CONFIG_IFB); {NO_SINK_HINT}")
+    _sink_step("ip", "link", "set", SINK_DEV, "mtu", str(SINK_MTU), "up")
+    _sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV)
+    # nodad: no duplicate address detection, so the address is usable at once.
+    _sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad")
+    if qdisc != KEEP_QDISC:
+        if shutil.which("tc") is None:
+            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
+                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
+        _sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc)
+    # Report the qdisc the kernel says is there, not the one we asked for.
+    words = _iproute("ip", "-o", "link", "show", "dev", SINK_DEV).stdout.split()
+    actual = words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown"
+    return Sink(SINK_DEV, SINK_MTU, actual)
+
+
+@contextmanager
+def private_sink(qdisc: str) -> Iterator[Sink]:
+    """Enter a network namespace of our own holding an ifb sink; leave it on the way out.
+
+    unshare(CLONE_NEWNET) moves this process into a new, empty namespace that
+    nothing else can see (`ip netns` lists only named ones); the iproute2
+    commands we run inherit it. On the way out setns(2) takes us back to the
+    namespace we came from; the private one then has no process and, once
+    every row's socket is closed, no socket left, and the kernel frees it
+    with its ifb device. If we die instead, it dies with us.
+    """
+    if shutil.which("ip") is None:
+        raise Fatal(f"bench: the private sink is made with iproute2's `ip`, which is not installed "
+                    f"(apt install iproute2); {NO_SINK_HINT}")
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            unshare(CLONE_NEWNET)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                raise Fatal("bench: the private sink (a network namespace with an ifb device) needs "
+                            f"root: run `sudo python3 sendzc.py bench`, {NO_SINK_HINT}") from None
+            raise Fatal(f"bench: unshare(CLONE_NEWNET) failed: {e.strerror}; {NO_SINK_HINT}") from None
+        try:
+            yield make_sink(qdisc)
+        finally:
+            setns(home, CLONE_NEWNET)
+    finally:
+        os.close(home)
+
+
+# --- Running the rows ----------------------------------------------------------
+
+@dataclass
+class BenchConfig:
+    """The options of `sendzc.py bench`, checked."""
+    proto: str = "udp"
+    family: int = socket.AF_INET
+    addr: Optional[str] = None       # -D: a receiver; None: the private sink
+    port: int = DEFAULT_PORT
+    sizes: List[int] = field(default_factory=lambda: list(BENCH_SIZES))
+    batches: List[int] = field(default_factory=lambda: list(BENCH_BATCHES))
+    seconds: float = BENCH_SECONDS
+    interval: Optional[float] = None
+    as_json: bool = False
+    qdisc: str = DEFAULT_QDISC
+
+    def plan(self) -> List[Tuple[str, int]]:
+        """(mode, batch) of every row of one size's table, in the RFC's order."""
+        return [(m, 1) for m in SYSCALL_MODES] + [(m, b) for m in URING_MODES for b in self.batches]
+
+    def params(self, sink: Optional[Sink], dst: str) -> dict:
+        return {"proto": self.proto, "family": family_name(self.family), "addr": dst,
+                "port": self.port, "sizes": self.sizes, "batches": self.batches,
+                "seconds": self.seconds, "interval": self.interval, "entries": BENCH_ENTRIES,
+                "sink": None if sink is None else {"dev": sink.dev, "mtu": sink.mtu,
+                                                   "qdisc": sink.qdisc, "netns": "private"}}
+
+
+class Progress:
+    """Which row, and about how long is left: one line on stderr, on a terminal only.
+
+    Redrawn in place with a carriage return; quiet when stderr is piped, so a
+    log or a JSON consumer never sees it.
+    """
+
+    def __init__(self, rows: int, seconds: float):
+        self.on = sys.stderr.isatty()
+        self.rows, self.seconds = rows, seconds
+        self.text = ""
+
+    def row(self, index: int, label: str) -> None:
+        left = (self.rows - index) * self.seconds
+        self.text = f"sendzc bench: row {index + 1} of {self.rows}, {label}: about {left:.0f} s left"
+        self.draw()
+
+    def draw(self) -> None:
+        if self.on:
+            sys.stderr.write("\r" + self.text + CLEAR_EOL)
+            sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.on:
+            sys.stderr.write("\r" + CLEAR_EOL)
+            sys.stderr.flush()
+
+
+def row_label(mode: str, batch: int, size: int) -> str:
+    return f"{MODE_LABELS[mode]}, batch {batch}, {size} B"
+
+
+def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payload: Payload,
+            progress: Progress) -> Result:
+    """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
+    send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
+                          batch=batch, zc=mode != "send", fixed_buf=mode == "send_zc_fixed",
+                          entries=BENCH_ENTRIES, seconds=cfg.seconds)
+    with ExitStack() as stack:
+        sock = open_tx_socket(cfg.proto, cfg.family, dst, cfg.port)
+        stack.callback(sock.close)               # last: after the ring has let go of it
+        if mode in SYSCALL_MODES:
+            sender = SyscallSender(send_cfg, sock, payload, zerocopy=mode == "msg_zerocopy")
+        else:
+            sender = UringSender(send_cfg, sock, payload, stack)
+        ticks = on_tick = None
+        if cfg.interval:
+            if not cfg.as_json:
+                progress.clear()
+                print(f"-- {row_label(mode, batch, size)}", flush=True)
+            ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
+
+            def on_tick(nbytes: int, requests: int) -> None:
+                progress.clear()                 # the interval line replaces the progress line
+                ticks.report(time.perf_counter_ns(), nbytes, requests)
+                progress.draw()
+        result = sender.run(on_tick=on_tick, tick_ns=int(cfg.interval * 1e9) if cfg.interval else 0)
+        if ticks:                                # the last, partial interval
+            progress.clear()
+            ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
+            result.intervals = ticks.rows
+    return result
+
+
+def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
+    """Every row of every size, until done, an error, or Ctrl-C.
+
+    Returns the rows measured so far and the one-line reason the run stopped
+    early (None if it did not, or if Ctrl-C stopped it: rows say interrupted).
+    """
+    plan = cfg.plan()
+    progress = Progress(len(plan) * len(cfg.sizes), cfg.seconds)
+    results: List[Result] = []
+    failure = None
+    try:
+        for size in cfg.sizes:
+            with ExitStack() as stack:
+                payload = Payload(size)
+                stack.callback(payload.close)    # every row's ring and socket are gone by then
+                for mode, batch in plan:
+                    if STOP.requested or failure:
+                        break
+                    progress.row(len(results), row_label(mode, batch, size))
+                    try:
+                        result = run_row(cfg, dst, size, mode, batch, payload, progress)
+                    except Fatal as e:
+                        failure = str(e)
+                        break
+                    results.append(result)
+                    failure = result.error
+            if STOP.requested or failure:
+                break
+    finally:
+        progress.clear()
+    set_speedups(results)
+    return results, failure
+
+
+def set_speedups(results: List[Result]) -> None:
+    """speedup = MB/s over the MSG_ZEROCOPY row of the same size (itself: exactly 1.00)."""
+    base = {r.size: r.mb_per_s for r in results if r.mode == BASELINE_MODE and r.mb_per_s > 0}
+    for r in results:
+        r.speedup = r.mb_per_s / base[r.size] if r.size in base else None
+
+
+def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
+    """Per CROSSOVER_PAIRS: the smallest size from which zero-copy beats copying at every larger size.
+
+    Each side is its best row at that size (the best batch). None: zero-copy
+    did not win at the largest size measured.
+    """
+    out: Dict[str, Optional[int]] = {}
+    for name, (zc_modes, copy_modes) in CROSSOVER_PAIRS.items():
+        cross = None
+        for size in sorted({r.size for r in results}, reverse=True):
+            zc = [r.mb_per_s for r in results if r.size == size and r.mode in zc_modes]
+            cp = [r.mb_per_s for r in results if r.size == size and r.mode in copy_modes]
+            if not (zc and cp) or max(zc) <= max(cp):
+                break
+            cross = size
+        out[name] = cross
+    return out
+
+
+# --- Reporting -----------------------------------------------------------------
+
+def zc_mark(r: Result) -> str:
+    """The table's zc column: did the kernel really avoid the copy?"""
+    if r.mode in COPY_MODES:
+        return "-"                               # copies by design
+    if r.zc_copied is None or not r.notifications:
+        return "?"                               # the kernel cannot say (REPORT_USAGE: 6.2+)
+    if r.zc_copied:
+        return f"COPIED {100 * r.zc_copied / r.notifications:.0f}%"
+    return "yes"
+
+
+TABLE_HEAD = (f"{'mode':<26} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} "
+              f"{'user s':>6} {'sys s':>6} {'CPU s/GB':>8}  {'zc':<11} ")
+
+
+def format_table(rows: List[Result]) -> List[str]:
+    """One size's rows as the RFC's table, plus CPU, the zc mark and a bar scaled to the fastest."""
+    fastest = max((r.mb_per_s for r in rows), default=0.0) or 1.0
+    lines = [TABLE_HEAD.rstrip()]
+    for r in rows:
+        speedup = "-" if r.speedup is None else f"{r.speedup:.2f}x"
+        per_gb = "-" if r.cpu_s_per_gb is None else f"{r.cpu_s_per_gb:.3f}"
+        bar = "#" * round(BAR_WIDTH * r.mb_per_s / fastest)
+        state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+        lines.append(f"{MODE_LABELS[r.mode]:<26} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
+                     f"{speedup:>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} {per_gb:>8}  "
+                     f"{zc_mark(r):<11} {bar}{state}")
+    return lines
+
+
+def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
+    fam = family_name_label(family_name(cfg.family))
+    lines = [f"sendzc {VERSION} bench, Linux {platform.release()}: {cfg.proto} over {fam} to {dst} "
+             f"port {cfg.port}, {cfg.seconds:g} s per row"]
+    if sink:
+        lines.append(f"sink: {sink.dev} in a network namespace of its own, MTU {sink.mtu}, qdisc "
+                     f"{sink.qdisc}: the kernel drops every packet after the whole send path")
+    else:
+        lines.append("no private sink (-D): the packets cross this host's real network to the receiver")
+    return lines
+
+
+def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
+    lines = ["",
+             "MB/s: 2^20 bytes per second of measured time; Gbit/s: 10^9 bits per second. "
+             "speedup: MB/s over the MSG_ZEROCOPY row.",
+             "user s: CPU in this process outside the kernel (Python, ctypes, libc); sys s: CPU in the "
+             "kernel (getrusage).",
+             "CPU s/GB: (user + sys) per 2^30 bytes sent. zc: yes = every completion said zero-copy; "
+             "COPIED = the kernel copied instead; ? = this kernel cannot say; - = a copying mode."]
+    if any(r.zc_copied for r in results):
+        lines.append("note: COPIED rows were not zero-copy: a receiver on this host (loopback, veth) "
+                     "always copies, and so does a path whose MTU fragments the packet.")
+    enobufs = sum(r.enobufs for r in results)
+    if enobufs:
+        lines.append(f"note: {enobufs} MSG_ZEROCOPY sends met ENOBUFS (unread completions filled "
+                     f"net.core.optmem_max); each was retried after reading the error queue.")
+    eagain = sum(r.eagain for r in results)
+    if eagain:
+        lines.append(f"note: {eagain} sends found the socket buffer full (EAGAIN) and waited.")
+    undrained = sum(r.undrained for r in results)
+    if undrained:
+        lines.append(f"warning: {undrained} completions were still outstanding when their socket closed.")
+    if len(sizes) > 1:
+        lines.append("where zero-copy starts to pay on this host (smallest size from which it beats "
+                     "copying at every larger size measured, best batch of each):")
+        names = {"io_uring": "io_uring SEND_ZC vs SEND", "msg_zerocopy": "MSG_ZEROCOPY vs send(2)"}
+        for name, size in crossover(results).items():
+            if size is None:
+                where = "not at any size measured"
+            elif size == min(sizes):
+                where = f"at every size measured (from {size} B; the crossover is at or below it)"
+            else:
+                where = f"from {size} B"
+            lines.append(f"  {names[name]}: {where}")
+    return lines
+
+
+def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
+    """The tables, one per size, then what the columns mean."""
+    for size in cfg.sizes:
+        rows = [r for r in results if r.size == size]
+        if rows:
+            print(f"\n{size} B per send")
+            print("\n".join(format_table(rows)))
+    print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
+
+
 def bench_main(argv: List[str]) -> int:
-    """`sendzc.py [bench] [options]`."""
-    raise Fatal("bench: not built yet")
+    """`sendzc.py [bench] [options] [udp|tcp]`."""
+    cfg = bench_config(bench_parser().parse_args(argv))
+    with ExitStack() as stack:
+        sink = None
+        if cfg.addr is None:
+            sink = stack.enter_context(private_sink(cfg.qdisc))
+        dst = cfg.addr or (SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4)
+        if not cfg.as_json:
+            print("\n".join(bench_header(cfg, dst, sink)), flush=True)
+        results, failure = run_bench(cfg, dst)
+    # Out of the private namespace (and it is gone): report.
+    if cfg.as_json:
+        extra = {"crossover": crossover(results)} if len(cfg.sizes) > 1 else {}
+        print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
+    else:
+        print_bench(cfg, results)
+    if failure:
+        raise Fatal(failure)
+    return 130 if STOP.requested else 0
+
+
+def int_list(text: str) -> List[int]:
+    """--sizes 1400,4096: positive whole numbers, comma-separated; sorted, once each."""
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(positive_int(part.strip()))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{part.strip() or 'an empty item'}: {e}") from None
+    return sorted(set(values))
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="sendzc.py bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Every way to send, one table: send(2), MSG_ZEROCOPY, io_uring SEND, "
+                           "SEND_ZC and SEND_ZC with a registered buffer, on a private sink "
+                           "(root) or to a receiver (-D).",
+               epilog="`sudo python3 sendzc.py` with no arguments runs this with its defaults.")
+    add_common(p)
+    p.add_argument("-D", dest="addr", metavar="ADDR",
+                   help="send to a receiver at ADDR (running `sendzc.py rx`) instead of the private "
+                        "sink; needs no root")
+    p.add_argument("-t", dest="seconds", type=positive_float, default=BENCH_SECONDS,
+                   help=f"seconds per row (default {BENCH_SECONDS:g})")
+    p.add_argument("-s", "--sizes", type=int_list, default=list(BENCH_SIZES), metavar="SIZES",
+                   help=f"payload sizes, comma-separated, one table each, and where zero-copy starts "
+                        f"to pay (default {','.join(map(str, BENCH_SIZES))})")
+    p.add_argument("--batches", type=int_list, default=list(BENCH_BATCHES), metavar="NR_REQS",
+                   help=f"io_uring requests per io_uring_enter, comma-separated (default "
+                        f"{','.join(map(str, BENCH_BATCHES))}, the RFC's)")
+    p.add_argument("--qdisc", metavar="QDISC",
+                   help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
+                        f"'{KEEP_QDISC}' keeps the kernel's, pfifo_fast on ifb)")
+    p.add_argument("proto", nargs="?", choices=("udp", "tcp"), default="udp",
+                   help="what to send (default udp; tcp needs -D)")
+    return p
+
+
+def bench_config(a: argparse.Namespace) -> BenchConfig:
+    """Check bench's options against each other; UsageError names the mistake."""
+    family = pick_family(a.families, a.addr)
+    if a.addr is None and a.proto == "tcp":
+        raise UsageError("tcp needs a peer that acknowledges, and the private sink drops everything: "
+                         "pass -D ADDR of a host running `sendzc.py rx tcp`")
+    if a.addr is not None and a.qdisc is not None:
+        raise UsageError("--qdisc sets up the private sink; with -D the path's own qdisc is used")
+    limit = max_payload(a.proto, family)
+    too_big = [s for s in a.sizes if s > limit]
+    if too_big:
+        raise UsageError(f"--sizes {too_big[0]}: payload exceeds max ({limit}) for {a.proto} over "
+                         f"{family_name_label(family_name(family))}")
+    if a.batches[-1] > BENCH_ENTRIES:
+        raise UsageError(f"--batches {a.batches[-1]}: more requests per batch than the ring has "
+                         f"entries ({BENCH_ENTRIES})")
+    return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=a.sizes,
+                       batches=a.batches, seconds=a.seconds, interval=a.interval, as_json=a.json,
+                       qdisc=a.qdisc or DEFAULT_QDISC)
 
 
 def probe_main(argv: List[str]) -> int:
