@@ -1617,6 +1617,7 @@ class SyscallSender:
         self.payload = payload
         self.zerocopy = zerocopy
         self.mode = "msg_zerocopy" if zerocopy else "send_syscall"
+        self.completions = ZerocopyCompletions()     # what run() read off the error queue
         if zerocopy:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
@@ -1641,7 +1642,7 @@ class SyscallSender:
         room.register(sock, select.POLLOUT)
         errq = select.poll()           # wakes when a notification is queued
         errq.register(sock, select.POLLERR)
-        done = ZerocopyCompletions()
+        done = self.completions
         result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family))
         if zc:
             result.zc_copied = 0
@@ -1775,6 +1776,7 @@ CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",)),
                    "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",))}
 BAR_WIDTH = 40                       # characters of the fastest row's bar
 CLEAR_EOL = "\033[K"                 # ANSI: erase to the end of the line (the progress line)
+PROGRESS_EVERY_S = 1.0               # how often the progress line counts down
 
 # The private sink: an ifb device and two addresses on it, in our own namespace.
 SINK_DEV = "ifb0"
@@ -1895,24 +1897,28 @@ class BenchConfig:
 class Progress:
     """Which row, and about how long is left: one line on stderr, on a terminal only.
 
-    Redrawn in place with a carriage return; quiet when stderr is piped, so a
-    log or a JSON consumer never sees it.
+    Redrawn in place with a carriage return (every PROGRESS_EVERY_S, and
+    around each -i line); quiet when stderr is piped, so a log or a JSON
+    consumer never sees it.
     """
 
     def __init__(self, rows: int, seconds: float):
         self.on = sys.stderr.isatty()
         self.rows, self.seconds = rows, seconds
-        self.text = ""
+        self.index, self.label, self.started = 0, "", 0.0
 
     def row(self, index: int, label: str) -> None:
-        left = (self.rows - index) * self.seconds
-        self.text = f"sendzc bench: row {index + 1} of {self.rows}, {label}: about {left:.0f} s left"
+        self.index, self.label, self.started = index, label, time.monotonic()
         self.draw()
 
     def draw(self) -> None:
-        if self.on:
-            sys.stderr.write("\r" + self.text + CLEAR_EOL)
-            sys.stderr.flush()
+        if not self.on:
+            return
+        this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
+        left = (self.rows - self.index - 1) * self.seconds + this_row
+        sys.stderr.write(f"\rsendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
+                         f"about {-(-left // 1):.0f} s left{CLEAR_EOL}")
+        sys.stderr.flush()
 
     def clear(self) -> None:
         if self.on:
@@ -1937,18 +1943,23 @@ def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payloa
             sender = SyscallSender(send_cfg, sock, payload, zerocopy=mode == "msg_zerocopy")
         else:
             sender = UringSender(send_cfg, sock, payload, stack)
-        ticks = on_tick = None
+        ticks = None
+        tick_s = 0.0
+
+        def on_tick(nbytes: int, requests: int) -> None:
+            progress.clear()                     # an interval line replaces the progress line
+            if ticks:
+                ticks.report(time.perf_counter_ns(), nbytes, requests)
+            progress.draw()
         if cfg.interval:
             if not cfg.as_json:
                 progress.clear()
                 print(f"-- {row_label(mode, batch, size)}", flush=True)
             ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
-
-            def on_tick(nbytes: int, requests: int) -> None:
-                progress.clear()                 # the interval line replaces the progress line
-                ticks.report(time.perf_counter_ns(), nbytes, requests)
-                progress.draw()
-        result = sender.run(on_tick=on_tick, tick_ns=int(cfg.interval * 1e9) if cfg.interval else 0)
+            tick_s = cfg.interval
+        elif progress.on:
+            tick_s = PROGRESS_EVERY_S            # only to count the progress line down
+        result = sender.run(on_tick=on_tick, tick_ns=int(tick_s * 1e9))
         if ticks:                                # the last, partial interval
             progress.clear()
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
