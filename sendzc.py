@@ -1777,6 +1777,10 @@ CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",)),
 BAR_WIDTH = 40                       # characters of the fastest row's bar
 CLEAR_EOL = "\033[K"                 # ANSI: erase to the end of the line (the progress line)
 PROGRESS_EVERY_S = 1.0               # how often the progress line counts down
+# A sender into the sink never waits, so a row that spent less of its time on
+# a CPU than this shared the CPU with someone else (or waited for a receiver):
+# its MB/s understates it, its CPU s/GB does not.
+ON_CPU_MIN = 0.9
 
 # The private sink: an ifb device and two addresses on it, in our own namespace.
 SINK_DEV = "ifb0"
@@ -1804,6 +1808,7 @@ def _iproute(*args: str) -> subprocess.CompletedProcess:
 
 
 def _sink_step(*args: str) -> None:
+    """One step of making the sink; a refusal ends the run in one line naming the command."""
     done = _iproute(*args)
     if done.returncode:
         if STOP.requested:            # Ctrl-C reached the command too
@@ -2040,6 +2045,11 @@ def zc_mark(r: Result) -> str:
     return "yes"
 
 
+def on_cpu(r: Result) -> float:
+    """The share of the row's time this process spent on a CPU (user + sys over wall)."""
+    return (r.cpu_user_s + r.cpu_sys_s) / r.seconds
+
+
 TABLE_HEAD = (f"{'mode':<26} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} "
               f"{'user s':>6} {'sys s':>6} {'CPU s/GB':>8}  {'zc':<11} ")
 
@@ -2053,6 +2063,8 @@ def format_table(rows: List[Result]) -> List[str]:
         per_gb = "-" if r.cpu_s_per_gb is None else f"{r.cpu_s_per_gb:.3f}"
         bar = "#" * round(BAR_WIDTH * r.mb_per_s / fastest)
         state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+        if r.seconds and on_cpu(r) < ON_CPU_MIN:
+            state += f" (on CPU {on_cpu(r):.0%})"
         lines.append(f"{MODE_LABELS[r.mode]:<26} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
                      f"{speedup:>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} {per_gb:>8}  "
                      f"{zc_mark(r):<11} {bar}{state}")
@@ -2067,7 +2079,7 @@ def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
         lines.append(f"sink: {sink.dev} in a network namespace of its own, MTU {sink.mtu}, qdisc "
                      f"{sink.qdisc}: the kernel drops every packet after the whole send path")
     else:
-        lines.append("no private sink (-D): the packets cross this host's real network to the receiver")
+        lines.append("no private sink (-D): packets take this host's own routes to the receiver")
     return lines
 
 
@@ -2089,6 +2101,10 @@ def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
     eagain = sum(r.eagain for r in results)
     if eagain:
         lines.append(f"note: {eagain} sends found the socket buffer full (EAGAIN) and waited.")
+    if any(r.seconds and on_cpu(r) < ON_CPU_MIN for r in results):
+        lines.append(f"note: rows marked (on CPU n%) ran on a CPU less than {ON_CPU_MIN:.0%} of "
+                     f"their time (other load on this host, or waiting for the receiver): their "
+                     f"MB/s understates them, their CPU s/GB does not.")
     undrained = sum(r.undrained for r in results)
     if undrained:
         lines.append(f"warning: {undrained} completions were still outstanding when their socket closed.")
@@ -2128,7 +2144,7 @@ def bench_main(argv: List[str]) -> int:
         if not cfg.as_json:
             print("\n".join(bench_header(cfg, dst, sink)), flush=True)
         results, failure = run_bench(cfg, dst)
-    # Out of the private namespace (and it is gone): report.
+    # Back in our own namespace; nothing holds the private one any more: report.
     if cfg.as_json:
         extra = {"crossover": crossover(results)} if len(cfg.sizes) > 1 else {}
         print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
@@ -2170,7 +2186,7 @@ def bench_parser() -> argparse.ArgumentParser:
                         f"{','.join(map(str, BENCH_BATCHES))}, the RFC's)")
     p.add_argument("--qdisc", metavar="QDISC",
                    help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
-                        f"'{KEEP_QDISC}' keeps the kernel's, pfifo_fast on ifb)")
+                        f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
     p.add_argument("proto", nargs="?", choices=("udp", "tcp"), default="udp",
                    help="what to send (default udp; tcp needs -D)")
     return p
