@@ -1774,6 +1774,9 @@ MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY"
 # Where zero-copy starts to pay: each zero-copy way against its copying twin.
 CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",)),
                    "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",))}
+# "Pays" means at least this much faster: a closer win is within the noise
+# between two rows of one run, and would move the crossover at random.
+CROSSOVER_MARGIN = 1.05
 BAR_WIDTH = 40                       # characters of the fastest row's bar
 CLEAR_EOL = "\033[K"                 # ANSI: erase to the end of the line (the progress line)
 PROGRESS_EVERY_S = 1.0               # how often the progress line counts down
@@ -2016,8 +2019,9 @@ def set_speedups(results: List[Result]) -> None:
 def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
     """Per CROSSOVER_PAIRS: the smallest size from which zero-copy beats copying at every larger size.
 
-    Each side is its best row at that size (the best batch). None: zero-copy
-    did not win at the largest size measured.
+    Each side is its best row at that size (the best batch); beating means
+    by CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest
+    size measured.
     """
     out: Dict[str, Optional[int]] = {}
     for name, (zc_modes, copy_modes) in CROSSOVER_PAIRS.items():
@@ -2025,7 +2029,7 @@ def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
         for size in sorted({r.size for r in results}, reverse=True):
             zc = [r.mb_per_s for r in results if r.size == size and r.mode in zc_modes]
             cp = [r.mb_per_s for r in results if r.size == size and r.mode in copy_modes]
-            if not (zc and cp) or max(zc) <= max(cp):
+            if not (zc and cp) or max(zc) < CROSSOVER_MARGIN * max(cp):
                 break
             cross = size
         out[name] = cross
@@ -2109,8 +2113,9 @@ def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
     if undrained:
         lines.append(f"warning: {undrained} completions were still outstanding when their socket closed.")
     if len(sizes) > 1:
-        lines.append("where zero-copy starts to pay on this host (smallest size from which it beats "
-                     "copying at every larger size measured, best batch of each):")
+        lines.append(f"where zero-copy starts to pay on this host (the smallest size from which it "
+                     f"is {CROSSOVER_MARGIN - 1:.0%} or more faster than copying at every larger size "
+                     f"measured, best batch of each):")
         names = {"io_uring": "io_uring SEND_ZC vs SEND", "msg_zerocopy": "MSG_ZEROCOPY vs send(2)"}
         for name, size in crossover(results).items():
             if size is None:

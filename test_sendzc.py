@@ -502,6 +502,10 @@ def test_crossover_is_the_smallest_size_from_which_zero_copy_keeps_winning():
             result("send_syscall", 1400, 500), result("msg_zerocopy", 1400, 400),
             result("send_syscall", 65435, 9000), result("msg_zerocopy", 65435, 8000)]
     assert sendzc.crossover(rows) == {"io_uring": 65435, "msg_zerocopy": None}
+    # A win inside the noise (1%) is no win: it must be CROSSOVER_MARGIN or more.
+    rows = [result("send_syscall", 4096, 2000), result("msg_zerocopy", 4096, 2020),
+            result("send_syscall", 65435, 9000), result("msg_zerocopy", 65435, 12000)]
+    assert sendzc.crossover(rows)["msg_zerocopy"] == 65435
 
 
 def test_speedup_is_against_the_msg_zerocopy_row_of_the_same_size():
