@@ -465,6 +465,7 @@ def test_msg_zerocopy_sees_every_completion_before_the_run_ends():
     assert done.sent == done.completed == result.notifications == result.requests
     assert result.undrained == 0 and done.out_of_order == 0
     assert done.ranges >= 1                      # read off the error queue, range by range
+    assert done.next_lo == done.sent             # ... in order: 0..sent-1, no gap, no overlap
     assert result.zc_copied == result.notifications      # loopback always copies
 
 
@@ -672,6 +673,24 @@ def test_bench_d_runs_the_table_against_a_receiver_without_a_private_sink(sink):
         assert len(r["intervals"]) == math.ceil(0.2 / 0.1)
     assert set(doc["crossover"]) == {"io_uring", "msg_zerocopy"}
     assert all(v in (None, 1400, 65435) for v in doc["crossover"].values())
+
+
+def test_bench_in_process_comes_home_and_leaks_nothing(capsys):
+    """bench_main() leaves its private namespace for ours, and closes every fd and mapping."""
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    home = os.readlink("/proc/self/ns/net")
+    args = ["-t", "0.1", "--batches", "8", "--json"]
+    warm = sendzc.bench_main(args)                  # warm up imports and caches
+    first = capsys.readouterr()
+    if warm != 0:
+        pytest.skip(first.err.strip())
+    fds, maps = open_fds(), mappings()
+    assert sendzc.bench_main(args) == 0
+    assert os.readlink("/proc/self/ns/net") == home
+    assert (open_fds(), mappings()) == (fds, maps)
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["rows"]) == 5 and all(r["bytes"] > 0 for r in doc["rows"])
 
 
 @pytest.mark.parametrize("how", ["error", "sigint", "sigkill"])
