@@ -39,14 +39,17 @@ import mmap
 import os
 import platform
 import resource
+import select
+import shutil
 import signal
 import socket
 import struct
+import subprocess
 import sys
 import time
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 VERSION = "0.1.0"
 
@@ -436,6 +439,12 @@ def unshare(flags: int) -> None:
     """unshare(2): e.g. CLONE_NEWNET gives this process a network namespace of its own."""
     if _libc.unshare(ctypes.c_int(flags)) != 0:
         _raise_errno("unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2): move this thread into the namespace fd refers to (os.setns is 3.12+)."""
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
+        _raise_errno("setns")
 
 
 def _addr_of(buf) -> int:
@@ -1014,6 +1023,7 @@ DEFAULT_PORT = 8000     # the seed's port
 # default size; the true per-protocol limits are in max_payload().
 SEED_MAX_PAYLOAD = IP_MAXPACKET - 40 - 20 - 40
 MIB = 1 << 20
+GIB = 1 << 30           # the GB of "CPU s/GB": 2**30 bytes, as MB is 2**20
 
 
 def pattern(length: int, phase: int = 0) -> bytes:
@@ -1081,6 +1091,7 @@ class Result:
     bytes: int = 0             # sum of those results
     notifications: int = 0     # F_NOTIF CQEs (or MSG_ZEROCOPY completions) seen
     eagain: int = 0            # sends answered -EAGAIN (counted, as the seed does)
+    enobufs: int = 0           # MSG_ZEROCOPY sends refused with ENOBUFS (optmem), retried
     seconds: float = 0.0       # measured wall time of the sending loop
     cpu_user_s: float = 0.0    # getrusage: time in Python and libc
     cpu_sys_s: float = 0.0     # getrusage: time in the kernel
@@ -1090,6 +1101,7 @@ class Result:
     error: Optional[str] = None
     undrained: int = 0         # notifications still outstanding at teardown
     setup: List[str] = field(default_factory=list)
+    intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
 
     @property
     def mb_per_s(self) -> float:
@@ -1099,17 +1111,24 @@ class Result:
     def gbit_per_s(self) -> float:
         return self.bytes * 8 / 1e9 / self.seconds if self.seconds else 0.0
 
+    @property
+    def cpu_s_per_gb(self) -> Optional[float]:
+        """CPU seconds (user + sys) per 2**30 bytes sent: the cost, whatever the speed."""
+        return (self.cpu_user_s + self.cpu_sys_s) / (self.bytes / GIB) if self.bytes else None
+
     def row(self) -> dict:
         """The JSON row (README documents every field)."""
         return {"mode": self.mode, "proto": self.proto, "family": self.family,
                 "size": self.size, "batch": self.batch, "requests": self.requests,
                 "bytes": self.bytes, "notifications": self.notifications,
-                "eagain": self.eagain, "seconds": round(self.seconds, 6),
+                "eagain": self.eagain, "enobufs": self.enobufs, "seconds": round(self.seconds, 6),
                 "mb_per_s": round(self.mb_per_s, 1), "gbit_per_s": round(self.gbit_per_s, 3),
                 "speedup": None if self.speedup is None else round(self.speedup, 2),
                 "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
+                "cpu_s_per_gb": None if self.cpu_s_per_gb is None else round(self.cpu_s_per_gb, 4),
                 "zc_copied": self.zc_copied, "interrupted": self.interrupted,
-                "error": self.error, "undrained": self.undrained, "setup": self.setup}
+                "error": self.error, "undrained": self.undrained, "setup": self.setup,
+                **({} if self.intervals is None else {"intervals": self.intervals})}
 
 
 class Meter:
@@ -1828,6 +1847,207 @@ def read_io_uring_disabled() -> Optional[int]:
         return None
 
 
+# --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
+#
+# The seed measures io_uring against the kernel selftest msg_zerocopy.c, which
+# calls send(2) in a loop, copying or with MSG_ZEROCOPY. SyscallSender is that
+# loop, written as a careful program would write it: MSG_DONTWAIT sends, a
+# poll() when the socket is full (counted as EAGAIN), and, for MSG_ZEROCOPY,
+# completions read from the socket's error queue "every couple of send calls"
+# as Documentation/networking/msg_zerocopy.rst advises.
+#
+# How MSG_ZEROCOPY says a buffer is free again. With SO_ZEROCOPY set, every
+# send(MSG_ZEROCOPY) that moves data takes the next number of a per-socket u32
+# counter (0, 1, 2, ...). When the kernel lets go of that send's pages it queues
+# a struct sock_extended_err on the socket's error queue: ee_origin
+# SO_EE_ORIGIN_ZEROCOPY, ee_errno 0, and the inclusive range of completed sends
+# [ee_info, ee_data]. While a notification waits on the queue, the next one
+# that extends its range is merged into it, so one recvmsg(MSG_ERRQUEUE)
+# usually reports many sends. ee_code SO_EE_CODE_ZEROCOPY_COPIED says the
+# kernel copied after all (a merged range keeps the flag of its first send).
+# Each queued notification is charged to the socket's option memory: when
+# net.core.optmem_max is used up, send(MSG_ZEROCOPY) fails with ENOBUFS, and
+# the remedy is to read the queue and try again.
+
+SEND_BURST = 16         # send(2) calls between two looks at the clock and at STOP
+ZC_REAP_EVERY = 32      # MSG_ZEROCOPY sends between two reads of the error queue
+POLL_MS = 100           # longest wait in poll(): STOP is looked at this often
+SOCKADDR_IN6_SIZE = 28  # the offender address that follows sock_extended_err in the cmsg
+ERRQUEUE_CMSG_SPACE = socket.CMSG_SPACE(ctypes.sizeof(sock_extended_err) + SOCKADDR_IN6_SIZE)
+# (level, type) of the control message that carries sock_extended_err: IPv4 or IPv6
+RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_RECVERR)}
+
+
+class ZerocopyCompletions:
+    """MSG_ZEROCOPY's bookkeeping: which numbered sends the kernel has let go of.
+
+    Like do_recv_completion() in the selftest msg_zerocopy.c, and as strict:
+    ranges are counted modulo 2**32, and more completions than sends is an
+    error in our accounting, not something to round away.
+    """
+
+    def __init__(self):
+        self.sent = 0          # sends that moved data: each took a number
+        self.completed = 0     # sends covered by the ranges read so far
+        self.copied = 0        # ... of which in ranges flagged SO_EE_CODE_ZEROCOPY_COPIED
+        self.ranges = 0        # notifications read (one recvmsg each)
+        self.next_lo = 0       # where the next range should start, if in order
+        self.out_of_order = 0  # ranges that did not start there (allowed, but rare)
+
+    def add(self, lo: int, hi: int, code: int) -> int:
+        """Count the inclusive range [lo, hi] of send numbers; returns its length."""
+        n = ((hi - lo) & U32) + 1          # the counter is u32: a range may wrap
+        if lo != self.next_lo:
+            self.out_of_order += 1
+        self.next_lo = (hi + 1) & U32
+        self.completed += n
+        self.ranges += 1
+        if code & SO_EE_CODE_ZEROCOPY_COPIED:
+            self.copied += n
+        if self.completed > self.sent:
+            raise AssertionError(f"MSG_ZEROCOPY: {self.completed} completions for {self.sent} sends")
+        return n
+
+    @property
+    def outstanding(self) -> int:
+        return self.sent - self.completed
+
+    def read(self, sock: socket.socket) -> int:
+        """recvmsg(MSG_ERRQUEUE) until the queue is empty (do_recv_completions()).
+
+        Returns 0, or the errno of an error that is not a zero-copy completion
+        (none is expected: we do not ask for IP_RECVERR). Reading the error
+        queue never blocks: an empty queue answers EAGAIN.
+        """
+        while True:
+            try:
+                _, ancdata, msg_flags, _ = sock.recvmsg(0, ERRQUEUE_CMSG_SPACE, socket.MSG_ERRQUEUE)
+            except BlockingIOError:
+                return 0
+            if msg_flags & socket.MSG_CTRUNC:
+                raise AssertionError("recvmsg(MSG_ERRQUEUE): control message truncated")
+            for level, kind, data in ancdata:
+                if (level, kind) not in RECVERR_CMSGS:
+                    continue
+                ee = sock_extended_err.from_buffer_copy(data)
+                if ee.ee_origin != SO_EE_ORIGIN_ZEROCOPY or ee.ee_errno:
+                    return ee.ee_errno or errno.EIO
+                self.add(ee.ee_info, ee.ee_data, ee.ee_code)
+
+
+class SyscallSender:
+    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY if asked.
+
+    One request per system call, so its `batch` is 1. With zerocopy, the
+    socket gets SO_ZEROCOPY (which io_uring's SEND_ZC must not have: it
+    needs none) and every send carries MSG_ZEROCOPY.
+    """
+
+    def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, zerocopy: bool):
+        self.cfg = cfg
+        self.sock = sock
+        self.payload = payload
+        self.zerocopy = zerocopy
+        self.mode = "msg_zerocopy" if zerocopy else "send_syscall"
+        self.completions = ZerocopyCompletions()     # what run() read off the error queue
+        if zerocopy:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
+            except OSError as e:
+                raise Fatal(f"setsockopt(SO_ZEROCOPY) refused ({errno.errorcode.get(e.errno, e.errno)}): "
+                            f"MSG_ZEROCOPY needs Linux 4.14+ for TCP, 5.0+ for UDP") from None
+
+    def run(self, on_tick: Optional[Callable[[int, int], None]] = None,
+            tick_ns: int = 0) -> Result:
+        """Send for cfg.seconds; return the totals, every completion reaped.
+
+        A TCP send may move fewer bytes than asked; the next one starts where
+        the stream stands, so the bytes on the wire stay the pattern, in order.
+        UDP sends are all or nothing.
+        """
+        cfg, sock, zc = self.cfg, self.sock, self.zerocopy
+        size, stream = cfg.size, cfg.proto == "tcp"
+        flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
+        whole = memoryview(self.payload.map)
+        views = [whole[p:p + size] for p in range(PATTERN_LEN if stream else 1)]
+        room = select.poll()           # wakes when the send buffer has space (or an error is queued)
+        room.register(sock, select.POLLOUT)
+        errq = select.poll()           # wakes when a notification is queued
+        errq.register(sock, select.POLLERR)
+        done = self.completions
+        result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family))
+        if zc:
+            result.zc_copied = 0
+        send, clock, burst = sock.send, time.perf_counter_ns, range(SEND_BURST)
+        view = views[0]
+        sends = nbytes = eagain = enobufs = error = 0
+        reap_at = ZC_REAP_EVERY
+        try:
+            meter = Meter()
+            deadline = meter.t0 + int(cfg.seconds * 1e9)
+            next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
+            while True:
+                now = clock()
+                if now >= deadline or STOP.requested or error:
+                    break
+                if now >= next_tick:                # -i: ticks only inside the run
+                    on_tick(nbytes, sends)
+                    next_tick += tick_ns
+                try:
+                    if stream:
+                        for _ in burst:
+                            nbytes += send(views[nbytes % PATTERN_LEN], flags)
+                            sends += 1
+                    else:
+                        for _ in burst:
+                            nbytes += send(view, flags)
+                            sends += 1
+                except BlockingIOError:             # the send buffer is full: wait for room
+                    eagain += 1
+                    if zc:
+                        done.sent = sends
+                        error = done.read(sock)
+                    room.poll(POLL_MS)
+                except OSError as e:
+                    if not (zc and e.errno == errno.ENOBUFS):
+                        error = e.errno
+                        continue
+                    # Out of option memory: notifications we have not read
+                    # hold it. Read them; if there were none, wait for one.
+                    enobufs += 1
+                    done.sent = sends
+                    ranges = done.ranges
+                    error = done.read(sock)
+                    if done.ranges == ranges:
+                        errq.poll(POLL_MS)
+                if zc and sends >= reap_at:
+                    done.sent = sends
+                    error = error or done.read(sock)
+                    reap_at = sends + ZC_REAP_EVERY
+            result.interrupted = STOP.requested
+            meter.stop(result)          # the rate covers sending; the drain below is not timed
+            done.sent = sends
+            # Drain: every completion before the buffer may go. Bounded, as
+            # UringSender's is: a TCP peer that stopped reading could hold
+            # the pages for minutes.
+            drain_until = clock() + int(DRAIN_SECONDS * 1e9)
+            while zc and done.outstanding and clock() < drain_until:
+                errq.poll(POLL_MS)
+                error = error or done.read(sock)
+        finally:
+            for v in views:
+                v.release()             # the mmap cannot close while a view exports it
+            whole.release()
+        result.requests, result.bytes = sends, nbytes
+        result.eagain, result.enobufs = eagain, enobufs
+        if zc:
+            result.notifications, result.zc_copied = done.completed, done.copied
+            result.undrained = done.outstanding
+        if error:
+            result.error = send_error(error, cfg)
+        return result
+
+
 # =============================================================================
 # 7. The receiver
 #
@@ -1843,12 +2063,491 @@ def rx_main(argv: List[str]) -> int:
 # =============================================================================
 # 8. The benchmark
 #
-# `sendzc.py bench`: every way to send, on a private sink, as one table.
+# `sendzc.py bench` is the 2021 RFC's table, measured on this host: every way
+# to send, each for -t seconds into the same sink, and how each compares with
+# MSG_ZEROCOPY, the baseline the RFC measured io_uring against.
+#
+# The sink. Sending to a NIC measures the NIC; sending over loopback or veth
+# measures the receiver's copy, and turns zero-copy back into a copy. The RFC
+# sent UDP to a dummy device, which drops every packet at the end of the whole
+# transmit path. This kernel may lack the dummy driver, but ifb does the same
+# for packets routed out of it: ifb_xmit() drops any packet that tc did not
+# redirect to it. So bench gives itself a network namespace of its own
+# (unshare(CLONE_NEWNET)) with an ifb device in it, MTU 65535 so that a 64 KB
+# datagram is one packet (at MTU 1500 it would be 45 fragments, and every
+# fragmented send is copied), addresses from the benchmarking ranges
+# (198.18.0.0/15, 2001:2::/48), and sends to a second address on that subnet,
+# which only the ifb route leads to. The root qdisc is replaced by noqueue, as
+# on dummy: ifb's default pfifo_fast queue costs every packet an enqueue and a
+# dequeue (15-18% of the rate at 64 KB). The namespace has no name and belongs
+# to this process alone: when the process is gone, however it went (error,
+# Ctrl-C, kill -9), the kernel tears it down with the device in it.
+#
+# The rows, per size: send(2) copying, send(2) + MSG_ZEROCOPY (the baseline,
+# speedup 1.00), then io_uring SEND (copying), SEND_ZC and SEND_ZC from a
+# registered buffer, each at every --batches size. Each row is a fresh socket
+# (and ring) sending for -t seconds; rates divide by the measured time and CPU
+# comes from getrusage(), so Python's own cost is in every row: user time is
+# this process outside the kernel (the interpreter, ctypes, libc), sys time is
+# the kernel's send path.
 # =============================================================================
 
+BENCH_SECONDS = 3.0                  # per row; the default table (8 rows) takes ~25 s
+BENCH_SIZES = [SEED_MAX_PAYLOAD]     # the RFC's 65435 bytes
+BENCH_BATCHES = [1, 8]               # the RFC's nr_reqs values
+BENCH_ENTRIES = 512                  # SQ ring entries, as the seed's io_uring_queue_init(512)
+BASELINE_MODE = "msg_zerocopy"       # speedup 1.00
+SYSCALL_MODES = ("send_syscall", "msg_zerocopy")
+URING_MODES = ("send", "send_zc", "send_zc_fixed")
+COPY_MODES = ("send_syscall", "send")
+MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY",
+               "send": "io_uring SEND", "send_zc": "io_uring SEND_ZC",
+               "send_zc_fixed": "io_uring SEND_ZC fixed buf"}
+# Where zero-copy starts to pay: each zero-copy way against its copying twin.
+CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",)),
+                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",))}
+# "Pays" means at least this much faster: a closer win is within the noise
+# between two rows of one run, and would move the crossover at random.
+CROSSOVER_MARGIN = 1.05
+BAR_WIDTH = 40                       # characters of the fastest row's bar
+CLEAR_EOL = "\033[K"                 # ANSI: erase to the end of the line (the progress line)
+PROGRESS_EVERY_S = 1.0               # how often the progress line counts down
+# A sender into the sink never waits, so a row that spent less of its time on
+# a CPU than this shared the CPU with someone else (or waited for a receiver):
+# its MB/s understates it, its CPU s/GB does not.
+ON_CPU_MIN = 0.9
+
+# The private sink: an ifb device and two addresses on it, in our own namespace.
+SINK_DEV = "ifb0"
+SINK_MTU = IP_MAXPACKET              # the largest MTU: a 64 KB datagram is one packet
+SINK_NET4, SINK_DST4 = "198.18.0.1/24", "198.18.0.2"    # RFC 2544's benchmarking range
+SINK_NET6, SINK_DST6 = "2001:2::1/64", "2001:2::2"      # RFC 5180's
+DEFAULT_QDISC = "noqueue"            # as on the RFC's dummy device
+KEEP_QDISC = "default"               # --qdisc default: leave the kernel's choice
+
+NO_SINK_HINT = ("or measure against a receiver instead, with no private sink and no root: "
+                "`python3 sendzc.py bench -D ADDR` (`sendzc.py rx udp` running at ADDR)")
+
+
+@dataclass
+class Sink:
+    """What private_sink() made, for the report."""
+    dev: str
+    mtu: int
+    qdisc: str
+
+
+def _iproute(*args: str) -> subprocess.CompletedProcess:
+    """Run an iproute2 command (ip, tc); it inherits our network namespace."""
+    return subprocess.run(list(args), capture_output=True, text=True)
+
+
+def _sink_step(*args: str) -> None:
+    """One step of making the sink; a refusal ends the run in one line naming the command."""
+    done = _iproute(*args)
+    if done.returncode:
+        if STOP.requested:            # Ctrl-C reached the command too
+            raise Fatal("interrupted while making the private sink", 130)
+        why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+        raise Fatal(f"bench: `{' '.join(args)}`: {why}")
+
+
+def make_sink(qdisc: str) -> Sink:
+    """Inside our new namespace: lo up, an ifb device with MTU 65535, its addresses, its qdisc."""
+    _sink_step("ip", "link", "set", "lo", "up")
+    made = _iproute("ip", "link", "add", SINK_DEV, "type", "ifb")
+    if made.returncode:
+        why = (made.stderr.strip().splitlines() or ["failed"])[-1]
+        raise Fatal(f"bench: no ifb device here (`ip link add type ifb`: {why}): the private sink "
+                    f"needs the ifb driver (CONFIG_IFB); {NO_SINK_HINT}")
+    _sink_step("ip", "link", "set", SINK_DEV, "mtu", str(SINK_MTU), "up")
+    _sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV)
+    # nodad: no duplicate address detection, so the address is usable at once.
+    _sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad")
+    if qdisc != KEEP_QDISC:
+        if shutil.which("tc") is None:
+            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
+                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
+        _sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc)
+    # Report the qdisc the kernel says is there, not the one we asked for.
+    words = _iproute("ip", "-o", "link", "show", "dev", SINK_DEV).stdout.split()
+    actual = words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown"
+    return Sink(SINK_DEV, SINK_MTU, actual)
+
+
+@contextmanager
+def private_sink(qdisc: str) -> Iterator[Sink]:
+    """Enter a network namespace of our own holding an ifb sink; leave it on the way out.
+
+    unshare(CLONE_NEWNET) moves this process into a new, empty namespace that
+    nothing else can see (`ip netns` lists only named ones); the iproute2
+    commands we run inherit it. On the way out setns(2) takes us back to the
+    namespace we came from; the private one then has no process and, once
+    every row's socket is closed, no socket left, and the kernel frees it
+    with its ifb device. If we die instead, it dies with us.
+    """
+    if shutil.which("ip") is None:
+        raise Fatal(f"bench: the private sink is made with iproute2's `ip`, which is not installed "
+                    f"(apt install iproute2); {NO_SINK_HINT}")
+    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        try:
+            unshare(CLONE_NEWNET)
+        except OSError as e:
+            if e.errno == errno.EPERM:
+                raise Fatal("bench: the private sink (a network namespace with an ifb device) needs "
+                            f"root: run `sudo python3 sendzc.py bench`, {NO_SINK_HINT}") from None
+            raise Fatal(f"bench: unshare(CLONE_NEWNET) failed: {e.strerror}; {NO_SINK_HINT}") from None
+        try:
+            yield make_sink(qdisc)
+        finally:
+            setns(home, CLONE_NEWNET)
+    finally:
+        os.close(home)
+
+
+# --- Running the rows ----------------------------------------------------------
+
+@dataclass
+class BenchConfig:
+    """The options of `sendzc.py bench`, checked."""
+    proto: str = "udp"
+    family: int = socket.AF_INET
+    addr: Optional[str] = None       # -D: a receiver; None: the private sink
+    port: int = DEFAULT_PORT
+    sizes: List[int] = field(default_factory=lambda: list(BENCH_SIZES))
+    batches: List[int] = field(default_factory=lambda: list(BENCH_BATCHES))
+    seconds: float = BENCH_SECONDS
+    interval: Optional[float] = None
+    as_json: bool = False
+    qdisc: str = DEFAULT_QDISC
+
+    def plan(self) -> List[Tuple[str, int]]:
+        """(mode, batch) of every row of one size's table, in the RFC's order."""
+        return [(m, 1) for m in SYSCALL_MODES] + [(m, b) for m in URING_MODES for b in self.batches]
+
+    def params(self, sink: Optional[Sink], dst: str) -> dict:
+        return {"proto": self.proto, "family": family_name(self.family), "addr": dst,
+                "port": self.port, "sizes": self.sizes, "batches": self.batches,
+                "seconds": self.seconds, "interval": self.interval, "entries": BENCH_ENTRIES,
+                "sink": None if sink is None else {"dev": sink.dev, "mtu": sink.mtu,
+                                                   "qdisc": sink.qdisc, "netns": "private"}}
+
+
+class Progress:
+    """Which row, and about how long is left: one line on stderr, on a terminal only.
+
+    Redrawn in place with a carriage return (every PROGRESS_EVERY_S, and
+    around each -i line); quiet when stderr is piped, so a log or a JSON
+    consumer never sees it.
+    """
+
+    def __init__(self, rows: int, seconds: float):
+        self.on = sys.stderr.isatty()
+        self.rows, self.seconds = rows, seconds
+        self.index, self.label, self.started = 0, "", 0.0
+
+    def row(self, index: int, label: str) -> None:
+        self.index, self.label, self.started = index, label, time.monotonic()
+        self.draw()
+
+    def draw(self) -> None:
+        if not self.on:
+            return
+        this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
+        left = (self.rows - self.index - 1) * self.seconds + this_row
+        sys.stderr.write(f"\rsendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
+                         f"about {-(-left // 1):.0f} s left{CLEAR_EOL}")
+        sys.stderr.flush()
+
+    def clear(self) -> None:
+        if self.on:
+            sys.stderr.write("\r" + CLEAR_EOL)
+            sys.stderr.flush()
+
+
+def row_label(mode: str, batch: int, size: int) -> str:
+    return f"{MODE_LABELS[mode]}, batch {batch}, {size} B"
+
+
+def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payload: Payload,
+            progress: Progress) -> Result:
+    """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
+    send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
+                          batch=batch, zc=mode != "send", fixed_buf=mode == "send_zc_fixed",
+                          entries=BENCH_ENTRIES, seconds=cfg.seconds)
+    with ExitStack() as stack:
+        sock = open_tx_socket(cfg.proto, cfg.family, dst, cfg.port)
+        stack.callback(sock.close)               # last: after the ring has let go of it
+        if mode in SYSCALL_MODES:
+            sender = SyscallSender(send_cfg, sock, payload, zerocopy=mode == "msg_zerocopy")
+        else:
+            sender = UringSender(send_cfg, sock, payload, stack)
+        ticks = None
+        tick_s = 0.0
+
+        def on_tick(nbytes: int, requests: int) -> None:
+            progress.clear()                     # an interval line replaces the progress line
+            if ticks:
+                ticks.report(time.perf_counter_ns(), nbytes, requests)
+            progress.draw()
+        if cfg.interval:
+            if not cfg.as_json:
+                progress.clear()
+                print(f"-- {row_label(mode, batch, size)}", flush=True)
+            ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
+            tick_s = cfg.interval
+        elif progress.on:
+            tick_s = PROGRESS_EVERY_S            # only to count the progress line down
+        result = sender.run(on_tick=on_tick, tick_ns=int(tick_s * 1e9))
+        if ticks:                                # the last, partial interval
+            progress.clear()
+            ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
+            result.intervals = ticks.rows
+    return result
+
+
+def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
+    """Every row of every size, until done, an error, or Ctrl-C.
+
+    Returns the rows measured so far and the one-line reason the run stopped
+    early (None if it did not, or if Ctrl-C stopped it: rows say interrupted).
+    """
+    plan = cfg.plan()
+    progress = Progress(len(plan) * len(cfg.sizes), cfg.seconds)
+    results: List[Result] = []
+    failure = None
+    try:
+        for size in cfg.sizes:
+            with ExitStack() as stack:
+                payload = Payload(size)
+                stack.callback(payload.close)    # every row's ring and socket are gone by then
+                for mode, batch in plan:
+                    if STOP.requested or failure:
+                        break
+                    progress.row(len(results), row_label(mode, batch, size))
+                    try:
+                        result = run_row(cfg, dst, size, mode, batch, payload, progress)
+                    except Fatal as e:
+                        failure = str(e)
+                        break
+                    results.append(result)
+                    failure = result.error
+            if STOP.requested or failure:
+                break
+    finally:
+        progress.clear()
+    set_speedups(results)
+    return results, failure
+
+
+def set_speedups(results: List[Result]) -> None:
+    """speedup = MB/s over the MSG_ZEROCOPY row of the same size (itself: exactly 1.00)."""
+    base = {r.size: r.mb_per_s for r in results if r.mode == BASELINE_MODE and r.mb_per_s > 0}
+    for r in results:
+        r.speedup = r.mb_per_s / base[r.size] if r.size in base else None
+
+
+def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
+    """Per CROSSOVER_PAIRS: the smallest size from which zero-copy beats copying at every larger size.
+
+    Each side is its best row at that size (the best batch); beating means
+    by CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest
+    size measured.
+    """
+    out: Dict[str, Optional[int]] = {}
+    for name, (zc_modes, copy_modes) in CROSSOVER_PAIRS.items():
+        cross = None
+        for size in sorted({r.size for r in results}, reverse=True):
+            zc = [r.mb_per_s for r in results if r.size == size and r.mode in zc_modes]
+            cp = [r.mb_per_s for r in results if r.size == size and r.mode in copy_modes]
+            if not (zc and cp) or max(zc) < CROSSOVER_MARGIN * max(cp):
+                break
+            cross = size
+        out[name] = cross
+    return out
+
+
+# --- Reporting -----------------------------------------------------------------
+
+def zc_mark(r: Result) -> str:
+    """The table's zc column: did the kernel really avoid the copy?"""
+    if r.mode in COPY_MODES:
+        return "-"                               # copies by design
+    if r.zc_copied is None or not r.notifications:
+        return "?"                               # the kernel cannot say (REPORT_USAGE: 6.2+)
+    if r.zc_copied:
+        return f"COPIED {100 * r.zc_copied / r.notifications:.0f}%"
+    return "yes"
+
+
+def on_cpu(r: Result) -> float:
+    """The share of the row's time this process spent on a CPU (user + sys over wall)."""
+    return (r.cpu_user_s + r.cpu_sys_s) / r.seconds
+
+
+TABLE_HEAD = (f"{'mode':<26} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} "
+              f"{'user s':>6} {'sys s':>6} {'CPU s/GB':>8}  {'zc':<11} ")
+
+
+def format_table(rows: List[Result]) -> List[str]:
+    """One size's rows as the RFC's table, plus CPU, the zc mark and a bar scaled to the fastest."""
+    fastest = max((r.mb_per_s for r in rows), default=0.0) or 1.0
+    lines = [TABLE_HEAD.rstrip()]
+    for r in rows:
+        speedup = "-" if r.speedup is None else f"{r.speedup:.2f}x"
+        per_gb = "-" if r.cpu_s_per_gb is None else f"{r.cpu_s_per_gb:.3f}"
+        bar = "#" * round(BAR_WIDTH * r.mb_per_s / fastest)
+        state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+        if r.seconds and on_cpu(r) < ON_CPU_MIN:
+            state += f" (on CPU {on_cpu(r):.0%})"
+        lines.append(f"{MODE_LABELS[r.mode]:<26} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
+                     f"{speedup:>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} {per_gb:>8}  "
+                     f"{zc_mark(r):<11} {bar}{state}")
+    return lines
+
+
+def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
+    fam = family_name_label(family_name(cfg.family))
+    lines = [f"sendzc {VERSION} bench, Linux {platform.release()}: {cfg.proto} over {fam} to {dst} "
+             f"port {cfg.port}, {cfg.seconds:g} s per row"]
+    if sink:
+        lines.append(f"sink: {sink.dev} in a network namespace of its own, MTU {sink.mtu}, qdisc "
+                     f"{sink.qdisc}: the kernel drops every packet after the whole send path")
+    else:
+        lines.append("no private sink (-D): packets take this host's own routes to the receiver")
+    return lines
+
+
+def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
+    lines = ["",
+             "MB/s: 2^20 bytes per second of measured time; Gbit/s: 10^9 bits per second. "
+             "speedup: MB/s over the MSG_ZEROCOPY row.",
+             "user s: CPU in this process outside the kernel (Python, ctypes, libc); sys s: CPU in the "
+             "kernel (getrusage).",
+             "CPU s/GB: (user + sys) per 2^30 bytes sent. zc: yes = every completion said zero-copy; "
+             "COPIED = the kernel copied instead; ? = this kernel cannot say; - = a copying mode."]
+    if any(r.zc_copied for r in results):
+        lines.append("note: COPIED rows were not zero-copy: a receiver on this host (loopback, veth) "
+                     "always copies, and so does a path whose MTU fragments the packet.")
+    enobufs = sum(r.enobufs for r in results)
+    if enobufs:
+        lines.append(f"note: {enobufs} MSG_ZEROCOPY sends met ENOBUFS (unread completions filled "
+                     f"net.core.optmem_max); each was retried after reading the error queue.")
+    eagain = sum(r.eagain for r in results)
+    if eagain:
+        lines.append(f"note: {eagain} sends found the socket buffer full (EAGAIN) and waited.")
+    if any(r.seconds and on_cpu(r) < ON_CPU_MIN for r in results):
+        lines.append(f"note: rows marked (on CPU n%) ran on a CPU less than {ON_CPU_MIN:.0%} of "
+                     f"their time (other load on this host, or waiting for the receiver): their "
+                     f"MB/s understates them, their CPU s/GB does not.")
+    undrained = sum(r.undrained for r in results)
+    if undrained:
+        lines.append(f"warning: {undrained} completions were still outstanding when their socket closed.")
+    if len(sizes) > 1:
+        lines.append(f"where zero-copy starts to pay on this host (the smallest size from which it "
+                     f"is {CROSSOVER_MARGIN - 1:.0%} or more faster than copying at every larger size "
+                     f"measured, best batch of each):")
+        names = {"io_uring": "io_uring SEND_ZC vs SEND", "msg_zerocopy": "MSG_ZEROCOPY vs send(2)"}
+        for name, size in crossover(results).items():
+            if size is None:
+                where = "not at any size measured"
+            elif size == min(sizes):
+                where = f"at every size measured (from {size} B; the crossover is at or below it)"
+            else:
+                where = f"from {size} B"
+            lines.append(f"  {names[name]}: {where}")
+    return lines
+
+
+def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
+    """The tables, one per size, then what the columns mean."""
+    for size in cfg.sizes:
+        rows = [r for r in results if r.size == size]
+        if rows:
+            print(f"\n{size} B per send")
+            print("\n".join(format_table(rows)))
+    print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
+
+
 def bench_main(argv: List[str]) -> int:
-    """`sendzc.py [bench] [options]`."""
-    raise Fatal("bench: not built yet")
+    """`sendzc.py [bench] [options] [udp|tcp]`."""
+    cfg = bench_config(bench_parser().parse_args(argv))
+    with ExitStack() as stack:
+        sink = None
+        if cfg.addr is None:
+            sink = stack.enter_context(private_sink(cfg.qdisc))
+        dst = cfg.addr or (SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4)
+        if not cfg.as_json:
+            print("\n".join(bench_header(cfg, dst, sink)), flush=True)
+        results, failure = run_bench(cfg, dst)
+    # Back in our own namespace; nothing holds the private one any more: report.
+    if cfg.as_json:
+        extra = {"crossover": crossover(results)} if len(cfg.sizes) > 1 else {}
+        print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
+    else:
+        print_bench(cfg, results)
+    if failure:
+        raise Fatal(failure)
+    return 130 if STOP.requested else 0
+
+
+def int_list(text: str) -> List[int]:
+    """--sizes 1400,4096: positive whole numbers, comma-separated; sorted, once each."""
+    values = []
+    for part in text.split(","):
+        try:
+            values.append(positive_int(part.strip()))
+        except argparse.ArgumentTypeError as e:
+            raise argparse.ArgumentTypeError(f"{part.strip() or 'an empty item'}: {e}") from None
+    return sorted(set(values))
+
+
+def bench_parser() -> argparse.ArgumentParser:
+    p = Parser(prog="sendzc.py bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+               description="Every way to send, one table: send(2), MSG_ZEROCOPY, io_uring SEND, "
+                           "SEND_ZC and SEND_ZC with a registered buffer, on a private sink "
+                           "(root) or to a receiver (-D).",
+               epilog="`sudo python3 sendzc.py` with no arguments runs this with its defaults.")
+    add_common(p)
+    p.add_argument("-D", dest="addr", metavar="ADDR",
+                   help="send to a receiver at ADDR (running `sendzc.py rx`) instead of the private "
+                        "sink; needs no root")
+    p.add_argument("-t", dest="seconds", type=positive_float, default=BENCH_SECONDS,
+                   help=f"seconds per row (default {BENCH_SECONDS:g})")
+    p.add_argument("-s", "--sizes", type=int_list, default=list(BENCH_SIZES), metavar="SIZES",
+                   help=f"payload sizes, comma-separated, one table each, and where zero-copy starts "
+                        f"to pay (default {','.join(map(str, BENCH_SIZES))})")
+    p.add_argument("--batches", type=int_list, default=list(BENCH_BATCHES), metavar="NR_REQS",
+                   help=f"io_uring requests per io_uring_enter, comma-separated (default "
+                        f"{','.join(map(str, BENCH_BATCHES))}, the RFC's)")
+    p.add_argument("--qdisc", metavar="QDISC",
+                   help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
+                        f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
+    p.add_argument("proto", nargs="?", choices=("udp", "tcp"), default="udp",
+                   help="what to send (default udp; tcp needs -D)")
+    return p
+
+
+def bench_config(a: argparse.Namespace) -> BenchConfig:
+    """Check bench's options against each other; UsageError names the mistake."""
+    family = pick_family(a.families, a.addr)
+    if a.addr is None and a.proto == "tcp":
+        raise UsageError("tcp needs a peer that acknowledges, and the private sink drops everything: "
+                         "pass -D ADDR of a host running `sendzc.py rx tcp`")
+    if a.addr is not None and a.qdisc is not None:
+        raise UsageError("--qdisc sets up the private sink; with -D the path's own qdisc is used")
+    limit = max_payload(a.proto, family)
+    too_big = [s for s in a.sizes if s > limit]
+    if too_big:
+        raise UsageError(f"--sizes {too_big[0]}: payload exceeds max ({limit}) for {a.proto} over "
+                         f"{family_name_label(family_name(family))}")
+    if a.batches[-1] > BENCH_ENTRIES:
+        raise UsageError(f"--batches {a.batches[-1]}: more requests per batch than the ring has "
+                         f"entries ({BENCH_ENTRIES})")
+    return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=a.sizes,
+                       batches=a.batches, seconds=a.seconds, interval=a.interval, as_json=a.json,
+                       qdisc=a.qdisc or DEFAULT_QDISC)
 
 
 # =============================================================================

@@ -12,9 +12,11 @@ import ctypes
 import errno
 import itertools
 import json
+import math
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -531,6 +533,314 @@ def test_runs_on_python_3_9():
 # =============================================================================
 # The benchmark (sendzc.py bench)
 # =============================================================================
+
+BENCH_MODES = [("send_syscall", 1), ("msg_zerocopy", 1), ("send", 1), ("send", 8),
+               ("send_zc", 1), ("send_zc", 8), ("send_zc_fixed", 1), ("send_zc_fixed", 8)]
+ZC_MODES = ("msg_zerocopy", "send_zc", "send_zc_fixed")
+INTERVAL_LINE = re.compile(r"^\[\s*[\d.]+-\s*[\d.]+ s\]")
+
+
+def check_bench_row(r, size):
+    """A finished row into the sink: whole sends, every completion seen, nothing copied."""
+    assert r["bytes"] > 0 and r["error"] is None and not r["interrupted"], r
+    assert r["size"] == size and r["bytes"] == r["requests"] * size
+    assert r["undrained"] == 0
+    if r["mode"] in ZC_MODES:
+        assert r["notifications"] == r["requests"]           # every send's completion seen
+        assert r["zc_copied"] == 0                           # the sink really is zero-copy
+    else:
+        assert r["notifications"] == 0 and r["zc_copied"] is None
+
+
+def bench_json(*args, ns=None):
+    """`sendzc.py bench --json ARGS` ("bench" must come first); its document, or fail with stderr."""
+    p = tool("bench", "--json", *args, ns=ns)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def syscall_run(zerocopy, **kw):
+    """One in-process send(2) run to a UDP socket on loopback that nobody reads."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        cfg = sendzc.SendConfig(proto="udp", addr="127.0.0.1", port=rx.getsockname()[1],
+                                size=1400, seconds=0.2, **kw)
+        with contextlib.ExitStack() as stack:
+            sock = sendzc.open_tx_socket("udp", socket.AF_INET, cfg.addr, cfg.port)
+            stack.callback(sock.close)
+            payload = sendzc.Payload(cfg.size)
+            stack.callback(payload.close)
+            sender = sendzc.SyscallSender(cfg, sock, payload, zerocopy)
+            return sender.run(), sender.completions
+
+
+def test_msg_zerocopy_sees_every_completion_before_the_run_ends():
+    result, done = syscall_run(zerocopy=True)
+    assert result.requests > 0 and result.error is None
+    assert done.sent == done.completed == result.notifications == result.requests
+    assert result.undrained == 0 and done.out_of_order == 0
+    assert done.ranges >= 1                      # read off the error queue, range by range
+    assert done.next_lo == done.sent             # ... in order: 0..sent-1, no gap, no overlap
+    assert result.zc_copied == result.notifications      # loopback always copies
+
+
+@pytest.mark.parametrize("zerocopy", [False, True])
+def test_a_syscall_run_releases_every_fd_and_mapping(zerocopy):
+    syscall_run(zerocopy)                         # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    result, _ = syscall_run(zerocopy)
+    assert result.requests > 0 and result.error is None
+    assert (open_fds(), mappings()) == (fds, maps)
+
+
+def test_zerocopy_ranges_count_across_the_u32_wrap():
+    done = sendzc.ZerocopyCompletions()
+    done.sent = 10
+    done.next_lo = 2**32 - 2
+    assert done.add(2**32 - 2, 1, 0) == 4        # 4294967294, 4294967295, 0, 1
+    assert done.add(2, 3, sendzc.SO_EE_CODE_ZEROCOPY_COPIED) == 2
+    assert (done.completed, done.copied, done.ranges, done.out_of_order) == (6, 2, 2, 0)
+    with pytest.raises(AssertionError):
+        done.add(4, 9, 0)                        # 12 completions for 10 sends: accounting broke
+
+
+def result(mode, size, mb_per_s):
+    r = sendzc.Result(mode, "udp", size, 8)
+    r.bytes, r.seconds = int(mb_per_s * sendzc.MIB), 1.0
+    return r
+
+
+def test_crossover_is_the_smallest_size_from_which_zero_copy_keeps_winning():
+    rows = [result("send", 1400, 600), result("send_zc", 1400, 500),
+            result("send", 4096, 1500), result("send_zc_fixed", 4096, 1600),   # a fluke ...
+            result("send", 16384, 6000), result("send_zc", 16384, 5000),       # ... undone here
+            result("send", 65435, 15000), result("send_zc_fixed", 65435, 30000),
+            result("send_syscall", 1400, 500), result("msg_zerocopy", 1400, 400),
+            result("send_syscall", 65435, 9000), result("msg_zerocopy", 65435, 8000)]
+    assert sendzc.crossover(rows) == {"io_uring": 65435, "msg_zerocopy": None}
+    # A win inside the noise (1%) is no win: it must be CROSSOVER_MARGIN or more.
+    rows = [result("send_syscall", 4096, 2000), result("msg_zerocopy", 4096, 2020),
+            result("send_syscall", 65435, 9000), result("msg_zerocopy", 65435, 12000)]
+    assert sendzc.crossover(rows)["msg_zerocopy"] == 65435
+
+
+def test_speedup_is_against_the_msg_zerocopy_row_of_the_same_size():
+    rows = [result("msg_zerocopy", 1400, 400), result("send_zc", 1400, 600),
+            result("msg_zerocopy", 65435, 1000), result("send_zc", 65435, 2440)]
+    sendzc.set_speedups(rows)
+    assert [r.speedup for r in rows] == [1.0, 1.5, 1.0, 2.44]
+
+
+@pytest.mark.parametrize("args,says", [
+    (["tcp"], "tcp needs a peer"),
+    (["--sizes", "1400,70000"], "--sizes 70000: payload exceeds max"),
+    (["--batches", "1,1024"], "more requests per batch than the ring has"),
+    (["-D", "198.18.0.2", "--qdisc", "noqueue"], "--qdisc sets up the private sink"),
+    (["--sizes", "1400,x"], "not a whole number"),
+    (["-t", "0"], "must be a positive number"),
+])
+def test_bench_usage_mistakes_are_one_line_and_status_2(args, says):
+    p = tool("bench", *args)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1 and says in p.stderr, p.stderr
+
+
+def test_bench_without_root_says_so_and_points_at_d():
+    # Root without capabilities cannot unshare(CLONE_NEWNET), just as a user cannot.
+    setpriv = shutil.which("setpriv")
+    if IS_ROOT and setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to drop root's capabilities")
+    prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"] if IS_ROOT else []
+    p = subprocess.run(prefix + [sys.executable, TOOL, "bench", "-t", "0.1"],
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 1 and p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1, p.stderr
+    assert "needs root" in p.stderr and "bench -D ADDR" in p.stderr
+
+
+def host_net():
+    """The host's named network namespaces and its links, by name.
+
+    Other copies of this suite (other worktrees) may be running on this
+    machine, making their own szt<pid>-<n> namespaces: those are left out.
+    """
+    mine = f"szt{os.getpid()}-"
+    ns = {line.split()[0] for line in ip("netns", "list").stdout.splitlines() if line.strip()}
+    ns = {n for n in ns if not re.match(r"szt\d+-", n) or n.startswith(mine)}
+    links = {line.split(":")[1].strip().split("@")[0]
+             for line in ip("-o", "link", "show").stdout.splitlines()}
+    return ns, links
+
+
+def assert_host_unchanged(before):
+    # Retried for a moment: anything else on this machine that briefly adds a
+    # link is gone again; a namespace or device bench left behind is not.
+    for _ in range(10):
+        after = host_net()
+        if after == before:
+            return
+        time.sleep(0.3)
+    assert after == before
+
+
+@pytest.fixture(scope="module")
+def bench_doc():
+    """One default-shaped bench run, -t 0.5, shared by the tests that read its JSON."""
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    before = host_net()
+    p = tool("bench", "-t", "0.5", "--json")
+    if p.returncode == 1 and "no ifb device" in p.stderr:
+        pytest.skip(p.stderr.strip())
+    assert p.returncode == 0, p.stderr
+    assert_host_unchanged(before)
+    return json.loads(p.stdout)
+
+
+def test_bench_json_has_every_row_and_the_baseline_is_one(bench_doc):
+    rows = bench_doc["rows"]
+    assert [(r["mode"], r["batch"]) for r in rows] == BENCH_MODES
+    for r in rows:
+        check_bench_row(r, 65435)
+    baseline = [r for r in rows if r["mode"] == "msg_zerocopy"]
+    assert baseline[0]["speedup"] == 1.00
+    assert all(r["speedup"] > 0 for r in rows)
+    assert bench_doc["params"]["sink"]["qdisc"] == "noqueue"
+    assert bench_doc["params"]["sink"]["mtu"] == 65535
+
+
+def readme_table(heading):
+    """{field: (type, present)} from the README table under heading."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        lines = f.read().splitlines()
+    start = lines.index(heading)
+    fields = {}
+    for line in lines[start + 1:]:
+        if line.startswith("#"):
+            break
+        m = re.match(r"\| `(\w+)` \| ([^|]+) \| ([^|]+) \|", line)
+        if m:
+            fields[m.group(1)] = (m.group(2).strip(), m.group(3).strip())
+    assert fields, f"no field table under {heading!r} in README.md"
+    return fields
+
+
+JSON_TYPES = {"int": int, "float": (int, float), "str": str, "bool": bool, "null": type(None),
+              "object": dict, "list": list}
+
+
+def check_against_readme(obj, heading, options=()):
+    """Every field obj has is documented, with its type; every field always present is there."""
+    fields = readme_table(heading)
+    for name, value in obj.items():
+        assert name in fields, f"{name} is not documented under {heading!r}"
+        kinds = tuple(JSON_TYPES[t.strip()] for t in fields[name][0].split(" or "))
+        # (bool is an int to isinstance: a true/false where a number belongs is caught too)
+        assert isinstance(value, kinds) and (bool in kinds or not isinstance(value, bool)), (name, value)
+    for name, (_, present) in fields.items():
+        if present == "always" or any(o in present for o in options):
+            assert name in obj, f"{name} is documented as present but missing"
+
+
+def test_bench_json_matches_the_fields_readme_documents(bench_doc):
+    check_against_readme(bench_doc, "### The JSON document")
+    for row in bench_doc["rows"]:
+        check_against_readme(row, "### A JSON row")
+
+
+def test_sender_json_matches_the_fields_readme_documents():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        doc = tool_json("-D", "127.0.0.1", "-p", rx.getsockname()[1], "-t", "0.5", "-i", "0.2",
+                        "-s", "1400", "udp")
+    check_against_readme(doc, "### The JSON document")
+    assert len(doc["rows"]) == 1                              # a single send is one row
+    check_against_readme(doc["rows"][0], "### A JSON row", options=["-i"])
+    assert len(doc["rows"][0]["intervals"]) == math.ceil(0.5 / 0.2)
+
+
+def test_bench_interval_lines_are_ceil_t_over_i_per_row():
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    t, i = 0.3, 0.1
+    p = tool("bench", "-t", t, "-i", i, "--batches", "8")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    heads = [n for n, line in enumerate(lines) if line.startswith("-- ")]
+    assert len(heads) == 5                                   # 2 baselines + 3 io_uring modes
+    for n in heads:                                          # each row's lines follow its heading
+        block = itertools.takewhile(lambda line: INTERVAL_LINE.match(line), lines[n + 1:])
+        assert len(list(block)) == math.ceil(t / i)
+    assert p.stderr == ""                                    # no progress line when piped
+
+
+def test_bench_d_runs_the_table_against_a_receiver_without_a_private_sink(sink):
+    """-D: the same rows, sent from here (the sink namespace plays the receiver's network)."""
+    doc = bench_json("-D", SINK4, "-t", "0.2", "-i", "0.1", "--sizes", "1400,65435",
+                    "--batches", "8", ns=sink)
+    assert doc["params"]["sink"] is None and doc["params"]["addr"] == SINK4
+    rows = doc["rows"]
+    assert [(r["size"], r["mode"]) for r in rows] == [
+        (size, mode) for size in (1400, 65435)
+        for mode in ("send_syscall", "msg_zerocopy", "send", "send_zc", "send_zc_fixed")]
+    for r in rows:
+        check_bench_row(r, r["size"])
+        assert len(r["intervals"]) == math.ceil(0.2 / 0.1)
+    assert set(doc["crossover"]) == {"io_uring", "msg_zerocopy"}
+    assert all(v in (None, 1400, 65435) for v in doc["crossover"].values())
+
+
+def test_bench_in_process_comes_home_and_leaks_nothing(capsys):
+    """bench_main() leaves its private namespace for ours, and closes every fd and mapping."""
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    home = os.readlink("/proc/self/ns/net")
+    args = ["-t", "0.1", "--batches", "8", "--json"]
+    warm = sendzc.bench_main(args)                  # warm up imports and caches
+    first = capsys.readouterr()
+    if warm != 0:
+        pytest.skip(first.err.strip())
+    fds, maps = open_fds(), mappings()
+    assert sendzc.bench_main(args) == 0
+    assert os.readlink("/proc/self/ns/net") == home
+    assert (open_fds(), mappings()) == (fds, maps)
+    doc = json.loads(capsys.readouterr().out)
+    assert len(doc["rows"]) == 5 and all(r["bytes"] > 0 for r in doc["rows"])
+
+
+@pytest.mark.parametrize("how", ["error", "sigint", "sigkill"])
+def test_bench_leaves_the_host_as_it_found_it(how):
+    """A private namespace dies with the process: whatever ends bench, nothing is left."""
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    before = host_net()
+    if how == "error":
+        # tc refuses the qdisc after the namespace and the ifb device exist.
+        p = tool("bench", "-t", "0.2", "--qdisc", "no-such-qdisc")
+        if "no ifb device" in p.stderr:
+            pytest.skip(p.stderr.strip())
+        assert p.returncode == 1 and len(p.stderr.splitlines()) == 1, p.stderr
+        assert "no-such-qdisc" in p.stderr
+    else:
+        proc = subprocess.Popen([sys.executable, TOOL, "bench", "-t", "0.5"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            header = proc.stdout.readline()            # printed once the sink is up
+            if not header:
+                pytest.skip(proc.communicate()[1].strip())
+            time.sleep(1.2)                            # two rows done, the third under way
+            proc.send_signal(signal.SIGINT if how == "sigint" else signal.SIGKILL)
+            out, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        if how == "sigint":
+            assert proc.returncode == 130, err
+            table = [line for line in out.splitlines() if re.match(r"(send|io_uring)", line)]
+            assert table[0].startswith("send(2) ") and len(table) >= 2    # the rows so far
+            assert "(interrupted)" in table[-1]
+        else:
+            assert proc.returncode == -signal.SIGKILL
+    assert_host_unchanged(before)
 
 
 # =============================================================================
