@@ -1313,7 +1313,9 @@ class UringSender:
             sqe = io_uring_sqe()
             parts = []
             for j in range(self.cfg.batch):
-                self.prep(sqe, (phase + j * self.cfg.size) % PATTERN_LEN, j)
+                # Only a stream runs on from one request to the next; every
+                # datagram is the pattern from 'a', whatever came before it.
+                self.prep(sqe, (phase + j * self.cfg.size) % PATTERN_LEN if self.stream else 0, j)
                 if self.stream and j < self.cfg.batch - 1:
                     sqe.flags |= IOSQE_IO_LINK
                 parts.append(bytes(sqe))
