@@ -1204,13 +1204,20 @@ class Tally:
     error: int = 0        # first errno other than EAGAIN
 
 
-def judge_each(res: List[int], flags: List[int], size: int) -> Tally:
+def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) -> Tally:
     """Walk the CQEs one by one: errors, EAGAIN, copies, odd flags.
 
     The fast path in UringSender.run() handles the common case in bulk and
     comes here only when a batch holds something else. Strict accounting, as
     the kernel selftest does: a notification with F_MORE, or more
     notifications than F_MORE results, is an error in our bookkeeping.
+
+    One exception, seen on 6.18 when a TCP receiver goes away mid-run: a
+    zero-copy request cancelled because the request linked before it failed
+    completes with -ECANCELED and *no* F_MORE (io_req_tw_fail_links() sets
+    flags 0 and skips the opcode's fail handler, which would add F_MORE), yet
+    its notification still comes (io_send_zc_cleanup() flushes it). zc says
+    the requests were zero-copy ones, so such a CQE promises a notification.
     """
     t = Tally()
     for r, f in zip(res, flags):
@@ -1225,6 +1232,8 @@ def judge_each(res: List[int], flags: List[int], size: int) -> Tally:
         t.results += 1
         if f & IORING_CQE_F_MORE:
             t.due += 1               # a notification follows, whatever res says
+        elif zc and r == -errno.ECANCELED:
+            t.due += 1               # ... and here too, without F_MORE (see above)
         if r >= 0:
             t.ok += 1
             t.bytes += r
@@ -1232,6 +1241,8 @@ def judge_each(res: List[int], flags: List[int], size: int) -> Tally:
                 t.short += 1
         elif r == -errno.EAGAIN:
             t.eagain += 1
+        elif r == -errno.ECANCELED:
+            pass                     # not a cause: the request before it in its link failed
         elif not t.error:
             t.error = -r
     return t
@@ -1388,7 +1399,7 @@ class UringSender:
                 notifs += n_notif
                 due += (done if ok_flags else 0) - n_notif
             else:
-                t = judge_each(res, fl, size)
+                t = judge_each(res, fl, size, cfg.zc)
                 nbytes += t.bytes
                 results += t.ok
                 inflight -= t.results
@@ -1416,7 +1427,7 @@ class UringSender:
             res, fl = ring.peek()
             if fl:
                 ring.cq_advance(len(fl))
-                t = judge_each(res, fl, size)
+                t = judge_each(res, fl, size, cfg.zc)
                 result.bytes += t.bytes
                 result.requests += t.ok
                 result.eagain += t.eagain
@@ -1442,7 +1453,9 @@ def send_error(err: int, cfg: SendConfig) -> str:
     name = errno.errorcode.get(err, str(err))
     where = f"{cfg.addr}:{cfg.port}"
     if err == errno.EIO:
-        return "tcp: a send completed short of its length: the stream is torn; stopping"
+        # MSG_WAITALL sends stop short only when the connection fails under them.
+        return (f"tcp: the connection to {where} broke mid-send (a send stopped short: the "
+                f"receiver quit or reset it): partial result above")
     if err == errno.ECONNREFUSED:
         return (f"{cfg.proto}: {where} refused the data (ECONNREFUSED, an ICMP port unreachable): "
                 f"start the receiver there (`python3 sendzc.py rx -p {cfg.port} {cfg.proto}`)")
