@@ -287,19 +287,42 @@ class sock_extended_err(ctypes.Structure):
                 ("ee_pad", u8), ("ee_info", u32), ("ee_data", u32)]
 
 
+class tcp_info(ctypes.Structure):
+    """struct tcp_info from <linux/tcp.h>, up to tcpi_segs_in (4.2): what rx reads.
+
+    getsockopt(TCP_INFO) copies min(optlen, the kernel's size) bytes, so a
+    prefix of the struct is a valid question; newer fields are simply not asked for.
+    """
+    _fields_ = [("tcpi_state", u8), ("tcpi_ca_state", u8), ("tcpi_retransmits", u8),
+                ("tcpi_probes", u8), ("tcpi_backoff", u8), ("tcpi_options", u8),
+                ("tcpi_snd_wscale", u8, 4), ("tcpi_rcv_wscale", u8, 4),
+                ("tcpi_delivery_rate_app_limited", u8, 1), ("tcpi_fastopen_client_fail", u8, 2)] + [
+        (n, u32) for n in (
+            "tcpi_rto", "tcpi_ato", "tcpi_snd_mss", "tcpi_rcv_mss",
+            "tcpi_unacked", "tcpi_sacked", "tcpi_lost", "tcpi_retrans", "tcpi_fackets",
+            "tcpi_last_data_sent", "tcpi_last_ack_sent", "tcpi_last_data_recv", "tcpi_last_ack_recv",
+            "tcpi_pmtu", "tcpi_rcv_ssthresh", "tcpi_rtt", "tcpi_rttvar", "tcpi_snd_ssthresh",
+            "tcpi_snd_cwnd", "tcpi_advmss", "tcpi_reordering", "tcpi_rcv_rtt", "tcpi_rcv_space",
+            "tcpi_total_retrans")] + [
+        ("tcpi_pacing_rate", u64), ("tcpi_max_pacing_rate", u64), ("tcpi_bytes_acked", u64),
+        ("tcpi_bytes_received", u64), ("tcpi_segs_out", u32), ("tcpi_segs_in", u32)]
+
+
 def _check_layout():
     """Fail at import, loudly, if a declaration above drifted from the kernel's."""
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
              io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
-             iovec: 16, msghdr: 56, sock_extended_err: 16}
+             iovec: 16, msghdr: 56, sock_extended_err: 16, tcp_info: 144}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
     offsets = {io_uring_sqe: dict(opcode=0, flags=1, ioprio=2, fd=4, off=8, addr=16, len=24,
                                   msg_flags=28, user_data=32, buf_index=40, personality=42,
                                   file_index=44, addr3=48),
                io_uring_cqe: dict(user_data=0, res=8, flags=12),
-               io_uring_params: dict(features=20, sq_off=40, cq_off=80)}
+               io_uring_params: dict(features=20, sq_off=40, cq_off=80),
+               tcp_info: dict(tcpi_rto=8, tcpi_total_retrans=100, tcpi_pacing_rate=104,
+                              tcpi_bytes_received=128, tcpi_segs_in=140)}
     for struct_type, fields in offsets.items():
         for name, want in fields.items():
             # ctypes lifts the fields of an anonymous union into the outer
@@ -314,6 +337,9 @@ SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)          # <asm-generic/socket.
 MSG_ZEROCOPY = getattr(socket, "MSG_ZEROCOPY", 0x4000000)  # <linux/socket.h>
 IP_RECVERR = getattr(socket, "IP_RECVERR", 11)             # <linux/in.h>
 IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)         # <linux/in6.h>
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)     # <asm-generic/socket.h>; root may pass rmem_max
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)             # 4.6: a socket's memory counters, u32 each
+SK_MEMINFO_DROPS = 8                                       # <linux/sock_diag.h>: index of "dropped"
 SO_EE_ORIGIN_ZEROCOPY = 5                                  # <linux/errqueue.h>
 SO_EE_CODE_ZEROCOPY_COPIED = 1
 IPPROTO_EGP = 8     # what the seed's raw mode sends: a protocol nobody answers
@@ -886,6 +912,17 @@ def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: 
     prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
     sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
     sqe.buf_index = buf_index
+
+
+def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
+    """io_uring_prep_recv(): recv(2) as a request; res is the bytes copied to addr, 0 at EOF.
+
+    No _fixed twin: the kernel refuses IORING_RECVSEND_FIXED_BUF on RECV
+    (-EINVAL on 6.18), and a receive, being a copy into our pages, has no
+    per-request pinning for a registered buffer to save.
+    """
+    prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
+    sqe.msg_flags = msg_flags
 
 
 # =============================================================================
