@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -702,3 +703,27 @@ def test_without_io_uring_tcp_falls_back_to_recv_into_and_says_so(monkeypatch):
         assert isinstance(rx, sendzc.SocketReceiver) and "EPERM" in result.note
         a.sendall(b"abc")
         assert rx.recv() == 3
+
+
+def test_a_whole_receive_releases_every_fd_and_mapping():
+    def once():
+        port = free_port()
+        cfg = sendzc.RxConfig(proto="tcp", family=socket.AF_INET, port=port)
+
+        def sender():
+            for _ in range(100):                      # until the receiver listens
+                try:
+                    with socket.create_connection(("127.0.0.1", port)) as s:
+                        s.sendall(sendzc.pattern(1 << 20))
+                    return
+                except ConnectionRefusedError:
+                    time.sleep(0.01)
+        t = threading.Thread(target=sender)
+        t.start()
+        result, _ = sendzc.run_receiver(cfg, False, None)
+        t.join()
+        assert result.bytes == 1 << 20 and result.verified is True
+    once()                                            # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    once()
+    assert (open_fds(), mappings()) == (fds, maps)
