@@ -1488,7 +1488,7 @@ DRAIN_SECONDS = 5.0
 def send_error(err: int, cfg: SendConfig) -> str:
     """One line for an error a send's CQE carried (res = -err)."""
     name = errno.errorcode.get(err, str(err))
-    where = f"{cfg.addr}:{cfg.port}"
+    where = f"[{cfg.addr}]:{cfg.port}" if ":" in cfg.addr else f"{cfg.addr}:{cfg.port}"
     if err == errno.EIO:
         # MSG_WAITALL sends stop short only when the connection fails under them.
         return (f"tcp: the connection to {where} broke mid-send (a send stopped short: the "
