@@ -21,6 +21,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -846,3 +847,308 @@ def test_bench_leaves_the_host_as_it_found_it(how):
 # =============================================================================
 # The receiver (sendzc.py rx)
 # =============================================================================
+
+def start_rx(*args, ns=None):
+    """`sendzc.py rx --json ARGS` in the background, returned once it is listening."""
+    cmd = [sys.executable, TOOL, "rx", "--json", *map(str, args)]
+    if ns:
+        cmd = ["ip", "netns", "exec", ns] + cmd
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    if "waiting for a sender" not in line:
+        p.kill()
+        out, err = p.communicate()
+        pytest.fail(f"rx did not start: {line}{err}")
+    return p
+
+
+def finish_rx(p, timeout=30):
+    """Wait for rx to end: (exit status, its JSON document or None, its stderr)."""
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, (json.loads(out) if out.strip() else None), err
+
+
+def free_port(kind=socket.SOCK_STREAM):
+    """A port nothing on this host's loopback uses right now."""
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def one_line(stderr):
+    """The error line of a run's stderr, asserting it is the only one after rx's 'waiting' line."""
+    lines = [l for l in stderr.splitlines() if "waiting for a sender" not in l]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr
+    return lines[0]
+
+
+@pytest.mark.parametrize("family,opts", [(4, []), (4, ["--no-zc"]), (6, []), (6, ["--no-zc"])],
+                         ids=["ipv4-zc", "ipv4-copy", "ipv6-zc", "ipv6-copy"])
+def test_rx_tcp_receives_and_verifies_every_byte_the_sender_reports(pair, family, opts):
+    txns, rxns = pair
+    dst = PAIR4[1] if family == 4 else PAIR6[1]
+    port = 8100 + next(_names)
+    rx = start_rx(f"-{family}", "-p", port, "tcp", ns=rxns)
+    tx = tool_json(f"-{family}", "-D", dst, "-p", port, "-t", "1", *opts, "tcp", ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    assert set(doc) == {"tool", "version", "kernel", "host", "params", "rows"}
+    got, sent = doc["rows"][0], tx["rows"][0]
+    assert sent["error"] is None and sent["bytes"] > 0
+    assert got["bytes"] == sent["bytes"]                   # every byte the sender reports, no more
+    assert got["verified"] is True and got["mismatches"] == 0 and got["first_mismatch"] is None
+    assert got["method"] == "io_uring RECV" and got["note"] is None
+    assert got["family"] == f"ipv{family}" and got["peer"].startswith("[" if family == 6 else "198.")
+    assert got["segments"] >= got["bytes"] // 65536 and got["receives"] > 0
+    assert got["seconds"] > 0 and got["mb_per_s"] > 0
+
+
+def test_rx_tcp_with_recv_into_and_intervals(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-p", port, "-i", "0.2", "--no-uring", "tcp", ns=rxns)   # both families on one socket
+    tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "tcp", ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    got = doc["rows"][0]
+    assert got["method"] == "recv_into" and got["family"] == "ipv4"   # an IPv4 sender, mapped
+    assert got["bytes"] == tx["rows"][0]["bytes"] and got["verified"] is True
+    assert len(got["intervals"]) >= 2
+    assert sum(i["bytes"] for i in got["intervals"]) == got["bytes"]
+    assert doc["params"]["family"] == "any" and doc["params"]["uring"] is False
+
+
+@pytest.mark.parametrize("family,size", [(4, 65435), (6, 1400)])
+def test_rx_udp_every_datagram_that_arrives_is_intact(pair, family, size):
+    txns, rxns = pair
+    dst = PAIR4[1] if family == 4 else PAIR6[1]
+    port = 8100 + next(_names)
+    rx = start_rx(f"-{family}", "-p", port, "udp", ns=rxns)
+    tx = tool_json(f"-{family}", "-D", dst, "-p", port, "-t", "0.5", "-s", size, "udp", ns=txns)
+    status, doc, err = finish_rx(rx)           # ends after RX_UDP_IDLE_S of silence
+    assert status == 0, err
+    got, sent = doc["rows"][0], tx["rows"][0]
+    assert 0 < got["datagrams"] <= sent["requests"]
+    assert got["bytes"] == got["datagrams"] * size
+    assert got["verified"] is True and got["mismatches"] == 0
+    assert got["dropped"] is not None and got["datagrams"] + got["dropped"] <= sent["requests"]
+    assert got["seconds"] < 1.0                 # the rate runs to the last datagram, not the idle timeout
+
+
+@pytest.mark.parametrize("opts", [[], ["--no-zc"]], ids=["zc", "copy"])
+def test_a_receiver_that_quits_mid_run_ends_the_sender_in_one_line(pair, opts):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "-t", "0.3", "tcp", ns=rxns)
+    started = time.monotonic()
+    p = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "5", *opts, "tcp", ns=txns)
+    assert time.monotonic() - started < 4, "the sender did not notice the receiver leave"
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err                                 # the receiver did as told
+    assert p.returncode == 1
+    line = one_line(p.stderr)
+    assert line.startswith("sendzc: tcp: ") and "partial result above" in line
+    tx = int(p.stdout.split("tx=")[1].split()[0])           # the partial count, printed first
+    assert tx > 0 and doc["rows"][0]["bytes"] > 0
+
+
+def test_a_sender_with_no_receiver_is_refused_in_one_line(pair):
+    txns, _ = pair
+    p = tool("-4", "-D", PAIR4[1], "-p", 8100 + next(_names), "-t", "1", "tcp", ns=txns)
+    assert p.returncode == 1
+    assert "connection refused" in one_line(p.stderr) and "sendzc.py rx" in p.stderr
+
+
+# A test peer that sends the pattern with one byte flipped: what a zero-copy
+# sender that rewrote its buffer too early would put on the wire.
+FLIPPER = textwrap.dedent("""
+    import socket, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from sendzc import pattern
+    proto, host, port, flip = sys.argv[2], sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+    fam = socket.AF_INET6 if ":" in host else socket.AF_INET
+    if proto == "tcp":
+        data = bytearray(pattern(4 << 20))
+        data[flip] ^= 0x20
+        with socket.create_connection((host, port)) as s:
+            for at in range(0, len(data), 7777):      # odd writes: receive boundaries move
+                s.sendall(data[at:at + 7777])
+    else:
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect((host, port))
+            for n in range(10):
+                data = bytearray(pattern(1000))
+                if n == 5:
+                    data[flip] ^= 0x20
+                s.send(data)
+                time.sleep(0.01)
+""")
+
+
+@pytest.mark.parametrize("proto,flip", [("tcp", 1000003), ("udp", 17)])
+def test_rx_catches_a_flipped_byte_at_its_offset(pair, proto, flip):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-p", port, proto, ns=rxns)
+    peer = subprocess.run(["ip", "netns", "exec", txns, sys.executable, "-c", FLIPPER, HERE, proto,
+                           PAIR6[1] if proto == "udp" else PAIR4[1], str(port), str(flip)],
+                          capture_output=True, text=True, timeout=30)
+    assert peer.returncode == 0, peer.stderr
+    status, doc, err = finish_rx(rx)
+    assert status == 1
+    row = doc["rows"][0]
+    assert row["verified"] is False and row["mismatches"] == 1
+    expected = sendzc.PATTERN[flip % sendzc.PATTERN_LEN]
+    assert row["first_mismatch"] == {"offset": flip, "datagram": None if proto == "tcp" else 5,
+                                     "got": expected ^ 0x20, "expected": expected}
+    line = one_line(err)
+    where = f"stream byte {flip}" if proto == "tcp" else f"byte {flip} of datagram 5"
+    assert line.startswith(f"sendzc: rx: verification failed: {where} ")
+    if proto == "tcp":
+        assert row["bytes"] == 4 << 20
+    else:
+        assert row["datagrams"] == 10
+
+
+def test_rx_ctrl_c_with_a_receive_in_flight_prints_the_partial_result():
+    """A sender that stalls: rx waits in a RECV; Ctrl-C ends it with what came, exit 130."""
+    port = free_port()
+    rx = start_rx("-4", "-p", port, "tcp")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(sendzc.pattern(100000))
+        time.sleep(0.5)                         # rx has received it all and waits for more
+        rx.send_signal(signal.SIGINT)
+        status, doc, err = finish_rx(rx, timeout=5)
+    assert status == 130, err
+    row = doc["rows"][0]
+    assert row["bytes"] == 100000 and row["verified"] is True and row["interrupted"] is True
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_rx_ctrl_c_before_any_sender(proto):
+    rx = start_rx("-4", "-p", free_port(), proto)
+    rx.send_signal(signal.SIGINT)
+    status, doc, err = finish_rx(rx, timeout=5)
+    assert status == 130 and "Traceback" not in err
+    assert doc["rows"][0]["bytes"] == 0 and doc["rows"][0]["interrupted"] is True
+
+
+def test_rx_refuses_a_port_in_use_in_one_line():
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen(1)
+        p = tool("rx", "-4", "-p", taken.getsockname()[1], "tcp")
+    assert p.returncode == 1
+    assert "EADDRINUSE" in one_line(p.stderr)
+
+
+@pytest.mark.parametrize("args", [["-4", "-6", "tcp"], ["-p", "0", "tcp"], ["-t", "-1", "udp"], ["sctp"]])
+def test_rx_usage_mistakes_are_one_line_and_status_2(args):
+    p = tool("rx", *args)
+    assert p.returncode == 2 and p.stdout == ""
+    assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+# --- the receiver's parts, in process ----------------------------------------
+
+def test_prep_recv_is_prep_rw_plus_msg_flags():
+    sqe = sendzc.io_uring_sqe()
+    sendzc.prep_recv(sqe, 3, 0x1000, 100, socket.MSG_WAITALL)
+    assert (sqe.opcode, sqe.fd, sqe.addr, sqe.len) == (sendzc.IORING_OP_RECV, 3, 0x1000, 100)
+    assert sqe.msg_flags == socket.MSG_WAITALL and sqe.ioprio == 0 and sqe.off == 0
+
+
+def test_tcp_info_prefix_matches_the_kernel_header():
+    assert ctypes.sizeof(sendzc.tcp_info) == 144
+    assert sendzc.tcp_info.tcpi_rto.offset == 8
+    assert sendzc.tcp_info.tcpi_bytes_received.offset == 128
+    assert sendzc.tcp_info.tcpi_segs_in.offset == 140
+
+
+@pytest.mark.parametrize("phase,k,bad", [(0, 1, 0), (7, 1000, 999), (25, 300000, 123457), (3, 26, 13)])
+def test_the_verifier_finds_the_first_wrong_byte(phase, k, bad):
+    v = sendzc.Verifier(1 << 20)
+    data = bytearray(sendzc.pattern(k, phase))
+    view = memoryview(data)
+    assert v.matches(view[:k], phase)
+    data[bad] ^= 1
+    assert not v.matches(view[:k], phase)
+    v.mismatch(view, k, phase, 5000, None)
+    assert v.bad == 1
+    assert v.first == {"offset": 5000 + bad, "datagram": None, "got": data[bad],
+                       "expected": sendzc.PATTERN[(phase + bad) % 26]}
+
+
+def test_uring_receiver_receives_then_sees_the_end_and_releases_everything():
+    def once():
+        a, b = socket.socketpair()
+        with a, b, contextlib.ExitStack() as stack:
+            buf = sendzc.RxBuffer(4096)
+            stack.callback(buf.close)
+            rx = sendzc.UringReceiver(b, buf, stack)
+            a.sendall(b"hello")
+            assert rx.recv() == 5 and bytes(buf.view[:5]) == b"hello"
+            assert rx.recv() is None              # nothing for RX_TICK_S: the RECV stays in flight
+            a.sendall(b"world")
+            assert rx.recv() == 5 and bytes(buf.view[:5]) == b"world"
+            assert rx.recv() is None              # in flight again: the ExitStack must cancel it
+    once()                                        # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    once()
+    assert (open_fds(), mappings()) == (fds, maps)
+
+
+def test_uring_receiver_reports_the_end_of_the_stream():
+    a, b = socket.socketpair()
+    with b, contextlib.ExitStack() as stack:
+        buf = sendzc.RxBuffer(4096)
+        stack.callback(buf.close)
+        rx = sendzc.UringReceiver(b, buf, stack)
+        a.sendall(b"x")
+        a.close()
+        assert rx.recv() == 1 and rx.recv() == 0
+
+
+def test_without_io_uring_tcp_falls_back_to_recv_into_and_says_so(monkeypatch):
+    def refused(*args, **kw):
+        raise OSError(errno.EPERM, "io_uring_setup: EPERM: Operation not permitted")
+    monkeypatch.setattr(sendzc, "Ring", refused)
+    a, b = socket.socketpair()
+    with a, b, contextlib.ExitStack() as stack:
+        buf = sendzc.RxBuffer(4096)
+        stack.callback(buf.close)
+        result = sendzc.RxResult("tcp", "")
+        rx = sendzc.tcp_receiver(sendzc.RxConfig(), b, buf, stack, result)
+        assert isinstance(rx, sendzc.SocketReceiver) and "EPERM" in result.note
+        a.sendall(b"abc")
+        assert rx.recv() == 3
+
+
+def test_a_whole_receive_releases_every_fd_and_mapping():
+    def once():
+        port = free_port()
+        cfg = sendzc.RxConfig(proto="tcp", family=socket.AF_INET, port=port)
+
+        def sender():
+            for _ in range(100):                      # until the receiver listens
+                try:
+                    with socket.create_connection(("127.0.0.1", port)) as s:
+                        s.sendall(sendzc.pattern(1 << 20))
+                    return
+                except ConnectionRefusedError:
+                    time.sleep(0.01)
+        t = threading.Thread(target=sender)
+        t.start()
+        result, _ = sendzc.run_receiver(cfg, False, None)
+        t.join()
+        assert result.bytes == 1 << 20 and result.verified is True
+    once()                                            # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    once()
+    assert (open_fds(), mappings()) == (fds, maps)
