@@ -1666,22 +1666,29 @@ class UringSender:
             tick_ns: int = 0) -> Result:
         """Send batches for cfg.seconds; return the kernel's totals.
 
-        Per batch: one place() (a slice copy), one submit_and_wait() (one
-        io_uring_enter that submits and waits), one peek() and the bulk
-        judgement below. A new batch goes in once every result of the last one
-        is back (as the seed does), while notifications may lag: up to `room`
-        of them, so the CQ (4x the SQ) never overflows. With -f, a batch also
-        waits for its notifications.
+        Per batch: one place() (a slice copy) and one submit_and_reap() (one
+        io_uring_enter that submits and waits, then every ready CQE as a
+        word), judged in bulk below. Notifications may lag behind results, up
+        to `room` of them, so the CQ (4x the SQ) never overflows; with -f a
+        batch also waits for its own notifications.
         """
         cfg, ring = self.cfg, self.ring
         r, size, stream, zc = cfg.batch, cfg.size, self.stream, cfg.zc
-        room = 0 if cfg.flush else ring.cq_entries - 2 * r
         place = ring.place
         submit_and_reap = ring.sqpoll_submit_and_reap if ring.sqpoll else ring.submit_and_reap
-        # Batches in flight. One, as the seed: the next goes in when the last
-        # one's results are back. With SQPOLL two, so the SQ thread always has
-        # the next batch waiting while we reap the last.
-        ahead = r if ring.sqpoll else 0
+        # Requests in flight. Without SQPOLL, one batch, as in the seed: the
+        # next goes in when the last one's results are back, and one
+        # io_uring_enter() waits for all of them. With SQPOLL the SQ thread
+        # submits on its own CPU, so we keep the whole SQ ring full: it never
+        # waits for us, and we enter the kernel only to sleep until half of
+        # what is in flight has completed. Sleeping per batch instead costs
+        # the SQ thread a wakeup per CQE batch and about a third of its rate
+        # (measured: 26.8 against 39.3 GB/s at -r 8, 64 KB, ring of 512).
+        ahead = ring.sq_entries - r if ring.sqpoll else 0
+        # The CQ never overflows: before the next reap the kernel can post a
+        # result and a notification for each request in flight plus every
+        # notification still due, so `due` may not pass what that leaves.
+        room = 0 if cfg.flush else ring.cq_entries - 2 * (ahead + r)
         clock = time.perf_counter_ns
         # What a CQE reads as when all is well (see cqe_word): a zero-copy
         # result carries F_MORE (its notification follows), a copying SEND's
@@ -1713,12 +1720,12 @@ class UringSender:
                 if now >= next_tick:            # -i: ticks only inside the run
                     on_tick(whole * size + slow.bytes, whole + slow.ok)
                     next_tick += tick_ns
-                if due <= room:
+                while due <= room and inflight <= ahead:
                     place(self.batch(placed * size % PATTERN_LEN) if stream else first)
                     inflight += r
                     placed += r
             try:
-                cqes = submit_and_reap(inflight or 1)
+                cqes = submit_and_reap((inflight >> 1 if ahead else inflight) or 1)
             except InterruptedError:
                 continue                      # a signal: look at STOP, then carry on
             # The fast path, in bulk: two list.count() calls in C. If every
