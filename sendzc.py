@@ -620,13 +620,11 @@ class Ring:
         assert cq_words[self._cq_head_i] == cq_words[self._cq_tail_i] == 0
 
         # The SQE array as bytes, and the CQE array as strided views: res of
-        # CQE i is cqe_res[i], its flags cqe_flags[i], and cqe_words[i] is the
-        # two together as one 64-bit word, cqe_word(res, flags). Reaping
-        # slices these, so judging a thousand CQEs is a few C loops.
+        # CQE i is cqe_res[i], its flags cqe_flags[i]. Reaping slices these,
+        # so judging a thousand CQEs is a few C loops, not a Python loop.
         self._sqes = self._view(self._sqe_map)
         cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cq_size])
         self._cqe_user_data = self._hold(cqe_bytes.cast("Q")[0::2])
-        self._cqe_words = self._hold(cqe_bytes.cast("Q")[1::2])
         self._cqe_res = self._hold(cqe_bytes.cast("i")[2::4])
         self._cqe_flags = self._hold(cqe_bytes.cast("I")[3::4])
 
@@ -770,13 +768,17 @@ class Ring:
         self.submitted += ret
         return ret
 
-    def submit_and_reap(self, wait_nr: int) -> List[int]:
-        """submit_and_wait(), then every ready CQE as a cqe_word(), handed back.
+    def submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
+        """io_uring_submit_and_wait(), then io_uring_peek_batch_cqe() in bulk.
 
-        The same steps as liburing's io_uring_submit_and_wait(),
-        io_uring_peek_batch_cqe() and io_uring_cq_advance(), written out in
-        one body: each Python call and attribute lookup costs about as much
-        as the kernel's work for a small send, and this runs once per batch.
+        One io_uring_enter() submits every placed SQE and waits for wait_nr
+        CQEs. Then, for all ready CQEs at once: the list of their flags (small
+        ints, which CPython keeps premade, so the list costs no allocation)
+        and the sum of their res, straight off the strided view. That is what
+        the batch loop judges by; peek() gives the rest when it must look
+        closer. The CQEs stay put until cq_advance(). Written out in one body
+        because it runs once per batch and every Python call and attribute
+        lookup costs about as much as the kernel's work for a small send.
         """
         words = self._sq_words
         tail = self.sq_tail
@@ -786,60 +788,49 @@ class Ring:
         if ret < 0:
             _raise_errno("io_uring_enter")
         self.submitted += ret
-        head = self.cq_head
-        new_head = self._cq_words[self._cq_tail_i]
-        i = head & self.cq_mask
-        end = i + ((new_head - head) & U32)
-        cqes = self._cqe_words
-        if end <= self.cq_entries:
-            got = cqes[i:end].tolist()
-        else:                                               # wrapped: tail part, then head part
-            got = cqes[i:].tolist() + cqes[:end - self.cq_entries].tolist()
-        self.cq_head = new_head
-        self._cq_words[self._cq_head_i] = new_head          # after the copy above: slots are free
-        self.reaped += len(got)
-        return got
+        return self._peek_bulk(self._cq_words[self._cq_tail_i])
 
-    def sqpoll_submit_and_reap(self, wait_nr: int) -> List[int]:
-        """submit_and_reap() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
+    def _peek_bulk(self, tail: int) -> Tuple[List[int], int]:
+        """The flags of the CQEs from cq_head up to tail, and the sum of their res."""
+        i = self.cq_head & self.cq_mask
+        end = i + ((tail - self.cq_head) & U32)
+        flags, res = self._cqe_flags, self._cqe_res
+        if end <= self.cq_entries:
+            return flags[i:end].tolist(), sum(res[i:end])
+        end -= self.cq_entries                              # wrapped: tail part, then head part
+        return flags[i:].tolist() + flags[:end].tolist(), sum(res[i:]) + sum(res[:end])
+
+    def sqpoll_submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
+        """submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
 
         The kernel's SQ thread, on another CPU, watches sq.tail and submits
         whatever we place; we only store the tail and read the CQ ring. We
-        enter the kernel only to sleep when no CQE is ready (GETEVENTS), and
-        always with IORING_ENTER_SQ_WAKEUP, the way liburing's
+        enter the kernel only to sleep until wait_nr CQEs are ready (GETEVENTS),
+        and always with IORING_ENTER_SQ_WAKEUP, the way liburing's
         io_uring_submit() does when the thread has set IORING_SQ_NEED_WAKEUP.
 
         Memory ordering, the part C gets from barriers: the SQ thread reads
         our tail concurrently, so the SQE bytes must be visible before the
         tail. x86-64 keeps stores in order (TSO), so writing the SQEs then the
-        tail is enough there; arm64 needs a store-release that Python cannot
-        issue, which is why --sqpoll is x86-64 only. A store then a load (the
-        tail, then NEED_WAKEUP) may still pass each other even on x86: the
-        thread could fall asleep without seeing our tail. Then no CQE comes,
-        we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
+        tail is enough there, and its loads stay in order too, so the CQEs we
+        read after cq.tail are the ones the tail covers; arm64 needs a release
+        and an acquire Python cannot issue, which is why --sqpoll is x86-64
+        only. A store then a load (the tail, then NEED_WAKEUP) may still pass
+        each other even on x86: the thread could fall asleep without seeing
+        our tail. Then no CQE comes, we enter to wait, and SQ_WAKEUP wakes it:
+        a delay, never a hang.
         """
-        tail = self.sq_tail
-        self._sq_words[self._sq_tail_i] = tail
-        head = self.cq_head
-        new_head = self._cq_words[self._cq_tail_i]
-        if new_head == head or self._sq_words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
-            ret = _syscall(NR_io_uring_enter, self.enter_fd, 0, wait_nr if new_head == head else 0,
+        self._sq_words[self._sq_tail_i] = self.sq_tail
+        tail = self._cq_words[self._cq_tail_i]
+        short = (tail - self.cq_head) & U32 < wait_nr
+        if short or self._sq_words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
+            ret = _syscall(NR_io_uring_enter, self.enter_fd, 0, wait_nr if short else 0,
                            IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP | self.enter_flags,
                            None, _SIZE_0)
             if ret < 0:
                 _raise_errno("io_uring_enter")
-            new_head = self._cq_words[self._cq_tail_i]
-        i = head & self.cq_mask
-        end = i + ((new_head - head) & U32)
-        cqes = self._cqe_words
-        if end <= self.cq_entries:
-            got = cqes[i:end].tolist()
-        else:
-            got = cqes[i:].tolist() + cqes[:end - self.cq_entries].tolist()
-        self.cq_head = new_head
-        self._cq_words[self._cq_head_i] = new_head
-        self.reaped += len(got)
-        return got
+            tail = self._cq_words[self._cq_tail_i]
+        return self._peek_bulk(tail)
 
     def wait_cqes(self, wait_nr: int, timeout_s: float) -> bool:
         """io_uring_wait_cqes() with a timeout: False if it ran out (ETIME)."""
@@ -918,24 +909,6 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     if end <= entries:
         return [(i, end)]
     return [(i, entries), (0, end - entries)]
-
-
-# A CQE's res and flags, read together as one little-endian 64-bit word:
-# flags in the high half, res (as u32) in the low half. A good SEND_ZC result
-# is then one exact number, cqe_word(size, F_MORE), and so is a good
-# notification, cqe_word(0, F_NOTIF): list.count() finds them all in C.
-assert sys.byteorder == "little", "the CQE word view assumes little-endian (x86-64, arm64)"
-
-
-def cqe_word(res: int, flags: int) -> int:
-    """The 64-bit word a CQE with this res and flags reads as."""
-    return (flags << 32) | (res & U32)
-
-
-def split_cqe_words(words: List[int]) -> Tuple[List[int], List[int]]:
-    """The res (signed) and flags of each CQE word: the slow path's view."""
-    res = [((w & U32) ^ 0x80000000) - 0x80000000 for w in words]   # u32 -> s32
-    return res, [w >> 32 for w in words]
 
 
 def flag_names(value: int, names: Dict[int, str], strip: str = "") -> str:
@@ -1666,16 +1639,17 @@ class UringSender:
             tick_ns: int = 0) -> Result:
         """Send batches for cfg.seconds; return the kernel's totals.
 
-        Per batch: one place() (a slice copy) and one submit_and_reap() (one
-        io_uring_enter that submits and waits, then every ready CQE as a
-        word), judged in bulk below. Notifications may lag behind results, up
+        Per batch: one place() (a slice copy), one submit_and_peek() (one
+        io_uring_enter that submits and waits, then every ready CQE's flags
+        and the sum of their res), judged in bulk below, one cq_advance(). Notifications may lag behind results, up
         to `room` of them, so the CQ (4x the SQ) never overflows; with -f a
         batch also waits for its own notifications.
         """
         cfg, ring = self.cfg, self.ring
         r, size, stream, zc = cfg.batch, cfg.size, self.stream, cfg.zc
         place = ring.place
-        submit_and_reap = ring.sqpoll_submit_and_reap if ring.sqpoll else ring.submit_and_reap
+        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
+        cq_advance = ring.cq_advance
         # Requests in flight. Without SQPOLL, one batch, as in the seed: the
         # next goes in when the last one's results are back, and one
         # io_uring_enter() waits for all of them. With SQPOLL the SQ thread
@@ -1690,13 +1664,12 @@ class UringSender:
         # notification still due, so `due` may not pass what that leaves.
         room = 0 if cfg.flush else ring.cq_entries - 2 * (ahead + r)
         clock = time.perf_counter_ns
-        # What a CQE reads as when all is well (see cqe_word): a zero-copy
-        # result carries F_MORE (its notification follows), a copying SEND's
-        # none; a notification says res 0, zero-copy. A send never returns
-        # more than size, so an exact match is a whole send.
-        good_result = cqe_word(size, IORING_CQE_F_MORE if zc else 0)
-        good_notif = cqe_word(0, IORING_CQE_F_NOTIF)
-        first = self.batch(0)
+        # The flags of a good result CQE: F_MORE for a zero-copy send (its
+        # notification follows), none for a copying SEND.
+        ok_flags = IORING_CQE_F_MORE if zc else 0
+        F_NOTIF = IORING_CQE_F_NOTIF
+        # Datagram batches are all alike: a run of them, to place several at once.
+        run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))
 
         inflight = due = 0      # results not yet seen; notifications promised (F_MORE) not yet seen
         whole = notifs = 0      # good results and good notifications, counted in bulk
@@ -1720,31 +1693,45 @@ class UringSender:
                 if now >= next_tick:            # -i: ticks only inside the run
                     on_tick(whole * size + slow.bytes, whole + slow.ok)
                     next_tick += tick_ns
-                while due <= room and inflight <= ahead:
-                    place(self.batch(placed * size % PATTERN_LEN) if stream else first)
-                    inflight += r
-                    placed += r
+                if due <= room:
+                    if stream:                  # each batch starts where the last one ended
+                        while inflight <= ahead:
+                            place(self.batch(placed * size % PATTERN_LEN))
+                            inflight += r
+                            placed += r
+                    else:                       # as many batches as fit, in one slice copy
+                        n = (ahead - inflight) // r * r + r
+                        place(run_of_batches[:n << 6])
+                        inflight += n
+                        placed += n
             try:
-                cqes = submit_and_reap((inflight >> 1 if ahead else inflight) or 1)
+                flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
             except InterruptedError:
                 continue                      # a signal: look at STOP, then carry on
-            # The fast path, in bulk: two list.count() calls in C. If every
-            # CQE is a good result or a good notification, we are done.
-            n_ok = cqes.count(good_result)
-            n_notif = cqes.count(good_notif)
-            if n_ok + n_notif == len(cqes):
+            # The fast path, in bulk: two list.count() and the res sum, in C.
+            # If every CQE is a result with the good flags or a notification,
+            # and the results add up to exactly size each, every send was
+            # whole and every notification said zero-copy: no send returns
+            # more than size, and a notification's res is 0, or bit 31 (the
+            # kernel copied) which reads as negative. An error, EAGAIN, a
+            # short send or a copy makes the sum fall short.
+            k = len(flags)
+            n_ok = flags.count(ok_flags)
+            n_notif = flags.count(F_NOTIF)
+            if n_ok + n_notif == k and res_sum == n_ok * size:
                 whole += n_ok
                 notifs += n_notif
                 inflight -= n_ok
                 if zc:
                     due += n_ok - n_notif
-            else:                             # an error, EAGAIN, a short send, a copy...
-                t = judge_each(*split_cqe_words(cqes), size, zc)
+            else:                             # look at each CQE
+                t = judge_each(ring.peek()[0], flags, size, zc)
                 slow.add(t)
                 inflight -= t.results
                 due += t.due
                 if stream and t.short and not slow.error:
                     slow.error = errno.EIO    # a short TCP write: the stream would tear
+            cq_advance(k)                     # only now may the kernel reuse those slots
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
 
         result.interrupted = STOP.requested
@@ -2452,7 +2439,9 @@ class UringReceiver:
         if not self.inflight:
             ring.place(self.sqe)
             self.inflight = True
-            res = split_cqe_words(ring.submit_and_reap(0))[0]   # submit; the CQE if it completed inline
+            if ring.submit_and_peek(0)[0]:      # submit; the CQE is there if it completed inline
+                res = ring.peek()[0]
+                ring.cq_advance(len(res))
         if not res:
             try:
                 if not ring.wait_cqes(1, RX_TICK_S):
