@@ -623,10 +623,15 @@ class Ring:
         # CQE i is cqe_res[i], its flags cqe_flags[i]. Reaping slices these,
         # so judging a thousand CQEs is a few C loops, not a Python loop.
         self._sqes = self._view(self._sqe_map)
-        cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cq_size])
+        # Exactly cq_entries CQEs: the mapping can be longer (one mapping for
+        # both rings is sized for the larger), and what follows the CQE array
+        # is the SQ ring's index array; a view past it would read that as CQEs.
+        cqe_end = cq_off.cqes + self.cq_entries * ctypes.sizeof(io_uring_cqe)
+        cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cqe_end])
         self._cqe_user_data = self._hold(cqe_bytes.cast("Q")[0::2])
         self._cqe_res = self._hold(cqe_bytes.cast("i")[2::4])
         self._cqe_flags = self._hold(cqe_bytes.cast("I")[3::4])
+        assert len(self._cqe_res) == len(self._cqe_flags) == self.cq_entries
 
         if not (p.flags & IORING_SETUP_NO_SQARRAY):
             # The SQ array maps ring slot -> SQE index. We always put SQE i in
@@ -870,6 +875,14 @@ class Ring:
         end -= self.cq_entries                              # wrapped: tail part, then head part
         return (res[i:].tolist() + res[:end].tolist(),
                 flags[i:].tolist() + flags[:end].tolist())
+
+    def peek_res(self, n: int) -> List[int]:
+        """The res of the next n CQEs: exactly those a bulk peek counted.
+
+        Not peek(): unless DEFER_TASKRUN holds completions back until we
+        enter, more CQEs may have arrived since (with SQPOLL, at any moment).
+        """
+        return [self._cqe_res[(self.cq_head + k) & self.cq_mask] for k in range(n)]
 
     def peek_user_data(self, n: int) -> List[int]:
         """The user_data of the next n ready CQEs (for tracing; off the fast path)."""
@@ -1725,7 +1738,7 @@ class UringSender:
                 if zc:
                     due += n_ok - n_notif
             else:                             # look at each CQE
-                t = judge_each(ring.peek()[0], flags, size, zc)
+                t = judge_each(ring.peek_res(k), flags, size, zc)
                 slow.add(t)
                 inflight -= t.results
                 due += t.due

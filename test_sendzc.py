@@ -215,6 +215,25 @@ def test_submit_and_peek_wraps_the_completion_ring():
         assert ring.cq_head == got == 150
 
 
+@pytest.mark.parametrize("attempt", range(len(sendzc.SETUP_ATTEMPTS)))
+def test_bulk_peek_reads_exactly_the_cqes_across_the_wrap(attempt):
+    """With and without the SQ index array (which follows the CQEs in memory)."""
+    flags = sendzc.SETUP_ATTEMPTS[attempt]
+    try:
+        ring = sendzc.Ring(8, cq_entries=16, attempts=(flags,))
+    except OSError as e:
+        pytest.skip(f"this kernel refuses setup flags {flags:#x}: {e}")
+    with ring:
+        sqe = sendzc.io_uring_sqe()
+        sendzc.prep_nop(sqe)
+        for _ in range(10):                         # 5 does not divide 16: reads straddle the end
+            ring.place(bytes(sqe) * 5)
+            got, res_sum = ring.submit_and_peek(5)
+            assert got == [0] * 5 and res_sum == 0
+            ring.cq_advance(5)
+        assert len(ring._cqe_flags) == ring.cq_entries
+
+
 def test_bulk_peek_agrees_with_peek_one_by_one():
     """The fast path's view (flags list, res sum) is the same CQEs as peek()'s."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
