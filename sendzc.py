@@ -2746,9 +2746,18 @@ BASELINE_MODE = "msg_zerocopy"       # speedup 1.00
 SYSCALL_MODES = ("send_syscall", "msg_zerocopy")
 URING_MODES = ("send", "send_zc", "send_zc_fixed")
 COPY_MODES = ("send_syscall", "send")
+# --sweep: the io_uring zero-copy path alone, across batch sizes and sizes,
+# with and without SQPOLL, to find where batching stops paying on this host.
+SWEEP_SECONDS = 1.0
+SWEEP_SIZES = [1400, 4096, 16384, SEED_MAX_PAYLOAD]
+SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]
+SWEEP_MODES = ("send_zc_fixed", "send_zc_fixed_sqpoll")
+# The knee: the smallest batch within this much of the best of its mode.
+KNEE_MARGIN = 0.95
 MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY",
                "send": "io_uring SEND", "send_zc": "io_uring SEND_ZC",
-               "send_zc_fixed": "io_uring SEND_ZC fixed buf"}
+               "send_zc_fixed": "io_uring SEND_ZC fixed buf",
+               "send_zc_fixed_sqpoll": "io_uring SEND_ZC fixed + SQPOLL"}
 # Where zero-copy starts to pay: each zero-copy way against its copying twin.
 CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",)),
                    "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",))}
@@ -2867,15 +2876,20 @@ class BenchConfig:
     interval: Optional[float] = None
     as_json: bool = False
     qdisc: str = DEFAULT_QDISC
+    sweep: bool = False              # --sweep: the zero-copy path across batches, not the RFC table
 
     def plan(self) -> List[Tuple[str, int]]:
         """(mode, batch) of every row of one size's table, in the RFC's order."""
+        if self.sweep:
+            modes = SWEEP_MODES if platform.machine() == "x86_64" else SWEEP_MODES[:1]
+            return [(m, b) for m in modes for b in self.batches]
         return [(m, 1) for m in SYSCALL_MODES] + [(m, b) for m in URING_MODES for b in self.batches]
 
     def params(self, sink: Optional[Sink], dst: str) -> dict:
         return {"proto": self.proto, "family": family_name(self.family), "addr": dst,
                 "port": self.port, "sizes": self.sizes, "batches": self.batches,
                 "seconds": self.seconds, "interval": self.interval, "entries": BENCH_ENTRIES,
+                "sweep": self.sweep,
                 "sink": None if sink is None else {"dev": sink.dev, "mtu": sink.mtu,
                                                    "qdisc": sink.qdisc, "netns": "private"}}
 
@@ -2920,8 +2934,9 @@ def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payloa
             progress: Progress) -> Result:
     """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
     send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
-                          batch=batch, zc=mode != "send", fixed_buf=mode == "send_zc_fixed",
-                          entries=BENCH_ENTRIES, seconds=cfg.seconds)
+                          batch=batch, zc=mode != "send", fixed_buf=mode.startswith("send_zc_fixed"),
+                          entries=BENCH_ENTRIES, seconds=cfg.seconds,
+                          sqpoll=mode.endswith("_sqpoll"))
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, dst, cfg.port)
         stack.callback(sock.close)               # last: after the ring has let go of it
@@ -2950,6 +2965,7 @@ def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payloa
             progress.clear()
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
             result.intervals = ticks.rows
+    result.mode = mode                           # the row's name, SQPOLL included
     return result
 
 
@@ -3106,8 +3122,39 @@ def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
     return lines
 
 
+def format_sweep(rows: List[Result]) -> List[str]:
+    """One size's --sweep rows: rate, CPU split, a bar, and each mode's knee."""
+    fastest = max((r.mb_per_s for r in rows), default=0.0) or 1.0
+    lines = [f"{'mode':<32} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'req/s':>9} {'user s':>6} "
+             f"{'sys s':>6} {'user %':>6}  zc"]
+    for r in rows:
+        cpu = r.cpu_user_s + r.cpu_sys_s
+        user = f"{100 * r.cpu_user_s / cpu:.1f}" if cpu else "-"
+        bar = "#" * round(BAR_WIDTH * r.mb_per_s / fastest)
+        lines.append(f"{MODE_LABELS[r.mode]:<32} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
+                     f"{r.requests / r.seconds if r.seconds else 0:>9.0f} {r.cpu_user_s:>6.2f} "
+                     f"{r.cpu_sys_s:>6.2f} {user:>6}  {zc_mark(r):<4} {bar}")
+    for mode in dict.fromkeys(r.mode for r in rows):
+        mine = [r for r in rows if r.mode == mode]
+        best = max(mine, key=lambda r: r.mb_per_s)
+        knee = min((r for r in mine if r.mb_per_s >= KNEE_MARGIN * best.mb_per_s), key=lambda r: r.batch)
+        lines.append(f"knee, {MODE_LABELS[mode]}: batch {knee.batch} ({knee.mb_per_s:.0f} MB/s, within "
+                     f"{1 - KNEE_MARGIN:.0%} of the best, {best.mb_per_s:.0f} MB/s at batch {best.batch})")
+    return lines
+
+
 def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
     """The tables, one per size, then what the columns mean."""
+    if cfg.sweep:
+        for size in cfg.sizes:
+            rows = [r for r in results if r.size == size]
+            if rows:
+                print(f"\n{size} B per send")
+                print("\n".join(format_sweep(rows)))
+        print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
+              "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
+              "other CPU.", flush=True)
+        return
     for size in cfg.sizes:
         rows = [r for r in results if r.size == size]
         if rows:
@@ -3159,14 +3206,19 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("-D", dest="addr", metavar="ADDR",
                    help="send to a receiver at ADDR (running `sendzc.py rx`) instead of the private "
                         "sink; needs no root")
-    p.add_argument("-t", dest="seconds", type=positive_float, default=BENCH_SECONDS,
+    p.add_argument("-t", dest="seconds", type=positive_float, default=None,
                    help=f"seconds per row (default {BENCH_SECONDS:g})")
-    p.add_argument("-s", "--sizes", type=int_list, default=list(BENCH_SIZES), metavar="SIZES",
+    p.add_argument("-s", "--sizes", type=int_list, default=None, metavar="SIZES",
                    help=f"payload sizes, comma-separated, one table each, and where zero-copy starts "
                         f"to pay (default {','.join(map(str, BENCH_SIZES))})")
-    p.add_argument("--batches", type=int_list, default=list(BENCH_BATCHES), metavar="NR_REQS",
+    p.add_argument("--batches", type=int_list, default=None, metavar="NR_REQS",
                    help=f"io_uring requests per io_uring_enter, comma-separated (default "
                         f"{','.join(map(str, BENCH_BATCHES))}, the RFC's)")
+    p.add_argument("--sweep", action="store_true",
+                   help=f"instead of the table, the io_uring SEND_ZC path (registered buffer, with "
+                        f"and without SQPOLL) at every batch size: rate and user/sys CPU, and where "
+                        f"batching stops paying (defaults: -t {SWEEP_SECONDS:g}, --sizes "
+                        f"{','.join(map(str, SWEEP_SIZES))}, --batches {','.join(map(str, SWEEP_BATCHES))})")
     p.add_argument("--qdisc", metavar="QDISC",
                    help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
                         f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
@@ -3178,6 +3230,12 @@ def bench_parser() -> argparse.ArgumentParser:
 def bench_config(a: argparse.Namespace) -> BenchConfig:
     """Check bench's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
+    if a.seconds is None:
+        a.seconds = SWEEP_SECONDS if a.sweep else BENCH_SECONDS
+    if a.sizes is None:
+        a.sizes = list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
+    if a.batches is None:
+        a.batches = list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
     if a.addr is None and a.proto == "tcp":
         raise UsageError("tcp needs a peer that acknowledges, and the private sink drops everything: "
                          "pass -D ADDR of a host running `sendzc.py rx tcp`")
@@ -3193,7 +3251,7 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
                          f"entries ({BENCH_ENTRIES})")
     return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=a.sizes,
                        batches=a.batches, seconds=a.seconds, interval=a.interval, as_json=a.json,
-                       qdisc=a.qdisc or DEFAULT_QDISC)
+                       qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep)
 
 
 # =============================================================================

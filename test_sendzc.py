@@ -863,6 +863,23 @@ def test_bench_leaves_the_host_as_it_found_it(how):
     assert_host_unchanged(before)
 
 
+def test_bench_sweep_runs_the_zero_copy_path_at_every_batch():
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("needs root and iproute2 for the private sink")
+    p = tool("bench", "--sweep", "--json", "-t", "0.2", "--sizes", "1400", "--batches", "1,8")
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert doc["params"]["sweep"] is True
+    modes = ["send_zc_fixed"] + (["send_zc_fixed_sqpoll"] if os.uname().machine == "x86_64" else [])
+    assert [(r["mode"], r["batch"]) for r in doc["rows"]] == [(m, b) for m in modes for b in (1, 8)]
+    for row in doc["rows"]:
+        assert row["bytes"] == row["requests"] * 1400 > 0
+        assert row["notifications"] == row["requests"] and row["zc_copied"] == 0
+    text = tool("bench", "--sweep", "-t", "0.2", "--sizes", "1400", "--batches", "1,8")
+    assert text.returncode == 0, text.stderr
+    assert "knee, io_uring SEND_ZC fixed buf: batch " in text.stdout
+
+
 # =============================================================================
 # The receiver (sendzc.py rx)
 # =============================================================================
