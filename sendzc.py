@@ -40,6 +40,7 @@ import os
 import platform
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -2668,8 +2669,9 @@ def describe_rx(r: RxResult) -> List[str]:
 
 def rx_parser() -> "Parser":
     """The receiver's options: the sender's common ones (add_common) and its own."""
-    p = Parser(prog="sendzc.py rx", description="Receive what `sendzc.py -D ADDR` sends, "
-                                                "and check every byte against its pattern.")
+    p = Parser(prog="sendzc.py rx", protocols=("udp", "tcp"),
+               description="Receive what `sendzc.py -D ADDR` sends, and check every byte "
+                           "against its pattern.")
     add_common(p)
     p.add_argument("-t", dest="seconds", type=positive_float, metavar="SECS",
                    help=f"stop SECS seconds after the connection or the first datagram "
@@ -2679,16 +2681,14 @@ def rx_parser() -> "Parser":
                    help="count only; do not check the bytes against the pattern")
     p.add_argument("--no-uring", dest="uring", action="store_false",
                    help="TCP: receive with recv_into(2) instead of IORING_OP_RECV")
-    p.add_argument("proto", choices=("udp", "tcp"), help="what to receive")
+    p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp}", help="what to receive")
     return p
 
 
 def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
-    if a.families and len(set(a.families)) > 1:
-        raise UsageError("pass one of -4 or -6")
-    cfg = RxConfig(proto=a.proto, family=a.families[0] if a.families else None, port=a.port,
+    cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port,
                    seconds=a.seconds, verify=a.verify, uring=a.uring)
     result, ticks = run_receiver(cfg, not a.json, a.interval)
     if a.json:
@@ -3144,13 +3144,15 @@ def int_list(text: str) -> List[int]:
     for part in text.split(","):
         try:
             values.append(positive_int(part.strip()))
-        except argparse.ArgumentTypeError as e:
-            raise argparse.ArgumentTypeError(f"{part.strip() or 'an empty item'}: {e}") from None
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a whole number of 1 or more: "
+                                             f"give such numbers, separated by commas") from None
     return sorted(set(values))
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="sendzc.py bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = Parser(prog="sendzc.py bench", protocols=("udp", "tcp"),
+               formatter_class=argparse.RawDescriptionHelpFormatter,
                description="Every way to send, one table: send(2), MSG_ZEROCOPY, io_uring SEND, "
                            "SEND_ZC and SEND_ZC with a registered buffer, on a private sink "
                            "(root) or to a receiver (-D).",
@@ -3170,7 +3172,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdisc", metavar="QDISC",
                    help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
                         f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
-    p.add_argument("proto", nargs="?", choices=("udp", "tcp"), default="udp",
+    p.add_argument("proto", nargs="?", type=protocol(*p.protocols), default="udp", metavar="{udp,tcp}",
                    help="what to send (default udp; tcp needs -D)")
     return p
 
@@ -3182,15 +3184,16 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
         raise UsageError("tcp needs a peer that acknowledges, and the private sink drops everything: "
                          "pass -D ADDR of a host running `sendzc.py rx tcp`")
     if a.addr is not None and a.qdisc is not None:
-        raise UsageError("--qdisc sets up the private sink; with -D the path's own qdisc is used")
+        raise UsageError("--qdisc with -D: --qdisc sets up the private sink, and -D sends over "
+                         "this host's own path and its qdisc: drop one of the two")
     limit = max_payload(a.proto, family)
     too_big = [s for s in a.sizes if s > limit]
     if too_big:
         raise UsageError(f"--sizes {too_big[0]}: payload exceeds max ({limit}) for {a.proto} over "
-                         f"{family_name_label(family_name(family))}")
+                         f"{family_name_label(family_name(family))}: keep every size at {limit} or less")
     if a.batches[-1] > BENCH_ENTRIES:
         raise UsageError(f"--batches {a.batches[-1]}: more requests per batch than the ring has "
-                         f"entries ({BENCH_ENTRIES})")
+                         f"entries ({BENCH_ENTRIES}): keep every batch at {BENCH_ENTRIES} or less")
     return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=a.sizes,
                        batches=a.batches, seconds=a.seconds, interval=a.interval, as_json=a.json,
                        qdisc=a.qdisc or DEFAULT_QDISC)
@@ -3209,29 +3212,122 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
 # =============================================================================
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit status 2."""
+    """argparse, but every usage mistake is one line, `cause: fix`, and exit status 2.
 
-    def error(self, message):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+    Two habits of argparse are undone here. A value that starts with '-'
+    ("-t -1") reads to it as an option whenever the parser has options that
+    look like negative numbers, as -4 and -6 do, and it answers "expected one
+    argument", hiding what is wrong with -1: so parse_known_args() glues such
+    a value to its option ("-t=-1") before argparse sees it, for every option
+    that takes a value. And argparse names no fix: the checks below (the
+    type= functions) say what to give instead, and error() adds a fix to the
+    messages argparse makes itself.
+    """
+
+    def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
+        # Ours first: argparse's __init__ already calls add_argument (for -h).
+        self.protocols = protocols                 # the words the positional proto accepts
+        self._takes_value: Dict[str, bool] = {}    # option string -> takes exactly one value
+        self._argv: List[str] = []
+        self._bad_value: Optional[str] = None      # "OPTION VALUE: cause: fix", from a check
+        super().__init__(*args, **kw)
+
+    def add_argument(self, *args, **kw):
+        action = super().add_argument(*args, **kw)
+        for option in action.option_strings:
+            self._takes_value[option] = action.nargs is None      # store: exactly one value
+        if callable(action.type):
+            action.type = self._named(action, action.type)
+        return action
+
+    def _named(self, action: argparse.Action, check: Callable[[str], object]) -> Callable[[str], object]:
+        """check, but a refusal is kept with the option and the value it refused."""
+        name = action.option_strings[-1] if action.option_strings else ""
+
+        def checked(text: str):
+            try:
+                return check(text)
+            except argparse.ArgumentTypeError as e:
+                self._bad_value = f"{name} {text}: {e}" if name else str(e)
+                raise
+        checked.__name__ = check.__name__      # argparse names the type in some messages
+        return checked
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        glued: List[str] = []
+        words = iter(self._argv)
+        for word in words:
+            if word == "--":                   # everything after it is positional
+                glued += [word, *words]
+                break
+            if self._takes_value.get(word):
+                value = next(words, None)
+                if value is not None and value.startswith("-") and value not in self._takes_value:
+                    glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
+                    continue
+                glued += [word] if value is None else [word, value]
+                continue
+            glued.append(word)
+        self._bad_value = None
+        return super().parse_known_args(glued, namespace)
+
+    def error(self, message: str):
+        if self._bad_value:                    # a check said what is wrong and what to give
+            raise UsageError(self._bad_value)
+        if message.startswith("the following arguments are required:") and self.protocols:
+            example = " ".join(["python3", self.prog, *map(shlex.quote, self._argv), self.protocols[0]])
+            raise UsageError(f"no protocol given: end the command with {or_list(self.protocols)}, "
+                             f"e.g. `{example}`")
+        if message.endswith(": expected one argument") and message.startswith("argument "):
+            option = message[len("argument "):-len(": expected one argument")].split("/")[-1]
+            raise UsageError(f"{option} needs a value: put it right after {option} "
+                             f"(see `python3 {self.prog} --help`)")
+        raise UsageError(f"{message}: see `python3 {self.prog} --help`")
+
+
+def or_list(words: Tuple[str, ...]) -> str:
+    """'udp, tcp or raw'."""
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def protocol(*names: str) -> Callable[[str], str]:
+    """The positional proto's check: one of names (argparse's choices=, with a fix)."""
+    def proto(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"unknown protocol {text!r}: say {or_list(names)}")
+        return text
+    return proto
 
 
 def positive_int(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError("not a whole number: give one of 1 or more") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError("too small: give a whole number of 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a whole number: give one of 0 or more") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("too small: give a whole number of 0 or more")
     return value
 
 
 def positive_float(text: str) -> float:
+    """Seconds: a finite number above 0 (float() also takes 'inf' and 'nan': not those)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+        raise argparse.ArgumentTypeError("not a number: give seconds above 0, e.g. 0.5") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("not a positive number of seconds: give seconds above 0, e.g. 0.5")
     return value
 
 
@@ -3239,9 +3335,9 @@ def port_number(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+        raise argparse.ArgumentTypeError("not a port number: give one from 1 to 65535") from None
     if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
+        raise argparse.ArgumentTypeError("no such port: give one from 1 to 65535")
     return value
 
 
@@ -3258,7 +3354,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def sender_parser() -> Parser:
-    p = Parser(prog="sendzc.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = Parser(prog="sendzc.py", protocols=("udp", "tcp", "raw"),
+               formatter_class=argparse.RawDescriptionHelpFormatter,
                description="Send with io_uring zero-copy (IORING_OP_SEND_ZC) and report what "
                            "the kernel did.",
                epilog="other forms:\n"
@@ -3284,22 +3381,28 @@ def sender_parser() -> Parser:
     p.add_argument("--sendmsg", action="store_true", help="IORING_OP_SENDMSG_ZC instead of SEND_ZC")
     p.add_argument("--entries", type=positive_int, default=512,
                    help="SQ ring entries, a power of two (default 512)")
-    p.add_argument("--trace", type=int, default=0, metavar="N",
+    p.add_argument("--trace", type=non_negative_int, default=0, metavar="N",
                    help="print the SQEs and CQEs of the first N requests")
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
                    help="parallel flows, each with its own thread, socket and ring")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
-    p.add_argument("proto", choices=("udp", "tcp", "raw"), help="what to send")
+    p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp,raw}", help="what to send")
     return p
+
+
+def one_family(families: Optional[List[int]]) -> Optional[int]:
+    """The family -4 or -6 asked for; None for neither; both is a mistake."""
+    if families and len(set(families)) > 1:
+        raise UsageError("-4 and -6 together: pass one of them, or neither")
+    return families[0] if families else None
 
 
 def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
     """-4 or -6 or, with neither, the address's own family (IPv4 by default)."""
-    if families and len(set(families)) > 1:
-        raise UsageError("pass one of -4 or -6")
-    if families:
-        family = families[0]
+    asked = one_family(families)
+    if asked is not None:
+        family = asked
     elif addr and ":" in addr:
         family = socket.AF_INET6
     else:
@@ -3312,9 +3415,11 @@ def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
             try:
                 socket.inet_pton(other, addr)
             except OSError:
-                raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address") from None
-            raise UsageError(f"-D {addr} is an {family_name(other).replace('ip', 'IP')} address "
-                             f"but -{4 if family == socket.AF_INET else 6} was given") from None
+                raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address: give one in numbers, "
+                                 f"such as 192.0.2.1 or 2001:db8::1") from None
+            flag = f"-{4 if family == socket.AF_INET else 6}"
+            raise UsageError(f"-D {addr} is an {family_name_label(family_name(other))} address "
+                             f"but {flag} was given: drop {flag} (the address says which)") from None
     return family
 
 
@@ -3327,16 +3432,16 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
     limit = max_payload(a.proto, family)
     if a.size > limit:
         raise UsageError(f"-s {a.size}: payload exceeds max ({limit}) for {a.proto} over "
-                         f"{family_name(family).replace('ip', 'IP')}")
+                         f"{family_name_label(family_name(family))}: give -s {limit} or less")
     if a.entries & (a.entries - 1) or a.entries > 32768:
-        raise UsageError(f"--entries {a.entries}: must be a power of two up to 32768")
+        raise UsageError(f"--entries {a.entries}: not a power of two up to 32768: "
+                         f"give one such as 512 or 1024")
     if a.batch > a.entries:
         raise UsageError(f"-r {a.batch}: more requests per batch than the ring has entries "
-                         f"({a.entries}); raise --entries or lower -r")
+                         f"({a.entries}): raise --entries or lower -r")
     if a.flush and not a.zc:
-        raise UsageError("-f waits for zero-copy notifications: it needs zero-copy (drop --no-zc)")
-    if a.trace < 0:
-        raise UsageError(f"--trace {a.trace}: must be 0 or more")
+        raise UsageError("-f with --no-zc: -f waits for zero-copy notifications, and --no-zc "
+                         "sends without them: drop one of the two")
     return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
                       batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,

@@ -651,20 +651,6 @@ def test_speedup_is_against_the_msg_zerocopy_row_of_the_same_size():
     assert [r.speedup for r in rows] == [1.0, 1.5, 1.0, 2.44]
 
 
-@pytest.mark.parametrize("args,says", [
-    (["tcp"], "tcp needs a peer"),
-    (["--sizes", "1400,70000"], "--sizes 70000: payload exceeds max"),
-    (["--batches", "1,1024"], "more requests per batch than the ring has"),
-    (["-D", "198.18.0.2", "--qdisc", "noqueue"], "--qdisc sets up the private sink"),
-    (["--sizes", "1400,x"], "not a whole number"),
-    (["-t", "0"], "must be a positive number"),
-])
-def test_bench_usage_mistakes_are_one_line_and_status_2(args, says):
-    p = tool("bench", *args)
-    assert p.returncode == 2 and p.stdout == ""
-    assert len(p.stderr.splitlines()) == 1 and says in p.stderr, p.stderr
-
-
 def test_bench_without_root_says_so_and_points_at_d():
     # Root without capabilities cannot unshare(CLONE_NEWNET), just as a user cannot.
     setpriv = shutil.which("setpriv")
@@ -1067,13 +1053,6 @@ def test_rx_refuses_a_port_in_use_in_one_line():
     assert "EADDRINUSE" in one_line(p.stderr)
 
 
-@pytest.mark.parametrize("args", [["-4", "-6", "tcp"], ["-p", "0", "tcp"], ["-t", "-1", "udp"], ["sctp"]])
-def test_rx_usage_mistakes_are_one_line_and_status_2(args):
-    p = tool("rx", *args)
-    assert p.returncode == 2 and p.stdout == ""
-    assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr
-
-
 # --- the receiver's parts, in process ----------------------------------------
 
 def test_prep_recv_is_prep_rw_plus_msg_flags():
@@ -1171,3 +1150,141 @@ def test_a_whole_receive_releases_every_fd_and_mapping():
     fds, maps = open_fds(), mappings()
     once()
     assert (open_fds(), mappings()) == (fds, maps)
+
+
+# =============================================================================
+# Every failure in one line (README: "When it fails")
+#
+# Each case ends in exactly one line on stderr, `sendzc: <cause>: <fix>`, no
+# traceback, and its exit status: 2 for a usage mistake, 1 for a refusal or a
+# fault, 130 for Ctrl-C. One test per row of the README's table.
+# =============================================================================
+
+def only_line(p):
+    """The one line a failed run printed on stderr (no traceback, nothing else)."""
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [l for l in p.stderr.splitlines() if "waiting for a sender" not in l]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+# (what the user typed, after `sendzc.py`) -> the exact line. Nothing is sent:
+# the command line is checked before any socket or ring exists.
+USAGE_MISTAKES = {
+    "bad address": (
+        ["-D", "10.0.0.300", "udp"],
+        "sendzc: -D 10.0.0.300: not an IPv4 or IPv6 address: give one in numbers, "
+        "such as 192.0.2.1 or 2001:db8::1"),
+    "-4 with an IPv6 address": (
+        ["-4", "-D", "2001:db8::1", "udp"],
+        "sendzc: -D 2001:db8::1 is an IPv6 address but -4 was given: drop -4 (the address says which)"),
+    "-4 and -6 together": (
+        ["-4", "-6", "-D", "192.0.2.1", "udp"],
+        "sendzc: -4 and -6 together: pass one of them, or neither"),
+    "unknown protocol": (
+        ["-D", "192.0.2.1", "sctp"],
+        "sendzc: unknown protocol 'sctp': say udp, tcp or raw"),
+    "no protocol": (
+        ["-D", "192.0.2.1"],
+        "sendzc: no protocol given: end the command with udp, tcp or raw, "
+        "e.g. `python3 sendzc.py -D 192.0.2.1 udp`"),
+    "-s above the UDP/IPv4 maximum": (
+        ["-D", "192.0.2.1", "-s", "65508", "udp"],
+        "sendzc: -s 65508: payload exceeds max (65507) for udp over IPv4: give -s 65507 or less"),
+    "-s above the raw/IPv6 maximum": (
+        ["-D", "2001:db8::1", "-s", "65536", "raw"],
+        "sendzc: -s 65536: payload exceeds max (65535) for raw over IPv6: give -s 65535 or less"),
+    "-s 0": (
+        ["-D", "192.0.2.1", "-s", "0", "udp"],
+        "sendzc: -s 0: too small: give a whole number of 1 or more"),
+    "-r 0": (
+        ["-D", "192.0.2.1", "-r", "0", "udp"],
+        "sendzc: -r 0: too small: give a whole number of 1 or more"),
+    "-r larger than the ring": (
+        ["-D", "192.0.2.1", "-r", "1024", "udp"],
+        "sendzc: -r 1024: more requests per batch than the ring has entries (512): "
+        "raise --entries or lower -r"),
+    "-t negative": (
+        ["-D", "192.0.2.1", "-t", "-1", "udp"],
+        "sendzc: -t -1: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "-t not a number": (
+        ["-D", "192.0.2.1", "-t", "soon", "udp"],
+        "sendzc: -t soon: not a number: give seconds above 0, e.g. 0.5"),
+    "port out of range": (
+        ["-D", "192.0.2.1", "-p", "65536", "udp"],
+        "sendzc: -p 65536: no such port: give one from 1 to 65535"),
+    "negative port": (
+        ["-D", "192.0.2.1", "-p", "-1", "udp"],
+        "sendzc: -p -1: no such port: give one from 1 to 65535"),
+    "--trace negative": (
+        ["-D", "192.0.2.1", "--trace", "-2", "udp"],
+        "sendzc: --trace -2: too small: give a whole number of 0 or more"),
+    "an option without its value": (
+        ["-D", "192.0.2.1", "udp", "-t"],
+        "sendzc: -t needs a value: put it right after -t (see `python3 sendzc.py --help`)"),
+    "-f with --no-zc": (
+        ["-D", "192.0.2.1", "-f", "--no-zc", "udp"],
+        "sendzc: -f with --no-zc: -f waits for zero-copy notifications, and --no-zc sends "
+        "without them: drop one of the two"),
+    "no destination": (
+        ["udp"],
+        "sendzc: no destination: pass -D ADDR (a host running `sendzc.py rx`), "
+        "or run `sendzc.py bench` for the private sink"),
+    "rx: -t negative": (
+        ["rx", "-t", "-1", "udp"],
+        "sendzc: -t -1: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "rx: -4 and -6 together": (
+        ["rx", "-4", "-6", "tcp"],
+        "sendzc: -4 and -6 together: pass one of them, or neither"),
+    "rx: port 0": (
+        ["rx", "-p", "0", "tcp"],
+        "sendzc: -p 0: no such port: give one from 1 to 65535"),
+    "rx: unknown protocol": (
+        ["rx", "sctp"],
+        "sendzc: unknown protocol 'sctp': say udp or tcp"),
+    "rx: no protocol": (
+        ["rx", "-4"],
+        "sendzc: no protocol given: end the command with udp or tcp, e.g. `python3 sendzc.py rx -4 udp`"),
+    "bench: -t negative": (
+        ["bench", "-t", "-0.5"],
+        "sendzc: -t -0.5: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "bench: -t 0": (
+        ["bench", "-t", "0"],
+        "sendzc: -t 0: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "bench: tcp into the sink": (
+        ["bench", "tcp"],
+        "sendzc: tcp needs a peer that acknowledges, and the private sink drops everything: "
+        "pass -D ADDR of a host running `sendzc.py rx tcp`"),
+    "bench: a size above the maximum": (
+        ["bench", "--sizes", "1400,70000"],
+        "sendzc: --sizes 70000: payload exceeds max (65507) for udp over IPv4: "
+        "keep every size at 65507 or less"),
+    "bench: a size that is not a number": (
+        ["bench", "--sizes", "1400,x"],
+        "sendzc: --sizes 1400,x: 'x' is not a whole number of 1 or more: "
+        "give such numbers, separated by commas"),
+    "bench: a batch larger than the ring": (
+        ["bench", "--batches", "1,1024"],
+        "sendzc: --batches 1024: more requests per batch than the ring has entries (512): "
+        "keep every batch at 512 or less"),
+    "bench: --qdisc with -D": (
+        ["bench", "-D", "192.0.2.1", "--qdisc", "noqueue"],
+        "sendzc: --qdisc with -D: --qdisc sets up the private sink, and -D sends over this "
+        "host's own path and its qdisc: drop one of the two"),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_MISTAKES))
+def test_a_usage_mistake_is_one_line_and_status_2(case):
+    args, line = USAGE_MISTAKES[case]
+    p = tool(*args)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert only_line(p) == line
+
+
+def test_every_usage_mistake_is_in_the_readme_table():
+    with open(os.path.join(HERE, "README.md")) as f:
+        readme = f.read()
+    for case, (_, line) in USAGE_MISTAKES.items():
+        # (a line with backticks in it sits between double backticks in Markdown)
+        assert f"`` {line} ``" in readme, f"README lacks the line for {case!r}"
