@@ -1872,7 +1872,7 @@ class UringSender:
         elif entered is not None:
             result.error = oserror_line(entered)
         elif result.undrained and not STOP.hurry:
-            result.error = undrained_error(result.undrained, cfg)
+            result.error = undrained_error(cfg)
         return result
 
 
@@ -1970,10 +1970,13 @@ def send_error(err: int, cfg: SendConfig) -> str:
     return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
 
 
-def undrained_error(n: int, cfg: SendConfig) -> str:
-    """One line for a run that ended with completions still missing after DRAIN_SECONDS."""
+def undrained_error(cfg: SendConfig) -> str:
+    """One line for a run that ended with completions still missing after DRAIN_SECONDS.
+
+    (How many is in the result above, and in the JSON row's undrained.)
+    """
     where = f"[{cfg.addr}]:{cfg.port}" if ":" in cfg.addr else f"{cfg.addr}:{cfg.port}"
-    return (f"{cfg.proto}: {where} stopped taking data: {n} completions were still missing "
+    return (f"{cfg.proto}: {where} stopped taking data: completions were still missing "
             f"{DRAIN_SECONDS:g} s after the run: check that the receiver is running and "
             f"reading; the result above is partial")
 
@@ -2281,7 +2284,7 @@ class SyscallSender:
         elif error:
             result.error = send_error(error, cfg)
         elif result.undrained and not STOP.hurry:
-            result.error = undrained_error(result.undrained, cfg)
+            result.error = undrained_error(cfg)
         return result
 
 
