@@ -3169,6 +3169,9 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
                     except Fatal as e:
                         failure = str(e)
                         break
+                    except OSError as e:         # one line, after the rows measured so far
+                        failure = oserror_line(e)
+                        break
                     results.append(result)
                     failure = result.error
             if STOP.requested or failure:
@@ -3784,7 +3787,10 @@ def oserror_line(e: OSError) -> str:
             call = "a call"
         else:
             code = last.tb_frame.f_code
-            where = getattr(code, "co_qualname", code.co_name)         # co_qualname: 3.11+
+            where = getattr(code, "co_qualname", None)                  # 3.11+
+            if where is None:                                            # 3.9, 3.10: ask self
+                owner = last.tb_frame.f_locals.get("self")
+                where = code.co_name if owner is None else f"{type(owner).__name__}.{code.co_name}"
             # (Out of file descriptors, linecache cannot open the file: "".)
             called = re.search(r"([A-Za-z_][\w.]*)\(", linecache.getline(code.co_filename,
                                                                         last.tb_lineno))
