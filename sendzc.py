@@ -2025,8 +2025,7 @@ def register_error(e: OSError, nbytes: int) -> str:
 
 
 # Capabilities and limits the messages above look at.
-CAP_NET_RAW = 13             # <linux/capability.h>
-CAP_IPC_LOCK = 14            # lock memory past RLIMIT_MEMLOCK
+CAP_IPC_LOCK = 14            # <linux/capability.h>: lock memory past RLIMIT_MEMLOCK
 SECCOMP_MODE_FILTER = 2      # <linux/seccomp.h>; /proc/self/status "Seccomp:"
 
 
