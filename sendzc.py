@@ -35,11 +35,14 @@ import argparse
 import ctypes
 import errno
 import json
+import linecache
 import mmap
 import os
 import platform
+import re
 import resource
 import select
+import shlex
 import shutil
 import signal
 import socket
@@ -411,7 +414,9 @@ def _check_arch() -> None:
 
 def _raise_errno(call: str) -> None:
     err = ctypes.get_errno()
-    raise OSError(err, f"{call}: {errno.errorcode.get(err, err)}: {os.strerror(err)}")
+    e = OSError(err, f"{call}: {errno.errorcode.get(err, err)}: {os.strerror(err)}")
+    e.syscall = call            # for the one line main() prints if nothing closer handles it
+    raise e
 
 
 def io_uring_setup(entries: int, params: io_uring_params) -> int:
@@ -550,6 +555,11 @@ SQPOLL_ATTEMPTS = (
     0,
 )
 SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do before it sleeps
+# The longest one io_uring_enter() of the batch loop waits for completions
+# before it comes back to look at the clock and at Ctrl-C. Unbounded, a send
+# the kernel never completes (a TCP peer that stopped reading: its socket
+# never has room again) would hold the run past -t for ever.
+ENTER_WAIT_NS = 100_000_000
 
 
 class Ring:
@@ -645,6 +655,19 @@ class Ring:
         self.cq_head = 0            # our copy of cq.head (we own it)
         self.enter_fd = self.fd     # becomes a registered index with register_ring_fd()
         self.enter_flags = 0
+        # The bound on submit_and_peek()'s waits: an IORING_ENTER_EXT_ARG
+        # argument (5.11) whose timespec is ENTER_WAIT_NS, built once and
+        # passed by reference on every batch (it costs ~80 ns a call, measured
+        # with NOPs). Before 5.11 the wait is unbounded, as it was before EXT_ARG.
+        self._wait_ts = kernel_timespec(0, ENTER_WAIT_NS)
+        self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
+        if self.features & IORING_FEAT_EXT_ARG:
+            self._wait_ref = ctypes.byref(self._wait_arg)
+            self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
+            self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
+        else:
+            self._wait_ref, self._wait_size, self._wait_flags = None, _SIZE_0, IORING_ENTER_GETEVENTS
+        self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
         self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
         self.submitted = 0          # SQEs the kernel has consumed, in total
         self.reaped = 0             # CQEs we have consumed, in total
@@ -710,6 +733,7 @@ class Ring:
                 return False    # older kernel: keep entering by fd
             raise
         self.enter_fd, self.enter_flags = up.offset, IORING_ENTER_REGISTERED_RING
+        self._peek_flags = self._wait_flags | self.enter_flags
         done = io_uring_rsrc_update(offset=up.offset)
         self._stack.callback(io_uring_register, self.fd, IORING_UNREGISTER_RING_FDS,
                              ctypes.byref(done), 1)
@@ -793,12 +817,17 @@ class Ring:
         closer. The CQEs stay put until cq_advance(). Written out in one body
         because it runs once per batch and every Python call and attribute
         lookup costs about as much as the kernel's work for a small send.
+
+        The wait is bounded by ENTER_WAIT_NS. When it runs out with no CQE
+        ready, the call raises OSError(ETIME), unless it submitted SQEs: then
+        the kernel returns their count and the timeout goes unsaid (as EINTR
+        does). Either way what is ready is returned, perhaps less than wait_nr.
         """
         words = self._sq_words
         tail = self.sq_tail
         words[self._sq_tail_i] = tail                       # see "Memory ordering" above
         ret = _syscall(NR_io_uring_enter, self.enter_fd, (tail - words[self._sq_head_i]) & U32,
-                       wait_nr, IORING_ENTER_GETEVENTS | self.enter_flags, None, _SIZE_0)
+                       wait_nr, self._peek_flags, self._wait_ref, self._wait_size)
         if ret < 0:
             _raise_errno("io_uring_enter")
         self.submitted += ret
@@ -839,8 +868,8 @@ class Ring:
         short = (tail - self.cq_head) & U32 < wait_nr
         if short or self._sq_words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
             ret = _syscall(NR_io_uring_enter, self.enter_fd, 0, wait_nr if short else 0,
-                           IORING_ENTER_GETEVENTS | IORING_ENTER_SQ_WAKEUP | self.enter_flags,
-                           None, _SIZE_0)
+                           self._peek_flags | IORING_ENTER_SQ_WAKEUP,
+                           self._wait_ref, self._wait_size)     # bounded, as submit_and_peek's
             if ret < 0:
                 _raise_errno("io_uring_enter")
             tail = self._cq_words[self._cq_tail_i]
@@ -1093,6 +1122,15 @@ class Payload:
     The buffer holds PATTERN_LEN bytes more than a send needs, so a TCP stream
     stays one continuous pattern: a write that starts at stream offset o
     sends from address (o % 26).
+
+    The contract binds teardown too: the buffer is never unmapped while a
+    notification is outstanding. Each sender counts in `lent` what the kernel
+    may still hold: one while it runs, and after its bounded drain the
+    notifications that never came. close() unmaps only when nothing is lent;
+    otherwise the pages stay mapped until the process exits. (The kernel
+    holds references on pages it sends from, so an unmap would not free them
+    under it; but nothing here should rest on that, and a later mmap() could
+    be handed the same addresses.)
     """
 
     def __init__(self, size: int):
@@ -1102,14 +1140,18 @@ class Payload:
         self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
         self.map[:] = pattern(self.length)
         self.addr = _addr_of(self.map)
+        self.lent = 0           # runs under way + notifications never drained (see above)
 
     def close(self) -> None:
-        self.map.close()
+        """munmap(), unless the kernel may still be sending from these pages."""
+        if not self.lent:
+            self.map.close()
 
 
 class _Stop:
-    """Set by SIGINT; every loop looks at it once per batch."""
-    requested = False
+    """Set by SIGINT (see on_sigint); every loop looks at it once per batch."""
+    requested = False    # Ctrl-C once: end the run, drain, print the partial result
+    hurry = False        # Ctrl-C twice: stop waiting for notifications too
 
 
 STOP = _Stop()
@@ -1135,7 +1177,8 @@ class Result:
     speedup: Optional[float] = None
     interrupted: bool = False
     error: Optional[str] = None
-    undrained: int = 0         # notifications still outstanding at teardown
+    undrained: int = 0         # completions still missing after the drain (DRAIN_SECONDS)
+    failed: int = 0            # sends that failed, or were cancelled after one that did
     setup: List[str] = field(default_factory=list)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
 
@@ -1163,7 +1206,8 @@ class Result:
                 "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
                 "cpu_s_per_gb": None if self.cpu_s_per_gb is None else round(self.cpu_s_per_gb, 4),
                 "zc_copied": self.zc_copied, "interrupted": self.interrupted,
-                "error": self.error, "undrained": self.undrained, "setup": self.setup,
+                "error": self.error, "undrained": self.undrained, "failed": self.failed,
+                "setup": self.setup,
                 **({} if self.intervals is None else {"intervals": self.intervals})}
 
 
@@ -1220,15 +1264,21 @@ def describe_result(r: Result) -> List[str]:
     if r.zc_copied is not None and r.notifications:
         if r.zc_copied:
             lines.append(f"zero-copy: the kernel copied instead for {r.zc_copied} of {r.notifications} "
-                         f"sends (REPORT_USAGE). A receiver on this host (loopback, veth) always "
+                         f"notifications (REPORT_USAGE). A receiver on this host (loopback, veth) always "
                          f"copies, and so does a path whose MTU fragments the packet.")
         else:
             lines.append(f"zero-copy: all {r.notifications} notifications report zero-copy (REPORT_USAGE)")
     elif r.mode.endswith(("zc", "zc_fixed")) and r.notifications:
         lines.append("zero-copy: this kernel cannot say whether it copied (REPORT_USAGE needs 6.2+)")
+    if r.failed and r.notifications:
+        # txc > tx: a zero-copy send that fails (or is cancelled because the
+        # one linked before it failed) still posts its notification.
+        lines.append(f"note: txc counts the notifications of all {r.requests + r.failed} sends: the "
+                     f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
+                     f"which also post one")
     if r.undrained:
-        lines.append(f"warning: {r.undrained} notifications were still outstanding at teardown "
-                     f"(the kernel holds its own page references, so tearing down is safe)")
+        lines.append(f"warning: {r.undrained} completions never came (waited {DRAIN_SECONDS:g} s): "
+                     f"the payload buffer stays mapped until exit, as the kernel may still send from it")
     return lines
 
 
@@ -1259,8 +1309,8 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
     try:
         sock = socket.socket(family, sock_type, ipproto)
     except PermissionError:
-        raise Fatal("raw sockets need CAP_NET_RAW: run as root, or "
-                    "`setcap cap_net_raw+ep` on the python binary") from None
+        raise Fatal("raw: a raw socket needs CAP_NET_RAW: run as root, "
+                    "`setcap cap_net_raw+ep` on the python binary, or send udp") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         sock.connect((addr, 0 if proto == "raw" else port))
@@ -1284,6 +1334,12 @@ def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
 
 
 # --- io_uring SEND, SEND_ZC, SENDMSG_ZC ---------------------------------------
+
+# The sender's CQ has 4x --entries slots, and the kernel allows a CQ of at most
+# 65536 (IORING_MAX_CQ_ENTRIES, without IORING_SETUP_CLAMP): the SQ's own limit,
+# 32768, would have io_uring_setup answer EINVAL.
+MAX_ENTRIES = 16384
+
 
 @dataclass
 class SendConfig:
@@ -1321,8 +1377,10 @@ def check_opcode(probe: Probe, mode: str) -> None:
     base = mode.replace("_fixed", "")
     op, since = REQUIRED_OPS[base]
     if not probe.has(op):
+        fix = {"send_zc": "use --no-zc (IORING_OP_SEND, which copies), or a newer kernel",
+               "sendmsg_zc": "drop --sendmsg (IORING_OP_SEND_ZC), or use a newer kernel"}
         raise Fatal(f"this kernel ({platform.release()}) has no {OPCODE_NAMES[op]} "
-                    f"(needs Linux {since}+): use --no-zc for IORING_OP_SEND, or a newer kernel")
+                    f"(Linux {since}+): {fix.get(base, 'use a newer kernel')}")
 
 
 def probe_report_usage() -> bool:
@@ -1423,10 +1481,11 @@ class Tally:
     eagain: int = 0
     copied: int = 0
     short: int = 0
-    error: int = 0        # first errno other than EAGAIN
+    failed: int = 0       # results with res < 0 other than EAGAIN, cancelled ones included
+    error: int = 0        # first errno other than EAGAIN and ECANCELED
 
     def add(self, t: "Tally") -> None:
-        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short"):
+        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short", "failed"):
             setattr(self, name, getattr(self, name) + getattr(t, name))
         self.error = self.error or t.error
 
@@ -1468,10 +1527,10 @@ def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) ->
                 t.short += 1
         elif r == -errno.EAGAIN:
             t.eagain += 1
-        elif r == -errno.ECANCELED:
-            pass                     # not a cause: the request before it in its link failed
-        elif not t.error:
-            t.error = -r
+        else:
+            t.failed += 1
+            if r != -errno.ECANCELED and not t.error:
+                t.error = -r         # (ECANCELED is no cause: the request before it in its link failed)
     return t
 
 
@@ -1533,9 +1592,12 @@ class UringSender:
             if cfg.fixed_buf and cfg.zc:
                 ring.register_buffers([(payload.addr, payload.length)])
         except OSError as e:
-            raise Fatal(register_error(e)) from None
+            raise Fatal(register_error(e, payload.length)) from None
         ring.register_ring_fd()
-        self.report_usage = cfg.zc and probe_report_usage()
+        try:
+            self.report_usage = cfg.zc and probe_report_usage()
+        except OSError as e:           # its own small ring: as refusable as the first
+            raise Fatal(setup_error(e)) from None
         self.stream = cfg.proto == "tcp"
         self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
         self.trace_out = sys.stdout
@@ -1707,6 +1769,11 @@ class UringSender:
         deadline = meter.t0 + int(cfg.seconds * 1e9)
         next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
         placed = 0              # requests placed: a TCP batch starts at stream offset placed*size
+        entered: Optional[OSError] = None   # io_uring_enter failed: the run ends with that
+        # Lent until the drain below settles it: if anything raises before
+        # then, Payload.close() leaves the pages mapped (the kernel may still
+        # be sending from them) instead of unmapping them under it.
+        self.payload.lent += 1
         if cfg.trace:
             # Inside the timed run: the trace's sends count, so must its time.
             slow = self.trace(cfg.trace, self.trace_out)
@@ -1733,8 +1800,16 @@ class UringSender:
                         placed += n
             try:
                 flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
-            except InterruptedError:
-                continue                      # a signal: look at STOP, then carry on
+            except OSError as e:
+                # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed and no CQE
+                # came: a TCP peer that stopped reading, say). Look at the clock
+                # and at STOP even with requests in flight: the drain waits for them.
+                if e.errno not in (errno.EINTR, errno.ETIME):
+                    entered = e
+                    break
+                if STOP.requested or clock() >= deadline:
+                    break
+                continue
             # The fast path, in bulk: two list.count() and the res sum, in C.
             # If every CQE is a result with the good flags or a notification,
             # and the results add up to exactly size each, every send was
@@ -1778,7 +1853,7 @@ class UringSender:
         drain_until = clock() + int(DRAIN_SECONDS * 1e9)
         while inflight or due:
             left = (drain_until - clock()) / 1e9
-            if left <= 0:
+            if left <= 0 or STOP.hurry:       # out of time, or Ctrl-C twice
                 break
             try:
                 ring.wait_cqes(1, left)
@@ -1795,11 +1870,17 @@ class UringSender:
         result.bytes = whole * size + slow.bytes
         result.eagain = slow.eagain
         result.notifications = notifs + slow.notifs
+        result.failed = slow.failed
         result.undrained = due + inflight
+        self.payload.lent += result.undrained - 1     # settled: only what never came stays lent
         if self.report_usage:
             result.zc_copied = copied + slow.copied
         if slow.error:
             result.error = send_error(slow.error, cfg)
+        elif entered is not None:
+            result.error = oserror_line(entered)
+        elif result.undrained and not STOP.hurry:
+            result.error = undrained_error(cfg)
         return result
 
 
@@ -1856,6 +1937,7 @@ def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
         total.notifications += r.notifications
         total.eagain += r.eagain
         total.undrained += r.undrained
+        total.failed += r.failed
         if r.zc_copied is not None:
             total.zc_copied = (total.zc_copied or 0) + r.zc_copied
         total.error = total.error or r.error
@@ -1868,31 +1950,53 @@ DRAIN_SECONDS = 5.0
 
 
 def send_error(err: int, cfg: SendConfig) -> str:
-    """One line for an error a send's CQE carried (res = -err)."""
+    """One line for an error a send's CQE carried (res = -err), naming the cause and the fix."""
     name = errno.errorcode.get(err, str(err))
     where = f"[{cfg.addr}]:{cfg.port}" if ":" in cfg.addr else f"{cfg.addr}:{cfg.port}"
-    if err == errno.EIO:
-        # MSG_WAITALL sends stop short only when the connection fails under them.
-        return (f"tcp: the connection to {where} broke mid-send (a send stopped short: the "
-                f"receiver quit or reset it): partial result above")
+    if cfg.proto == "tcp" and err in (errno.EIO, errno.ECONNRESET, errno.EPIPE):
+        # One line whichever the kernel reports first: ECONNRESET or EPIPE, or
+        # EIO, our mark for a MSG_WAITALL send that stopped short, which it
+        # does only when the connection fails under it.
+        return (f"tcp: the connection to {where} was closed or reset mid-run (the receiver quit?): "
+                f"the result above is partial; start the receiver again "
+                f"(`python3 sendzc.py rx -p {cfg.port} tcp`) and rerun")
     if err == errno.ECONNREFUSED:
         return (f"{cfg.proto}: {where} refused the data (ECONNREFUSED, an ICMP port unreachable): "
                 f"start the receiver there (`python3 sendzc.py rx -p {cfg.port} {cfg.proto}`)")
-    if err in (errno.ECONNRESET, errno.EPIPE):
-        return f"{cfg.proto}: the peer at {where} closed the connection ({name}): partial result above"
     if err == errno.ENOBUFS:
-        return "send: ENOBUFS: the kernel ran out of socket buffer memory; try a smaller -r or -s"
+        return "send: ENOBUFS: the kernel ran out of socket buffer memory: lower -r or -s"
+    if err == errno.ENOMEM and cfg.zc and not cfg.fixed_buf and not has_cap(CAP_IPC_LOCK):
+        return (f"send: ENOMEM: zero-copy pins the pages it sends, and those in flight pass the "
+                f"locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: {memlock_limit()}): raise it, "
+                f"run as root, or add --no-zc")
     if err == errno.EMSGSIZE:
-        return f"send: EMSGSIZE: {cfg.size} bytes do not fit one {cfg.proto} packet on this path; lower -s"
+        return f"send: EMSGSIZE: {cfg.size} bytes do not fit one {cfg.proto} packet on this path: lower -s"
     if err == errno.EOPNOTSUPP and cfg.zc:
         return f"{cfg.proto}: this socket does not support zero-copy send (EOPNOTSUPP): use --no-zc"
     if err == errno.EINVAL and cfg.sendmsg and cfg.fixed_buf:
         return "SENDMSG_ZC with a registered buffer needs Linux 6.14+: add --no-fixed-buf"
-    return f"send failed: {name}: {os.strerror(err)}"
+    return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
+
+
+def undrained_error(cfg: SendConfig) -> str:
+    """One line for a run that ended with completions still missing after DRAIN_SECONDS.
+
+    (How many is in the result above, and in the JSON row's undrained.)
+    """
+    where = f"[{cfg.addr}]:{cfg.port}" if ":" in cfg.addr else f"{cfg.addr}:{cfg.port}"
+    return (f"{cfg.proto}: {where} stopped taking data: completions were still missing "
+            f"{DRAIN_SECONDS:g} s after the run: check that the receiver is running and "
+            f"reading; the result above is partial")
 
 
 def setup_error(e: OSError) -> str:
-    """One line for a refused io_uring_setup()."""
+    """One line for a refused io_uring_setup() (or a failed mmap of its rings)."""
+    if getattr(e, "syscall", None) != "io_uring_setup":
+        return oserror_line(e)             # the rings' mmap(), say: EMFILE (mmap dup()s the fd)
+    name = errno.errorcode.get(e.errno, str(e.errno))
+    blocked = ("a seccomp filter on this process {verb} io_uring (as the default profiles of "
+               "container runtimes do): allow io_uring_setup, io_uring_enter and io_uring_register "
+               "in its profile, or run outside the container")
     if e.errno in (errno.EPERM, errno.EACCES):
         disabled = read_io_uring_disabled()
         if disabled == 2:
@@ -1900,34 +2004,82 @@ def setup_error(e: OSError) -> str:
                     "`sysctl -w kernel.io_uring_disabled=0` as root")
         if disabled == 1:
             return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
-                    "run as root, or `sysctl -w kernel.io_uring_disabled=0`")
-        return ("io_uring_setup was refused (EPERM) though io_uring is enabled: a seccomp "
-                "profile blocks it (containers do by default); allow io_uring_setup/enter/register "
-                "or run outside the container")
+                    "run as root, join the group kernel.io_uring_group names, or "
+                    "`sysctl -w kernel.io_uring_disabled=0` as root")
+        if seccomp_mode() == SECCOMP_MODE_FILTER:
+            return f"io_uring_setup: {name}: " + blocked.format(verb="refuses")
+        return (f"io_uring_setup: {name}, though io_uring is enabled and no seccomp filter is on: "
+                f"a security module (SELinux, AppArmor) may deny it: look in its audit log")
     if e.errno == errno.ENOSYS:
-        return ("io_uring_setup: ENOSYS: this kernel has no io_uring (CONFIG_IO_URING=n), or a "
-                "seccomp profile hides it: use a kernel with io_uring, or allow the syscalls")
-    if e.errno == errno.ENOMEM:
-        return ("io_uring_setup: ENOMEM: the ring does not fit the locked-memory limit "
-                "(`ulimit -l`); raise it, or run as root")
-    return f"io_uring_setup failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+        if seccomp_mode() == SECCOMP_MODE_FILTER:
+            return "io_uring_setup: ENOSYS: " + blocked.format(verb="hides")
+        return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
+                "CONFIG_IO_URING): use one that has it")
+    if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
+        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again on
+        # newer kernels (6.18 does): a user without CAP_IPC_LOCK meets it first.
+        return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
+                f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
+    return oserror_line(e)
 
 
-def register_error(e: OSError) -> str:
-    """One line for a refused io_uring_register()."""
-    if e.errno == errno.ENOMEM:
-        return ("registering the buffer needs more locked memory than RLIMIT_MEMLOCK allows "
-                "(`ulimit -l`): raise it (e.g. `ulimit -l unlimited` as root), or add --no-fixed-buf")
-    return f"io_uring_register failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+def register_error(e: OSError, nbytes: int) -> str:
+    """One line for a refused io_uring_register() of the payload buffer (nbytes long)."""
+    if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
+        return (f"io_uring_register: ENOMEM: pinning the {nbytes >> 10} KiB payload buffer passes "
+                f"the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: {memlock_limit()}, which "
+                f"the ring counts against too): raise it, or run as root")
+    return oserror_line(e)
+
+
+# Capabilities and limits the messages above look at.
+CAP_IPC_LOCK = 14            # <linux/capability.h>: lock memory past RLIMIT_MEMLOCK
+SECCOMP_MODE_FILTER = 2      # <linux/seccomp.h>; /proc/self/status "Seccomp:"
+
+
+def proc_status(field_name: str) -> Optional[str]:
+    """A field of /proc/self/status ("Seccomp", "CapEff"), None if absent."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key == field_name:
+                    return value.strip()
+    except OSError:
+        pass
+    return None
+
+
+def has_cap(cap: int) -> bool:
+    """Is capability cap in this process's effective set?"""
+    eff = proc_status("CapEff")
+    return eff is not None and bool(int(eff, 16) >> cap & 1)
+
+
+def seccomp_mode() -> Optional[int]:
+    """0 none, 1 strict, 2 a filter (SECCOMP_MODE_FILTER); None if the kernel does not say."""
+    mode = proc_status("Seccomp")
+    return int(mode) if mode is not None else None
+
+
+def memlock_limit() -> str:
+    """RLIMIT_MEMLOCK's soft limit, as `ulimit -l` would say it."""
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} KiB"
+
+
+def read_sysctl(path: str) -> Optional[int]:
+    """An integer sysctl under /proc/sys ("net/core/optmem_max": this namespace's); None if absent."""
+    try:
+        with open("/proc/sys/" + path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def read_io_uring_disabled() -> Optional[int]:
     """kernel.io_uring_disabled (6.6+): 0 on, 1 root/group only, 2 off; None if absent."""
-    try:
-        with open("/proc/sys/kernel/io_uring_disabled") as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
+    return read_sysctl("kernel/io_uring_disabled")
 
 
 # --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
@@ -2064,7 +2216,9 @@ class SyscallSender:
         send, clock, burst = sock.send, time.perf_counter_ns, range(SEND_BURST)
         view = views[0]
         sends = nbytes = eagain = enobufs = error = 0
+        starved = False                # ENOBUFS with nothing outstanding: waiting cannot help
         reap_at = ZC_REAP_EVERY
+        self.payload.lent += 1         # until the drain settles it (see Payload)
         try:
             meter = Meter()
             deadline = meter.t0 + int(cfg.seconds * 1e9)
@@ -2097,10 +2251,15 @@ class SyscallSender:
                         continue
                     # Out of option memory: notifications we have not read
                     # hold it. Read them; if there were none, wait for one.
-                    enobufs += 1
                     done.sent = sends
                     ranges = done.ranges
                     error = done.read(sock)
+                    if done.ranges == ranges and not done.outstanding:
+                        # Nothing of ours holds option memory, and still none
+                        # is left: no completion will ever free some.
+                        starved, error = True, errno.ENOBUFS
+                        continue
+                    enobufs += 1                    # ... and retried
                     if done.ranges == ranges:
                         errq.poll(POLL_MS)
                 if zc and sends >= reap_at:
@@ -2114,9 +2273,10 @@ class SyscallSender:
             # UringSender's is: a TCP peer that stopped reading could hold
             # the pages for minutes.
             drain_until = clock() + int(DRAIN_SECONDS * 1e9)
-            while zc and done.outstanding and clock() < drain_until:
+            while zc and done.outstanding and clock() < drain_until and not STOP.hurry:
                 errq.poll(POLL_MS)
                 error = error or done.read(sock)
+            self.payload.lent += done.outstanding - 1      # settled: only what never came stays
         finally:
             for v in views:
                 v.release()             # the mmap cannot close while a view exports it
@@ -2126,9 +2286,31 @@ class SyscallSender:
         if zc:
             result.notifications, result.zc_copied = done.completed, done.copied
             result.undrained = done.outstanding
-        if error:
+        if starved:
+            result.error = zerocopy_enobufs_error()
+        elif error:
             result.error = send_error(error, cfg)
+        elif result.undrained and not STOP.hurry:
+            result.error = undrained_error(cfg)
         return result
+
+
+def zerocopy_enobufs_error() -> str:
+    """One line for send(MSG_ZEROCOPY) refused with ENOBUFS while no completion is outstanding.
+
+    Each send charges its completion to the socket's option memory, which
+    net.core.optmem_max bounds (per network namespace since 6.9); for a user
+    without CAP_IPC_LOCK its pages count against RLIMIT_MEMLOCK too. With
+    nothing outstanding no completion can free either: waiting cannot help.
+    """
+    optmem = read_sysctl("net/core/optmem_max")
+    cause = f"net.core.optmem_max = {optmem} cannot hold one send's completion"
+    fix = "raise it (e.g. `sysctl -w net.core.optmem_max=131072`)"
+    if not has_cap(CAP_IPC_LOCK):
+        cause = (f"net.core.optmem_max = {optmem} or the locked-memory limit "
+                 f"(`ulimit -l`: {memlock_limit()}) cannot hold one send's completion")
+        fix = "raise them, or run as root"
+    return f"send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: {cause}: {fix}"
 
 
 # =============================================================================
@@ -2419,10 +2601,12 @@ class RxBuffer:
         self.map = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
         self.addr = _addr_of(self.map)
         self.view = memoryview(self.map)
+        self.lent = False           # a RECV that would not end may still write here
 
     def close(self) -> None:
         self.view.release()         # the view must go before the mapping can
-        self.map.close()
+        if not self.lent:           # else left mapped until exit, as Payload does
+            self.map.close()
 
 
 class SocketReceiver:
@@ -2455,6 +2639,7 @@ class UringReceiver:
 
     def __init__(self, sock: socket.socket, buf: RxBuffer, stack: ExitStack):
         self.sock = sock
+        self.buf = buf
         self.ring = ring = Ring(RX_RING_ENTRIES)
         stack.callback(ring.close)
         # Runs before ring.close (a stack unwinds last-in first-out): a RECV
@@ -2506,9 +2691,16 @@ class UringReceiver:
             self.sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass                # ENOTCONN: the peer reset it, and the RECV has ended already
-        if self.ring.wait_cqes(1, DRAIN_SECONDS):
-            self.ring.cq_advance(len(self.ring.peek()[0]))
-            self.inflight = False
+        until = time.monotonic() + DRAIN_SECONDS
+        while self.inflight and not STOP.hurry and time.monotonic() < until:
+            try:
+                if self.ring.wait_cqes(1, until - time.monotonic()):
+                    self.ring.cq_advance(len(self.ring.peek()[0]))
+                    self.inflight = False
+            except InterruptedError:
+                continue        # Ctrl-C again: the loop looks at STOP.hurry
+        if self.inflight:       # the kernel may still write into buf: never unmap it under a RECV
+            self.buf.lent = True
 
 
 def tcp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitStack,
@@ -2676,8 +2868,9 @@ def describe_rx(r: RxResult) -> List[str]:
 
 def rx_parser() -> "Parser":
     """The receiver's options: the sender's common ones (add_common) and its own."""
-    p = Parser(prog="sendzc.py rx", description="Receive what `sendzc.py -D ADDR` sends, "
-                                                "and check every byte against its pattern.")
+    p = Parser(prog="sendzc.py rx", protocols=("udp", "tcp"),
+               description="Receive what `sendzc.py -D ADDR` sends, and check every byte "
+                           "against its pattern.")
     add_common(p)
     p.add_argument("-t", dest="seconds", type=positive_float, metavar="SECS",
                    help=f"stop SECS seconds after the connection or the first datagram "
@@ -2687,16 +2880,14 @@ def rx_parser() -> "Parser":
                    help="count only; do not check the bytes against the pattern")
     p.add_argument("--no-uring", dest="uring", action="store_false",
                    help="TCP: receive with recv_into(2) instead of IORING_OP_RECV")
-    p.add_argument("proto", choices=("udp", "tcp"), help="what to receive")
+    p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp}", help="what to receive")
     return p
 
 
 def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
-    if a.families and len(set(a.families)) > 1:
-        raise UsageError("pass one of -4 or -6")
-    cfg = RxConfig(proto=a.proto, family=a.families[0] if a.families else None, port=a.port,
+    cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port,
                    seconds=a.seconds, verify=a.verify, uring=a.uring)
     result, ticks = run_receiver(cfg, not a.json, a.interval)
     if a.json:
@@ -3001,6 +3192,9 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
                     except Fatal as e:
                         failure = str(e)
                         break
+                    except OSError as e:         # one line, after the rows measured so far
+                        failure = oserror_line(e)
+                        break
                     results.append(result)
                     failure = result.error
             if STOP.requested or failure:
@@ -3199,13 +3393,15 @@ def int_list(text: str) -> List[int]:
     for part in text.split(","):
         try:
             values.append(positive_int(part.strip()))
-        except argparse.ArgumentTypeError as e:
-            raise argparse.ArgumentTypeError(f"{part.strip() or 'an empty item'}: {e}") from None
+        except argparse.ArgumentTypeError:
+            raise argparse.ArgumentTypeError(f"{part.strip()!r} is not a whole number of 1 or more: "
+                                             f"give such numbers, separated by commas") from None
     return sorted(set(values))
 
 
 def bench_parser() -> argparse.ArgumentParser:
-    p = Parser(prog="sendzc.py bench", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = Parser(prog="sendzc.py bench", protocols=("udp", "tcp"),
+               formatter_class=argparse.RawDescriptionHelpFormatter,
                description="Every way to send, one table: send(2), MSG_ZEROCOPY, io_uring SEND, "
                            "SEND_ZC and SEND_ZC with a registered buffer, on a private sink "
                            "(root) or to a receiver (-D).",
@@ -3230,7 +3426,7 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdisc", metavar="QDISC",
                    help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
                         f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
-    p.add_argument("proto", nargs="?", choices=("udp", "tcp"), default="udp",
+    p.add_argument("proto", nargs="?", type=protocol(*p.protocols), default="udp", metavar="{udp,tcp}",
                    help="what to send (default udp; tcp needs -D)")
     return p
 
@@ -3248,15 +3444,16 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
         raise UsageError("tcp needs a peer that acknowledges, and the private sink drops everything: "
                          "pass -D ADDR of a host running `sendzc.py rx tcp`")
     if a.addr is not None and a.qdisc is not None:
-        raise UsageError("--qdisc sets up the private sink; with -D the path's own qdisc is used")
+        raise UsageError("--qdisc with -D: --qdisc sets up the private sink, and -D sends over "
+                         "this host's own path and its qdisc: drop one of the two")
     limit = max_payload(a.proto, family)
     too_big = [s for s in a.sizes if s > limit]
     if too_big:
         raise UsageError(f"--sizes {too_big[0]}: payload exceeds max ({limit}) for {a.proto} over "
-                         f"{family_name_label(family_name(family))}")
+                         f"{family_name_label(family_name(family))}: keep every size at {limit} or less")
     if a.batches[-1] > BENCH_ENTRIES:
         raise UsageError(f"--batches {a.batches[-1]}: more requests per batch than the ring has "
-                         f"entries ({BENCH_ENTRIES})")
+                         f"entries ({BENCH_ENTRIES}): keep every batch at {BENCH_ENTRIES} or less")
     return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=a.sizes,
                        batches=a.batches, seconds=a.seconds, interval=a.interval, as_json=a.json,
                        qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep)
@@ -3275,29 +3472,122 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
 # =============================================================================
 
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage mistake is one line and exit status 2."""
+    """argparse, but every usage mistake is one line, `cause: fix`, and exit status 2.
 
-    def error(self, message):
-        raise UsageError(f"{message} (see `{self.prog} --help`)")
+    Two habits of argparse are undone here. A value that starts with '-'
+    ("-t -1") reads to it as an option whenever the parser has options that
+    look like negative numbers, as -4 and -6 do, and it answers "expected one
+    argument", hiding what is wrong with -1: so parse_known_args() glues such
+    a value to its option ("-t=-1") before argparse sees it, for every option
+    that takes a value. And argparse names no fix: the checks below (the
+    type= functions) say what to give instead, and error() adds a fix to the
+    messages argparse makes itself.
+    """
+
+    def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
+        # Ours first: argparse's __init__ already calls add_argument (for -h).
+        self.protocols = protocols                 # the words the positional proto accepts
+        self._takes_value: Dict[str, bool] = {}    # option string -> takes exactly one value
+        self._argv: List[str] = []
+        self._bad_value: Optional[str] = None      # "OPTION VALUE: cause: fix", from a check
+        super().__init__(*args, **kw)
+
+    def add_argument(self, *args, **kw):
+        action = super().add_argument(*args, **kw)
+        for option in action.option_strings:
+            self._takes_value[option] = action.nargs is None      # store: exactly one value
+        if callable(action.type):
+            action.type = self._named(action, action.type)
+        return action
+
+    def _named(self, action: argparse.Action, check: Callable[[str], object]) -> Callable[[str], object]:
+        """check, but a refusal is kept with the option and the value it refused."""
+        name = action.option_strings[-1] if action.option_strings else ""
+
+        def checked(text: str):
+            try:
+                return check(text)
+            except argparse.ArgumentTypeError as e:
+                self._bad_value = f"{name} {text}: {e}" if name else str(e)
+                raise
+        checked.__name__ = check.__name__      # argparse names the type in some messages
+        return checked
+
+    def parse_known_args(self, args=None, namespace=None):
+        self._argv = list(sys.argv[1:] if args is None else args)
+        glued: List[str] = []
+        words = iter(self._argv)
+        for word in words:
+            if word == "--":                   # everything after it is positional
+                glued += [word, *words]
+                break
+            if self._takes_value.get(word):
+                value = next(words, None)
+                if value is not None and value.startswith("-") and value not in self._takes_value:
+                    glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
+                    continue
+                glued += [word] if value is None else [word, value]
+                continue
+            glued.append(word)
+        self._bad_value = None
+        return super().parse_known_args(glued, namespace)
+
+    def error(self, message: str):
+        if self._bad_value:                    # a check said what is wrong and what to give
+            raise UsageError(self._bad_value)
+        if message.startswith("the following arguments are required:") and self.protocols:
+            example = " ".join(["python3", self.prog, *map(shlex.quote, self._argv), self.protocols[0]])
+            raise UsageError(f"no protocol given: end the command with {or_list(self.protocols)}, "
+                             f"e.g. `{example}`")
+        if message.endswith(": expected one argument") and message.startswith("argument "):
+            option = message[len("argument "):-len(": expected one argument")].split("/")[-1]
+            raise UsageError(f"{option} needs a value: put it right after {option} "
+                             f"(see `python3 {self.prog} --help`)")
+        raise UsageError(f"{message}: see `python3 {self.prog} --help`")
+
+
+def or_list(words: Tuple[str, ...]) -> str:
+    """'udp, tcp or raw'."""
+    return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def protocol(*names: str) -> Callable[[str], str]:
+    """The positional proto's check: one of names (argparse's choices=, with a fix)."""
+    def proto(text: str) -> str:
+        if text not in names:
+            raise argparse.ArgumentTypeError(f"unknown protocol {text!r}: say {or_list(names)}")
+        return text
+    return proto
 
 
 def positive_int(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        raise argparse.ArgumentTypeError("not a whole number: give one of 1 or more") from None
     if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+        raise argparse.ArgumentTypeError("too small: give a whole number of 1 or more")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError("not a whole number: give one of 0 or more") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("too small: give a whole number of 0 or more")
     return value
 
 
 def positive_float(text: str) -> float:
+    """Seconds: a finite number above 0 (float() also takes 'inf' and 'nan': not those)."""
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
+        raise argparse.ArgumentTypeError("not a number: give seconds above 0, e.g. 0.5") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError("not a positive number of seconds: give seconds above 0, e.g. 0.5")
     return value
 
 
@@ -3305,9 +3595,9 @@ def port_number(text: str) -> int:
     try:
         value = int(text, 0)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+        raise argparse.ArgumentTypeError("not a port number: give one from 1 to 65535") from None
     if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {value}")
+        raise argparse.ArgumentTypeError("no such port: give one from 1 to 65535")
     return value
 
 
@@ -3324,7 +3614,8 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def sender_parser() -> Parser:
-    p = Parser(prog="sendzc.py", formatter_class=argparse.RawDescriptionHelpFormatter,
+    p = Parser(prog="sendzc.py", protocols=("udp", "tcp", "raw"),
+               formatter_class=argparse.RawDescriptionHelpFormatter,
                description="Send with io_uring zero-copy (IORING_OP_SEND_ZC) and report what "
                            "the kernel did.",
                epilog="other forms:\n"
@@ -3349,23 +3640,29 @@ def sender_parser() -> Parser:
                    help="do not use a registered buffer")
     p.add_argument("--sendmsg", action="store_true", help="IORING_OP_SENDMSG_ZC instead of SEND_ZC")
     p.add_argument("--entries", type=positive_int, default=512,
-                   help="SQ ring entries, a power of two (default 512)")
-    p.add_argument("--trace", type=int, default=0, metavar="N",
+                   help=f"SQ ring entries, a power of two up to {MAX_ENTRIES} (default 512)")
+    p.add_argument("--trace", type=non_negative_int, default=0, metavar="N",
                    help="print the SQEs and CQEs of the first N requests")
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
                    help="parallel flows, each with its own thread, socket and ring")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
-    p.add_argument("proto", choices=("udp", "tcp", "raw"), help="what to send")
+    p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp,raw}", help="what to send")
     return p
+
+
+def one_family(families: Optional[List[int]]) -> Optional[int]:
+    """The family -4 or -6 asked for; None for neither; both is a mistake."""
+    if families and len(set(families)) > 1:
+        raise UsageError("-4 and -6 together: pass one of them, or neither")
+    return families[0] if families else None
 
 
 def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
     """-4 or -6 or, with neither, the address's own family (IPv4 by default)."""
-    if families and len(set(families)) > 1:
-        raise UsageError("pass one of -4 or -6")
-    if families:
-        family = families[0]
+    asked = one_family(families)
+    if asked is not None:
+        family = asked
     elif addr and ":" in addr:
         family = socket.AF_INET6
     else:
@@ -3378,9 +3675,11 @@ def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
             try:
                 socket.inet_pton(other, addr)
             except OSError:
-                raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address") from None
-            raise UsageError(f"-D {addr} is an {family_name(other).replace('ip', 'IP')} address "
-                             f"but -{4 if family == socket.AF_INET else 6} was given") from None
+                raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address: give one in numbers, "
+                                 f"such as 192.0.2.1 or 2001:db8::1") from None
+            flag = f"-{4 if family == socket.AF_INET else 6}"
+            raise UsageError(f"-D {addr} is an {family_name_label(family_name(other))} address "
+                             f"but {flag} was given: drop {flag} (the address says which)") from None
     return family
 
 
@@ -3393,16 +3692,16 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
     limit = max_payload(a.proto, family)
     if a.size > limit:
         raise UsageError(f"-s {a.size}: payload exceeds max ({limit}) for {a.proto} over "
-                         f"{family_name(family).replace('ip', 'IP')}")
-    if a.entries & (a.entries - 1) or a.entries > 32768:
-        raise UsageError(f"--entries {a.entries}: must be a power of two up to 32768")
+                         f"{family_name_label(family_name(family))}: give -s {limit} or less")
+    if a.entries & (a.entries - 1) or a.entries > MAX_ENTRIES:
+        raise UsageError(f"--entries {a.entries}: not a power of two up to {MAX_ENTRIES}: "
+                         f"give one such as 512 or 1024")
     if a.batch > a.entries:
         raise UsageError(f"-r {a.batch}: more requests per batch than the ring has entries "
-                         f"({a.entries}); raise --entries or lower -r")
+                         f"({a.entries}): raise --entries or lower -r")
     if a.flush and not a.zc:
-        raise UsageError("-f waits for zero-copy notifications: it needs zero-copy (drop --no-zc)")
-    if a.trace < 0:
-        raise UsageError(f"--trace {a.trace}: must be 0 or more")
+        raise UsageError("-f with --no-zc: -f waits for zero-copy notifications, and --no-zc "
+                         "sends without them: drop one of the two")
     return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
                       batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
@@ -3511,31 +3810,108 @@ IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_
 
 
 def on_sigint(signum, frame):
-    """First Ctrl-C: finish the batch, drain, print the partial result. Second: stop now."""
-    if STOP.requested:
+    """Ctrl-C, three times over.
+
+    First: end the run after this batch, wait for the outstanding
+    notifications (at most DRAIN_SECONDS), print the partial result. Second:
+    stop waiting for notifications; the result counts them as undrained, and
+    the payload buffer stays mapped (Payload.close). Only a third raises
+    KeyboardInterrupt, for a program stuck somewhere no loop looks at STOP:
+    raised inside a run, it would skip the drain, so the first two do not.
+    """
+    if STOP.hurry:
         raise KeyboardInterrupt
+    STOP.hurry = STOP.requested
     STOP.requested = True
 
 
+# What to do about an errno nothing closer expected (see oserror_line).
+OSERROR_FIXES = {
+    errno.EMFILE: "raise the limit on open files (`ulimit -n`: {nofile})",
+    errno.ENFILE: "the whole system is out of open files: raise fs.file-max, or close programs",
+    errno.ENOMEM: "free some memory, or ask for less (-s, --entries, -n)",
+    errno.EPIPE: "whatever read our output has gone: read it to the end",
+}
+
+
+def oserror_line(e: OSError) -> str:
+    """One line for an OSError that reached main(): the call that failed, its errno, a fix.
+
+    The call is the syscall's own name when section 2 raised it; otherwise
+    the first call on the line of this file it passed through last (as
+    `mmap.mmap() in Payload.__init__`), read back from the traceback.
+    """
+    call = getattr(e, "syscall", None)
+    if call is None:
+        last, tb = None, e.__traceback__
+        while tb is not None:
+            if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(__file__):
+                last = tb
+            tb = tb.tb_next
+        if last is None:
+            call = "a call"
+        else:
+            code = last.tb_frame.f_code
+            where = getattr(code, "co_qualname", None)                  # 3.11+
+            if where is None:                                            # 3.9, 3.10: ask self
+                owner = last.tb_frame.f_locals.get("self")
+                where = code.co_name if owner is None else f"{type(owner).__name__}.{code.co_name}"
+            # (Out of file descriptors, linecache cannot open the file: "".)
+            called = re.search(r"([A-Za-z_][\w.]*)\(", linecache.getline(code.co_filename,
+                                                                        last.tb_lineno))
+            call = f"{called.group(1)}() in {where}" if called else f"a call in {where}()"
+    if e.errno is None:
+        return f"{call} failed: {e}: unexpected here; please report it, with the command line"
+    name = errno.errorcode.get(e.errno, str(e.errno))
+    fix = OSERROR_FIXES.get(e.errno, "unexpected here; please report it, with the command line")
+    fix = fix.format(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return f"{call} failed: {name} ({os.strerror(e.errno)}): {fix}"
+
+
 def main(argv: Optional[List[str]] = None) -> int:
-    """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender."""
+    """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender.
+
+    Every way out is one line on stderr and a status: Fatal says its own
+    (2 for usage, 1 for the system), Ctrl-C is 130, and any other OSError
+    becomes one line naming the call and the errno (1). Anything else is a
+    bug in this file and keeps its traceback. The SIGINT handler is ours
+    only while main() runs, so a caller (a test) gets its own back.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
-    signal.signal(signal.SIGINT, on_sigint)
+    STOP.requested = STOP.hurry = False
+    previous = signal.signal(signal.SIGINT, on_sigint)
     try:
-        if argv[:1] == ["rx"]:
-            return rx_main(argv[1:])
-        if not argv or argv[0] == "bench":
-            return bench_main(argv[1:])
-        if "--probe" in argv:
-            return probe_main(argv)
-        a = sender_parser().parse_args(argv)
-        return run_sender(sender_config(a), a.json, a.interval)
+        status = dispatch(argv)
     except Fatal as e:
         print(f"sendzc: {e}", file=sys.stderr)
         return e.status
     except KeyboardInterrupt:
-        print("sendzc: interrupted twice: stopped without draining", file=sys.stderr)
+        print("sendzc: interrupted three times: stopped at once, without waiting for "
+              "notifications or printing a result", file=sys.stderr)
         return 130
+    except OSError as e:
+        print(f"sendzc: {oserror_line(e)}", file=sys.stderr)
+        if e.errno == errno.EPIPE:
+            # stdout is a closed pipe: point it at /dev/null, or the interpreter's
+            # own flush at exit fails again and prints a second complaint.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if status == 130:
+        print("sendzc: interrupted (Ctrl-C): the result above is partial", file=sys.stderr)
+    return status
+
+
+def dispatch(argv: List[str]) -> int:
+    if argv[:1] == ["rx"]:
+        return rx_main(argv[1:])
+    if not argv or argv[0] == "bench":
+        return bench_main(argv[1:])
+    if "--probe" in argv:
+        return probe_main(argv)
+    a = sender_parser().parse_args(argv)
+    return run_sender(sender_config(a), a.json, a.interval)
 
 
 if __name__ == "__main__":

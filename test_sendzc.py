@@ -651,20 +651,6 @@ def test_speedup_is_against_the_msg_zerocopy_row_of_the_same_size():
     assert [r.speedup for r in rows] == [1.0, 1.5, 1.0, 2.44]
 
 
-@pytest.mark.parametrize("args,says", [
-    (["tcp"], "tcp needs a peer"),
-    (["--sizes", "1400,70000"], "--sizes 70000: payload exceeds max"),
-    (["--batches", "1,1024"], "more requests per batch than the ring has"),
-    (["-D", "198.18.0.2", "--qdisc", "noqueue"], "--qdisc sets up the private sink"),
-    (["--sizes", "1400,x"], "not a whole number"),
-    (["-t", "0"], "must be a positive number"),
-])
-def test_bench_usage_mistakes_are_one_line_and_status_2(args, says):
-    p = tool("bench", *args)
-    assert p.returncode == 2 and p.stdout == ""
-    assert len(p.stderr.splitlines()) == 1 and says in p.stderr, p.stderr
-
-
 def test_bench_without_root_says_so_and_points_at_d():
     # Root without capabilities cannot unshare(CLONE_NEWNET), just as a user cannot.
     setpriv = shutil.which("setpriv")
@@ -855,6 +841,7 @@ def test_bench_leaves_the_host_as_it_found_it(how):
             proc.kill()
         if how == "sigint":
             assert proc.returncode == 130, err
+            assert err.splitlines() == [RUNTIME_LINES["Ctrl-C"]]
             table = [line for line in out.splitlines() if re.match(r"(send|io_uring)", line)]
             assert table[0].startswith("send(2) ") and len(table) >= 2    # the rows so far
             assert "(interrupted)" in table[-1]
@@ -987,8 +974,11 @@ def test_a_receiver_that_quits_mid_run_ends_the_sender_in_one_line(pair, opts):
     status, doc, err = finish_rx(rx)
     assert status == 0, err                                 # the receiver did as told
     assert p.returncode == 1
-    line = one_line(p.stderr)
-    assert line.startswith("sendzc: tcp: ") and "partial result above" in line
+    # One line, whichever the kernel said first: ECONNRESET, EPIPE or a short send.
+    assert one_line(p.stderr) == (
+        f"sendzc: tcp: the connection to {PAIR4[1]}:{port} was closed or reset mid-run (the "
+        f"receiver quit?): the result above is partial; start the receiver again "
+        f"(`python3 sendzc.py rx -p {port} tcp`) and rerun")
     tx = int(p.stdout.split("tx=")[1].split()[0])           # the partial count, printed first
     assert tx > 0 and doc["rows"][0]["bytes"] > 0
 
@@ -1063,7 +1053,7 @@ def test_rx_ctrl_c_with_a_receive_in_flight_prints_the_partial_result():
     assert status == 130, err
     row = doc["rows"][0]
     assert row["bytes"] == 100000 and row["verified"] is True and row["interrupted"] is True
-    assert "Traceback" not in err
+    assert one_line(err) == RUNTIME_LINES["Ctrl-C"]
 
 
 @pytest.mark.parametrize("proto", ["tcp", "udp"])
@@ -1071,7 +1061,8 @@ def test_rx_ctrl_c_before_any_sender(proto):
     rx = start_rx("-4", "-p", free_port(), proto)
     rx.send_signal(signal.SIGINT)
     status, doc, err = finish_rx(rx, timeout=5)
-    assert status == 130 and "Traceback" not in err
+    assert status == 130
+    assert one_line(err) == RUNTIME_LINES["Ctrl-C"]
     assert doc["rows"][0]["bytes"] == 0 and doc["rows"][0]["interrupted"] is True
 
 
@@ -1082,13 +1073,6 @@ def test_rx_refuses_a_port_in_use_in_one_line():
         p = tool("rx", "-4", "-p", taken.getsockname()[1], "tcp")
     assert p.returncode == 1
     assert "EADDRINUSE" in one_line(p.stderr)
-
-
-@pytest.mark.parametrize("args", [["-4", "-6", "tcp"], ["-p", "0", "tcp"], ["-t", "-1", "udp"], ["sctp"]])
-def test_rx_usage_mistakes_are_one_line_and_status_2(args):
-    p = tool("rx", *args)
-    assert p.returncode == 2 and p.stdout == ""
-    assert len(p.stderr.splitlines()) == 1 and "Traceback" not in p.stderr
 
 
 # --- the receiver's parts, in process ----------------------------------------
@@ -1188,3 +1172,663 @@ def test_a_whole_receive_releases_every_fd_and_mapping():
     fds, maps = open_fds(), mappings()
     once()
     assert (open_fds(), mappings()) == (fds, maps)
+
+
+# =============================================================================
+# Every failure in one line (README: "When it fails")
+#
+# Each case ends in exactly one line on stderr, `sendzc: <cause>: <fix>`, no
+# traceback, and its exit status: 2 for a usage mistake, 1 for a refusal or a
+# fault, 130 for Ctrl-C. One test per row of the README's table.
+# =============================================================================
+
+def only_line(p):
+    """The one line a failed run printed on stderr (no traceback, nothing else)."""
+    assert "Traceback" not in p.stderr, p.stderr
+    lines = [l for l in p.stderr.splitlines() if "waiting for a sender" not in l]
+    assert len(lines) == 1, p.stderr
+    return lines[0]
+
+
+# (what the user typed, after `sendzc.py`) -> the exact line. Nothing is sent:
+# the command line is checked before any socket or ring exists.
+USAGE_MISTAKES = {
+    "bad address": (
+        ["-D", "10.0.0.300", "udp"],
+        "sendzc: -D 10.0.0.300: not an IPv4 or IPv6 address: give one in numbers, "
+        "such as 192.0.2.1 or 2001:db8::1"),
+    "-4 with an IPv6 address": (
+        ["-4", "-D", "2001:db8::1", "udp"],
+        "sendzc: -D 2001:db8::1 is an IPv6 address but -4 was given: drop -4 (the address says which)"),
+    "-4 and -6 together": (
+        ["-4", "-6", "-D", "192.0.2.1", "udp"],
+        "sendzc: -4 and -6 together: pass one of them, or neither"),
+    "unknown protocol": (
+        ["-D", "192.0.2.1", "sctp"],
+        "sendzc: unknown protocol 'sctp': say udp, tcp or raw"),
+    "no protocol": (
+        ["-D", "192.0.2.1"],
+        "sendzc: no protocol given: end the command with udp, tcp or raw, "
+        "e.g. `python3 sendzc.py -D 192.0.2.1 udp`"),
+    "-s above the UDP/IPv4 maximum": (
+        ["-D", "192.0.2.1", "-s", "65508", "udp"],
+        "sendzc: -s 65508: payload exceeds max (65507) for udp over IPv4: give -s 65507 or less"),
+    "-s above the raw/IPv6 maximum": (
+        ["-D", "2001:db8::1", "-s", "65536", "raw"],
+        "sendzc: -s 65536: payload exceeds max (65535) for raw over IPv6: give -s 65535 or less"),
+    "-s 0": (
+        ["-D", "192.0.2.1", "-s", "0", "udp"],
+        "sendzc: -s 0: too small: give a whole number of 1 or more"),
+    "-r 0": (
+        ["-D", "192.0.2.1", "-r", "0", "udp"],
+        "sendzc: -r 0: too small: give a whole number of 1 or more"),
+    "-r larger than the ring": (
+        ["-D", "192.0.2.1", "-r", "1024", "udp"],
+        "sendzc: -r 1024: more requests per batch than the ring has entries (512): "
+        "raise --entries or lower -r"),
+    "-t negative": (
+        ["-D", "192.0.2.1", "-t", "-1", "udp"],
+        "sendzc: -t -1: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "-t not a number": (
+        ["-D", "192.0.2.1", "-t", "soon", "udp"],
+        "sendzc: -t soon: not a number: give seconds above 0, e.g. 0.5"),
+    "port out of range": (
+        ["-D", "192.0.2.1", "-p", "65536", "udp"],
+        "sendzc: -p 65536: no such port: give one from 1 to 65535"),
+    "negative port": (
+        ["-D", "192.0.2.1", "-p", "-1", "udp"],
+        "sendzc: -p -1: no such port: give one from 1 to 65535"),
+    "--trace negative": (
+        ["-D", "192.0.2.1", "--trace", "-2", "udp"],
+        "sendzc: --trace -2: too small: give a whole number of 0 or more"),
+    "an option without its value": (
+        ["-D", "192.0.2.1", "udp", "-t"],
+        "sendzc: -t needs a value: put it right after -t (see `python3 sendzc.py --help`)"),
+    "-f with --no-zc": (
+        ["-D", "192.0.2.1", "-f", "--no-zc", "udp"],
+        "sendzc: -f with --no-zc: -f waits for zero-copy notifications, and --no-zc sends "
+        "without them: drop one of the two"),
+    "no destination": (
+        ["udp"],
+        "sendzc: no destination: pass -D ADDR (a host running `sendzc.py rx`), "
+        "or run `sendzc.py bench` for the private sink"),
+    "rx: -t negative": (
+        ["rx", "-t", "-1", "udp"],
+        "sendzc: -t -1: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "rx: -4 and -6 together": (
+        ["rx", "-4", "-6", "tcp"],
+        "sendzc: -4 and -6 together: pass one of them, or neither"),
+    "rx: port 0": (
+        ["rx", "-p", "0", "tcp"],
+        "sendzc: -p 0: no such port: give one from 1 to 65535"),
+    "rx: unknown protocol": (
+        ["rx", "sctp"],
+        "sendzc: unknown protocol 'sctp': say udp or tcp"),
+    "rx: no protocol": (
+        ["rx", "-4"],
+        "sendzc: no protocol given: end the command with udp or tcp, e.g. `python3 sendzc.py rx -4 udp`"),
+    "bench: -t negative": (
+        ["bench", "-t", "-0.5"],
+        "sendzc: -t -0.5: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "bench: -t 0": (
+        ["bench", "-t", "0"],
+        "sendzc: -t 0: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
+    "bench: tcp into the sink": (
+        ["bench", "tcp"],
+        "sendzc: tcp needs a peer that acknowledges, and the private sink drops everything: "
+        "pass -D ADDR of a host running `sendzc.py rx tcp`"),
+    "bench: a size above the maximum": (
+        ["bench", "--sizes", "1400,70000"],
+        "sendzc: --sizes 70000: payload exceeds max (65507) for udp over IPv4: "
+        "keep every size at 65507 or less"),
+    "bench: a size that is not a number": (
+        ["bench", "--sizes", "1400,x"],
+        "sendzc: --sizes 1400,x: 'x' is not a whole number of 1 or more: "
+        "give such numbers, separated by commas"),
+    "bench: a batch larger than the ring": (
+        ["bench", "--batches", "1,1024"],
+        "sendzc: --batches 1024: more requests per batch than the ring has entries (512): "
+        "keep every batch at 512 or less"),
+    "bench: --qdisc with -D": (
+        ["bench", "-D", "192.0.2.1", "--qdisc", "noqueue"],
+        "sendzc: --qdisc with -D: --qdisc sets up the private sink, and -D sends over this "
+        "host's own path and its qdisc: drop one of the two"),
+}
+
+
+@pytest.mark.parametrize("case", list(USAGE_MISTAKES))
+def test_a_usage_mistake_is_one_line_and_status_2(case):
+    args, line = USAGE_MISTAKES[case]
+    p = tool(*args)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert only_line(p) == line
+
+
+# The runtime lines with nothing in them that changes from run to run (no
+# port, no kernel release), by case; the tests below assert each exactly.
+RUNTIME_LINES = {
+    "io_uring disabled by sysctl":
+        "sendzc: io_uring is disabled on this host (kernel.io_uring_disabled=2): "
+        "`sysctl -w kernel.io_uring_disabled=0` as root",
+    "io_uring limited to root, run as a user":
+        "sendzc: io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
+        "run as root, join the group kernel.io_uring_group names, or "
+        "`sysctl -w kernel.io_uring_disabled=0` as root",
+    "seccomp EPERM":
+        "sendzc: io_uring_setup: EPERM: a seccomp filter on this process refuses io_uring (as the "
+        "default profiles of container runtimes do): allow io_uring_setup, io_uring_enter and "
+        "io_uring_register in its profile, or run outside the container",
+    "seccomp ENOSYS":
+        "sendzc: io_uring_setup: ENOSYS: a seccomp filter on this process hides io_uring (as the "
+        "default profiles of container runtimes do): allow io_uring_setup, io_uring_enter and "
+        "io_uring_register in its profile, or run outside the container",
+    "private sink, not root":
+        "sendzc: bench: the private sink (a network namespace with an ifb device) needs root: run "
+        "`sudo python3 sendzc.py bench`, or measure against a receiver instead, with no private sink "
+        "and no root: `python3 sendzc.py bench -D ADDR` (`sendzc.py rx udp` running at ADDR)",
+    "raw without CAP_NET_RAW":
+        "sendzc: raw: a raw socket needs CAP_NET_RAW: run as root, "
+        "`setcap cap_net_raw+ep` on the python binary, or send udp",
+    "locked memory: the ring":
+        "sendzc: io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
+        "leaves (`ulimit -l`: 16 KiB): raise it, lower --entries, or run as root",
+    "locked memory: the registered buffer":
+        "sendzc: io_uring_register: ENOMEM: pinning the 64 KiB payload buffer passes the "
+        "locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: 16 KiB, which the ring counts against "
+        "too): raise it, or run as root",
+    "locked memory: zero-copy sends":
+        "sendzc: send: ENOMEM: zero-copy pins the pages it sends, and those in flight pass the "
+        "locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: 16 KiB): raise it, run as root, "
+        "or add --no-zc",
+    "ENOBUFS, optmem_max too small for one completion":
+        "sendzc: send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: net.core.optmem_max = 1 "
+        "cannot hold one send's completion: raise it (e.g. `sysctl -w net.core.optmem_max=131072`)",
+    "Ctrl-C":
+        "sendzc: interrupted (Ctrl-C): the result above is partial",
+}
+
+
+def test_every_line_the_tests_pin_down_is_in_the_readme_table():
+    with open(os.path.join(HERE, "README.md")) as f:
+        readme = f.read()
+    lines = {**{case: line for case, (_, line) in USAGE_MISTAKES.items()}, **RUNTIME_LINES}
+    for case, line in lines.items():
+        # (a line with backticks in it sits between double backticks in Markdown)
+        assert f"`` {line} ``" in readme, f"README lacks the line for {case!r}"
+
+
+# --- children that cannot do what root can ------------------------------------
+
+def world_runnable(path):
+    """Can any user run this file: every directory on its path searchable, the file executable?"""
+    path = os.path.realpath(path)
+    parts = path.split(os.sep)
+    dirs = [os.sep.join(parts[:i]) or os.sep for i in range(1, len(parts))]
+    return all(os.stat(d).st_mode & 0o001 for d in dirs) and bool(os.stat(path).st_mode & 0o001)
+
+
+# The test's interpreter may live under /root (pyenv), which nobody may enter.
+NOBODY_PYTHON = next((p for p in (sys.executable, "/usr/bin/python3", "/usr/local/bin/python3")
+                      if os.path.exists(p) and world_runnable(p)), None)
+
+
+@pytest.fixture(scope="module")
+def nobody():
+    """Run the tool as the user nobody: (run(*args, memlock=None), its copy of sendzc.py).
+
+    The tool is copied to a directory every user may read (this worktree may
+    sit where nobody may not). memlock lowers RLIMIT_MEMLOCK in that child
+    alone, while it is still root, so this process's own limit never changes.
+    """
+    if not IS_ROOT:
+        pytest.skip("needs root to become nobody")
+    if NOBODY_PYTHON is None:
+        pytest.skip("no Python interpreter that the user nobody may run")
+    import pwd
+    import tempfile
+    user = pwd.getpwnam("nobody")
+    with tempfile.TemporaryDirectory() as d:
+        os.chmod(d, 0o755)
+        copy = os.path.join(d, "sendzc.py")
+        shutil.copy(TOOL, copy)
+        os.chmod(copy, 0o644)
+
+        def run(*args, memlock=None, timeout=30):
+            def become_nobody():
+                if memlock is not None:
+                    import resource
+                    resource.setrlimit(resource.RLIMIT_MEMLOCK, (memlock, memlock))
+                os.setgroups([])
+                os.setgid(user.pw_gid)
+                os.setuid(user.pw_uid)
+            return subprocess.run([NOBODY_PYTHON, "-I", copy, *map(str, args)], cwd=d,
+                                  capture_output=True, text=True, timeout=timeout,
+                                  preexec_fn=become_nobody, env={"PATH": "/usr/bin:/bin"})
+        yield run
+
+
+# Installs a seccomp filter that answers io_uring_setup/enter/register with an
+# errno, as container runtimes' default profiles do, then execs the tool: the
+# filter survives exec (PR_SET_NO_NEW_PRIVS makes that allowed without root).
+SECCOMP_EXEC = textwrap.dedent("""
+    import ctypes, errno, os, platform, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class sock_filter(ctypes.Structure):          # <linux/filter.h>
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class sock_fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(sock_filter))]
+
+    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06     # BPF_LD|BPF_W|BPF_ABS, ...
+    SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+    AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[platform.machine()]
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_NO_NEW_PRIVS = 22, 2, 38
+    err = getattr(errno, sys.argv[1])
+    program = [
+        (BPF_LD_W_ABS, 0, 0, 4),                   # seccomp_data.arch
+        (BPF_JEQ_K, 1, 0, AUDIT_ARCH),             # ours: go on; another ABI's numbers differ:
+        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),   # refuse it outright
+        (BPF_LD_W_ABS, 0, 0, 0),                   # seccomp_data.nr
+        (BPF_JEQ_K, 3, 0, 425),                    # io_uring_setup
+        (BPF_JEQ_K, 2, 0, 426),                    # io_uring_enter
+        (BPF_JEQ_K, 1, 0, 427),                    # io_uring_register
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | err),
+    ]
+    filters = (sock_filter * len(program))(*[sock_filter(*i) for i in program])
+    prog = sock_fprog(len(program), filters)
+    ulong = ctypes.c_ulong
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0:
+        sys.exit(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
+    if libc.prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), ulong(0), ulong(0)) != 0:
+        sys.exit(f"prctl(PR_SET_SECCOMP): {os.strerror(ctypes.get_errno())}")
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+""")
+
+
+def tool_under_seccomp(err_name, *args):
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("the filter knows the io_uring syscall numbers of x86_64 and aarch64 only")
+    return subprocess.run([sys.executable, "-c", SECCOMP_EXEC, err_name, TOOL, *map(str, args)],
+                          capture_output=True, text=True, timeout=30)
+
+
+@contextlib.contextmanager
+def udp_sink_socket():
+    """A UDP socket on loopback that nobody reads: a destination that never refuses."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        yield s.getsockname()[1]
+
+
+def main_in_process(capsys, *args):
+    """sendzc.main(args) in this process: (status, its stdout, its stderr lines)."""
+    capsys.readouterr()
+    status = sendzc.main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return status, out, err.splitlines()
+
+
+# --- the system refuses -----------------------------------------------------------
+
+IO_URING_DISABLED_LINE = RUNTIME_LINES["io_uring disabled by sysctl"]
+
+
+def test_io_uring_disabled_by_sysctl():
+    with udp_sink_socket() as port, sysctl("kernel.io_uring_disabled", 2):
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == IO_URING_DISABLED_LINE
+
+
+def test_io_uring_disabled_in_process_leaks_nothing(capsys):
+    with udp_sink_socket() as port, sysctl("kernel.io_uring_disabled", 2):
+        args = ("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+        main_in_process(capsys, *args)                      # warm up imports and caches
+        fds, maps = open_fds(), mappings()
+        status, out, err = main_in_process(capsys, *args)
+        assert (open_fds(), mappings()) == (fds, maps)
+    assert (status, out, err) == (1, "", [IO_URING_DISABLED_LINE])
+
+
+def test_io_uring_limited_to_root_refuses_nobody(nobody):
+    with udp_sink_socket() as port, sysctl("kernel.io_uring_disabled", 1):
+        p = nobody("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES["io_uring limited to root, run as a user"]
+
+
+@pytest.mark.parametrize("err", ["EPERM", "ENOSYS"])
+def test_io_uring_blocked_by_seccomp(err):
+    with udp_sink_socket() as port:
+        p = tool_under_seccomp(err, "-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES[f"seccomp {err}"]
+
+
+def test_the_receiver_needs_no_io_uring_even_under_seccomp():
+    """rx under the same filter falls back to recv_into and says so; it does not fail."""
+    port = free_port()
+    rx = subprocess.Popen([sys.executable, "-c", SECCOMP_EXEC, "EPERM", TOOL, "rx", "--json", "-4",
+                           "-p", str(port), "tcp"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert "waiting for a sender" in rx.stderr.readline()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(sendzc.pattern(100000))
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    row = doc["rows"][0]
+    assert row["method"] == "recv_into" and row["bytes"] == 100000 and row["verified"] is True
+    assert row["note"].startswith("io_uring refused (io_uring_setup: EPERM")
+
+
+# The one fake in this file: no kernel this suite runs on lacks SEND_ZC, so a
+# probe result without it is made by hand and fed to the check that reads it.
+def probe_without(*ops):
+    return sendzc.Probe(last_op=sendzc.IORING_OP_SENDMSG_ZC,
+                        supported=frozenset(range(sendzc.IORING_OP_SENDMSG_ZC + 1)) - set(ops))
+
+
+@pytest.mark.parametrize("mode,op,fix", [
+    ("send_zc_fixed", "IORING_OP_SEND_ZC (Linux 6.0+)",
+     "use --no-zc (IORING_OP_SEND, which copies), or a newer kernel"),
+    ("sendmsg_zc", "IORING_OP_SENDMSG_ZC (Linux 6.1+)",
+     "drop --sendmsg (IORING_OP_SEND_ZC), or use a newer kernel"),
+])
+def test_an_opcode_missing_on_an_older_kernel(mode, op, fix):
+    probe = probe_without(sendzc.IORING_OP_SEND_ZC, sendzc.IORING_OP_SENDMSG_ZC)   # a 5.19 kernel
+    with pytest.raises(sendzc.Fatal) as e:
+        sendzc.check_opcode(probe, mode)
+    assert e.value.status == 1
+    assert f"sendzc: {e.value}" == f"sendzc: this kernel ({os.uname().release}) has no {op}: {fix}"
+    sendzc.check_opcode(probe, "send")              # ... and SEND is there: --no-zc works
+
+
+def test_an_opcode_missing_ends_the_sender_in_one_line_and_leaks_nothing(capsys, monkeypatch):
+    # (the same fake, through main(): the ring is real, only its probe answer is not)
+    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(sendzc.IORING_OP_SEND_ZC))
+    with udp_sink_socket() as port:
+        args = ("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+        main_in_process(capsys, *args)                      # warm up imports and caches
+        fds, maps = open_fds(), mappings()
+        status, out, err = main_in_process(capsys, *args)
+        assert (open_fds(), mappings()) == (fds, maps)
+    assert (status, out) == (1, "")
+    assert err == [f"sendzc: this kernel ({os.uname().release}) has no IORING_OP_SEND_ZC (Linux 6.0+): "
+                   f"use --no-zc (IORING_OP_SEND, which copies), or a newer kernel"]
+
+
+def test_the_private_sink_refuses_nobody(nobody):
+    p = nobody("bench", "-t", "0.1")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES["private sink, not root"]
+
+
+def test_raw_refuses_nobody_without_cap_net_raw(nobody):
+    p = nobody("-D", "127.0.0.1", "-t", "0.2", "-s", "1400", "raw")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES["raw without CAP_NET_RAW"]
+
+
+# RLIMIT_MEMLOCK, for a user without CAP_IPC_LOCK: the rings (on 6.18, as
+# before 5.12), the registered buffer, and each zero-copy send's pinned pages
+# all count against it. 16 KiB holds a ring of 8 entries, not one of 512,
+# and never the 64 KiB payload.
+MEMLOCK = 16 << 10
+
+
+def test_locked_memory_too_low_for_the_ring(nobody):
+    with udp_sink_socket() as port:
+        p = nobody("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp", memlock=MEMLOCK)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES["locked memory: the ring"]
+
+
+def test_locked_memory_too_low_for_the_registered_buffer(nobody):
+    with udp_sink_socket() as port:
+        p = nobody("-D", "127.0.0.1", "-p", port, "-t", "0.2", "--entries", "8", "udp", memlock=MEMLOCK)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES["locked memory: the registered buffer"]
+
+
+def test_locked_memory_too_low_for_zero_copy_sends(nobody):
+    with udp_sink_socket() as port:
+        p = nobody("-D", "127.0.0.1", "-p", port, "-t", "0.2", "--entries", "8", "--no-fixed-buf",
+                   "udp", memlock=MEMLOCK)
+    assert p.returncode == 1 and p.stdout.startswith("tx=0 ")      # the (empty) result first
+    assert only_line(p) == RUNTIME_LINES["locked memory: zero-copy sends"]
+
+
+# --- the peer is gone ------------------------------------------------------------
+
+def test_tcp_refused_by_an_absent_receiver():
+    port = free_port()
+    p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.2", "tcp")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == (f"sendzc: tcp: connection refused by 127.0.0.1:{port}: start the receiver "
+                            f"there (`python3 sendzc.py rx -p {port} tcp`)")
+
+
+def udp_refused_line(port):
+    return (f"sendzc: udp: 127.0.0.1:{port} refused the data (ECONNREFUSED, an ICMP port "
+            f"unreachable): start the receiver there (`python3 sendzc.py rx -p {port} udp`)")
+
+
+def test_udp_refused_by_icmp_port_unreachable():
+    port = free_port(socket.SOCK_DGRAM)
+    p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+    assert p.returncode == 1
+    assert only_line(p) == udp_refused_line(port)
+    # The partial result: the first send went out before the ICMP came back;
+    # the failed ones still posted notifications, and the output says so.
+    tx, txc = re.match(r"tx=(\d+) \(\d+ MB\) txc=(\d+),", p.stdout).groups()
+    assert int(tx) >= 1 and int(txc) >= int(tx)
+    if int(txc) > int(tx):
+        assert "note: txc counts the notifications of all" in p.stdout
+
+
+def test_a_refused_run_in_process_releases_every_fd_and_mapping():
+    """The error path tears down as the good one does: ring, buffer, socket, all gone."""
+    def refused_run():
+        port = free_port(socket.SOCK_DGRAM)
+        cfg = sendzc.SendConfig(proto="udp", addr="127.0.0.1", port=port, size=1400, seconds=0.2)
+        with contextlib.ExitStack() as stack:
+            sock = sendzc.open_tx_socket("udp", socket.AF_INET, cfg.addr, cfg.port)
+            stack.callback(sock.close)
+            payload = sendzc.Payload(cfg.size)
+            stack.callback(payload.close)
+            result = sendzc.UringSender(cfg, sock, payload, stack).run()
+        assert payload.lent == 0 and payload.map.closed     # every notification came back first
+        return result, port
+    refused_run()                                 # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    result, port = refused_run()
+    assert (open_fds(), mappings()) == (fds, maps)
+    assert f"sendzc: {result.error}" == udp_refused_line(port)
+    assert result.undrained == 0 and result.failed >= 1
+    assert result.notifications == result.requests + result.failed   # txc: the failed ones too
+
+
+def test_an_exception_inside_run_leaves_the_payload_mapped_and_closes_the_rest():
+    """Nothing unmaps the buffer while the kernel may hold it: an exception mid-run leaves it lent."""
+    class Boom(Exception):
+        pass
+
+    def boom(nbytes, requests):
+        raise Boom
+
+    with udp_sink_socket() as port:
+        cfg = sendzc.SendConfig(proto="udp", addr="127.0.0.1", port=port, size=1400, seconds=0.3)
+        fds = open_fds()
+        payload = sendzc.Payload(cfg.size)
+        try:
+            with pytest.raises(Boom), contextlib.ExitStack() as stack:
+                sock = sendzc.open_tx_socket("udp", socket.AF_INET, cfg.addr, cfg.port)
+                stack.callback(sock.close)
+                stack.callback(payload.close)
+                sendzc.UringSender(cfg, sock, payload, stack).run(on_tick=boom, tick_ns=10**7)
+            assert payload.lent == 1 and not payload.map.closed    # kept: the run never settled it
+            assert open_fds() == fds                                # ring and socket are gone
+        finally:
+            payload.lent = 0                  # the ring is closed: the kernel let go; now we may
+            payload.close()
+
+
+TCP_RESET_LINE = ("sendzc: tcp: the connection to {addr}:{port} was closed or reset mid-run (the "
+                  "receiver quit?): the result above is partial; start the receiver again "
+                  "(`python3 sendzc.py rx -p {port} tcp`) and rerun")
+
+
+def stalled_listener():
+    """A TCP receiver that never reads: listen() completes the handshake, nothing accepts."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    return s
+
+
+def test_a_receiver_that_stops_reading_ends_in_one_line_after_the_drain():
+    with stalled_listener() as listener:
+        port = listener.getsockname()[1]
+        started = time.monotonic()
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.3", "tcp")
+        took = time.monotonic() - started
+    assert took < 0.3 + sendzc.DRAIN_SECONDS + 2, "-t did not end the run"
+    assert p.returncode == 1
+    assert only_line(p) == (
+        f"sendzc: tcp: 127.0.0.1:{port} stopped taking data: completions were still missing "
+        f"5 s after the run: check that the receiver is running and reading; the result above "
+        f"is partial")
+    undrained = int(re.search(r"warning: (\d+) completions never came", p.stdout).group(1))
+    assert undrained > 0
+
+
+def test_t_ends_the_run_even_with_sends_stuck_in_the_kernel():
+    """A receiver that pauses past -t: the loop ends on time; the drain then sees it all through."""
+    with stalled_listener() as listener:
+        port = listener.getsockname()[1]
+        got = []
+
+        def late_reader():
+            time.sleep(1.5)
+            conn, _ = listener.accept()
+            with conn:
+                got.append(sum(iter(lambda: len(conn.recv(1 << 20)), 0)))
+        reader = threading.Thread(target=late_reader)
+        reader.start()
+        try:
+            doc = tool_json("-D", "127.0.0.1", "-p", port, "-t", "0.3", "tcp")
+        finally:
+            reader.join(30)
+    row = doc["rows"][0]
+    assert row["seconds"] < 1.0                      # the loop stopped at -t, not when the reader woke
+    assert row["error"] is None and row["undrained"] == 0
+    assert got == [row["bytes"]] and row["notifications"] == row["requests"] > 0
+
+
+# --- ENOBUFS: MSG_ZEROCOPY and net.core.optmem_max -------------------------------
+
+@contextlib.contextmanager
+def sink_with_optmem(value):
+    """A namespace of our own with a sink, its net.core.optmem_max set (per namespace since 6.9).
+
+    The setting dies with the namespace: nothing on the host changes.
+    """
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    with netns() as ns:
+        make_sink(ns)
+        ip("netns", "exec", ns, "sh", "-c", f"echo {value} > /proc/sys/net/core/optmem_max")
+        host = subprocess.run(["cat", "/proc/sys/net/core/optmem_max"], capture_output=True, text=True)
+        if host.stdout.strip() == str(value):
+            pytest.skip("net.core.optmem_max is not per namespace on this kernel (6.9+)")
+        yield ns
+
+
+def test_enobufs_when_optmem_max_cannot_hold_one_completion():
+    before = host_net()
+    with sink_with_optmem(1) as ns:
+        p = tool("bench", "-D", SINK4, "-t", "0.2", "--batches", "8", ns=ns)
+    assert_host_unchanged(before)
+    assert p.returncode == 1
+    assert only_line(p) == RUNTIME_LINES["ENOBUFS, optmem_max too small for one completion"]
+    assert re.search(r"^send\(2\) MSG_ZEROCOPY .*\(failed\)$", p.stdout, re.M)
+
+
+def test_enobufs_when_optmem_max_is_small_backs_off_and_says_so():
+    with sink_with_optmem(1000) as ns:
+        doc = bench_json("-D", SINK4, "-t", "0.2", "--batches", "8", ns=ns)
+    row = next(r for r in doc["rows"] if r["mode"] == "msg_zerocopy")
+    if row["enobufs"] == 0:
+        pytest.skip("optmem_max 1000 leaves room for many completions on this kernel")
+    assert row["error"] is None and row["requests"] > 0 and row["undrained"] == 0
+    assert row["notifications"] == row["requests"]       # every send, retried, completed
+
+
+# --- Ctrl-C ------------------------------------------------------------------------
+
+INTERRUPTED_LINE = RUNTIME_LINES["Ctrl-C"]
+
+
+def test_ctrl_c_ends_the_sender_with_its_partial_result():
+    with udp_sink_socket() as port:
+        p = subprocess.Popen([sys.executable, TOOL, "-D", "127.0.0.1", "-p", str(port), "-t", "10",
+                              "-i", "0.1", "-s", "1400", "udp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = p.stdout.readline()            # an interval line: the run is under way
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+        finally:
+            p.kill()
+    assert INTERVAL_LINE.match(first), first
+    assert p.returncode == 130
+    assert re.search(r"^tx=\d+ \(\d+ MB\) txc=\d+", out, re.M)
+    assert err.splitlines() == [INTERRUPTED_LINE]
+
+
+def test_ctrl_c_twice_stops_waiting_for_notifications():
+    with stalled_listener() as listener:
+        p = subprocess.Popen([sys.executable, TOOL, "-D", "127.0.0.1", "-p",
+                              str(listener.getsockname()[1]), "-t", "30", "tcp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.0)                        # stalled: sends wait in the kernel for room
+            p.send_signal(signal.SIGINT)           # ends the run; the drain waits ...
+            time.sleep(0.3)
+            started = time.monotonic()
+            p.send_signal(signal.SIGINT)           # ... no longer
+            out, err = p.communicate(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            p.kill()
+    assert p.returncode == 130 and took < 2
+    assert re.search(r"^warning: \d+ completions never came", out, re.M)
+    assert err.splitlines() == [INTERRUPTED_LINE]
+
+
+# --- an OSError nothing closer expected ----------------------------------------------
+
+def test_out_of_file_descriptors_is_one_line_naming_the_call():
+    """However few descriptors it gets, the tool ends in one line naming the call that ran out."""
+    import resource
+    seen = set()
+    with udp_sink_socket() as port:
+        for n in range(5, 24):
+            p = subprocess.run([sys.executable, TOOL, "-D", "127.0.0.1", "-p", str(port), "-t", "0.1",
+                                "-s", "1400", "udp"], capture_output=True, text=True, timeout=30,
+                               preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (n, n)))
+            if p.returncode == 0:
+                break                              # enough descriptors now
+            if "Traceback" in p.stderr and "sendzc.py" not in p.stderr:
+                continue                           # the interpreter itself could not start
+            assert p.returncode == 1
+            m = re.fullmatch(r"sendzc: (.+) failed: EMFILE \(Too many open files\): raise the "
+                             r"limit on open files \(`ulimit -n`: (\d+)\)", only_line(p))
+            assert m and int(m.group(2)) == n, p.stderr
+            seen.add(m.group(1))
+    # The ring fd itself, the fds Python's mmap dup()s of it, the probe's socketpair.
+    assert "io_uring_setup" in seen and "mmap.mmap() in Ring._map" in seen, seen
