@@ -3560,24 +3560,21 @@ def protocol(*names: str) -> Callable[[str], str]:
     return proto
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a whole number: give one of 1 or more") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError("too small: give a whole number of 1 or more")
-    return value
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of low or more (0x.. and 0o.. too, as the seed's strtoul)."""
+    def whole_number(text: str) -> int:
+        try:
+            value = int(text, 0)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: give one of {low} or more") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"too small: give a whole number of {low} or more")
+        return value
+    return whole_number
 
 
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a whole number: give one of 0 or more") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError("too small: give a whole number of 0 or more")
-    return value
+positive_int = at_least(1)
+non_negative_int = at_least(0)
 
 
 def positive_float(text: str) -> float:
