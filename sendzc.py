@@ -409,7 +409,7 @@ NR_io_uring_setup, NR_io_uring_enter, NR_io_uring_register = _NR_IO_URING.get(
 def _check_arch() -> None:
     if NR_io_uring_setup is None:
         raise Fatal(f"sendzc knows the io_uring syscall numbers of x86_64 and aarch64, "
-                          f"not of {platform.machine()}")
+                    f"not of {platform.machine()}: run it on one of those")
 
 
 def _raise_errno(call: str) -> None:
@@ -425,7 +425,7 @@ def io_uring_setup(entries: int, params: io_uring_params) -> int:
     EINVAL  a flag this kernel does not know (or bad sizes)
     EPERM   io_uring disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp
     ENOSYS  kernel built without io_uring, or a filter pretending so
-    ENOMEM  out of memory or, before 5.12, over RLIMIT_MEMLOCK
+    ENOMEM  out of memory, or the rings pass RLIMIT_MEMLOCK (users without CAP_IPC_LOCK)
     EMFILE  out of file descriptors
     """
     _check_arch()
@@ -600,8 +600,11 @@ class Ring:
         self._stack.callback(os.close, self.fd)          # last to go: the ring itself
 
         # Map the regions. Sizes as liburing's io_uring_mmap() computes them.
+        # With NO_SQARRAY there is no index array and the SQ ring's words lie
+        # in the one mapping both rings share (every kernel with NO_SQARRAY
+        # has IORING_FEAT_SINGLE_MMAP), which the CQ side sizes.
         sq_off, cq_off = p.sq_off, p.cq_off
-        sq_size = (sq_off.array + p.sq_entries * 4) if sq_off.array else sq_off.user_addr
+        sq_size = sq_off.array + p.sq_entries * 4 if sq_off.array else 0
         cq_size = cq_off.cqes + p.cq_entries * ctypes.sizeof(io_uring_cqe)
         single = bool(p.features & IORING_FEAT_SINGLE_MMAP)
         if single or not sq_off.array:
@@ -904,15 +907,9 @@ class Ring:
         The CQEs stay in the ring until cq_advance(): the kernel will not
         overwrite a slot before we move cq.head past it.
         """
-        n = self.cq_ready()
-        i = self.cq_head & self.cq_mask
-        end = i + n
-        res, flags = self._cqe_res, self._cqe_flags
-        if end <= self.cq_entries:
-            return res[i:end].tolist(), flags[i:end].tolist()
-        end -= self.cq_entries                              # wrapped: tail part, then head part
-        return (res[i:].tolist() + res[:end].tolist(),
-                flags[i:].tolist() + flags[:end].tolist())
+        pieces = ring_slices(self.cq_head, self.cq_ready(), self.cq_entries)
+        return ([r for a, b in pieces for r in self._cqe_res[a:b].tolist()],
+                [f for a, b in pieces for f in self._cqe_flags[a:b].tolist()])
 
     def peek_res(self, n: int) -> List[int]:
         """The res of the next n CQEs: exactly those a bulk peek counted.
@@ -920,11 +917,8 @@ class Ring:
         Not peek(): unless DEFER_TASKRUN holds completions back until we
         enter, more CQEs may have arrived since (with SQPOLL, at any moment).
         """
-        i = self.cq_head & self.cq_mask
-        end = i + n
-        if end <= self.cq_entries:
-            return self._cqe_res[i:end].tolist()
-        return self._cqe_res[i:].tolist() + self._cqe_res[:end - self.cq_entries].tolist()
+        return [r for a, b in ring_slices(self.cq_head, n, self.cq_entries)
+                for r in self._cqe_res[a:b].tolist()]
 
     def peek_user_data(self, n: int) -> List[int]:
         """The user_data of the next n ready CQEs (for tracing; off the fast path)."""
@@ -956,8 +950,10 @@ class Ring:
 def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     """The (start, stop) slot ranges of count entries from counter head.
 
-    The arithmetic place() and peek() do inline, as a pure function so the
-    tests can check it where the u32 counters wrap.
+    The wraparound in one place: an entry's slot is its counter & mask, and a
+    run that passes the end of the array goes on at slot 0. peek() uses it;
+    place() and the bulk peeks, which run once per batch, write the same
+    arithmetic inline. The tests check it where the u32 counters wrap.
     """
     i = head & (entries - 1)
     end = i + count
@@ -1083,10 +1079,13 @@ PATTERN = bytes(range(ord("a"), ord("a") + 26))
 PATTERN_LEN = len(PATTERN)
 SNDBUF = 1 << 21        # the seed's SO_SNDBUF
 DEFAULT_PORT = 8000     # the seed's port
+# Header sizes, from <netinet/ip.h>, <netinet/ip6.h>, <netinet/udp.h>, <netinet/tcp.h>.
+IPV4_HEADER, IPV6_HEADER, UDP_HEADER, TCP_HEADER, TCP_MAX_OPTIONS = 20, 40, 8, 20, 40
 # The seed's maximum payload: IP_MAXPACKET minus an IPv6 header, a TCP header
-# and 40 bytes of TCP options. It fits every protocol and family, so it is the
+# and the most TCP options. It fits every protocol and family, so it is the
 # default size; the true per-protocol limits are in max_payload().
-SEED_MAX_PAYLOAD = IP_MAXPACKET - 40 - 20 - 40
+SEED_MAX_PAYLOAD = IP_MAXPACKET - IPV6_HEADER - TCP_HEADER - TCP_MAX_OPTIONS   # 65435
+TCP_MAX_WRITE = 1 << 24     # a stream has no packet limit; this bounds the buffer (16 MiB)
 MIB = 1 << 20
 GIB = 1 << 30           # the GB of "CPU s/GB": 2**30 bytes, as MB is 2**20
 
@@ -1099,12 +1098,13 @@ def pattern(length: int, phase: int = 0) -> bytes:
 
 def max_payload(proto: str, family: int) -> int:
     """The largest payload one send may carry for this protocol and family."""
-    ip_header = 20 if family == socket.AF_INET else 0   # IPv6's payload length excludes its 40-byte header
+    # IPv4's total length counts its header; IPv6's payload length does not.
+    ip_header = IPV4_HEADER if family == socket.AF_INET else 0
     if proto == "udp":
-        return IP_MAXPACKET - ip_header - 8             # 65507 over IPv4, 65527 over IPv6
+        return IP_MAXPACKET - ip_header - UDP_HEADER    # 65507 over IPv4, 65527 over IPv6
     if proto == "raw":
         return IP_MAXPACKET - ip_header                 # 65515 / 65535
-    return 1 << 24                                      # tcp: a stream; 16 MiB bounds the buffer
+    return TCP_MAX_WRITE
 
 
 class Payload:
@@ -1971,6 +1971,9 @@ def send_error(err: int, cfg: SendConfig) -> str:
                 f"run as root, or add --no-zc")
     if err == errno.EMSGSIZE:
         return f"send: EMSGSIZE: {cfg.size} bytes do not fit one {cfg.proto} packet on this path: lower -s"
+    if err == errno.EOPNOTSUPP and cfg.zc and cfg.proto == "raw":
+        return ("raw: Linux sends zero-copy only from TCP and UDP sockets (SEND_ZC on a raw socket "
+                "answers EOPNOTSUPP): add --no-zc to send raw with IORING_OP_SEND")
     if err == errno.EOPNOTSUPP and cfg.zc:
         return f"{cfg.proto}: this socket does not support zero-copy send (EOPNOTSUPP): use --no-zc"
     if err == errno.EINVAL and cfg.sendmsg and cfg.fixed_buf:
@@ -3722,12 +3725,11 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
                             tick_ns=int(interval * 1e9) if interval else 0)
         if ticks:                               # the last, partial interval
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
+    if ticks:
+        result.intervals = ticks.rows
     if as_json:
-        row_extra = {"intervals": ticks.rows} if ticks else {}
-        doc = json_doc(sender_params(cfg), [result])
-        doc["rows"][0].update(row_extra)
-        print(json.dumps(doc, indent=2))
-    else:
+        print(json.dumps(json_doc(sender_params(cfg), [result]), indent=2))
+    elif result.requests or not result.error:   # a run refused at its first send has no result
         print("\n".join(describe_result(result)))
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
