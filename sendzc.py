@@ -1073,6 +1073,11 @@ def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int
 # from one preallocated page-aligned buffer. Each returns a Result built from
 # the kernel's own answers: bytes from CQE res (or send(2)'s return), CPU from
 # getrusage(), time from a monotonic clock, and whether the kernel copied.
+#
+# In this section, in order: the payload and its zero-copy contract; Result
+# and how it is printed; sockets; the io_uring sender (its SQEs, --trace, the
+# batch loop, -n flows) and the one line for each way a send can fail; then
+# the two baselines, send(2) with and without MSG_ZEROCOPY.
 # =============================================================================
 
 PATTERN = bytes(range(ord("a"), ord("a") + 26))
@@ -1407,62 +1412,6 @@ def probe_report_usage() -> bool:
     return res[0] != -errno.EINVAL
 
 
-# What --probe asks about: the setup flags this file may use, and the opcodes.
-PROBED_SETUP_FLAGS = (
-    ("SINGLE_ISSUER", IORING_SETUP_SINGLE_ISSUER),
-    ("DEFER_TASKRUN", IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
-    ("COOP_TASKRUN", IORING_SETUP_COOP_TASKRUN),
-    ("NO_SQARRAY", IORING_SETUP_NO_SQARRAY),
-    ("CQSIZE", IORING_SETUP_CQSIZE),
-    ("SQPOLL", IORING_SETUP_SQPOLL),
-)
-PROBED_OPS = (IORING_OP_NOP, IORING_OP_SENDMSG, IORING_OP_SEND, IORING_OP_RECV,
-              IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC)
-
-
-def kernel_capabilities() -> dict:
-    """What this kernel's io_uring offers, each answer the kernel's own (for --probe).
-
-    Nothing is guessed from the version number: each setup flag is tried on a
-    ring of its own (EINVAL = unknown), the opcodes come from
-    IORING_REGISTER_PROBE, registrations are attempted for real.
-    """
-    caps = {"kernel": platform.release(), "machine": platform.machine(),
-            "io_uring_disabled": read_io_uring_disabled(), "missing": []}
-    missing = caps["missing"]
-    try:
-        ring = Ring(4, attempts=(0,))
-    except (OSError, Fatal) as e:
-        caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
-        missing.append("io_uring_setup")
-        return caps
-    with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
-        probe = ring.probe()
-        caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
-        caps["registered_ring_fd"] = ring.register_ring_fd()
-        for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
-                               ("registered_buffers", lambda: ring.register_buffers([(ring_dummy_addr(), 1)]))):
-            try:
-                register()
-                caps[what] = True
-            except OSError as e:
-                caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
-                missing.append(what.replace("_", " "))
-    caps["setup_flags"] = {}
-    for name, flag in PROBED_SETUP_FLAGS:
-        try:
-            Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
-                 attempts=(0,)).close()
-            caps["setup_flags"][name] = True
-        except OSError as e:
-            caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
-    caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
-    if not probe.has(IORING_OP_SEND_ZC):
-        missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
-    return caps
-
-
 _DUMMY = ctypes.create_string_buffer(1)
 
 
@@ -1729,9 +1678,9 @@ class UringSender:
 
         Per batch: one place() (a slice copy), one submit_and_peek() (one
         io_uring_enter that submits and waits, then every ready CQE's flags
-        and the sum of their res), judged in bulk below, one cq_advance(). Notifications may lag behind results, up
-        to `room` of them, so the CQ (4x the SQ) never overflows; with -f a
-        batch also waits for its own notifications.
+        and the sum of their res), the bulk judgement below, one cq_advance().
+        Notifications may lag behind results, up to `room` of them, so the CQ
+        (4x the SQ) never overflows; with -f a batch also waits for its own.
         """
         cfg, ring = self.cfg, self.ring
         r, size, stream, zc = cfg.batch, cfg.size, self.stream, cfg.zc
@@ -3761,6 +3710,62 @@ def sender_params(cfg: SendConfig) -> dict:
             "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
             "entries": cfg.entries, "seconds": cfg.seconds, "flows": cfg.flows,
             "sqpoll": cfg.sqpoll}
+
+
+# What --probe asks about: the setup flags this file may use, and the opcodes.
+PROBED_SETUP_FLAGS = (
+    ("SINGLE_ISSUER", IORING_SETUP_SINGLE_ISSUER),
+    ("DEFER_TASKRUN", IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
+    ("COOP_TASKRUN", IORING_SETUP_COOP_TASKRUN),
+    ("NO_SQARRAY", IORING_SETUP_NO_SQARRAY),
+    ("CQSIZE", IORING_SETUP_CQSIZE),
+    ("SQPOLL", IORING_SETUP_SQPOLL),
+)
+PROBED_OPS = (IORING_OP_NOP, IORING_OP_SENDMSG, IORING_OP_SEND, IORING_OP_RECV,
+              IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC)
+
+
+def kernel_capabilities() -> dict:
+    """What this kernel's io_uring offers, each answer the kernel's own (for --probe).
+
+    Nothing is guessed from the version number: each setup flag is tried on a
+    ring of its own (EINVAL = unknown), the opcodes come from
+    IORING_REGISTER_PROBE, registrations are attempted for real.
+    """
+    caps = {"kernel": platform.release(), "machine": platform.machine(),
+            "io_uring_disabled": read_io_uring_disabled(), "missing": []}
+    missing = caps["missing"]
+    try:
+        ring = Ring(4, attempts=(0,))
+    except (OSError, Fatal) as e:
+        caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
+        missing.append("io_uring_setup")
+        return caps
+    with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
+        probe = ring.probe()
+        caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
+        caps["registered_ring_fd"] = ring.register_ring_fd()
+        for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
+                               ("registered_buffers", lambda: ring.register_buffers([(ring_dummy_addr(), 1)]))):
+            try:
+                register()
+                caps[what] = True
+            except OSError as e:
+                caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+                missing.append(what.replace("_", " "))
+    caps["setup_flags"] = {}
+    for name, flag in PROBED_SETUP_FLAGS:
+        try:
+            Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
+                 attempts=(0,)).close()
+            caps["setup_flags"][name] = True
+        except OSError as e:
+            caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
+    caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+    if not probe.has(IORING_OP_SEND_ZC):
+        missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+    return caps
 
 
 def probe_main(argv: List[str]) -> int:
