@@ -1609,13 +1609,14 @@ class UringSender:
         return got
 
     # --- --trace --------------------------------------------------------------
-    def trace(self, n: int, out) -> Tally:
+    def trace(self, n: int, out) -> Tuple[Tally, int, int]:
         """Send the first n requests slowly, saying aloud what each step does.
 
         Each request is prepared on its own (user_data = its number), placed,
         submitted, and every CQE it causes is printed, notification included:
         a run of n sends followed from SQE to F_NOTIF. Returns the tally, which
-        run() adds to its totals: these are real sends.
+        run() adds to its totals (these are real sends), and the results and
+        notifications still outstanding if it had to stop early.
         """
         cfg, ring = self.cfg, self.ring
         explained = set()
@@ -1633,8 +1634,11 @@ class UringSender:
 
         total = Tally()
         sqe = io_uring_sqe()
-        seq = 0
-        while seq < n and not total.error:
+        seq = count = due = 0
+        # Bounded like the drain: a peer that stops taking data must not hold
+        # the trace (and the run) for ever, nor must Ctrl-C go unheard.
+        give_up = time.perf_counter_ns() + int(DRAIN_SECONDS * 1e9)
+        while seq < n and not total.error and not STOP.requested:
             count = min(cfg.batch, n - seq)
             for j in range(count):
                 seq += 1
@@ -1648,9 +1652,18 @@ class UringSender:
             due = 0
             wait = count
             while wait:
+                left = (give_up - time.perf_counter_ns()) / 1e9
+                if STOP.requested:
+                    break
+                if left <= 0:                     # run() reports it as undrained
+                    total.error = errno.ETIMEDOUT
+                    break
                 say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
                              f"min_complete={wait}) before: {rings()}")
-                ring.submit_and_wait(wait)
+                try:
+                    ring.wait_cqes(wait, left)    # submits too; EXT_ARG bounds the wait
+                except InterruptedError:
+                    continue                      # Ctrl-C: the loop looks at STOP
                 ready = ring.cq_ready()
                 say("entered", f"  returned; after: {rings()} ({ready} CQEs ready)")
                 user_data = ring.peek_user_data(ready)
@@ -1668,8 +1681,11 @@ class UringSender:
                 count -= t.results
                 wait = count + due          # here we do wait for the notifications
         total.due = 0
+        if total.error or STOP.requested:
+            # Whatever is still out goes to run(), whose drain waits for it.
+            return total, count, due
         say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
-        return total
+        return total, 0, 0
 
     # --- the loop ------------------------------------------------------------
     def run(self, on_tick: Optional[Callable[[int, int], None]] = None,
@@ -1725,8 +1741,8 @@ class UringSender:
         self.payload.lent += 1
         if cfg.trace:
             # Inside the timed run: the trace's sends count, so must its time.
-            slow = self.trace(cfg.trace, self.trace_out)
-            placed = slow.results
+            slow, inflight, due = self.trace(cfg.trace, self.trace_out)
+            placed = slow.results + inflight
 
         while True:
             if inflight <= ahead:
@@ -1824,7 +1840,9 @@ class UringSender:
         self.payload.lent += result.undrained - 1     # settled: only what never came stays lent
         if self.report_usage:
             result.zc_copied = copied + slow.copied
-        if slow.error:
+        if slow.error == errno.ETIMEDOUT:          # the trace gave up waiting
+            result.error = undrained_error(cfg)
+        elif slow.error:
             result.error = send_error(slow.error, cfg)
         elif entered is not None:
             result.error = oserror_line(entered)
