@@ -1162,8 +1162,20 @@ class _Stop:
 STOP = _Stop()
 
 
+class Rates:
+    """MB/s and Gbit/s of a result's .bytes over its measured .seconds (units: see README)."""
+
+    @property
+    def mb_per_s(self) -> float:
+        return (self.bytes / MIB) / self.seconds if self.seconds else 0.0
+
+    @property
+    def gbit_per_s(self) -> float:
+        return self.bytes * 8 / 1e9 / self.seconds if self.seconds else 0.0
+
+
 @dataclass
-class Result:
+class Result(Rates):
     """One run of one sender: what the kernel said, and what it cost."""
     mode: str
     proto: str
@@ -1186,14 +1198,6 @@ class Result:
     failed: int = 0            # sends that failed, or were cancelled after one that did
     setup: List[str] = field(default_factory=list)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
-
-    @property
-    def mb_per_s(self) -> float:
-        return (self.bytes / MIB) / self.seconds if self.seconds else 0.0
-
-    @property
-    def gbit_per_s(self) -> float:
-        return self.bytes * 8 / 1e9 / self.seconds if self.seconds else 0.0
 
     @property
     def cpu_s_per_gb(self) -> Optional[float]:
@@ -2371,7 +2375,7 @@ class Verifier:
 
 
 @dataclass
-class RxResult:
+class RxResult(Rates):
     """One run of the receiver: what arrived, whether it was the pattern, what it cost."""
     proto: str
     method: str                      # how it received: "io_uring RECV" or "recv_into"
@@ -2391,14 +2395,6 @@ class RxResult:
     interrupted: bool = False
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
-
-    @property
-    def mb_per_s(self) -> float:
-        return (self.bytes / MIB) / self.seconds if self.seconds else 0.0
-
-    @property
-    def gbit_per_s(self) -> float:
-        return self.bytes * 8 / 1e9 / self.seconds if self.seconds else 0.0
 
     def row(self) -> dict:
         """The JSON row (README documents every field)."""
