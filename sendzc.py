@@ -1285,10 +1285,19 @@ def describe_result(r: Result) -> List[str]:
         lines.append(f"note: txc counts the notifications of all {r.requests + r.failed} sends: the "
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
+    cpu = r.cpu_user_s + r.cpu_sys_s
+    if r.mode not in ("send_syscall", "msg_zerocopy") and cpu and r.cpu_user_s > PYTHON_SHARE_HINT * cpu:
+        lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
+                     f"a larger -r, or --sqpoll, leaves more to the kernel "
+                     f"(`sendzc.py bench --sweep` shows where batching stops paying)")
     if r.undrained:
         lines.append(f"warning: {r.undrained} completions never came (waited {DRAIN_SECONDS:g} s): "
                      f"the payload buffer stays mapped until exit, as the kernel may still send from it")
     return lines
+
+
+# Above this share of a run's CPU in user space (Python), say how to lower it.
+PYTHON_SHARE_HINT = 0.15
 
 
 def family_name_label(name: str) -> str:
