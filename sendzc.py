@@ -2404,6 +2404,7 @@ class RxResult(Rates):
     interrupted: bool = False
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
+    intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
 
     def row(self) -> dict:
         """The JSON row (README documents every field)."""
@@ -2414,7 +2415,8 @@ class RxResult(Rates):
                 "gbit_per_s": round(self.gbit_per_s, 3), "cpu_user_s": round(self.cpu_user_s, 3),
                 "cpu_sys_s": round(self.cpu_sys_s, 3), "verified": self.verified,
                 "mismatches": self.mismatches, "first_mismatch": self.first_mismatch,
-                "interrupted": self.interrupted, "error": self.error, "note": self.note}
+                "interrupted": self.interrupted, "error": self.error, "note": self.note,
+                **({} if self.intervals is None else {"intervals": self.intervals})}
 
 
 @dataclass
@@ -2761,57 +2763,129 @@ def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> Tu
     # The method is settled once a sender comes; until then, the one we mean to use.
     uring = cfg.proto == "tcp" and cfg.uring
     result = RxResult(cfg.proto, UringReceiver.method if uring else SocketReceiver.method)
-    ticks = None
     with ExitStack() as stack:
         sock = open_rx_socket(cfg)
         stack.callback(sock.close)
-        where = "IPv6 and IPv4" if sock.family == socket.AF_INET6 and cfg.family is None \
-            else family_name_label(family_name(sock.family))
-        print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for a sender; "
-              f"Ctrl-C to stop", file=sys.stderr, flush=True)
+        waiting_line(cfg, sock, 1)
         buf = RxBuffer(RX_BUF)
         stack.callback(buf.close)           # after the ring (below) has let go of it
-        verifier = Verifier(RX_BUF) if cfg.verify else None
         if cfg.proto == "tcp":
             got = accept_sender(sock)
             if got is None:
                 result.interrupted = True
-                return result, ticks
+                return result, None
             conn, addr = got
             stack.callback(conn.close)
-            rx = tcp_receiver(cfg, conn, buf, stack, result)
         else:
             addr = peek_first_datagram(sock, buf)
             if addr is None:
                 result.interrupted = True
-                return result, ticks
+                return result, None
             conn = sock
             # Only this sender, from now on: a connected UDP socket is given
             # only the datagrams that come from the address it is connected to.
             conn.connect(addr)
-            rx = SocketReceiver(conn, buf)
-        meter = Meter()                     # from the connection, or the first datagram
-        result.method = rx.method
-        result.family, result.peer = peer_name(addr)
-        if interval:
-            ticks = Intervals(interval, printing, meter.t0)
-        receive(rx, buf, verifier, cfg, result, meter.t0, ticks, int(interval * 1e9) if interval else 0)
-        seconds = result.seconds
-        meter.stop(result)                  # CPU over the whole run, idle tail included
-        result.seconds = seconds
-        if ticks:                           # the last, partial interval
-            ticks.report(meter.t0 + int(seconds * 1e9), result.bytes, result.receives)
-        if cfg.proto == "tcp":
-            result.segments = tcp_segments_in(conn)
-        else:
-            result.datagrams = result.receives
-            result.dropped = socket_drops(conn)
+        ticks = receive_from(cfg, conn, addr, buf, stack, result, printing, interval)
+    return result, ticks
+
+
+def waiting_line(cfg: RxConfig, sock: socket.socket, senders: int) -> None:
+    """The one line rx prints while it waits (on stderr: stdout may be JSON)."""
+    where = "IPv6 and IPv4" if sock.family == socket.AF_INET6 and cfg.family is None \
+        else family_name_label(family_name(sock.family))
+    whom = "a sender" if senders == 1 else f"{senders} senders"
+    print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
+          f"Ctrl-C to stop", file=sys.stderr, flush=True)
+
+
+def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer, stack: ExitStack,
+                 result: RxResult, printing: bool, interval: Optional[float],
+                 who: int = resource.RUSAGE_SELF) -> Optional[Intervals]:
+    """Receive from one sender into result: counted, timed, checked. Returns -i's intervals."""
+    verifier = Verifier(RX_BUF) if cfg.verify else None
+    rx = tcp_receiver(cfg, conn, buf, stack, result) if cfg.proto == "tcp" else SocketReceiver(conn, buf)
+    meter = Meter(who)                      # from the connection, or the first datagram
+    result.method = rx.method
+    result.family, result.peer = peer_name(addr)
+    ticks = Intervals(interval, printing, meter.t0) if interval else None
+    receive(rx, buf, verifier, cfg, result, meter.t0, ticks, int(interval * 1e9) if interval else 0)
+    seconds = result.seconds
+    meter.stop(result)                      # CPU over the whole run, idle tail included
+    result.seconds = seconds
+    if ticks:                               # the last, partial interval
+        ticks.report(meter.t0 + int(seconds * 1e9), result.bytes, result.receives)
+    if cfg.proto == "tcp":
+        result.segments = tcp_segments_in(conn)
+    else:
+        result.datagrams = result.receives
+        result.dropped = socket_drops(conn)
     if verifier:
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
         if verifier.bad and not result.error:
             result.error = mismatch_error(result)
-    return result, ticks
+    return ticks
+
+
+def run_receivers(cfg: RxConfig, flows: int) -> Tuple[List[RxResult], RxResult]:
+    """rx -n N, for the sender's -n N over TCP: N connections, each received in its own thread.
+
+    Each flow has its own buffer, its own ring (or socket reads) and its own
+    check, exactly as one sender would; ctypes and socket reads release the
+    GIL while they wait. Returns each flow's result (CPU from RUSAGE_THREAD)
+    and their total (CPU from RUSAGE_SELF, every thread).
+    """
+    import threading
+    method = UringReceiver.method if cfg.uring else SocketReceiver.method
+    results = [RxResult(cfg.proto, method) for _ in range(flows)]
+    total = RxResult(cfg.proto, method)
+    errors: List[BaseException] = []
+
+    def flow(i: int, conn: socket.socket, addr: tuple) -> None:
+        try:
+            with ExitStack() as stack:
+                buf = RxBuffer(RX_BUF)
+                stack.callback(buf.close)
+                receive_from(cfg, conn, addr, buf, stack, results[i], False, None,
+                             resource.RUSAGE_THREAD)
+        except BaseException as e:          # reported by the main thread, in one line
+            errors.append(e)
+
+    with ExitStack() as stack:
+        sock = open_rx_socket(cfg)
+        stack.callback(sock.close)
+        waiting_line(cfg, sock, flows)
+        accepted = []
+        while len(accepted) < flows:
+            got = accept_sender(sock)
+            if got is None:                 # Ctrl-C before every sender came
+                total.interrupted = True
+                return results[:len(accepted)], total
+            stack.callback(got[0].close)
+            accepted.append(got)
+        meter = Meter()
+        threads = [threading.Thread(target=flow, args=(i, conn, addr), name=f"rx{i}")
+                   for i, (conn, addr) in enumerate(accepted)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            while t.is_alive():
+                t.join(RX_TICK_S)           # short joins: the main thread still sees Ctrl-C
+    if errors:
+        raise errors[0]
+    meter.stop(total)
+    total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
+    for r in results:
+        total.bytes += r.bytes
+        total.receives += r.receives
+        total.mismatches += r.mismatches
+        total.segments = (total.segments or 0) + (r.segments or 0)
+        total.error = total.error or r.error
+        total.first_mismatch = total.first_mismatch or r.first_mismatch
+    total.verified = None if not cfg.verify else all(r.verified for r in results)
+    total.seconds = max(r.seconds for r in results)   # the rate: all bytes over the longest flow
+    total.interrupted = STOP.requested
+    return results, total
 
 
 def describe_rx(r: RxResult) -> List[str]:
@@ -2855,6 +2929,9 @@ def rx_parser() -> "Parser":
                    help="count only; do not check the bytes against the pattern")
     p.add_argument("--no-uring", dest="uring", action="store_false",
                    help="TCP: receive with recv_into(2) instead of IORING_OP_RECV")
+    p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
+                   help="TCP: take FLOWS connections (the sender's -n) and receive each in its "
+                        "own thread")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp}", help="what to receive")
     return p
 
@@ -2864,14 +2941,31 @@ def rx_main(argv: List[str]) -> int:
     a = rx_parser().parse_args(argv)
     cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port,
                    seconds=a.seconds, verify=a.verify, uring=a.uring)
-    result, ticks = run_receiver(cfg, not a.json, a.interval)
-    if a.json:
-        doc = json_doc({"proto": cfg.proto, "family": "any" if cfg.family is None else
-                        family_name(cfg.family), "port": cfg.port, "seconds": cfg.seconds,
-                        "verify": cfg.verify, "uring": cfg.uring}, [result])
+    if a.flows > 1 and cfg.proto != "tcp":
+        raise UsageError(f"-n {a.flows} with udp: every UDP flow arrives on the one socket; "
+                         f"-n is for tcp, one connection a flow")
+    if a.flows > 1 and a.interval:
+        raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
+    params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
+              "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
+              "flows": a.flows}
+    if a.flows > 1:
+        results, result = run_receivers(cfg, a.flows)
+    else:
+        result, ticks = run_receiver(cfg, not a.json, a.interval)
+        results = [result]
         if ticks:
-            doc["rows"][0]["intervals"] = ticks.rows
+            result.intervals = ticks.rows
+    if a.json:
+        doc = json_doc(params, results)
+        if a.flows > 1:
+            doc["total"] = result.row()
         print(json.dumps(doc, indent=2))
+    elif a.flows > 1:
+        for i, r in enumerate(results):
+            print(f"flow {i}: " + describe_rx(r)[1])
+        print(f"total of {len(results)} flows:")
+        print("\n".join(describe_rx(result)))
     else:
         print("\n".join(describe_rx(result)))
     if result.error:
@@ -3671,6 +3765,8 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
     if a.batch > a.entries:
         raise UsageError(f"-r {a.batch}: more requests per batch than the ring has entries "
                          f"({a.entries}): raise --entries or lower -r")
+    if a.flows > 1 and a.interval:
+        raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
     if a.flush and not a.zc:
         raise UsageError("-f with --no-zc: -f waits for zero-copy notifications, and --no-zc "
                          "sends without them: drop one of the two")

@@ -887,7 +887,7 @@ def start_rx(*args, ns=None):
         cmd = ["ip", "netns", "exec", ns] + cmd
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stderr.readline()
-    if "waiting for a sender" not in line:
+    if "waiting for" not in line:
         p.kill()
         out, err = p.communicate()
         pytest.fail(f"rx did not start: {line}{err}")
@@ -938,6 +938,21 @@ def test_rx_tcp_receives_and_verifies_every_byte_the_sender_reports(pair, family
     assert got["family"] == f"ipv{family}" and got["peer"].startswith("[" if family == 6 else "198.")
     assert got["segments"] >= got["bytes"] // 65536 and got["receives"] > 0
     assert got["seconds"] > 0 and got["mb_per_s"] > 0
+
+
+def test_rx_takes_as_many_tcp_flows_as_the_sender_sends(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "-n", "2", "tcp", ns=rxns)
+    tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "-n", "2", "tcp", ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    sent = sorted(r["bytes"] for r in tx["rows"])
+    got = sorted(r["bytes"] for r in doc["rows"])
+    assert got == sent and min(got) > 0                    # flow by flow, every byte
+    assert doc["total"]["bytes"] == tx["total"]["bytes"] == sum(sent)
+    assert all(r["verified"] for r in doc["rows"]) and doc["total"]["verified"] is True
+    assert doc["params"]["flows"] == 2
 
 
 def test_rx_tcp_with_recv_into_and_intervals(pair):
@@ -1276,6 +1291,13 @@ USAGE_MISTAKES = {
     "rx: no protocol": (
         ["rx", "-4"],
         "sendzc: no protocol given: end the command with udp or tcp, e.g. `python3 sendzc.py rx -4 udp`"),
+    "-i with -n": (
+        ["-D", "192.0.2.1", "-n", "2", "-i", "1", "udp"],
+        "sendzc: -i with -n 2: interval lines are per run; drop one of the two"),
+    "rx: -n with udp": (
+        ["rx", "-n", "2", "udp"],
+        "sendzc: -n 2 with udp: every UDP flow arrives on the one socket; -n is for tcp, "
+        "one connection a flow"),
     "bench: -t negative": (
         ["bench", "-t", "-0.5"],
         "sendzc: -t -0.5: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
