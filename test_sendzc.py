@@ -940,6 +940,21 @@ def test_rx_tcp_receives_and_verifies_every_byte_the_sender_reports(pair, family
     assert got["seconds"] > 0 and got["mb_per_s"] > 0
 
 
+@pytest.mark.parametrize("opts", [["--sqpoll"], ["-r", "32"]], ids=["sqpoll", "batch32"])
+def test_rx_verifies_the_stream_whatever_the_sender_batches(pair, opts):
+    """A TCP stream stays in order however the sender keeps requests in flight."""
+    if "--sqpoll" in opts and os.uname().machine != "x86_64":
+        pytest.skip("--sqpoll is x86-64 only")
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "tcp", ns=rxns)
+    tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "1", *opts, "tcp", ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    assert doc["rows"][0]["verified"] is True
+    assert doc["rows"][0]["bytes"] == tx["rows"][0]["bytes"] > 0
+
+
 def test_rx_takes_as_many_tcp_flows_as_the_sender_sends(pair):
     txns, rxns = pair
     port = 8100 + next(_names)
