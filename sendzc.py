@@ -1728,8 +1728,9 @@ class UringSender:
         # but two batches are not, and a send that waits for socket space
         # would be overtaken by the next batch's first (rx sees it, at once).
         # A link cannot reach across batches either: the SQ thread cuts a
-        # chain wherever its submission ends. So TCP keeps one batch in flight.
-        ahead = ring.sq_entries - r if ring.sqpoll and not stream else 0
+        # chain wherever its submission ends. So TCP keeps one batch in flight,
+        # and so does -f, whose point is to wait for each batch.
+        ahead = ring.sq_entries - r if ring.sqpoll and not (stream or cfg.flush) else 0
         # The CQ never overflows: before the next reap the kernel can post a
         # result and a notification for each request in flight plus every
         # notification still due, so `due` may not pass what that leaves.
