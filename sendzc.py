@@ -778,7 +778,9 @@ class Ring:
 
         The SQEs go in at slot sq_tail & mask onward; a batch that runs past
         the end of the array is split in two (the wraparound). The caller
-        checks sq_space_left() first. The tail is only published by submit.
+        makes sure they fit (sq_space_left(); the sender never has more
+        requests in flight than the ring has entries). The tail is only
+        published by the submit that follows.
         """
         n = len(sqes) >> 6
         tail = self.sq_tail
@@ -1414,7 +1416,7 @@ def probe_report_usage() -> bool:
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, Ring(2) as ring:
         sqe = io_uring_sqe()
-        prep_send_zc(sqe, a.fileno(), ring_dummy_addr(), 1, 0, IORING_SEND_ZC_REPORT_USAGE)
+        prep_send_zc(sqe, a.fileno(), probe_byte_addr(), 1, 0, IORING_SEND_ZC_REPORT_USAGE)
         ring.place(bytes(sqe))
         ring.submit_and_wait(1)
         res, flags = ring.peek()
@@ -1425,11 +1427,11 @@ def probe_report_usage() -> bool:
     return res[0] != -errno.EINVAL
 
 
-_DUMMY = ctypes.create_string_buffer(1)
+_PROBE_BYTE = ctypes.create_string_buffer(1)   # what probes send from: one byte of our memory
 
 
-def ring_dummy_addr() -> int:
-    return ctypes.addressof(_DUMMY)
+def probe_byte_addr() -> int:
+    return ctypes.addressof(_PROBE_BYTE)
 
 
 @dataclass
@@ -3871,7 +3873,7 @@ def kernel_capabilities() -> dict:
         caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
         caps["registered_ring_fd"] = ring.register_ring_fd()
         for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
-                               ("registered_buffers", lambda: ring.register_buffers([(ring_dummy_addr(), 1)]))):
+                               ("registered_buffers", lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
             try:
                 register()
                 caps[what] = True

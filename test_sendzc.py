@@ -187,7 +187,9 @@ def test_nop_round_trip_counts_and_wraps_the_ring():
                 sendzc.prep_nop(sqe)
                 sqe.user_data = n * batch + k
                 parts.append(bytes(sqe))
+            assert ring.sq_space_left() == 8
             ring.place(b"".join(parts))
+            assert ring.sq_space_left() == 8 - batch
             assert ring.submit_and_wait(batch) == batch
             assert ring.cq_ready() == batch
             assert ring.peek_user_data(batch) == list(range(n * batch, (n + 1) * batch))
