@@ -1319,6 +1319,11 @@ SOCK_TYPES = {"udp": (socket.SOCK_DGRAM, 0), "tcp": (socket.SOCK_STREAM, 0),
               "raw": (socket.SOCK_RAW, IPPROTO_EGP)}
 
 
+def host_port(host: str, port: int) -> str:
+    """host:port, with an IPv6 address in brackets ([2001:db8::1]:8000) as URLs write it."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def family_name(family: int) -> str:
     return "ipv6" if family == socket.AF_INET6 else "ipv4"
 
@@ -1342,7 +1347,7 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
 
 def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
     """One line for a failed connect(), naming the cause and what to do."""
-    where = f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
+    where = host_port(addr, port)
     if e.errno == errno.ECONNREFUSED:
         return (f"{proto}: connection refused by {where}: start the receiver there "
                 f"(`python3 sendzc.py rx -p {port} {proto}`)")
@@ -1939,7 +1944,7 @@ DRAIN_SECONDS = 5.0
 def send_error(err: int, cfg: SendConfig) -> str:
     """One line for an error a send's CQE carried (res = -err), naming the cause and the fix."""
     name = errno.errorcode.get(err, str(err))
-    where = f"[{cfg.addr}]:{cfg.port}" if ":" in cfg.addr else f"{cfg.addr}:{cfg.port}"
+    where = host_port(cfg.addr, cfg.port)
     if cfg.proto == "tcp" and err in (errno.EIO, errno.ECONNRESET, errno.EPIPE):
         # One line whichever the kernel reports first: ECONNRESET or EPIPE, or
         # EIO, our mark for a MSG_WAITALL send that stopped short, which it
@@ -1973,7 +1978,7 @@ def undrained_error(cfg: SendConfig) -> str:
 
     (How many is in the result above, and in the JSON row's undrained.)
     """
-    where = f"[{cfg.addr}]:{cfg.port}" if ":" in cfg.addr else f"{cfg.addr}:{cfg.port}"
+    where = host_port(cfg.addr, cfg.port)
     return (f"{cfg.proto}: {where} stopped taking data: completions were still missing "
             f"{DRAIN_SECONDS:g} s after the run: check that the receiver is running and "
             f"reading; the result above is partial")
@@ -2507,9 +2512,7 @@ def peer_name(addr: tuple) -> Tuple[str, str]:
     host, port = addr[0], addr[1]
     if host.startswith("::ffff:") and "." in host:
         host = host[len("::ffff:"):]
-    if ":" in host:
-        return "ipv6", f"[{host}]:{port}"
-    return "ipv4", f"{host}:{port}"
+    return ("ipv6" if ":" in host else "ipv4"), host_port(host, port)
 
 
 def accept_sender(listener: socket.socket) -> Optional[Tuple[socket.socket, tuple]]:
