@@ -800,16 +800,22 @@ class Ring:
         DEFER_TASKRUN it is what runs the completion work that posts CQEs, so
         even wait_nr == 0 collects whatever has finished.
         """
-        words = self._sq_words
-        # Plain store of sq.tail: the kernel reads it inside the io_uring_enter
-        # below, on this thread (see "Memory ordering" above).
-        words[self._sq_tail_i] = self.sq_tail
-        to_submit = (self.sq_tail - words[self._sq_head_i]) & U32
-        wakeup = IORING_ENTER_SQ_WAKEUP if self.sqpoll else 0
-        ret = io_uring_enter(self.enter_fd, to_submit, wait_nr,
-                             IORING_ENTER_GETEVENTS | wakeup | self.enter_flags)
+        to_submit, flags = self._flush_sq()
+        ret = io_uring_enter(self.enter_fd, to_submit, wait_nr, IORING_ENTER_GETEVENTS | flags)
         self.submitted += ret
         return ret
+
+    def _flush_sq(self) -> Tuple[int, int]:
+        """liburing's __io_uring_flush_sq(): publish sq.tail; what to submit, and enter flags.
+
+        A plain store of sq.tail: the kernel reads it inside the io_uring_enter
+        that follows, on this thread (see "Memory ordering" above). With SQPOLL
+        every enter also wakes the SQ thread, in case it has gone to sleep.
+        """
+        words = self._sq_words
+        words[self._sq_tail_i] = self.sq_tail
+        wakeup = IORING_ENTER_SQ_WAKEUP if self.sqpoll else 0
+        return (self.sq_tail - words[self._sq_head_i]) & U32, wakeup | self.enter_flags
 
     def submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
         """io_uring_submit_and_wait(), then io_uring_peek_batch_cqe() in bulk.
@@ -882,16 +888,13 @@ class Ring:
 
     def wait_cqes(self, wait_nr: int, timeout_s: float) -> bool:
         """io_uring_wait_cqes() with a timeout: False if it ran out (ETIME)."""
-        words = self._sq_words
-        words[self._sq_tail_i] = self.sq_tail
-        to_submit = (self.sq_tail - words[self._sq_head_i]) & U32
+        to_submit, flags = self._flush_sq()
         ts = kernel_timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
         arg = io_uring_getevents_arg(ts=ctypes.addressof(ts))
-        wakeup = IORING_ENTER_SQ_WAKEUP if self.sqpoll else 0
         try:
             self.submitted += io_uring_enter(
                 self.enter_fd, to_submit, wait_nr,
-                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | wakeup | self.enter_flags,
+                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | flags,
                 ctypes.byref(arg), ctypes.c_size_t(ctypes.sizeof(arg)))
         except OSError as e:
             if e.errno == errno.ETIME:
