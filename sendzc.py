@@ -352,6 +352,14 @@ SK_MEMINFO_DROPS = 8                                       # <linux/sock_diag.h>
 SO_EE_ORIGIN_ZEROCOPY = 5                                  # <linux/errqueue.h>
 SO_EE_CODE_ZEROCOPY_COPIED = 1
 IPPROTO_EGP = 8     # what the seed's raw mode sends: a protocol nobody answers
+IP_MTU = getattr(socket, "IP_MTU", 14)                     # <linux/in.h>: a connected socket's path MTU
+IPV6_MTU = getattr(socket, "IPV6_MTU", 24)                 # <linux/in6.h>: the same for IPv6
+SOL_UDP = getattr(socket, "SOL_UDP", 17)                   # <linux/socket.h>
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)          # <linux/udp.h>, 4.18: UDP GSO's segment size
+# include/linux/udp.h (kernel-only): the most segments one GSO send may carry.
+# 128 since 6.9 (1382e3b6a350, backported to the 5.15, 6.1 and 6.6 stable
+# series in 2024); 64 before, and a kernel that has 64 answers EINVAL.
+UDP_MAX_SEGMENTS = 128
 IP_MAXPACKET = 65535
 U32 = 0xFFFFFFFF    # ring indices are u32 and wrap at 2**32
 PAGE = mmap.PAGESIZE
@@ -1143,12 +1151,17 @@ class Payload:
     be handed the same addresses.)
     """
 
-    def __init__(self, size: int):
+    def __init__(self, size: int, segment: int = 0):
         self.size = size
         self.length = -(-(size + PATTERN_LEN) // PAGE) * PAGE
         # An anonymous mapping is page-aligned by construction.
         self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
-        self.map[:] = pattern(self.length)
+        # With UDP GSO (segment: the UDP_SEGMENT size) the kernel cuts each
+        # send into segment-byte datagrams, so the pattern restarts at 'a'
+        # every segment bytes: every datagram on the wire is one a receiver
+        # can check on its own, exactly as without GSO.
+        unit = pattern(segment) if segment else pattern(self.length)
+        self.map[:] = (unit * -(-self.length // len(unit)))[:self.length]
         self.addr = _addr_of(self.map)
         self.lent = 0           # runs under way + notifications never drained (see above)
 
@@ -1203,6 +1216,14 @@ class Result(Rates):
     failed: int = 0            # sends that failed, or were cancelled after one that did
     setup: List[str] = field(default_factory=list)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
+    gso: Optional[int] = None  # --gso: the UDP_SEGMENT size each send was cut into
+
+    @property
+    def datagrams(self) -> Optional[int]:
+        """UDP datagrams that left: one per send, or one per GSO segment; None for TCP."""
+        if self.proto == "tcp":
+            return None
+        return self.requests * (segments_per_send(self.size, self.gso) if self.gso else 1)
 
     @property
     def cpu_s_per_gb(self) -> Optional[float]:
@@ -1221,7 +1242,7 @@ class Result(Rates):
                 "cpu_s_per_gb": None if self.cpu_s_per_gb is None else round(self.cpu_s_per_gb, 4),
                 "zc_copied": self.zc_copied, "interrupted": self.interrupted,
                 "error": self.error, "undrained": self.undrained, "failed": self.failed,
-                "setup": self.setup,
+                "setup": self.setup, "gso": self.gso, "datagrams": self.datagrams,
                 **({} if self.intervals is None else {"intervals": self.intervals})}
 
 
@@ -1275,6 +1296,9 @@ def describe_result(r: Result) -> List[str]:
     lines.append(f"{r.proto} {family_name_label(r.family)} {r.size} B {r.mode} batch {r.batch}: "
                  f"{r.mb_per_s:.0f} MB/s {r.gbit_per_s:.2f} Gbit/s {rate:.0f} req/s in {r.seconds:.2f} s; "
                  f"cpu user {r.cpu_user_s:.2f} s sys {r.cpu_sys_s:.2f} s")
+    if r.gso:
+        lines.append(f"gso: {r.gso}-byte segments (UDP_SEGMENT), {segments_per_send(r.size, r.gso)} "
+                     f"datagrams per send: {r.datagrams} datagrams in all")
     if r.zc_copied is not None and r.notifications:
         if r.zc_copied:
             lines.append(f"zero-copy: the kernel copied instead for {r.zc_copied} of {r.notifications} "
@@ -1361,6 +1385,142 @@ def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
     return f"{proto}: connect to {where} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
+# --- The path's MTU, and UDP GSO ----------------------------------------------
+#
+# A datagram larger than the path's MTU leaves as IP fragments, and a
+# fragmented zero-copy send is copied: the UDP checksum of a fragmented
+# datagram covers every fragment, so no device can compute it, and the kernel
+# lends pages to a packet only when the device checksums it
+# (CHECKSUM_PARTIAL, in __ip_append_data()); otherwise it copies, and the
+# notification says so. A connected socket knows its path's MTU (IP_MTU,
+# IPV6_MTU: the route's, lowered by any path MTU discovery), so the sender
+# can say so before it sends.
+#
+# UDP GSO (UDP_SEGMENT, 4.18) is the way out that keeps large sends: one send
+# of up to 64 KB, cut by the kernel into segment-byte datagrams, each its own
+# packet, each checksummed on its own, as late as the device allows. The
+# pages are still lent, not copied. UDP_SEGMENT as a socket option applies to
+# every send on the socket, SEND_ZC from a registered buffer included; the
+# same as a control message applies to one sendmsg() (SENDMSG_ZC here, as
+# QUIC stacks send). The kernel refuses a segment that does not fit the path
+# (EINVAL) and more than UDP_MAX_SEGMENTS of them in one send (EINVAL); on
+# some kernels a device that cannot checksum makes a GSO send fail with EIO.
+
+GSO_AUTO = -1           # --gso auto: the largest datagram that crosses the path unfragmented
+IPV6_FRAG_HEADER = 8    # <netinet/ip6.h>: struct ip6_frag, in every IPv6 fragment
+
+
+def path_mtu(sock: socket.socket, family: int) -> int:
+    """The MTU of the route a connected socket sends by (IP_MTU / IPV6_MTU): where fragmenting starts."""
+    if family == socket.AF_INET6:
+        return sock.getsockopt(socket.IPPROTO_IPV6, IPV6_MTU)
+    return sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+
+
+def probe_path_mtu(family: int, addr: str, port: int) -> int:
+    """The path MTU to addr: connect() a UDP socket, which only looks the route up (no packet leaves)."""
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.connect((addr, port))
+        except OSError as e:
+            raise Fatal(connect_error(e, "udp", addr, port)) from None
+        return path_mtu(sock, family)
+
+
+def largest_datagram(mtu: int, family: int) -> int:
+    """The most UDP payload one unfragmented packet carries on a path of this MTU."""
+    return mtu - (IPV6_HEADER if family == socket.AF_INET6 else IPV4_HEADER) - UDP_HEADER
+
+
+def ip_fragments(size: int, mtu: int, family: int) -> int:
+    """How many IP packets a UDP datagram of size payload bytes leaves as (1: not fragmented)."""
+    if size <= largest_datagram(mtu, family):
+        return 1
+    # Every fragment but the last carries a multiple of 8 bytes of the IP
+    # payload (the UDP header and data): RFC 791, RFC 8200.
+    room = mtu - (IPV6_HEADER + IPV6_FRAG_HEADER if family == socket.AF_INET6 else IPV4_HEADER)
+    return -(-(size + UDP_HEADER) // (room // 8 * 8))
+
+
+def segments_per_send(size: int, segment: int) -> int:
+    """How many datagrams UDP GSO cuts a send of size bytes into (the last one may be shorter)."""
+    return -(-size // segment)
+
+
+def check_segments(size: int, segment: int, status: int = 2) -> None:
+    """Refuse, in one line, more segments per send than the kernel takes (UDP_MAX_SEGMENTS)."""
+    n = segments_per_send(size, segment)
+    if n > UDP_MAX_SEGMENTS:
+        raise Fatal(f"--gso {segment}: -s {size} would be {n} segments per send, more than the kernel "
+                    f"takes (UDP_MAX_SEGMENTS, {UDP_MAX_SEGMENTS}): give --gso "
+                    f"{-(-size // UDP_MAX_SEGMENTS)} or more, or -s {segment * UDP_MAX_SEGMENTS} or less",
+                    status)
+
+
+def resolve_gso(gso: int, size: int, mtu: int, family: int) -> int:
+    """--gso's segment size on a path of this MTU: auto picks the largest unfragmented datagram.
+
+    A segment that does not fit the path, or too many of them, is refused
+    here in one line rather than by the kernel's EINVAL mid-run.
+    """
+    fits = largest_datagram(mtu, family)
+    segment = fits if gso == GSO_AUTO else gso
+    if segment > fits:
+        raise Fatal(f"--gso {segment}: larger than this path allows: at MTU {mtu} an "
+                    f"{family_name_label(family_name(family))} packet carries {fits} bytes of UDP "
+                    f"payload at most: give --gso {fits} or less, or --gso auto")
+    check_segments(size, segment, status=1)
+    return segment
+
+
+def set_udp_segment(sock: socket.socket, segment: int) -> None:
+    """setsockopt(SOL_UDP, UDP_SEGMENT): every send on sock leaves as segment-byte datagrams."""
+    try:
+        sock.setsockopt(SOL_UDP, UDP_SEGMENT, segment)
+    except OSError as e:
+        if e.errno == errno.ENOPROTOOPT:
+            raise Fatal(NO_UDP_GSO_LINE) from None
+        raise Fatal(oserror_line(e)) from None
+
+
+NO_UDP_GSO_LINE = ("--gso: this kernel has no UDP GSO (setsockopt(UDP_SEGMENT) answers ENOPROTOOPT; "
+                   "it came in Linux 4.18): drop --gso, or use a newer kernel")
+
+
+def gso_cmsg(segment: int) -> ctypes.Array:
+    """A UDP_SEGMENT control message for one sendmsg(): struct cmsghdr, then the u16 size."""
+    buf = ctypes.create_string_buffer(socket.CMSG_SPACE(2))
+    # cmsg_len (size_t), cmsg_level, cmsg_type (int); the data at CMSG_DATA(), 16 bytes in.
+    struct.pack_into("@NiiH", buf, 0, socket.CMSG_LEN(2), SOL_UDP, UDP_SEGMENT, segment)
+    return buf
+
+
+def fragmentation_warning(proto: str, size: int, zc: bool, gso: int, mtu: int, family: int) -> Optional[str]:
+    """The line said before a run whose UDP datagrams would be fragmented; None if they are not."""
+    if proto != "udp" or gso:
+        return None
+    n = ip_fragments(size, mtu, family)
+    if n == 1:
+        return None
+    fits = largest_datagram(mtu, family)
+    copied = ", and the kernel copies every zero-copy send it fragments" if zc else ""
+    return (f"warning: each {size}-byte datagram leaves as {n} IP fragments on this path (MTU {mtu})"
+            f"{copied}: add --gso auto to send it as {fits}-byte UDP segments (UDP GSO), "
+            f"or give -s {fits} or less")
+
+
+def gso_eio_error() -> str:
+    """One line for EIO from a UDP GSO send."""
+    # udp_send_skb() refuses a GSO send with EIO unless the packet will be
+    # checksummed by the device (CHECKSUM_PARTIAL), and when the route goes
+    # through IPsec (xfrm). The device's checksum offload (and scatter-gather,
+    # which the kernel drops with it) is what `ethtool -k` shows.
+    return ("udp: --gso: the kernel refused the send (EIO): the device this path leaves by does not "
+            "checksum packets itself (no tx checksum offload or scatter-gather, see `ethtool -k DEV`), "
+            "or the path goes through IPsec: turn them on (`ethtool -K DEV tx on sg on`), "
+            "or drop --gso and keep -s to the path's largest datagram")
+
+
 # --- io_uring SEND, SEND_ZC, SENDMSG_ZC ---------------------------------------
 
 # The sender's CQ has 4x --entries slots, and the kernel allows a CQ of at most
@@ -1387,6 +1547,10 @@ class SendConfig:
     trace: int = 0               # --trace N: print the first N requests' SQEs and CQEs
     sqpoll: bool = False         # --sqpoll: a kernel thread submits (IORING_SETUP_SQPOLL)
     flows: int = 1               # -n: parallel senders, each its own thread, socket and ring
+    gso: int = 0                 # --gso: UDP_SEGMENT size (GSO_AUTO until the path's MTU is known)
+    mtu: int = IP_MAXPACKET      # --mtu: the private sink's MTU (no -D)
+    path_mtu: Optional[int] = None   # the route's MTU, read after connect (UDP)
+    sink: Optional[dict] = None  # no -D: the private sink it sends into (Sink's fields)
 
     @property
     def mode(self) -> str:
@@ -1544,6 +1708,11 @@ class UringSender:
         self.cfg = cfg
         self.sock = sock
         self.payload = payload
+        # --gso: SEND and SEND_ZC carry no control message, so the socket
+        # option it is; SENDMSG_ZC carries it per request, as QUIC stacks do.
+        self._gso_cmsg = gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None
+        if cfg.gso and not cfg.sendmsg:
+            set_udp_segment(sock, cfg.gso)
         if cfg.sqpoll and platform.machine() != "x86_64":
             raise Fatal("--sqpoll is x86-64 only: the SQ thread reads our tail concurrently, and "
                         "ordering the SQE stores before it needs a store barrier Python cannot "
@@ -1589,6 +1758,9 @@ class UringSender:
         if cfg.sendmsg:
             iov = iovec(addr, cfg.size)
             msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
+            if self._gso_cmsg is not None:        # UDP_SEGMENT for this one request
+                msg.msg_control = ctypes.addressof(self._gso_cmsg)
+                msg.msg_controllen = len(self._gso_cmsg)
             self._msgs += [iov, msg]
             if not cfg.zc:
                 prep_rw(sqe, IORING_OP_SENDMSG, fd, ctypes.addressof(msg), 1, 0)
@@ -1758,7 +1930,7 @@ class UringSender:
         copied = 0              # ... of which said the kernel copied (REPORT_USAGE)
         slow = Tally()          # everything else, judged one by one
         result = Result(cfg.mode, cfg.proto, size, r, family_name(cfg.family),
-                        setup=ring.setup_flags)
+                        setup=ring.setup_flags, gso=cfg.gso or None)
         meter = Meter(self.rusage_who)
         deadline = meter.t0 + int(cfg.seconds * 1e9)
         next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
@@ -1900,7 +2072,7 @@ def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
             with ExitStack() as stack:
                 sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
                 stack.callback(sock.close)
-                payload = Payload(cfg.size)
+                payload = Payload(cfg.size, cfg.gso)
                 stack.callback(payload.close)
                 sender = UringSender(cfg, sock, payload, stack)
                 sender.rusage_who = resource.RUSAGE_THREAD
@@ -1925,7 +2097,7 @@ def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
         raise errors[0]
     done = [r for r in results if r is not None]
     total = meter.stop(Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
-                              setup=done[0].setup))
+                              setup=done[0].setup, gso=cfg.gso or None))
     for r in done:
         total.requests += r.requests
         total.bytes += r.bytes
@@ -1973,6 +2145,14 @@ def send_error(err: int, cfg: SendConfig) -> str:
         return f"{cfg.proto}: this socket does not support zero-copy send (EOPNOTSUPP): use --no-zc"
     if err == errno.EINVAL and cfg.sendmsg and cfg.fixed_buf:
         return "SENDMSG_ZC with a registered buffer needs Linux 6.14+: add --no-fixed-buf"
+    if err == errno.EIO and cfg.gso:
+        return gso_eio_error()
+    if err == errno.EINVAL and cfg.gso:
+        n = segments_per_send(cfg.size, cfg.gso)
+        return (f"udp: --gso {cfg.gso}: the kernel refused the send (EINVAL): {n} segments per send "
+                f"is more than this kernel takes (before 6.9, UDP_MAX_SEGMENTS is 64), or the path's "
+                f"MTU fell below the segment: give --gso {-(-cfg.size // 64)} or more, "
+                f"or --gso auto and -s {64 * cfg.gso} or less")
     return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
 
 
@@ -2183,6 +2363,8 @@ class SyscallSender:
         self.zerocopy = zerocopy
         self.mode = "msg_zerocopy" if zerocopy else "send_syscall"
         self.completions = ZerocopyCompletions()     # what run() read off the error queue
+        if cfg.gso:
+            set_udp_segment(sock, cfg.gso)
         if zerocopy:
             try:
                 sock.setsockopt(socket.SOL_SOCKET, SO_ZEROCOPY, 1)
@@ -2208,7 +2390,7 @@ class SyscallSender:
         errq = select.poll()           # wakes when a notification is queued
         errq.register(sock, select.POLLERR)
         done = self.completions
-        result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family))
+        result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family), gso=cfg.gso or None)
         if zc:
             result.zc_copied = 0
         send, clock, burst = sock.send, time.perf_counter_ns, range(SEND_BURST)
@@ -3063,6 +3245,8 @@ KEEP_QDISC = "default"               # --qdisc default: leave the kernel's choic
 
 NO_SINK_HINT = ("or measure against a receiver instead, with no private sink and no root: "
                 "`python3 sendzc.py bench -D ADDR` (`sendzc.py rx udp` running at ADDR)")
+IPV6_MIN_MTU = 1280                  # RFC 8200: below it a device has no IPv6
+IPV4_MIN_MTU = 68                    # RFC 791: every IPv4 host takes 68-byte packets
 
 
 @dataclass
@@ -3078,41 +3262,44 @@ def _iproute(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(list(args), capture_output=True, text=True)
 
 
-def _sink_step(*args: str) -> None:
+def _sink_step(*args: str, who: str = "bench") -> None:
     """One step of making the sink; a refusal ends the run in one line naming the command."""
     done = _iproute(*args)
     if done.returncode:
         if STOP.requested:            # Ctrl-C reached the command too
             raise Fatal("interrupted while making the private sink", 130)
         why = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        raise Fatal(f"bench: `{' '.join(args)}`: {why}")
+        raise Fatal(f"{who}: `{' '.join(args)}`: {why}")
 
 
-def make_sink(qdisc: str) -> Sink:
-    """Inside our new namespace: lo up, an ifb device with MTU 65535, its addresses, its qdisc."""
-    _sink_step("ip", "link", "set", "lo", "up")
+def make_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench", hint: str = NO_SINK_HINT) -> Sink:
+    """Inside our new namespace: lo up, an ifb device with MTU mtu, its addresses, its qdisc."""
+    _sink_step("ip", "link", "set", "lo", "up", who=who)
     made = _iproute("ip", "link", "add", SINK_DEV, "type", "ifb")
     if made.returncode:
         why = (made.stderr.strip().splitlines() or ["failed"])[-1]
-        raise Fatal(f"bench: no ifb device here (`ip link add type ifb`: {why}): the private sink "
-                    f"needs the ifb driver (CONFIG_IFB); {NO_SINK_HINT}")
-    _sink_step("ip", "link", "set", SINK_DEV, "mtu", str(SINK_MTU), "up")
-    _sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV)
+        raise Fatal(f"{who}: no ifb device here (`ip link add type ifb`: {why}): the private sink "
+                    f"needs the ifb driver (CONFIG_IFB); {hint}")
+    _sink_step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up", who=who)
+    _sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV, who=who)
     # nodad: no duplicate address detection, so the address is usable at once.
-    _sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad")
+    # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
+    if mtu >= IPV6_MIN_MTU:
+        _sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad", who=who)
     if qdisc != KEEP_QDISC:
         if shutil.which("tc") is None:
             raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
                         f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
-        _sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc)
+        _sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc, who=who)
     # Report the qdisc the kernel says is there, not the one we asked for.
     words = _iproute("ip", "-o", "link", "show", "dev", SINK_DEV).stdout.split()
     actual = words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown"
-    return Sink(SINK_DEV, SINK_MTU, actual)
+    return Sink(SINK_DEV, mtu, actual)
 
 
 @contextmanager
-def private_sink(qdisc: str) -> Iterator[Sink]:
+def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
+                 hint: str = NO_SINK_HINT) -> Iterator[Sink]:
     """Enter a network namespace of our own holding an ifb sink; leave it on the way out.
 
     unshare(CLONE_NEWNET) moves this process into a new, empty namespace that
@@ -3121,21 +3308,24 @@ def private_sink(qdisc: str) -> Iterator[Sink]:
     namespace we came from; the private one then has no process and, once
     every row's socket is closed, no socket left, and the kernel frees it
     with its ifb device. If we die instead, it dies with us.
+
+    The sender without -D comes here too (who and hint name it in its lines).
     """
     if shutil.which("ip") is None:
-        raise Fatal(f"bench: the private sink is made with iproute2's `ip`, which is not installed "
-                    f"(apt install iproute2); {NO_SINK_HINT}")
+        raise Fatal(f"{who}: the private sink is made with iproute2's `ip`, which is not installed "
+                    f"(apt install iproute2); {hint}")
     home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
             unshare(CLONE_NEWNET)
         except OSError as e:
             if e.errno == errno.EPERM:
-                raise Fatal("bench: the private sink (a network namespace with an ifb device) needs "
-                            f"root: run `sudo python3 sendzc.py bench`, {NO_SINK_HINT}") from None
-            raise Fatal(f"bench: unshare(CLONE_NEWNET) failed: {e.strerror}; {NO_SINK_HINT}") from None
+                run = "`sudo python3 sendzc.py bench`" if who == "bench" else "it as root (sudo)"
+                raise Fatal(f"{who}: the private sink (a network namespace with an ifb device) needs "
+                            f"root: run {run}, {hint}") from None
+            raise Fatal(f"{who}: unshare(CLONE_NEWNET) failed: {e.strerror}; {hint}") from None
         try:
-            yield make_sink(qdisc)
+            yield make_sink(qdisc, mtu, who, hint)
         finally:
             setns(home, CLONE_NEWNET)
     finally:
@@ -3158,6 +3348,11 @@ class BenchConfig:
     as_json: bool = False
     qdisc: str = DEFAULT_QDISC
     sweep: bool = False              # --sweep: the zero-copy path across batches, not the RFC table
+    mtu: int = SINK_MTU              # --mtu: the private sink's MTU
+    sizes_given: bool = True         # --sizes was given (else a fragmenting path adds its largest datagram)
+    path_mtu: Optional[int] = None   # the route's MTU to the destination, read after connect (UDP)
+    gso: int = 0                     # the segment size of the GSO tables (0: the path fragments nothing)
+    groups: List[Tuple[int, int]] = field(default_factory=list)   # (size, gso) of each table
 
     def plan(self) -> List[Tuple[str, int]]:
         """(mode, batch) of every row of one size's table, in the RFC's order."""
@@ -3170,7 +3365,7 @@ class BenchConfig:
         return {"proto": self.proto, "family": family_name(self.family), "addr": dst,
                 "port": self.port, "sizes": self.sizes, "batches": self.batches,
                 "seconds": self.seconds, "interval": self.interval, "entries": BENCH_ENTRIES,
-                "sweep": self.sweep,
+                "sweep": self.sweep, "mtu": self.path_mtu, "gso": self.gso or None,
                 "sink": None if sink is None else {"dev": sink.dev, "mtu": sink.mtu,
                                                    "qdisc": sink.qdisc, "netns": "private"}}
 
@@ -3207,17 +3402,41 @@ class Progress:
             sys.stderr.flush()
 
 
-def row_label(mode: str, batch: int, size: int) -> str:
-    return f"{MODE_LABELS[mode]}, batch {batch}, {size} B"
+def row_label(mode: str, batch: int, size: int, gso: int = 0) -> str:
+    return f"{MODE_LABELS[mode]}, batch {batch}, {size} B" + (f", GSO {gso} B" if gso else "")
+
+
+def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
+    """(size, gso) of every table: each size as asked and, where the path fragments it, again with GSO.
+
+    On a path whose MTU fragments a size (bench --mtu 1500, or -D over an
+    ordinary network) that size is measured twice: as the user asked,
+    fragmented (and so copied), and with UDP GSO at the largest unfragmented
+    datagram. Without --sizes, that datagram size gets its own table too: the
+    three ways a 64 KB-a-send application can go on such a path.
+    """
+    if cfg.proto != "udp" or cfg.sweep or cfg.path_mtu is None:
+        return [(size, 0) for size in cfg.sizes]
+    fits = largest_datagram(cfg.path_mtu, cfg.family)
+    if not cfg.sizes_given and max(cfg.sizes) > fits:
+        cfg.sizes = sorted({fits, *cfg.sizes})
+    groups = []
+    for size in cfg.sizes:
+        groups.append((size, 0))
+        if size > fits:
+            check_segments(size, fits, status=1)
+            cfg.gso = fits
+            groups.append((size, fits))
+    return groups
 
 
 def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payload: Payload,
-            progress: Progress) -> Result:
+            progress: Progress, gso: int = 0) -> Result:
     """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
     send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
                           batch=batch, zc=mode != "send", fixed_buf=mode.startswith("send_zc_fixed"),
                           entries=BENCH_ENTRIES, seconds=cfg.seconds,
-                          sqpoll=mode.endswith("_sqpoll"))
+                          sqpoll=mode.endswith("_sqpoll"), gso=gso)
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, dst, cfg.port)
         stack.callback(sock.close)               # last: after the ring has let go of it
@@ -3236,7 +3455,7 @@ def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payloa
         if cfg.interval:
             if not cfg.as_json:
                 progress.clear()
-                print(f"-- {row_label(mode, batch, size)}", flush=True)
+                print(f"-- {row_label(mode, batch, size, gso)}", flush=True)
             ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
             tick_s = cfg.interval
         elif progress.on:
@@ -3257,20 +3476,21 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
     early (None if it did not, or if Ctrl-C stopped it: rows say interrupted).
     """
     plan = cfg.plan()
-    progress = Progress(len(plan) * len(cfg.sizes), cfg.seconds)
+    groups = cfg.groups or [(size, 0) for size in cfg.sizes]
+    progress = Progress(len(plan) * len(groups), cfg.seconds)
     results: List[Result] = []
     failure = None
     try:
-        for size in cfg.sizes:
+        for size, gso in groups:
             with ExitStack() as stack:
-                payload = Payload(size)
+                payload = Payload(size, gso)
                 stack.callback(payload.close)    # every row's ring and socket are gone by then
                 for mode, batch in plan:
                     if STOP.requested or failure:
                         break
-                    progress.row(len(results), row_label(mode, batch, size))
+                    progress.row(len(results), row_label(mode, batch, size, gso))
                     try:
-                        result = run_row(cfg, dst, size, mode, batch, payload, progress)
+                        result = run_row(cfg, dst, size, mode, batch, payload, progress, gso)
                     except Fatal as e:
                         failure = str(e)
                         break
@@ -3288,10 +3508,11 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
 
 
 def set_speedups(results: List[Result]) -> None:
-    """speedup = MB/s over the MSG_ZEROCOPY row of the same size (itself: exactly 1.00)."""
-    base = {r.size: r.mb_per_s for r in results if r.mode == BASELINE_MODE and r.mb_per_s > 0}
+    """speedup = MB/s over the MSG_ZEROCOPY row of the same table: size and GSO (itself: exactly 1.00)."""
+    base = {(r.size, r.gso): r.mb_per_s for r in results if r.mode == BASELINE_MODE and r.mb_per_s > 0}
     for r in results:
-        r.speedup = r.mb_per_s / base[r.size] if r.size in base else None
+        key = (r.size, r.gso)
+        r.speedup = r.mb_per_s / base[key] if key in base else None
 
 
 def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
@@ -3301,6 +3522,10 @@ def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
     by CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest
     size measured.
     """
+    # A size measured both fragmented and with GSO counts by its GSO rows:
+    # that is how an application would send it on this path.
+    with_gso = {r.size for r in results if r.gso}
+    results = [r for r in results if r.gso or r.size not in with_gso]
     out: Dict[str, Optional[int]] = {}
     for name, (zc_modes, copy_modes) in CROSSOVER_PAIRS.items():
         cross = None
@@ -3376,6 +3601,10 @@ def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
     if any(r.zc_copied for r in results):
         lines.append("note: COPIED rows were not zero-copy: a receiver on this host (loopback, veth) "
                      "always copies, and so does a path whose MTU fragments the packet.")
+    if any(r.gso for r in results):
+        lines.append("GSO tables: each send is one request that the kernel cuts into datagrams that "
+                     "fit the path (UDP_SEGMENT): no IP fragments, so zero-copy holds where the "
+                     "same sends fragmented are copied.")
     enobufs = sum(r.enobufs for r in results)
     if enobufs:
         lines.append(f"note: {enobufs} MSG_ZEROCOPY sends met ENOBUFS (unread completions filled "
@@ -3439,12 +3668,24 @@ def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
               "other CPU.", flush=True)
         return
-    for size in cfg.sizes:
-        rows = [r for r in results if r.size == size]
+    for size, gso in cfg.groups or [(size, 0) for size in cfg.sizes]:
+        rows = [r for r in results if r.size == size and (r.gso or 0) == gso]
         if rows:
-            print(f"\n{size} B per send")
+            print(f"\n{table_heading(cfg, size, gso)}")
             print("\n".join(format_table(rows)))
     print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
+
+
+def table_heading(cfg: BenchConfig, size: int, gso: int) -> str:
+    """"65435 B per send", and how the path carries it when it would fragment."""
+    if gso:
+        return (f"{size} B per send, UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} "
+                f"datagrams per send")
+    if cfg.path_mtu and cfg.proto == "udp":
+        n = ip_fragments(size, cfg.path_mtu, cfg.family)
+        if n > 1:
+            return f"{size} B per send, fragmented: {n} IP fragments each at MTU {cfg.path_mtu}"
+    return f"{size} B per send"
 
 
 def bench_main(argv: List[str]) -> int:
@@ -3453,8 +3694,11 @@ def bench_main(argv: List[str]) -> int:
     with ExitStack() as stack:
         sink = None
         if cfg.addr is None:
-            sink = stack.enter_context(private_sink(cfg.qdisc))
+            sink = stack.enter_context(private_sink(cfg.qdisc, cfg.mtu))
         dst = cfg.addr or (SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4)
+        if cfg.proto == "udp":
+            cfg.path_mtu = probe_path_mtu(cfg.family, dst, cfg.port)
+        cfg.groups = bench_groups(cfg)
         if not cfg.as_json:
             print("\n".join(bench_header(cfg, dst, sink)), flush=True)
         results, failure = run_bench(cfg, dst)
@@ -3508,6 +3752,10 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdisc", metavar="QDISC",
                    help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
                         f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
+    p.add_argument("--mtu", type=mtu_value, default=None,
+                   help=f"the private sink's MTU (default {SINK_MTU}); below a size, that size is "
+                        f"measured again with UDP GSO, and without --sizes the largest unfragmented "
+                        f"datagram gets a table too")
     p.add_argument("proto", nargs="?", type=protocol(*p.protocols), default="udp", metavar="{udp,tcp}",
                    help="what to send (default udp; tcp needs -D)")
     return p
@@ -3518,16 +3766,17 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
     family = pick_family(a.families, a.addr)
     if a.seconds is None:
         a.seconds = SWEEP_SECONDS if a.sweep else BENCH_SECONDS
-    if a.sizes is None:
-        a.sizes = list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
     if a.batches is None:
         a.batches = list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
+    sizes_given = a.sizes is not None
+    if a.sizes is None:
+        a.sizes = list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
     if a.addr is None and a.proto == "tcp":
-        raise UsageError("tcp needs a peer that acknowledges, and the private sink drops everything: "
-                         "pass -D ADDR of a host running `sendzc.py rx tcp`")
+        raise UsageError(TCP_NEEDS_A_PEER)
     if a.addr is not None and a.qdisc is not None:
         raise UsageError("--qdisc with -D: --qdisc sets up the private sink, and -D sends over "
                          "this host's own path and its qdisc: drop one of the two")
+    check_sink_mtu(a.mtu, a.addr, family)
     limit = max_payload(a.proto, family)
     too_big = [s for s in a.sizes if s > limit]
     if too_big:
@@ -3538,7 +3787,24 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
                          f"entries ({BENCH_ENTRIES}): keep every batch at {BENCH_ENTRIES} or less")
     return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=a.sizes,
                        batches=a.batches, seconds=a.seconds, interval=a.interval, as_json=a.json,
-                       qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep)
+                       qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep, mtu=a.mtu or SINK_MTU,
+                       sizes_given=sizes_given)
+
+
+TCP_NEEDS_A_PEER = ("tcp needs a peer that acknowledges, and the private sink drops everything: "
+                    "pass -D ADDR of a host running `sendzc.py rx tcp`")
+
+
+def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None:
+    """--mtu belongs to the private sink: not with -D, and not below IPv6's minimum with -6."""
+    if mtu is None:
+        return
+    if addr is not None:
+        raise UsageError("--mtu with -D: --mtu sets the private sink's MTU, and -D sends over this "
+                         "host's own path, whose MTU is its route's: drop one of the two")
+    if family == socket.AF_INET6 and mtu < IPV6_MIN_MTU:
+        raise UsageError(f"--mtu {mtu} with -6: IPv6 needs an MTU of {IPV6_MIN_MTU} or more: "
+                         f"give --mtu {IPV6_MIN_MTU} or more, or send IPv4")
 
 
 # =============================================================================
@@ -3680,6 +3946,25 @@ def port_number(text: str) -> int:
     return value
 
 
+def mtu_value(text: str) -> int:
+    """--mtu: a whole number from IPv4's minimum MTU to the largest an ifb device takes."""
+    value = at_least(IPV4_MIN_MTU)(text)
+    if value > SINK_MTU:
+        raise argparse.ArgumentTypeError(f"too large: give an MTU from {IPV4_MIN_MTU} to {SINK_MTU}")
+    return value
+
+
+def gso_size(text: str) -> int:
+    """--gso: a segment size in bytes, or auto (GSO_AUTO: the path's largest datagram)."""
+    if text == "auto":
+        return GSO_AUTO
+    try:
+        return positive_int(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError("not a segment size: give bytes per datagram, such as "
+                                         "1472, or auto") from None
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-4", dest="families", action="append_const", const=socket.AF_INET,
                    help="IPv4")
@@ -3726,6 +4011,13 @@ def sender_parser() -> Parser:
                    help="parallel flows, each with its own thread, socket and ring")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
+    p.add_argument("--gso", type=gso_size, default=0, metavar="SEG|auto",
+                   help="udp: UDP GSO, each send leaving as SEG-byte datagrams (UDP_SEGMENT); "
+                        "auto: the largest that crosses the path unfragmented")
+    p.add_argument("--sink", action="store_true",
+                   help="send into bench's private sink (root), as with no -D")
+    p.add_argument("--mtu", type=mtu_value, default=None,
+                   help=f"the private sink's MTU (default {SINK_MTU})")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp,raw}", help="what to send")
     return p
 
@@ -3764,10 +4056,17 @@ def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
 
 def sender_config(a: argparse.Namespace) -> SendConfig:
     """Check the sender's options against each other; UsageError names the mistake."""
-    if a.addr is None:
-        raise UsageError("no destination: pass -D ADDR (a host running `sendzc.py rx`), "
-                         "or run `sendzc.py bench` for the private sink")
     family = pick_family(a.families, a.addr)
+    if a.sink and a.addr is not None:
+        raise UsageError("--sink with -D: --sink sends into the private sink, -D to a receiver: "
+                         "drop one of the two")
+    if a.addr is None and a.proto == "tcp":
+        raise UsageError(TCP_NEEDS_A_PEER)
+    check_sink_mtu(a.mtu, a.addr, family)
+    if a.gso and a.proto != "udp":
+        raise UsageError(f"--gso with {a.proto}: UDP GSO (UDP_SEGMENT) cuts UDP sends into datagrams; "
+                         f"{'TCP segments its stream by itself' if a.proto == 'tcp' else 'a raw socket has no such option'}: "
+                         f"drop --gso, or send udp")
     limit = max_payload(a.proto, family)
     if a.size > limit:
         raise UsageError(f"-s {a.size}: payload exceeds max ({limit}) for {a.proto} over "
@@ -3783,10 +4082,42 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
     if a.flush and not a.zc:
         raise UsageError("-f with --no-zc: -f waits for zero-copy notifications, and --no-zc "
                          "sends without them: drop one of the two")
+    if a.gso > 0:
+        check_segments(a.size, a.gso)
     return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
                       batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
-                      sqpoll=a.sqpoll, flows=a.flows)
+                      sqpoll=a.sqpoll, flows=a.flows, gso=a.gso, mtu=a.mtu or SINK_MTU)
+
+
+def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
+    """The sender: no -D, into the private sink bench makes; the path's MTU; then run_sender()."""
+    with ExitStack() as stack:
+        if cfg.addr is None:
+            hint = (f"or send to a receiver instead, with no private sink and no root: "
+                    f"`python3 sendzc.py -D ADDR {cfg.proto}` (`sendzc.py rx {cfg.proto}` running at ADDR)")
+            # Left on the way out, after the report: the namespace (and so
+            # every packet we send) goes when this process does, whatever ends it.
+            sink = stack.enter_context(private_sink(DEFAULT_QDISC, cfg.mtu, "no -D", hint))
+            cfg.addr = SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4
+            cfg.sink = {"dev": sink.dev, "mtu": sink.mtu, "qdisc": sink.qdisc, "netns": "private"}
+            if not as_json:
+                print(f"sink: no -D, so this sends to {cfg.addr} through {sink.dev} in a network "
+                      f"namespace of its own (MTU {sink.mtu}, qdisc {sink.qdisc}), where the kernel "
+                      f"drops every packet; it goes when sendzc does", flush=True)
+        if cfg.proto == "udp":
+            plan_path(cfg)
+        return run_sender(cfg, as_json, interval)
+
+
+def plan_path(cfg: SendConfig) -> None:
+    """Read the path's MTU; settle --gso auto; say before the run if datagrams would fragment."""
+    cfg.path_mtu = probe_path_mtu(cfg.family, cfg.addr, cfg.port)
+    if cfg.gso:
+        cfg.gso = resolve_gso(cfg.gso, cfg.size, cfg.path_mtu, cfg.family)
+    warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
+    if warning:
+        print(f"sendzc: {warning}", file=sys.stderr, flush=True)
 
 
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
@@ -3796,7 +4127,7 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
         stack.callback(sock.close)
-        payload = Payload(cfg.size)
+        payload = Payload(cfg.size, cfg.gso)
         stack.callback(payload.close)           # after the ring (below) has let go of it
         sender = UringSender(cfg, sock, payload, stack)
         sender.trace_out = sys.stderr if as_json else sys.stdout
@@ -3841,7 +4172,7 @@ def sender_params(cfg: SendConfig) -> dict:
             "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
             "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
             "entries": cfg.entries, "seconds": cfg.seconds, "flows": cfg.flows,
-            "sqpoll": cfg.sqpoll}
+            "sqpoll": cfg.sqpoll, "gso": cfg.gso or None, "path_mtu": cfg.path_mtu, "sink": cfg.sink}
 
 
 # What --probe asks about: the setup flags this file may use, and the opcodes.
@@ -4047,7 +4378,7 @@ def dispatch(argv: List[str]) -> int:
     if "--probe" in argv:
         return probe_main(argv)
     a = sender_parser().parse_args(argv)
-    return run_sender(sender_config(a), a.json, a.interval)
+    return send_main(sender_config(a), a.json, a.interval)
 
 
 if __name__ == "__main__":

@@ -1289,10 +1289,10 @@ USAGE_MISTAKES = {
         ["-D", "192.0.2.1", "-f", "--no-zc", "udp"],
         "sendzc: -f with --no-zc: -f waits for zero-copy notifications, and --no-zc sends "
         "without them: drop one of the two"),
-    "no destination": (
-        ["udp"],
-        "sendzc: no destination: pass -D ADDR (a host running `sendzc.py rx`), "
-        "or run `sendzc.py bench` for the private sink"),
+    "tcp with no -D (into the private sink)": (
+        ["tcp"],
+        "sendzc: tcp needs a peer that acknowledges, and the private sink drops everything: "
+        "pass -D ADDR of a host running `sendzc.py rx tcp`"),
     "rx: -t negative": (
         ["rx", "-t", "-1", "udp"],
         "sendzc: -t -1: not a positive number of seconds: give seconds above 0, e.g. 0.5"),
@@ -1880,3 +1880,348 @@ def test_out_of_file_descriptors_is_one_line_naming_the_call():
             seen.add(m.group(1))
     # The ring fd itself, the fds Python's mmap dup()s of it, the probe's socketpair.
     assert "io_uring_setup" in seen and "mmap.mmap() in Ring._map" in seen, seen
+
+
+# =============================================================================
+# NET: UDP GSO, the path's MTU, bench --mtu, the private sink for every command (issue 11)
+# =============================================================================
+
+FRAGMENTING = ("sendzc: warning: each 65435-byte datagram leaves as 45 IP fragments on this path "
+               "(MTU 1500), and the kernel copies every zero-copy send it fragments: add --gso auto "
+               "to send it as 1472-byte UDP segments (UDP GSO), or give -s 1472 or less")
+
+
+@pytest.fixture(scope="module")
+def sink1500():
+    """A sink as above, but with the MTU of an ordinary network: a 64 KB datagram is 45 fragments."""
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("needs root and iproute2 to create network namespaces")
+    with netns() as ns:
+        make_sink(ns)
+        ip("-n", ns, "link", "set", "ifb0", "mtu", "1500")
+        yield ns
+
+
+@pytest.mark.parametrize("opts", [[], ["--sendmsg"]], ids=["send_zc", "sendmsg_zc"])
+def test_fragmented_zero_copy_sends_are_copied_and_the_tool_names_gso(sink1500, opts):
+    p = tool("--json", "-4", "-D", SINK4, "-t", "0.3", *opts, "udp", ns=sink1500)
+    assert p.returncode == 0, p.stderr
+    assert p.stderr.splitlines() == [FRAGMENTING]
+    doc = json.loads(p.stdout)
+    row = doc["rows"][0]
+    assert row["requests"] > 0 and row["error"] is None and row["gso"] is None
+    assert row["notifications"] == row["requests"] == row["zc_copied"]     # every one COPIED
+    assert row["datagrams"] == row["requests"]                 # one datagram a send, fragmented
+    assert doc["params"]["path_mtu"] == 1500 and doc["params"]["gso"] is None
+
+
+@pytest.mark.parametrize("opts", [[], ["--sendmsg"], ["--no-fixed-buf"], ["--sendmsg", "--no-fixed-buf"]],
+                         ids=["send_zc_fixed", "sendmsg_zc_fixed", "send_zc", "sendmsg_zc"])
+def test_gso_auto_sends_zero_copy_across_an_mtu_of_1500(sink1500, opts):
+    p = tool("--json", "-4", "-D", SINK4, "-t", "0.3", "--gso", "auto", *opts, "udp", ns=sink1500)
+    assert p.returncode == 0 and p.stderr == "", p.stderr       # nothing fragments: no warning
+    doc = json.loads(p.stdout)
+    row = doc["rows"][0]
+    check_row(row, 65435)                                      # zc_copied == 0, notifications == requests
+    assert row["zc_copied"] == 0 and row["gso"] == 1472
+    assert row["datagrams"] == row["requests"] * 45            # 44 x 1472 + 667
+    assert doc["params"]["gso"] == 1472 and doc["params"]["path_mtu"] == 1500
+
+
+def test_gso_over_ipv6_picks_the_ipv6_segment(sink1500):
+    row = tool_json("-6", "-D", SINK6, "-t", "0.3", "--gso", "auto", "udp", ns=sink1500)["rows"][0]
+    check_row(row, 65435)
+    assert row["gso"] == 1500 - 40 - 8 and row["zc_copied"] == 0
+
+
+def test_gso_text_says_the_segment_and_the_datagrams(sink1500):
+    p = tool("-4", "-D", SINK4, "-t", "0.3", "--gso", "1000", "-s", "65000", "udp", ns=sink1500)
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    tx = int(p.stdout.split("tx=")[1].split()[0])
+    assert f"gso: 1000-byte segments (UDP_SEGMENT), 65 datagrams per send: {tx * 65} datagrams in all" \
+        in p.stdout.splitlines()
+
+
+def test_the_seed_output_is_unchanged_when_nothing_fragments(sink):
+    p = tool("-4", "-D", SINK4, "-t", "0.3", "udp", ns=sink)          # MTU 65535
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert p.stdout.splitlines()[0].startswith("tx=") and "gso" not in p.stdout
+
+
+def test_a_gso_payload_is_the_pattern_from_a_in_every_segment():
+    payload = sendzc.Payload(4000, 1472)
+    try:
+        data = bytes(payload.map[:4000])
+        for start in range(0, 4000, 1472):
+            seg = data[start:start + 1472]
+            assert seg == sendzc.pattern(len(seg))
+    finally:
+        payload.close()
+
+
+def test_gso_into_rx_over_veth_every_datagram_verified_and_counted(pair):
+    """Over veth at MTU 1500 (no UDP_GRO at rx): one datagram a segment, each the pattern from 'a'."""
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "udp", ns=rxns)
+    tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.3", "--gso", "1472", "udp", ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    got, sent = doc["rows"][0], tx["rows"][0]
+    assert sent["gso"] == 1472 and sent["datagrams"] == sent["requests"] * 45 > 0
+    assert got["verified"] is True and got["mismatches"] == 0 and got["datagrams"] > 0
+    # Every datagram the sender sent arrived or was dropped at rx's socket, and rx says which.
+    assert got["datagrams"] + got["dropped"] == sent["datagrams"]
+    if got["dropped"] == 0:
+        assert got["datagrams"] == sent["requests"] * 45
+
+
+# --- the refusals -------------------------------------------------------------------
+
+NET_USAGE = {
+    "--gso with more segments than the kernel takes": (
+        ["-D", "192.0.2.1", "--gso", "500", "-s", "65000", "udp"],
+        "sendzc: --gso 500: -s 65000 would be 130 segments per send, more than the kernel takes "
+        "(UDP_MAX_SEGMENTS, 128): give --gso 508 or more, or -s 64000 or less"),
+    "--gso with tcp": (
+        ["-D", "192.0.2.1", "--gso", "1472", "tcp"],
+        "sendzc: --gso with tcp: UDP GSO (UDP_SEGMENT) cuts UDP sends into datagrams; TCP segments "
+        "its stream by itself: drop --gso, or send udp"),
+    "--gso with raw": (
+        ["-D", "192.0.2.1", "--gso", "auto", "raw"],
+        "sendzc: --gso with raw: UDP GSO (UDP_SEGMENT) cuts UDP sends into datagrams; a raw socket "
+        "has no such option: drop --gso, or send udp"),
+    "--gso not a size": (
+        ["-D", "192.0.2.1", "--gso", "big", "udp"],
+        "sendzc: --gso big: not a segment size: give bytes per datagram, such as 1472, or auto"),
+    "--sink with -D": (
+        ["-D", "192.0.2.1", "--sink", "udp"],
+        "sendzc: --sink with -D: --sink sends into the private sink, -D to a receiver: drop one of the two"),
+    "--mtu with -D": (
+        ["-D", "192.0.2.1", "--mtu", "1500", "udp"],
+        "sendzc: --mtu with -D: --mtu sets the private sink's MTU, and -D sends over this host's own "
+        "path, whose MTU is its route's: drop one of the two"),
+    "--mtu below IPv4's minimum": (
+        ["--mtu", "67", "udp"],
+        "sendzc: --mtu 67: too small: give a whole number of 68 or more"),
+    "bench: --mtu below IPv6's minimum with -6": (
+        ["bench", "-6", "--mtu", "1200"],
+        "sendzc: --mtu 1200 with -6: IPv6 needs an MTU of 1280 or more: give --mtu 1280 or more, "
+        "or send IPv4"),
+    "bench: --mtu with -D": (
+        ["bench", "-D", "192.0.2.1", "--mtu", "1500"],
+        "sendzc: --mtu with -D: --mtu sets the private sink's MTU, and -D sends over this host's own "
+        "path, whose MTU is its route's: drop one of the two"),
+}
+USAGE_MISTAKES.update(NET_USAGE)        # the README table test reads both
+
+
+@pytest.mark.parametrize("case", list(NET_USAGE))
+def test_a_net_usage_mistake_is_one_line_and_status_2(case):
+    args, line = NET_USAGE[case]
+    p = tool(*args)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert only_line(p) == line
+
+
+NET_RUNTIME = {
+    "--gso larger than the path allows":
+        "sendzc: --gso 1473: larger than this path allows: at MTU 1500 an IPv4 packet carries 1472 "
+        "bytes of UDP payload at most: give --gso 1472 or less, or --gso auto",
+    "--gso auto, more segments than the kernel takes":
+        "sendzc: --gso 40: -s 65435 would be 1636 segments per send, more than the kernel takes "
+        "(UDP_MAX_SEGMENTS, 128): give --gso 512 or more, or -s 5120 or less",
+    "a kernel without UDP GSO":
+        "sendzc: --gso: this kernel has no UDP GSO (setsockopt(UDP_SEGMENT) answers ENOPROTOOPT; "
+        "it came in Linux 4.18): drop --gso, or use a newer kernel",
+    "EIO from a GSO send":
+        "sendzc: udp: --gso: the kernel refused the send (EIO): the device this path leaves by does "
+        "not checksum packets itself (no tx checksum offload or scatter-gather, see `ethtool -k DEV`), "
+        "or the path goes through IPsec: turn them on (`ethtool -K DEV tx on sg on`), or drop --gso "
+        "and keep -s to the path's largest datagram",
+    "the private sink for a sender, not root":
+        "sendzc: no -D: the private sink (a network namespace with an ifb device) needs root: run it "
+        "as root (sudo), or send to a receiver instead, with no private sink and no root: "
+        "`python3 sendzc.py -D ADDR udp` (`sendzc.py rx udp` running at ADDR)",
+}
+RUNTIME_LINES.update(NET_RUNTIME)       # the README table test reads both
+
+
+def test_gso_larger_than_the_path_is_refused_in_one_line(sink1500):
+    p = tool("-4", "-D", SINK4, "-t", "0.3", "--gso", "1473", "udp", ns=sink1500)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == NET_RUNTIME["--gso larger than the path allows"]
+
+
+def test_gso_auto_on_a_tiny_mtu_is_too_many_segments():
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("needs root and iproute2 for the private sink")
+    before = host_net()
+    p = tool("-t", "0.3", "--mtu", "68", "--gso", "auto", "udp")      # 68 - 28 = 40-byte segments
+    assert (p.returncode, p.stderr.count("\n")) == (1, 1), p.stderr
+    assert p.stderr.splitlines() == [NET_RUNTIME["--gso auto, more segments than the kernel takes"]]
+    assert_host_unchanged(before)
+
+
+# Answers setsockopt(fd, SOL_UDP, UDP_SEGMENT, ...) with an errno and nothing
+# else, as a kernel before 4.18 would (it knows no UDP_SEGMENT): seccomp looks
+# at the call's level and optname (the low 32 bits of args[1] and args[2]).
+SECCOMP_SETSOCKOPT = textwrap.dedent("""
+    import ctypes, errno, os, platform, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    class sock_filter(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
+                    ("k", ctypes.c_uint32)]
+
+    class sock_fprog(ctypes.Structure):
+        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(sock_filter))]
+
+    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
+    SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
+    AUDIT_ARCH, NR_SETSOCKOPT = {"x86_64": (0xC000003E, 54), "aarch64": (0xC00000B7, 208)}[platform.machine()]
+    PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_NO_NEW_PRIVS = 22, 2, 38
+    SOL_UDP, UDP_SEGMENT = 17, 103
+    program = [
+        (BPF_LD_W_ABS, 0, 0, 4),                   # seccomp_data.arch
+        (BPF_JEQ_K, 1, 0, AUDIT_ARCH),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        (BPF_LD_W_ABS, 0, 0, 0),                   # seccomp_data.nr
+        (BPF_JEQ_K, 0, 5, NR_SETSOCKOPT),
+        (BPF_LD_W_ABS, 0, 0, 24),                  # args[1], low half: level
+        (BPF_JEQ_K, 0, 3, SOL_UDP),
+        (BPF_LD_W_ABS, 0, 0, 32),                  # args[2], low half: optname
+        (BPF_JEQ_K, 0, 1, UDP_SEGMENT),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOPROTOOPT),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+    ]
+    filters = (sock_filter * len(program))(*[sock_filter(*i) for i in program])
+    prog = sock_fprog(len(program), filters)
+    ulong = ctypes.c_ulong
+    if libc.prctl(PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0:
+        sys.exit(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
+    if libc.prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), ulong(0), ulong(0)) != 0:
+        sys.exit(f"prctl(PR_SET_SECCOMP): {os.strerror(ctypes.get_errno())}")
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+""")
+
+
+def test_a_kernel_without_udp_gso_is_refused_in_one_line():
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("the filter knows the setsockopt numbers of x86_64 and aarch64 only")
+    with udp_sink_socket() as port:
+        p = subprocess.run([sys.executable, "-c", SECCOMP_SETSOCKOPT, TOOL, "-D", "127.0.0.1",
+                            "-p", str(port), "-t", "0.2", "-s", "1400", "--gso", "1000", "udp"],
+                           capture_output=True, text=True, timeout=30)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == NET_RUNTIME["a kernel without UDP GSO"]
+
+
+def test_eio_from_a_gso_send_is_one_line():
+    """A unit test: this kernel (6.18) sends GSO even from a device with checksums and SG off."""
+    cfg = sendzc.SendConfig(addr="198.18.0.2", gso=1472)
+    assert "sendzc: " + sendzc.send_error(errno.EIO, cfg) == NET_RUNTIME["EIO from a GSO send"]
+    assert sendzc.send_error(errno.EIO, sendzc.SendConfig(addr="198.18.0.2")) != \
+        sendzc.gso_eio_error()                                    # without --gso it is not GSO's
+
+
+# --- the private sink, for the sender -----------------------------------------------
+
+def test_a_sender_with_no_d_runs_into_the_private_sink_and_says_so_first():
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("needs root and iproute2 for the private sink")
+    before = host_net()
+    p = tool("-t", "0.3", "--trace", "2", "udp")
+    if "no ifb device" in p.stderr:
+        pytest.skip(p.stderr.strip())
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("sink: no -D, so this sends to 198.18.0.2 through ifb0 in a network "
+                               "namespace of its own (MTU 65535, qdisc noqueue)")
+    assert sum(l.startswith("trace: SQE ") for l in lines) == 2
+    assert any(l.startswith("zero-copy: all ") for l in lines)
+    assert_host_unchanged(before)
+    doc = tool_json("--sink", "-t", "0.2", "--mtu", "1500", "--gso", "auto", "udp")
+    assert doc["params"]["sink"] == {"dev": "ifb0", "mtu": 1500, "qdisc": "noqueue", "netns": "private"}
+    check_row(doc["rows"][0], 65435)
+    assert doc["rows"][0]["zc_copied"] == 0 and doc["rows"][0]["gso"] == 1472
+    assert_host_unchanged(before)
+
+
+@pytest.mark.parametrize("how", ["error", "sigkill"])
+def test_a_sender_into_the_private_sink_leaves_the_host_as_it_found_it(how):
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("needs root and iproute2 for the private sink")
+    before = host_net()
+    if how == "error":
+        # Refused after the namespace and its device exist: the segment does not fit MTU 1500.
+        p = tool("-t", "0.3", "--mtu", "1500", "--gso", "1473", "udp")
+        assert (p.returncode, p.stdout.count("\n")) == (1, 1), p.stderr    # the sink line, then no run
+        assert only_line(p) == NET_RUNTIME["--gso larger than the path allows"]
+    else:
+        proc = subprocess.Popen([sys.executable, TOOL, "-t", "5", "--trace", "2", "udp"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            first = proc.stdout.readline()             # printed once the sink is up
+            assert first.startswith("sink: no -D"), proc.communicate()[1]
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == -signal.SIGKILL
+    assert_host_unchanged(before)
+
+
+def test_a_sender_with_no_d_and_no_root_says_so_in_one_line():
+    setpriv = shutil.which("setpriv")
+    if IS_ROOT and setpriv is None:
+        pytest.skip("needs setpriv (util-linux) to drop root's capabilities")
+    prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"] if IS_ROOT else []
+    p = subprocess.run(prefix + [sys.executable, TOOL, "-t", "0.1", "udp"],
+                       capture_output=True, text=True, timeout=30)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == NET_RUNTIME["the private sink for a sender, not root"]
+
+
+# --- bench --mtu ---------------------------------------------------------------------
+
+def test_bench_at_mtu_1500_sets_fragmented_against_gso_against_1472_byte_datagrams():
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    before = host_net()
+    doc = bench_json("--mtu", "1500", "-t", "0.2", "--batches", "8")
+    assert_host_unchanged(before)
+    assert doc["params"]["mtu"] == 1500 and doc["params"]["gso"] == 1472
+    assert doc["params"]["sink"]["mtu"] == 1500 and doc["params"]["sizes"] == [1472, 65435]
+    modes = ["send_syscall", "msg_zerocopy", "send", "send_zc", "send_zc_fixed"]
+    assert [(r["size"], r["gso"], r["mode"]) for r in doc["rows"]] == [
+        (size, gso, mode) for size, gso in ((1472, None), (65435, None), (65435, 1472)) for mode in modes]
+    for r in doc["rows"]:
+        assert r["bytes"] == r["requests"] * r["size"] > 0 and r["error"] is None
+        if r["mode"] in ZC_MODES:
+            assert r["notifications"] == r["requests"]
+            fragmented = r["size"] > 1472 and r["gso"] is None
+            assert r["zc_copied"] == (r["notifications"] if fragmented else 0), r
+        assert r["datagrams"] == r["requests"] * (45 if r["gso"] else 1)
+    for (size, gso) in ((1472, None), (65435, None), (65435, 1472)):   # each table its own baseline
+        base = [r for r in doc["rows"] if (r["size"], r["gso"], r["mode"]) == (size, gso, "msg_zerocopy")]
+        assert base[0]["speedup"] == 1.0
+    assert set(doc["crossover"]) == {"io_uring", "msg_zerocopy"}
+
+
+def test_bench_at_mtu_1500_marks_the_tables():
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    p = tool("bench", "--mtu", "1500", "-t", "0.2", "--batches", "8")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    heads = [l for l in lines if " B per send" in l]
+    assert heads == ["1472 B per send",
+                     "65435 B per send, fragmented: 45 IP fragments each at MTU 1500",
+                     "65435 B per send, UDP GSO: 1472-byte segments, 45 datagrams per send"]
+    table = lines[lines.index(heads[1]):lines.index(heads[2])]
+    assert [l.split()[-2:] for l in table if l.startswith("io_uring SEND_ZC")] == [["COPIED", "100%"]] * 2 \
+        or all("COPIED 100%" in l for l in table if l.startswith("io_uring SEND_ZC"))
+    gso_table = lines[lines.index(heads[2]):]
+    assert all("  yes " in l for l in gso_table if l.startswith(("io_uring SEND_ZC", "send(2) MSG")))
