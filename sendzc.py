@@ -360,6 +360,7 @@ UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)          # <linux/udp.h>, 4.18
 # 128 since 6.9 (1382e3b6a350, backported to the 5.15, 6.1 and 6.6 stable
 # series in 2024); 64 before, and a kernel that has 64 answers EINVAL.
 UDP_MAX_SEGMENTS = 128
+UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
 IP_MAXPACKET = 65535
 U32 = 0xFFFFFFFF    # ring indices are u32 and wrap at 2**32
 PAGE = mmap.PAGESIZE
@@ -2149,10 +2150,11 @@ def send_error(err: int, cfg: SendConfig) -> str:
         return gso_eio_error()
     if err == errno.EINVAL and cfg.gso:
         n = segments_per_send(cfg.size, cfg.gso)
+        old = UDP_MAX_SEGMENTS_BEFORE_6_9
         return (f"udp: --gso {cfg.gso}: the kernel refused the send (EINVAL): {n} segments per send "
-                f"is more than this kernel takes (before 6.9, UDP_MAX_SEGMENTS is 64), or the path's "
-                f"MTU fell below the segment: give --gso {-(-cfg.size // 64)} or more, "
-                f"or --gso auto and -s {64 * cfg.gso} or less")
+                f"is more than kernels before 6.9 take (UDP_MAX_SEGMENTS was {old}), or the path's "
+                f"MTU fell below the segment: give --gso {-(-cfg.size // old)} or more, or -s "
+                f"{old * cfg.gso} or less, or --gso auto")
     return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
 
 

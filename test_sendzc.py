@@ -2039,6 +2039,10 @@ NET_RUNTIME = {
         "not checksum packets itself (no tx checksum offload or scatter-gather, see `ethtool -k DEV`), "
         "or the path goes through IPsec: turn them on (`ethtool -K DEV tx on sg on`), or drop --gso "
         "and keep -s to the path's largest datagram",
+    "EINVAL from a GSO send (a kernel before 6.9: 64 segments at most)":
+        "sendzc: udp: --gso 1000: the kernel refused the send (EINVAL): 66 segments per send is more "
+        "than kernels before 6.9 take (UDP_MAX_SEGMENTS was 64), or the path's MTU fell below the "
+        "segment: give --gso 1023 or more, or -s 64000 or less, or --gso auto",
     "the private sink for a sender, not root":
         "sendzc: no -D: the private sink (a network namespace with an ifb device) needs root: run it "
         "as root (sudo), or send to a receiver instead, with no private sink and no root: "
@@ -2123,6 +2127,13 @@ def test_eio_from_a_gso_send_is_one_line():
     assert "sendzc: " + sendzc.send_error(errno.EIO, cfg) == NET_RUNTIME["EIO from a GSO send"]
     assert sendzc.send_error(errno.EIO, sendzc.SendConfig(addr="198.18.0.2")) != \
         sendzc.gso_eio_error()                                    # without --gso it is not GSO's
+
+
+def test_einval_from_a_gso_send_names_the_older_kernels_limit():
+    """A unit test: 6.18 takes 128 segments, so 66 cannot be refused here."""
+    cfg = sendzc.SendConfig(addr="198.18.0.2", gso=1000)
+    line = NET_RUNTIME["EINVAL from a GSO send (a kernel before 6.9: 64 segments at most)"]
+    assert "sendzc: " + sendzc.send_error(errno.EINVAL, cfg) == line
 
 
 # --- the private sink, for the sender -----------------------------------------------
