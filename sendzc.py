@@ -1512,10 +1512,10 @@ def fragmentation_warning(proto: str, size: int, zc: bool, gso: int, mtu: int, f
 
 def gso_eio_error() -> str:
     """One line for EIO from a UDP GSO send."""
-    # udp_send_skb() refuses a GSO send with EIO unless the packet will be
-    # checksummed by the device (CHECKSUM_PARTIAL), and when the route goes
-    # through IPsec (xfrm). The device's checksum offload (and scatter-gather,
-    # which the kernel drops with it) is what `ethtool -k` shows.
+    # udp_send_skb() refuses a GSO send with EIO when the device will not
+    # checksum it (ip_summed != CHECKSUM_PARTIAL) or the route goes through
+    # IPsec (xfrm); `ethtool -k` shows the device's offloads. (6.18 sent GSO
+    # from an ifb with tx checksumming and scatter-gather off all the same.)
     return ("udp: --gso: the kernel refused the send (EIO): the device this path leaves by does not "
             "checksum packets itself (no tx checksum offload or scatter-gather, see `ethtool -k DEV`), "
             "or the path goes through IPsec: turn them on (`ethtool -K DEV tx on sg on`), "
@@ -3768,11 +3768,11 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
     family = pick_family(a.families, a.addr)
     if a.seconds is None:
         a.seconds = SWEEP_SECONDS if a.sweep else BENCH_SECONDS
-    if a.batches is None:
-        a.batches = list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
     sizes_given = a.sizes is not None
     if a.sizes is None:
         a.sizes = list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
+    if a.batches is None:
+        a.batches = list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
     if a.addr is None and a.proto == "tcp":
         raise UsageError(TCP_NEEDS_A_PEER)
     if a.addr is not None and a.qdisc is not None:
