@@ -1298,8 +1298,9 @@ def describe_result(r: Result) -> List[str]:
                  f"{r.mb_per_s:.0f} MB/s {r.gbit_per_s:.2f} Gbit/s {rate:.0f} req/s in {r.seconds:.2f} s; "
                  f"cpu user {r.cpu_user_s:.2f} s sys {r.cpu_sys_s:.2f} s")
     if r.gso:
-        lines.append(f"gso: {r.gso}-byte segments (UDP_SEGMENT), {segments_per_send(r.size, r.gso)} "
-                     f"datagrams per send: {r.datagrams} datagrams in all")
+        n = segments_per_send(r.size, r.gso)      # 1 when -s fits one segment: no GSO needed
+        lines.append(f"gso: {r.gso}-byte segments (UDP_SEGMENT), {n} datagram{'s' if n > 1 else ''} "
+                     f"per send: {r.datagrams} datagrams in all")
     if r.zc_copied is not None and r.notifications:
         if r.zc_copied:
             lines.append(f"zero-copy: the kernel copied instead for {r.zc_copied} of {r.notifications} "
