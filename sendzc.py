@@ -2659,18 +2659,17 @@ class SocketReceiver:
     """socket.recv_into(): one recv(2) per receive; the kernel copies inside the call.
 
     msg_flags MSG_TRUNC (--discard) makes TCP's recv drop the bytes in the
-    kernel and return how many (tcp_recvmsg() skips the copy), and UDP's
-    return a datagram's full length though it copies none of it: our buffer
-    is never written.
+    kernel and return how many (tcp_recvmsg() skips the copy: our buffer is
+    never written), and UDP's return a datagram's full length though it
+    copies only nbytes of it (the caller passes 1: recv_into's 0 means all).
     """
 
     method = "recv_into"
     segment = 0                     # one datagram per receive (no UDP_GRO)
 
-    def __init__(self, sock: socket.socket, buf: RxBuffer, msg_flags: int = 0):
+    def __init__(self, sock: socket.socket, buf: RxBuffer, msg_flags: int = 0, nbytes: int = 0):
         self._recv_into, self._flags = sock.recv_into, msg_flags
-        # (recv_into's nbytes 0 means "the whole view": an empty view needs a 1.)
-        self._view, self._n = (buf.view, buf.size) if not msg_flags & socket.MSG_TRUNC else (buf.view[:1], 1)
+        self._view, self._n = buf.view, nbytes or buf.size
 
     def recv(self) -> Optional[int]:
         try:
@@ -2699,7 +2698,9 @@ class GroReceiver:
         sock.setsockopt(SOL_UDP, UDP_GRO, 1)
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         self._recvmsg_into, self._flags = sock.recvmsg_into, msg_flags
-        self._bufs = [buf.view if not msg_flags & socket.MSG_TRUNC else buf.view[:0]]
+        # MSG_TRUNC (--discard): a datagram's full length back, one byte of it
+        # copied, into a scratch byte (a slice of buf.view would pin buf's mapping).
+        self._bufs = [buf.view if not msg_flags & socket.MSG_TRUNC else bytearray(1)]
         self.segment = 0            # the last receive's segment size; 0: one datagram
         self.drops = 0              # the socket's drops at the last receive that reported them
 
@@ -2816,7 +2817,7 @@ def udp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, result: RxRe
     except OSError as e:
         result.note = (f"UDP_GRO refused ({errno.errorcode.get(e.errno, e.errno)}): one datagram "
                        f"per receive, with recv_into")
-    return SocketReceiver(sock, buf, flags)
+    return SocketReceiver(sock, buf, flags, 1 if cfg.discard else 0)
 
 
 def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, result: RxResult,
