@@ -2333,8 +2333,8 @@ def zerocopy_enobufs_error() -> str:
 #
 # `sendzc.py rx` is the other box. It binds, takes one sender (TCP: one
 # connection, until the sender closes it; UDP: datagrams, until -t or
-# RX_UDP_IDLE_S of silence), counts what arrives and checks every byte
-# against the pattern the senders send. The check is why it exists: a
+# RX_UDP_IDLE_S of silence; --keep: sender after sender), counts what
+# arrives and checks every byte against the pattern the senders send. The check is why it exists: a
 # zero-copy send lends the kernel the application's pages instead of a copy,
 # so an application that rewrote a buffer before its F_NOTIF CQE would put
 # the new bytes on the wire, and no error would say so anywhere. Only the far
@@ -2343,9 +2343,11 @@ def zerocopy_enobufs_error() -> str:
 #   TCP  byte o of the stream is PATTERN[o % 26]. Where one receive ends and
 #        the next begins is the network's choice, so a receive of k bytes at
 #        stream offset o must equal the pattern from phase o % 26 on.
-#   UDP  every datagram is the pattern from its first byte ('a').
+#   UDP  every datagram is the pattern from its first byte ('a'), also
+#        when UDP_GRO brings several in one receive (GroReceiver).
 #
-# Receiving is always a copy, from the socket's buffers into ours, and the
+# Receiving is a copy, from the socket's buffers into ours (unless
+# --discard, MSG_TRUNC, asks the kernel to drop the bytes instead), and the
 # zero-copy contract holds here the other way round: the kernel writes into
 # our buffer from the moment a receive is submitted until its completion. So
 # the buffer is read (verified) only after the completion, and the next
@@ -2530,6 +2532,10 @@ def open_rx_socket(cfg: RxConfig) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:
             set_rcvbuf(sock, RX_UDP_RCVBUF)
+            try:                # now, so the first sender's first datagrams coalesce too
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            except OSError:
+                pass            # (before 5.0: udp_receiver() says so)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(RX_TICK_S))
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg.port))
         if cfg.proto == "tcp":
@@ -2695,7 +2701,7 @@ class GroReceiver:
     method = "recvmsg UDP_GRO"
 
     def __init__(self, sock: socket.socket, buf: RxBuffer, msg_flags: int = 0):
-        sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)        # (again: the refusal is ours to report)
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         self._recvmsg_into, self._flags = sock.recvmsg_into, msg_flags
         # MSG_TRUNC (--discard): a datagram's full length back, one byte of it

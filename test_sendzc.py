@@ -2244,3 +2244,23 @@ def test_rx_json_matches_the_fields_readme_documents():
     check_against_readme(doc, "### The JSON document", options=["rx -n"])
     for row in doc["rows"] + [doc["total"]]:
         check_against_readme(row, "### An rx JSON row")
+
+
+def test_a_whole_udp_gro_receive_releases_every_fd_and_mapping():
+    def once():
+        port = free_port(socket.SOCK_DGRAM)
+        cfg = sendzc.RxConfig(proto="udp", family=socket.AF_INET, port=port)
+
+        def sender():
+            time.sleep(0.3)                           # the receiver binds meanwhile
+            gso_send("127.0.0.1", port, 5)
+        t = threading.Thread(target=sender)
+        t.start()
+        result, _ = sendzc.run_receiver(cfg, False, None)
+        t.join()
+        assert result.datagrams == 5 * GSO_SEGS and result.verified is True
+        assert result.method == "recvmsg UDP_GRO" and result.gro_segment == GSO_SEG
+    once()                                            # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    once()
+    assert (open_fds(), mappings()) == (fds, maps)
