@@ -3124,8 +3124,8 @@ def describe_rx(r: RxResult) -> List[str]:
 
 
 def describe_flows(results: List[RxResult], total: RxResult) -> List[str]:
-    """rx -n: a line per flow that came, then the total."""
-    lines = [f"flow {i}: " + describe_rx(r)[-1 if not r.peer else 1] for i, r in enumerate(results)]
+    """rx -n: a line per flow that came (each was accepted, so has a peer), then the total."""
+    lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
     return lines + [f"total of {len(results)} flows:"] + describe_rx(total)
 
 
