@@ -2264,3 +2264,31 @@ def test_a_whole_udp_gro_receive_releases_every_fd_and_mapping():
     fds, maps = open_fds(), mappings()
     once()
     assert (open_fds(), mappings()) == (fds, maps)
+
+
+def test_rx_keep_goes_on_after_a_failed_sender_and_the_next_starts_clean():
+    """A sender with a flipped byte fails its check (its line on stderr); the next one, sent
+    right, passes: no mismatch, phase or count carries over. The totals say 1 of 2 failed."""
+    port = free_port()
+    rx = keep_rx("-4", "-p", port, "tcp")
+    try:
+        bad = subprocess.run([sys.executable, "-c", FLIPPER, HERE, "tcp", "127.0.0.1", str(port),
+                              "1000003"], capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 0, bad.stderr
+        first = read_doc(rx)
+        assert rx.stderr.readline().startswith(
+            "sendzc: rx: verification failed: stream byte 1000003 ")
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(sendzc.pattern(777777))
+        second = read_doc(rx)
+        totals = stop_keep_rx(rx)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    assert first["rows"][0]["verified"] is False and first["rows"][0]["mismatches"] == 1
+    row = second["rows"][0]
+    assert row["bytes"] == 777777 and row["verified"] is True and row["mismatches"] == 0
+    assert row["first_mismatch"] is None and row["error"] is None
+    assert totals["senders"] == 2 and totals["total"]["verified"] is False
+    assert totals["total"]["bytes"] == (4 << 20) + 777777
