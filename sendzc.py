@@ -356,6 +356,8 @@ IP_MTU = getattr(socket, "IP_MTU", 14)                     # <linux/in.h>: a con
 IPV6_MTU = getattr(socket, "IPV6_MTU", 24)                 # <linux/in6.h>: the same for IPv6
 SOL_UDP = getattr(socket, "SOL_UDP", 17)                   # <linux/socket.h>
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)          # <linux/udp.h>, 4.18: UDP GSO's segment size
+UDP_GRO = getattr(socket, "UDP_GRO", 104)                  # <linux/udp.h>, 5.0: coalesce on receive
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)           # <asm-generic/socket.h>: drops, per receive
 # include/linux/udp.h (kernel-only): the most segments one GSO send may carry.
 # 128 since 6.9 (1382e3b6a350, backported to the 5.15, 6.1 and 6.6 stable
 # series in 2024); 64 before, and a kernel that has 64 answers EINVAL.
@@ -486,6 +488,23 @@ def setns(fd: int, nstype: int) -> None:
     """setns(2): move this thread into the namespace fd refers to (os.setns is 3.12+)."""
     if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
         _raise_errno("setns")
+
+
+class sockaddr(ctypes.Structure):
+    """struct sockaddr of <sys/socket.h>: here only ever AF_UNSPEC, for disconnect()."""
+    _fields_ = [("sa_family", ctypes.c_ushort), ("sa_data", ctypes.c_char * 14)]
+
+
+def disconnect(fd: int) -> None:
+    """connect(2) to AF_UNSPEC: a connected UDP socket forgets its peer (udp_disconnect()).
+
+    It keeps its port (bound by us, so SOCK_BINDPORT_LOCK holds it) and takes
+    datagrams from anyone again. Python's connect() has no way to say
+    AF_UNSPEC, hence libc's.
+    """
+    addr = sockaddr(socket.AF_UNSPEC)
+    if _libc.connect(ctypes.c_int(fd), ctypes.byref(addr), ctypes.c_uint(ctypes.sizeof(addr))) != 0:
+        _raise_errno("connect")
 
 
 def _addr_of(buf) -> int:
@@ -2501,8 +2520,8 @@ def zerocopy_enobufs_error() -> str:
 #
 # `sendzc.py rx` is the other box. It binds, takes one sender (TCP: one
 # connection, until the sender closes it; UDP: datagrams, until -t or
-# RX_UDP_IDLE_S of silence), counts what arrives and checks every byte
-# against the pattern the senders send. The check is why it exists: a
+# RX_UDP_IDLE_S of silence; --keep: sender after sender), counts what
+# arrives and checks every byte against the pattern the senders send. The check is why it exists: a
 # zero-copy send lends the kernel the application's pages instead of a copy,
 # so an application that rewrote a buffer before its F_NOTIF CQE would put
 # the new bytes on the wire, and no error would say so anywhere. Only the far
@@ -2511,9 +2530,11 @@ def zerocopy_enobufs_error() -> str:
 #   TCP  byte o of the stream is PATTERN[o % 26]. Where one receive ends and
 #        the next begins is the network's choice, so a receive of k bytes at
 #        stream offset o must equal the pattern from phase o % 26 on.
-#   UDP  every datagram is the pattern from its first byte ('a').
+#   UDP  every datagram is the pattern from its first byte ('a'), also
+#        when UDP_GRO brings several in one receive (GroReceiver).
 #
-# Receiving is always a copy, from the socket's buffers into ours, and the
+# Receiving is a copy, from the socket's buffers into ours (unless
+# --discard, MSG_TRUNC, asks the kernel to drop the bytes instead), and the
 # zero-copy contract holds here the other way round: the kernel writes into
 # our buffer from the moment a receive is submitted until its completion. So
 # the buffer is read (verified) only after the completion, and the next
@@ -2528,6 +2549,10 @@ RX_TICK_S = 0.2              # a receiver with nothing to read looks at Ctrl-C, 
 RX_RING_ENTRIES = 1          # one RECV in flight at a time (see the contract above)
 NEVER = 1 << 63              # a deadline in perf_counter_ns that never comes
 TIMEVAL = struct.Struct("@ll")   # struct timeval {tv_sec; tv_usec}, for SO_RCVTIMEO
+GRO_SIZE = struct.Struct("@i")   # UDP_GRO's cmsg: int gso_size (udp_cmsg_recv())
+RXQ_OVFL = struct.Struct("@I")   # SO_RXQ_OVFL's cmsg: __u32, the socket's drops so far (sk_drops)
+# Room for both control messages a receive may carry.
+RX_CMSG_SPACE = socket.CMSG_SPACE(GRO_SIZE.size) + socket.CMSG_SPACE(RXQ_OVFL.size)
 
 
 class Verifier:
@@ -2558,6 +2583,8 @@ class Verifier:
         self.matches = self.pattern.startswith     # matches(view[:k], phase) -> bool
         self.bad = 0                               # receives (TCP) or datagrams (UDP) that failed
         self.first: Optional[dict] = None          # where the first one went wrong
+        self.segment = 0                           # UDP_GRO: the segment size self.layout is for
+        self.layout = b""                          # that many-byte datagrams laid end to end
 
     def first_difference(self, view: memoryview, k: int, phase: int) -> int:
         """Index of the first byte of view[:k] that is not the pattern from phase on.
@@ -2573,6 +2600,29 @@ class Verifier:
                 bad = mid
         return good
 
+    def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
+        """Check one UDP receive of k bytes: one datagram, or (UDP_GRO) several of segment bytes.
+
+        A coalesced receive is datagrams laid end to end, each the pattern
+        from 'a', the last one possibly shorter: one memcmp() against that
+        layout (built once per segment size) checks them all. Only when it
+        fails are the datagrams compared one by one, to count and place the
+        wrong ones. index is the number of the first datagram in the run.
+        """
+        if not segment or segment >= k:
+            if not self.matches(view[:k], 0):
+                self.mismatch(view, k, 0, 0, index)
+            return
+        if segment != self.segment or k > len(self.layout):
+            self.segment = segment
+            self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
+        if self.layout.startswith(view[:k]):
+            return
+        for i, at in enumerate(range(0, k, segment)):
+            n = min(segment, k - at)
+            if not self.matches(view[at:at + n], 0):
+                self.mismatch(view[at:], n, 0, 0, index + i)
+
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
         """Count a receive that failed; describe the first in full."""
@@ -2587,13 +2637,14 @@ class Verifier:
 class RxResult(Rates):
     """One run of the receiver: what arrived, whether it was the pattern, what it cost."""
     proto: str
-    method: str                      # how it received: "io_uring RECV" or "recv_into"
-    family: str = "ipv4"             # the sender's
+    method: str                      # how it received: "io_uring RECV", "recv_into", "recvmsg UDP_GRO"
+    family: Optional[str] = None     # the sender's; None until a sender comes
     peer: str = ""                   # the sender's address and port
     bytes: int = 0
-    receives: int = 0                # receives that brought data (UDP: one per datagram)
+    receives: int = 0                # receives that brought data (UDP_GRO: several datagrams each)
     datagrams: Optional[int] = None  # UDP: datagrams received
-    dropped: Optional[int] = None    # UDP: datagrams the full socket buffer dropped (SO_MEMINFO)
+    dropped: Optional[int] = None    # UDP: packets the full socket buffer dropped (SO_RXQ_OVFL, SO_MEMINFO)
+    gro_segment: Optional[int] = None    # UDP: the largest UDP_GRO segment size seen; None: none coalesced
     segments: Optional[int] = None   # TCP: segments that arrived (TCP_INFO tcpi_segs_in)
     seconds: float = 0.0             # measured: connection (TCP) or first datagram (UDP) to last byte
     cpu_user_s: float = 0.0
@@ -2605,17 +2656,21 @@ class RxResult(Rates):
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
+    discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
+    started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
 
     def row(self) -> dict:
         """The JSON row (README documents every field)."""
         return {"mode": "rx", "proto": self.proto, "family": self.family, "peer": self.peer,
                 "method": self.method, "bytes": self.bytes, "receives": self.receives,
-                "datagrams": self.datagrams, "dropped": self.dropped, "segments": self.segments,
+                "datagrams": self.datagrams, "dropped": self.dropped, "gro_segment": self.gro_segment,
+                "segments": self.segments,
                 "seconds": round(self.seconds, 6), "mb_per_s": round(self.mb_per_s, 1),
                 "gbit_per_s": round(self.gbit_per_s, 3), "cpu_user_s": round(self.cpu_user_s, 3),
                 "cpu_sys_s": round(self.cpu_sys_s, 3), "verified": self.verified,
                 "mismatches": self.mismatches, "first_mismatch": self.first_mismatch,
                 "interrupted": self.interrupted, "error": self.error, "note": self.note,
+                "discard": self.discard,
                 **({} if self.intervals is None else {"intervals": self.intervals})}
 
 
@@ -2628,6 +2683,7 @@ class RxConfig:
     seconds: Optional[float] = None  # -t; None: until the sender is done
     verify: bool = True
     uring: bool = True               # TCP through IORING_OP_RECV (else recv_into)
+    discard: bool = False            # --discard: receive with MSG_TRUNC, verify nothing
 
 
 # --- Sockets -----------------------------------------------------------------
@@ -2659,6 +2715,10 @@ def open_rx_socket(cfg: RxConfig) -> socket.socket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:
             set_rcvbuf(sock, RX_UDP_RCVBUF)
+            try:                # now, so the first sender's first datagrams coalesce too
+                sock.setsockopt(SOL_UDP, UDP_GRO, 1)
+            except OSError:
+                pass            # (before 5.0: udp_receiver() says so)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(RX_TICK_S))
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg.port))
         if cfg.proto == "tcp":
@@ -2785,18 +2845,66 @@ class RxBuffer:
 
 
 class SocketReceiver:
-    """socket.recv_into(): one recv(2) per receive; the kernel copies inside the call."""
+    """socket.recv_into(): one recv(2) per receive; the kernel copies inside the call.
+
+    msg_flags MSG_TRUNC (--discard) makes TCP's recv drop the bytes in the
+    kernel and return how many (tcp_recvmsg() skips the copy: our buffer is
+    never written), and UDP's return a datagram's full length though it
+    copies only nbytes of it (the caller passes 1: recv_into's 0 means all).
+    """
 
     method = "recv_into"
+    segment = 0                     # one datagram per receive (no UDP_GRO)
 
-    def __init__(self, sock: socket.socket, buf: RxBuffer):
-        self._recv_into, self._view = sock.recv_into, buf.view
+    def __init__(self, sock: socket.socket, buf: RxBuffer, msg_flags: int = 0, nbytes: int = 0):
+        self._recv_into, self._flags = sock.recv_into, msg_flags
+        self._view, self._n = buf.view, nbytes or buf.size
 
     def recv(self) -> Optional[int]:
         try:
-            return self._recv_into(self._view)
+            return self._recv_into(self._view, self._n, self._flags)
         except BlockingIOError:
             return None             # SO_RCVTIMEO passed
+
+
+class GroReceiver:
+    """UDP with UDP_GRO: recvmsg(2) with a control buffer, several datagrams per receive.
+
+    With UDP_GRO set, the socket takes a run of datagrams from one sender,
+    coalesced by GRO (or sent as one GSO packet over veth, which never splits
+    it), as one packet: one receive brings them end to end, and a UDP_GRO
+    control message says the segment size, every datagram that long but the
+    last (udp_cmsg_recv()). Without the option the kernel splits such a
+    packet back into datagrams before queueing them (udp_rcv_segment()),
+    one receive each. SO_RXQ_OVFL adds a control message with the socket's
+    drop count whenever it is not zero (sock_recv_drops()): packets the full
+    buffer refused, a coalesced one counting once.
+    """
+
+    method = "recvmsg UDP_GRO"
+
+    def __init__(self, sock: socket.socket, buf: RxBuffer, msg_flags: int = 0):
+        sock.setsockopt(SOL_UDP, UDP_GRO, 1)        # (again: the refusal is ours to report)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
+        self._recvmsg_into, self._flags = sock.recvmsg_into, msg_flags
+        # MSG_TRUNC (--discard): a datagram's full length back, one byte of it
+        # copied, into a scratch byte (a slice of buf.view would pin buf's mapping).
+        self._bufs = [buf.view if not msg_flags & socket.MSG_TRUNC else bytearray(1)]
+        self.segment = 0            # the last receive's segment size; 0: one datagram
+        self.drops = 0              # the socket's drops at the last receive that reported them
+
+    def recv(self) -> Optional[int]:
+        try:
+            k, cmsgs, _, _ = self._recvmsg_into(self._bufs, RX_CMSG_SPACE, self._flags)
+        except BlockingIOError:
+            return None             # SO_RCVTIMEO passed
+        self.segment = 0
+        for level, kind, data in cmsgs:
+            if level == SOL_UDP and kind == UDP_GRO:
+                self.segment = GRO_SIZE.unpack(data)[0]
+            elif level == socket.SOL_SOCKET and kind == SO_RXQ_OVFL:
+                self.drops = RXQ_OVFL.unpack(data)[0]
+        return k
 
 
 class UringReceiver:
@@ -2812,7 +2920,7 @@ class UringReceiver:
 
     method = "io_uring RECV"
 
-    def __init__(self, sock: socket.socket, buf: RxBuffer, stack: ExitStack):
+    def __init__(self, sock: socket.socket, buf: RxBuffer, stack: ExitStack, msg_flags: int = 0):
         self.sock = sock
         self.buf = buf
         self.ring = ring = Ring(RX_RING_ENTRIES)
@@ -2825,7 +2933,7 @@ class UringReceiver:
         ring.register_files([sock.fileno()])
         ring.register_ring_fd()
         sqe = io_uring_sqe()
-        prep_recv(sqe, 0, buf.addr, buf.size, 0)
+        prep_recv(sqe, 0, buf.addr, buf.size, msg_flags)    # MSG_TRUNC: see SocketReceiver
         sqe.flags |= IOSQE_FIXED_FILE
         self.sqe = bytes(sqe)
         self.inflight = False
@@ -2881,12 +2989,24 @@ class UringReceiver:
 def tcp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitStack,
                  result: RxResult):
     """UringReceiver if asked for and this host allows it, else SocketReceiver (and say why)."""
+    flags = socket.MSG_TRUNC if cfg.discard else 0
     if cfg.uring:
         try:
-            return UringReceiver(sock, buf, stack)
+            return UringReceiver(sock, buf, stack, flags)
         except OSError as e:
             result.note = f"io_uring refused ({e.strerror or e}): received with recv_into instead"
-    return SocketReceiver(sock, buf)
+    return SocketReceiver(sock, buf, flags)
+
+
+def udp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, result: RxResult):
+    """GroReceiver where the kernel has UDP_GRO (5.0+), else SocketReceiver (and say why)."""
+    flags = socket.MSG_TRUNC if cfg.discard else 0
+    try:
+        return GroReceiver(sock, buf, flags)
+    except OSError as e:
+        result.note = (f"UDP_GRO refused ({errno.errorcode.get(e.errno, e.errno)}): one datagram "
+                       f"per receive, with recv_into")
+    return SocketReceiver(sock, buf, flags, 1 if cfg.discard else 0)
 
 
 def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, result: RxResult,
@@ -2894,7 +3014,11 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     """The loop: receive, verify, count, until the end of the stream, -t, silence or Ctrl-C.
 
     Verification is one bytes.startswith() per receive (see Verifier); the
-    phase is the stream offset modulo the pattern (TCP) or 0 (UDP).
+    phase is the stream offset modulo the pattern (TCP), and every UDP
+    datagram starts at 'a', several to a receive with UDP_GRO. An -i
+    interval ends only at a receive that brought data, so the intervals stop
+    at the last byte (not at the idle timeout that ends a UDP run) and never
+    run backwards; a pause shows as one longer interval at its lower rate.
     """
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
@@ -2902,7 +3026,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
     next_tick = t0 + tick_ns if ticks else NEVER
-    nbytes = receives = 0
+    nbytes = receives = datagrams = biggest = 0
     last = t0                           # when the last data came
     while True:
         try:
@@ -2914,22 +3038,33 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
         if k is None:                   # nothing for RX_TICK_S
             if now - last >= idle_ns:
                 break                   # UDP: the sender has gone quiet
-        elif k or not stream:           # data (an empty datagram is still one)
-            phase = nbytes % PATTERN_LEN if stream else 0
+        elif stream:
+            if not k:
+                break                   # TCP: 0 bytes is the end of the stream
+            phase = nbytes % PATTERN_LEN
             if matches is not None and not matches(view[:k], phase):
-                verifier.mismatch(view, k, phase, nbytes if stream else 0,
-                                  None if stream else receives)
+                verifier.mismatch(view, k, phase, nbytes, None)
+        else:                           # a datagram, or (UDP_GRO) several; an empty one still counts
+            segment = rx.segment
+            if verifier is not None:
+                verifier.datagrams(view, k, segment, datagrams)
+            if segment and segment < k:
+                datagrams += -(-k // segment)
+                biggest = max(biggest, segment)
+            else:
+                datagrams += 1
+        if k is not None:
             nbytes += k
             receives += 1
             last = now
-        else:
-            break                       # TCP: 0 bytes is the end of the stream
-        if now >= next_tick:            # -i
-            ticks.report(now, nbytes, receives)
-            next_tick += tick_ns
+            if now >= next_tick:        # -i
+                ticks.report(now, nbytes, receives if stream else datagrams)
+                next_tick += tick_ns * ((now - next_tick) // tick_ns + 1)   # the first one after now
         if now >= deadline or STOP.requested:
             break
     result.bytes, result.receives = nbytes, receives
+    if not stream:
+        result.datagrams, result.gro_segment = datagrams, biggest or None
     # The rate runs to the last byte: not to the idle timeout that ended a UDP
     # run, and not to a -t deadline that passed while nothing came.
     result.seconds = (last - t0) / 1e9
@@ -2949,22 +3084,34 @@ def mismatch_error(r: RxResult) -> str:
     f = r.first_mismatch
     where = (f"stream byte {f['offset']}" if f["datagram"] is None
              else f"byte {f['offset']} of datagram {f['datagram']} (both counted from 0)")
-    count = "receives" if r.proto == "tcp" else "datagrams"
+    count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
     return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern has "
-            f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {r.receives} {count} "
+            f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {count} "
             f"differ): the data changed after the sender handed it over, as when a zero-copy "
             f"buffer is rewritten before its notification")
 
 
 def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> Tuple[RxResult, Optional[Intervals]]:
     """msg_zerocopy -r's do_rx(), with a check of every byte: one sender, counted and verified."""
-    # The method is settled once a sender comes; until then, the one we mean to use.
-    uring = cfg.proto == "tcp" and cfg.uring
-    result = RxResult(cfg.proto, UringReceiver.method if uring else SocketReceiver.method)
     with ExitStack() as stack:
         sock = open_rx_socket(cfg)
         stack.callback(sock.close)
         waiting_line(cfg, sock, 1)
+        return serve_one(cfg, sock, printing, interval)
+
+
+def planned_method(cfg: RxConfig) -> str:
+    """The method we mean to use, until a sender comes and the kernel has had its say."""
+    if cfg.proto == "udp":
+        return GroReceiver.method
+    return UringReceiver.method if cfg.uring else SocketReceiver.method
+
+
+def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool,
+              interval: Optional[float]) -> Tuple[RxResult, Optional[Intervals]]:
+    """Wait on sock for one sender, then receive from it: its own buffer, ring and check."""
+    result = RxResult(cfg.proto, planned_method(cfg), discard=cfg.discard)
+    with ExitStack() as stack:
         buf = RxBuffer(RX_BUF)
         stack.callback(buf.close)           # after the ring (below) has let go of it
         if cfg.proto == "tcp":
@@ -2981,17 +3128,21 @@ def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> Tu
                 return result, None
             conn = sock
             # Only this sender, from now on: a connected UDP socket is given
-            # only the datagrams that come from the address it is connected to.
+            # only the datagrams that come from the address it is connected to;
+            # then anyone again, for the next sender (--keep).
             conn.connect(addr)
+            stack.callback(disconnect, conn.fileno())
         ticks = receive_from(cfg, conn, addr, buf, stack, result, printing, interval)
     return result, ticks
 
 
-def waiting_line(cfg: RxConfig, sock: socket.socket, senders: int) -> None:
+def waiting_line(cfg: RxConfig, sock: socket.socket, senders: int, keep: bool = False) -> None:
     """The one line rx prints while it waits (on stderr: stdout may be JSON)."""
     where = "IPv6 and IPv4" if sock.family == socket.AF_INET6 and cfg.family is None \
         else family_name_label(family_name(sock.family))
     whom = "a sender" if senders == 1 else f"{senders} senders"
+    if keep:
+        whom = "senders, one after another" if senders == 1 else f"senders, {senders} at a time"
     print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
 
@@ -3000,23 +3151,32 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer,
                  result: RxResult, printing: bool, interval: Optional[float],
                  who: int = resource.RUSAGE_SELF) -> Optional[Intervals]:
     """Receive from one sender into result: counted, timed, checked. Returns -i's intervals."""
-    verifier = Verifier(RX_BUF) if cfg.verify else None
-    rx = tcp_receiver(cfg, conn, buf, stack, result) if cfg.proto == "tcp" else SocketReceiver(conn, buf)
+    verifier = Verifier(RX_BUF) if cfg.verify and not cfg.discard else None
+    udp = cfg.proto == "udp"
+    rx = udp_receiver(cfg, conn, buf, result) if udp else tcp_receiver(cfg, conn, buf, stack, result)
+    # The socket's drop counter runs for as long as the socket lives (--keep
+    # serves sender after sender on one UDP socket): count from here.
+    drops_before = socket_drops(conn) if udp else None
     meter = Meter(who)                      # from the connection, or the first datagram
-    result.method = rx.method
+    result.method, result.started_ns, result.discard = rx.method, meter.t0, cfg.discard
     result.family, result.peer = peer_name(addr)
     ticks = Intervals(interval, printing, meter.t0) if interval else None
     receive(rx, buf, verifier, cfg, result, meter.t0, ticks, int(interval * 1e9) if interval else 0)
     seconds = result.seconds
     meter.stop(result)                      # CPU over the whole run, idle tail included
     result.seconds = seconds
-    if ticks:                               # the last, partial interval
-        ticks.report(meter.t0 + int(seconds * 1e9), result.bytes, result.receives)
-    if cfg.proto == "tcp":
-        result.segments = tcp_segments_in(conn)
+    done = result.datagrams if udp else result.receives
+    if ticks and (result.bytes > ticks.last[1] or not ticks.rows):   # the last, partial interval
+        ticks.report(meter.t0 + int(seconds * 1e9), result.bytes, done)
+    if udp:
+        # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
+        # it now, drops after the last datagram included.
+        drops_now = socket_drops(conn)
+        seen = getattr(rx, "drops", 0)
+        if drops_now is not None and drops_before is not None:
+            result.dropped = max(drops_now, seen) - drops_before
     else:
-        result.datagrams = result.receives
-        result.dropped = socket_drops(conn)
+        result.segments = tcp_segments_in(conn)
     if verifier:
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
@@ -3026,64 +3186,92 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer,
 
 
 def run_receivers(cfg: RxConfig, flows: int) -> Tuple[List[RxResult], RxResult]:
-    """rx -n N, for the sender's -n N over TCP: N connections, each received in its own thread.
-
-    Each flow has its own buffer, its own ring (or socket reads) and its own
-    check, exactly as one sender would; ctypes and socket reads release the
-    GIL while they wait. Returns each flow's result (CPU from RUSAGE_THREAD)
-    and their total (CPU from RUSAGE_SELF, every thread).
-    """
-    import threading
-    method = UringReceiver.method if cfg.uring else SocketReceiver.method
-    results = [RxResult(cfg.proto, method) for _ in range(flows)]
-    total = RxResult(cfg.proto, method)
-    errors: List[BaseException] = []
-
-    def flow(i: int, conn: socket.socket, addr: tuple) -> None:
-        try:
-            with ExitStack() as stack:
-                buf = RxBuffer(RX_BUF)
-                stack.callback(buf.close)
-                receive_from(cfg, conn, addr, buf, stack, results[i], False, None,
-                             resource.RUSAGE_THREAD)
-        except BaseException as e:          # reported by the main thread, in one line
-            errors.append(e)
-
+    """rx -n N, for the sender's -n N over TCP: N connections, each received in its own thread."""
     with ExitStack() as stack:
         sock = open_rx_socket(cfg)
         stack.callback(sock.close)
         waiting_line(cfg, sock, flows)
-        accepted = []
-        while len(accepted) < flows:
+        return serve_flows(cfg, sock, flows)
+
+
+def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[RxResult], RxResult]:
+    """Accept up to flows connections on sock, each received in its own thread from its accept on.
+
+    A thread starts the moment its connection is accepted: a sender's first
+    flow must not stall while its last one is still connecting. Each flow has
+    its own buffer, its own ring (or socket reads) and its own check, exactly
+    as one sender would; ctypes and socket reads release the GIL while they
+    wait. Returns the result of each flow that came (CPU from RUSAGE_THREAD)
+    and their total (CPU from RUSAGE_SELF, every thread, from the first
+    accept), whose rate spans the first flow's start to the last one's end.
+    """
+    import threading
+    results: List[RxResult] = []
+    total = RxResult(cfg.proto, planned_method(cfg), discard=cfg.discard)
+    errors: List[BaseException] = []
+    meter: Optional[Meter] = None
+
+    def flow(result: RxResult, conn: socket.socket, addr: tuple) -> None:
+        try:
+            with ExitStack() as stack:
+                buf = RxBuffer(RX_BUF)
+                stack.callback(buf.close)
+                receive_from(cfg, conn, addr, buf, stack, result, False, None, resource.RUSAGE_THREAD)
+        except BaseException as e:          # reported by the main thread, in one line
+            errors.append(e)
+
+    with ExitStack() as stack:
+        threads = []
+        while len(results) < flows:
             got = accept_sender(sock)
-            if got is None:                 # Ctrl-C before every sender came
-                total.interrupted = True
-                return results[:len(accepted)], total
-            stack.callback(got[0].close)
-            accepted.append(got)
-        meter = Meter()
-        threads = [threading.Thread(target=flow, args=(i, conn, addr), name=f"rx{i}")
-                   for i, (conn, addr) in enumerate(accepted)]
-        for t in threads:
-            t.start()
+            if got is None:                 # Ctrl-C before every sender came: end those that did
+                break
+            conn, addr = got
+            stack.callback(conn.close)      # after the threads are joined (below)
+            meter = meter or Meter()
+            result = RxResult(cfg.proto, total.method, discard=cfg.discard)
+            result.family, result.peer = peer_name(addr)
+            results.append(result)
+            threads.append(threading.Thread(target=flow, args=(result, conn, addr),
+                                            name=f"rx{len(results) - 1}"))
+            threads[-1].start()
         for t in threads:
             while t.is_alive():
                 t.join(RX_TICK_S)           # short joins: the main thread still sees Ctrl-C
     if errors:
         raise errors[0]
+    total.interrupted = STOP.requested
+    if not results:
+        return results, total
     meter.stop(total)
+    add_up(total, results)
+    # One flow's refusal (io_uring off) is every flow's: name what was used, and why.
+    total.method = " and ".join(sorted({r.method for r in results}))
+    total.note = next((r.note for r in results if r.note), None)
+    start = min(r.started_ns or meter.t0 for r in results)
+    end = max((r.started_ns or meter.t0) + int(r.seconds * 1e9) for r in results)
+    total.seconds = (end - start) / 1e9
+    return results, total
+
+
+def add_up(total: RxResult, results: List[RxResult]) -> None:
+    """Sum results into total: bytes, counts, the first error and mismatch, the verdict."""
     total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
     for r in results:
         total.bytes += r.bytes
         total.receives += r.receives
         total.mismatches += r.mismatches
-        total.segments = (total.segments or 0) + (r.segments or 0)
+        if r.segments is not None:
+            total.segments = (total.segments or 0) + r.segments
+        if r.datagrams is not None:
+            total.datagrams = (total.datagrams or 0) + r.datagrams
+        if r.dropped is not None:
+            total.dropped = (total.dropped or 0) + r.dropped
+        if r.gro_segment is not None:
+            total.gro_segment = max(total.gro_segment or 0, r.gro_segment)
         total.error = total.error or r.error
         total.first_mismatch = total.first_mismatch or r.first_mismatch
-    total.verified = None if not cfg.verify else all(r.verified for r in results)
-    total.seconds = max(r.seconds for r in results)   # the rate: all bytes over the longest flow
-    total.interrupted = STOP.requested
-    return results, total
+    total.verified = None if any(r.verified is None for r in results) else all(r.verified for r in results)
 
 
 def describe_rx(r: RxResult) -> List[str]:
@@ -3095,22 +3283,33 @@ def describe_rx(r: RxResult) -> List[str]:
         segs = "" if r.segments is None else f" in {r.segments} TCP segments"
         lines = [f"rx={r.receives} receives {mb}{segs} from {r.peer}"]
     else:
+        gro = "" if r.gro_segment is None else \
+            f" in {r.receives} receives (UDP_GRO coalesced them, {r.gro_segment} B segments)"
         drops = "" if r.dropped is None else f"; {r.dropped} dropped by the full socket buffer"
-        lines = [f"rx={r.datagrams} datagrams {mb} from {r.peer}{drops}"]
-    lines.append(f"{r.proto} {family_name_label(r.family)} {r.method}: {r.mb_per_s:.0f} MB/s "
+        lines = [f"rx={r.datagrams} datagrams {mb}{gro} from {r.peer}{drops}"]
+    lines.append(f"{r.proto} {family_name_label(r.family or '')} {r.method}: {r.mb_per_s:.0f} MB/s "
                  f"{r.gbit_per_s:.2f} Gbit/s in {r.seconds:.2f} s; "
                  f"cpu user {r.cpu_user_s:.2f} s sys {r.cpu_sys_s:.2f} s")
     if r.note:
         lines.append(f"note: {r.note}")
-    if r.verified is None:
+    if r.discard:
+        lines.append("verification: off (--discard: MSG_TRUNC receives, the kernel dropped the data "
+                     "without copying it to us)")
+    elif r.verified is None:
         lines.append("verification: off (--no-verify)")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if r.proto == "tcp"
                      else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
     else:
-        lines.append(f"verification FAILED: {r.mismatches} of {r.receives} "
-                     f"{'receives' if r.proto == 'tcp' else 'datagrams'} differ from the pattern")
+        count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
+        lines.append(f"verification FAILED: {r.mismatches} of {count} differ from the pattern")
     return lines
+
+
+def describe_flows(results: List[RxResult], total: RxResult) -> List[str]:
+    """rx -n: a line per flow that came (each was accepted, so has a peer), then the total."""
+    lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
+    return lines + [f"total of {len(results)} flows:"] + describe_rx(total)
 
 
 def rx_parser() -> "Parser":
@@ -3130,6 +3329,13 @@ def rx_parser() -> "Parser":
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
                    help="TCP: take FLOWS connections (the sender's -n) and receive each in its "
                         "own thread")
+    p.add_argument("-k", "--keep", action="store_true",
+                   help="keep serving: sender after sender (as iperf3's server, or nc -lk), each "
+                        "reported as it ends (--json: one document a line); Ctrl-C prints the "
+                        "totals. Default: serve one sender, then exit with its verdict")
+    p.add_argument("--discard", action="store_true",
+                   help="receive with MSG_TRUNC: the kernel drops the data without copying it to "
+                        "us, and nothing is verified (to measure a sender alone)")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp}", help="what to receive")
     return p
 
@@ -3138,7 +3344,7 @@ def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
     cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port,
-                   seconds=a.seconds, verify=a.verify, uring=a.uring)
+                   seconds=a.seconds, verify=a.verify, uring=a.uring, discard=a.discard)
     if a.flows > 1 and cfg.proto != "tcp":
         raise UsageError(f"-n {a.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
@@ -3146,30 +3352,94 @@ def rx_main(argv: List[str]) -> int:
         raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
     params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
               "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
-              "flows": a.flows}
-    if a.flows > 1:
-        results, result = run_receivers(cfg, a.flows)
-    else:
-        result, ticks = run_receiver(cfg, not a.json, a.interval)
-        results = [result]
-        if ticks:
-            result.intervals = ticks.rows
-    if a.json:
-        doc = json_doc(params, results)
-        if a.flows > 1:
-            doc["total"] = result.row()
-        print(json.dumps(doc, indent=2))
-    elif a.flows > 1:
-        for i, r in enumerate(results):
-            print(f"flow {i}: " + describe_rx(r)[1])
-        print(f"total of {len(results)} flows:")
-        print("\n".join(describe_rx(result)))
-    else:
-        print("\n".join(describe_rx(result)))
+              "flows": a.flows, "keep": a.keep, "discard": cfg.discard}
+    with ExitStack() as stack:
+        sock = open_rx_socket(cfg)
+        stack.callback(sock.close)
+        waiting_line(cfg, sock, a.flows, a.keep)
+        if a.keep:
+            return serve_senders(cfg, sock, a, params)
+        results, result = serve(cfg, sock, a)
+    report_rx(a, params, results, result)
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
         return 1
     return 130 if result.interrupted else 0
+
+
+def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> Tuple[List[RxResult], RxResult]:
+    """One sender (with -n: its flows): each flow's result, and the total (the one result, for one)."""
+    if a.flows > 1:
+        return serve_flows(cfg, sock, a.flows)
+    result, ticks = serve_one(cfg, sock, not a.json, a.interval)
+    if ticks:
+        result.intervals = ticks.rows
+    return [result], result
+
+
+def report_rx(a: argparse.Namespace, params: dict, results: List[RxResult], result: RxResult,
+              extra: Optional[dict] = None) -> None:
+    """Print one sender's result: a JSON document (on one line with --keep), or the text lines."""
+    if a.json:
+        doc = json_doc(params, results, extra)
+        if a.flows > 1:
+            doc["total"] = result.row()
+        print(json.dumps(doc) if a.keep else json.dumps(doc, indent=2), flush=True)
+    elif a.flows > 1:
+        print("\n".join(describe_flows(results, result)), flush=True)
+    else:
+        print("\n".join(describe_rx(result)), flush=True)
+
+
+def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace, params: dict) -> int:
+    """--keep: serve sender after sender until Ctrl-C, then print the totals (exit 130).
+
+    Each sender starts from nothing: its own result, buffer, ring and
+    Verifier (so its stream is checked from phase 0), its own drop count. A
+    sender's failure (a reset, a wrong byte) is printed as it ends, and the
+    receiver goes on to the next.
+    """
+    total = RxResult(cfg.proto, planned_method(cfg), discard=cfg.discard)
+    served: List[RxResult] = []
+    while not STOP.requested:
+        results, result = serve(cfg, sock, a)
+        if not results or not result.peer:
+            break                           # Ctrl-C while waiting for the next sender
+        served.append(result)
+        if not a.json:
+            print(f"sender {len(served)}:", flush=True)
+        report_rx(a, params, results, result, {"sender": len(served)})
+        if result.error:
+            print(f"sendzc: {result.error}", file=sys.stderr, flush=True)
+    total.interrupted = True
+    if served:
+        add_up(total, served)
+        total.peer = f"{len(served)} senders"
+        total.method = " and ".join(sorted({r.method for r in served}))
+        total.seconds = sum(r.seconds for r in served)
+        total.cpu_user_s = sum(r.cpu_user_s for r in served)
+        total.cpu_sys_s = sum(r.cpu_sys_s for r in served)
+    if a.json:
+        print(json.dumps(json_doc(params, [], {"senders": len(served), "total": total.row()})), flush=True)
+    else:
+        print(totals_line(total, served), flush=True)
+    return 130
+
+
+def totals_line(total: RxResult, served: List[RxResult]) -> str:
+    """--keep's last line: how many senders, how much, and how many passed the check."""
+    n = len(served)
+    counted = f", {total.datagrams} datagrams" if total.datagrams is not None else ""
+    if total.discard:
+        verdict = "not verified (--discard)"
+    elif total.verified is None:
+        verdict = "not verified (--no-verify)" if n else "nothing to verify"
+    else:
+        failed = sum(1 for r in served if not r.verified)
+        verdict = (f"every one verified" if not failed
+                   else f"verification FAILED for {failed} of {n}")
+    return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
+            f"{counted}; {verdict}")
 
 
 # =============================================================================

@@ -2238,3 +2238,413 @@ def test_bench_at_mtu_1500_marks_the_tables():
     assert all("  COPIED 100% " in l for l in fragmented)
     assert all("  yes " in l for l in with_gso)
     assert "where zero-copy starts to pay on this host" in p.stdout
+
+# === RX (issues 11.5, 13.1, 13.7, 13.8, 13.16, 14.2, 15.2): the receiver =====
+#
+# UDP_GRO receives verified datagram by datagram, rx -n reading each flow from
+# its accept, the method and note of a fallback named for every flow, -i that
+# stops at the last datagram, a persistent receiver (--keep) and --discard.
+# =============================================================================
+
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)     # <linux/udp.h>
+GSO_SEG, GSO_SEGS, GSO_TAIL = 1472, 45, 100   # a segment for MTU 1500; segments a send; the last's size
+
+# A UDP GSO sender: every send is GSO_SEGS - 1 segments of SEG bytes and a
+# short last one, each the pattern from 'a' (what a GSO sender must put on
+# the wire for rx to verify it); in send 3 one byte may be flipped. Paced, so
+# a receiver's buffer never fills: what it counts is then exactly what left.
+GSO_SENDER = textwrap.dedent("""
+    import socket, sys, time
+    sys.path.insert(0, sys.argv[1])
+    from sendzc import pattern
+    host, port, sends, seg, segs, tail, flip = sys.argv[2], int(sys.argv[3]), *map(int, sys.argv[4:9])
+    one = pattern(seg) * (segs - 1) + pattern(tail)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_UDP, %d, seg)              # UDP_SEGMENT
+        s.connect((host, port))
+        for i in range(sends):
+            data = bytearray(one)
+            if i == 3 and flip >= 0:
+                data[flip] ^= 0x20
+            s.send(data)
+            time.sleep(0.002)
+    print(len(one))
+""" % UDP_SEGMENT)
+
+
+def gso_send(host, port, sends, flip=-1, ns=None, segs=GSO_SEGS):
+    """Run GSO_SENDER; returns the bytes of one send."""
+    cmd = [sys.executable, "-c", GSO_SENDER, HERE, host, str(port), str(sends), str(GSO_SEG),
+           str(segs), str(GSO_TAIL), str(flip)]
+    p = subprocess.run((["ip", "netns", "exec", ns] if ns else []) + cmd,
+                       capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    return int(p.stdout)
+
+
+def veth_mtu(ns, dev):
+    return json.loads(ip("-n", ns, "-j", "link", "show", dev).stdout)[0]["mtu"]
+
+
+def test_rx_udp_gro_verifies_every_segment_of_gso_sends(pair):
+    txns, rxns = pair
+    assert veth_mtu(rxns, "sztb") == 1500 and veth_mtu(txns, "szta") == 1500
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "udp", ns=rxns)
+    size = gso_send(PAIR4[1], port, 100, ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    row = doc["rows"][0]
+    assert row["method"] == "recvmsg UDP_GRO" and row["gro_segment"] == GSO_SEG
+    assert row["verified"] is True and row["mismatches"] == 0 and row["first_mismatch"] is None
+    assert row["receives"] < row["datagrams"]              # coalesced: many datagrams a receive
+    assert row["dropped"] is not None
+    if row["dropped"] == 0:                                # the counts of both sides reconcile
+        assert row["datagrams"] == 100 * GSO_SEGS and row["bytes"] == 100 * size
+    else:                                                  # (a drop is a coalesced packet: <= 45 each)
+        assert row["datagrams"] < 100 * GSO_SEGS
+
+
+def test_rx_udp_gro_catches_a_corrupted_segment_at_its_offset(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "udp", ns=rxns)
+    gso_send(PAIR4[1], port, 10, flip=7 * GSO_SEG + 5, ns=txns)   # send 3, its segment 7, byte 5
+    status, doc, err = finish_rx(rx)
+    assert status == 1
+    row = doc["rows"][0]
+    expected = sendzc.PATTERN[5]
+    assert row["verified"] is False and row["mismatches"] == 1
+    assert row["first_mismatch"] == {"offset": 5, "datagram": 3 * GSO_SEGS + 7,
+                                     "got": expected ^ 0x20, "expected": expected}
+    assert row["datagrams"] == 10 * GSO_SEGS
+    assert one_line(err).startswith(
+        f"sendzc: rx: verification failed: byte 5 of datagram {3 * GSO_SEGS + 7} (both counted "
+        f"from 0) is {expected ^ 0x20:#04x} where the pattern has {expected:#04x} "
+        f"{chr(expected)!r} (1 of {10 * GSO_SEGS} datagrams differ)")
+
+
+@pytest.mark.parametrize("flips", [[], [5], [3000, 3001], [1472 * 3 + 1471, 1472 * 4 + 99]])
+def test_the_verifier_checks_each_coalesced_datagram(flips):
+    """One receive of 5 datagrams (the last short): each wrong one counted, the first placed."""
+    v = sendzc.Verifier(1 << 20)
+    data = bytearray(sendzc.pattern(1472) * 4 + sendzc.pattern(100))
+    for at in flips:
+        data[at] ^= 1
+    v.datagrams(memoryview(data), len(data), 1472, 10)
+    assert v.bad == len({at // 1472 for at in flips})
+    if flips:
+        at = flips[0]
+        assert v.first == {"offset": at % 1472, "datagram": 10 + at // 1472, "got": data[at],
+                           "expected": sendzc.PATTERN[at % 1472 % 26]}
+
+
+def start_rx_args(*args, prefix=(sys.executable, TOOL)):
+    """`sendzc.py rx ARGS` (no --json added), returned once it is listening, and its waiting line."""
+    p = subprocess.Popen([*prefix, "rx", *map(str, args)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    line = p.stderr.readline()
+    if "waiting for" not in line:
+        p.kill()
+        pytest.fail(f"rx did not start: {line}{p.communicate()[1]}")
+    return p, line
+
+
+@pytest.mark.parametrize("size", [100000, 32 << 20], ids=["fits-the-buffers", "32MiB"])
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_rx_n_reads_each_flow_from_its_accept_and_ctrl_c_reports_the_flows_that_came(as_json, size):
+    """rx -n 2, one sender comes: it is read at once (32 MiB pass no socket buffers unread);
+    Ctrl-C then prints that flow, whole, and the total: no traceback, exit 130."""
+    port = free_port()
+    rx, _ = start_rx_args(*(["--json"] if as_json else []), "-4", "-p", port, "-n", "2", "tcp")
+    try:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.settimeout(10)                   # an rx that does not read stalls this sendall
+            s.sendall(sendzc.pattern(size))
+        time.sleep(1)                          # rx reads the last bytes and the end of the stream
+        rx.send_signal(signal.SIGINT)
+        out, err = rx.communicate(timeout=10)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    assert rx.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines() == [RUNTIME_LINES["Ctrl-C"]]
+    if as_json:
+        doc = json.loads(out)
+        [row] = doc["rows"]
+        assert row["bytes"] == size and row["verified"] is True
+        assert row["peer"].startswith("127.0.0.1:") and row["family"] == "ipv4"
+        assert doc["total"]["bytes"] == size and doc["total"]["interrupted"] is True
+    else:
+        lines = out.splitlines()
+        assert re.fullmatch(r"flow 0: tcp IPv4 io_uring RECV: \d+ MB/s .*", lines[0]), out
+        assert lines[1] == "total of 1 flows:"
+        assert f"({size >> 20} MB, {size} bytes)" in lines[2] and "from 127.0.0.1:" in lines[2]
+        assert lines[-1] == "verified: every byte is the sender's pattern, in stream order"
+
+
+def test_rx_n_without_io_uring_names_recv_into_and_says_why():
+    """rx -n 2 under a seccomp filter refusing io_uring: every flow and the total say recv_into,
+    and the fallback note is printed, as with one flow."""
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("the filter knows the io_uring syscall numbers of x86_64 and aarch64 only")
+    port = free_port()
+    rx, _ = start_rx_args("-4", "-p", port, "-n", "2", "tcp",
+                          prefix=(sys.executable, "-c", SECCOMP_EXEC, "EPERM", TOOL))
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(sendzc.pattern(100000))
+    out, err = rx.communicate(timeout=30)
+    assert rx.returncode == 0, err
+    lines = out.splitlines()
+    assert [l.split(":")[0] for l in lines[:2]] == ["flow 0", "flow 1"]
+    assert all(" tcp IPv4 recv_into: " in l for l in lines[:2]), out
+    assert lines[2] == "total of 2 flows:"
+    assert lines[4].startswith("tcp IPv4 recv_into: "), out
+    assert lines[5].startswith("note: io_uring refused (io_uring_setup: EPERM"), out
+    assert "(0 MB, 200000 bytes)" in lines[3]
+
+
+def test_rx_udp_intervals_stop_at_the_last_datagram_and_never_run_backwards():
+    port = free_port(socket.SOCK_DGRAM)
+    rx = start_rx("-4", "-p", port, "-i", "0.1", "udp")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.connect(("127.0.0.1", port))
+        until = time.monotonic() + 0.5
+        sent = 0
+        while time.monotonic() < until:
+            s.send(sendzc.pattern(1400))
+            sent += 1
+            time.sleep(0.001)
+    status, doc, err = finish_rx(rx)           # after RX_UDP_IDLE_S (1 s) of silence
+    assert status == 0, err
+    row = doc["rows"][0]
+    ivs = row["intervals"]
+    assert row["datagrams"] == sent and row["verified"] is True
+    assert all(i["start"] <= i["end"] and i["mb_per_s"] >= 0 for i in ivs), ivs
+    assert all(a["end"] == b["start"] for a, b in zip(ivs, ivs[1:])), ivs
+    assert ivs[-1]["end"] <= round(row["seconds"], 3) + 0.001, (ivs[-1], row["seconds"])
+    assert row["seconds"] < 0.9                # the last datagram, not the idle timeout
+    assert sum(i["bytes"] for i in ivs) == row["bytes"]
+    assert sum(i["requests"] for i in ivs) == row["datagrams"]
+
+
+@pytest.mark.parametrize("proto", ["tcp", "udp"])
+def test_rx_interrupted_with_no_sender_names_no_family(proto):
+    """The dual-stack socket had no sender: its family is nobody's, not "ipv4"."""
+    rx = start_rx("-p", free_port(), proto)
+    rx.send_signal(signal.SIGINT)
+    status, doc, err = finish_rx(rx, timeout=5)
+    assert status == 130
+    assert doc["rows"][0]["family"] is None and doc["rows"][0]["peer"] == ""
+
+
+def keep_rx(*args):
+    """`sendzc.py rx --keep --json ARGS`, listening."""
+    rx, line = start_rx_args("--keep", "--json", *args)
+    assert "waiting for senders, one after another" in line
+    return rx
+
+
+def read_doc(rx):
+    """rx --keep's next JSON line (it prints one as each sender ends)."""
+    line = rx.stdout.readline()
+    assert line.endswith("\n"), line
+    return json.loads(line)
+
+
+def stop_keep_rx(rx):
+    """SIGINT: the totals document and exit 130."""
+    rx.send_signal(signal.SIGINT)
+    try:
+        out, err = rx.communicate(timeout=10)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    assert rx.returncode == 130 and "Traceback" not in err, err
+    assert err.splitlines() == [RUNTIME_LINES["Ctrl-C"]]
+    [line] = out.splitlines()
+    return json.loads(line)
+
+
+def test_rx_keep_serves_two_tcp_senders_in_a_row_then_ctrl_c_prints_the_totals():
+    port = free_port()
+    rx = keep_rx("-4", "-p", port, "tcp")
+    try:
+        sent, got = [], []
+        for _ in range(2):
+            tx = tool_json("-D", "127.0.0.1", "-p", port, "-t", "0.3", "-s", "10000", "tcp")
+            sent.append(tx["rows"][0]["bytes"])
+            got.append(read_doc(rx))
+        totals = stop_keep_rx(rx)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    for n, (doc, nbytes) in enumerate(zip(got, sent), 1):
+        check_against_readme(doc, "### The JSON document", options=["each rx `--keep`"])
+        [row] = doc["rows"]
+        check_against_readme(row, "### An rx JSON row")
+        # Each stream is checked from its own first byte ('a'): nothing carries over.
+        assert doc["sender"] == n and row["bytes"] == nbytes > 0 and row["verified"] is True
+        assert row["interrupted"] is False and row["error"] is None
+    assert got[0]["rows"][0]["peer"] != got[1]["rows"][0]["peer"]
+    check_against_readme(totals, "### The JSON document", options=["`--keep`'s last"])
+    assert totals["rows"] == [] and totals["senders"] == 2
+    assert totals["total"]["bytes"] == sum(sent) and totals["total"]["verified"] is True
+    assert totals["total"]["interrupted"] is True
+
+
+def test_rx_keep_serves_udp_senders_one_after_another_in_text():
+    """A plain UDP sender, then (after the idle gap) a GSO one: each counted from zero."""
+    port = free_port(socket.SOCK_DGRAM)
+    rx, line = start_rx_args("--keep", "-4", "-p", port, "udp")
+    assert "waiting for senders, one after another" in line
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("127.0.0.1", port))
+            for _ in range(100):
+                s.send(sendzc.pattern(1000))
+                time.sleep(0.001)
+        first = [rx.stdout.readline() for _ in range(4)]
+        size = gso_send("127.0.0.1", port, 20)
+        second = [rx.stdout.readline() for _ in range(4)]
+        rx.send_signal(signal.SIGINT)
+        out, err = rx.communicate(timeout=10)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    assert rx.returncode == 130 and "Traceback" not in err, err
+    assert first[0] == "sender 1:\n" and second[0] == "sender 2:\n"
+    assert first[1].startswith("rx=100 datagrams (0 MB, 100000 bytes) from 127.0.0.1:"), first
+    assert first[1].endswith("; 0 dropped by the full socket buffer\n")
+    assert first[3] == "verified: all 100 datagrams are the sender's pattern, intact\n"
+    assert second[1].startswith(f"rx={20 * GSO_SEGS} datagrams (1 MB, {20 * size} bytes) in "), second
+    assert f"(UDP_GRO coalesced them, {GSO_SEG} B segments)" in second[1]
+    assert second[3] == f"verified: all {20 * GSO_SEGS} datagrams are the sender's pattern, intact\n"
+    assert out == (f"total: 2 senders, 1 MB ({100000 + 20 * size} bytes), {100 + 20 * GSO_SEGS} "
+                   f"datagrams; every one verified\n")
+
+
+@pytest.mark.parametrize("opts,method", [([], "io_uring RECV"), (["--no-uring"], "recv_into")],
+                         ids=["uring", "recv_into"])
+def test_rx_discard_counts_exactly_the_bytes_the_tcp_sender_sent(opts, method):
+    port = free_port()
+    rx = start_rx("-4", "-p", port, "--discard", *opts, "tcp")
+    tx = tool_json("-D", "127.0.0.1", "-p", port, "-t", "0.3", "tcp")
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    row = doc["rows"][0]
+    assert row["bytes"] == tx["rows"][0]["bytes"] > 0
+    assert row["method"] == method and row["discard"] is True and doc["params"]["discard"] is True
+    assert row["verified"] is None and row["mismatches"] == 0
+    check_against_readme(row, "### An rx JSON row")
+
+
+def test_rx_discard_counts_udp_datagrams_and_says_nothing_was_verified():
+    port = free_port(socket.SOCK_DGRAM)
+    rx, _ = start_rx_args("-4", "-p", port, "--discard", "udp")
+    size = gso_send("127.0.0.1", port, 20, flip=3)          # a wrong byte: nobody looks
+    out, err = rx.communicate(timeout=30)
+    assert rx.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith(f"rx={20 * GSO_SEGS} datagrams (1 MB, {20 * size} bytes) in ")
+    assert lines[-1] == ("verification: off (--discard: MSG_TRUNC receives, the kernel dropped "
+                         "the data without copying it to us)")
+
+
+@pytest.mark.parametrize("uring", [True, False], ids=["uring", "recv_into"])
+def test_a_discarding_tcp_receiver_never_writes_the_buffer(uring):
+    """MSG_TRUNC on TCP: every byte counted, none copied to user space."""
+    with socket.socket() as listener, contextlib.ExitStack() as stack:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        a = socket.create_connection(listener.getsockname())
+        b, _ = listener.accept()
+        stack.enter_context(a)
+        stack.enter_context(b)
+        buf = sendzc.RxBuffer(1 << 16)
+        stack.callback(buf.close)
+        rx = (sendzc.UringReceiver(b, buf, stack, socket.MSG_TRUNC) if uring
+              else sendzc.SocketReceiver(b, buf, socket.MSG_TRUNC))
+        a.sendall(sendzc.pattern(300000))
+        a.close()
+        total = 0
+        while True:
+            k = rx.recv()
+            if k == 0:
+                break
+            total += k or 0
+        assert total == 300000 and not any(buf.view)
+
+
+def test_rx_json_matches_the_fields_readme_documents():
+    port = free_port()
+    rx = start_rx("-4", "-p", port, "-i", "0.1", "tcp")
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(sendzc.pattern(100000))
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    check_against_readme(doc, "### The JSON document")
+    check_against_readme(doc["rows"][0], "### An rx JSON row", options=["-i"])
+    port = free_port()
+    rx = start_rx("-4", "-p", port, "-n", "2", "tcp")
+    for _ in range(2):
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(sendzc.pattern(1000))
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    check_against_readme(doc, "### The JSON document", options=["rx -n"])
+    for row in doc["rows"] + [doc["total"]]:
+        check_against_readme(row, "### An rx JSON row")
+
+
+def test_a_whole_udp_gro_receive_releases_every_fd_and_mapping():
+    def once():
+        port = free_port(socket.SOCK_DGRAM)
+        cfg = sendzc.RxConfig(proto="udp", family=socket.AF_INET, port=port)
+
+        def sender():
+            time.sleep(0.3)                           # the receiver binds meanwhile
+            gso_send("127.0.0.1", port, 5)
+        t = threading.Thread(target=sender)
+        t.start()
+        result, _ = sendzc.run_receiver(cfg, False, None)
+        t.join()
+        assert result.datagrams == 5 * GSO_SEGS and result.verified is True
+        assert result.method == "recvmsg UDP_GRO" and result.gro_segment == GSO_SEG
+    once()                                            # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    once()
+    assert (open_fds(), mappings()) == (fds, maps)
+
+
+def test_rx_keep_goes_on_after_a_failed_sender_and_the_next_starts_clean():
+    """A sender with a flipped byte fails its check (its line on stderr); the next one, sent
+    right, passes: no mismatch, phase or count carries over. The totals say 1 of 2 failed."""
+    port = free_port()
+    rx = keep_rx("-4", "-p", port, "tcp")
+    try:
+        bad = subprocess.run([sys.executable, "-c", FLIPPER, HERE, "tcp", "127.0.0.1", str(port),
+                              "1000003"], capture_output=True, text=True, timeout=30)
+        assert bad.returncode == 0, bad.stderr
+        first = read_doc(rx)
+        assert rx.stderr.readline().startswith(
+            "sendzc: rx: verification failed: stream byte 1000003 ")
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.sendall(sendzc.pattern(777777))
+        second = read_doc(rx)
+        totals = stop_keep_rx(rx)
+    finally:
+        if rx.poll() is None:
+            rx.kill()
+            rx.wait()
+    assert first["rows"][0]["verified"] is False and first["rows"][0]["mismatches"] == 1
+    row = second["rows"][0]
+    assert row["bytes"] == 777777 and row["verified"] is True and row["mismatches"] == 0
+    assert row["first_mismatch"] is None and row["error"] is None
+    assert totals["senders"] == 2 and totals["total"]["verified"] is False
+    assert totals["total"]["bytes"] == (4 << 20) + 777777
