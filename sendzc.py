@@ -102,6 +102,24 @@ IORING_CQE_F_MORE = 1 << 1           # another CQE for this request will follow
 IORING_CQE_F_SOCK_NONEMPTY = 1 << 2
 IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
 
+
+# Each flag test as a tiny named function, as tokio-rs io-uring's cqueue::more()
+# and notif() are: the reference sender (section 5b) reads `if notif(flags)`.
+def more(flags: int) -> bool:
+    """F_MORE: this request will post another CQE (a zero-copy send's notification)."""
+    return bool(flags & IORING_CQE_F_MORE)
+
+
+def notif(flags: int) -> bool:
+    """F_NOTIF: a notification: the kernel has let go of the request's buffer."""
+    return bool(flags & IORING_CQE_F_NOTIF)
+
+
+def copied(res: int) -> bool:
+    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the kernel copied after all."""
+    return bool(res & IORING_NOTIF_USAGE_ZC_COPIED)
+
+
 # --- mmap offsets of the three regions --------------------------------------
 IORING_OFF_SQ_RING = 0
 IORING_OFF_CQ_RING = 0x8000000
@@ -109,13 +127,10 @@ IORING_OFF_SQES = 0x10000000
 
 # --- sq_ring flags (the word at sq_off.flags, written by the kernel) ---------
 IORING_SQ_NEED_WAKEUP = 1 << 0   # SQPOLL thread sleeps: io_uring_enter must wake it
-IORING_SQ_CQ_OVERFLOW = 1 << 1   # CQEs wait in the kernel's overflow list
-IORING_SQ_TASKRUN = 1 << 2
 
 # --- io_uring_enter() flags ---------------------------------------------------
 IORING_ENTER_GETEVENTS = 1 << 0       # wait for min_complete CQEs
-IORING_ENTER_SQ_WAKEUP = 1 << 1
-IORING_ENTER_SQ_WAIT = 1 << 2
+IORING_ENTER_SQ_WAKEUP = 1 << 1       # wake the SQPOLL thread (when it asked: NEED_WAKEUP)
 IORING_ENTER_EXT_ARG = 1 << 3         # 5.11 arg is struct io_uring_getevents_arg
 IORING_ENTER_REGISTERED_RING = 1 << 4  # 5.18 fd is a registered ring index
 
@@ -138,6 +153,8 @@ IORING_FEAT_RECVSEND_BUNDLE = 1 << 14
 IORING_FEAT_MIN_TIMEOUT = 1 << 15
 IORING_FEAT_RW_ATTR = 1 << 16
 IORING_FEAT_NO_IOWAIT = 1 << 17
+# What Ring requires of every kernel (see Ring._setup: we do not support older ones).
+REQUIRED_FEATURES = IORING_FEAT_SINGLE_MMAP | IORING_FEAT_EXT_ARG
 
 # --- enum io_uring_register_op -----------------------------------------------
 IORING_REGISTER_BUFFERS = 0
@@ -340,6 +357,13 @@ def _check_layout():
 
 
 _check_layout()
+# Sizes the ring arithmetic uses, from the structs rather than retyped: a ring
+# word (head, tail, ...) is a u32, and slot i of the SQE array starts at byte
+# i << SQE_SHIFT.
+U32_SIZE = ctypes.sizeof(u32)
+SQE_SIZE = ctypes.sizeof(io_uring_sqe)
+SQE_SHIFT = SQE_SIZE.bit_length() - 1
+assert 1 << SQE_SHIFT == SQE_SIZE
 
 # --- Socket constants Python's socket module may lack (values from the kernel UAPI)
 SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)          # <asm-generic/socket.h>
@@ -560,6 +584,16 @@ SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do bef
 # the kernel never completes (a TCP peer that stopped reading: its socket
 # never has room again) would hold the run past -t for ever.
 ENTER_WAIT_NS = 100_000_000
+# The longest a sender waits, after its run, for the notifications still
+# owed (the drain), and the longest --trace waits for one request. The
+# buffer may not be unmapped before they come; a TCP peer that stopped
+# acknowledging could hold them for minutes, so past this the sender says
+# so and leaves the buffer mapped until exit (Payload.close).
+DRAIN_SECONDS = 5.0
+
+
+class SubmissionQueueFull(Exception):
+    """More SQEs than free SQ slots: a bug in the caller, named as Zig's IoUring does."""
 
 
 class Ring:
@@ -599,32 +633,38 @@ class Ring:
         self.features = p.features
         self._stack.callback(os.close, self.fd)          # last to go: the ring itself
 
-        # Map the regions. Sizes as liburing's io_uring_mmap() computes them.
-        # With NO_SQARRAY there is no index array and the SQ ring's words lie
-        # in the one mapping both rings share (every kernel with NO_SQARRAY
-        # has IORING_FEAT_SINGLE_MMAP), which the CQ side sizes.
+        # We do not support kernels before 5.11: they lack one mapping for both
+        # rings (IORING_FEAT_SINGLE_MMAP, 5.4) or a timeout on waiting
+        # (IORING_FEAT_EXT_ARG, 5.11), and SEND_ZC needs 6.0 anyway.
+        missing = REQUIRED_FEATURES & ~p.features
+        if missing:
+            raise Fatal(f"io_uring: this kernel ({platform.release()}) lacks "
+                        f"{flag_names(missing, FEAT_NAMES, 'IORING_FEAT_')} (Linux 5.11+): "
+                        f"use a newer kernel")
+
+        # Map the regions. Sizes as liburing's io_uring_mmap() computes them:
+        # the SQ ring's words, its index array (absent with NO_SQARRAY) and
+        # the CQ ring with its CQEs share one mapping, sized for the larger.
         sq_off, cq_off = p.sq_off, p.cq_off
-        sq_size = sq_off.array + p.sq_entries * 4 if sq_off.array else 0
+        sq_size = sq_off.array + p.sq_entries * U32_SIZE if sq_off.array else 0
         cq_size = cq_off.cqes + p.cq_entries * ctypes.sizeof(io_uring_cqe)
-        single = bool(p.features & IORING_FEAT_SINGLE_MMAP)
-        if single or not sq_off.array:
-            sq_size = cq_size = max(sq_size, cq_size)
-        self._sq_map = self._map(sq_size, IORING_OFF_SQ_RING)
-        self._cq_map = self._sq_map if single else self._map(cq_size, IORING_OFF_CQ_RING)
-        self._sqe_map = self._map(p.sq_entries * ctypes.sizeof(io_uring_sqe), IORING_OFF_SQES)
+        self._sq_map = self._map(max(sq_size, cq_size), IORING_OFF_SQ_RING)
+        self._cq_map = self._sq_map     # one mapping, two names: each field read through its own ring
+        self._sqe_map = self._map(p.sq_entries * SQE_SIZE, IORING_OFF_SQES)
 
         # u32 views of each ring's words; the kernel's offsets are in bytes.
         sq_words = self._hold(self._view(self._sq_map).cast("I"))
         cq_words = self._hold(self._view(self._cq_map).cast("I"))
         self._sq_words, self._cq_words = sq_words, cq_words
-        self._sq_head_i, self._sq_tail_i = sq_off.head // 4, sq_off.tail // 4
-        self._sq_flags_i = sq_off.flags // 4
-        self._cq_head_i, self._cq_tail_i = cq_off.head // 4, cq_off.tail // 4
-        self._cq_overflow_i = cq_off.overflow // 4
-        self.sq_entries = sq_words[sq_off.ring_entries // 4]
-        self.sq_mask = sq_words[sq_off.ring_mask // 4]
-        self.cq_entries = cq_words[cq_off.ring_entries // 4]
-        self.cq_mask = cq_words[cq_off.ring_mask // 4]
+        word = U32_SIZE
+        self._sq_head_i, self._sq_tail_i = sq_off.head // word, sq_off.tail // word
+        self._sq_flags_i = sq_off.flags // word
+        self._cq_head_i, self._cq_tail_i = cq_off.head // word, cq_off.tail // word
+        self._cq_overflow_i = cq_off.overflow // word
+        self.sq_entries = sq_words[sq_off.ring_entries // word]
+        self.sq_mask = sq_words[sq_off.ring_mask // word]
+        self.cq_entries = cq_words[cq_off.ring_entries // word]
+        self.cq_mask = cq_words[cq_off.ring_mask // word]
 
         # What the kernel promised; if any fails, the code above is wrong.
         assert self.sq_mask == self.sq_entries - 1 and self.cq_mask == self.cq_entries - 1
@@ -640,17 +680,21 @@ class Ring:
         # Exactly cq_entries CQEs: the mapping can be longer (one mapping for
         # both rings is sized for the larger), and what follows the CQE array
         # is the SQ ring's index array; a view past it would read that as CQEs.
-        cqe_end = cq_off.cqes + self.cq_entries * ctypes.sizeof(io_uring_cqe)
+        cqe_size = ctypes.sizeof(io_uring_cqe)
+        cqe_end = cq_off.cqes + self.cq_entries * cqe_size
         cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cqe_end])
-        self._cqe_user_data = self._hold(cqe_bytes.cast("Q")[0::2])
-        self._cqe_res = self._hold(cqe_bytes.cast("i")[2::4])
-        self._cqe_flags = self._hold(cqe_bytes.cast("I")[3::4])
+        # A field's view: the CQE array cast to that field's item type, from
+        # the field's offset, one item per CQE (a stride of cqe_size bytes).
+        for name, fmt, item in (("user_data", "Q", u64), ("res", "i", s32), ("flags", "I", u32)):
+            step = ctypes.sizeof(item)
+            start = getattr(io_uring_cqe, name).offset // step
+            setattr(self, "_cqe_" + name, self._hold(cqe_bytes.cast(fmt)[start::cqe_size // step]))
         assert len(self._cqe_res) == len(self._cqe_flags) == self.cq_entries
 
         if not (p.flags & IORING_SETUP_NO_SQARRAY):
             # The SQ array maps ring slot -> SQE index. We always put SQE i in
             # slot i (as liburing does), so we fill it once with the identity.
-            array_i = sq_off.array // 4
+            array_i = sq_off.array // word
             sq_words[array_i:array_i + self.sq_entries] = memoryview(
                 struct.pack(f"{self.sq_entries}I", *range(self.sq_entries))).cast("I")
 
@@ -661,15 +705,12 @@ class Ring:
         # The bound on submit_and_peek()'s waits: an IORING_ENTER_EXT_ARG
         # argument (5.11) whose timespec is ENTER_WAIT_NS, built once and
         # passed by reference on every batch (it costs ~80 ns a call, measured
-        # with NOPs). Before 5.11 the wait is unbounded, as it was before EXT_ARG.
+        # with NOPs).
         self._wait_ts = kernel_timespec(0, ENTER_WAIT_NS)
         self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
-        if self.features & IORING_FEAT_EXT_ARG:
-            self._wait_ref = ctypes.byref(self._wait_arg)
-            self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
-            self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
-        else:
-            self._wait_ref, self._wait_size, self._wait_flags = None, _SIZE_0, IORING_ENTER_GETEVENTS
+        self._wait_ref = ctypes.byref(self._wait_arg)
+        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
+        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
         self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
         self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
         self.submitted = 0          # SQEs the kernel has consumed, in total
@@ -751,46 +792,51 @@ class Ring:
         ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
         return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
 
-    # =========================================================================
-    # 4. Submit, reap
-    #
-    # Python pays per bytecode, the kernel per syscall, so both are paid per
-    # *batch*: a batch of SQEs is one slice copy into the SQE array, one store
-    # of sq.tail and one io_uring_enter that both submits and waits; the CQEs
-    # that came back are judged by the list of their flags and the sum of
-    # their res, with list.count and sum looping in C (the sender's run()
-    # says why that is enough). The per-CQE walk is only for the odd batch.
-    #
-    # What a CQE costs Python is what decides the design. Measured here: a
-    # ctypes call into io_uring_enter ~0.5 us (declaring argtypes would make
-    # it ~1.2 us), a batch's bookkeeping ~1.5 us, ~25 ns a CQE in bulk
-    # against ~100 ns in a Python loop; the kernel spends ~2 us on one 64 KB
-    # SEND_ZC. So a batch of 8 costs Python ~15% of the kernel's time, a
-    # batch of 64 ~5% (bench --sweep measures it on any host).
-    # =========================================================================
+# =============================================================================
+# 4. Submit, reap
+#
+# Python pays per bytecode, the kernel per syscall, so both are paid per
+# *batch*: a batch of SQEs is one slice copy into the SQE array, one store
+# of sq.tail and one io_uring_enter that both submits and waits; the CQEs
+# that came back are judged by the list of their flags and the sum of
+# their res, with list.count and sum looping in C (the sender's run()
+# says why that is enough). The per-CQE walk is only for the odd batch,
+# and for the reference sender of section 5b, which reads one CQE at a time
+# with peek_cqe() and cqe_seen(), as a C program with liburing would.
+#
+# What a CQE costs Python is what decides the design. Measured here: a
+# ctypes call into io_uring_enter ~0.5 us (declaring argtypes would make
+# it ~1.2 us), a batch's bookkeeping ~1.5 us, ~25 ns a CQE in bulk
+# against ~100 ns in a Python loop; the kernel spends ~2 us on one 64 KB
+# SEND_ZC. So a batch of 8 costs Python ~15% of the kernel's time, a
+# batch of 64 ~5% (bench --sweep measures it on any host).
+# =============================================================================
 
     def sq_space_left(self) -> int:
         """io_uring_sq_space_left(): free SQ slots (sq.head is the kernel's)."""
         return self.sq_entries - ((self.sq_tail - self._sq_words[self._sq_head_i]) & U32)
 
     def place(self, sqes: bytes) -> None:
-        """io_uring_get_sqe() for len(sqes)//64 SQEs at once, plus the memcpy.
+        """io_uring_get_sqe() for len(sqes) // SQE_SIZE SQEs at once, plus the memcpy.
 
         The SQEs go in at slot sq_tail & mask onward; a batch that runs past
-        the end of the array is split in two (the wraparound). The caller
-        makes sure they fit (sq_space_left(); the sender never has more
-        requests in flight than the ring has entries). The tail is only
-        published by the submit that follows.
+        the end of the array is split in two (the wraparound). A batch that
+        does not fit raises SubmissionQueueFull, where liburing's
+        io_uring_get_sqe() returns NULL: the slots past sq.head are still the
+        kernel's to read. The tail is only published by the submit that follows.
         """
-        n = len(sqes) >> 6
+        n = len(sqes) >> SQE_SHIFT
         tail = self.sq_tail
+        if n > self.sq_entries - ((tail - self._sq_words[self._sq_head_i]) & U32):
+            raise SubmissionQueueFull(f"{n} SQEs do not fit: {self.sq_space_left()} of "
+                                      f"{self.sq_entries} slots free")
         i = tail & self.sq_mask
         if i + n <= self.sq_entries:
-            self._sqes[i << 6:(i + n) << 6] = sqes
+            self._sqes[i << SQE_SHIFT:(i + n) << SQE_SHIFT] = sqes
         else:                                    # wrapped: the rest goes to slot 0
             first = self.sq_entries - i
-            self._sqes[i << 6:] = sqes[:first << 6]
-            self._sqes[:(n - first) << 6] = sqes[first << 6:]
+            self._sqes[i << SQE_SHIFT:] = sqes[:first << SQE_SHIFT]
+            self._sqes[:(n - first) << SQE_SHIFT] = sqes[first << SQE_SHIFT:]
         self.sq_tail = (tail + n) & U32
 
     def submit_and_wait(self, wait_nr: int) -> int:
@@ -810,11 +856,13 @@ class Ring:
 
         A plain store of sq.tail: the kernel reads it inside the io_uring_enter
         that follows, on this thread (see "Memory ordering" above). With SQPOLL
-        every enter also wakes the SQ thread, in case it has gone to sleep.
+        the enter wakes the SQ thread only if it has gone to sleep and said so
+        (IORING_SQ_NEED_WAKEUP), as liburing's sq_ring_needs_enter() decides.
         """
         words = self._sq_words
         words[self._sq_tail_i] = self.sq_tail
-        wakeup = IORING_ENTER_SQ_WAKEUP if self.sqpoll else 0
+        asleep = self.sqpoll and words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP
+        wakeup = IORING_ENTER_SQ_WAKEUP if asleep else 0
         return (self.sq_tail - words[self._sq_head_i]) & U32, wakeup | self.enter_flags
 
     def submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
@@ -929,6 +977,21 @@ class Ring:
         """The user_data of the next n ready CQEs (for tracing; off the fast path)."""
         return [self._cqe_user_data[(self.cq_head + k) & self.cq_mask] for k in range(n)]
 
+    def peek_cqe(self) -> Optional[Tuple[int, int, int]]:
+        """io_uring_peek_cqe(): the next ready CQE as (user_data, res, flags), or None.
+
+        cq.tail is the kernel's: read it first, then the CQE it covers (see
+        "Memory ordering"). The CQE stays in its slot until cqe_seen().
+        """
+        if self._cq_words[self._cq_tail_i] == self.cq_head:
+            return None
+        i = self.cq_head & self.cq_mask
+        return self._cqe_user_data[i], self._cqe_res[i], self._cqe_flags[i]
+
+    def cqe_seen(self) -> None:
+        """io_uring_cqe_seen(): done with the CQE peek_cqe() returned; its slot is the kernel's."""
+        self.cq_advance(1)
+
     def cq_advance(self, n: int) -> None:
         """io_uring_cq_advance(): hand n CQE slots back to the kernel.
 
@@ -1006,12 +1069,15 @@ def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
 # 5. Preparing SQEs
 #
 # liburing's io_uring_prep_* helpers are thin layers over one primitive,
-# io_uring_prep_rw(), which clears the SQE and sets the common fields. Ours
-# fill a ctypes io_uring_sqe; bytes(sqe) is then the 64 bytes place() copies.
+# io_uring_prep_rw(), which sets the common fields. It does not clear the
+# SQE: io_uring_get_sqe() already did (io_uring_initialize_sqe() zeroes the
+# fields no prep sets). Ours fill a ctypes io_uring_sqe that is reused from
+# request to request, so our prep_rw() zeroes it first, doing both jobs;
+# bytes(sqe) is then the SQE_SIZE bytes place() copies into the ring.
 # =============================================================================
 
 def prep_rw(sqe: io_uring_sqe, op: int, fd: int, addr: int, length: int, offset: int) -> None:
-    """io_uring_prep_rw(): zero the SQE, set opcode, fd, addr, len, off."""
+    """io_uring_initialize_sqe() + io_uring_prep_rw(): zero the SQE, set opcode, fd, addr, len, off."""
     ctypes.memset(ctypes.addressof(sqe), 0, ctypes.sizeof(sqe))
     sqe.opcode, sqe.fd, sqe.addr, sqe.len, sqe.off = op, fd, addr, length, offset
 
@@ -1940,8 +2006,6 @@ def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
     total.interrupted = STOP.requested
     return done, total
 
-
-DRAIN_SECONDS = 5.0
 
 
 def send_error(err: int, cfg: SendConfig) -> str:
