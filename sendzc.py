@@ -36,6 +36,7 @@ import ctypes
 import errno
 import json
 import linecache
+import math
 import mmap
 import os
 import platform
@@ -1138,6 +1139,254 @@ def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int
 
 
 # =============================================================================
+# 5b. A zero-copy send, one CQE at a time
+#
+# Sections 3 to 5 put together the plain way: a sender that owns a small pool
+# of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
+# it. The fast sender of section 6 (UringSender.run) takes the same steps in
+# bulk, and both number them alike:
+#
+#   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
+#   (2) submit and wait      one io_uring_enter(): publish sq.tail, wait for a CQE
+#   (3) peek CQEs            one at a time, from cq.head
+#   (4) judge results        res = bytes or -errno; F_MORE: a notification is owed
+#   (5) judge notifications  F_NOTIF: the kernel has let go of that buffer
+#   (6) advance CQ           cqe_seen(): only now may the kernel reuse the slot
+#   (7) drain                every owed notification, before the pool is unmapped
+#
+# Each request's user_data names its buffer and its sequence number, so every
+# CQE says whose it is. A buffer is either free or lent to the kernel, from
+# the submission of the request that reads it until that request's F_NOTIF;
+# only a free buffer is rewritten, with the next sequence number stamped
+# through it. Writing the buffer, then the SQE, then entering the kernel is
+# program order on one thread: the syscall is the barrier (section 3).
+#
+# A datagram sender keeps every buffer in flight. A stream sends one request
+# at a time, since two sends in flight on one socket may complete out of
+# order (the fast sender links them instead), and still lends the kernel all
+# N buffers: a TCP buffer comes back only once the peer has acknowledged its
+# bytes, long after the send's result.
+#
+# --break-contract frees a buffer at its result CQE instead: it is rewritten
+# while packets waiting in a queue may still point at its pages, and the
+# receiver (`rx --pool`) finds a later request's stamp where an earlier one's
+# belongs.
+# =============================================================================
+
+STAMP = struct.Struct("<QQ")    # what every 16 bytes of a pool request say: its sequence number, its size
+UD_BUF_BITS = 16                # user_data = sequence number << UD_BUF_BITS | buffer index
+MAX_POOL = 1 << UD_BUF_BITS
+
+
+def stamp(seq: int, size: int) -> bytes:
+    """The size bytes request seq sends: STAMP(seq, size) over and over, cut at size.
+
+    Any 16 bytes name their request, so a receiver can check that a datagram
+    (or a request's share of a stream) is one request's from end to end, and
+    name the first byte that is not.
+    """
+    return (STAMP.pack(seq, size) * (size // STAMP.size + 1))[:size]
+
+
+def pack_user_data(seq: int, buf: int) -> int:
+    """io_uring_sqe_set_data64(): what comes back in every CQE the request causes."""
+    return seq << UD_BUF_BITS | buf
+
+
+def unpack_user_data(user_data: int) -> Tuple[int, int]:
+    """io_uring_cqe_get_data64(), taken apart: (sequence number, buffer index)."""
+    return user_data >> UD_BUF_BITS, user_data & (MAX_POOL - 1)
+
+
+class Pool:
+    """n page-aligned buffers of size bytes in one mapping; buffer i is registered buffer i.
+
+    The zero-copy contract, per buffer: from the submission of a SEND_ZC
+    that reads it until that request's F_NOTIF, the kernel's packets may
+    point into its pages. Until then it must not change, nor be unmapped:
+    `lent` counts the runs under way and the notifications that never came,
+    and close() unmaps only when it is 0 (else the pages stay until exit).
+    """
+
+    def __init__(self, n: int, size: int):
+        self.n, self.size = n, size
+        self.stride = -(-size // PAGE) * PAGE
+        self.length = n * self.stride
+        self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
+        self.addr = _addr_of(self.map)
+        self.lent = 0
+
+    def buffer_addr(self, i: int) -> int:
+        return self.addr + i * self.stride
+
+    def write(self, i: int, data: bytes) -> None:
+        """Rewrite buffer i: allowed only while the kernel does not hold it."""
+        self.map[i * self.stride:i * self.stride + len(data)] = data
+
+    def iovecs(self) -> List[Tuple[int, int]]:
+        """(address, length) of each buffer, for io_uring_register_buffers()."""
+        return [(self.buffer_addr(i), self.stride) for i in range(self.n)]
+
+    def close(self) -> None:
+        if not self.lent:
+            self.map.close()
+
+
+@dataclass
+class PoolTally:
+    """What a reference run's CQEs said, one by one."""
+    requests: int = 0        # results with res >= 0
+    bytes: int = 0           # the sum of those res
+    notifications: int = 0   # F_NOTIF CQEs
+    copied: int = 0          # ... that said the kernel copied (REPORT_USAGE)
+    eagain: int = 0          # results -EAGAIN
+    failed: int = 0          # results with any other -errno
+    error: int = 0           # the first of those errnos
+    undrained: int = 0       # notifications still owed after the drain
+    broke: int = 0           # buffers rewritten before their F_NOTIF (--break-contract)
+    pinned_max: int = 0      # the most bytes the kernel held at once (requests owing a notification)
+    lags_ns: List[int] = field(default_factory=list)   # per request: submission to its F_NOTIF
+
+
+class ReferenceSender:
+    """SEND_ZC requests from a Pool through a Ring, each CQE judged on its own.
+
+    The socket is registered file 0 of ring; with fixed, buffer i of the pool
+    is registered buffer i. A stream (TCP) has one request in flight at a
+    time. No liburing twin: this is the loop a C program writes around
+    io_uring_get_sqe(), io_uring_submit_and_wait() and io_uring_peek_cqe().
+    """
+
+    def __init__(self, ring: Ring, pool: Pool, fixed: bool, stream: bool, zc_flags: int,
+                 break_contract: bool = False):
+        self.ring, self.pool, self.fixed, self.stream = ring, pool, fixed, stream
+        self.zc_flags, self.break_contract = zc_flags, break_contract
+        # MSG_WAITALL: io_uring retries a partial stream send until it is whole.
+        self.msg_flags = socket.MSG_WAITALL if stream else 0
+        self.sqe = io_uring_sqe()
+        self.free = list(range(pool.n))    # buffers the kernel does not hold
+        self.owed: Dict[int, int] = {}     # sequence number -> submission time: notification owed
+        self.placed: List[int] = []        # placed, not yet submitted
+        self.results_owed = 0              # submitted, result CQE not yet seen
+        self.seq = 0                       # the next request's sequence number
+        self.tally = PoolTally()
+
+    def send(self, buf: int) -> None:
+        """(1) get SQEs: stamp free buffer buf with the next sequence number; prep and place a SEND_ZC.
+
+        io_uring_get_sqe() + io_uring_prep_send_zc_fixed() (or _send_zc()):
+        the SQE is built in self.sqe and copied into the ring by place().
+        """
+        seq, size, sqe = self.seq, self.pool.size, self.sqe
+        self.pool.write(buf, stamp(seq, size))            # free: ours to write
+        addr = self.pool.buffer_addr(buf)
+        if self.fixed:
+            prep_send_zc_fixed(sqe, 0, addr, size, self.msg_flags, self.zc_flags, buf)
+        else:
+            prep_send_zc(sqe, 0, addr, size, self.msg_flags, self.zc_flags)
+        sqe.flags |= IOSQE_FIXED_FILE
+        sqe.user_data = pack_user_data(seq, buf)
+        self.ring.place(bytes(sqe))                       # SubmissionQueueFull if no slot is free
+        self.placed.append(seq)
+        self.seq += 1
+        self.results_owed += 1
+
+    def submit_and_wait(self) -> None:
+        """(2) submit and wait: io_uring_submit_and_wait_timeout(ring, 1, ENTER_WAIT_NS).
+
+        Bounded, so that the caller sees the clock and Ctrl-C even when
+        nothing completes (a TCP peer that stopped reading).
+        """
+        now = time.perf_counter_ns()
+        for seq in self.placed:                           # the lag runs from here
+            self.owed[seq] = now
+        self.placed.clear()
+        self.tally.pinned_max = max(self.tally.pinned_max, len(self.owed) * self.pool.size)
+        try:
+            self.ring.wait_cqes(1, ENTER_WAIT_NS / 1e9)
+        except InterruptedError:
+            pass                                          # a signal: the caller looks at why
+
+    def reap(self) -> None:
+        """(3) peek CQEs, (4)/(5) judge each, (6) advance: io_uring_peek_cqe() + io_uring_cqe_seen()."""
+        ring = self.ring
+        cqe = ring.peek_cqe()
+        while cqe is not None:
+            seq, buf = unpack_user_data(cqe[0])
+            if notif(cqe[2]):
+                self.notification(seq, buf, cqe[1])
+            else:
+                self.result(seq, buf, cqe[1], cqe[2])
+            ring.cqe_seen()
+            cqe = ring.peek_cqe()
+
+    def result(self, seq: int, buf: int, res: int, flags: int) -> None:
+        """(4) judge a result: res is the bytes sent, or -errno; F_MORE: a notification is owed."""
+        t = self.tally
+        self.results_owed -= 1
+        if res >= 0:
+            t.requests += 1
+            t.bytes += res
+        elif res == -errno.EAGAIN:
+            t.eagain += 1
+        else:
+            t.failed += 1
+            t.error = t.error or -res
+        if not more(flags):               # refused before the kernel took the pages: free now
+            del self.owed[seq]
+            self.free.append(buf)
+        elif self.break_contract:         # WRONG, on purpose: the kernel may still read buf
+            t.broke += 1
+            self.free.append(buf)
+
+    def notification(self, seq: int, buf: int, res: int) -> None:
+        """(5) judge a notification: the kernel has let go of buffer buf; it is free again."""
+        t = self.tally
+        assert seq in self.owed, "a notification that matches no request"
+        t.lags_ns.append(time.perf_counter_ns() - self.owed.pop(seq))
+        t.notifications += 1
+        t.copied += copied(res)
+        if not self.break_contract:
+            self.free.append(buf)
+
+    def run(self, count: int, deadline_ns: int, stop: Callable[[], bool]) -> PoolTally:
+        """Send until count requests (0: no limit), deadline_ns or stop(); not drained yet.
+
+        The pool is lent from here until drain() settles it.
+        """
+        self.pool.lent += 1
+        while not (self.tally.error or stop() or time.perf_counter_ns() >= deadline_ns):
+            if count and self.seq >= count and not self.results_owed:
+                break
+            while self.free and not (self.stream and self.results_owed) \
+                    and not (count and self.seq >= count):
+                self.send(self.free.pop(0))                                   # (1)
+            self.submit_and_wait()                                            # (2)
+            self.reap()                                                       # (3)-(6)
+        return self.tally
+
+    def drain(self, seconds: float, hurry: Callable[[], bool]) -> PoolTally:
+        """(7) drain: wait for every result and notification still owed, at most seconds.
+
+        What never came is counted as undrained and keeps the pool mapped
+        until exit (Pool.close), as the kernel may still send from it.
+        """
+        until = time.perf_counter_ns() + int(seconds * 1e9)
+        while self.owed and not hurry():
+            left = (until - time.perf_counter_ns()) / 1e9
+            if left <= 0:
+                break
+            try:
+                self.ring.wait_cqes(1, left)              # submits what is placed, too
+            except InterruptedError:
+                continue                                  # Ctrl-C: the loop looks at hurry()
+            self.reap()
+        self.tally.undrained = len(self.owed)
+        self.pool.lent += self.tally.undrained - 1        # settled: only what never came stays lent
+        return self.tally
+
+
+# =============================================================================
 # 6. The senders
 #
 # Every sender sends the same bytes: the seed's pattern, byte i = 'a' + i % 26,
@@ -1269,6 +1518,7 @@ class Result(Rates):
     failed: int = 0            # sends that failed, or were cancelled after one that did
     setup: List[str] = field(default_factory=list)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
+    pool: Optional[dict] = None              # --pool: pool_summary() of this run
 
     @property
     def cpu_s_per_gb(self) -> Optional[float]:
@@ -1288,7 +1538,8 @@ class Result(Rates):
                 "zc_copied": self.zc_copied, "interrupted": self.interrupted,
                 "error": self.error, "undrained": self.undrained, "failed": self.failed,
                 "setup": self.setup,
-                **({} if self.intervals is None else {"intervals": self.intervals})}
+                **({} if self.intervals is None else {"intervals": self.intervals}),
+                **({} if self.pool is None else {"pool": self.pool})}
 
 
 class Meter:
@@ -1334,6 +1585,11 @@ class Intervals:
                   f"{row['requests']:9d} req", flush=True)
 
 
+# Above this share of a run's CPU in user space (Python), describe_result()
+# says how to lower it: a larger batch, or --sqpoll.
+PYTHON_SHARE_HINT = 0.15
+
+
 def describe_result(r: Result) -> List[str]:
     """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
     lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
@@ -1357,18 +1613,63 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    if r.mode not in ("send_syscall", "msg_zerocopy") and cpu and r.cpu_user_s > PYTHON_SHARE_HINT * cpu:
+    if r.mode not in ("send_syscall", "msg_zerocopy") and r.pool is None and cpu \
+            and r.cpu_user_s > PYTHON_SHARE_HINT * cpu:
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
                      f"a larger -r, or --sqpoll, leaves more to the kernel "
                      f"(`sendzc.py bench --sweep` shows where batching stops paying)")
     if r.undrained:
         lines.append(f"warning: {r.undrained} completions never came (waited {DRAIN_SECONDS:g} s): "
                      f"the payload buffer stays mapped until exit, as the kernel may still send from it")
+    return lines + describe_pool(r)
+
+
+def percentile(sorted_values: List[int], q: float) -> int:
+    """The nearest-rank q-quantile (0 < q <= 1) of a sorted, non-empty list."""
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+def pool_summary(t: "PoolTally", r: "Result", buffers: int, break_contract: bool) -> dict:
+    """--pool's JSON object: the notification lag, the bytes pinned, the pool a server needs.
+
+    The lag of a request runs from the io_uring_enter() that submitted it to
+    the reaping of its F_NOTIF: how long the kernel held its buffer. A server
+    sending at r's rate must have rate x (p99 lag) bytes lent at any moment,
+    so it needs that many bytes of buffers, in units of the buffer size
+    (rounded up) to stall on a free buffer at most 1% of the time.
+    """
+    lags = sorted(t.lags_ns)
+    ms = (lambda ns: round(ns / 1e6, 3))
+    lag = None if not lags else {"min": ms(lags[0]), "p50": ms(percentile(lags, 0.50)),
+                                 "p99": ms(percentile(lags, 0.99)), "max": ms(lags[-1])}
+    rate = r.bytes / r.seconds if r.seconds else 0.0
+    needed = None if not lags else max(1, math.ceil(rate * percentile(lags, 0.99) / 1e9 / r.size))
+    return {"buffers": buffers, "break_contract": break_contract, "rewritten_early": t.broke,
+            "lag_ms": lag, "lag_samples": len(lags), "pinned_max_bytes": t.pinned_max,
+            "buffers_needed": needed}
+
+
+def describe_pool(r: "Result") -> List[str]:
+    """--pool's lines: the lag, what was pinned, the pool size to use; the rule broken, if asked."""
+    p = r.pool
+    if p is None:
+        return []
+    lines = []
+    if p["lag_ms"]:
+        lag = p["lag_ms"]
+        lines.append(f"notification lag (submission to F_NOTIF, all {p['lag_samples']} requests): "
+                     f"min {lag['min']:.3f} ms, p50 {lag['p50']:.3f} ms, p99 {lag['p99']:.3f} ms, "
+                     f"max {lag['max']:.3f} ms; at most {p['pinned_max_bytes'] >> 10} KiB pinned "
+                     f"in flight")
+        lines.append(f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of {lag['p99']:.3f} ms, a zero-copy "
+                     f"server needs {p['buffers_needed']} buffers of {r.size} B (rate x p99 lag / "
+                     f"buffer size); this run had {p['buffers']}")
+    if p["break_contract"]:
+        lines.append(f"warning: --break-contract: {p['rewritten_early']} buffers were rewritten as soon "
+                     f"as their send's result (F_MORE) came, before their notification (F_NOTIF): "
+                     f"the rule broken is \"a zero-copy buffer is the kernel's until its F_NOTIF\"; "
+                     f"packets still queued may carry the later stamp (`sendzc.py rx --pool` finds them)")
     return lines
-
-
-# Above this share of a run's CPU in user space (Python), say how to lower it.
-PYTHON_SHARE_HINT = 0.15
 
 
 def family_name_label(name: str) -> str:
@@ -1453,6 +1754,8 @@ class SendConfig:
     trace: int = 0               # --trace N: print the first N requests' SQEs and CQEs
     sqpoll: bool = False         # --sqpoll: a kernel thread submits (IORING_SETUP_SQPOLL)
     flows: int = 1               # -n: parallel senders, each its own thread, socket and ring
+    pool: int = 0                # --pool N: the reference sender (section 5b) from N buffers
+    break_contract: bool = False  # --break-contract: ... rewriting each at its result, too early
 
     @property
     def mode(self) -> str:
@@ -2008,6 +2311,67 @@ def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
 
 
 
+def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count: int = 0) -> Result:
+    """--pool N: the reference sender of section 5b, set up as UringSender is; a Result like run()'s.
+
+    count > 0 sends exactly that many requests (whatever cfg.seconds says):
+    the differential test runs it beside the fast sender on the same input.
+    """
+    pool = Pool(cfg.pool, cfg.size)
+    stack.callback(pool.close)                  # after the ring (below) has let go of it
+    try:
+        ring = Ring(cfg.entries, cq_entries=4 * cfg.entries)
+    except OSError as e:
+        raise Fatal(setup_error(e)) from None
+    stack.callback(ring.close)
+    check_opcode(ring.probe(), cfg.mode)
+    try:
+        ring.register_files([sock.fileno()])
+        if cfg.fixed_buf:
+            ring.register_buffers(pool.iovecs())
+    except OSError as e:
+        raise Fatal(register_error(e, pool.length)) from None
+    ring.register_ring_fd()
+    try:
+        zc_flags = IORING_SEND_ZC_REPORT_USAGE if probe_report_usage() else 0
+    except OSError as e:
+        raise Fatal(setup_error(e)) from None
+    sender = ReferenceSender(ring, pool, cfg.fixed_buf, cfg.proto == "tcp", zc_flags, cfg.break_contract)
+    result = Result(cfg.mode, cfg.proto, cfg.size, cfg.pool, family_name(cfg.family),
+                    setup=ring.setup_flags)
+    meter = Meter()
+    deadline = meter.t0 + int(cfg.seconds * 1e9) if not count else NEVER
+    t = sender.run(count, deadline, lambda: STOP.requested)
+    result.interrupted = STOP.requested
+    meter.stop(result)                          # the rate covers sending; the drain is not timed
+    sender.drain(DRAIN_SECONDS, lambda: STOP.hurry)
+    result.requests, result.bytes, result.eagain = t.requests, t.bytes, t.eagain
+    result.notifications, result.failed, result.undrained = t.notifications, t.failed, t.undrained
+    result.zc_copied = t.copied if zc_flags else None
+    result.pool = pool_summary(t, result, cfg.pool, cfg.break_contract)
+    if t.error:
+        result.error = send_error(t.error, cfg)
+    elif t.undrained and not STOP.hurry:
+        result.error = undrained_error(cfg)
+    return result
+
+
+def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
+    """`sendzc.py --pool N ...`: one reference run, printed as run_sender() prints a fast one."""
+    with ExitStack() as stack:
+        sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
+        stack.callback(sock.close)
+        result = run_reference(cfg, sock, stack)
+    if as_json:
+        print(json.dumps(json_doc(sender_params(cfg), [result]), indent=2))
+    elif result.requests or not result.error:
+        print("\n".join(describe_result(result)))
+    if result.error:
+        print(f"sendzc: {result.error}", file=sys.stderr)
+        return 1
+    return 130 if result.interrupted else 0
+
+
 def send_error(err: int, cfg: SendConfig) -> str:
     """One line for an error a send's CQE carried (res = -err), naming the cause and the fix."""
     name = errno.errorcode.get(err, str(err))
@@ -2462,6 +2826,103 @@ class Verifier:
                           "got": view[i], "expected": self.pattern[phase + i]}
 
 
+class PoolVerifier:
+    """rx --pool: checks the stamps of a --pool sender (section 5b) instead of the pattern.
+
+    UDP: every datagram must be one request's stamp() from end to end, and
+    the sequence numbers must rise from datagram to datagram (some may be
+    lost, none may come back). TCP: the stream must be stamp(0, size),
+    stamp(1, size), ... in order, size read from the first stamp. A buffer
+    rewritten before its notification shows as a later request's stamp
+    where an earlier one belongs. Same interface as Verifier, for receive().
+    """
+
+    def __init__(self, proto: str):
+        self.stream = proto == "tcp"
+        self.bad = 0
+        self.first: Optional[dict] = None
+        self.checked = 0              # TCP: stream bytes checked; UDP: datagrams
+        self.size = 0                 # TCP: the requests' size, from the first stamp
+        self.head = b""               # TCP: the first bytes, until a whole stamp has come
+        self.last = -1                # UDP: the last good datagram's sequence number
+        self.why: Optional[dict] = None   # what the last failed check found
+
+    def matches(self, data: memoryview, phase: int) -> bool:
+        """Is data (one datagram, or the stream's next bytes) what the stamps say? (phase: unused)"""
+        return self._stream(data) if self.stream else self._datagram(data)
+
+    def _datagram(self, data: memoryview) -> bool:
+        n, self.checked = self.checked, self.checked + 1
+        seq = STAMP.unpack_from(data)[0] if len(data) >= STAMP.size else -1
+        want = stamp(max(seq, 0), len(data))
+        if not want.startswith(data):             # same length: equal, compared in place
+            i = first_mismatch(data, want)
+            self.why = dict(offset=i, datagram=n, got=data[i], expected=want[i], request=seq)
+            return False
+        if seq <= self.last:                      # an earlier datagram carried a later stamp
+            self.why = dict(offset=0, datagram=n, got=data[0], expected=(self.last + 1) & 0xFF,
+                            request=seq, previous=self.last)
+            return False
+        self.last = seq
+        return True
+
+    def _stream(self, data: memoryview) -> bool:
+        if not self.size:
+            self.head += bytes(data)
+            if len(self.head) < STAMP.size:
+                return True                       # checked once a whole stamp is here
+            size = STAMP.unpack_from(self.head)[1]
+            # Not a --pool stream (the pattern, say): check against 16-byte requests,
+            # which fails at once and cheaply, rather than build a stamp of any size.
+            self.size = size if STAMP.size <= size <= TCP_MAX_WRITE else STAMP.size
+            data, self.head = memoryview(self.head), b""
+        o, k, size = self.checked, len(data), self.size
+        self.checked += k
+        first = o // size
+        want = b"".join(stamp(q, size) for q in range(first, (o + k - 1) // size + 1))
+        start = o - first * size
+        if want.startswith(data, start):
+            return True
+        i = first_mismatch(data, want[start:start + k])
+        self.why = dict(offset=o + i, datagram=None, got=data[i], expected=want[start + i],
+                        request=(o + i) // size)
+        return False
+
+    def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
+                 datagram: Optional[int]) -> None:
+        """Count a receive (TCP) or datagram (UDP) that failed; keep the first in full."""
+        self.bad += 1
+        if self.first is None:
+            self.first = self.why
+
+    def error_line(self, r: "RxResult") -> str:
+        """One line for a failed --pool check: where, whose stamp, and what it means."""
+        f = r.first_mismatch
+        count = "receives" if r.proto == "tcp" else "datagrams"
+        if "previous" in f:
+            where = (f"byte 0 of datagram {f['datagram']} carries request {f['request']}'s stamp, "
+                     f"after a datagram that carried request {f['previous']}'s (stamps only rise)")
+        else:
+            at = (f"stream byte {f['offset']}" if f["datagram"] is None
+                  else f"byte {f['offset']} of datagram {f['datagram']}")
+            where = f"{at} is {f['got']:#04x} where request {f['request']}'s stamp has {f['expected']:#04x}"
+        return (f"rx: --pool verification failed: {where} ({r.mismatches} of {r.receives} {count} "
+                f"differ): a buffer was rewritten while the kernel still held it, before its "
+                f"notification (F_NOTIF)")
+
+
+def first_mismatch(data: memoryview, want: bytes) -> int:
+    """Index of the first byte where data and want (as long) differ: bisection, ~20 memcmp()."""
+    good, bad = 0, len(data)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if want.startswith(data[:mid]):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
 @dataclass
 class RxResult(Rates):
     """One run of the receiver: what arrived, whether it was the pattern, what it cost."""
@@ -2507,6 +2968,7 @@ class RxConfig:
     seconds: Optional[float] = None  # -t; None: until the sender is done
     verify: bool = True
     uring: bool = True               # TCP through IORING_OP_RECV (else recv_into)
+    pool: bool = False               # --pool: check a --pool sender's stamps (PoolVerifier)
 
 
 # --- Sockets -----------------------------------------------------------------
@@ -2879,7 +3341,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer,
                  result: RxResult, printing: bool, interval: Optional[float],
                  who: int = resource.RUSAGE_SELF) -> Optional[Intervals]:
     """Receive from one sender into result: counted, timed, checked. Returns -i's intervals."""
-    verifier = Verifier(RX_BUF) if cfg.verify else None
+    verifier = (PoolVerifier(cfg.proto) if cfg.pool else Verifier(RX_BUF)) if cfg.verify else None
     rx = tcp_receiver(cfg, conn, buf, stack, result) if cfg.proto == "tcp" else SocketReceiver(conn, buf)
     meter = Meter(who)                      # from the connection, or the first datagram
     result.method = rx.method
@@ -2900,7 +3362,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer,
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
         if verifier.bad and not result.error:
-            result.error = mismatch_error(result)
+            result.error = verifier.error_line(result) if cfg.pool else mismatch_error(result)
     return ticks
 
 
@@ -3009,6 +3471,9 @@ def rx_parser() -> "Parser":
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
                    help="TCP: take FLOWS connections (the sender's -n) and receive each in its "
                         "own thread")
+    p.add_argument("--pool", action="store_true",
+                   help="check a `--pool` sender's stamps: each datagram (TCP: each request) "
+                        "one request's, in order")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp}", help="what to receive")
     return p
 
@@ -3017,7 +3482,7 @@ def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
     cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port,
-                   seconds=a.seconds, verify=a.verify, uring=a.uring)
+                   seconds=a.seconds, verify=a.verify, uring=a.uring, pool=a.pool)
     if a.flows > 1 and cfg.proto != "tcp":
         raise UsageError(f"-n {a.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
@@ -3025,7 +3490,7 @@ def rx_main(argv: List[str]) -> int:
         raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
     params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
               "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
-              "flows": a.flows}
+              "flows": a.flows, "pool": cfg.pool}
     if a.flows > 1:
         results, result = run_receivers(cfg, a.flows)
     else:
@@ -3790,6 +4255,13 @@ def sender_parser() -> Parser:
                    help="parallel flows, each with its own thread, socket and ring")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
+    p.add_argument("--pool", type=positive_int, default=0, metavar="N",
+                   help="send with the reference sender (section 5b) from N buffers, each "
+                        "rewritten with a new stamp only after its notification; prints the "
+                        "notification lag (check with `rx --pool`)")
+    p.add_argument("--break-contract", action="store_true",
+                   help="with --pool: rewrite each buffer at its send's result, before its "
+                        "notification (wrong on purpose: rx --pool catches it)")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp,raw}", help="what to send")
     return p
 
@@ -3847,16 +4319,49 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
     if a.flush and not a.zc:
         raise UsageError("-f with --no-zc: -f waits for zero-copy notifications, and --no-zc "
                          "sends without them: drop one of the two")
+    check_pool_options(a)
     return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
                       batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
-                      sqpoll=a.sqpoll, flows=a.flows)
+                      sqpoll=a.sqpoll, flows=a.flows, pool=a.pool, break_contract=a.break_contract)
+
+
+# What --pool cannot be combined with: the reference sender is SEND_ZC from
+# its own buffers over one ring, one CQE at a time, and nothing else.
+POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.sendmsg),
+                 ("-f", lambda a: a.flush), ("--trace", lambda a: a.trace),
+                 ("-n", lambda a: a.flows > 1), ("--sqpoll", lambda a: a.sqpoll),
+                 ("-i", lambda a: a.interval))
+
+
+def check_pool_options(a: argparse.Namespace) -> None:
+    """--pool and --break-contract against the other options; UsageError names the mistake."""
+    if a.break_contract and not a.pool:
+        raise UsageError("--break-contract without --pool: it breaks the reference sender's rule; "
+                         "add --pool N")
+    if not a.pool:
+        return
+    for flag, given in POOL_EXCLUDES:
+        if given(a):
+            raise UsageError(f"--pool with {flag}: the reference sender sends SEND_ZC from its own "
+                             f"buffers over one ring, one CQE at a time: drop {flag}")
+    if a.pool > a.entries:
+        raise UsageError(f"--pool {a.pool}: more buffers than the ring has entries ({a.entries}): "
+                         f"raise --entries or lower --pool")
+    if a.size < STAMP.size:
+        raise UsageError(f"--pool with -s {a.size}: every {STAMP.size} bytes of a pool request "
+                         f"carry its stamp: give -s {STAMP.size} or more")
+    if a.proto == "raw":
+        raise UsageError("--pool with raw: Linux sends zero-copy only from TCP and UDP sockets: "
+                         "send udp or tcp")
 
 
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
     """The seed's main(): one sender, one result."""
     if cfg.flows > 1:
         return run_senders(cfg, as_json)
+    if cfg.pool:
+        return run_pool_sender(cfg, as_json)
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
         stack.callback(sock.close)
@@ -3905,7 +4410,7 @@ def sender_params(cfg: SendConfig) -> dict:
             "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
             "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
             "entries": cfg.entries, "seconds": cfg.seconds, "flows": cfg.flows,
-            "sqpoll": cfg.sqpoll}
+            "sqpoll": cfg.sqpoll, "pool": cfg.pool, "break_contract": cfg.break_contract}
 
 
 # What --probe asks about: the setup flags this file may use, and the opcodes.
