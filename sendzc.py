@@ -9,13 +9,15 @@
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
-be read from top to bottom:
+be read from top to bottom. Part I, sections 1 to 5b, teaches io_uring;
+Part II, sections 6 to 9, is the tool built on it:
 
   1. Kernel ABI      constants and structs transcribed from <linux/io_uring.h>
   2. System calls    io_uring_setup, io_uring_enter, io_uring_register
   3. The ring        mapping the shared rings; who owns which index
   4. Submit, reap    placing SQEs and judging CQEs in bulk
   5. Preparing SQEs  the io_uring_prep_* helpers of liburing
+  5b. Pool sender    a zero-copy send, one CQE at a time, from a pool of buffers
   6. The senders     io_uring SEND / SEND_ZC / SENDMSG_ZC, send(2), MSG_ZEROCOPY
   7. The receiver    rx: counts and verifies what a sender sends
   8. The benchmark   the private sink and the table of every way to send
@@ -29,6 +31,11 @@ completion queue entries (CQEs): the *result* (bytes sent, with
 IORING_CQE_F_MORE set to say another CQE will follow) and, once the network
 stack has let go of the pages, the *notification* (IORING_CQE_F_NOTIF). Only
 then may the buffer change. Everything below serves that sentence.
+
+"The seed", throughout: the standalone benchmark send-zc.c that Pavel
+Begunkov attached to his December 2021 "[RFC 00/12] io_uring zerocopy send"
+series, which became IORING_OP_SEND_ZC. sendzc grew from it and keeps its
+options, its defaults and its output line.
 """
 
 import argparse
