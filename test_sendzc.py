@@ -2123,3 +2123,92 @@ def test_break_contract_is_caught_by_rx_at_its_offset(tbf_pair, proto):
         assert line.startswith("sendzc: rx: --pool verification failed: byte ")
     assert line.endswith("a buffer was rewritten while the kernel still held it, before its "
                          "notification (F_NOTIF)")
+
+
+# --- the differential test: the reference and the fast sender agree -------------
+#
+# Same socket, same size, same number of requests: the fast sender runs for a
+# short -t, and the reference sender then sends exactly as many requests as it
+# did (run_reference's count). What each reports must match, field by field.
+
+DIFF_SENDER = textwrap.dedent("""
+    import contextlib, json, socket, sys
+    sys.path.insert(0, sys.argv[1])
+    import sendzc
+    which, proto, addr, port, size, n = sys.argv[2], sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])
+    cfg = sendzc.SendConfig(proto=proto, addr=addr, port=port, size=size, batch=4, pool=4,
+                            seconds=n / 1000)
+    with contextlib.ExitStack() as stack:
+        sock = sendzc.open_tx_socket(proto, socket.AF_INET, addr, port)
+        stack.callback(sock.close)
+        if which == "fast":
+            payload = sendzc.Payload(size)
+            stack.callback(payload.close)
+            result = sendzc.UringSender(cfg, sock, payload, stack).run()
+        else:
+            result = sendzc.run_reference(cfg, sock, stack, count=n)
+    print(json.dumps(result.row()))
+""")
+AGREED = ("requests", "bytes", "notifications", "failed", "eagain", "undrained", "zc_copied", "error")
+
+
+def diff_sender(ns, which, proto, addr, port, size, n):
+    """One run of DIFF_SENDER in namespace ns: the fast sender for n ms, or the reference for n requests."""
+    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", DIFF_SENDER, HERE, which,
+                        proto, addr, str(port), str(size), str(n)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_reference_and_fast_sender_agree_into_the_sink(sink):
+    fast = diff_sender(sink, "fast", "udp", SINK4, 9, 65435, 300)
+    ref = diff_sender(sink, "ref", "udp", SINK4, 9, 65435, fast["requests"])
+    assert fast["requests"] > 0 and fast["error"] is None
+    assert {k: ref[k] for k in AGREED} == {k: fast[k] for k in AGREED}
+    assert ref["notifications"] == ref["requests"]
+
+
+def test_reference_and_fast_sender_agree_over_veth_to_rx(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "tcp", ns=rxns)
+    fast = diff_sender(txns, "fast", "tcp", PAIR4[1], port, 65435, 300)
+    status, fast_rx, err = finish_rx(rx)
+    assert status == 0, err
+    rx = start_rx("-4", "-p", port, "--pool", "tcp", ns=rxns)
+    ref = diff_sender(txns, "ref", "tcp", PAIR4[1], port, 65435, fast["requests"])
+    status, ref_rx, err = finish_rx(rx)
+    assert status == 0, err
+    assert fast["requests"] > 0 and fast["error"] is None
+    assert {k: ref[k] for k in AGREED} == {k: fast[k] for k in AGREED}
+    for sent, got in ((fast, fast_rx["rows"][0]), (ref, ref_rx["rows"][0])):
+        assert got["bytes"] == sent["bytes"] and got["verified"] is True
+
+
+def test_reference_and_fast_sender_fail_alike_when_the_peer_is_gone():
+    """UDP to a port nobody listens on: the ICMP comes back and a send fails with ECONNREFUSED.
+
+    How many sends go out before the ICMP arrives is the kernel's timing, so
+    the counts may differ; what each says must not: the same error line, a
+    failure counted, and a notification for every request, failed ones too.
+    """
+    rows = []
+    for which in ("fast", "ref"):
+        port = free_port(socket.SOCK_DGRAM)
+        cfg = sendzc.SendConfig(proto="udp", addr="127.0.0.1", port=port, size=1400, batch=4,
+                                pool=4, seconds=2)
+        with contextlib.ExitStack() as stack:
+            sock = sendzc.open_tx_socket("udp", socket.AF_INET, cfg.addr, cfg.port)
+            stack.callback(sock.close)
+            if which == "fast":
+                payload = sendzc.Payload(cfg.size)
+                stack.callback(payload.close)
+                r = sendzc.UringSender(cfg, sock, payload, stack).run()
+            else:
+                r = sendzc.run_reference(cfg, sock, stack, count=100000)
+        assert f"sendzc: {r.error}" == udp_refused_line(port), which
+        assert r.failed >= 1 and r.requests >= 1 and r.undrained == 0, which
+        assert r.notifications == r.requests + r.failed + r.eagain, which
+        rows.append(r)
+    assert rows[0].seconds < 2 and rows[1].seconds < 2     # both stopped at the error, not at -t
