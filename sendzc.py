@@ -389,6 +389,10 @@ U32 = 0xFFFFFFFF    # ring indices are u32 and wrap at 2**32
 PAGE = mmap.PAGESIZE
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap has it from 3.10
 CLONE_NEWNET = 0x40000000                                  # <sched.h>
+# <linux/capability.h>: the capability to lock memory past RLIMIT_MEMLOCK. A
+# process without it has io_uring's rings, registered buffers and the pages
+# zero-copy sends pin counted against that limit; the ENOMEM lines name it.
+CAP_IPC_LOCK = 14
 
 
 # =============================================================================
@@ -2465,8 +2469,7 @@ def register_error(e: OSError, nbytes: int) -> str:
     return oserror_line(e)
 
 
-# Capabilities and limits the messages above look at.
-CAP_IPC_LOCK = 14            # <linux/capability.h>: lock memory past RLIMIT_MEMLOCK
+# Capabilities and limits the messages above look at (and CAP_IPC_LOCK, in section 1).
 SECCOMP_MODE_FILTER = 2      # <linux/seccomp.h>; /proc/self/status "Seccomp:"
 
 
@@ -2797,9 +2800,8 @@ class Verifier:
     mmap() whose pages all fault in, hence the fall at 1 MiB. memoryview ==
     unpacks and compares one item at a time, whatever the format.
 
-    In the receiver itself, `rx tcp` against `rx --no-verify tcp` over veth
-    (6 alternating pairs): median 1148 against 1154 MiB/s, user CPU 0.26 s
-    against 0.25 s. The check is lost in the noise.
+    In the receiver itself, `rx tcp` against `rx --no-verify tcp` over veth,
+    the check is lost in the noise of the rate and of the user CPU.
     """
 
     def __init__(self, span: int):
@@ -3097,19 +3099,12 @@ def socket_drops(sock: socket.socket) -> Optional[int]:
 # receive put at the start of the buffer, 0 at the end of a TCP stream, None
 # when RX_TICK_S passed with nothing to read.
 #
-# TCP receives through io_uring because it measured faster: `rx tcp` against
-# `rx --no-uring tcp`, the sender `-4 -D ... -t 1.5 --no-zc tcp` in another
-# namespace over veth, sender and receiver pinned to a core each, 8
-# alternating pairs, receiver-side MiB/s (byte counts equal to the sender's):
-#
-#   IORING_OP_RECV, one in flight   median 2647 (1481-3179)  cpu user 0.38 s sys 0.62 s
-#   recv_into(2)                    median 1999 (1720-2342)  cpu user 0.17 s sys 0.50 s
-#
-# RECV won 6 of those 8 pairs, and 19 of 22 in three sessions on a machine
-# others were measuring on too. Tried and not kept, for being no faster:
-# IORING_OP_READ_FIXED into a registered buffer (RECV itself refuses one),
-# four linked RECVs per io_uring_enter, and MSG_WAITALL (a full 1 MiB per
-# receive: a tenth of the receives, the same rate). Why RECV wins we have not
+# TCP receives through io_uring because it measured faster over veth than
+# recv_into(2), by about a third, and won most alternating runs (README,
+# "Receive and verify", has the figures). Tried and not kept, for being no
+# faster: IORING_OP_READ_FIXED into a registered buffer (RECV itself refuses
+# one), four linked RECVs per io_uring_enter, and MSG_WAITALL (a full 1 MiB
+# per receive: a tenth of the receives, the same rate). Why RECV wins we have not
 # pinned down: neither receiver is short of CPU (well under a core), while
 # the sender's core, which also runs veth's softirq and so TCP's receive
 # path, is; how the receiver waits changes how that work falls. recv_into
@@ -4495,6 +4490,11 @@ def probe_main(argv: List[str]) -> int:
     return 0
 
 
+# What each value of the sysctl kernel.io_uring_disabled (6.6) means, for --probe.
+IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
+                           2: "(io_uring off for everyone)"}
+
+
 def describe_capabilities(caps: dict) -> List[str]:
     def yes(v):
         return "yes" if v is True else f"no ({v})" if v else "no"
@@ -4516,9 +4516,6 @@ def describe_capabilities(caps: dict) -> List[str]:
                                 else "missing " + ", ".join(caps["missing"])))
     return lines
 
-
-IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
-                           2: "(io_uring off for everyone)"}
 
 
 def on_sigint(signum, frame):
