@@ -1323,12 +1323,13 @@ class ReferenceSender:
         ring = self.ring
         cqe = ring.peek_cqe()
         while cqe is not None:
-            seq, buf = unpack_user_data(cqe[0])
-            if notif(cqe[2]):
-                self.notification(seq, buf, cqe[1])
+            user_data, res, flags = cqe
+            seq, buf = unpack_user_data(user_data)
+            if notif(flags):
+                self.notification(seq, buf, res)
             else:
-                self.result(seq, buf, cqe[1], cqe[2])
-            ring.cqe_seen()
+                self.result(seq, buf, res, flags)
+            ring.cqe_seen()                   # the CQE is copied out: its slot is the kernel's
             cqe = ring.peek_cqe()
 
     def result(self, seq: int, buf: int, res: int, flags: int) -> None:
@@ -1369,12 +1370,16 @@ class ReferenceSender:
         while not (self.tally.error or stop() or time.perf_counter_ns() >= deadline_ns):
             if count and self.seq >= count and not self.results_owed:
                 break
-            while self.free and not (self.stream and self.results_owed) \
-                    and not (count and self.seq >= count):
+            while self.may_send(count):
                 self.send(self.free.pop(0))                                   # (1)
             self.submit_and_wait()                                            # (2)
             self.reap()                                                       # (3)-(6)
         return self.tally
+
+    def may_send(self, count: int) -> bool:
+        """A free buffer, a request left to send, and, on a stream, no result outstanding."""
+        left = not count or self.seq < count
+        return bool(self.free) and left and not (self.stream and self.results_owed)
 
     def drain(self, seconds: float, hurry: Callable[[], bool]) -> PoolTally:
         """(7) drain: wait for every result and notification still owed, at most seconds.
@@ -2953,6 +2958,7 @@ class RxResult(Rates):
     interrupted: bool = False
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
+    stamped: bool = False            # rx --pool: checked against a --pool sender's stamps (not in JSON)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
 
     def row(self) -> dict:
@@ -3361,6 +3367,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer,
         result.datagrams = result.receives
         result.dropped = socket_drops(conn)
     if verifier:
+        result.stamped = cfg.pool
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
         if verifier.bad and not result.error:
@@ -3447,6 +3454,9 @@ def describe_rx(r: RxResult) -> List[str]:
         lines.append(f"note: {r.note}")
     if r.verified is None:
         lines.append("verification: off (--no-verify)")
+    elif r.verified and r.stamped:
+        lines.append("verified: every byte is its request's stamp, requests in order" if r.proto == "tcp"
+                     else f"verified: all {r.datagrams} datagrams are one request's stamp each, rising")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if r.proto == "tcp"
                      else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
