@@ -870,6 +870,10 @@ class Ring:
         that follows, on this thread (see "Memory ordering" above). With SQPOLL
         the enter wakes the SQ thread only if it has gone to sleep and said so
         (IORING_SQ_NEED_WAKEUP), as liburing's sq_ring_needs_enter() decides.
+        liburing puts a full barrier between the tail store and that load;
+        Python has none, so a thread falling asleep at that very moment may
+        miss our tail: its SQEs then wait for the next enter, and every wait
+        here is bounded (EXT_ARG), so that is a delay, never a hang.
         """
         words = self._sq_words
         words[self._sq_tail_i] = self.sq_tail
@@ -1649,13 +1653,17 @@ def pool_summary(t: "PoolTally", r: "Result", buffers: int, break_contract: bool
     """--pool's JSON object: the notification lag, the bytes pinned, the pool a server needs.
 
     The lag of a request runs from the io_uring_enter() that submitted it to
-    the reaping of its F_NOTIF: how long the kernel held its buffer. A server
-    sending at r's rate must have rate x (p99 lag) bytes lent at any moment,
-    so it needs that many bytes of buffers, in units of the buffer size
-    (rounded up) to stall on a free buffer at most 1% of the time.
+    the reaping of its F_NOTIF: how long the kernel held its buffer. Only the
+    reference sender measures it, for every request; the fast sender's loop
+    judges CQEs in bulk and does not sample it (not yet). A server sending
+    at r's rate has rate x lag bytes lent at any moment, so a pool of rate x
+    p99 lag / buffer size buffers, rounded up, covers all but the slowest 1%
+    of notifications.
     """
     lags = sorted(t.lags_ns)
-    ms = (lambda ns: round(ns / 1e6, 3))
+
+    def ms(ns: int) -> float:
+        return round(ns / 1e6, 3)
     lag = None if not lags else {"min": ms(lags[0]), "p50": ms(percentile(lags, 0.50)),
                                  "p99": ms(percentile(lags, 0.99)), "max": ms(lags[-1])}
     rate = r.bytes / r.seconds if r.seconds else 0.0
