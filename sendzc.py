@@ -1686,7 +1686,8 @@ def describe_pool(r: "Result") -> List[str]:
                      f"max {lag['max']:.3f} ms; at most {p['pinned_max_bytes'] >> 10} KiB pinned "
                      f"in flight")
         lines.append(f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of {lag['p99']:.3f} ms, a zero-copy "
-                     f"server needs {p['buffers_needed']} buffers of {r.size} B (rate x p99 lag / "
+                     f"server needs {p['buffers_needed']} buffer{'s' if p['buffers_needed'] != 1 else ''} "
+                     f"of {r.size} B (rate x p99 lag / "
                      f"buffer size); this run had {p['buffers']}")
     if p["break_contract"]:
         lines.append(f"warning: --break-contract: {p['rewritten_early']} buffers were rewritten as soon "
