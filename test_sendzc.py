@@ -2212,3 +2212,27 @@ def test_reference_and_fast_sender_fail_alike_when_the_peer_is_gone():
         assert r.notifications == r.requests + r.failed + r.eagain, which
         rows.append(r)
     assert rows[0].seconds < 2 and rows[1].seconds < 2     # both stopped at the error, not at -t
+
+
+def test_the_sq_thread_is_woken_only_when_it_says_it_sleeps():
+    """_flush_sq() passes IORING_ENTER_SQ_WAKEUP only once the kernel set IORING_SQ_NEED_WAKEUP."""
+    def sqpoll_ring(idle_ms):
+        return sendzc.Ring(4, flags=sendzc.IORING_SETUP_SQPOLL, attempts=sendzc.SQPOLL_ATTEMPTS,
+                           sq_thread_idle=idle_ms)
+
+    def asleep(ring):
+        return ring._sq_words[ring._sq_flags_i] & sendzc.IORING_SQ_NEED_WAKEUP
+
+    with sqpoll_ring(2000) as ring:                 # awake for 2 s after setup: no wakeup
+        assert not asleep(ring)
+        assert not ring._flush_sq()[1] & sendzc.IORING_ENTER_SQ_WAKEUP
+    with sqpoll_ring(10) as ring:                   # asleep after 10 ms idle: wake it
+        deadline = time.monotonic() + 5
+        while not asleep(ring) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert asleep(ring), "the SQ thread never went to sleep"
+        assert ring._flush_sq()[1] & sendzc.IORING_ENTER_SQ_WAKEUP
+        nop = sendzc.io_uring_sqe()
+        sendzc.prep_nop(nop)
+        ring.place(bytes(nop))
+        assert ring.wait_cqes(1, 2.0) and ring.cq_ready() == 1   # woken, it submitted the NOP
