@@ -3242,8 +3242,9 @@ def tcp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitS
     if cfg.uring:
         try:
             return UringReceiver(sock, buf, stack)
-        except OSError as e:
-            result.note = f"io_uring refused ({e.strerror or e}): received with recv_into instead"
+        except (OSError, Fatal) as e:       # Fatal: a kernel Ring does not support (before 5.11)
+            result.note = (f"io_uring refused ({getattr(e, 'strerror', None) or e}): "
+                           f"received with recv_into instead")
     return SocketReceiver(sock, buf)
 
 

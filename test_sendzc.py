@@ -2236,3 +2236,23 @@ def test_the_sq_thread_is_woken_only_when_it_says_it_sleeps():
         sendzc.prep_nop(nop)
         ring.place(bytes(nop))
         assert ring.wait_cqes(1, 2.0) and ring.cq_ready() == 1   # woken, it submitted the NOP
+
+
+def test_a_receiver_on_a_kernel_ring_does_not_support_falls_back_to_recv_into(monkeypatch):
+    real = sendzc.io_uring_setup
+
+    def old_kernel(entries, params):
+        fd = real(entries, params)
+        params.features &= ~sendzc.IORING_FEAT_SINGLE_MMAP
+        return fd
+    monkeypatch.setattr(sendzc, "io_uring_setup", old_kernel)
+    a, b = socket.socketpair()
+    with a, b, contextlib.ExitStack() as stack:
+        buf = sendzc.RxBuffer(4096)
+        stack.callback(buf.close)
+        result = sendzc.RxResult("tcp", "")
+        rx = sendzc.tcp_receiver(sendzc.RxConfig(), b, buf, stack, result)
+        assert isinstance(rx, sendzc.SocketReceiver)
+        assert result.note == (f"io_uring refused (io_uring: this kernel ({os.uname().release}) lacks "
+                               f"SINGLE_MMAP (Linux 5.11+): use a newer kernel): received with "
+                               f"recv_into instead")
