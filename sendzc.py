@@ -130,7 +130,7 @@ def copied(res: int) -> bool:
 
 # --- mmap offsets of the three regions --------------------------------------
 IORING_OFF_SQ_RING = 0
-IORING_OFF_CQ_RING = 0x8000000
+IORING_OFF_CQ_RING = 0x8000000     # unused here: with SINGLE_MMAP the CQ ring lies in the SQ ring's mapping
 IORING_OFF_SQES = 0x10000000
 
 # --- sq_ring flags (the word at sq_off.flags, written by the kernel) ---------
@@ -534,8 +534,9 @@ def _addr_of(buf) -> int:
 #   CQ ring  head, tail, mask, overflow, flags, and the CQE array itself
 #   SQEs     the array of 64-byte submission entries
 #
-# (With IORING_FEAT_SINGLE_MMAP, 5.4, the two rings share one mapping; we
-# still keep a name for each so every field is read through its own ring.)
+# (The two rings share one mapping, IORING_FEAT_SINGLE_MMAP since 5.4, which
+# Ring requires; we still keep a name for each so every field is read
+# through its own ring.)
 #
 # Who writes which word, and so who may cache it:
 #
@@ -834,8 +835,8 @@ class Ring:
         The SQEs go in at slot sq_tail & mask onward; a batch that runs past
         the end of the array is split in two (the wraparound). A batch that
         does not fit raises SubmissionQueueFull, where liburing's
-        io_uring_get_sqe() returns NULL: the slots past sq.head are still the
-        kernel's to read. The tail is only published by the submit that follows.
+        io_uring_get_sqe() returns NULL: the slots from sq.head up to our tail
+        are still the kernel's to read. The tail is only published by the submit that follows.
         """
         n = len(sqes) >> SQE_SHIFT
         tail = self.sq_tail
@@ -872,8 +873,9 @@ class Ring:
         (IORING_SQ_NEED_WAKEUP), as liburing's sq_ring_needs_enter() decides.
         liburing puts a full barrier between the tail store and that load;
         Python has none, so a thread falling asleep at that very moment may
-        miss our tail: its SQEs then wait for the next enter, and every wait
-        here is bounded (EXT_ARG), so that is a delay, never a hang.
+        miss our tail: its SQEs then wait for the next enter. wait_cqes()
+        bounds every wait, so that is a delay, never a hang (submit_and_wait(),
+        unbounded, serves only rings without SQPOLL).
         """
         words = self._sq_words
         words[self._sq_tail_i] = self.sq_tail
