@@ -2256,3 +2256,21 @@ def test_a_receiver_on_a_kernel_ring_does_not_support_falls_back_to_recv_into(mo
         assert result.note == (f"io_uring refused (io_uring: this kernel ({os.uname().release}) lacks "
                                f"SINGLE_MMAP (Linux 5.11+): use a newer kernel): received with "
                                f"recv_into instead")
+
+
+def test_ctrl_c_ends_a_pool_run_with_its_partial_result_and_every_notification():
+    with udp_sink_socket() as port:
+        p = subprocess.Popen([sys.executable, TOOL, "-D", "127.0.0.1", "-p", str(port), "-t", "20",
+                              "-s", "1400", "--pool", "4", "--json", "udp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)                        # well past start-up: the run is under way
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+        finally:
+            p.kill()
+    assert p.returncode == 130, err
+    row = json.loads(out)["rows"][0]
+    assert row["interrupted"] is True and row["requests"] > 0 and row["undrained"] == 0
+    assert row["notifications"] == row["requests"] == row["pool"]["lag_samples"]
+    assert err.splitlines() == [INTERRUPTED_LINE]
