@@ -878,7 +878,7 @@ class Ring:
         unbounded, serves only rings without SQPOLL).
         """
         words = self._sq_words
-        words[self._sq_tail_i] = self.sq_tail
+        words[self._sq_tail_i] = self.sq_tail      # after the SQEs; the enter that follows reads both
         asleep = self.sqpoll and words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP
         wakeup = IORING_ENTER_SQ_WAKEUP if asleep else 0
         return (self.sq_tail - words[self._sq_head_i]) & U32, wakeup | self.enter_flags
@@ -1072,8 +1072,8 @@ def describe_sqe(slot: int, sqe: io_uring_sqe) -> str:
 
 def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
     """One CQE in words, for --trace: res decoded as bytes, -errno or usage; flags by name."""
-    if flags & IORING_CQE_F_NOTIF:
-        meaning = "copied" if res & IORING_NOTIF_USAGE_ZC_COPIED else "zero-copy"
+    if notif(flags):
+        meaning = "copied" if copied(res) else "zero-copy"
         # Without REPORT_USAGE res is always 0 and says nothing either way.
     elif res < 0:
         meaning = f"-{errno.errorcode.get(-res, -res)}"
