@@ -9,13 +9,15 @@
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
-be read from top to bottom:
+be read from top to bottom. Part I, sections 1 to 5b, teaches io_uring;
+Part II, sections 6 to 9, is the tool built on it:
 
   1. Kernel ABI      constants and structs transcribed from <linux/io_uring.h>
   2. System calls    io_uring_setup, io_uring_enter, io_uring_register
   3. The ring        mapping the shared rings; who owns which index
   4. Submit, reap    placing SQEs and judging CQEs in bulk
   5. Preparing SQEs  the io_uring_prep_* helpers of liburing
+  5b. Pool sender    a zero-copy send, one CQE at a time, from a pool of buffers
   6. The senders     io_uring SEND / SEND_ZC / SENDMSG_ZC, send(2), MSG_ZEROCOPY
   7. The receiver    rx: counts and verifies what a sender sends
   8. The benchmark   the private sink and the table of every way to send
@@ -29,6 +31,11 @@ completion queue entries (CQEs): the *result* (bytes sent, with
 IORING_CQE_F_MORE set to say another CQE will follow) and, once the network
 stack has let go of the pages, the *notification* (IORING_CQE_F_NOTIF). Only
 then may the buffer change. Everything below serves that sentence.
+
+"The seed", throughout: the standalone benchmark send-zc.c that Pavel
+Begunkov attached to his December 2021 "[RFC 00/12] io_uring zerocopy send"
+series, which became IORING_OP_SEND_ZC. sendzc grew from it and keeps its
+options, its defaults and its output line.
 """
 
 import argparse
@@ -36,6 +43,7 @@ import ctypes
 import errno
 import json
 import linecache
+import math
 import mmap
 import os
 import platform
@@ -102,20 +110,35 @@ IORING_CQE_F_MORE = 1 << 1           # another CQE for this request will follow
 IORING_CQE_F_SOCK_NONEMPTY = 1 << 2
 IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
 
+
+# Each flag test as a tiny named function, as tokio-rs io-uring's cqueue::more()
+# and notif() are: the reference sender (section 5b) reads `if notif(flags)`.
+def more(flags: int) -> bool:
+    """F_MORE: this request will post another CQE (a zero-copy send's notification)."""
+    return bool(flags & IORING_CQE_F_MORE)
+
+
+def notif(flags: int) -> bool:
+    """F_NOTIF: a notification: the kernel has let go of the request's buffer."""
+    return bool(flags & IORING_CQE_F_NOTIF)
+
+
+def copied(res: int) -> bool:
+    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the kernel copied after all."""
+    return bool(res & IORING_NOTIF_USAGE_ZC_COPIED)
+
+
 # --- mmap offsets of the three regions --------------------------------------
 IORING_OFF_SQ_RING = 0
-IORING_OFF_CQ_RING = 0x8000000
+IORING_OFF_CQ_RING = 0x8000000     # unused here: with SINGLE_MMAP the CQ ring lies in the SQ ring's mapping
 IORING_OFF_SQES = 0x10000000
 
 # --- sq_ring flags (the word at sq_off.flags, written by the kernel) ---------
 IORING_SQ_NEED_WAKEUP = 1 << 0   # SQPOLL thread sleeps: io_uring_enter must wake it
-IORING_SQ_CQ_OVERFLOW = 1 << 1   # CQEs wait in the kernel's overflow list
-IORING_SQ_TASKRUN = 1 << 2
 
 # --- io_uring_enter() flags ---------------------------------------------------
 IORING_ENTER_GETEVENTS = 1 << 0       # wait for min_complete CQEs
-IORING_ENTER_SQ_WAKEUP = 1 << 1
-IORING_ENTER_SQ_WAIT = 1 << 2
+IORING_ENTER_SQ_WAKEUP = 1 << 1       # wake the SQPOLL thread (when it asked: NEED_WAKEUP)
 IORING_ENTER_EXT_ARG = 1 << 3         # 5.11 arg is struct io_uring_getevents_arg
 IORING_ENTER_REGISTERED_RING = 1 << 4  # 5.18 fd is a registered ring index
 
@@ -138,6 +161,8 @@ IORING_FEAT_RECVSEND_BUNDLE = 1 << 14
 IORING_FEAT_MIN_TIMEOUT = 1 << 15
 IORING_FEAT_RW_ATTR = 1 << 16
 IORING_FEAT_NO_IOWAIT = 1 << 17
+# What Ring requires of every kernel (see Ring._setup: we do not support older ones).
+REQUIRED_FEATURES = IORING_FEAT_SINGLE_MMAP | IORING_FEAT_EXT_ARG
 
 # --- enum io_uring_register_op -----------------------------------------------
 IORING_REGISTER_BUFFERS = 0
@@ -340,6 +365,13 @@ def _check_layout():
 
 
 _check_layout()
+# Sizes the ring arithmetic uses, from the structs rather than retyped: a ring
+# word (head, tail, ...) is a u32, and slot i of the SQE array starts at byte
+# i << SQE_SHIFT.
+U32_SIZE = ctypes.sizeof(u32)
+SQE_SIZE = ctypes.sizeof(io_uring_sqe)
+SQE_SHIFT = SQE_SIZE.bit_length() - 1
+assert 1 << SQE_SHIFT == SQE_SIZE
 
 # --- Socket constants Python's socket module may lack (values from the kernel UAPI)
 SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)          # <asm-generic/socket.h>
@@ -368,6 +400,10 @@ U32 = 0xFFFFFFFF    # ring indices are u32 and wrap at 2**32
 PAGE = mmap.PAGESIZE
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap has it from 3.10
 CLONE_NEWNET = 0x40000000                                  # <sched.h>
+# <linux/capability.h>: the capability to lock memory past RLIMIT_MEMLOCK. A
+# process without it has io_uring's rings, registered buffers and the pages
+# zero-copy sends pin counted against that limit; the ENOMEM lines name it.
+CAP_IPC_LOCK = 14
 
 
 # =============================================================================
@@ -526,8 +562,9 @@ def _addr_of(buf) -> int:
 #   CQ ring  head, tail, mask, overflow, flags, and the CQE array itself
 #   SQEs     the array of 64-byte submission entries
 #
-# (With IORING_FEAT_SINGLE_MMAP, 5.4, the two rings share one mapping; we
-# still keep a name for each so every field is read through its own ring.)
+# (The two rings share one mapping, IORING_FEAT_SINGLE_MMAP since 5.4, which
+# Ring requires; we still keep a name for each so every field is read
+# through its own ring.)
 #
 # Who writes which word, and so who may cache it:
 #
@@ -588,6 +625,16 @@ SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do bef
 # the kernel never completes (a TCP peer that stopped reading: its socket
 # never has room again) would hold the run past -t for ever.
 ENTER_WAIT_NS = 100_000_000
+# The longest a sender waits, after its run, for the notifications still
+# owed (the drain), and the longest --trace waits for one request. The
+# buffer may not be unmapped before they come; a TCP peer that stopped
+# acknowledging could hold them for minutes, so past this the sender says
+# so and leaves the buffer mapped until exit (Payload.close).
+DRAIN_SECONDS = 5.0
+
+
+class SubmissionQueueFull(Exception):
+    """More SQEs than free SQ slots: a bug in the caller, named as Zig's IoUring does."""
 
 
 class Ring:
@@ -627,32 +674,38 @@ class Ring:
         self.features = p.features
         self._stack.callback(os.close, self.fd)          # last to go: the ring itself
 
-        # Map the regions. Sizes as liburing's io_uring_mmap() computes them.
-        # With NO_SQARRAY there is no index array and the SQ ring's words lie
-        # in the one mapping both rings share (every kernel with NO_SQARRAY
-        # has IORING_FEAT_SINGLE_MMAP), which the CQ side sizes.
+        # We do not support kernels before 5.11: they lack one mapping for both
+        # rings (IORING_FEAT_SINGLE_MMAP, 5.4) or a timeout on waiting
+        # (IORING_FEAT_EXT_ARG, 5.11), and SEND_ZC needs 6.0 anyway.
+        missing = REQUIRED_FEATURES & ~p.features
+        if missing:
+            raise Fatal(f"io_uring: this kernel ({platform.release()}) lacks "
+                        f"{flag_names(missing, FEAT_NAMES, 'IORING_FEAT_')} (Linux 5.11+): "
+                        f"use a newer kernel")
+
+        # Map the regions. Sizes as liburing's io_uring_mmap() computes them:
+        # the SQ ring's words, its index array (absent with NO_SQARRAY) and
+        # the CQ ring with its CQEs share one mapping, sized for the larger.
         sq_off, cq_off = p.sq_off, p.cq_off
-        sq_size = sq_off.array + p.sq_entries * 4 if sq_off.array else 0
+        sq_size = sq_off.array + p.sq_entries * U32_SIZE if sq_off.array else 0
         cq_size = cq_off.cqes + p.cq_entries * ctypes.sizeof(io_uring_cqe)
-        single = bool(p.features & IORING_FEAT_SINGLE_MMAP)
-        if single or not sq_off.array:
-            sq_size = cq_size = max(sq_size, cq_size)
-        self._sq_map = self._map(sq_size, IORING_OFF_SQ_RING)
-        self._cq_map = self._sq_map if single else self._map(cq_size, IORING_OFF_CQ_RING)
-        self._sqe_map = self._map(p.sq_entries * ctypes.sizeof(io_uring_sqe), IORING_OFF_SQES)
+        self._sq_map = self._map(max(sq_size, cq_size), IORING_OFF_SQ_RING)
+        self._cq_map = self._sq_map     # one mapping, two names: each field read through its own ring
+        self._sqe_map = self._map(p.sq_entries * SQE_SIZE, IORING_OFF_SQES)
 
         # u32 views of each ring's words; the kernel's offsets are in bytes.
         sq_words = self._hold(self._view(self._sq_map).cast("I"))
         cq_words = self._hold(self._view(self._cq_map).cast("I"))
         self._sq_words, self._cq_words = sq_words, cq_words
-        self._sq_head_i, self._sq_tail_i = sq_off.head // 4, sq_off.tail // 4
-        self._sq_flags_i = sq_off.flags // 4
-        self._cq_head_i, self._cq_tail_i = cq_off.head // 4, cq_off.tail // 4
-        self._cq_overflow_i = cq_off.overflow // 4
-        self.sq_entries = sq_words[sq_off.ring_entries // 4]
-        self.sq_mask = sq_words[sq_off.ring_mask // 4]
-        self.cq_entries = cq_words[cq_off.ring_entries // 4]
-        self.cq_mask = cq_words[cq_off.ring_mask // 4]
+        word = U32_SIZE
+        self._sq_head_i, self._sq_tail_i = sq_off.head // word, sq_off.tail // word
+        self._sq_flags_i = sq_off.flags // word
+        self._cq_head_i, self._cq_tail_i = cq_off.head // word, cq_off.tail // word
+        self._cq_overflow_i = cq_off.overflow // word
+        self.sq_entries = sq_words[sq_off.ring_entries // word]
+        self.sq_mask = sq_words[sq_off.ring_mask // word]
+        self.cq_entries = cq_words[cq_off.ring_entries // word]
+        self.cq_mask = cq_words[cq_off.ring_mask // word]
 
         # What the kernel promised; if any fails, the code above is wrong.
         assert self.sq_mask == self.sq_entries - 1 and self.cq_mask == self.cq_entries - 1
@@ -668,17 +721,21 @@ class Ring:
         # Exactly cq_entries CQEs: the mapping can be longer (one mapping for
         # both rings is sized for the larger), and what follows the CQE array
         # is the SQ ring's index array; a view past it would read that as CQEs.
-        cqe_end = cq_off.cqes + self.cq_entries * ctypes.sizeof(io_uring_cqe)
+        cqe_size = ctypes.sizeof(io_uring_cqe)
+        cqe_end = cq_off.cqes + self.cq_entries * cqe_size
         cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cqe_end])
-        self._cqe_user_data = self._hold(cqe_bytes.cast("Q")[0::2])
-        self._cqe_res = self._hold(cqe_bytes.cast("i")[2::4])
-        self._cqe_flags = self._hold(cqe_bytes.cast("I")[3::4])
+        # A field's view: the CQE array cast to that field's item type, from
+        # the field's offset, one item per CQE (a stride of cqe_size bytes).
+        for name, fmt, item in (("user_data", "Q", u64), ("res", "i", s32), ("flags", "I", u32)):
+            step = ctypes.sizeof(item)
+            start = getattr(io_uring_cqe, name).offset // step
+            setattr(self, "_cqe_" + name, self._hold(cqe_bytes.cast(fmt)[start::cqe_size // step]))
         assert len(self._cqe_res) == len(self._cqe_flags) == self.cq_entries
 
         if not (p.flags & IORING_SETUP_NO_SQARRAY):
             # The SQ array maps ring slot -> SQE index. We always put SQE i in
             # slot i (as liburing does), so we fill it once with the identity.
-            array_i = sq_off.array // 4
+            array_i = sq_off.array // word
             sq_words[array_i:array_i + self.sq_entries] = memoryview(
                 struct.pack(f"{self.sq_entries}I", *range(self.sq_entries))).cast("I")
 
@@ -689,15 +746,12 @@ class Ring:
         # The bound on submit_and_peek()'s waits: an IORING_ENTER_EXT_ARG
         # argument (5.11) whose timespec is ENTER_WAIT_NS, built once and
         # passed by reference on every batch (it costs ~80 ns a call, measured
-        # with NOPs). Before 5.11 the wait is unbounded, as it was before EXT_ARG.
+        # with NOPs).
         self._wait_ts = kernel_timespec(0, ENTER_WAIT_NS)
         self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
-        if self.features & IORING_FEAT_EXT_ARG:
-            self._wait_ref = ctypes.byref(self._wait_arg)
-            self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
-            self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
-        else:
-            self._wait_ref, self._wait_size, self._wait_flags = None, _SIZE_0, IORING_ENTER_GETEVENTS
+        self._wait_ref = ctypes.byref(self._wait_arg)
+        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
+        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
         self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
         self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
         self.submitted = 0          # SQEs the kernel has consumed, in total
@@ -779,46 +833,51 @@ class Ring:
         ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
         return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
 
-    # =========================================================================
-    # 4. Submit, reap
-    #
-    # Python pays per bytecode, the kernel per syscall, so both are paid per
-    # *batch*: a batch of SQEs is one slice copy into the SQE array, one store
-    # of sq.tail and one io_uring_enter that both submits and waits; the CQEs
-    # that came back are judged by the list of their flags and the sum of
-    # their res, with list.count and sum looping in C (the sender's run()
-    # says why that is enough). The per-CQE walk is only for the odd batch.
-    #
-    # What a CQE costs Python is what decides the design. Measured here: a
-    # ctypes call into io_uring_enter ~0.5 us (declaring argtypes would make
-    # it ~1.2 us), a batch's bookkeeping ~1.5 us, ~25 ns a CQE in bulk
-    # against ~100 ns in a Python loop; the kernel spends ~2 us on one 64 KB
-    # SEND_ZC. So a batch of 8 costs Python ~15% of the kernel's time, a
-    # batch of 64 ~5% (bench --sweep measures it on any host).
-    # =========================================================================
+# =============================================================================
+# 4. Submit, reap
+#
+# Python pays per bytecode, the kernel per syscall, so both are paid per
+# *batch*: a batch of SQEs is one slice copy into the SQE array, one store
+# of sq.tail and one io_uring_enter that both submits and waits; the CQEs
+# that came back are judged by the list of their flags and the sum of
+# their res, with list.count and sum looping in C (the sender's run()
+# says why that is enough). The per-CQE walk is only for the odd batch,
+# and for the reference sender of section 5b, which reads one CQE at a time
+# with peek_cqe() and cqe_seen(), as a C program with liburing would.
+#
+# What a CQE costs Python is what decides the design. Measured here: a
+# ctypes call into io_uring_enter ~0.5 us (declaring argtypes would make
+# it ~1.2 us), a batch's bookkeeping ~1.5 us, ~25 ns a CQE in bulk
+# against ~100 ns in a Python loop; the kernel spends ~2 us on one 64 KB
+# SEND_ZC. So a batch of 8 costs Python ~15% of the kernel's time, a
+# batch of 64 ~5% (bench --sweep measures it on any host).
+# =============================================================================
 
     def sq_space_left(self) -> int:
         """io_uring_sq_space_left(): free SQ slots (sq.head is the kernel's)."""
         return self.sq_entries - ((self.sq_tail - self._sq_words[self._sq_head_i]) & U32)
 
     def place(self, sqes: bytes) -> None:
-        """io_uring_get_sqe() for len(sqes)//64 SQEs at once, plus the memcpy.
+        """io_uring_get_sqe() for len(sqes) // SQE_SIZE SQEs at once, plus the memcpy.
 
         The SQEs go in at slot sq_tail & mask onward; a batch that runs past
-        the end of the array is split in two (the wraparound). The caller
-        makes sure they fit (sq_space_left(); the sender never has more
-        requests in flight than the ring has entries). The tail is only
-        published by the submit that follows.
+        the end of the array is split in two (the wraparound). A batch that
+        does not fit raises SubmissionQueueFull, where liburing's
+        io_uring_get_sqe() returns NULL: the slots from sq.head up to our tail
+        are still the kernel's to read. The tail is only published by the submit that follows.
         """
-        n = len(sqes) >> 6
+        n = len(sqes) >> SQE_SHIFT
         tail = self.sq_tail
+        if n > self.sq_entries - ((tail - self._sq_words[self._sq_head_i]) & U32):
+            raise SubmissionQueueFull(f"{n} SQEs do not fit: {self.sq_space_left()} of "
+                                      f"{self.sq_entries} slots free")
         i = tail & self.sq_mask
         if i + n <= self.sq_entries:
-            self._sqes[i << 6:(i + n) << 6] = sqes
+            self._sqes[i << SQE_SHIFT:(i + n) << SQE_SHIFT] = sqes
         else:                                    # wrapped: the rest goes to slot 0
             first = self.sq_entries - i
-            self._sqes[i << 6:] = sqes[:first << 6]
-            self._sqes[:(n - first) << 6] = sqes[first << 6:]
+            self._sqes[i << SQE_SHIFT:] = sqes[:first << SQE_SHIFT]
+            self._sqes[:(n - first) << SQE_SHIFT] = sqes[first << SQE_SHIFT:]
         self.sq_tail = (tail + n) & U32
 
     def submit_and_wait(self, wait_nr: int) -> int:
@@ -838,11 +897,18 @@ class Ring:
 
         A plain store of sq.tail: the kernel reads it inside the io_uring_enter
         that follows, on this thread (see "Memory ordering" above). With SQPOLL
-        every enter also wakes the SQ thread, in case it has gone to sleep.
+        the enter wakes the SQ thread only if it has gone to sleep and said so
+        (IORING_SQ_NEED_WAKEUP), as liburing's sq_ring_needs_enter() decides.
+        liburing puts a full barrier between the tail store and that load;
+        Python has none, so a thread falling asleep at that very moment may
+        miss our tail: its SQEs then wait for the next enter. wait_cqes()
+        bounds every wait, so that is a delay, never a hang (submit_and_wait(),
+        unbounded, serves only rings without SQPOLL).
         """
         words = self._sq_words
-        words[self._sq_tail_i] = self.sq_tail
-        wakeup = IORING_ENTER_SQ_WAKEUP if self.sqpoll else 0
+        words[self._sq_tail_i] = self.sq_tail      # after the SQEs; the enter that follows reads both
+        asleep = self.sqpoll and words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP
+        wakeup = IORING_ENTER_SQ_WAKEUP if asleep else 0
         return (self.sq_tail - words[self._sq_head_i]) & U32, wakeup | self.enter_flags
 
     def submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
@@ -957,6 +1023,21 @@ class Ring:
         """The user_data of the next n ready CQEs (for tracing; off the fast path)."""
         return [self._cqe_user_data[(self.cq_head + k) & self.cq_mask] for k in range(n)]
 
+    def peek_cqe(self) -> Optional[Tuple[int, int, int]]:
+        """io_uring_peek_cqe(): the next ready CQE as (user_data, res, flags), or None.
+
+        cq.tail is the kernel's: read it first, then the CQE it covers (see
+        "Memory ordering"). The CQE stays in its slot until cqe_seen().
+        """
+        if self._cq_words[self._cq_tail_i] == self.cq_head:
+            return None
+        i = self.cq_head & self.cq_mask
+        return self._cqe_user_data[i], self._cqe_res[i], self._cqe_flags[i]
+
+    def cqe_seen(self) -> None:
+        """io_uring_cqe_seen(): done with the CQE peek_cqe() returned; its slot is the kernel's."""
+        self.cq_advance(1)
+
     def cq_advance(self, n: int) -> None:
         """io_uring_cq_advance(): hand n CQE slots back to the kernel.
 
@@ -1019,8 +1100,8 @@ def describe_sqe(slot: int, sqe: io_uring_sqe) -> str:
 
 def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
     """One CQE in words, for --trace: res decoded as bytes, -errno or usage; flags by name."""
-    if flags & IORING_CQE_F_NOTIF:
-        meaning = "copied" if res & IORING_NOTIF_USAGE_ZC_COPIED else "zero-copy"
+    if notif(flags):
+        meaning = "copied" if copied(res) else "zero-copy"
         # Without REPORT_USAGE res is always 0 and says nothing either way.
     elif res < 0:
         meaning = f"-{errno.errorcode.get(-res, -res)}"
@@ -1034,12 +1115,15 @@ def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
 # 5. Preparing SQEs
 #
 # liburing's io_uring_prep_* helpers are thin layers over one primitive,
-# io_uring_prep_rw(), which clears the SQE and sets the common fields. Ours
-# fill a ctypes io_uring_sqe; bytes(sqe) is then the 64 bytes place() copies.
+# io_uring_prep_rw(), which sets the common fields. It does not clear the
+# SQE: io_uring_get_sqe() already did (io_uring_initialize_sqe() zeroes the
+# fields no prep sets). Ours fill a ctypes io_uring_sqe that is reused from
+# request to request, so our prep_rw() zeroes it first, doing both jobs;
+# bytes(sqe) is then the SQE_SIZE bytes place() copies into the ring.
 # =============================================================================
 
 def prep_rw(sqe: io_uring_sqe, op: int, fd: int, addr: int, length: int, offset: int) -> None:
-    """io_uring_prep_rw(): zero the SQE, set opcode, fd, addr, len, off."""
+    """io_uring_initialize_sqe() + io_uring_prep_rw(): zero the SQE, set opcode, fd, addr, len, off."""
     ctypes.memset(ctypes.addressof(sqe), 0, ctypes.sizeof(sqe))
     sqe.opcode, sqe.fd, sqe.addr, sqe.len, sqe.off = op, fd, addr, length, offset
 
@@ -1097,6 +1181,259 @@ def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int
     """
     prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
     sqe.msg_flags = msg_flags
+
+
+# =============================================================================
+# 5b. A zero-copy send, one CQE at a time
+#
+# Sections 3 to 5 put together the plain way: a sender that owns a small pool
+# of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
+# it. The fast sender of section 6 (UringSender.run) takes the same steps in
+# bulk, and both number them alike:
+#
+#   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
+#   (2) submit and wait      one io_uring_enter(): publish sq.tail, wait for a CQE
+#   (3) peek CQEs            one at a time, from cq.head
+#   (4) judge results        res = bytes or -errno; F_MORE: a notification is owed
+#   (5) judge notifications  F_NOTIF: the kernel has let go of that buffer
+#   (6) advance CQ           cqe_seen(): only now may the kernel reuse the slot
+#   (7) drain                every owed notification, before the pool is unmapped
+#
+# Each request's user_data names its buffer and its sequence number, so every
+# CQE says whose it is. A buffer is either free or lent to the kernel, from
+# the submission of the request that reads it until that request's F_NOTIF;
+# only a free buffer is rewritten, with the next sequence number stamped
+# through it. Writing the buffer, then the SQE, then entering the kernel is
+# program order on one thread: the syscall is the barrier (section 3).
+#
+# A datagram sender keeps every buffer in flight. A stream sends one request
+# at a time, since two sends in flight on one socket may complete out of
+# order (the fast sender links them instead), and still lends the kernel all
+# N buffers: a TCP buffer comes back only once the peer has acknowledged its
+# bytes, long after the send's result.
+#
+# --break-contract frees a buffer at its result CQE instead: it is rewritten
+# while packets waiting in a queue may still point at its pages, and the
+# receiver (`rx --pool`) finds a later request's stamp where an earlier one's
+# belongs.
+# =============================================================================
+
+STAMP = struct.Struct("<QQ")    # what every 16 bytes of a pool request say: its sequence number, its size
+UD_BUF_BITS = 16                # user_data = sequence number << UD_BUF_BITS | buffer index
+MAX_POOL = 1 << UD_BUF_BITS
+
+
+def stamp(seq: int, size: int) -> bytes:
+    """The size bytes request seq sends: STAMP(seq, size) over and over, cut at size.
+
+    Any 16 bytes name their request, so a receiver can check that a datagram
+    (or a request's share of a stream) is one request's from end to end, and
+    name the first byte that is not.
+    """
+    return (STAMP.pack(seq, size) * (size // STAMP.size + 1))[:size]
+
+
+def pack_user_data(seq: int, buf: int) -> int:
+    """io_uring_sqe_set_data64(): what comes back in every CQE the request causes."""
+    return seq << UD_BUF_BITS | buf
+
+
+def unpack_user_data(user_data: int) -> Tuple[int, int]:
+    """io_uring_cqe_get_data64(), taken apart: (sequence number, buffer index)."""
+    return user_data >> UD_BUF_BITS, user_data & (MAX_POOL - 1)
+
+
+class Pool:
+    """n page-aligned buffers of size bytes in one mapping; buffer i is registered buffer i.
+
+    The zero-copy contract, per buffer: from the submission of a SEND_ZC
+    that reads it until that request's F_NOTIF, the kernel's packets may
+    point into its pages. Until then it must not change, nor be unmapped:
+    `lent` counts the runs under way and the notifications that never came,
+    and close() unmaps only when it is 0 (else the pages stay until exit).
+    """
+
+    def __init__(self, n: int, size: int):
+        self.n, self.size = n, size
+        self.stride = -(-size // PAGE) * PAGE
+        self.length = n * self.stride
+        self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
+        self.addr = _addr_of(self.map)
+        self.lent = 0
+
+    def buffer_addr(self, i: int) -> int:
+        return self.addr + i * self.stride
+
+    def write(self, i: int, data: bytes) -> None:
+        """Rewrite buffer i: allowed only while the kernel does not hold it."""
+        self.map[i * self.stride:i * self.stride + len(data)] = data
+
+    def iovecs(self) -> List[Tuple[int, int]]:
+        """(address, length) of each buffer, for io_uring_register_buffers()."""
+        return [(self.buffer_addr(i), self.stride) for i in range(self.n)]
+
+    def close(self) -> None:
+        if not self.lent:
+            self.map.close()
+
+
+@dataclass
+class PoolTally:
+    """What a reference run's CQEs said, one by one."""
+    requests: int = 0        # results with res >= 0
+    bytes: int = 0           # the sum of those res
+    notifications: int = 0   # F_NOTIF CQEs
+    copied: int = 0          # ... that said the kernel copied (REPORT_USAGE)
+    eagain: int = 0          # results -EAGAIN
+    failed: int = 0          # results with any other -errno
+    error: int = 0           # the first of those errnos
+    undrained: int = 0       # notifications still owed after the drain
+    broke: int = 0           # buffers rewritten before their F_NOTIF (--break-contract)
+    pinned_max: int = 0      # the most bytes the kernel held at once (requests owing a notification)
+    lags_ns: List[int] = field(default_factory=list)   # per request: submission to its F_NOTIF
+
+
+class ReferenceSender:
+    """SEND_ZC requests from a Pool through a Ring, each CQE judged on its own.
+
+    The socket is registered file 0 of ring; with fixed, buffer i of the pool
+    is registered buffer i. A stream (TCP) has one request in flight at a
+    time. No liburing twin: this is the loop a C program writes around
+    io_uring_get_sqe(), io_uring_submit_and_wait() and io_uring_peek_cqe().
+    """
+
+    def __init__(self, ring: Ring, pool: Pool, fixed: bool, stream: bool, zc_flags: int,
+                 break_contract: bool = False):
+        self.ring, self.pool, self.fixed, self.stream = ring, pool, fixed, stream
+        self.zc_flags, self.break_contract = zc_flags, break_contract
+        # MSG_WAITALL: io_uring retries a partial stream send until it is whole.
+        self.msg_flags = socket.MSG_WAITALL if stream else 0
+        self.sqe = io_uring_sqe()
+        self.free = list(range(pool.n))    # buffers the kernel does not hold
+        self.owed: Dict[int, int] = {}     # sequence number -> submission time: notification owed
+        self.placed: List[int] = []        # placed, not yet submitted
+        self.results_owed = 0              # submitted, result CQE not yet seen
+        self.seq = 0                       # the next request's sequence number
+        self.tally = PoolTally()
+
+    def send(self, buf: int) -> None:
+        """(1) get SQEs: stamp free buffer buf with the next sequence number; prep and place a SEND_ZC.
+
+        io_uring_get_sqe() + io_uring_prep_send_zc_fixed() (or _send_zc()):
+        the SQE is built in self.sqe and copied into the ring by place().
+        """
+        seq, size, sqe = self.seq, self.pool.size, self.sqe
+        self.pool.write(buf, stamp(seq, size))            # free: ours to write
+        addr = self.pool.buffer_addr(buf)
+        if self.fixed:
+            prep_send_zc_fixed(sqe, 0, addr, size, self.msg_flags, self.zc_flags, buf)
+        else:
+            prep_send_zc(sqe, 0, addr, size, self.msg_flags, self.zc_flags)
+        sqe.flags |= IOSQE_FIXED_FILE
+        sqe.user_data = pack_user_data(seq, buf)
+        self.ring.place(bytes(sqe))                       # SubmissionQueueFull if no slot is free
+        self.placed.append(seq)
+        self.seq += 1
+        self.results_owed += 1
+
+    def submit_and_wait(self) -> None:
+        """(2) submit and wait: io_uring_submit_and_wait_timeout(ring, 1, ENTER_WAIT_NS).
+
+        Bounded, so that the caller sees the clock and Ctrl-C even when
+        nothing completes (a TCP peer that stopped reading).
+        """
+        now = time.perf_counter_ns()
+        for seq in self.placed:                           # the lag runs from here
+            self.owed[seq] = now
+        self.placed.clear()
+        self.tally.pinned_max = max(self.tally.pinned_max, len(self.owed) * self.pool.size)
+        try:
+            self.ring.wait_cqes(1, ENTER_WAIT_NS / 1e9)
+        except InterruptedError:
+            pass                                          # a signal: the caller looks at why
+
+    def reap(self) -> None:
+        """(3) peek CQEs, (4)/(5) judge each, (6) advance: io_uring_peek_cqe() + io_uring_cqe_seen()."""
+        ring = self.ring
+        cqe = ring.peek_cqe()
+        while cqe is not None:
+            user_data, res, flags = cqe
+            seq, buf = unpack_user_data(user_data)
+            if notif(flags):
+                self.notification(seq, buf, res)
+            else:
+                self.result(seq, buf, res, flags)
+            ring.cqe_seen()                   # the CQE is copied out: its slot is the kernel's
+            cqe = ring.peek_cqe()
+
+    def result(self, seq: int, buf: int, res: int, flags: int) -> None:
+        """(4) judge a result: res is the bytes sent, or -errno; F_MORE: a notification is owed."""
+        t = self.tally
+        self.results_owed -= 1
+        if res >= 0:
+            t.requests += 1
+            t.bytes += res
+        elif res == -errno.EAGAIN:
+            t.eagain += 1
+        else:
+            t.failed += 1
+            t.error = t.error or -res
+        if not more(flags):               # refused before the kernel took the pages: free now
+            del self.owed[seq]
+            self.free.append(buf)
+        elif self.break_contract:         # WRONG, on purpose: the kernel may still read buf
+            t.broke += 1
+            self.free.append(buf)
+
+    def notification(self, seq: int, buf: int, res: int) -> None:
+        """(5) judge a notification: the kernel has let go of buffer buf; it is free again."""
+        t = self.tally
+        assert seq in self.owed, "a notification that matches no request"
+        t.lags_ns.append(time.perf_counter_ns() - self.owed.pop(seq))
+        t.notifications += 1
+        t.copied += copied(res)
+        if not self.break_contract:
+            self.free.append(buf)
+
+    def run(self, count: int, deadline_ns: int, stop: Callable[[], bool]) -> PoolTally:
+        """Send until count requests (0: no limit), deadline_ns or stop(); not drained yet.
+
+        The pool is lent from here until drain() settles it.
+        """
+        self.pool.lent += 1
+        while not (self.tally.error or stop() or time.perf_counter_ns() >= deadline_ns):
+            if count and self.seq >= count and not self.results_owed:
+                break
+            while self.may_send(count):
+                self.send(self.free.pop(0))                                   # (1)
+            self.submit_and_wait()                                            # (2)
+            self.reap()                                                       # (3)-(6)
+        return self.tally
+
+    def may_send(self, count: int) -> bool:
+        """A free buffer, a request left to send, and, on a stream, no result outstanding."""
+        left = not count or self.seq < count
+        return bool(self.free) and left and not (self.stream and self.results_owed)
+
+    def drain(self, seconds: float, hurry: Callable[[], bool]) -> PoolTally:
+        """(7) drain: wait for every result and notification still owed, at most seconds.
+
+        What never came is counted as undrained and keeps the pool mapped
+        until exit (Pool.close), as the kernel may still send from it.
+        """
+        until = time.perf_counter_ns() + int(seconds * 1e9)
+        while self.owed and not hurry():
+            left = (until - time.perf_counter_ns()) / 1e9
+            if left <= 0:
+                break
+            try:
+                self.ring.wait_cqes(1, left)              # submits what is placed, too
+            except InterruptedError:
+                continue                                  # Ctrl-C: the loop looks at hurry()
+            self.reap()
+        self.tally.undrained = len(self.owed)
+        self.pool.lent += self.tally.undrained - 1        # settled: only what never came stays lent
+        return self.tally
 
 
 # =============================================================================
@@ -1237,6 +1574,7 @@ class Result(Rates):
     setup: List[str] = field(default_factory=list)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
     gso: Optional[int] = None  # --gso: the UDP_SEGMENT size each send was cut into
+    pool: Optional[dict] = None              # --pool: pool_summary() of this run
 
     @property
     def datagrams(self) -> Optional[int]:
@@ -1263,7 +1601,8 @@ class Result(Rates):
                 "zc_copied": self.zc_copied, "interrupted": self.interrupted,
                 "error": self.error, "undrained": self.undrained, "failed": self.failed,
                 "setup": self.setup, "gso": self.gso, "datagrams": self.datagrams,
-                **({} if self.intervals is None else {"intervals": self.intervals})}
+                **({} if self.intervals is None else {"intervals": self.intervals}),
+                **({} if self.pool is None else {"pool": self.pool})}
 
 
 class Meter:
@@ -1309,6 +1648,11 @@ class Intervals:
                   f"{row['requests']:9d} req", flush=True)
 
 
+# Above this share of a run's CPU in user space (Python), describe_result()
+# says how to lower it: a larger batch, or --sqpoll.
+PYTHON_SHARE_HINT = 0.15
+
+
 def describe_result(r: Result) -> List[str]:
     """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
     lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
@@ -1336,18 +1680,68 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    if r.mode not in ("send_syscall", "msg_zerocopy") and cpu and r.cpu_user_s > PYTHON_SHARE_HINT * cpu:
+    if r.mode not in ("send_syscall", "msg_zerocopy") and r.pool is None and cpu \
+            and r.cpu_user_s > PYTHON_SHARE_HINT * cpu:
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
                      f"a larger -r, or --sqpoll, leaves more to the kernel "
                      f"(`sendzc.py bench --sweep` shows where batching stops paying)")
     if r.undrained:
         lines.append(f"warning: {r.undrained} completions never came (waited {DRAIN_SECONDS:g} s): "
                      f"the payload buffer stays mapped until exit, as the kernel may still send from it")
+    return lines + describe_pool(r)
+
+
+def percentile(sorted_values: List[int], q: float) -> int:
+    """The nearest-rank q-quantile (0 < q <= 1) of a sorted, non-empty list."""
+    return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
+
+
+def pool_summary(t: "PoolTally", r: "Result", buffers: int, break_contract: bool) -> dict:
+    """--pool's JSON object: the notification lag, the bytes pinned, the pool a server needs.
+
+    The lag of a request runs from the io_uring_enter() that submitted it to
+    the reaping of its F_NOTIF: how long the kernel held its buffer. Only the
+    reference sender measures it, for every request; the fast sender's loop
+    judges CQEs in bulk and does not sample it (not yet). A server sending
+    at r's rate has rate x lag bytes lent at any moment, so a pool of rate x
+    p99 lag / buffer size buffers, rounded up, covers all but the slowest 1%
+    of notifications.
+    """
+    lags = sorted(t.lags_ns)
+
+    def ms(ns: int) -> float:
+        return round(ns / 1e6, 3)
+    lag = None if not lags else {"min": ms(lags[0]), "p50": ms(percentile(lags, 0.50)),
+                                 "p99": ms(percentile(lags, 0.99)), "max": ms(lags[-1])}
+    rate = r.bytes / r.seconds if r.seconds else 0.0
+    needed = None if not lags else max(1, math.ceil(rate * percentile(lags, 0.99) / 1e9 / r.size))
+    return {"buffers": buffers, "break_contract": break_contract, "rewritten_early": t.broke,
+            "lag_ms": lag, "lag_samples": len(lags), "pinned_max_bytes": t.pinned_max,
+            "buffers_needed": needed}
+
+
+def describe_pool(r: "Result") -> List[str]:
+    """--pool's lines: the lag, what was pinned, the pool size to use; the rule broken, if asked."""
+    p = r.pool
+    if p is None:
+        return []
+    lines = []
+    if p["lag_ms"]:
+        lag = p["lag_ms"]
+        lines.append(f"notification lag (submission to F_NOTIF, all {p['lag_samples']} requests): "
+                     f"min {lag['min']:.3f} ms, p50 {lag['p50']:.3f} ms, p99 {lag['p99']:.3f} ms, "
+                     f"max {lag['max']:.3f} ms; at most {p['pinned_max_bytes'] >> 10} KiB pinned "
+                     f"in flight")
+        lines.append(f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of {lag['p99']:.3f} ms, a zero-copy "
+                     f"server needs {p['buffers_needed']} buffer{'s' if p['buffers_needed'] != 1 else ''} "
+                     f"of {r.size} B (rate x p99 lag / "
+                     f"buffer size); this run had {p['buffers']}")
+    if p["break_contract"]:
+        lines.append(f"warning: --break-contract: {p['rewritten_early']} buffers were rewritten as soon "
+                     f"as their send's result (F_MORE) came, before their notification (F_NOTIF): "
+                     f"the rule broken is \"a zero-copy buffer is the kernel's until its F_NOTIF\"; "
+                     f"packets still queued may carry the later stamp (`sendzc.py rx --pool` finds them)")
     return lines
-
-
-# Above this share of a run's CPU in user space (Python), say how to lower it.
-PYTHON_SHARE_HINT = 0.15
 
 
 def family_name_label(name: str) -> str:
@@ -1572,6 +1966,8 @@ class SendConfig:
     mtu: int = IP_MAXPACKET      # --mtu: the private sink's MTU (no -D)
     path_mtu: Optional[int] = None   # the route's MTU, read after connect (UDP)
     sink: Optional[dict] = None  # no -D: the private sink it sends into (Sink's fields)
+    pool: int = 0                # --pool N: the reference sender (section 5b) from N buffers
+    break_contract: bool = False  # --break-contract: ... rewriting each at its result, too early
 
     @property
     def mode(self) -> str:
@@ -2134,7 +2530,66 @@ def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
     return done, total
 
 
-DRAIN_SECONDS = 5.0
+
+def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count: int = 0) -> Result:
+    """--pool N: the reference sender of section 5b, set up as UringSender is; a Result like run()'s.
+
+    count > 0 sends exactly that many requests (whatever cfg.seconds says):
+    the differential test runs it beside the fast sender on the same input.
+    """
+    pool = Pool(cfg.pool, cfg.size)
+    stack.callback(pool.close)                  # after the ring (below) has let go of it
+    try:
+        ring = Ring(cfg.entries, cq_entries=4 * cfg.entries)
+    except OSError as e:
+        raise Fatal(setup_error(e)) from None
+    stack.callback(ring.close)
+    check_opcode(ring.probe(), cfg.mode)
+    try:
+        ring.register_files([sock.fileno()])
+        if cfg.fixed_buf:
+            ring.register_buffers(pool.iovecs())
+    except OSError as e:
+        raise Fatal(register_error(e, pool.length)) from None
+    ring.register_ring_fd()
+    try:
+        zc_flags = IORING_SEND_ZC_REPORT_USAGE if probe_report_usage() else 0
+    except OSError as e:
+        raise Fatal(setup_error(e)) from None
+    sender = ReferenceSender(ring, pool, cfg.fixed_buf, cfg.proto == "tcp", zc_flags, cfg.break_contract)
+    result = Result(cfg.mode, cfg.proto, cfg.size, cfg.pool, family_name(cfg.family),
+                    setup=ring.setup_flags)
+    meter = Meter()
+    deadline = meter.t0 + int(cfg.seconds * 1e9) if not count else NEVER
+    t = sender.run(count, deadline, lambda: STOP.requested)
+    result.interrupted = STOP.requested
+    meter.stop(result)                          # the rate covers sending; the drain is not timed
+    sender.drain(DRAIN_SECONDS, lambda: STOP.hurry)
+    result.requests, result.bytes, result.eagain = t.requests, t.bytes, t.eagain
+    result.notifications, result.failed, result.undrained = t.notifications, t.failed, t.undrained
+    result.zc_copied = t.copied if zc_flags else None
+    result.pool = pool_summary(t, result, cfg.pool, cfg.break_contract)
+    if t.error:
+        result.error = send_error(t.error, cfg)
+    elif t.undrained and not STOP.hurry:
+        result.error = undrained_error(cfg)
+    return result
+
+
+def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
+    """`sendzc.py --pool N ...`: one reference run, printed as run_sender() prints a fast one."""
+    with ExitStack() as stack:
+        sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
+        stack.callback(sock.close)
+        result = run_reference(cfg, sock, stack)
+    if as_json:
+        print(json.dumps(json_doc(sender_params(cfg), [result]), indent=2))
+    elif result.requests or not result.error:
+        print("\n".join(describe_result(result)))
+    if result.error:
+        print(f"sendzc: {result.error}", file=sys.stderr)
+        return 1
+    return 130 if result.interrupted else 0
 
 
 def send_error(err: int, cfg: SendConfig) -> str:
@@ -2232,8 +2687,7 @@ def register_error(e: OSError, nbytes: int) -> str:
     return oserror_line(e)
 
 
-# Capabilities and limits the messages above look at.
-CAP_IPC_LOCK = 14            # <linux/capability.h>: lock memory past RLIMIT_MEMLOCK
+# Capabilities and limits the messages above look at (and CAP_IPC_LOCK, in section 1).
 SECCOMP_MODE_FILTER = 2      # <linux/seccomp.h>; /proc/self/status "Seccomp:"
 
 
@@ -2572,9 +3026,8 @@ class Verifier:
     mmap() whose pages all fault in, hence the fall at 1 MiB. memoryview ==
     unpacks and compares one item at a time, whatever the format.
 
-    In the receiver itself, `rx tcp` against `rx --no-verify tcp` over veth
-    (6 alternating pairs): median 1148 against 1154 MiB/s, user CPU 0.26 s
-    against 0.25 s. The check is lost in the noise.
+    In the receiver itself, `rx tcp` against `rx --no-verify tcp` over veth,
+    the check is lost in the noise of the rate and of the user CPU.
     """
 
     def __init__(self, span: int):
@@ -2633,6 +3086,111 @@ class Verifier:
                           "got": view[i], "expected": self.pattern[phase + i]}
 
 
+class PoolVerifier:
+    """rx --pool: checks the stamps of a --pool sender (section 5b) instead of the pattern.
+
+    UDP: every datagram must be one request's stamp() from end to end, and
+    the sequence numbers must rise from datagram to datagram (some may be
+    lost, none may come back). TCP: the stream must be stamp(0, size),
+    stamp(1, size), ... in order, size read from the first stamp. A buffer
+    rewritten before its notification shows as a later request's stamp
+    where an earlier one belongs. Same interface as Verifier, for receive().
+    """
+
+    def __init__(self, proto: str):
+        self.stream = proto == "tcp"
+        self.bad = 0
+        self.first: Optional[dict] = None
+        self.checked = 0              # TCP: stream bytes checked; UDP: datagrams
+        self.size = 0                 # TCP: the requests' size, from the first stamp
+        self.head = b""               # TCP: the first bytes, until a whole stamp has come
+        self.last = -1                # UDP: the last good datagram's sequence number
+        self.why: Optional[dict] = None   # what the last failed check found
+
+    def matches(self, data: memoryview, phase: int) -> bool:
+        """Is data (one datagram, or the stream's next bytes) what the stamps say? (phase: unused)"""
+        return self._stream(data) if self.stream else self._datagram(data)
+
+    def _datagram(self, data: memoryview) -> bool:
+        n, self.checked = self.checked, self.checked + 1
+        seq = STAMP.unpack_from(data)[0] if len(data) >= STAMP.size else -1
+        want = stamp(max(seq, 0), len(data))
+        if not want.startswith(data):             # same length: equal, compared in place
+            i = first_mismatch(data, want)
+            self.why = dict(offset=i, datagram=n, got=data[i], expected=want[i], request=seq)
+            return False
+        if seq <= self.last:                      # an earlier datagram carried a later stamp
+            self.why = dict(offset=0, datagram=n, got=data[0], expected=(self.last + 1) & 0xFF,
+                            request=seq, previous=self.last)
+            return False
+        self.last = seq
+        return True
+
+    def _stream(self, data: memoryview) -> bool:
+        if not self.size:
+            self.head += bytes(data)
+            if len(self.head) < STAMP.size:
+                return True                       # checked once a whole stamp is here
+            size = STAMP.unpack_from(self.head)[1]
+            # Not a --pool stream (the pattern, say): check against 16-byte requests,
+            # which fails at once and cheaply, rather than build a stamp of any size.
+            self.size = size if STAMP.size <= size <= TCP_MAX_WRITE else STAMP.size
+            data, self.head = memoryview(self.head), b""
+        o, k, size = self.checked, len(data), self.size
+        self.checked += k
+        first = o // size
+        want = b"".join(stamp(q, size) for q in range(first, (o + k - 1) // size + 1))
+        start = o - first * size
+        if want.startswith(data, start):
+            return True
+        i = first_mismatch(data, want[start:start + k])
+        self.why = dict(offset=o + i, datagram=None, got=data[i], expected=want[start + i],
+                        request=(o + i) // size)
+        return False
+
+    def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
+        """Check one UDP receive: one datagram, or (UDP_GRO) several of segment bytes, each its own."""
+        step = segment if segment and segment < k else k
+        for at in range(0, k, step or 1):
+            n = min(step, k - at)
+            if not self.matches(view[at:at + n], 0):
+                self.mismatch(view[at:], n, 0, 0, index + at // step)
+
+    def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
+                 datagram: Optional[int]) -> None:
+        """Count a receive (TCP) or datagram (UDP) that failed; keep the first in full."""
+        self.bad += 1
+        if self.first is None:
+            self.first = self.why
+
+    def error_line(self, r: "RxResult") -> str:
+        """One line for a failed --pool check: where, whose stamp, and what it means."""
+        f = r.first_mismatch
+        count = "receives" if r.proto == "tcp" else "datagrams"
+        if "previous" in f:
+            where = (f"byte 0 of datagram {f['datagram']} carries request {f['request']}'s stamp, "
+                     f"after a datagram that carried request {f['previous']}'s (stamps only rise)")
+        else:
+            at = (f"stream byte {f['offset']}" if f["datagram"] is None
+                  else f"byte {f['offset']} of datagram {f['datagram']}")
+            where = f"{at} is {f['got']:#04x} where request {f['request']}'s stamp has {f['expected']:#04x}"
+        return (f"rx: --pool verification failed: {where} ({r.mismatches} of {r.receives} {count} "
+                f"differ): a buffer was rewritten while the kernel still held it, before its "
+                f"notification (F_NOTIF)")
+
+
+def first_mismatch(data: memoryview, want: bytes) -> int:
+    """Index of the first byte where data and want (as long) differ: bisection, ~20 memcmp()."""
+    good, bad = 0, len(data)
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if want.startswith(data[:mid]):
+            good = mid
+        else:
+            bad = mid
+    return good
+
+
 @dataclass
 class RxResult(Rates):
     """One run of the receiver: what arrived, whether it was the pattern, what it cost."""
@@ -2655,6 +3213,7 @@ class RxResult(Rates):
     interrupted: bool = False
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
+    stamped: bool = False            # rx --pool: checked against a --pool sender's stamps (not in JSON)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
     discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
     started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
@@ -2684,6 +3243,7 @@ class RxConfig:
     verify: bool = True
     uring: bool = True               # TCP through IORING_OP_RECV (else recv_into)
     discard: bool = False            # --discard: receive with MSG_TRUNC, verify nothing
+    pool: bool = False               # --pool: check a --pool sender's stamps (PoolVerifier)
 
 
 # --- Sockets -----------------------------------------------------------------
@@ -2809,19 +3369,12 @@ def socket_drops(sock: socket.socket) -> Optional[int]:
 # receive put at the start of the buffer, 0 at the end of a TCP stream, None
 # when RX_TICK_S passed with nothing to read.
 #
-# TCP receives through io_uring because it measured faster: `rx tcp` against
-# `rx --no-uring tcp`, the sender `-4 -D ... -t 1.5 --no-zc tcp` in another
-# namespace over veth, sender and receiver pinned to a core each, 8
-# alternating pairs, receiver-side MiB/s (byte counts equal to the sender's):
-#
-#   IORING_OP_RECV, one in flight   median 2647 (1481-3179)  cpu user 0.38 s sys 0.62 s
-#   recv_into(2)                    median 1999 (1720-2342)  cpu user 0.17 s sys 0.50 s
-#
-# RECV won 6 of those 8 pairs, and 19 of 22 in three sessions on a machine
-# others were measuring on too. Tried and not kept, for being no faster:
-# IORING_OP_READ_FIXED into a registered buffer (RECV itself refuses one),
-# four linked RECVs per io_uring_enter, and MSG_WAITALL (a full 1 MiB per
-# receive: a tenth of the receives, the same rate). Why RECV wins we have not
+# TCP receives through io_uring because it measured faster over veth than
+# recv_into(2), by about a third, and won most alternating runs (README,
+# "Receive and verify", has the figures). Tried and not kept, for being no
+# faster: IORING_OP_READ_FIXED into a registered buffer (RECV itself refuses
+# one), four linked RECVs per io_uring_enter, and MSG_WAITALL (a full 1 MiB
+# per receive: a tenth of the receives, the same rate). Why RECV wins we have not
 # pinned down: neither receiver is short of CPU (well under a core), while
 # the sender's core, which also runs veth's softirq and so TCP's receive
 # path, is; how the receiver waits changes how that work falls. recv_into
@@ -2993,8 +3546,9 @@ def tcp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitS
     if cfg.uring:
         try:
             return UringReceiver(sock, buf, stack, flags)
-        except OSError as e:
-            result.note = f"io_uring refused ({e.strerror or e}): received with recv_into instead"
+        except (OSError, Fatal) as e:       # Fatal: a kernel Ring does not support (before 5.11)
+            result.note = (f"io_uring refused ({getattr(e, 'strerror', None) or e}): "
+                           f"received with recv_into instead")
     return SocketReceiver(sock, buf, flags)
 
 
@@ -3151,7 +3705,8 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer,
                  result: RxResult, printing: bool, interval: Optional[float],
                  who: int = resource.RUSAGE_SELF) -> Optional[Intervals]:
     """Receive from one sender into result: counted, timed, checked. Returns -i's intervals."""
-    verifier = Verifier(RX_BUF) if cfg.verify and not cfg.discard else None
+    verifier = ((PoolVerifier(cfg.proto) if cfg.pool else Verifier(RX_BUF))
+                if cfg.verify and not cfg.discard else None)
     udp = cfg.proto == "udp"
     rx = udp_receiver(cfg, conn, buf, result) if udp else tcp_receiver(cfg, conn, buf, stack, result)
     # The socket's drop counter runs for as long as the socket lives (--keep
@@ -3178,10 +3733,11 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer,
     else:
         result.segments = tcp_segments_in(conn)
     if verifier:
+        result.stamped = cfg.pool
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
         if verifier.bad and not result.error:
-            result.error = mismatch_error(result)
+            result.error = verifier.error_line(result) if cfg.pool else mismatch_error(result)
     return ticks
 
 
@@ -3297,6 +3853,9 @@ def describe_rx(r: RxResult) -> List[str]:
                      "without copying it to us)")
     elif r.verified is None:
         lines.append("verification: off (--no-verify)")
+    elif r.verified and r.stamped:
+        lines.append("verified: every byte is its request's stamp, requests in order" if r.proto == "tcp"
+                     else f"verified: all {r.datagrams} datagrams are one request's stamp each, rising")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if r.proto == "tcp"
                      else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
@@ -3336,6 +3895,9 @@ def rx_parser() -> "Parser":
     p.add_argument("--discard", action="store_true",
                    help="receive with MSG_TRUNC: the kernel drops the data without copying it to "
                         "us, and nothing is verified (to measure a sender alone)")
+    p.add_argument("--pool", action="store_true",
+                   help="check a `--pool` sender's stamps: each datagram (TCP: each request) "
+                        "one request's, in order")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp}", help="what to receive")
     return p
 
@@ -3344,7 +3906,8 @@ def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
     cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port,
-                   seconds=a.seconds, verify=a.verify, uring=a.uring, discard=a.discard)
+                   seconds=a.seconds, verify=a.verify, uring=a.uring, discard=a.discard,
+                   pool=a.pool)
     if a.flows > 1 and cfg.proto != "tcp":
         raise UsageError(f"-n {a.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
@@ -3352,7 +3915,8 @@ def rx_main(argv: List[str]) -> int:
         raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
     params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
               "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
-              "flows": a.flows, "keep": a.keep, "discard": cfg.discard}
+              "flows": a.flows, "keep": a.keep, "discard": cfg.discard,
+              "pool": cfg.pool}
     with ExitStack() as stack:
         sock = open_rx_socket(cfg)
         stack.callback(sock.close)
@@ -4291,6 +4855,13 @@ def sender_parser() -> Parser:
                    help="send into bench's private sink (root), as with no -D")
     p.add_argument("--mtu", type=mtu_value, default=None,
                    help=f"the private sink's MTU (default {SINK_MTU})")
+    p.add_argument("--pool", type=positive_int, default=0, metavar="N",
+                   help="send with the reference sender (section 5b) from N buffers, each "
+                        "rewritten with a new stamp only after its notification; prints the "
+                        "notification lag (check with `rx --pool`)")
+    p.add_argument("--break-contract", action="store_true",
+                   help="with --pool: rewrite each buffer at its send's result, before its "
+                        "notification (wrong on purpose: rx --pool catches it)")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp,raw}", help="what to send")
     return p
 
@@ -4357,10 +4928,12 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                          "sends without them: drop one of the two")
     if a.gso > 0:
         check_segments(a.size, a.gso)
+    check_pool_options(a)
     return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
                       batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
-                      sqpoll=a.sqpoll, flows=a.flows, gso=a.gso, mtu=a.mtu or SINK_MTU)
+                      sqpoll=a.sqpoll, flows=a.flows, gso=a.gso, mtu=a.mtu or SINK_MTU,
+                      pool=a.pool, break_contract=a.break_contract)
 
 
 def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
@@ -4393,10 +4966,42 @@ def plan_path(cfg: SendConfig) -> None:
         print(f"sendzc: {warning}", file=sys.stderr, flush=True)
 
 
+# What --pool cannot be combined with: the reference sender is SEND_ZC from
+# its own buffers over one ring, one CQE at a time, and nothing else.
+POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.sendmsg),
+                 ("-f", lambda a: a.flush), ("--trace", lambda a: a.trace),
+                 ("-n", lambda a: a.flows > 1), ("--sqpoll", lambda a: a.sqpoll),
+                 ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
+
+
+def check_pool_options(a: argparse.Namespace) -> None:
+    """--pool and --break-contract against the other options; UsageError names the mistake."""
+    if a.break_contract and not a.pool:
+        raise UsageError("--break-contract without --pool: it breaks the reference sender's rule; "
+                         "add --pool N")
+    if not a.pool:
+        return
+    for flag, given in POOL_EXCLUDES:
+        if given(a):
+            raise UsageError(f"--pool with {flag}: the reference sender sends SEND_ZC from its own "
+                             f"buffers over one ring, one CQE at a time: drop {flag}")
+    if a.pool > a.entries:
+        raise UsageError(f"--pool {a.pool}: more buffers than the ring has entries ({a.entries}): "
+                         f"raise --entries or lower --pool")
+    if a.size < STAMP.size:
+        raise UsageError(f"--pool with -s {a.size}: every {STAMP.size} bytes of a pool request "
+                         f"carry its stamp: give -s {STAMP.size} or more")
+    if a.proto == "raw":
+        raise UsageError("--pool with raw: Linux sends zero-copy only from TCP and UDP sockets: "
+                         "send udp or tcp")
+
+
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
     """The seed's main(): one sender, one result."""
     if cfg.flows > 1:
         return run_senders(cfg, as_json)
+    if cfg.pool:
+        return run_pool_sender(cfg, as_json)
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
         stack.callback(sock.close)
@@ -4445,7 +5050,8 @@ def sender_params(cfg: SendConfig) -> dict:
             "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
             "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
             "entries": cfg.entries, "seconds": cfg.seconds, "flows": cfg.flows,
-            "sqpoll": cfg.sqpoll, "gso": cfg.gso or None, "path_mtu": cfg.path_mtu, "sink": cfg.sink}
+            "sqpoll": cfg.sqpoll, "gso": cfg.gso or None, "path_mtu": cfg.path_mtu, "sink": cfg.sink,
+            "pool": cfg.pool, "break_contract": cfg.break_contract}
 
 
 # What --probe asks about: the setup flags this file may use, and the opcodes.
@@ -4523,6 +5129,11 @@ def probe_main(argv: List[str]) -> int:
     return 0
 
 
+# What each value of the sysctl kernel.io_uring_disabled (6.6) means, for --probe.
+IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
+                           2: "(io_uring off for everyone)"}
+
+
 def describe_capabilities(caps: dict) -> List[str]:
     def yes(v):
         return "yes" if v is True else f"no ({v})" if v else "no"
@@ -4544,9 +5155,6 @@ def describe_capabilities(caps: dict) -> List[str]:
                                 else "missing " + ", ".join(caps["missing"])))
     return lines
 
-
-IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
-                           2: "(io_uring off for everyone)"}
 
 
 def on_sigint(signum, frame):

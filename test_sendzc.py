@@ -2655,3 +2655,397 @@ def test_rx_keep_goes_on_after_a_failed_sender_and_the_next_starts_clean():
     assert row["first_mismatch"] is None and row["error"] is None
     assert totals["senders"] == 2 and totals["total"]["verified"] is False
     assert totals["total"]["bytes"] == (4 << 20) + 777777
+
+
+# === TUT (issue 12): a zero-copy send, one CQE at a time ======================
+#
+# The reference sender (section 5b), --pool and --break-contract against a
+# receiver behind a token-bucket qdisc, and the differential test: the
+# reference and the fast sender on the same input report the same counts.
+
+def test_the_flag_predicates_read_a_real_send_zc():
+    """more() then notif() on the two CQEs of one SEND_ZC; copied() only on a copy."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    with a, b, sendzc.Ring(4) as ring:
+        sqe = sendzc.io_uring_sqe()
+        sendzc.prep_send_zc(sqe, a.fileno(), sendzc.probe_byte_addr(), 1, 0, 0)
+        sqe.user_data = 7
+        ring.place(bytes(sqe))
+        ring.submit_and_wait(1)
+        seen = []
+        while len(seen) < 2:
+            cqe = ring.peek_cqe()
+            if cqe is None:
+                assert ring.wait_cqes(1, 1.0)
+                continue
+            seen.append(cqe)
+            ring.cqe_seen()
+        assert ring.peek_cqe() is None
+    (ud1, res1, f1), (ud2, res2, f2) = seen
+    assert ud1 == ud2 == 7
+    assert sendzc.more(f1) and not sendzc.notif(f1) and res1 == -errno.EOPNOTSUPP
+    assert sendzc.notif(f2) and not sendzc.more(f2) and not sendzc.copied(res2)
+    assert sendzc.copied(sendzc.NOTIF_COPIED_RES) and not sendzc.copied(0)
+
+
+def test_a_full_submission_queue_is_refused_by_name():
+    with sendzc.Ring(4) as ring:
+        nop = sendzc.io_uring_sqe()
+        sendzc.prep_nop(nop)
+        ring.place(bytes(nop) * 3)
+        with pytest.raises(sendzc.SubmissionQueueFull, match="2 SQEs do not fit: 1 of 4 slots free"):
+            ring.place(bytes(nop) * 2)
+        assert ring.sq_tail == 3                     # nothing of the refused batch went in
+        ring.place(bytes(nop))
+        ring.submit_and_wait(4)
+        assert ring.cq_ready() == 4
+
+
+def test_a_kernel_without_the_features_ring_needs_is_refused_in_one_line(monkeypatch):
+    real = sendzc.io_uring_setup
+
+    def old_kernel(entries, params):
+        fd = real(entries, params)
+        params.features &= ~sendzc.IORING_FEAT_EXT_ARG
+        return fd
+    monkeypatch.setattr(sendzc, "io_uring_setup", old_kernel)
+    fds = open_fds()
+    with pytest.raises(sendzc.Fatal) as e:
+        sendzc.Ring(4)
+    assert str(e.value) == (f"io_uring: this kernel ({os.uname().release}) lacks EXT_ARG "
+                            f"(Linux 5.11+): use a newer kernel")
+    assert open_fds() == fds                          # the ring fd was closed on the way out
+
+
+def test_stamps_name_their_request_in_every_16_bytes():
+    s = sendzc.stamp(5, 40)
+    assert len(s) == 40 and s[:16] == s[16:32] == sendzc.STAMP.pack(5, 40) and s[32:] == s[:8]
+    assert sendzc.unpack_user_data(sendzc.pack_user_data(123456, 3)) == (123456, 3)
+
+
+def test_the_pool_verifier_names_the_first_byte_of_a_later_stamp():
+    size = 100
+    stream = bytearray(b"".join(sendzc.stamp(q, size) for q in range(6)))
+    stream[250:300] = sendzc.stamp(6, size)[50:100]    # request 2's second half: request 6's bytes
+    v = sendzc.PoolVerifier("tcp")
+    for at in range(0, len(stream), 7):             # receives of 7 bytes, as receive() calls it
+        if not v.matches(memoryview(stream)[at:at + 7], 0):
+            v.mismatch(None, 0, 0, at, None)
+    assert v.checked == len(stream) and v.bad >= 1
+    # Byte 264 is the first that differs: request 2's byte 64, the low byte of its sequence number.
+    assert v.first == {"offset": 264, "datagram": None, "got": 6, "expected": 2, "request": 2}
+    u = sendzc.PoolVerifier("udp")
+    assert u.matches(memoryview(sendzc.stamp(4, 64)), 0)
+    assert not u.matches(memoryview(sendzc.stamp(2, 64)), 0)          # stamps only rise
+    assert u.why == {"offset": 0, "datagram": 1, "got": 2, "expected": 5, "request": 2, "previous": 4}
+    torn = bytearray(sendzc.stamp(9, 64))
+    torn[32:40] = sendzc.stamp(13, 64)[32:40]        # the third stamp's sequence number
+    assert not u.matches(memoryview(bytes(torn)), 0)
+    assert u.why == {"offset": 32, "datagram": 2, "got": 13, "expected": 9, "request": 9}
+
+
+def pool_run(count=0, **kw):
+    """One in-process reference run to a UDP socket on loopback that nobody reads."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        cfg = sendzc.SendConfig(proto="udp", addr="127.0.0.1", port=rx.getsockname()[1],
+                                size=1400, seconds=0.2, pool=4, **kw)
+        with contextlib.ExitStack() as stack:
+            sock = sendzc.open_tx_socket("udp", socket.AF_INET, cfg.addr, cfg.port)
+            stack.callback(sock.close)
+            return sendzc.run_reference(cfg, sock, stack, count)
+
+
+@pytest.mark.parametrize("fixed", [True, False], ids=["fixed", "not-fixed"])
+def test_the_reference_sender_accounts_for_every_notification_and_leaks_nothing(fixed):
+    pool_run(fixed_buf=fixed)                        # warm up imports and caches
+    fds, maps = open_fds(), mappings()
+    r = pool_run(count=1000, fixed_buf=fixed)
+    assert (open_fds(), mappings()) == (fds, maps)   # the pool was unmapped: nothing owed
+    assert r.error is None and r.undrained == 0 and r.failed == 0
+    assert r.requests == r.notifications == 1000 and r.bytes == 1000 * 1400
+    p = r.pool
+    assert p["lag_samples"] == 1000 and p["rewritten_early"] == 0
+    assert 0 < p["lag_ms"]["min"] <= p["lag_ms"]["p50"] <= p["lag_ms"]["p99"] <= p["lag_ms"]["max"]
+    assert 1400 <= p["pinned_max_bytes"] <= 4 * 1400 and p["buffers_needed"] >= 1
+
+
+def test_sender_pool_json_matches_the_fields_readme_documents():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        doc = tool_json("-D", "127.0.0.1", "-p", rx.getsockname()[1], "-t", "0.3", "-s", "1400",
+                        "--pool", "4", "udp")
+    check_against_readme(doc, "### The JSON document")
+    row = doc["rows"][0]
+    check_against_readme(row, "### A JSON row", options=["--pool"])
+    assert set(row["pool"]) == {"buffers", "break_contract", "rewritten_early", "lag_ms",
+                                "lag_samples", "pinned_max_bytes", "buffers_needed"}
+    assert row["pool"]["lag_samples"] == row["notifications"] == row["requests"] > 0
+    assert doc["params"]["pool"] == 4 and doc["params"]["break_contract"] is False
+
+
+POOL_MISTAKES = {
+    "--break-contract without --pool": (
+        ["-D", "192.0.2.1", "--break-contract", "udp"],
+        "sendzc: --break-contract without --pool: it breaks the reference sender's rule; add --pool N"),
+    "--pool with --no-zc": (
+        ["-D", "192.0.2.1", "--pool", "4", "--no-zc", "udp"],
+        "sendzc: --pool with --no-zc: the reference sender sends SEND_ZC from its own buffers over "
+        "one ring, one CQE at a time: drop --no-zc"),
+    "--pool larger than the ring": (
+        ["-D", "192.0.2.1", "--pool", "1024", "udp"],
+        "sendzc: --pool 1024: more buffers than the ring has entries (512): raise --entries or "
+        "lower --pool"),
+    "--pool with a size below one stamp": (
+        ["-D", "192.0.2.1", "--pool", "4", "-s", "8", "udp"],
+        "sendzc: --pool with -s 8: every 16 bytes of a pool request carry its stamp: give -s 16 or more"),
+    "--pool with raw": (
+        ["-D", "192.0.2.1", "--pool", "4", "raw"],
+        "sendzc: --pool with raw: Linux sends zero-copy only from TCP and UDP sockets: send udp or tcp"),
+}
+USAGE_MISTAKES.update(POOL_MISTAKES)                 # the README table holds these too
+
+
+@pytest.mark.parametrize("case", list(POOL_MISTAKES))
+def test_a_pool_usage_mistake_is_one_line_and_status_2(case):
+    args, line = POOL_MISTAKES[case]
+    p = tool(*args)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert only_line(p) == line
+
+
+@pytest.mark.parametrize("opt", ["--sendmsg", "-f", "--trace 2", "-n 2", "--sqpoll", "-i 1"])
+def test_pool_refuses_the_options_of_the_fast_sender(opt):
+    flag = opt.split()[0]
+    p = tool("-D", "192.0.2.1", "--pool", "4", *opt.split(), "udp")
+    assert (p.returncode, p.stdout) == (2, "")
+    assert only_line(p) == (f"sendzc: --pool with {flag}: the reference sender sends SEND_ZC from "
+                            f"its own buffers over one ring, one CQE at a time: drop {flag}")
+
+
+# --- the contract, demonstrated: a queue that holds the packets ----------------
+
+@pytest.fixture(scope="module")
+def tbf_pair():
+    """A veth pair whose sending side has a token bucket: packets wait in its queue.
+
+    While they wait, their pages are still the sender's buffer (veth copies
+    only on the receiving side), so a buffer rewritten before its F_NOTIF
+    changes what the receiver gets.
+    """
+    if not IS_ROOT or not HAVE_IP or not shutil.which("tc"):
+        pytest.skip("needs root, iproute2 and tc to create network namespaces")
+    with netns() as tx, netns() as rx:
+        ip("link", "add", "szta", "netns", tx, "type", "veth", "peer", "name", "sztb", "netns", rx)
+        for ns, dev, a4 in ((tx, "szta", PAIR4[0]), (rx, "sztb", PAIR4[1])):
+            ip("-n", ns, "addr", "add", f"{a4}/24", "dev", dev)
+            ip("-n", ns, "link", "set", dev, "up")
+        made = subprocess.run(["ip", "netns", "exec", tx, "tc", "qdisc", "replace", "dev", "szta",
+                               "root", "tbf", "rate", "100mbit", "burst", "32kb", "latency", "400ms"],
+                              capture_output=True, text=True)
+        if made.returncode:
+            pytest.skip(f"no tbf qdisc here: {made.stderr.strip()}")
+        yield tx, rx
+
+
+POOL_SIZE = {"udp": 1400, "tcp": 65435}     # UDP below veth's MTU: a fragmented datagram is copied
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_pool_keeps_the_contract_and_rx_verifies_every_stamp(tbf_pair, proto):
+    txns, rxns = tbf_pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "--pool", proto, ns=rxns)
+    tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "1", "-s", POOL_SIZE[proto],
+                   "--pool", "4", proto, ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    sent, got = tx["rows"][0], doc["rows"][0]
+    assert sent["error"] is None and sent["undrained"] == 0
+    assert sent["notifications"] == sent["requests"] > 0 and sent["pool"]["rewritten_early"] == 0
+    assert got["verified"] is True and got["mismatches"] == 0
+    assert got["bytes"] == sent["bytes"]                  # no loss: 4 buffers never fill the queue
+    assert doc["params"]["pool"] is True
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_break_contract_is_caught_by_rx_at_its_offset(tbf_pair, proto):
+    txns, rxns = tbf_pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "--pool", proto, ns=rxns)
+    tx = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "1", "-s", POOL_SIZE[proto],
+              "--pool", "4", "--break-contract", proto, ns=txns)
+    status, doc, err = finish_rx(rx)
+    assert tx.returncode == 0, tx.stderr
+    broke = re.search(r"^warning: --break-contract: (\d+) buffers were rewritten as soon as their "
+                      r"send's result \(F_MORE\) came, before their notification \(F_NOTIF\): the "
+                      r"rule broken is \"a zero-copy buffer is the kernel's until its F_NOTIF\"",
+                      tx.stdout, re.M)
+    assert broke and int(broke.group(1)) > 0, tx.stdout
+    assert status == 1
+    row = doc["rows"][0]
+    assert row["verified"] is False and row["mismatches"] >= 1
+    first = row["first_mismatch"]
+    line = one_line(err)
+    if proto == "tcp":
+        # The exact stream is known: the first wrong byte, and whose it should be.
+        assert first["datagram"] is None and first["request"] == first["offset"] // POOL_SIZE["tcp"]
+        assert line.startswith(f"sendzc: rx: --pool verification failed: stream byte "
+                               f"{first['offset']} is {first['got']:#04x} where request "
+                               f"{first['request']}'s stamp has {first['expected']:#04x} (")
+    else:
+        assert first["datagram"] is not None and first["offset"] >= 0
+        assert line.startswith("sendzc: rx: --pool verification failed: byte ")
+    assert line.endswith("a buffer was rewritten while the kernel still held it, before its "
+                         "notification (F_NOTIF)")
+
+
+# --- the differential test: the reference and the fast sender agree -------------
+#
+# Same socket, same size, same number of requests: the fast sender runs for a
+# short -t, and the reference sender then sends exactly as many requests as it
+# did (run_reference's count). What each reports must match, field by field.
+
+DIFF_SENDER = textwrap.dedent("""
+    import contextlib, json, socket, sys
+    sys.path.insert(0, sys.argv[1])
+    import sendzc
+    which, proto, addr, port, size, n = sys.argv[2], sys.argv[3], sys.argv[4], *map(int, sys.argv[5:8])
+    cfg = sendzc.SendConfig(proto=proto, addr=addr, port=port, size=size, batch=4, pool=4,
+                            seconds=n / 1000)
+    with contextlib.ExitStack() as stack:
+        sock = sendzc.open_tx_socket(proto, socket.AF_INET, addr, port)
+        stack.callback(sock.close)
+        if which == "fast":
+            payload = sendzc.Payload(size)
+            stack.callback(payload.close)
+            result = sendzc.UringSender(cfg, sock, payload, stack).run()
+        else:
+            result = sendzc.run_reference(cfg, sock, stack, count=n)
+    print(json.dumps(result.row()))
+""")
+AGREED = ("requests", "bytes", "notifications", "failed", "eagain", "undrained", "zc_copied", "error")
+
+
+def diff_sender(ns, which, proto, addr, port, size, n):
+    """One run of DIFF_SENDER in namespace ns: the fast sender for n ms, or the reference for n requests."""
+    p = subprocess.run(["ip", "netns", "exec", ns, sys.executable, "-c", DIFF_SENDER, HERE, which,
+                        proto, addr, str(port), str(size), str(n)],
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    return json.loads(p.stdout)
+
+
+def test_reference_and_fast_sender_agree_into_the_sink(sink):
+    fast = diff_sender(sink, "fast", "udp", SINK4, 9, 65435, 300)
+    ref = diff_sender(sink, "ref", "udp", SINK4, 9, 65435, fast["requests"])
+    assert fast["requests"] > 0 and fast["error"] is None
+    assert {k: ref[k] for k in AGREED} == {k: fast[k] for k in AGREED}
+    assert ref["notifications"] == ref["requests"]
+
+
+def test_reference_and_fast_sender_agree_over_veth_to_rx(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "tcp", ns=rxns)
+    fast = diff_sender(txns, "fast", "tcp", PAIR4[1], port, 65435, 300)
+    status, fast_rx, err = finish_rx(rx)
+    assert status == 0, err
+    rx = start_rx("-4", "-p", port, "--pool", "tcp", ns=rxns)
+    ref = diff_sender(txns, "ref", "tcp", PAIR4[1], port, 65435, fast["requests"])
+    status, ref_rx, err = finish_rx(rx)
+    assert status == 0, err
+    assert fast["requests"] > 0 and fast["error"] is None
+    assert {k: ref[k] for k in AGREED} == {k: fast[k] for k in AGREED}
+    for sent, got in ((fast, fast_rx["rows"][0]), (ref, ref_rx["rows"][0])):
+        assert got["bytes"] == sent["bytes"] and got["verified"] is True
+
+
+def test_reference_and_fast_sender_fail_alike_when_the_peer_is_gone():
+    """UDP to a port nobody listens on: the ICMP comes back and a send fails with ECONNREFUSED.
+
+    How many sends go out before the ICMP arrives is the kernel's timing, so
+    the counts may differ; what each says must not: the same error line, a
+    failure counted, and a notification for every request, failed ones too.
+    """
+    rows = []
+    for which in ("fast", "ref"):
+        port = free_port(socket.SOCK_DGRAM)
+        cfg = sendzc.SendConfig(proto="udp", addr="127.0.0.1", port=port, size=1400, batch=4,
+                                pool=4, seconds=2)
+        with contextlib.ExitStack() as stack:
+            sock = sendzc.open_tx_socket("udp", socket.AF_INET, cfg.addr, cfg.port)
+            stack.callback(sock.close)
+            if which == "fast":
+                payload = sendzc.Payload(cfg.size)
+                stack.callback(payload.close)
+                r = sendzc.UringSender(cfg, sock, payload, stack).run()
+            else:
+                r = sendzc.run_reference(cfg, sock, stack, count=100000)
+        assert f"sendzc: {r.error}" == udp_refused_line(port), which
+        assert r.failed >= 1 and r.requests >= 1 and r.undrained == 0, which
+        assert r.notifications == r.requests + r.failed + r.eagain, which
+        rows.append(r)
+    assert rows[0].seconds < 2 and rows[1].seconds < 2     # both stopped at the error, not at -t
+
+
+def test_the_sq_thread_is_woken_only_when_it_says_it_sleeps():
+    """_flush_sq() passes IORING_ENTER_SQ_WAKEUP only once the kernel set IORING_SQ_NEED_WAKEUP."""
+    def sqpoll_ring(idle_ms):
+        return sendzc.Ring(4, flags=sendzc.IORING_SETUP_SQPOLL, attempts=sendzc.SQPOLL_ATTEMPTS,
+                           sq_thread_idle=idle_ms)
+
+    def asleep(ring):
+        return ring._sq_words[ring._sq_flags_i] & sendzc.IORING_SQ_NEED_WAKEUP
+
+    with sqpoll_ring(2000) as ring:                 # awake for 2 s after setup: no wakeup
+        assert not asleep(ring)
+        assert not ring._flush_sq()[1] & sendzc.IORING_ENTER_SQ_WAKEUP
+    with sqpoll_ring(10) as ring:                   # asleep after 10 ms idle: wake it
+        deadline = time.monotonic() + 5
+        while not asleep(ring) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert asleep(ring), "the SQ thread never went to sleep"
+        assert ring._flush_sq()[1] & sendzc.IORING_ENTER_SQ_WAKEUP
+        nop = sendzc.io_uring_sqe()
+        sendzc.prep_nop(nop)
+        ring.place(bytes(nop))
+        assert ring.wait_cqes(1, 2.0) and ring.cq_ready() == 1   # woken, it submitted the NOP
+
+
+def test_a_receiver_on_a_kernel_ring_does_not_support_falls_back_to_recv_into(monkeypatch):
+    real = sendzc.io_uring_setup
+
+    def old_kernel(entries, params):
+        fd = real(entries, params)
+        params.features &= ~sendzc.IORING_FEAT_SINGLE_MMAP
+        return fd
+    monkeypatch.setattr(sendzc, "io_uring_setup", old_kernel)
+    a, b = socket.socketpair()
+    with a, b, contextlib.ExitStack() as stack:
+        buf = sendzc.RxBuffer(4096)
+        stack.callback(buf.close)
+        result = sendzc.RxResult("tcp", "")
+        rx = sendzc.tcp_receiver(sendzc.RxConfig(), b, buf, stack, result)
+        assert isinstance(rx, sendzc.SocketReceiver)
+        assert result.note == (f"io_uring refused (io_uring: this kernel ({os.uname().release}) lacks "
+                               f"SINGLE_MMAP (Linux 5.11+): use a newer kernel): received with "
+                               f"recv_into instead")
+
+
+def test_ctrl_c_ends_a_pool_run_with_its_partial_result_and_every_notification():
+    with udp_sink_socket() as port:
+        p = subprocess.Popen([sys.executable, TOOL, "-D", "127.0.0.1", "-p", str(port), "-t", "20",
+                              "-s", "1400", "--pool", "4", "--json", "udp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)                        # well past start-up: the run is under way
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+        finally:
+            p.kill()
+    assert p.returncode == 130, err
+    row = json.loads(out)["rows"][0]
+    assert row["interrupted"] is True and row["requests"] > 0 and row["undrained"] == 0
+    assert row["notifications"] == row["requests"] == row["pool"]["lag_samples"]
+    assert err.splitlines() == [INTERRUPTED_LINE]
