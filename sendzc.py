@@ -36,6 +36,7 @@ import ctypes
 import errno
 import json
 import linecache
+import math
 import mmap
 import os
 import platform
@@ -53,6 +54,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from xml.sax.saxutils import escape, quoteattr
 
 VERSION = "0.1.0"
 
@@ -3447,9 +3449,404 @@ def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
     print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
 
 
+# --- The chart: --svg ------------------------------------------------------------
+#
+# The rows of the tables, drawn: one SVG file with nothing outside it (no
+# script, no web font, no style sheet), so a browser opens it as it is. It is
+# written as text, every attribute and string escaped, from the rows alone and
+# whatever their modes: a mode this section has never heard of is one more bar
+# or one more line. Each bar and point carries its row's values in data-*
+# attributes, exactly as its JSON row has them, and in a <title>, which a
+# browser shows on hover; so a script, and the tests, can read the chart back
+# and hold it against --json.
+#   one size   a bar per row, as the table's bars, coloured by the zc column
+#   --sizes    MB/s and CPU s/GB against the payload size, a line per row label
+#   --sweep    MB/s and the user share against the batch, a line per mode, per size
+
+SVG_WIDTH = 960                      # px; every panel spans it (a --sweep pair shares it)
+SVG_FONT = 12                        # px, the body text
+SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel, and after it
+SVG_PANEL_HEIGHT = 260               # px of plot in a line panel
+SVG_PANEL_GAP = 90                   # px from one panel's plot to the next: axis labels, title
+SVG_BAR, SVG_BAR_GAP = 18, 6         # px: one bar, and the space under it
+SVG_BAR_LABELS = 250                 # px: the column of row labels left of the bars
+SVG_BAR_TEXT = 210                   # px: after the longest bar, its figures
+SVG_LOG_PAD = 1.3                    # a log axis runs from the least value / this to the most * this
+SVG_LINEAR_PAD = 1.08                # a linear axis runs from 0 to the most * this
+# Told apart by most eyes, colour-blind ones too (Tableau 10, in its order).
+SVG_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7",
+              "#edc948", "#e15759", "#bab0ac")
+SVG_BASELINE = ("#000000", "6 4")    # the MSG_ZEROCOPY series: black, dashed, in every chart
+# The zc column's verdicts (zc_mark's first word): a bar's colour, a point's shape, the legend.
+SVG_ZC = {"yes": ("#4e79a7", "circle", "zero-copy: every completion said so"),
+          "COPIED": ("#e15759", "triangle", "zero-copy asked, but the kernel COPIED"),
+          "?": ("#edc948", "diamond", "zero-copy, the kernel cannot say (REPORT_USAGE: 6.2)"),
+          "-": ("#bab0ac", "square", "copying, by design")}
+SVG_UNITS = ("MB = 2^20 bytes; MB/s per second of each row's measured time, as in the table; "
+             "CPU s/GB = (user + sys) CPU seconds per 2^30 bytes sent")
+SVG_CROSSOVER_NAMES = {"io_uring": "io_uring SEND_ZC beats SEND",
+                       "msg_zerocopy": "MSG_ZEROCOPY beats send(2)"}
+# A label over lines and bars: a white outline under the letters keeps it readable.
+SVG_HALO = {"stroke": "#ffffff", "stroke_width": 3, "stroke_linejoin": "round", "paint_order": "stroke"}
+
+
+class Svg:
+    """An SVG document as a list of elements; every attribute value and every text escaped."""
+
+    def __init__(self):
+        self.parts: List[str] = []
+
+    def add(self, tag: str, text: str = "", title: str = "", **attrs) -> None:
+        """<tag attrs>text</tag>; class_ is class, font_size is font-size; title: the hover text."""
+        a = "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(svg_value(k, v))}"
+                    for k, v in attrs.items() if v is not None)
+        inner = (f"<title>{escape(title)}</title>" if title else "") + escape(text)
+        self.parts.append(f"<{tag}{a}>{inner}</{tag}>" if inner else f"<{tag}{a}/>")
+
+    def text(self, x: float, y: float, words: str, **attrs) -> None:
+        self.add("text", words, x=x, y=y, **attrs)
+
+    def document(self, height: float, title: str) -> str:
+        return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height:.0f}" '
+                f'viewBox="0 0 {SVG_WIDTH} {height:.0f}" font-family="sans-serif" '
+                f'font-size="{SVG_FONT}">\n<title>{escape(title)}</title>\n'
+                f'<rect width="100%" height="100%" fill="#ffffff"/>\n'
+                + "\n".join(self.parts) + "\n</svg>\n")
+
+
+def svg_value(name: str, v) -> str:
+    """An attribute's text: a row's value (data_*) as JSON has it, a float (pixels) to 0.1 px."""
+    return f"{v:.1f}" if isinstance(v, float) and not name.startswith("data_") else str(v)
+
+
+@dataclass
+class SvgAxis:
+    """Values lo..hi onto pixels px0..px1, linear or logarithmic."""
+    lo: float
+    hi: float
+    log: bool
+    px0: float
+    px1: float
+
+    def __call__(self, v: float) -> float:
+        v = min(max(v, self.lo), self.hi)       # a 0 (a row that sent nothing) sits on the axis
+        if self.log:
+            t = math.log(v / self.lo) / math.log(self.hi / self.lo)
+        else:
+            t = (v - self.lo) / ((self.hi - self.lo) or 1)
+        return self.px0 + t * (self.px1 - self.px0)
+
+    def ticks(self) -> List[float]:
+        """Round values inside lo..hi: 1, 2, 5 a decade (log), else about 5 steps of 1, 2 or 5 x 10^k."""
+        if self.log:
+            out, k = [], math.floor(math.log10(self.lo))
+            while 10.0 ** k <= self.hi:
+                out += [m * 10.0 ** k for m in (1, 2, 5) if self.lo <= m * 10.0 ** k <= self.hi]
+                k += 1
+            return out
+        step = 10.0 ** math.floor(math.log10((self.hi - self.lo) / 5 or 1))
+        step *= next(m for m in (1, 2, 5, 10) if (self.hi - self.lo) / (step * m) <= 6)
+        return [i * step for i in range(math.ceil(self.lo / step), math.floor(self.hi / step) + 1)]
+
+
+def svg_axis(values: List[float], log: bool, px0: float, px1: float) -> SvgAxis:
+    """An axis that holds values: from 0 (linear), or padded both ways (log)."""
+    positive = [v for v in values if v is not None and v > 0] or [1.0]
+    if log:
+        return SvgAxis(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
+    return SvgAxis(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
+
+
+def svg_zc(r: Result) -> str:
+    """The row's zc verdict as a key of SVG_ZC."""
+    return zc_mark(r).split()[0]
+
+
+def svg_data(r: Result, **more) -> dict:
+    """The attributes that tie an element to its JSON row: the row's own values."""
+    return {"data_mode": r.mode, "data_batch": r.batch, "data_size": r.size,
+            "data_mb_per_s": r.row()["mb_per_s"], "data_zc": zc_mark(r), **more}
+
+
+def svg_hover(r: Result, what: str) -> str:
+    state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}, {r.size} B: {what}, zc {zc_mark(r)}{state}"
+
+
+def svg_shape(svg: Svg, shape: str, x: float, y: float, **style) -> None:
+    """A marker: circle, square, triangle or diamond, centred on x, y."""
+    if shape == "circle":
+        svg.add("circle", cx=x, cy=y, r=4.5, **style)
+    elif shape == "square":
+        svg.add("rect", x=x - 4, y=y - 4, width=8.0, height=8.0, **style)
+    else:
+        corners = (((x, y - 6), (x + 6, y + 4.5), (x - 6, y + 4.5)) if shape == "triangle" else
+                   ((x, y - 6), (x + 5, y), (x, y + 6), (x - 5, y)))
+        svg.add("polygon", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in corners), **style)
+
+
+def svg_frame(svg: Svg, x: SvgAxis, y: SvgAxis, title: str, xlabel: str, ylabel: str,
+              xticks: Optional[List[float]] = None) -> None:
+    """A panel's title, grid, tick labels, frame and axis labels."""
+    left, right, bottom, top = x.px0, x.px1, y.px0, y.px1
+    svg.text(left, top - 10, title, font_weight="bold", class_="panel-title")
+    for v in y.ticks():
+        svg.add("line", x1=left, x2=right, y1=y(v), y2=y(v), stroke="#e4e4e4")
+        svg.text(left - 6, y(v) + 4, f"{v:g}", text_anchor="end", fill="#444444")
+    for v in x.ticks() if xticks is None else xticks:
+        svg.add("line", x1=x(v), x2=x(v), y1=top, y2=bottom, stroke="#e4e4e4")
+        svg.text(x(v), bottom + 16, f"{v:g}", text_anchor="middle", fill="#444444")
+    svg.add("rect", x=left, y=top, width=right - left, height=bottom - top, fill="none", stroke="#888888")
+    svg.text((left + right) / 2, bottom + 34, xlabel, text_anchor="middle", class_="axis-label")
+    middle = (top + bottom) / 2
+    svg.text(left - 52, middle, ylabel, text_anchor="middle", class_="axis-label",
+             transform=f"rotate(-90 {left - 52:.1f} {middle:.1f})")
+
+
+def svg_series(rows: List[Result], name: Callable[[Result], str]) -> Dict[str, List[Result]]:
+    """The rows by series name, in the order the names first appear (the table's)."""
+    out: Dict[str, List[Result]] = {}
+    for r in rows:
+        out.setdefault(name(r), []).append(r)
+    return out
+
+
+def svg_look(i: int, rows: List[Result]) -> Tuple[str, Optional[str]]:
+    """Series i's colour and dash pattern: the baseline's own, else the palette's next."""
+    if rows[0].mode == BASELINE_MODE:
+        return SVG_BASELINE
+    return SVG_COLORS[i % len(SVG_COLORS)], None
+
+
+def svg_lines(svg: Svg, series: Dict[str, List[Result]], x: SvgAxis, y: SvgAxis,
+              x_of: Callable[[Result], float], y_of: Callable[[Result], Optional[float]],
+              panel: str, unit: str, **data: Callable[[Result], object]) -> None:
+    """A line per series through its points in x order; each point a marker with its row's data."""
+    for i, (name, rows) in enumerate(series.items()):
+        color, dash = svg_look(i, rows)
+        points = sorted((r for r in rows if y_of(r) is not None), key=x_of)
+        if len(points) > 1:
+            svg.add("polyline", points=" ".join(f"{x(x_of(r)):.1f},{y(y_of(r)):.1f}" for r in points),
+                    fill="none", stroke=color, stroke_width=2, stroke_dasharray=dash,
+                    class_="series", data_series=name)
+        for r in points:
+            svg_shape(svg, SVG_ZC[svg_zc(r)][1], x(x_of(r)), y(y_of(r)), fill=color, stroke="#222222",
+                      stroke_width=0.8, class_="point", title=svg_hover(r, f"{y_of(r)} {unit}"),
+                      **svg_data(r, data_panel=panel, **{k: f(r) for k, f in data.items()}))
+
+
+def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]]) -> float:
+    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom."""
+    svg.text(SVG_LEFT, top, "Legend", font_weight="bold", class_="legend-title")
+    column = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
+    for i, (kind, look, dash, words) in enumerate(entries):
+        x, y = SVG_LEFT + (i % 2) * column, top + 20 + (i // 2) * 18
+        if kind == "line":
+            svg.add("line", x1=x, x2=x + 26, y1=y - 4, y2=y - 4, stroke=look, stroke_width=2.5,
+                    stroke_dasharray=dash)
+        elif kind == "box":
+            svg.add("rect", x=x + 4, y=y - 11, width=18.0, height=12.0, fill=look)
+        else:
+            svg_shape(svg, look, x + 13, y - 4, fill="#999999", stroke="#222222", stroke_width=0.8)
+        svg.text(x + 34, y, words, class_="legend")
+    return top + 20 + (len(entries) + 1) // 2 * 18
+
+
+def svg_marker_legend() -> List[Tuple[str, str, Optional[str], str]]:
+    return [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
+
+
+def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
+    """One size: a bar per row, as the table's, coloured by its zc verdict; the baseline marked."""
+    x = svg_axis([r.mb_per_s for r in rows], False, SVG_BAR_LABELS + 10, SVG_WIDTH - SVG_BAR_TEXT)
+    plot_top = top + 26
+    bottom = plot_top + len(rows) * (SVG_BAR + SVG_BAR_GAP)
+    svg.text(SVG_LEFT, top, "Throughput of every way to send", font_weight="bold", class_="panel-title")
+    for v in x.ticks():
+        svg.add("line", x1=x(v), x2=x(v), y1=plot_top - 4, y2=bottom, stroke="#e4e4e4")
+        svg.text(x(v), bottom + 16, f"{v:g}", text_anchor="middle", fill="#444444")
+    svg.text((x.px0 + x.px1) / 2, bottom + 34, "MB/s (MB = 2^20 bytes)", text_anchor="middle",
+             class_="axis-label")
+    for i, r in enumerate(rows):
+        y = plot_top + i * (SVG_BAR + SVG_BAR_GAP)
+        mb = r.row()["mb_per_s"]
+        svg.text(SVG_BAR_LABELS, y + 13, f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}",
+                 text_anchor="end", class_="bar-label")
+        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=SVG_ZC[svg_zc(r)][0],
+                class_="bar", title=svg_hover(r, f"{mb} MB/s"), **svg_data(r))
+    for r in rows:                              # over the bars, under the figures
+        if r.mode == BASELINE_MODE:
+            at = x(r.row()["mb_per_s"])
+            svg.add("line", x1=at, x2=at, y1=plot_top - 8, y2=bottom, stroke=SVG_BASELINE[0],
+                    stroke_dasharray=SVG_BASELINE[1], stroke_width=1.5, class_="baseline")
+            svg.text(at, plot_top - 12, "MSG_ZEROCOPY baseline (speedup 1.00x)", text_anchor="middle",
+                     class_="baseline-label")
+    for i, r in enumerate(rows):
+        y = plot_top + i * (SVG_BAR + SVG_BAR_GAP)
+        mb = r.row()["mb_per_s"]
+        speedup = "" if r.speedup is None else f" {r.speedup:.2f}x"
+        state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+        svg.text(x(mb) + 6, y + 13, f"{mb:.0f} MB/s{speedup}  zc {zc_mark(r)}{state}", class_="bar-value",
+                 **SVG_HALO)
+    legend = [("box", color, None, words) for color, _, words in SVG_ZC.values()]
+    legend.append(("line", SVG_BASELINE[0], SVG_BASELINE[1], "the MSG_ZEROCOPY baseline's rate"))
+    return svg_legend(svg, bottom + 64, legend)
+
+
+def svg_crossover(svg: Svg, x: SvgAxis, y: SvgAxis, results: List[Result], say: bool) -> None:
+    """A dashed line at each crossover size (where zero-copy starts to pay); say: label it too."""
+    for i, (pair, size) in enumerate(crossover(results).items()):
+        words = SVG_CROSSOVER_NAMES.get(pair, pair)
+        ty = y.px1 + 16 + 15 * i
+        if size is None:
+            if say:
+                svg.text(x.px1 - 8, ty, f"{words}: at no size measured", text_anchor="end",
+                         class_="crossover", data_pair=pair, data_size="none", **SVG_HALO)
+            continue
+        svg.add("line", x1=x(size), x2=x(size), y1=y.px1, y2=y.px0, stroke="#555555", stroke_width=1.5,
+                stroke_dasharray="2 3", class_="crossover", data_pair=pair, data_size=size)
+        if say:
+            right_half = x(size) > (x.px0 + x.px1) / 2
+            svg.text(x(size) + (-6 if right_half else 6), ty, f"crossover: {words} from {size} B",
+                     text_anchor="end" if right_half else "start", class_="crossover-label",
+                     data_pair=pair, **SVG_HALO)
+
+
+def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
+    """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label."""
+    series = svg_series(results, lambda r: f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}")
+    sizes = sorted({r.size for r in results})
+    right = SVG_WIDTH - SVG_RIGHT
+    x = svg_axis(sizes, True, SVG_LEFT, right)
+    panels = (("Throughput against payload size", "MB/s (log scale)", "mb",
+               "MB/s", lambda r: r.row()["mb_per_s"], {}),
+              ("CPU cost against payload size", "CPU s/GB (log scale)", "cpu",
+               "CPU s/GB", lambda r: r.row()["cpu_s_per_gb"],
+               {"data_cpu_s_per_gb": lambda r: r.row()["cpu_s_per_gb"]}))
+    for n, (title, ylabel, panel, unit, y_of, data) in enumerate(panels):
+        ptop = top + n * (SVG_PANEL_HEIGHT + SVG_PANEL_GAP)
+        y = svg_axis([y_of(r) for r in results], True, ptop + SVG_PANEL_HEIGHT, ptop)
+        svg_frame(svg, x, y, title, "payload per send, bytes (log scale)", ylabel, xticks=sizes)
+        svg_crossover(svg, x, y, results, say=n == 0)
+        svg_lines(svg, series, x, y, lambda r: r.size, y_of, panel, unit, **data)
+    legend = [("line", *svg_look(i, rows), name + (" (the baseline)" if rows[0].mode == BASELINE_MODE else ""))
+              for i, (name, rows) in enumerate(series.items())]
+    legend += svg_marker_legend()
+    legend.append(("line", "#555555", "2 3", "crossover: from this size zero-copy is 5% or more faster"))
+    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, legend)
+
+
+def knee_row(rows: List[Result]) -> Result:
+    """One mode's knee: the smallest batch within KNEE_MARGIN of its best (format_sweep's rule).
+
+    Judged on the JSON row's MB/s, as the chart draws it, so that a reader of
+    the JSON finds the same knee.
+    """
+    best = max(r.row()["mb_per_s"] for r in rows)
+    return min((r for r in rows if r.row()["mb_per_s"] >= KNEE_MARGIN * best), key=lambda r: r.batch)
+
+
+def user_pct(r: Result) -> Optional[float]:
+    """The share of the row's CPU outside the kernel, in % to 0.1, from the JSON row's CPU seconds."""
+    row = r.row()
+    cpu = row["cpu_user_s"] + row["cpu_sys_s"]
+    return round(100 * row["cpu_user_s"] / cpu, 1) if cpu else None
+
+
+def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
+    """--sweep: per size, MB/s and the user share against the batch; a line per mode, its knee marked."""
+    half = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
+    series_names: Dict[str, List[Result]] = {}
+    for size in dict.fromkeys(r.size for r in results):
+        rows = [r for r in results if r.size == size]
+        series = svg_series(rows, lambda r: MODE_LABELS.get(r.mode, r.mode))
+        for name, mine in series.items():
+            series_names.setdefault(name, mine)
+        x_rate = svg_axis([r.batch for r in rows], True, SVG_LEFT, SVG_LEFT + half - 40)
+        x_user = svg_axis([r.batch for r in rows], True, SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT)
+        batches = sorted({r.batch for r in rows})
+        y_rate = svg_axis([r.mb_per_s for r in rows], False, top + SVG_PANEL_HEIGHT, top)
+        y_user = SvgAxis(0.0, 100.0, False, top + SVG_PANEL_HEIGHT, top)
+        svg_frame(svg, x_rate, y_rate, f"{size} B per send: throughput", "batch: requests per "
+                  "io_uring_enter (log scale)", "MB/s", xticks=batches)
+        svg_lines(svg, series, x_rate, y_rate, lambda r: r.batch, lambda r: r.row()["mb_per_s"], "mb", "MB/s")
+        svg_frame(svg, x_user, y_user, f"{size} B per send: user share of the CPU", "batch: requests per "
+                  "io_uring_enter (log scale)", "user % (Python, ctypes)", xticks=batches)
+        svg_lines(svg, series, x_user, y_user, lambda r: r.batch, user_pct, "user", "% user",
+                  data_user_pct=user_pct)
+        for i, (name, mine) in enumerate(series.items()):
+            knee = knee_row(mine)
+            cx, cy = x_rate(knee.batch), y_rate(knee.row()["mb_per_s"])
+            svg.add("circle", cx=cx, cy=cy, r=10.0, fill="none", stroke=svg_look(i, mine)[0], stroke_width=1.5,
+                    class_="knee", data_mode=knee.mode, data_size=size, data_batch=knee.batch,
+                    title=f"knee, {name}: batch {knee.batch}")
+            right_half = cx > (x_rate.px0 + x_rate.px1) / 2
+            svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {knee.batch}",
+                     text_anchor="end" if right_half else "start", fill=svg_look(i, mine)[0],
+                     class_="knee-label", **SVG_HALO)
+        top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
+    legend = [("line", *svg_look(i, rows), name) for i, (name, rows) in enumerate(series_names.items())]
+    legend += svg_marker_legend()
+    legend.append(("line", "#555555", None, f"ring: the knee, the smallest batch within "
+                                            f"{1 - KNEE_MARGIN:.0%} of the mode's best"))
+    return svg_legend(svg, top - 16, legend)
+
+
+def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str:
+    """The whole chart: a title, the table's header lines, the panels of this form, a legend."""
+    if cfg.sweep:
+        title = "sendzc bench --sweep: io_uring SEND_ZC against the batch size, with and without SQPOLL"
+    elif len(cfg.sizes) > 1:
+        title = "sendzc bench: every way to send, against the payload size"
+    else:
+        title = f"sendzc bench: every way to send, {cfg.sizes[0]} B per send"
+    svg = Svg()
+    svg.text(16, 28, title, font_size=17, font_weight="bold", class_="title")
+    y = 50.0
+    for line in header + [f"host {socket.gethostname()}; {SVG_UNITS}"]:
+        svg.text(16, y, line, font_size=11, fill="#444444", class_="header")
+        y += 15
+    if STOP.requested or any(r.interrupted or r.error for r in results):
+        svg.text(16, y, "partial: the run stopped early (Ctrl-C or a failed row); these are the rows "
+                        "measured until then", fill="#c00000", class_="partial")
+        y += 15
+    y += 36
+    if not results:
+        svg.text(16, y, "no row was measured", class_="empty")
+        bottom = y + 20
+    elif cfg.sweep:
+        bottom = svg_sweep(svg, y, results)
+    elif len(cfg.sizes) > 1:
+        bottom = svg_sizes(svg, y, results)
+    else:
+        bottom = svg_bars(svg, y, results)
+    return svg.document(bottom + 16, title)
+
+
+def svg_file(text: str) -> str:
+    """--svg FILE: a path in a directory that exists, checked before a run that may take minutes."""
+    where = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(where):
+        raise argparse.ArgumentTypeError(f"no directory {where} to write it in: give a FILE in "
+                                         f"a directory that exists")
+    return text
+
+
+def write_svg(path: str, chart: str) -> None:
+    """Write the chart; a refusal (a read-only place, a full disk) is one line, exit 1."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(chart)
+    except OSError as e:
+        raise Fatal(f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
+                    f"{e.strerror}): give a FILE you may write, or drop --svg") from None
+
+
 def bench_main(argv: List[str]) -> int:
     """`sendzc.py [bench] [options] [udp|tcp]`."""
-    cfg = bench_config(bench_parser().parse_args(argv))
+    a = bench_parser().parse_args(argv)
+    cfg = bench_config(a)
     with ExitStack() as stack:
         sink = None
         if cfg.addr is None:
@@ -3464,6 +3861,8 @@ def bench_main(argv: List[str]) -> int:
         print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
     else:
         print_bench(cfg, results)
+    if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
+        write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results))
     if failure:
         raise Fatal(failure)
     return 130 if STOP.requested else 0
@@ -3510,6 +3909,9 @@ def bench_parser() -> argparse.ArgumentParser:
                         f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
     p.add_argument("proto", nargs="?", type=protocol(*p.protocols), default="udp", metavar="{udp,tcp}",
                    help="what to send (default udp; tcp needs -D)")
+    p.add_argument("--svg", metavar="FILE", type=svg_file,
+                   help="also draw the results into FILE, an SVG chart a browser opens: bars for one "
+                        "size, lines against --sizes or the --sweep's batches")
     return p
 
 
