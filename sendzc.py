@@ -72,6 +72,7 @@ VERSION = "0.1.0"
 # --- io_uring_setup() flags: io_uring_params.flags --------------------------
 IORING_SETUP_SQPOLL = 1 << 1          # 5.1  a kernel thread polls the SQ
 IORING_SETUP_CQSIZE = 1 << 3          # 5.5  io_uring_params.cq_entries is ours
+IORING_SETUP_CQE32 = 1 << 11          # 5.19 32-byte CQEs (zero-copy receive needs them; --probe only)
 IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 no IPI to run completion work
 IORING_SETUP_SINGLE_ISSUER = 1 << 12  # 6.0  only one task submits
 IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  completion work runs in io_uring_enter
@@ -84,15 +85,19 @@ IORING_OP_SEND = 26         # 5.6
 IORING_OP_RECV = 27         # 5.6
 IORING_OP_SEND_ZC = 47      # 6.0  (the 2021 RFC's opcode 40 is IORING_OP_MSG_RING today)
 IORING_OP_SENDMSG_ZC = 48   # 6.1
+IORING_OP_RECV_ZC = 58      # 6.15 zero-copy receive into a registered area (--probe only)
 
 # --- io_uring_sqe.flags: IOSQE_* -------------------------------------------
 IOSQE_FIXED_FILE = 1 << 0   # sqe.fd is an index into the registered file table
 IOSQE_IO_LINK = 1 << 2      # the next SQE starts only after this one completes
+IOSQE_BUFFER_SELECT = 1 << 5  # take the buffer from the provided-buffer group sqe.buf_group
 
 # --- send flags, in io_uring_sqe.ioprio for SEND/SENDMSG and their _ZC forms
 IORING_RECVSEND_POLL_FIRST = 1 << 0
 IORING_RECVSEND_FIXED_BUF = 1 << 2     # 6.0  sqe.buf_index names a registered buffer
 IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it copied
+IORING_RECVSEND_BUNDLE = 1 << 4        # 6.10 SEND (not SEND_ZC): every ready provided buffer at once
+IORING_SEND_VECTORIZED = 1 << 5        # 6.17 SEND, SEND_ZC: sqe.addr is an iovec array, len its count
 # cqe.res of a notification when REPORT_USAGE was asked: "a flag, all other
 # bits reserved". Bit 31 of a signed 32-bit res: it reads as a negative number.
 IORING_NOTIF_USAGE_ZC_COPIED = 1 << 31
@@ -149,6 +154,9 @@ IORING_UNREGISTER_FILES = 3
 IORING_REGISTER_PROBE = 8          # 5.6
 IORING_REGISTER_RING_FDS = 20      # 5.18
 IORING_UNREGISTER_RING_FDS = 21
+IORING_REGISTER_PBUF_RING = 22     # 5.19 a ring of provided buffers (what SEND bundles send from)
+IORING_UNREGISTER_PBUF_RING = 23
+IORING_REGISTER_ZCRX_IFQ = 32      # 6.15 a NIC's receive queue, for IORING_OP_RECV_ZC
 
 IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
 
@@ -270,6 +278,17 @@ class io_uring_rsrc_update(ctypes.Structure):
     _fields_ = [("offset", u32), ("resv", u32), ("data", u64)]
 
 
+class io_uring_buf(ctypes.Structure):
+    """One provided buffer in a buffer ring; bufs[0].resv is the ring's tail (a u16)."""
+    _fields_ = [("addr", u64), ("len", u32), ("bid", u16), ("resv", u16)]
+
+
+class io_uring_buf_reg(ctypes.Structure):
+    """Argument of IORING_REGISTER_PBUF_RING: where the ring is, how long, its group id."""
+    _fields_ = [("ring_addr", u64), ("ring_entries", u32), ("bgid", u16), ("flags", u16),
+                ("resv", u64 * 3)]
+
+
 class io_uring_getevents_arg(ctypes.Structure):
     """IORING_ENTER_EXT_ARG's argument: here only for a timeout on waiting."""
     _fields_ = [("sigmask", u64), ("sigmask_sz", u32), ("min_wait_usec", u32), ("ts", u64)]
@@ -324,6 +343,7 @@ def _check_layout():
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
              io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
+             io_uring_buf: 16, io_uring_buf_reg: 40,
              iovec: 16, msghdr: 56, sock_extended_err: 16, tcp_info: 144}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
@@ -4269,6 +4289,9 @@ def kernel_capabilities() -> dict:
     caps = {"kernel": platform.release(), "machine": platform.machine(),
             "io_uring_disabled": read_io_uring_disabled(), "missing": []}
     missing = caps["missing"]
+    # First, before any other ring: a closed ring's locked memory is given back
+    # by a kernel worker a moment later, and would make the limit look lower.
+    limits = zero_copy_limits()
     try:
         ring = Ring(4, attempts=(0,))
     except (OSError, Fatal) as e:
@@ -4296,9 +4319,16 @@ def kernel_capabilities() -> dict:
             caps["setup_flags"][name] = True
         except OSError as e:
             caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
-    caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+    try:
+        caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+    except OSError as e:        # its ring refused: ENOMEM, with little locked memory (see "limits")
+        caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
     if not probe.has(IORING_OP_SEND_ZC):
         missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+    caps["newer"] = newer_features(probe)
+    caps["limits"] = limits
+    if not limits["memlock"]["ok"]:
+        missing.append("locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)")
     return caps
 
 
@@ -4338,6 +4368,7 @@ def describe_capabilities(caps: dict) -> List[str]:
     lines.append(f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}")
     lines.append(f"registered files {yes(caps['registered_files'])}  buffers "
                  f"{yes(caps['registered_buffers'])}  ring fd (5.18) {yes(caps['registered_ring_fd'])}")
+    lines += describe_newer(caps)
     lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
                                 else "missing " + ", ".join(caps["missing"])))
     return lines
@@ -4345,6 +4376,307 @@ def describe_capabilities(caps: dict) -> List[str]:
 
 IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
                            2: "(io_uring off for everyone)"}
+
+
+# --- What the newest kernels add, and the limits that decide zero-copy ------------
+#
+# --probe asks each of these of the running kernel, as it asks for the opcodes:
+# never by the version number, since distributions backport features and a
+# kernel's config may leave them out. Each send below is a real request, made
+# over UDP on loopback to a socket of ours that reads the datagram back, so
+# "yes" means the bytes arrived as sent; a kernel that does not know a flag
+# refuses the request with -EINVAL before anything is sent. (Loopback copies
+# on the receiving side, so these sends say nothing about speed: bench does.)
+
+PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
+PROBE_WAIT_S = 1.0          # the longest a probe waits for a CQE or a datagram
+GSO_PROBE_SEGMENT = 100     # bytes per datagram when the UDP_SEGMENT probe has one send split in two
+# What MSG_ZEROCOPY needs of net.core.optmem_max: each send's completion is
+# charged to the socket's option memory until it is read off the error queue.
+# 131072 is the kernel's default today; the 20480 of older kernels ran out at
+# speed (ENOBUFS on every few sends, retried: the bench's note says how many).
+MSG_ZEROCOPY_OPTMEM = 131072
+SOL_UDP = getattr(socket, "SOL_UDP", 17)                  # <netinet/udp.h>
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)         # <linux/udp.h>, 4.18: UDP GSO
+PROT_NONE = 0                                             # <sys/mman.h>
+
+
+def feature(since: str, supported: bool, answer: str) -> dict:
+    """One row of --probe's newer features: the release that brought it, and the kernel's answer."""
+    return {"since": since, "supported": supported, "answer": answer}
+
+
+def errno_words(err: int) -> str:
+    return f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
+
+
+@contextmanager
+def loopback_udp() -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """(tx, rx): a UDP socket connected to another, on 127.0.0.1, that reads what tx sends."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(PROBE_WAIT_S)
+        tx.connect(rx.getsockname())
+        yield tx, rx
+
+
+def submit_one(ring: Ring, sqe: io_uring_sqe) -> int:
+    """Submit one request and reap every CQE it posts; the result's res.
+
+    A zero-copy send posts its result with F_MORE, then a notification:
+    that is waited for too (PROBE_WAIT_S at most), so that the buffer is
+    ours again before the caller lets it go.
+    """
+    ring.place(bytes(sqe))
+    ring.submit_and_wait(1)
+    res, flags = ring.peek()
+    while flags[0] & IORING_CQE_F_MORE and len(flags) < 2 and ring.wait_cqes(2, PROBE_WAIT_S):
+        res, flags = ring.peek()
+    ring.cq_advance(len(flags))
+    return res[0]
+
+
+def sent_answer(since: str, res: int, rx: socket.socket, what: str) -> dict:
+    """The row for a probe send: res from its CQE, and what rx received."""
+    if res == -errno.EINVAL:
+        return feature(since, False, f"EINVAL: this kernel does not know {what}")
+    if res < 0:
+        return feature(since, False, f"{what}: {errno_words(-res)}")
+    try:
+        got = rx.recv(len(PROBE_DATA) + 1)
+    except socket.timeout:
+        got = b""
+    if res != len(PROBE_DATA) or got != PROBE_DATA:
+        return feature(since, False, f"{what} sent {res} bytes but {got!r} arrived, not {PROBE_DATA!r}")
+    return feature(since, True, f"{res} bytes sent over loopback, received intact")
+
+
+def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int], object],
+               register: bool = False) -> dict:
+    """Send PROBE_DATA over loopback with the request prep(sqe, fd, address of PROBE_DATA) makes.
+
+    prep returns what the kernel will read besides the data (iovecs, a
+    msghdr): it is kept until the request's CQEs are in. register: register
+    the data's buffer first (index 0), for a _FIXED request.
+    """
+    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
+    try:
+        with loopback_udp() as (tx, rx), Ring(4) as ring:
+            if register:
+                ring.register_buffers([(ctypes.addressof(data), len(PROBE_DATA))])
+            sqe = io_uring_sqe()
+            keep = prep(sqe, tx.fileno(), ctypes.addressof(data))
+            res = submit_one(ring, sqe)
+            del keep
+            return sent_answer(since, res, rx, what)
+    except OSError as e:
+        return feature(since, False, f"not asked: {e.strerror or e}")
+
+
+def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int) -> msghdr:
+    """A SENDMSG_ZC whose one iovec lies in registered buffer 0 (6.15: before, EINVAL)."""
+    msg = msghdr(msg_iov=ctypes.pointer(iovec(addr, len(PROBE_DATA))), msg_iovlen=1)   # holds its iovec
+    prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), 0, 0)
+    return msg
+
+
+def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int], object]:
+    """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17).
+
+    liburing has no prep helper for it yet: the flag goes into sqe.ioprio by hand.
+    """
+    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> ctypes.Array:
+        iovs = (iovec * 2)(iovec(addr, 1), iovec(addr + 1, 1))    # one datagram from two pieces
+        if zc:
+            prep_send_zc(sqe, fd, ctypes.addressof(iovs), len(iovs), 0, IORING_SEND_VECTORIZED)
+        else:
+            prep_send(sqe, fd, ctypes.addressof(iovs), len(iovs), 0)
+            sqe.ioprio = IORING_SEND_VECTORIZED
+        return iovs
+    return prep
+
+
+def probe_send_bundle() -> dict:
+    """SEND with IORING_RECVSEND_BUNDLE (6.10): one request sends every ready provided buffer.
+
+    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING,
+    5.19): a page of io_uring_buf entries that we fill and publish by moving
+    its tail, as liburing's io_uring_buf_ring_add() and _advance() do. Two
+    1-byte buffers go out as one 2-byte datagram. The tail is a plain store:
+    the kernel reads the ring only inside the io_uring_enter that follows.
+    """
+    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
+    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)    # page-aligned
+    try:
+        with loopback_udp() as (tx, rx), Ring(4) as ring:       # the ring goes before the page
+            entries = 2
+            for bid in range(entries):
+                struct.pack_into("=QIH", page, bid * ctypes.sizeof(io_uring_buf),
+                                 ctypes.addressof(data) + bid, 1, bid)
+            struct.pack_into("=H", page, io_uring_buf.resv.offset, entries)     # the tail: publish
+            reg = io_uring_buf_reg(ring_addr=_addr_of(page), ring_entries=entries, bgid=0)
+            io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.byref(reg), 1)
+            sqe = io_uring_sqe()
+            prep_send(sqe, tx.fileno(), 0, 0, 0)      # no address: the buffers are the kernel's pick
+            sqe.flags, sqe.ioprio, sqe.buf_group = IOSQE_BUFFER_SELECT, IORING_RECVSEND_BUNDLE, 0
+            return sent_answer("6.10", submit_one(ring, sqe), rx, "a SEND bundle of 2 provided buffers")
+    except OSError as e:
+        return feature("6.10", False, f"not asked: {e.strerror or e}")
+    finally:
+        page.close()
+
+
+def probe_send_zc_bundle() -> dict:
+    """SEND_ZC refuses IORING_RECVSEND_BUNDLE: bundles take provided buffers, zero-copy takes ours."""
+    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> None:
+        prep_send_zc(sqe, fd, addr, len(PROBE_DATA), 0, IORING_RECVSEND_BUNDLE)
+    row = probe_send("6.10", "SEND_ZC with IORING_RECVSEND_BUNDLE", prep)
+    if row["answer"].startswith("EINVAL"):
+        row["answer"] = "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"
+    return row
+
+
+def probe_zcrx(probe: Probe) -> dict:
+    """Zero-copy receive (6.15): the opcode, and the registration of a NIC queue, asked for real.
+
+    A real registration needs a NIC whose driver splits headers from data
+    and lets a queue be given away (bnxt, mlx5, gve, ...) and CAP_NET_ADMIN;
+    loopback and veth have none. So the question put is the registration
+    itself, from an argument on a page we made unreadable, on the ring it
+    wants (DEFER_TASKRUN, 32-byte CQEs): a kernel that knows
+    IORING_REGISTER_ZCRX_IFQ tries to read it (EFAULT), or first says who may
+    (EPERM); one built without it says EOPNOTSUPP; an older one EINVAL.
+    """
+    if not probe.has(IORING_OP_RECV_ZC):
+        return feature("6.15", False, "no IORING_OP_RECV_ZC in IORING_REGISTER_PROBE")
+    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    fd = -1
+    try:
+        unreadable = _addr_of(page)
+        if _libc.mprotect(ctypes.c_void_p(unreadable), ctypes.c_size_t(PAGE), PROT_NONE):
+            return feature("6.15", False, "not asked: mprotect: " + errno_words(ctypes.get_errno()))
+        p = io_uring_params(flags=IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+                            IORING_SETUP_CQE32)
+        fd = io_uring_setup(4, p)           # never mapped: only io_uring_register is asked
+        io_uring_register(fd, IORING_REGISTER_ZCRX_IFQ, ctypes.c_void_p(unreadable), 1)
+        return feature("6.15", False, "IORING_REGISTER_ZCRX_IFQ read an unreadable page")  # cannot be
+    except OSError as e:
+        if e.errno == errno.EFAULT:
+            return feature("6.15", True, "IORING_REGISTER_ZCRX_IFQ too (EFAULT on our unreadable "
+                                         "argument); using it needs CAP_NET_ADMIN and a NIC with header split")
+        if e.errno == errno.EPERM:
+            return feature("6.15", True, "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)")
+        if e.errno == errno.EOPNOTSUPP:
+            return feature("6.15", False, "built without CONFIG_IO_URING_ZCRX (EOPNOTSUPP)")
+        return feature("6.15", False, f"IORING_REGISTER_ZCRX_IFQ: {errno_words(e.errno)}")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        page.close()
+
+
+def newer_features(probe: Probe) -> Dict[str, dict]:
+    """The rows of --probe's newer features, each the kernel's own answer."""
+    return {
+        "sendmsg_zc_fixed_buf": probe_send("6.15", "SENDMSG_ZC from a registered buffer",
+                                           sendmsg_zc_fixed, register=True),
+        "send_vectorized": probe_send("6.17", "SEND with IORING_SEND_VECTORIZED", vectorized(False)),
+        "send_zc_vectorized": probe_send("6.17", "SEND_ZC with IORING_SEND_VECTORIZED", vectorized(True)),
+        "send_bundle": probe_send_bundle(),
+        "send_zc_bundle": probe_send_zc_bundle(),
+        "zero_copy_receive": probe_zcrx(probe),
+    }
+
+
+def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
+    """One row of --probe's limits: where it stands, what zero-copy needs, and the fix if short."""
+    return {"ok": ok, "value": value, "need": need, "answer": answer, "fix": None if ok else fix}
+
+
+def memlock_room() -> dict:
+    """RLIMIT_MEMLOCK against what the default sender locks: its ring and its registered buffer.
+
+    Tried for real: a ring of the sender's size (SQ 512, CQ 2048 entries)
+    and the 64 KiB payload registered on it, as UringSender does. Without
+    CAP_IPC_LOCK both count against the limit.
+    """
+    cfg = SendConfig()
+    value = memlock_limit()
+    payload = Payload(cfg.size)
+    need = f"{payload.length >> 10} KiB registered buffer and a ring of {cfg.entries} entries"
+    fix = ("raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
+           "/etc/security/limits.conf, LimitMEMLOCK= for a service; or run as root")
+    try:
+        with Ring(cfg.entries, cq_entries=4 * cfg.entries) as ring:
+            ring.register_buffers([(payload.addr, payload.length)])
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            return limit(False, value, need, f"not asked: {e.strerror}", fix)
+        step = "the ring" if getattr(e, "syscall", None) == "io_uring_setup" else "the registered buffer"
+        return limit(False, value, need, f"too low: {step} did not fit (ENOMEM)", fix)
+    finally:
+        payload.close()
+    if has_cap(CAP_IPC_LOCK):
+        return limit(True, value, need, "not counted: this process has CAP_IPC_LOCK", fix)
+    return limit(True, value, need, "the ring and the registered buffer fit", fix)
+
+
+def optmem_room() -> dict:
+    """net.core.optmem_max (this network namespace's) against MSG_ZEROCOPY_OPTMEM."""
+    value = read_sysctl("net/core/optmem_max")
+    fix = f"`sysctl -w net.core.optmem_max={MSG_ZEROCOPY_OPTMEM}` as root"
+    if value is None:
+        return limit(False, None, MSG_ZEROCOPY_OPTMEM, "unreadable (/proc/sys/net/core/optmem_max)", fix)
+    if value < MSG_ZEROCOPY_OPTMEM:
+        return limit(False, value, MSG_ZEROCOPY_OPTMEM, "short: MSG_ZEROCOPY sends will meet ENOBUFS "
+                     "and wait for completions", fix)
+    return limit(True, value, MSG_ZEROCOPY_OPTMEM, "room for MSG_ZEROCOPY's completions", fix)
+
+
+def udp_segment_room() -> dict:
+    """UDP_SEGMENT (UDP GSO, 4.18): one send of two segments arrives as two datagrams, over loopback."""
+    fix = ("without it a UDP send larger than the path's MTU is fragmented, and every fragmented "
+           "send is copied: keep -s under the MTU, or use a kernel of 4.18 or later")
+    try:
+        with loopback_udp() as (tx, rx):
+            tx.setsockopt(SOL_UDP, UDP_SEGMENT, GSO_PROBE_SEGMENT)
+            tx.send(PROBE_DATA * GSO_PROBE_SEGMENT)          # 2 segments' worth
+            sizes = [len(rx.recv(IP_MAXPACKET)) for _ in range(len(PROBE_DATA))]
+    except OSError as e:
+        words = "absent (ENOPROTOOPT)" if e.errno == errno.ENOPROTOOPT else f"not asked: {e.strerror or e}"
+        return limit(False, False, True, words, fix)
+    ok = sizes == [GSO_PROBE_SEGMENT] * len(PROBE_DATA)
+    return limit(ok, ok, True, f"one send of {len(PROBE_DATA) * GSO_PROBE_SEGMENT} bytes arrived as "
+                 f"datagrams of {', '.join(map(str, sizes))} bytes", fix)
+
+
+def zero_copy_limits() -> Dict[str, dict]:
+    return {"memlock": memlock_room(), "optmem_max": optmem_room(), "udp_segment": udp_segment_room()}
+
+
+def describe_newer(caps: dict) -> List[str]:
+    """--probe's lines for the newer features and the limits, a fix under each that falls short."""
+    names = {"sendmsg_zc_fixed_buf": "SENDMSG_ZC from a registered buffer",
+             "send_vectorized": "SEND, IORING_SEND_VECTORIZED",
+             "send_zc_vectorized": "SEND_ZC, IORING_SEND_VECTORIZED",
+             "send_bundle": "SEND bundles, IORING_RECVSEND_BUNDLE",
+             "send_zc_bundle": "SEND_ZC bundles",
+             "zero_copy_receive": "zero-copy receive, IORING_OP_RECV_ZC"}
+    lines = ["newer features (each asked of this kernel, not read from its version):"]
+    for key, row in caps["newer"].items():
+        lines.append(f"  {names.get(key, key)} ({row['since']}): {'yes' if row['supported'] else 'no'}: "
+                     f"{row['answer']}")
+    lines.append("limits that decide whether zero-copy works for this user:")
+    titles = {"memlock": f"RLIMIT_MEMLOCK {caps['limits']['memlock']['value']}",
+              "optmem_max": f"net.core.optmem_max {caps['limits']['optmem_max']['value']} "
+                            f"(MSG_ZEROCOPY wants {MSG_ZEROCOPY_OPTMEM})",
+              "udp_segment": "UDP_SEGMENT (UDP GSO, 4.18)"}
+    for key, row in caps["limits"].items():
+        lines.append(f"  {titles.get(key, key)}: {'ok' if row['ok'] else 'SHORT'}: {row['answer']}")
+        if row["fix"]:
+            lines.append(f"    fix: {row['fix']}")
+    return lines
 
 
 def on_sigint(signum, frame):

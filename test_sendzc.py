@@ -2044,3 +2044,117 @@ def test_svg_that_cannot_be_written_is_one_line_after_the_table():
     assert only_line(p) == RUNTIME_LINES["bench: --svg where the file cannot be written"]
     assert "io_uring SEND_ZC fixed buf" in p.stdout            # the table came first
     assert not os.path.exists("/sys/sendzc.svg")
+
+
+# =============================================================================
+# PROBE (issue 14, item 3): --probe knows the newest kernels and the limits
+# =============================================================================
+
+NEWER = {"sendmsg_zc_fixed_buf": (6, 15), "send_vectorized": (6, 17), "send_zc_vectorized": (6, 17),
+         "send_bundle": (6, 10), "zero_copy_receive": (6, 15)}
+
+
+def test_probe_asks_this_kernel_for_each_newer_feature():
+    doc = tool_json("--probe")
+    newer = doc["probe"]["newer"]
+    assert set(newer) == set(NEWER) | {"send_zc_bundle"}
+    for key, (major, minor) in NEWER.items():
+        assert newer[key]["since"] == f"{major}.{minor}"
+        if kernel_at_least(major, minor):
+            assert newer[key]["supported"] is True, newer[key]
+    for key in ("sendmsg_zc_fixed_buf", "send_vectorized", "send_zc_vectorized", "send_bundle"):
+        if newer[key]["supported"]:                   # the bytes went over loopback and came back
+            assert newer[key]["answer"] == "2 bytes sent over loopback, received intact"
+    if kernel_at_least(6, 10):
+        assert newer["send_zc_bundle"] == {"since": "6.10", "supported": False, "answer":
+                                           "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"}
+    if IS_ROOT and kernel_at_least(6, 15):
+        assert "EFAULT on our unreadable argument" in newer["zero_copy_receive"]["answer"]
+    text = tool("--probe").stdout.splitlines()
+    assert "newer features (each asked of this kernel, not read from its version):" in text
+    if kernel_at_least(6, 17):
+        assert "  SEND_ZC, IORING_SEND_VECTORIZED (6.17): yes: 2 bytes sent over loopback, received intact" in text
+
+
+def test_probe_a_flag_this_kernel_does_not_know_is_answered_no(monkeypatch):
+    """The probe asks, it does not assume: an ioprio bit no kernel knows yet comes back EINVAL."""
+    unknown = 1 << 15
+    monkeypatch.setattr(sendzc, "IORING_SEND_VECTORIZED", unknown)
+    for zc in (False, True):
+        row = sendzc.probe_send("6.17", "a send with an unknown flag", sendzc.vectorized(zc))
+        assert row == {"since": "6.17", "supported": False,
+                       "answer": "EINVAL: this kernel does not know a send with an unknown flag"}
+    monkeypatch.setattr(sendzc, "IORING_RECVSEND_BUNDLE", unknown)
+    assert sendzc.probe_send_bundle()["supported"] is False
+
+
+def test_probe_leaks_nothing():
+    sendzc.newer_features(sendzc.Probe(0, frozenset({sendzc.IORING_OP_RECV_ZC})))     # warm up
+    sendzc.zero_copy_limits()
+    fds, maps = open_fds(), mappings()
+    with sendzc.Ring(4) as ring:
+        probe = ring.probe()
+    sendzc.newer_features(probe)
+    sendzc.zero_copy_limits()
+    assert (open_fds(), mappings()) == (fds, maps)
+
+
+MEMLOCK_FIX = ("    fix: raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
+               "/etc/security/limits.conf, LimitMEMLOCK= for a service; or run as root")
+
+
+def test_probe_as_a_user_with_little_locked_memory_says_how_to_raise_it(nobody):
+    p = nobody("--probe", "--json", memlock=MEMLOCK)
+    doc = json.loads(p.stdout)
+    memlock = doc["probe"]["limits"]["memlock"]
+    assert memlock["ok"] is False and memlock["value"] == "16 KiB"
+    assert memlock["answer"] == "too low: the ring did not fit (ENOMEM)"     # 512 entries: 16 KiB is short
+    assert memlock["fix"] == MEMLOCK_FIX.strip()[len("fix: "):]
+    assert p.returncode == 1
+    assert "locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)" in p.stderr
+    text = nobody("--probe", memlock=MEMLOCK).stdout.splitlines()
+    at = text.index("  RLIMIT_MEMLOCK 16 KiB: SHORT: too low: the ring did not fit (ENOMEM)")
+    assert text[at + 1] == MEMLOCK_FIX
+    # With room for the ring but not for the 64 KiB buffer, the answer names the buffer.
+    # (Measured on 6.18: the ring takes 64-96 KiB, with the buffer 128-160 KiB.)
+    doc = json.loads(nobody("--probe", "--json", memlock=128 << 10).stdout)
+    assert doc["probe"]["limits"]["memlock"]["answer"] == "too low: the registered buffer did not fit (ENOMEM)"
+    doc = json.loads(nobody("--probe", "--json", memlock=8 << 20).stdout)
+    assert doc["probe"]["limits"]["memlock"] == {
+        "ok": True, "value": "8192 KiB", "need": "64 KiB registered buffer and a ring of 512 entries",
+        "answer": "the ring and the registered buffer fit", "fix": None}
+    # Not root: the registration is refused for want of CAP_NET_ADMIN, and the answer says so.
+    if kernel_at_least(6, 15):
+        assert doc["probe"]["newer"]["zero_copy_receive"] == {
+            "since": "6.15", "supported": True,
+            "answer": "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)"}
+
+
+def test_probe_with_a_small_optmem_max_says_how_to_raise_it():
+    with sink_with_optmem(20480) as ns:
+        doc = tool_json("--probe", ns=ns)
+        text = tool("--probe", ns=ns).stdout.splitlines()
+    optmem = doc["probe"]["limits"]["optmem_max"]
+    assert optmem == {"ok": False, "value": 20480, "need": 131072,
+                      "answer": "short: MSG_ZEROCOPY sends will meet ENOBUFS and wait for completions",
+                      "fix": "`sysctl -w net.core.optmem_max=131072` as root"}
+    at = text.index("  net.core.optmem_max 20480 (MSG_ZEROCOPY wants 131072): SHORT: short: MSG_ZEROCOPY "
+                    "sends will meet ENOBUFS and wait for completions")
+    assert text[at + 1] == "    fix: `sysctl -w net.core.optmem_max=131072` as root"
+    assert doc["probe"]["missing"] == []              # slower, not refused: the sender still runs
+
+
+def test_probe_udp_segment_splits_one_send_into_datagrams():
+    row = sendzc.udp_segment_room()
+    assert row == {"ok": True, "value": True, "need": True, "fix": None,
+                   "answer": "one send of 200 bytes arrived as datagrams of 100, 100 bytes"}
+
+
+def test_probe_json_matches_the_fields_readme_documents():
+    doc = tool_json("--probe")
+    check_against_readme(doc, "### The --probe JSON document")
+    check_against_readme(doc["probe"], "### The probe object")
+    for row in doc["probe"]["newer"].values():
+        check_against_readme(row, "### A --probe feature")
+    for row in doc["probe"]["limits"].values():
+        check_against_readme(row, "### A --probe limit")
