@@ -3487,7 +3487,7 @@ SVG_WIDTH = 960                      # px; every panel spans it (a --sweep pair 
 SVG_FONT = 12                        # px, the body text
 SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel, and after it
 SVG_PANEL_HEIGHT = 260               # px of plot in a line panel
-SVG_PANEL_GAP = 90                   # px from one panel's plot to the next: axis labels, title
+SVG_PANEL_GAP = 110                  # px from one panel's plot to the next: axis labels, title
 SVG_BAR, SVG_BAR_GAP = 18, 6         # px: one bar, and the space under it
 SVG_BAR_LABELS = 250                 # px: the column of row labels left of the bars
 SVG_BAR_TEXT = 210                   # px: after the longest bar, its figures
@@ -3715,22 +3715,24 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
 
 
 def svg_crossover(svg: Svg, x: SvgAxis, y: SvgAxis, results: List[Result], say: bool) -> None:
-    """A dashed line at each crossover size (where zero-copy starts to pay); say: label it too."""
+    """A dotted line at each crossover size (where zero-copy starts to pay).
+
+    say: also a line of words under the panel (inside it they would cover
+    the points, which crowd where the crossover usually is: the large sizes).
+    """
     for i, (pair, size) in enumerate(crossover(results).items()):
-        words = SVG_CROSSOVER_NAMES.get(pair, pair)
-        ty = y.px1 + 16 + 15 * i
+        name = SVG_CROSSOVER_NAMES.get(pair, pair)
+        if say:
+            where = "at no size measured" if size is None else f"from {size} B (dotted line)"
+            svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {name} {where}", class_="crossover-label")
         if size is None:
-            if say:
-                svg.text(x.px1 - 8, ty, f"{words}: at no size measured", text_anchor="end",
-                         class_="crossover", data_pair=pair, data_size="none", **SVG_HALO)
+            svg.add("g", class_="crossover", data_pair=pair, data_size="none")
             continue
         svg.add("line", x1=x(size), x2=x(size), y1=y.px1, y2=y.px0, stroke="#555555", stroke_width=1.5,
                 stroke_dasharray="2 3", class_="crossover", data_pair=pair, data_size=size)
-        if say:
-            right_half = x(size) > (x.px0 + x.px1) / 2
-            svg.text(x(size) + (-6 if right_half else 6), ty, f"crossover: {words} from {size} B",
-                     text_anchor="end" if right_half else "start", class_="crossover-label",
-                     data_pair=pair, **SVG_HALO)
+        if say:                                 # low in the rate panel: the large sizes run high there
+            svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
+                     class_="crossover-tag", **SVG_HALO)
 
 
 def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
@@ -3753,7 +3755,8 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
     legend = [("line", *svg_look(i, rows), name + (" (the baseline)" if rows[0].mode == BASELINE_MODE else ""))
               for i, (name, rows) in enumerate(series.items())]
     legend += svg_marker_legend()
-    legend.append(("line", "#555555", "2 3", "crossover: from this size zero-copy is 5% or more faster"))
+    legend.append(("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more "
+                                             "faster than copying"))
     return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, legend)
 
 
