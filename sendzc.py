@@ -3449,26 +3449,6 @@ def format_sweep(rows: List[Result]) -> List[str]:
     return lines
 
 
-def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
-    """The tables, one per size, then what the columns mean."""
-    if cfg.sweep:
-        for size in cfg.sizes:
-            rows = [r for r in results if r.size == size]
-            if rows:
-                print(f"\n{size} B per send")
-                print("\n".join(format_sweep(rows)))
-        print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
-              "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
-              "other CPU.", flush=True)
-        return
-    for size in cfg.sizes:
-        rows = [r for r in results if r.size == size]
-        if rows:
-            print(f"\n{size} B per send")
-            print("\n".join(format_table(rows)))
-    print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
-
-
 # --- The chart: --svg ------------------------------------------------------------
 #
 # The rows of the tables, drawn: one SVG file with nothing outside it (no
@@ -3583,15 +3563,22 @@ def svg_zc(r: Result) -> str:
     return zc_mark(r).split()[0]
 
 
+def svg_name(r: Result) -> str:
+    """A row's name in the chart: its mode as the table names it, its batch, and a GSO segment if any."""
+    gso = r.row().get("gso")                    # a row sent with UDP GSO is a series of its own
+    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {gso} B" if gso else "")
+
+
 def svg_data(r: Result, **more) -> dict:
     """The attributes that tie an element to its JSON row: the row's own values."""
-    return {"data_mode": r.mode, "data_batch": r.batch, "data_size": r.size,
-            "data_mb_per_s": r.row()["mb_per_s"], "data_zc": zc_mark(r), **more}
+    row = r.row()
+    return {"data_mode": r.mode, "data_batch": r.batch, "data_size": r.size, "data_gso": row.get("gso"),
+            "data_mb_per_s": row["mb_per_s"], "data_zc": zc_mark(r), **more}
 
 
 def svg_hover(r: Result, what: str) -> str:
     state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
-    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}, {r.size} B: {what}, zc {zc_mark(r)}{state}"
+    return f"{svg_name(r)}, {r.size} B: {what}, zc {zc_mark(r)}{state}"
 
 
 def svg_shape(svg: Svg, shape: str, x: float, y: float, **style) -> None:
@@ -3691,15 +3678,16 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
     for i, r in enumerate(rows):
         y = plot_top + i * (SVG_BAR + SVG_BAR_GAP)
         mb = r.row()["mb_per_s"]
-        svg.text(SVG_BAR_LABELS, y + 13, f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}",
-                 text_anchor="end", class_="bar-label")
+        svg.text(SVG_BAR_LABELS, y + 13, svg_name(r), text_anchor="end", class_="bar-label")
         svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=SVG_ZC[svg_zc(r)][0],
                 class_="bar", title=svg_hover(r, f"{mb} MB/s"), **svg_data(r))
-    for r in rows:                              # over the bars, under the figures
-        if r.mode == BASELINE_MODE:
-            at = x(r.row()["mb_per_s"])
-            svg.add("line", x1=at, x2=at, y1=plot_top - 8, y2=bottom, stroke=SVG_BASELINE[0],
-                    stroke_dasharray=SVG_BASELINE[1], stroke_width=1.5, class_="baseline")
+    baselines = [r for r in rows if r.mode == BASELINE_MODE]
+    for n, r in enumerate(baselines):           # over the bars, under the figures
+        at = x(r.row()["mb_per_s"])
+        svg.add("line", x1=at, x2=at, y1=plot_top - 8, y2=bottom, stroke=SVG_BASELINE[0],
+                stroke_dasharray=SVG_BASELINE[1], stroke_width=1.5, class_="baseline",
+                title=svg_hover(r, f"{r.row()['mb_per_s']} MB/s"))
+        if n == 0:                              # (one label: several tables' lines would crowd it)
             svg.text(at, plot_top - 12, "MSG_ZEROCOPY baseline (speedup 1.00x)", text_anchor="middle",
                      class_="baseline-label")
     for i, r in enumerate(rows):
@@ -3737,7 +3725,7 @@ def svg_crossover(svg: Svg, x: SvgAxis, y: SvgAxis, results: List[Result], say: 
 
 def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
     """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label."""
-    series = svg_series(results, lambda r: f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}")
+    series = svg_series(results, svg_name)
     sizes = sorted({r.size for r in results})
     right = SVG_WIDTH - SVG_RIGHT
     x = svg_axis(sizes, True, SVG_LEFT, right)
@@ -3864,6 +3852,26 @@ def write_svg(path: str, chart: str) -> None:
     except OSError as e:
         raise Fatal(f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
                     f"{e.strerror}): give a FILE you may write, or drop --svg") from None
+
+
+def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
+    """The tables, one per size, then what the columns mean."""
+    if cfg.sweep:
+        for size in cfg.sizes:
+            rows = [r for r in results if r.size == size]
+            if rows:
+                print(f"\n{size} B per send")
+                print("\n".join(format_sweep(rows)))
+        print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
+              "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
+              "other CPU.", flush=True)
+        return
+    for size in cfg.sizes:
+        rows = [r for r in results if r.size == size]
+        if rows:
+            print(f"\n{size} B per send")
+            print("\n".join(format_table(rows)))
+    print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
 
 
 def bench_main(argv: List[str]) -> int:
