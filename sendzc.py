@@ -3544,7 +3544,8 @@ class SvgAxis:
             while 10.0 ** k <= self.hi:
                 out += [m * 10.0 ** k for m in (1, 2, 5) if self.lo <= m * 10.0 ** k <= self.hi]
                 k += 1
-            return out
+            # A narrow span may hold no 1, 2 or 5: then one tick, mid-way, to two digits.
+            return out or [float(f"{math.sqrt(self.lo * self.hi):.2g}")]
         step = 10.0 ** math.floor(math.log10((self.hi - self.lo) / 5 or 1))
         step *= next(m for m in (1, 2, 5, 10) if (self.hi - self.lo) / (step * m) <= 6)
         return [i * step for i in range(math.ceil(self.lo / step), math.floor(self.hi / step) + 1)]
@@ -4401,7 +4402,7 @@ IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_
 
 PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
 PROBE_WAIT_S = 1.0          # the longest a probe waits for a CQE or a datagram
-GSO_PROBE_SEGMENT = 100     # bytes per datagram when the UDP_SEGMENT probe has one send split in two
+GSO_PROBE_SEGMENT, GSO_PROBE_SEGMENTS = 100, 2    # the UDP_SEGMENT probe: one send of 2 x 100 bytes
 # What MSG_ZEROCOPY needs of net.core.optmem_max: each send's completion is
 # charged to the socket's option memory until it is read off the error queue.
 # 131072 is the kernel's default today; the 20480 of older kernels ran out at
@@ -4652,13 +4653,13 @@ def udp_segment_room() -> dict:
     try:
         with loopback_udp() as (tx, rx):
             tx.setsockopt(SOL_UDP, UDP_SEGMENT, GSO_PROBE_SEGMENT)
-            tx.send(PROBE_DATA * GSO_PROBE_SEGMENT)          # 2 segments' worth
-            sizes = [len(rx.recv(IP_MAXPACKET)) for _ in range(len(PROBE_DATA))]
+            tx.send(pattern(GSO_PROBE_SEGMENT * GSO_PROBE_SEGMENTS))
+            sizes = [len(rx.recv(IP_MAXPACKET)) for _ in range(GSO_PROBE_SEGMENTS)]
     except OSError as e:
         words = "absent (ENOPROTOOPT)" if e.errno == errno.ENOPROTOOPT else f"not asked: {e.strerror or e}"
         return limit(False, False, True, words, fix)
-    ok = sizes == [GSO_PROBE_SEGMENT] * len(PROBE_DATA)
-    return limit(ok, ok, True, f"one send of {len(PROBE_DATA) * GSO_PROBE_SEGMENT} bytes arrived as "
+    ok = sizes == [GSO_PROBE_SEGMENT] * GSO_PROBE_SEGMENTS
+    return limit(ok, ok, True, f"one send of {GSO_PROBE_SEGMENT * GSO_PROBE_SEGMENTS} bytes arrived as "
                  f"datagrams of {', '.join(map(str, sizes))} bytes", fix)
 
 
