@@ -155,7 +155,6 @@ IORING_REGISTER_PROBE = 8          # 5.6
 IORING_REGISTER_RING_FDS = 20      # 5.18
 IORING_UNREGISTER_RING_FDS = 21
 IORING_REGISTER_PBUF_RING = 22     # 5.19 a ring of provided buffers (what SEND bundles send from)
-IORING_UNREGISTER_PBUF_RING = 23
 IORING_REGISTER_ZCRX_IFQ = 32      # 6.15 a NIC's receive queue, for IORING_OP_RECV_ZC
 
 IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
@@ -4436,6 +4435,9 @@ def loopback_udp() -> Iterator[Tuple[socket.socket, socket.socket]]:
 def submit_one(ring: Ring, sqe: io_uring_sqe) -> int:
     """Submit one request and reap every CQE it posts; the result's res.
 
+    liburing's io_uring_submit_and_wait(), io_uring_peek_cqe() and
+    io_uring_cq_advance(), for a request of the probe's own.
+
     A zero-copy send posts its result with F_MORE, then a notification:
     that is waited for too (PROBE_WAIT_S at most), so that the buffer is
     ours again before the caller lets it go.
@@ -4513,19 +4515,21 @@ def probe_send_bundle() -> dict:
     """SEND with IORING_RECVSEND_BUNDLE (6.10): one request sends every ready provided buffer.
 
     The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING,
-    5.19): a page of io_uring_buf entries that we fill and publish by moving
-    its tail, as liburing's io_uring_buf_ring_add() and _advance() do. Two
-    1-byte buffers go out as one 2-byte datagram. The tail is a plain store:
-    the kernel reads the ring only inside the io_uring_enter that follows.
+    5.19; liburing's io_uring_setup_buf_ring()): a page of io_uring_buf
+    entries that we fill and publish by moving its tail, as
+    io_uring_buf_ring_add() and io_uring_buf_ring_advance() do. Two 1-byte
+    buffers go out as one 2-byte datagram. The tail is a plain store: the
+    kernel reads the ring only inside the io_uring_enter that follows. Closing
+    the ring gives the buffer ring back; the page is unmapped after that.
     """
     data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
     page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)    # page-aligned
     try:
         with loopback_udp() as (tx, rx), Ring(4) as ring:       # the ring goes before the page
             entries = 2
+            size = ctypes.sizeof(io_uring_buf)
             for bid in range(entries):
-                struct.pack_into("=QIH", page, bid * ctypes.sizeof(io_uring_buf),
-                                 ctypes.addressof(data) + bid, 1, bid)
+                page[bid * size:(bid + 1) * size] = bytes(io_uring_buf(ctypes.addressof(data) + bid, 1, bid))
             struct.pack_into("=H", page, io_uring_buf.resv.offset, entries)     # the tail: publish
             reg = io_uring_buf_reg(ring_addr=_addr_of(page), ring_entries=entries, bgid=0)
             io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.byref(reg), 1)
@@ -4550,7 +4554,7 @@ def probe_send_zc_bundle() -> dict:
 
 
 def probe_zcrx(probe: Probe) -> dict:
-    """Zero-copy receive (6.15): the opcode, and the registration of a NIC queue, asked for real.
+    """Zero-copy receive (6.15): the opcode, and liburing's io_uring_register_ifq(), asked for real.
 
     A real registration needs a NIC whose driver splits headers from data
     and lets a queue be given away (bnxt, mlx5, gve, ...) and CAP_NET_ADMIN;
