@@ -61,6 +61,7 @@ import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from xml.sax.saxutils import escape, quoteattr
 
 VERSION = "0.1.0"
 
@@ -78,6 +79,7 @@ VERSION = "0.1.0"
 # --- io_uring_setup() flags: io_uring_params.flags --------------------------
 IORING_SETUP_SQPOLL = 1 << 1          # 5.1  a kernel thread polls the SQ
 IORING_SETUP_CQSIZE = 1 << 3          # 5.5  io_uring_params.cq_entries is ours
+IORING_SETUP_CQE32 = 1 << 11          # 5.19 32-byte CQEs (zero-copy receive needs them; --probe only)
 IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 no IPI to run completion work
 IORING_SETUP_SINGLE_ISSUER = 1 << 12  # 6.0  only one task submits
 IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  completion work runs in io_uring_enter
@@ -90,15 +92,19 @@ IORING_OP_SEND = 26         # 5.6
 IORING_OP_RECV = 27         # 5.6
 IORING_OP_SEND_ZC = 47      # 6.0  (the 2021 RFC's opcode 40 is IORING_OP_MSG_RING today)
 IORING_OP_SENDMSG_ZC = 48   # 6.1
+IORING_OP_RECV_ZC = 58      # 6.15 zero-copy receive into a registered area (--probe only)
 
 # --- io_uring_sqe.flags: IOSQE_* -------------------------------------------
 IOSQE_FIXED_FILE = 1 << 0   # sqe.fd is an index into the registered file table
 IOSQE_IO_LINK = 1 << 2      # the next SQE starts only after this one completes
+IOSQE_BUFFER_SELECT = 1 << 5  # take the buffer from the provided-buffer group sqe.buf_group
 
 # --- send flags, in io_uring_sqe.ioprio for SEND/SENDMSG and their _ZC forms
 IORING_RECVSEND_POLL_FIRST = 1 << 0
 IORING_RECVSEND_FIXED_BUF = 1 << 2     # 6.0  sqe.buf_index names a registered buffer
 IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it copied
+IORING_RECVSEND_BUNDLE = 1 << 4        # 6.10 SEND (not SEND_ZC): every ready provided buffer at once
+IORING_SEND_VECTORIZED = 1 << 5        # 6.17 SEND, SEND_ZC: sqe.addr is an iovec array, len its count
 # cqe.res of a notification when REPORT_USAGE was asked: "a flag, all other
 # bits reserved". Bit 31 of a signed 32-bit res: it reads as a negative number.
 IORING_NOTIF_USAGE_ZC_COPIED = 1 << 31
@@ -172,6 +178,8 @@ IORING_UNREGISTER_FILES = 3
 IORING_REGISTER_PROBE = 8          # 5.6
 IORING_REGISTER_RING_FDS = 20      # 5.18
 IORING_UNREGISTER_RING_FDS = 21
+IORING_REGISTER_PBUF_RING = 22     # 5.19 a ring of provided buffers (what SEND bundles send from)
+IORING_REGISTER_ZCRX_IFQ = 32      # 6.15 a NIC's receive queue, for IORING_OP_RECV_ZC
 
 IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
 
@@ -293,6 +301,17 @@ class io_uring_rsrc_update(ctypes.Structure):
     _fields_ = [("offset", u32), ("resv", u32), ("data", u64)]
 
 
+class io_uring_buf(ctypes.Structure):
+    """One provided buffer in a buffer ring; bufs[0].resv is the ring's tail (a u16)."""
+    _fields_ = [("addr", u64), ("len", u32), ("bid", u16), ("resv", u16)]
+
+
+class io_uring_buf_reg(ctypes.Structure):
+    """Argument of IORING_REGISTER_PBUF_RING: where the ring is, how long, its group id."""
+    _fields_ = [("ring_addr", u64), ("ring_entries", u32), ("bgid", u16), ("flags", u16),
+                ("resv", u64 * 3)]
+
+
 class io_uring_getevents_arg(ctypes.Structure):
     """IORING_ENTER_EXT_ARG's argument: here only for a timeout on waiting."""
     _fields_ = [("sigmask", u64), ("sigmask_sz", u32), ("min_wait_usec", u32), ("ts", u64)]
@@ -347,6 +366,7 @@ def _check_layout():
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
              io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
+             io_uring_buf: 16, io_uring_buf_reg: 40,
              iovec: 16, msghdr: 56, sock_extended_err: 16, tcp_info: 144}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
@@ -4493,6 +4513,412 @@ def format_sweep(rows: List[Result]) -> List[str]:
     return lines
 
 
+# --- The chart: --svg ------------------------------------------------------------
+#
+# The rows of the tables, drawn: one SVG file with nothing outside it (no
+# script, no web font, no style sheet), so a browser opens it as it is. It is
+# written as text, every attribute and string escaped, from the rows alone and
+# whatever their modes: a mode this section has never heard of is one more bar
+# or one more line. Each bar and point carries its row's values in data-*
+# attributes, exactly as its JSON row has them, and in a <title>, which a
+# browser shows on hover; so a script, and the tests, can read the chart back
+# and hold it against --json.
+#   one size   a bar per row, as the table's bars, coloured by the zc column
+#   --sizes    MB/s and CPU s/GB against the payload size, a line per row label
+#   --sweep    MB/s and the user share against the batch, a line per mode, per size
+
+SVG_WIDTH = 960                      # px; every panel spans it (a --sweep pair shares it)
+SVG_FONT = 12                        # px, the body text
+SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel, and after it
+SVG_PANEL_HEIGHT = 260               # px of plot in a line panel
+SVG_PANEL_GAP = 110                  # px from one panel's plot to the next: axis labels, title
+SVG_BAR, SVG_BAR_GAP = 18, 6         # px: one bar, and the space under it
+SVG_BAR_LABELS = 250                 # px: the column of row labels left of the bars
+SVG_BAR_TEXT = 210                   # px: after the longest bar, its figures
+SVG_LOG_PAD = 1.3                    # a log axis runs from the least value / this to the most * this
+SVG_LINEAR_PAD = 1.08                # a linear axis runs from 0 to the most * this
+# Told apart by most eyes, colour-blind ones too (Tableau 10, in its order).
+SVG_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7",
+              "#edc948", "#e15759", "#bab0ac")
+SVG_BASELINE = ("#000000", "6 4")    # the MSG_ZEROCOPY series: black, dashed, in every chart
+# The zc column's verdicts (zc_mark's first word): a bar's colour, a point's shape, the legend.
+SVG_ZC = {"yes": ("#4e79a7", "circle", "zero-copy: every completion said so"),
+          "COPIED": ("#e15759", "triangle", "zero-copy asked, but the kernel COPIED"),
+          "?": ("#edc948", "diamond", "zero-copy, the kernel cannot say (REPORT_USAGE: 6.2)"),
+          "-": ("#bab0ac", "square", "copying, by design")}
+SVG_UNITS = ("MB = 2^20 bytes; MB/s per second of each row's measured time, as in the table; "
+             "CPU s/GB = (user + sys) CPU seconds per 2^30 bytes sent")
+SVG_CROSSOVER_NAMES = {"io_uring": "io_uring SEND_ZC beats SEND",
+                       "msg_zerocopy": "MSG_ZEROCOPY beats send(2)"}
+# A label over lines and bars: a white outline under the letters keeps it readable.
+SVG_HALO = {"stroke": "#ffffff", "stroke_width": 3, "stroke_linejoin": "round", "paint_order": "stroke"}
+
+
+class Svg:
+    """An SVG document as a list of elements; every attribute value and every text escaped."""
+
+    def __init__(self):
+        self.parts: List[str] = []
+
+    def add(self, tag: str, text: str = "", title: str = "", **attrs) -> None:
+        """<tag attrs>text</tag>; class_ is class, font_size is font-size; title: the hover text."""
+        a = "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(svg_value(k, v))}"
+                    for k, v in attrs.items() if v is not None)
+        inner = (f"<title>{escape(title)}</title>" if title else "") + escape(text)
+        self.parts.append(f"<{tag}{a}>{inner}</{tag}>" if inner else f"<{tag}{a}/>")
+
+    def text(self, x: float, y: float, words: str, **attrs) -> None:
+        self.add("text", words, x=x, y=y, **attrs)
+
+    def document(self, height: float, title: str) -> str:
+        return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
+                f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height:.0f}" '
+                f'viewBox="0 0 {SVG_WIDTH} {height:.0f}" font-family="sans-serif" '
+                f'font-size="{SVG_FONT}">\n<title>{escape(title)}</title>\n'
+                f'<rect width="100%" height="100%" fill="#ffffff"/>\n'
+                + "\n".join(self.parts) + "\n</svg>\n")
+
+
+def svg_value(name: str, v) -> str:
+    """An attribute's text: a row's value (data_*) as JSON has it, a float (pixels) to 0.1 px."""
+    return f"{v:.1f}" if isinstance(v, float) and not name.startswith("data_") else str(v)
+
+
+@dataclass
+class SvgAxis:
+    """Values lo..hi onto pixels px0..px1, linear or logarithmic."""
+    lo: float
+    hi: float
+    log: bool
+    px0: float
+    px1: float
+
+    def __call__(self, v: float) -> float:
+        v = min(max(v, self.lo), self.hi)       # a 0 (a row that sent nothing) sits on the axis
+        if self.log:
+            t = math.log(v / self.lo) / math.log(self.hi / self.lo)
+        else:
+            t = (v - self.lo) / ((self.hi - self.lo) or 1)
+        return self.px0 + t * (self.px1 - self.px0)
+
+    def ticks(self) -> List[float]:
+        """Round values inside lo..hi: 1, 2, 5 a decade (log), else about 5 steps of 1, 2 or 5 x 10^k."""
+        if self.log:
+            out, k = [], math.floor(math.log10(self.lo))
+            while 10.0 ** k <= self.hi:
+                out += [m * 10.0 ** k for m in (1, 2, 5) if self.lo <= m * 10.0 ** k <= self.hi]
+                k += 1
+            # A narrow span may hold no 1, 2 or 5: then one tick, mid-way, to two digits.
+            return out or [float(f"{math.sqrt(self.lo * self.hi):.2g}")]
+        step = 10.0 ** math.floor(math.log10((self.hi - self.lo) / 5 or 1))
+        step *= next(m for m in (1, 2, 5, 10) if (self.hi - self.lo) / (step * m) <= 6)
+        return [i * step for i in range(math.ceil(self.lo / step), math.floor(self.hi / step) + 1)]
+
+
+def svg_axis(values: List[float], log: bool, px0: float, px1: float) -> SvgAxis:
+    """An axis that holds values: from 0 (linear), or padded both ways (log)."""
+    positive = [v for v in values if v is not None and v > 0] or [1.0]
+    if log:
+        return SvgAxis(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
+    return SvgAxis(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
+
+
+def svg_zc(r: Result) -> str:
+    """The row's zc verdict as a key of SVG_ZC."""
+    return zc_mark(r).split()[0]
+
+
+def svg_name(r: Result) -> str:
+    """A row's name in the chart: its mode as the table names it, its batch, and a GSO segment if any."""
+    gso = r.row().get("gso")                    # a row sent with UDP GSO is a series of its own
+    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {gso} B" if gso else "")
+
+
+def svg_data(r: Result, **more) -> dict:
+    """The attributes that tie an element to its JSON row: the row's own values."""
+    row = r.row()
+    return {"data_mode": r.mode, "data_batch": r.batch, "data_size": r.size, "data_gso": row.get("gso"),
+            "data_mb_per_s": row["mb_per_s"], "data_zc": zc_mark(r), **more}
+
+
+def svg_hover(r: Result, what: str) -> str:
+    state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+    return f"{svg_name(r)}, {r.size} B: {what}, zc {zc_mark(r)}{state}"
+
+
+def svg_shape(svg: Svg, shape: str, x: float, y: float, **style) -> None:
+    """A marker: circle, square, triangle or diamond, centred on x, y."""
+    if shape == "circle":
+        svg.add("circle", cx=x, cy=y, r=4.5, **style)
+    elif shape == "square":
+        svg.add("rect", x=x - 4, y=y - 4, width=8.0, height=8.0, **style)
+    else:
+        corners = (((x, y - 6), (x + 6, y + 4.5), (x - 6, y + 4.5)) if shape == "triangle" else
+                   ((x, y - 6), (x + 5, y), (x, y + 6), (x - 5, y)))
+        svg.add("polygon", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in corners), **style)
+
+
+def svg_frame(svg: Svg, x: SvgAxis, y: SvgAxis, title: str, xlabel: str, ylabel: str,
+              xticks: Optional[List[float]] = None) -> None:
+    """A panel's title, grid, tick labels, frame and axis labels."""
+    left, right, bottom, top = x.px0, x.px1, y.px0, y.px1
+    svg.text(left, top - 10, title, font_weight="bold", class_="panel-title")
+    for v in y.ticks():
+        svg.add("line", x1=left, x2=right, y1=y(v), y2=y(v), stroke="#e4e4e4")
+        svg.text(left - 6, y(v) + 4, f"{v:g}", text_anchor="end", fill="#444444")
+    for v in x.ticks() if xticks is None else xticks:
+        svg.add("line", x1=x(v), x2=x(v), y1=top, y2=bottom, stroke="#e4e4e4")
+        svg.text(x(v), bottom + 16, f"{v:g}", text_anchor="middle", fill="#444444")
+    svg.add("rect", x=left, y=top, width=right - left, height=bottom - top, fill="none", stroke="#888888")
+    svg.text((left + right) / 2, bottom + 34, xlabel, text_anchor="middle", class_="axis-label")
+    middle = (top + bottom) / 2
+    svg.text(left - 52, middle, ylabel, text_anchor="middle", class_="axis-label",
+             transform=f"rotate(-90 {left - 52:.1f} {middle:.1f})")
+
+
+def svg_series(rows: List[Result], name: Callable[[Result], str]) -> Dict[str, List[Result]]:
+    """The rows by series name, in the order the names first appear (the table's)."""
+    out: Dict[str, List[Result]] = {}
+    for r in rows:
+        out.setdefault(name(r), []).append(r)
+    return out
+
+
+def svg_look(i: int, rows: List[Result]) -> Tuple[str, Optional[str]]:
+    """Series i's colour and dash pattern: the baseline's own, else the palette's next."""
+    if rows[0].mode == BASELINE_MODE:
+        return SVG_BASELINE
+    return SVG_COLORS[i % len(SVG_COLORS)], None
+
+
+def svg_lines(svg: Svg, series: Dict[str, List[Result]], x: SvgAxis, y: SvgAxis,
+              x_of: Callable[[Result], float], y_of: Callable[[Result], Optional[float]],
+              panel: str, unit: str, **data: Callable[[Result], object]) -> None:
+    """A line per series through its points in x order; each point a marker with its row's data."""
+    for i, (name, rows) in enumerate(series.items()):
+        color, dash = svg_look(i, rows)
+        points = sorted((r for r in rows if y_of(r) is not None), key=x_of)
+        if len(points) > 1:
+            svg.add("polyline", points=" ".join(f"{x(x_of(r)):.1f},{y(y_of(r)):.1f}" for r in points),
+                    fill="none", stroke=color, stroke_width=2, stroke_dasharray=dash,
+                    class_="series", data_series=name)
+        for r in points:
+            svg_shape(svg, SVG_ZC[svg_zc(r)][1], x(x_of(r)), y(y_of(r)), fill=color, stroke="#222222",
+                      stroke_width=0.8, class_="point", title=svg_hover(r, f"{y_of(r)} {unit}"),
+                      **svg_data(r, data_panel=panel, **{k: f(r) for k, f in data.items()}))
+
+
+def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]]) -> float:
+    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom."""
+    svg.text(SVG_LEFT, top, "Legend", font_weight="bold", class_="legend-title")
+    column = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
+    for i, (kind, look, dash, words) in enumerate(entries):
+        x, y = SVG_LEFT + (i % 2) * column, top + 20 + (i // 2) * 18
+        if kind == "line":
+            svg.add("line", x1=x, x2=x + 26, y1=y - 4, y2=y - 4, stroke=look, stroke_width=2.5,
+                    stroke_dasharray=dash)
+        elif kind == "box":
+            svg.add("rect", x=x + 4, y=y - 11, width=18.0, height=12.0, fill=look)
+        else:
+            svg_shape(svg, look, x + 13, y - 4, fill="#999999", stroke="#222222", stroke_width=0.8)
+        svg.text(x + 34, y, words, class_="legend")
+    return top + 20 + (len(entries) + 1) // 2 * 18
+
+
+def svg_marker_legend() -> List[Tuple[str, str, Optional[str], str]]:
+    return [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
+
+
+def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
+    """One size: a bar per row, as the table's, coloured by its zc verdict; the baseline marked."""
+    x = svg_axis([r.mb_per_s for r in rows], False, SVG_BAR_LABELS + 10, SVG_WIDTH - SVG_BAR_TEXT)
+    plot_top = top + 26
+    bottom = plot_top + len(rows) * (SVG_BAR + SVG_BAR_GAP)
+    svg.text(SVG_LEFT, top, "Throughput of every way to send", font_weight="bold", class_="panel-title")
+    for v in x.ticks():
+        svg.add("line", x1=x(v), x2=x(v), y1=plot_top - 4, y2=bottom, stroke="#e4e4e4")
+        svg.text(x(v), bottom + 16, f"{v:g}", text_anchor="middle", fill="#444444")
+    svg.text((x.px0 + x.px1) / 2, bottom + 34, "MB/s (MB = 2^20 bytes)", text_anchor="middle",
+             class_="axis-label")
+    for i, r in enumerate(rows):
+        y = plot_top + i * (SVG_BAR + SVG_BAR_GAP)
+        mb = r.row()["mb_per_s"]
+        svg.text(SVG_BAR_LABELS, y + 13, svg_name(r), text_anchor="end", class_="bar-label")
+        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=SVG_ZC[svg_zc(r)][0],
+                class_="bar", title=svg_hover(r, f"{mb} MB/s"), **svg_data(r))
+    baselines = [r for r in rows if r.mode == BASELINE_MODE]
+    for n, r in enumerate(baselines):           # over the bars, under the figures
+        at = x(r.row()["mb_per_s"])
+        svg.add("line", x1=at, x2=at, y1=plot_top - 8, y2=bottom, stroke=SVG_BASELINE[0],
+                stroke_dasharray=SVG_BASELINE[1], stroke_width=1.5, class_="baseline",
+                title=svg_hover(r, f"{r.row()['mb_per_s']} MB/s"))
+        if n == 0:                              # (one label: several tables' lines would crowd it)
+            svg.text(at, plot_top - 12, "MSG_ZEROCOPY baseline (speedup 1.00x)", text_anchor="middle",
+                     class_="baseline-label")
+    for i, r in enumerate(rows):
+        y = plot_top + i * (SVG_BAR + SVG_BAR_GAP)
+        mb = r.row()["mb_per_s"]
+        speedup = "" if r.speedup is None else f" {r.speedup:.2f}x"
+        state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+        svg.text(x(mb) + 6, y + 13, f"{mb:.0f} MB/s{speedup}  zc {zc_mark(r)}{state}", class_="bar-value",
+                 **SVG_HALO)
+    legend = [("box", color, None, words) for color, _, words in SVG_ZC.values()]
+    legend.append(("line", SVG_BASELINE[0], SVG_BASELINE[1], "the MSG_ZEROCOPY baseline's rate"))
+    return svg_legend(svg, bottom + 64, legend)
+
+
+def svg_crossover(svg: Svg, x: SvgAxis, y: SvgAxis, results: List[Result], say: bool) -> None:
+    """A dotted line at each crossover size (where zero-copy starts to pay).
+
+    say: also a line of words under the panel (inside it they would cover
+    the points, which crowd where the crossover usually is: the large sizes).
+    """
+    for i, (pair, size) in enumerate(crossover(results).items()):
+        name = SVG_CROSSOVER_NAMES.get(pair, pair)
+        if say:
+            where = "at no size measured" if size is None else f"from {size} B (dotted line)"
+            svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {name} {where}", class_="crossover-label")
+        if size is None:
+            svg.add("g", class_="crossover", data_pair=pair, data_size="none")
+            continue
+        svg.add("line", x1=x(size), x2=x(size), y1=y.px1, y2=y.px0, stroke="#555555", stroke_width=1.5,
+                stroke_dasharray="2 3", class_="crossover", data_pair=pair, data_size=size)
+        if say:                                 # low in the rate panel: the large sizes run high there
+            svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
+                     class_="crossover-tag", **SVG_HALO)
+
+
+def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
+    """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label."""
+    series = svg_series(results, svg_name)
+    sizes = sorted({r.size for r in results})
+    right = SVG_WIDTH - SVG_RIGHT
+    x = svg_axis(sizes, True, SVG_LEFT, right)
+    panels = (("Throughput against payload size", "MB/s (log scale)", "mb",
+               "MB/s", lambda r: r.row()["mb_per_s"], {}),
+              ("CPU cost against payload size", "CPU s/GB (log scale)", "cpu",
+               "CPU s/GB", lambda r: r.row()["cpu_s_per_gb"],
+               {"data_cpu_s_per_gb": lambda r: r.row()["cpu_s_per_gb"]}))
+    for n, (title, ylabel, panel, unit, y_of, data) in enumerate(panels):
+        ptop = top + n * (SVG_PANEL_HEIGHT + SVG_PANEL_GAP)
+        y = svg_axis([y_of(r) for r in results], True, ptop + SVG_PANEL_HEIGHT, ptop)
+        svg_frame(svg, x, y, title, "payload per send, bytes (log scale)", ylabel, xticks=sizes)
+        svg_crossover(svg, x, y, results, say=n == 0)
+        svg_lines(svg, series, x, y, lambda r: r.size, y_of, panel, unit, **data)
+    legend = [("line", *svg_look(i, rows), name + (" (the baseline)" if rows[0].mode == BASELINE_MODE else ""))
+              for i, (name, rows) in enumerate(series.items())]
+    legend += svg_marker_legend()
+    legend.append(("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more "
+                                             "faster than copying"))
+    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, legend)
+
+
+def knee_row(rows: List[Result]) -> Result:
+    """One mode's knee: the smallest batch within KNEE_MARGIN of its best (format_sweep's rule).
+
+    Judged on the JSON row's MB/s, as the chart draws it, so that a reader of
+    the JSON finds the same knee.
+    """
+    best = max(r.row()["mb_per_s"] for r in rows)
+    return min((r for r in rows if r.row()["mb_per_s"] >= KNEE_MARGIN * best), key=lambda r: r.batch)
+
+
+def user_pct(r: Result) -> Optional[float]:
+    """The share of the row's CPU outside the kernel, in % to 0.1, from the JSON row's CPU seconds."""
+    row = r.row()
+    cpu = row["cpu_user_s"] + row["cpu_sys_s"]
+    return round(100 * row["cpu_user_s"] / cpu, 1) if cpu else None
+
+
+def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
+    """--sweep: per size, MB/s and the user share against the batch; a line per mode, its knee marked."""
+    half = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
+    series_names: Dict[str, List[Result]] = {}
+    for size in dict.fromkeys(r.size for r in results):
+        rows = [r for r in results if r.size == size]
+        series = svg_series(rows, lambda r: MODE_LABELS.get(r.mode, r.mode))
+        for name, mine in series.items():
+            series_names.setdefault(name, mine)
+        x_rate = svg_axis([r.batch for r in rows], True, SVG_LEFT, SVG_LEFT + half - 40)
+        x_user = svg_axis([r.batch for r in rows], True, SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT)
+        batches = sorted({r.batch for r in rows})
+        y_rate = svg_axis([r.mb_per_s for r in rows], False, top + SVG_PANEL_HEIGHT, top)
+        y_user = SvgAxis(0.0, 100.0, False, top + SVG_PANEL_HEIGHT, top)
+        svg_frame(svg, x_rate, y_rate, f"{size} B per send: throughput", "batch: requests per "
+                  "io_uring_enter (log scale)", "MB/s", xticks=batches)
+        svg_lines(svg, series, x_rate, y_rate, lambda r: r.batch, lambda r: r.row()["mb_per_s"], "mb", "MB/s")
+        svg_frame(svg, x_user, y_user, f"{size} B per send: user share of the CPU", "batch: requests per "
+                  "io_uring_enter (log scale)", "user % (Python, ctypes)", xticks=batches)
+        svg_lines(svg, series, x_user, y_user, lambda r: r.batch, user_pct, "user", "% user",
+                  data_user_pct=user_pct)
+        for i, (name, mine) in enumerate(series.items()):
+            knee = knee_row(mine)
+            cx, cy = x_rate(knee.batch), y_rate(knee.row()["mb_per_s"])
+            svg.add("circle", cx=cx, cy=cy, r=10.0, fill="none", stroke=svg_look(i, mine)[0], stroke_width=1.5,
+                    class_="knee", data_mode=knee.mode, data_size=size, data_batch=knee.batch,
+                    title=f"knee, {name}: batch {knee.batch}")
+            right_half = cx > (x_rate.px0 + x_rate.px1) / 2
+            svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {knee.batch}",
+                     text_anchor="end" if right_half else "start", fill=svg_look(i, mine)[0],
+                     class_="knee-label", **SVG_HALO)
+        top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
+    legend = [("line", *svg_look(i, rows), name) for i, (name, rows) in enumerate(series_names.items())]
+    legend += svg_marker_legend()
+    legend.append(("line", "#555555", None, f"ring: the knee, the smallest batch within "
+                                            f"{1 - KNEE_MARGIN:.0%} of the mode's best"))
+    return svg_legend(svg, top - 16, legend)
+
+
+def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str:
+    """The whole chart: a title, the table's header lines, the panels of this form, a legend."""
+    if cfg.sweep:
+        title = "sendzc bench --sweep: io_uring SEND_ZC against the batch size, with and without SQPOLL"
+    elif len(cfg.sizes) > 1:
+        title = "sendzc bench: every way to send, against the payload size"
+    else:
+        title = f"sendzc bench: every way to send, {cfg.sizes[0]} B per send"
+    svg = Svg()
+    svg.text(16, 28, title, font_size=17, font_weight="bold", class_="title")
+    y = 50.0
+    for line in header + [f"host {socket.gethostname()}; {SVG_UNITS}"]:
+        svg.text(16, y, line, font_size=11, fill="#444444", class_="header")
+        y += 15
+    if STOP.requested or any(r.interrupted or r.error for r in results):
+        svg.text(16, y, "partial: the run stopped early (Ctrl-C or a failed row); these are the rows "
+                        "measured until then", fill="#c00000", class_="partial")
+        y += 15
+    y += 36
+    if not results:
+        svg.text(16, y, "no row was measured", class_="empty")
+        bottom = y + 20
+    elif cfg.sweep:
+        bottom = svg_sweep(svg, y, results)
+    elif len(cfg.sizes) > 1:
+        bottom = svg_sizes(svg, y, results)
+    else:
+        bottom = svg_bars(svg, y, results)
+    return svg.document(bottom + 16, title)
+
+
+def svg_file(text: str) -> str:
+    """--svg FILE: a path in a directory that exists, checked before a run that may take minutes."""
+    where = os.path.dirname(os.path.abspath(text))
+    if not os.path.isdir(where):
+        raise argparse.ArgumentTypeError(f"no directory {where} to write it in: give a FILE in "
+                                         f"a directory that exists")
+    return text
+
+
+def write_svg(path: str, chart: str) -> None:
+    """Write the chart; a refusal (a read-only place, a full disk) is one line, exit 1."""
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(chart)
+    except OSError as e:
+        raise Fatal(f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
+                    f"{e.strerror}): give a FILE you may write, or drop --svg") from None
+
+
 def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
     """The tables, one per size, then what the columns mean."""
     if cfg.sweep:
@@ -4527,7 +4953,8 @@ def table_heading(cfg: BenchConfig, size: int, gso: int) -> str:
 
 def bench_main(argv: List[str]) -> int:
     """`sendzc.py [bench] [options] [udp|tcp]`."""
-    cfg = bench_config(bench_parser().parse_args(argv))
+    a = bench_parser().parse_args(argv)
+    cfg = bench_config(a)
     with ExitStack() as stack:
         sink = None
         if cfg.addr is None:
@@ -4545,6 +4972,8 @@ def bench_main(argv: List[str]) -> int:
         print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
     else:
         print_bench(cfg, results)
+    if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
+        write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results))
     if failure:
         raise Fatal(failure)
     return 130 if STOP.requested else 0
@@ -4595,6 +5024,9 @@ def bench_parser() -> argparse.ArgumentParser:
                         f"datagram gets a table too")
     p.add_argument("proto", nargs="?", type=protocol(*p.protocols), default="udp", metavar="{udp,tcp}",
                    help="what to send (default udp; tcp needs -D)")
+    p.add_argument("--svg", metavar="FILE", type=svg_file,
+                   help="also draw the results into FILE, an SVG chart a browser opens: bars for one "
+                        "size, lines against --sizes or the --sweep's batches")
     return p
 
 
@@ -5077,6 +5509,9 @@ def kernel_capabilities() -> dict:
     caps = {"kernel": platform.release(), "machine": platform.machine(),
             "io_uring_disabled": read_io_uring_disabled(), "missing": []}
     missing = caps["missing"]
+    # First, before any other ring: a closed ring's locked memory is given back
+    # by a kernel worker a moment later, and would make the limit look lower.
+    limits = zero_copy_limits()
     try:
         ring = Ring(4, attempts=(0,))
     except (OSError, Fatal) as e:
@@ -5104,9 +5539,16 @@ def kernel_capabilities() -> dict:
             caps["setup_flags"][name] = True
         except OSError as e:
             caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
-    caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+    try:
+        caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+    except OSError as e:        # its ring refused: ENOMEM, with little locked memory (see "limits")
+        caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
     if not probe.has(IORING_OP_SEND_ZC):
         missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+    caps["newer"] = newer_features(probe)
+    caps["limits"] = limits
+    if not limits["memlock"]["ok"]:
+        missing.append("locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)")
     return caps
 
 
@@ -5151,10 +5593,315 @@ def describe_capabilities(caps: dict) -> List[str]:
     lines.append(f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}")
     lines.append(f"registered files {yes(caps['registered_files'])}  buffers "
                  f"{yes(caps['registered_buffers'])}  ring fd (5.18) {yes(caps['registered_ring_fd'])}")
+    lines += describe_newer(caps)
     lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
                                 else "missing " + ", ".join(caps["missing"])))
     return lines
 
+
+
+# --- What the newest kernels add, and the limits that decide zero-copy ------------
+#
+# --probe asks each of these of the running kernel, as it asks for the opcodes:
+# never by the version number, since distributions backport features and a
+# kernel's config may leave them out. Each send below is a real request, made
+# over UDP on loopback to a socket of ours that reads the datagram back, so
+# "yes" means the bytes arrived as sent; a kernel that does not know a flag
+# refuses the request with -EINVAL before anything is sent. (Loopback copies
+# on the receiving side, so these sends say nothing about speed: bench does.)
+
+PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
+PROBE_WAIT_S = 1.0          # the longest a probe waits for a CQE or a datagram
+GSO_PROBE_SEGMENT, GSO_PROBE_SEGMENTS = 100, 2    # the UDP_SEGMENT probe: one send of 2 x 100 bytes
+# What MSG_ZEROCOPY needs of net.core.optmem_max: each send's completion is
+# charged to the socket's option memory until it is read off the error queue.
+# 131072 is the kernel's default today; the 20480 of older kernels ran out at
+# speed (ENOBUFS on every few sends, retried: the bench's note says how many).
+MSG_ZEROCOPY_OPTMEM = 131072
+PROT_NONE = 0                                             # <sys/mman.h>
+
+
+def feature(since: str, supported: bool, answer: str) -> dict:
+    """One row of --probe's newer features: the release that brought it, and the kernel's answer."""
+    return {"since": since, "supported": supported, "answer": answer}
+
+
+def errno_words(err: int) -> str:
+    return f"{errno.errorcode.get(err, err)} ({os.strerror(err)})"
+
+
+@contextmanager
+def loopback_udp() -> Iterator[Tuple[socket.socket, socket.socket]]:
+    """(tx, rx): a UDP socket connected to another, on 127.0.0.1, that reads what tx sends."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as tx:
+        rx.bind(("127.0.0.1", 0))
+        rx.settimeout(PROBE_WAIT_S)
+        tx.connect(rx.getsockname())
+        yield tx, rx
+
+
+def submit_one(ring: Ring, sqe: io_uring_sqe) -> int:
+    """Submit one request and reap every CQE it posts; the result's res.
+
+    liburing's io_uring_submit_and_wait(), io_uring_peek_cqe() and
+    io_uring_cq_advance(), for a request of the probe's own.
+
+    A zero-copy send posts its result with F_MORE, then a notification:
+    that is waited for too (PROBE_WAIT_S at most), so that the buffer is
+    ours again before the caller lets it go.
+    """
+    ring.place(bytes(sqe))
+    ring.submit_and_wait(1)
+    res, flags = ring.peek()
+    while flags[0] & IORING_CQE_F_MORE and len(flags) < 2 and ring.wait_cqes(2, PROBE_WAIT_S):
+        res, flags = ring.peek()
+    ring.cq_advance(len(flags))
+    return res[0]
+
+
+def sent_answer(since: str, res: int, rx: socket.socket, what: str) -> dict:
+    """The row for a probe send: res from its CQE, and what rx received."""
+    if res == -errno.EINVAL:
+        return feature(since, False, f"EINVAL: this kernel does not know {what}")
+    if res < 0:
+        return feature(since, False, f"{what}: {errno_words(-res)}")
+    try:
+        got = rx.recv(len(PROBE_DATA) + 1)
+    except socket.timeout:
+        got = b""
+    if res != len(PROBE_DATA) or got != PROBE_DATA:
+        return feature(since, False, f"{what} sent {res} bytes but {got!r} arrived, not {PROBE_DATA!r}")
+    return feature(since, True, f"{res} bytes sent over loopback, received intact")
+
+
+def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int], object],
+               register: bool = False) -> dict:
+    """Send PROBE_DATA over loopback with the request prep(sqe, fd, address of PROBE_DATA) makes.
+
+    prep returns what the kernel will read besides the data (iovecs, a
+    msghdr): it is kept until the request's CQEs are in. register: register
+    the data's buffer first (index 0), for a _FIXED request.
+    """
+    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
+    try:
+        with loopback_udp() as (tx, rx), Ring(4) as ring:
+            if register:
+                ring.register_buffers([(ctypes.addressof(data), len(PROBE_DATA))])
+            sqe = io_uring_sqe()
+            keep = prep(sqe, tx.fileno(), ctypes.addressof(data))
+            res = submit_one(ring, sqe)
+            del keep
+            return sent_answer(since, res, rx, what)
+    except OSError as e:
+        return feature(since, False, f"not asked: {e.strerror or e}")
+
+
+def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int) -> msghdr:
+    """A SENDMSG_ZC whose one iovec lies in registered buffer 0 (6.15: before, EINVAL)."""
+    msg = msghdr(msg_iov=ctypes.pointer(iovec(addr, len(PROBE_DATA))), msg_iovlen=1)   # holds its iovec
+    prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), 0, 0)
+    return msg
+
+
+def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int], object]:
+    """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17).
+
+    liburing has no prep helper for it yet: the flag goes into sqe.ioprio by hand.
+    """
+    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> ctypes.Array:
+        iovs = (iovec * 2)(iovec(addr, 1), iovec(addr + 1, 1))    # one datagram from two pieces
+        if zc:
+            prep_send_zc(sqe, fd, ctypes.addressof(iovs), len(iovs), 0, IORING_SEND_VECTORIZED)
+        else:
+            prep_send(sqe, fd, ctypes.addressof(iovs), len(iovs), 0)
+            sqe.ioprio = IORING_SEND_VECTORIZED
+        return iovs
+    return prep
+
+
+def probe_send_bundle() -> dict:
+    """SEND with IORING_RECVSEND_BUNDLE (6.10): one request sends every ready provided buffer.
+
+    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING,
+    5.19; liburing's io_uring_setup_buf_ring()): a page of io_uring_buf
+    entries that we fill and publish by moving its tail, as
+    io_uring_buf_ring_add() and io_uring_buf_ring_advance() do. Two 1-byte
+    buffers go out as one 2-byte datagram. The tail is a plain store: the
+    kernel reads the ring only inside the io_uring_enter that follows. Closing
+    the ring gives the buffer ring back; the page is unmapped after that.
+    """
+    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
+    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)    # page-aligned
+    try:
+        with loopback_udp() as (tx, rx), Ring(4) as ring:       # the ring goes before the page
+            entries = 2
+            size = ctypes.sizeof(io_uring_buf)
+            for bid in range(entries):
+                page[bid * size:(bid + 1) * size] = bytes(io_uring_buf(ctypes.addressof(data) + bid, 1, bid))
+            struct.pack_into("=H", page, io_uring_buf.resv.offset, entries)     # the tail: publish
+            reg = io_uring_buf_reg(ring_addr=_addr_of(page), ring_entries=entries, bgid=0)
+            io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.byref(reg), 1)
+            sqe = io_uring_sqe()
+            prep_send(sqe, tx.fileno(), 0, 0, 0)      # no address: the buffers are the kernel's pick
+            sqe.flags, sqe.ioprio, sqe.buf_group = IOSQE_BUFFER_SELECT, IORING_RECVSEND_BUNDLE, 0
+            return sent_answer("6.10", submit_one(ring, sqe), rx, "a SEND bundle of 2 provided buffers")
+    except OSError as e:
+        return feature("6.10", False, f"not asked: {e.strerror or e}")
+    finally:
+        page.close()
+
+
+def probe_send_zc_bundle() -> dict:
+    """SEND_ZC refuses IORING_RECVSEND_BUNDLE: bundles take provided buffers, zero-copy takes ours."""
+    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> None:
+        prep_send_zc(sqe, fd, addr, len(PROBE_DATA), 0, IORING_RECVSEND_BUNDLE)
+    row = probe_send("6.10", "SEND_ZC with IORING_RECVSEND_BUNDLE", prep)
+    if row["answer"].startswith("EINVAL"):
+        row["answer"] = "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"
+    return row
+
+
+def probe_zcrx(probe: Probe) -> dict:
+    """Zero-copy receive (6.15): the opcode, and liburing's io_uring_register_ifq(), asked for real.
+
+    A real registration needs a NIC whose driver splits headers from data
+    and lets a queue be given away (bnxt, mlx5, gve, ...) and CAP_NET_ADMIN;
+    loopback and veth have none. So the question put is the registration
+    itself, from an argument on a page we made unreadable, on the ring it
+    wants (DEFER_TASKRUN, 32-byte CQEs): a kernel that knows
+    IORING_REGISTER_ZCRX_IFQ tries to read it (EFAULT), or first says who may
+    (EPERM); one built without it says EOPNOTSUPP; an older one EINVAL.
+    """
+    if not probe.has(IORING_OP_RECV_ZC):
+        return feature("6.15", False, "no IORING_OP_RECV_ZC in IORING_REGISTER_PROBE")
+    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    fd = -1
+    try:
+        unreadable = _addr_of(page)
+        if _libc.mprotect(ctypes.c_void_p(unreadable), ctypes.c_size_t(PAGE), PROT_NONE):
+            return feature("6.15", False, "not asked: mprotect: " + errno_words(ctypes.get_errno()))
+        p = io_uring_params(flags=IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
+                            IORING_SETUP_CQE32)
+        fd = io_uring_setup(4, p)           # never mapped: only io_uring_register is asked
+        io_uring_register(fd, IORING_REGISTER_ZCRX_IFQ, ctypes.c_void_p(unreadable), 1)
+        return feature("6.15", False, "IORING_REGISTER_ZCRX_IFQ read an unreadable page")  # cannot be
+    except OSError as e:
+        if e.errno == errno.EFAULT:
+            return feature("6.15", True, "IORING_REGISTER_ZCRX_IFQ too (EFAULT on our unreadable "
+                                         "argument); using it needs CAP_NET_ADMIN and a NIC with header split")
+        if e.errno == errno.EPERM:
+            return feature("6.15", True, "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)")
+        if e.errno == errno.EOPNOTSUPP:
+            return feature("6.15", False, "built without CONFIG_IO_URING_ZCRX (EOPNOTSUPP)")
+        return feature("6.15", False, f"IORING_REGISTER_ZCRX_IFQ: {errno_words(e.errno)}")
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        page.close()
+
+
+def newer_features(probe: Probe) -> Dict[str, dict]:
+    """The rows of --probe's newer features, each the kernel's own answer."""
+    return {
+        "sendmsg_zc_fixed_buf": probe_send("6.15", "SENDMSG_ZC from a registered buffer",
+                                           sendmsg_zc_fixed, register=True),
+        "send_vectorized": probe_send("6.17", "SEND with IORING_SEND_VECTORIZED", vectorized(False)),
+        "send_zc_vectorized": probe_send("6.17", "SEND_ZC with IORING_SEND_VECTORIZED", vectorized(True)),
+        "send_bundle": probe_send_bundle(),
+        "send_zc_bundle": probe_send_zc_bundle(),
+        "zero_copy_receive": probe_zcrx(probe),
+    }
+
+
+def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
+    """One row of --probe's limits: where it stands, what zero-copy needs, and the fix if short."""
+    return {"ok": ok, "value": value, "need": need, "answer": answer, "fix": None if ok else fix}
+
+
+def memlock_room() -> dict:
+    """RLIMIT_MEMLOCK against what the default sender locks: its ring and its registered buffer.
+
+    Tried for real: a ring of the sender's size (SQ 512, CQ 2048 entries)
+    and the 64 KiB payload registered on it, as UringSender does. Without
+    CAP_IPC_LOCK both count against the limit.
+    """
+    cfg = SendConfig()
+    value = memlock_limit()
+    payload = Payload(cfg.size)
+    need = f"{payload.length >> 10} KiB registered buffer and a ring of {cfg.entries} entries"
+    fix = ("raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
+           "/etc/security/limits.conf, LimitMEMLOCK= for a service; or run as root")
+    try:
+        with Ring(cfg.entries, cq_entries=4 * cfg.entries) as ring:
+            ring.register_buffers([(payload.addr, payload.length)])
+    except OSError as e:
+        if e.errno != errno.ENOMEM:
+            return limit(False, value, need, f"not asked: {e.strerror}", fix)
+        step = "the ring" if getattr(e, "syscall", None) == "io_uring_setup" else "the registered buffer"
+        return limit(False, value, need, f"too low: {step} did not fit (ENOMEM)", fix)
+    finally:
+        payload.close()
+    if has_cap(CAP_IPC_LOCK):
+        return limit(True, value, need, "not counted: this process has CAP_IPC_LOCK", fix)
+    return limit(True, value, need, "the ring and the registered buffer fit", fix)
+
+
+def optmem_room() -> dict:
+    """net.core.optmem_max (this network namespace's) against MSG_ZEROCOPY_OPTMEM."""
+    value = read_sysctl("net/core/optmem_max")
+    fix = f"`sysctl -w net.core.optmem_max={MSG_ZEROCOPY_OPTMEM}` as root"
+    if value is None:
+        return limit(False, None, MSG_ZEROCOPY_OPTMEM, "unreadable (/proc/sys/net/core/optmem_max)", fix)
+    if value < MSG_ZEROCOPY_OPTMEM:
+        return limit(False, value, MSG_ZEROCOPY_OPTMEM, "short: MSG_ZEROCOPY sends will meet ENOBUFS "
+                     "and wait for completions", fix)
+    return limit(True, value, MSG_ZEROCOPY_OPTMEM, "room for MSG_ZEROCOPY's completions", fix)
+
+
+def udp_segment_room() -> dict:
+    """UDP_SEGMENT (UDP GSO, 4.18): one send of two segments arrives as two datagrams, over loopback."""
+    fix = ("without it a UDP send larger than the path's MTU is fragmented, and every fragmented "
+           "send is copied: keep -s under the MTU, or use a kernel of 4.18 or later")
+    try:
+        with loopback_udp() as (tx, rx):
+            tx.setsockopt(SOL_UDP, UDP_SEGMENT, GSO_PROBE_SEGMENT)
+            tx.send(pattern(GSO_PROBE_SEGMENT * GSO_PROBE_SEGMENTS))
+            sizes = [len(rx.recv(IP_MAXPACKET)) for _ in range(GSO_PROBE_SEGMENTS)]
+    except OSError as e:
+        words = "absent (ENOPROTOOPT)" if e.errno == errno.ENOPROTOOPT else f"not asked: {e.strerror or e}"
+        return limit(False, False, True, words, fix)
+    ok = sizes == [GSO_PROBE_SEGMENT] * GSO_PROBE_SEGMENTS
+    return limit(ok, ok, True, f"one send of {GSO_PROBE_SEGMENT * GSO_PROBE_SEGMENTS} bytes arrived as "
+                 f"datagrams of {', '.join(map(str, sizes))} bytes", fix)
+
+
+def zero_copy_limits() -> Dict[str, dict]:
+    return {"memlock": memlock_room(), "optmem_max": optmem_room(), "udp_segment": udp_segment_room()}
+
+
+def describe_newer(caps: dict) -> List[str]:
+    """--probe's lines for the newer features and the limits, a fix under each that falls short."""
+    names = {"sendmsg_zc_fixed_buf": "SENDMSG_ZC from a registered buffer",
+             "send_vectorized": "SEND, IORING_SEND_VECTORIZED",
+             "send_zc_vectorized": "SEND_ZC, IORING_SEND_VECTORIZED",
+             "send_bundle": "SEND bundles, IORING_RECVSEND_BUNDLE",
+             "send_zc_bundle": "SEND_ZC bundles",
+             "zero_copy_receive": "zero-copy receive, IORING_OP_RECV_ZC"}
+    lines = ["newer features (each asked of this kernel, not read from its version):"]
+    for key, row in caps["newer"].items():
+        lines.append(f"  {names.get(key, key)} ({row['since']}): {'yes' if row['supported'] else 'no'}: "
+                     f"{row['answer']}")
+    lines.append("limits that decide whether zero-copy works for this user:")
+    titles = {"memlock": f"RLIMIT_MEMLOCK {caps['limits']['memlock']['value']}",
+              "optmem_max": f"net.core.optmem_max {caps['limits']['optmem_max']['value']} "
+                            f"(MSG_ZEROCOPY wants {MSG_ZEROCOPY_OPTMEM})",
+              "udp_segment": "UDP_SEGMENT (UDP GSO, 4.18)"}
+    for key, row in caps["limits"].items():
+        lines.append(f"  {titles.get(key, key)}: {'ok' if row['ok'] else 'SHORT'}: {row['answer']}")
+        if row["fix"]:
+            lines.append(f"    fix: {row['fix']}")
+    return lines
 
 
 def on_sigint(signum, frame):

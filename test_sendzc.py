@@ -3049,3 +3049,281 @@ def test_ctrl_c_ends_a_pool_run_with_its_partial_result_and_every_notification()
     assert row["interrupted"] is True and row["requests"] > 0 and row["undrained"] == 0
     assert row["notifications"] == row["requests"] == row["pool"]["lag_samples"]
     assert err.splitlines() == [INTERRUPTED_LINE]
+
+
+# =============================================================================
+# CHART (issue 14, item 1): bench --svg draws the rows --json prints
+# =============================================================================
+
+import xml.etree.ElementTree as ET      # noqa: E402  (this block's own; stdlib)
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+def bench_with_chart(tmp_path, *args):
+    """`bench --json --svg F ARGS`: (the JSON document, the parsed chart's root, its words)."""
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    chart = tmp_path / "chart.svg"
+    p = tool("bench", "--json", "--svg", chart, *args)
+    if p.returncode == 1 and "no ifb device" in p.stderr:
+        pytest.skip(p.stderr.strip())
+    assert p.returncode == 0, p.stderr
+    root = ET.parse(chart).getroot()                     # well-formed XML, or this raises
+    assert root.tag == SVG + "svg"
+    words = [" ".join(t.itertext()) for t in root.iter(SVG + "text")]
+    return json.loads(p.stdout), root, words
+
+
+def chart_zc(row):
+    """The zc verdict the table (and so the chart) gives a JSON row into the sink."""
+    if row["mode"] in ("send_syscall", "send"):
+        return "-"
+    return "yes" if row["zc_copied"] == 0 else f"COPIED {100 * row['zc_copied'] / row['notifications']:.0f}%"
+
+
+def drawn(root, row, cls, panel=None):
+    """The chart's elements of class cls for this JSON row (and panel)."""
+    found = [e for e in root.iter() if e.get("class") == cls and e.get("data-mode") == row["mode"]
+             and e.get("data-batch") == str(row["batch"]) and e.get("data-size") == str(row["size"])
+             and (panel is None or e.get("data-panel") == panel)]
+    for e in found:                                      # the hover text names the row too
+        assert e.find(SVG + "title").text.startswith(sendzc.MODE_LABELS[row["mode"]])
+    return found
+
+
+def check_header_and_units(doc, words):
+    assert any(w.startswith(f"sendzc {sendzc.VERSION} bench, Linux {doc['kernel']}") for w in words)
+    assert any(w.startswith("sink: ifb0 in a network namespace of its own") for w in words)
+    assert any(f"host {doc['host']}" in w and "MB = 2^20 bytes" in w for w in words)
+    assert "Legend" in words
+
+
+def test_svg_one_size_has_a_bar_per_json_row_with_its_value(tmp_path):
+    doc, root, words = bench_with_chart(tmp_path, "-t", "0.2", "--batches", "1,8")
+    assert len(doc["rows"]) == len(BENCH_MODES)
+    for row in doc["rows"]:
+        (bar,) = drawn(root, row, "bar")
+        assert bar.get("data-mb-per-s") == str(row["mb_per_s"])
+        assert bar.get("data-zc") == chart_zc(row)
+        assert float(bar.get("width")) > 0
+    assert len([e for e in root.iter() if e.get("class") == "bar"]) == len(doc["rows"])
+    # The longest bar is the fastest row's, as the table's.
+    bars = {e.get("data-mode") + e.get("data-batch"): float(e.get("width"))
+            for e in root.iter() if e.get("class") == "bar"}
+    fastest = max(doc["rows"], key=lambda r: r["mb_per_s"])
+    assert max(bars, key=bars.get) == fastest["mode"] + str(fastest["batch"])
+    assert len([e for e in root.iter() if e.get("class") == "baseline"]) == 1
+    assert "MSG_ZEROCOPY baseline (speedup 1.00x)" in words
+    assert "MB/s (MB = 2^20 bytes)" in words
+    for _, _, meaning in sendzc.SVG_ZC.values():          # zero-copy vs copied, explained
+        assert meaning in words
+    check_header_and_units(doc, words)
+
+
+def test_svg_sizes_draws_rate_and_cpu_per_row_and_marks_the_crossover(tmp_path):
+    doc, root, words = bench_with_chart(tmp_path, "-t", "0.2", "--sizes", "1400,65435",
+                                        "--batches", "1,8")
+    assert len(doc["rows"]) == 2 * len(BENCH_MODES)
+    for row in doc["rows"]:
+        (rate,) = drawn(root, row, "point", "mb")
+        (cpu,) = drawn(root, row, "point", "cpu")
+        assert rate.get("data-mb-per-s") == str(row["mb_per_s"])
+        assert cpu.get("data-cpu-s-per-gb") == str(row["cpu_s_per_gb"])
+        assert rate.get("data-zc") == cpu.get("data-zc") == chart_zc(row)
+    series = {e.get("data-series") for e in root.iter() if e.get("class") == "series"}
+    labels = {f"{sendzc.MODE_LABELS[m]}, batch {b}" for m, b in BENCH_MODES}
+    assert series == labels                               # a line per row label, both panels
+    for label in labels - {"send(2) MSG_ZEROCOPY, batch 1"}:
+        assert label in words
+    assert "send(2) MSG_ZEROCOPY, batch 1 (the baseline)" in words
+    for pair, size in doc["crossover"].items():           # each crossover as the JSON has it
+        marks = [e for e in root.iter() if e.get("data-pair") == pair and e.get("class") == "crossover"]
+        assert marks and all(e.get("data-size") == ("none" if size is None else str(size)) for e in marks)
+    for label in ("payload per send, bytes (log scale)", "MB/s (log scale)", "CPU s/GB (log scale)"):
+        assert label in words
+    check_header_and_units(doc, words)
+
+
+def test_svg_sweep_draws_rate_and_user_share_per_row_and_marks_each_knee(tmp_path):
+    doc, root, words = bench_with_chart(tmp_path, "--sweep", "-t", "0.2", "--sizes", "1400",
+                                        "--batches", "1,8")
+    for row in doc["rows"]:
+        (rate,) = drawn(root, row, "point", "mb")
+        (user,) = drawn(root, row, "point", "user")
+        assert rate.get("data-mb-per-s") == user.get("data-mb-per-s") == str(row["mb_per_s"])
+        cpu = row["cpu_user_s"] + row["cpu_sys_s"]
+        assert user.get("data-user-pct") == str(round(100 * row["cpu_user_s"] / cpu, 1))
+    for mode in {r["mode"] for r in doc["rows"]}:         # with and without SQPOLL
+        mine = [r for r in doc["rows"] if r["mode"] == mode]
+        best = max(r["mb_per_s"] for r in mine)
+        knee = min(r["batch"] for r in mine if r["mb_per_s"] >= sendzc.KNEE_MARGIN * best)
+        (ring,) = [e for e in root.iter() if e.get("class") == "knee" and e.get("data-mode") == mode]
+        assert ring.get("data-batch") == str(knee)
+        assert f"knee: batch {knee}" in words
+        assert sendzc.MODE_LABELS[mode] in words
+    assert "user % (Python, ctypes)" in words and "MB/s" in words
+    check_header_and_units(doc, words)
+
+
+def test_svg_after_ctrl_c_holds_the_rows_measured(tmp_path):
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2")
+    chart = tmp_path / "partial.svg"
+    proc = subprocess.Popen([sys.executable, TOOL, "bench", "-t", "0.5", "--svg", str(chart)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        if not proc.stdout.readline():                   # the header: the sink is up
+            pytest.skip(proc.communicate()[1].strip())
+        time.sleep(1.2)                                  # two rows done, the third under way
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    table = [line for line in out.splitlines() if re.match(r"(send|io_uring)", line)]
+    root = ET.parse(chart).getroot()
+    bars = [e for e in root.iter() if e.get("class") == "bar"]
+    assert 2 <= len(bars) == len(table) < len(BENCH_MODES)
+    assert bars[-1].find(SVG + "title").text.endswith("(interrupted)")
+    assert any(e.get("class") == "partial" for e in root.iter())
+
+
+USAGE_MISTAKES["bench: --svg into no directory"] = (
+    ["bench", "--svg", "/no/such/dir/chart.svg"],
+    "sendzc: --svg /no/such/dir/chart.svg: no directory /no/such/dir to write it in: "
+    "give a FILE in a directory that exists")
+RUNTIME_LINES["bench: --svg where the file cannot be written"] = (
+    "sendzc: --svg /sys/sendzc.svg: cannot write the chart (EACCES: Permission denied): "
+    "give a FILE you may write, or drop --svg")
+
+
+def test_svg_into_no_directory_is_a_usage_line_before_any_run():
+    args, line = USAGE_MISTAKES["bench: --svg into no directory"]
+    p = tool(*args)
+    assert (p.returncode, p.stdout) == (2, "")
+    assert only_line(p) == line
+
+
+def test_svg_that_cannot_be_written_is_one_line_after_the_table():
+    if not IS_ROOT or not HAVE_IP:
+        pytest.skip("bench's private sink needs root and iproute2 (and root is refused /sys)")
+    p = tool("bench", "-t", "0.1", "--batches", "8", "--svg", "/sys/sendzc.svg")
+    assert p.returncode == 1
+    assert only_line(p) == RUNTIME_LINES["bench: --svg where the file cannot be written"]
+    assert "io_uring SEND_ZC fixed buf" in p.stdout            # the table came first
+    assert not os.path.exists("/sys/sendzc.svg")
+
+
+# =============================================================================
+# PROBE (issue 14, item 3): --probe knows the newest kernels and the limits
+# =============================================================================
+
+NEWER = {"sendmsg_zc_fixed_buf": (6, 15), "send_vectorized": (6, 17), "send_zc_vectorized": (6, 17),
+         "send_bundle": (6, 10), "zero_copy_receive": (6, 15)}
+
+
+def test_probe_asks_this_kernel_for_each_newer_feature():
+    doc = tool_json("--probe")
+    newer = doc["probe"]["newer"]
+    assert set(newer) == set(NEWER) | {"send_zc_bundle"}
+    for key, (major, minor) in NEWER.items():
+        assert newer[key]["since"] == f"{major}.{minor}"
+        if kernel_at_least(major, minor):
+            assert newer[key]["supported"] is True, newer[key]
+    for key in ("sendmsg_zc_fixed_buf", "send_vectorized", "send_zc_vectorized", "send_bundle"):
+        if newer[key]["supported"]:                   # the bytes went over loopback and came back
+            assert newer[key]["answer"] == "2 bytes sent over loopback, received intact"
+    if kernel_at_least(6, 10):
+        assert newer["send_zc_bundle"] == {"since": "6.10", "supported": False, "answer":
+                                           "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"}
+    if IS_ROOT and kernel_at_least(6, 15):
+        assert "EFAULT on our unreadable argument" in newer["zero_copy_receive"]["answer"]
+    text = tool("--probe").stdout.splitlines()
+    assert "newer features (each asked of this kernel, not read from its version):" in text
+    if kernel_at_least(6, 17):
+        assert "  SEND_ZC, IORING_SEND_VECTORIZED (6.17): yes: 2 bytes sent over loopback, received intact" in text
+
+
+def test_probe_a_flag_this_kernel_does_not_know_is_answered_no(monkeypatch):
+    """The probe asks, it does not assume: an ioprio bit no kernel knows yet comes back EINVAL."""
+    unknown = 1 << 15
+    monkeypatch.setattr(sendzc, "IORING_SEND_VECTORIZED", unknown)
+    for zc in (False, True):
+        row = sendzc.probe_send("6.17", "a send with an unknown flag", sendzc.vectorized(zc))
+        assert row == {"since": "6.17", "supported": False,
+                       "answer": "EINVAL: this kernel does not know a send with an unknown flag"}
+    monkeypatch.setattr(sendzc, "IORING_RECVSEND_BUNDLE", unknown)
+    assert sendzc.probe_send_bundle()["supported"] is False
+
+
+def test_probe_leaks_nothing():
+    sendzc.newer_features(sendzc.Probe(0, frozenset({sendzc.IORING_OP_RECV_ZC})))     # warm up
+    sendzc.zero_copy_limits()
+    fds, maps = open_fds(), mappings()
+    with sendzc.Ring(4) as ring:
+        probe = ring.probe()
+    sendzc.newer_features(probe)
+    sendzc.zero_copy_limits()
+    assert (open_fds(), mappings()) == (fds, maps)
+
+
+MEMLOCK_FIX = ("    fix: raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
+               "/etc/security/limits.conf, LimitMEMLOCK= for a service; or run as root")
+
+
+def test_probe_as_a_user_with_little_locked_memory_says_how_to_raise_it(nobody):
+    p = nobody("--probe", "--json", memlock=MEMLOCK)
+    doc = json.loads(p.stdout)
+    memlock = doc["probe"]["limits"]["memlock"]
+    assert memlock["ok"] is False and memlock["value"] == "16 KiB"
+    assert memlock["answer"] == "too low: the ring did not fit (ENOMEM)"     # 512 entries: 16 KiB is short
+    assert memlock["fix"] == MEMLOCK_FIX.strip()[len("fix: "):]
+    assert p.returncode == 1
+    assert "locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)" in p.stderr
+    text = nobody("--probe", memlock=MEMLOCK).stdout.splitlines()
+    at = text.index("  RLIMIT_MEMLOCK 16 KiB: SHORT: too low: the ring did not fit (ENOMEM)")
+    assert text[at + 1] == MEMLOCK_FIX
+    # With room for the ring but not for the 64 KiB buffer, the answer names the buffer.
+    # (Measured on 6.18: the ring takes 64-96 KiB, with the buffer 128-160 KiB.)
+    doc = json.loads(nobody("--probe", "--json", memlock=128 << 10).stdout)
+    assert doc["probe"]["limits"]["memlock"]["answer"] == "too low: the registered buffer did not fit (ENOMEM)"
+    doc = json.loads(nobody("--probe", "--json", memlock=8 << 20).stdout)
+    assert doc["probe"]["limits"]["memlock"] == {
+        "ok": True, "value": "8192 KiB", "need": "64 KiB registered buffer and a ring of 512 entries",
+        "answer": "the ring and the registered buffer fit", "fix": None}
+    # Not root: the registration is refused for want of CAP_NET_ADMIN, and the answer says so.
+    if kernel_at_least(6, 15):
+        assert doc["probe"]["newer"]["zero_copy_receive"] == {
+            "since": "6.15", "supported": True,
+            "answer": "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)"}
+
+
+def test_probe_with_a_small_optmem_max_says_how_to_raise_it():
+    with sink_with_optmem(20480) as ns:
+        doc = tool_json("--probe", ns=ns)
+        text = tool("--probe", ns=ns).stdout.splitlines()
+    optmem = doc["probe"]["limits"]["optmem_max"]
+    assert optmem == {"ok": False, "value": 20480, "need": 131072,
+                      "answer": "short: MSG_ZEROCOPY sends will meet ENOBUFS and wait for completions",
+                      "fix": "`sysctl -w net.core.optmem_max=131072` as root"}
+    at = text.index("  net.core.optmem_max 20480 (MSG_ZEROCOPY wants 131072): SHORT: short: MSG_ZEROCOPY "
+                    "sends will meet ENOBUFS and wait for completions")
+    assert text[at + 1] == "    fix: `sysctl -w net.core.optmem_max=131072` as root"
+    assert doc["probe"]["missing"] == []              # slower, not refused: the sender still runs
+
+
+def test_probe_udp_segment_splits_one_send_into_datagrams():
+    row = sendzc.udp_segment_room()
+    assert row == {"ok": True, "value": True, "need": True, "fix": None,
+                   "answer": "one send of 200 bytes arrived as datagrams of 100, 100 bytes"}
+
+
+def test_probe_json_matches_the_fields_readme_documents():
+    doc = tool_json("--probe")
+    check_against_readme(doc, "### The --probe JSON document")
+    check_against_readme(doc["probe"], "### The probe object")
+    for row in doc["probe"]["newer"].values():
+        check_against_readme(row, "### A --probe feature")
+    for row in doc["probe"]["limits"].values():
+        check_against_readme(row, "### A --probe limit")
