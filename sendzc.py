@@ -31,6 +31,39 @@ stack has let go of the pages, the *notification* (IORING_CQE_F_NOTIF). Only
 then may the buffer change. Everything below serves that sentence.
 """
 
+# The Python floor, checked before anything that could fail on an older one
+# (dataclasses is 3.7+; vermin finds 3.9 features below). Written so that any
+# Python 3 that can compile this file gets here: 3.6 to 3.8 stop in one line.
+# (Python 3.5 and 2.7 cannot compile the f-strings further down, and stop
+# with a SyntaxError before any line of the file runs: no file can say more.)
+import sys
+if sys.version_info < (3, 9):
+    sys.stderr.write("sendzc: this is Python %d.%d.%d; sendzc needs 3.9 or newer: run it with "
+                     "python3.9 or a later python3\n" % tuple(sys.version_info[:3]))
+    sys.exit(1)
+
+import signal
+
+# A signal before main() has installed its handler (the imports below and
+# the module's own setup take ~50 ms) must not end in a KeyboardInterrupt
+# traceback: as a program, we own the signals from here on. Nothing is open
+# yet, so there is nothing to report: one line, and the status main() would
+# give (EARLY_SIGNALS: see STOP_SIGNALS in section 9). Imported (by the
+# tests), the importer keeps its own handlers.
+EARLY_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _signal_before_main(signum, frame):
+    """A stop signal before main() began: one line, then exit as main() would (130, 128+N)."""
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    sys.stderr.write(f"sendzc: interrupted ({name}) while starting: nothing was sent\n")
+    raise SystemExit(130 if signum == signal.SIGINT else 128 + signum)
+
+
+if __name__ == "__main__":
+    for _signum in EARLY_SIGNALS:
+        signal.signal(_signum, _signal_before_main)
+
 import argparse
 import ctypes
 import errno
@@ -44,11 +77,9 @@ import resource
 import select
 import shlex
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -1159,9 +1190,10 @@ class Payload:
 
 
 class _Stop:
-    """Set by SIGINT (see on_sigint); every loop looks at it once per batch."""
+    """Set by SIGINT, SIGTERM or SIGHUP (see on_sigint); every loop looks at it once per batch."""
     requested = False    # Ctrl-C once: end the run, drain, print the partial result
     hurry = False        # Ctrl-C twice: stop waiting for notifications too
+    signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
 
 
 STOP = _Stop()
@@ -3945,8 +3977,23 @@ IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_
                            2: "(io_uring off for everyone)"}
 
 
+# SIGTERM (`timeout`, `kill`, a job scheduler) and SIGHUP (the terminal went
+# away) mean what Ctrl-C means: stop, and print what was measured. The exit
+# status says which: 130 for SIGINT, as a shell reports it, 128+N for
+# signal N otherwise (143, 129), as a shell reports a process it killed.
+STOP_SIGNALS = EARLY_SIGNALS
+
+
+def signal_status(signum: int) -> int:
+    return 130 if signum == signal.SIGINT else 128 + signum
+
+
+def signal_label(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 def on_sigint(signum, frame):
-    """Ctrl-C, three times over.
+    """Ctrl-C (or SIGTERM, SIGHUP), three times over.
 
     First: end the run after this batch, wait for the outstanding
     notifications (at most DRAIN_SECONDS), print the partial result. Second:
@@ -3957,6 +4004,8 @@ def on_sigint(signum, frame):
     """
     if STOP.hurry:
         raise KeyboardInterrupt
+    if not STOP.requested:
+        STOP.signum = signum
     STOP.hurry = STOP.requested
     STOP.requested = True
 
@@ -4008,23 +4057,40 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender.
 
     Every way out is one line on stderr and a status: Fatal says its own
-    (2 for usage, 1 for the system), Ctrl-C is 130, and any other OSError
-    becomes one line naming the call and the errno (1). Anything else is a
-    bug in this file and keeps its traceback. The SIGINT handler is ours
-    only while main() runs, so a caller (a test) gets its own back.
+    (2 for usage, 1 for the system), Ctrl-C is 130 (SIGTERM and SIGHUP:
+    128+N), and any other OSError becomes one line naming the call and the
+    errno (1). Anything else is a bug in this file and keeps its traceback.
+    The handlers of STOP_SIGNALS are ours only while main() runs, so a
+    caller (a test) gets its own back.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    STOP.signum = signal.SIGINT
+    previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
+    try:
+        # Our handler stays until the last line is out: a signal while it
+        # prints sets STOP, which nothing reads any more, instead of killing
+        # the process half-way through its report.
+        return _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            # As a program, the handler before ours was _signal_before_main,
+            # which would report a start that is over: ignore signals instead,
+            # for the moment left before exit.
+            signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
+
+
+def _main(argv: List[str]) -> int:
+    """main() under our signal handlers: dispatch, and one line for every way out."""
     try:
         status = dispatch(argv)
     except Fatal as e:
         print(f"sendzc: {e}", file=sys.stderr)
-        return e.status
+        return signal_status(STOP.signum) if e.status == 130 else e.status
     except KeyboardInterrupt:
         print("sendzc: interrupted three times: stopped at once, without waiting for "
               "notifications or printing a result", file=sys.stderr)
-        return 130
+        return signal_status(STOP.signum)
     except OSError as e:
         print(f"sendzc: {oserror_line(e)}", file=sys.stderr)
         if e.errno == errno.EPIPE:
@@ -4032,10 +4098,10 @@ def main(argv: Optional[List[str]] = None) -> int:
             # own flush at exit fails again and prints a second complaint.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if status == 130:
-        print("sendzc: interrupted (Ctrl-C): the result above is partial", file=sys.stderr)
+        print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
+              file=sys.stderr)
+        return signal_status(STOP.signum)
     return status
 
 

