@@ -1280,6 +1280,15 @@ class Intervals:
 
     def __init__(self, every_s: float, printing: bool, start_ns: int = 0):
         self.every_ns = int(every_s * 1e9)
+        # Enough decimals that an interval's two ends differ on the line: two
+        # for -i 0.1 and longer; below, microseconds and finer (-i 0.001: six),
+        # as an interval that catches up after a stall can be far shorter
+        # than -i. JSON keeps nanoseconds, so its rates agree with its times.
+        self.decimals = 2
+        while every_s * 10 ** self.decimals < 10:
+            self.decimals += 1
+        if self.decimals > 2:
+            self.decimals += 2
         self.printing = printing
         self.start_ns = start_ns
         self.last = (0, 0, 0)       # (ns since start, bytes, requests) at the last report
@@ -1289,13 +1298,15 @@ class Intervals:
         t0, b0, r0 = self.last
         t1 = now_ns - self.start_ns
         dt = (t1 - t0) / 1e9 or 1e-9
-        row = {"start": round(t0 / 1e9, 3), "end": round(t1 / 1e9, 3), "bytes": nbytes - b0,
+        row = {"start": round(t0 / 1e9, 9), "end": round(t1 / 1e9, 9), "bytes": nbytes - b0,
                "requests": requests - r0, "mb_per_s": round((nbytes - b0) / MIB / dt, 1),
                "gbit_per_s": round((nbytes - b0) * 8 / 1e9 / dt, 3)}
         self.rows.append(row)
         self.last = (t1, nbytes, requests)
         if self.printing:
-            print(f"[{row['start']:6.2f}-{row['end']:6.2f} s] {row['bytes'] >> 20:8d} MB "
+            width = self.decimals + 4
+            print(f"[{row['start']:{width}.{self.decimals}f}-{row['end']:{width}.{self.decimals}f} s] "
+                  f"{row['bytes'] >> 20:8d} MB "
                   f"{row['mb_per_s']:10.1f} MB/s {row['gbit_per_s']:8.2f} Gbit/s "
                   f"{row['requests']:9d} req", flush=True)
 
@@ -1323,7 +1334,9 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    if r.mode not in ("send_syscall", "msg_zerocopy") and cpu and r.cpu_user_s > PYTHON_SHARE_HINT * cpu:
+    # (Not for a run that sent nothing: its CPU went to setting up, not to sending.)
+    if (r.mode not in ("send_syscall", "msg_zerocopy") and r.requests and cpu
+            and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
                      f"a larger -r, or --sqpoll, leaves more to the kernel "
                      f"(`sendzc.py bench --sweep` shows where batching stops paying)")
@@ -1605,6 +1618,7 @@ class UringSender:
         self.stream = cfg.proto == "tcp"
         self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
         self.trace_out = sys.stdout
+        self.started_ns = 0                        # when run() began (perf_counter_ns)
         self.rusage_who = resource.RUSAGE_SELF     # RUSAGE_THREAD when one of several flows
         self._batches: Dict[int, bytes] = {}
 
@@ -1664,14 +1678,15 @@ class UringSender:
         return got
 
     # --- --trace --------------------------------------------------------------
-    def trace(self, n: int, out) -> Tuple[Tally, int, int]:
+    def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
         """Send the first n requests slowly, saying aloud what each step does.
 
         Each request is prepared on its own (user_data = its number), placed,
         submitted, and every CQE it causes is printed, notification included:
         a run of n sends followed from SQE to F_NOTIF. Returns the tally, which
         run() adds to its totals (these are real sends), and the results and
-        notifications still outstanding if it had to stop early.
+        notifications still outstanding if it had to stop early: at an error,
+        Ctrl-C, or the run's deadline (perf_counter_ns).
         """
         cfg, ring = self.cfg, self.ring
         explained = set()
@@ -1690,10 +1705,12 @@ class UringSender:
         total = Tally()
         sqe = io_uring_sqe()
         seq = count = due = 0
-        # Bounded like the drain: a peer that stops taking data must not hold
-        # the trace (and the run) for ever, nor must Ctrl-C go unheard.
-        give_up = time.perf_counter_ns() + int(DRAIN_SECONDS * 1e9)
-        while seq < n and not total.error and not STOP.requested:
+        # The trace is part of the timed run, and -t ends it as it ends the
+        # run: a peer that stops taking data must not hold it for ever, nor
+        # must Ctrl-C go unheard. What is still out then goes to run()'s
+        # drain, which waits DRAIN_SECONDS for it, as for any run.
+        late = False
+        while seq < n and not total.error and not STOP.requested and not late:
             count = min(cfg.batch, n - seq)
             for j in range(count):
                 seq += 1
@@ -1707,11 +1724,11 @@ class UringSender:
             due = 0
             wait = count
             while wait:
-                left = (give_up - time.perf_counter_ns()) / 1e9
+                left = (deadline - time.perf_counter_ns()) / 1e9
                 if STOP.requested:
                     break
-                if left <= 0:                     # run() reports it as undrained
-                    total.error = errno.ETIMEDOUT
+                if left <= 0:                     # -t: run()'s drain waits for the rest
+                    late = True
                     break
                 say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
                              f"min_complete={wait}) before: {rings()}")
@@ -1736,7 +1753,7 @@ class UringSender:
                 count -= t.results
                 wait = count + due          # here we do wait for the notifications
         total.due = 0
-        if total.error or STOP.requested:
+        if total.error or STOP.requested or late:
             # Whatever is still out goes to run(), whose drain waits for it.
             return total, count, due
         say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
@@ -1792,6 +1809,7 @@ class UringSender:
         result = Result(cfg.mode, cfg.proto, size, r, family_name(cfg.family),
                         setup=ring.setup_flags)
         meter = Meter(self.rusage_who)
+        self.started_ns = meter.t0    # -i: where the interval lines start counting
         deadline = meter.t0 + int(cfg.seconds * 1e9)
         next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
         placed = 0              # requests placed: a TCP batch starts at stream offset placed*size
@@ -1802,7 +1820,7 @@ class UringSender:
         self.payload.lent += 1
         if cfg.trace:
             # Inside the timed run: the trace's sends count, so must its time.
-            slow, inflight, due = self.trace(cfg.trace, self.trace_out)
+            slow, inflight, due = self.trace(cfg.trace, self.trace_out, deadline)
             placed = slow.results + inflight
 
         while True:
@@ -1871,14 +1889,17 @@ class UringSender:
             cq_advance(k)                     # only now may the kernel reuse those slots
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
 
-        result.interrupted = STOP.requested
         meter.stop(result)            # the rate covers sending; the drain below is not timed
         # Drain: every notification before the buffer may go. Bounded: a TCP
         # peer that stopped acknowledging could hold the pages for minutes.
-        drain_until = clock() + int(DRAIN_SECONDS * 1e9)
+        # A Ctrl-C that ended the run leaves the drain its DRAIN_SECONDS (a
+        # second one cuts it); a Ctrl-C that comes while it waits cuts it at once.
+        stopped = STOP.requested
+        drain_from = clock()
+        drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
         while inflight or due:
             left = (drain_until - clock()) / 1e9
-            if left <= 0 or STOP.hurry:       # out of time, or Ctrl-C twice
+            if left <= 0 or STOP.hurry or (STOP.requested and not stopped):
                 break
             try:
                 ring.wait_cqes(1, left)
@@ -1891,6 +1912,10 @@ class UringSender:
                 slow.add(t)
                 inflight -= t.results
                 due += t.due
+                if stream and t.short and not slow.error:
+                    slow.error = errno.EIO    # as in the loop: a reset cut a send short
+        waited = (clock() - drain_from) / 1e9
+        result.interrupted = STOP.requested
         result.requests = whole + slow.ok
         result.bytes = whole * size + slow.bytes
         result.eagain = slow.eagain
@@ -1900,14 +1925,21 @@ class UringSender:
         self.payload.lent += result.undrained - 1     # settled: only what never came stays lent
         if self.report_usage:
             result.zc_copied = copied + slow.copied
-        if slow.error == errno.ETIMEDOUT:          # the trace gave up waiting
-            result.error = undrained_error(cfg)
-        elif slow.error:
+        # Sends that failed mean data that never left (or never arrived): the
+        # run failed, whatever else it says. A failure with no errno of its
+        # own (only cancelled links, res -ECANCELED) was the stream breaking.
+        if result.failed and not slow.error:
+            slow.error = errno.EIO if stream else errno.ECANCELED
+        if slow.error:
             result.error = send_error(slow.error, cfg)
         elif entered is not None:
             result.error = oserror_line(entered)
-        elif result.undrained and not STOP.hurry:
-            result.error = undrained_error(cfg)
+        elif result.undrained and not (stopped and STOP.hurry):
+            # (Ctrl-C twice, the run then the drain: the user chose not to
+            # wait, and the result says how many never came.)
+            result.error = undrained_error(cfg, waited)
+        elif not result.requests and not result.interrupted:
+            result.error = nothing_sent_error(cfg)
         return result
 
 
@@ -2008,15 +2040,22 @@ def send_error(err: int, cfg: SendConfig) -> str:
     return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
 
 
-def undrained_error(cfg: SendConfig) -> str:
-    """One line for a run that ended with completions still missing after DRAIN_SECONDS.
+def undrained_error(cfg: SendConfig, waited: float) -> str:
+    """One line for a run that ended with completions still missing after waited seconds.
 
-    (How many is in the result above, and in the JSON row's undrained.)
+    waited is DRAIN_SECONDS, or less when Ctrl-C cut the wait. (How many is
+    in the result above, and in the JSON row's undrained.)
     """
     where = host_port(cfg.addr, cfg.port)
     return (f"{cfg.proto}: {where} stopped taking data: completions were still missing "
-            f"{DRAIN_SECONDS:g} s after the run: check that the receiver is running and "
+            f"{round(waited, 1):g} s after the run: check that the receiver is running and "
             f"reading; the result above is partial")
+
+
+def nothing_sent_error(cfg: SendConfig) -> str:
+    """One line for a run in which no send completed, and nothing failed either."""
+    return (f"{cfg.proto}: nothing was sent: no send completed within -t {cfg.seconds:g} s; "
+            f"give a longer -t")
 
 
 def setup_error(e: OSError) -> str:
@@ -2302,10 +2341,12 @@ class SyscallSender:
             # Drain: every completion before the buffer may go. Bounded, as
             # UringSender's is: a TCP peer that stopped reading could hold
             # the pages for minutes.
-            drain_until = clock() + int(DRAIN_SECONDS * 1e9)
+            drain_from = clock()
+            drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
             while zc and done.outstanding and clock() < drain_until and not STOP.hurry:
                 errq.poll(POLL_MS)
                 error = error or done.read(sock)
+            waited = (clock() - drain_from) / 1e9
             self.payload.lent += done.outstanding - 1      # settled: only what never came stays
         finally:
             for v in views:
@@ -2321,7 +2362,7 @@ class SyscallSender:
         elif error:
             result.error = send_error(error, cfg)
         elif result.undrained and not STOP.hurry:
-            result.error = undrained_error(cfg)
+            result.error = undrained_error(cfg, waited)
         return result
 
 
@@ -3832,11 +3873,17 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         stack.callback(payload.close)           # after the ring (below) has let go of it
         sender = UringSender(cfg, sock, payload, stack)
         sender.trace_out = sys.stderr if as_json else sys.stdout
-        ticks = Intervals(interval, not as_json, time.perf_counter_ns()) if interval else None
-        result = sender.run(on_tick=None if ticks is None else
-                            (lambda b, n: ticks.report(time.perf_counter_ns(), b, n)),
+        ticks = Intervals(interval, not as_json) if interval else None
+
+        def on_tick(nbytes: int, requests: int) -> None:
+            # Intervals count from the run's own start, as result.seconds
+            # does: the last one, which ends there, cannot end before it began.
+            ticks.start_ns = sender.started_ns
+            ticks.report(time.perf_counter_ns(), nbytes, requests)
+        result = sender.run(on_tick=on_tick if ticks else None,
                             tick_ns=int(interval * 1e9) if interval else 0)
         if ticks:                               # the last, partial interval
+            ticks.start_ns = sender.started_ns
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
     if ticks:
         result.intervals = ticks.rows

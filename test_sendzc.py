@@ -1986,3 +1986,115 @@ RUNTIME_LINES.update({
     "Python older than 3.9": "sendzc: this is Python 3.8.18; sendzc needs 3.9 or newer: "
                              "run it with python3.9 or a later python3",
 })
+
+
+# --- lost data is not success (items 2, 3, 16) ----------------------------------
+
+@contextlib.contextmanager
+def resetting_receiver(after=2.0):
+    """A TCP receiver that accepts, never reads, and resets the connection after `after` s.
+
+    Its receive buffer is small (a connection inherits it from the listener),
+    so the sender's sends are still waiting in the kernel when the reset comes.
+    """
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def reset_later():
+        import struct
+        conn, _ = listener.accept()
+        time.sleep(after)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()                               # linger 0: an RST, the unread data dropped
+    t = threading.Thread(target=reset_later)
+    t.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        t.join(30)
+        listener.close()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_sends_that_failed_after_a_reset_are_no_success(as_json):
+    """Item 2: the reset comes during the drain; the sends it failed make the run fail."""
+    with resetting_receiver() as port:
+        p = tool(*(["--json"] if as_json else []), "-D", "127.0.0.1", "-p", port, "-t", "1", "tcp")
+    assert p.returncode == 1
+    line = TCP_RESET_LINE.format(addr="127.0.0.1", port=port)
+    assert only_line(p) == line
+    if as_json:
+        row = json.loads(p.stdout)["rows"][0]
+        assert row["failed"] > 0 and f"sendzc: {row['error']}" == line
+
+
+STALLED_LINE = re.compile(
+    r"sendzc: tcp: 127\.0\.0\.1:\d+ stopped taking data: completions were still missing "
+    r"([\d.]+) s after the run: check that the receiver is running and reading; the result above "
+    r"is partial")
+
+
+def test_ctrl_c_during_the_drain_cuts_it_short_and_keeps_the_error():
+    """Item 3: -t ended the run; one Ctrl-C while the drain waits ends the wait, the line stays."""
+    with stalled_listener() as listener:
+        p = subprocess.Popen([sys.executable, TOOL, "--json", "-D", "127.0.0.1", "-p",
+                              str(listener.getsockname()[1]), "-t", "0.5", "tcp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)                        # the run is over; the drain waits
+            started = time.monotonic()
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            p.kill()
+    assert p.returncode == 1 and took < 2
+    m = STALLED_LINE.fullmatch(only_line(subprocess.CompletedProcess([], 1, out, err)))
+    assert m and float(m.group(1)) < sendzc.DRAIN_SECONDS
+    row = json.loads(out)["rows"][0]
+    assert row["interrupted"] is True and row["undrained"] > 0
+    assert f"sendzc: {row['error']}" == err.strip()
+
+
+def test_a_trace_into_a_stalled_receiver_waits_as_long_as_it_says():
+    """Item 16: -t ends the trace too; the drain then waits the 5 s its line names, no more."""
+    with stalled_listener() as listener:
+        started = time.monotonic()
+        p = tool("-D", "127.0.0.1", "-p", listener.getsockname()[1], "-t", "0.3", "--trace", "1000",
+                 "tcp")
+        took = time.monotonic() - started
+    assert p.returncode == 1
+    m = STALLED_LINE.fullmatch(only_line(p))
+    assert m and float(m.group(1)) == sendzc.DRAIN_SECONDS
+    assert took < 0.3 + sendzc.DRAIN_SECONDS + 2
+
+
+def test_a_run_that_sent_nothing_says_so_and_fails():
+    """Item 16: -t too short for one batch: no result with a CPU note, one line, exit 1."""
+    with udp_sink_socket() as port:
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "1e-300", "udp")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES["nothing sent"]
+
+
+def test_short_intervals_keep_their_precision():
+    """Item 16: -i 0.001: the lines' two ends differ, and JSON's rates agree with start and end."""
+    with udp_sink_socket() as port:
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.05", "-i", "0.001", "-s", "1400", "udp")
+        doc = tool_json("-D", "127.0.0.1", "-p", port, "-t", "0.05", "-i", "0.001", "-s", "1400", "udp")
+    assert p.returncode == 0, p.stderr
+    spans = re.findall(r"^\[\s*([\d.]+)-\s*([\d.]+) s\]", p.stdout, re.M)
+    assert len(spans) > 5 and all(float(a) < float(b) for a, b in spans), spans
+    rows = doc["rows"][0]["intervals"]
+    assert len(rows) > 5
+    for row in rows:
+        assert row["end"] > row["start"]
+        mb_per_s = row["bytes"] / 2**20 / (row["end"] - row["start"])
+        assert mb_per_s == pytest.approx(row["mb_per_s"], rel=0.01, abs=0.1)
+
+
+RUNTIME_LINES.update({
+    "nothing sent": "sendzc: udp: nothing was sent: no send completed within -t 1e-300 s; give a longer -t",
+})
