@@ -1354,11 +1354,27 @@ def family_name_label(name: str) -> str:
     return name.replace("ip", "IP")
 
 
-def json_doc(params: dict, results: List[Result], extra: Optional[dict] = None) -> dict:
+def json_doc(params: Optional[dict], results: list, extra: Optional[dict] = None) -> dict:
+    """The --json document; its caller prints it at once. error: the first row's, unless extra says.
+
+    Made at most once a run: main() prints one of its own (rows empty) for a
+    run that ends before any (a refusal, a usage mistake), so that a --json
+    run always prints exactly one document.
+    """
+    JSON_OUT.made = True
     doc = {"tool": "sendzc", "version": VERSION, "kernel": platform.release(),
-           "host": socket.gethostname(), "params": params, "rows": [r.row() for r in results]}
+           "host": socket.gethostname(), "params": params, "rows": [r.row() for r in results],
+           "error": next((r.error for r in results if r.error), None)}
     doc.update(extra or {})
     return doc
+
+
+class _JsonOut:
+    """Whether this run has made its --json document (json_doc)."""
+    made = False
+
+
+JSON_OUT = _JsonOut()
 
 
 # --- Sockets -----------------------------------------------------------------
@@ -1376,6 +1392,12 @@ def family_name(family: int) -> str:
     return "ipv6" if family == socket.AF_INET6 else "ipv4"
 
 
+# How long a TCP connect() may take. Linux itself gives up only after
+# net.ipv4.tcp_syn_retries (6: 127 s) of unanswered SYNs; a peer that has not
+# answered in this long (3 SYNs: at 0, 1 and 3 s) is not going to take data.
+CONNECT_SECONDS = 5.0
+
+
 def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.socket:
     """The seed's do_setup_tx(): a socket, a 2 MiB send buffer, connect()."""
     sock_type, ipproto = SOCK_TYPES[proto]
@@ -1386,11 +1408,42 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
                     "`setcap cap_net_raw+ep` on the python binary, or send udp") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        sock.connect((addr, 0 if proto == "raw" else port))
+        connect(sock, (addr, 0 if proto == "raw" else port))
     except OSError as e:
         sock.close()
         raise Fatal(connect_error(e, proto, addr, port)) from None
+    except Fatal:
+        sock.close()
+        raise
     return sock
+
+
+def connect(sock: socket.socket, where: tuple) -> None:
+    """connect(), bounded by CONNECT_SECONDS and ended by Ctrl-C.
+
+    A blocking connect() to a host that drops SYNs waits minutes, and Python
+    restarts it after a signal (PEP 475), so Ctrl-C would go unheard. So: a
+    non-blocking connect() (EINPROGRESS), then poll() for the answer,
+    POLL_MS at a time, looking at STOP in between. UDP and raw connect at once.
+    """
+    sock.setblocking(False)
+    err = sock.connect_ex(where)
+    if err == errno.EINPROGRESS:
+        waiting = select.poll()
+        waiting.register(sock, select.POLLOUT)
+        give_up = time.monotonic() + CONNECT_SECONDS
+        while not waiting.poll(POLL_MS):
+            if STOP.requested:
+                raise Fatal(f"interrupted while connecting to {host_port(*where[:2])}: "
+                            f"nothing was sent", 130)
+            if time.monotonic() >= give_up:
+                err = errno.ETIMEDOUT
+                break
+        else:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    sock.setblocking(True)
 
 
 def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
@@ -1402,7 +1455,8 @@ def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
     if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
         return f"{proto}: no route to {addr} ({errno.errorcode[e.errno]}): check the address and `ip route get {addr}`"
     if e.errno == errno.ETIMEDOUT:
-        return f"{proto}: connecting to {where} timed out: is the host up and the port open?"
+        return (f"{proto}: connecting to {where} timed out (no answer in {CONNECT_SECONDS:g} s): "
+                f"is the host up, and its firewall letting the port through?")
     return f"{proto}: connect to {where} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
@@ -3345,7 +3399,8 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
                     try:
                         result = run_row(cfg, dst, size, mode, batch, payload, progress)
                     except Fatal as e:
-                        failure = str(e)
+                        # (130: Ctrl-C while the row connected: STOP says so)
+                        failure = None if e.status == 130 else str(e)
                         break
                     except OSError as e:         # one line, after the rows measured so far
                         failure = oserror_line(e)
@@ -3534,6 +3589,7 @@ def bench_main(argv: List[str]) -> int:
     # Back in our own namespace; nothing holds the private one any more: report.
     if cfg.as_json:
         extra = {"crossover": crossover(results)} if len(cfg.sizes) > 1 else {}
+        extra["error"] = failure
         print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
     else:
         print_bench(cfg, results)
@@ -3987,6 +4043,7 @@ def probe_main(argv: List[str]) -> int:
     a = p.parse_args(argv)
     caps = kernel_capabilities()
     if a.json:
+        JSON_OUT.made = True
         print(json.dumps({"tool": "sendzc", "version": VERSION, "kernel": caps["kernel"],
                           "host": socket.gethostname(), "probe": caps}, indent=2))
     else:
@@ -4113,6 +4170,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
     STOP.signum = signal.SIGINT
+    JSON_OUT.made = False
     previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
     try:
         # Our handler stays until the last line is out: a signal while it
@@ -4132,13 +4190,18 @@ def _main(argv: List[str]) -> int:
     try:
         status = dispatch(argv)
     except Fatal as e:
+        json_refusal(argv, str(e))
         print(f"sendzc: {e}", file=sys.stderr)
         return signal_status(STOP.signum) if e.status == 130 else e.status
     except KeyboardInterrupt:
-        print("sendzc: interrupted three times: stopped at once, without waiting for "
-              "notifications or printing a result", file=sys.stderr)
+        line = ("interrupted three times: stopped at once, without waiting for notifications "
+                "or printing a result")
+        json_refusal(argv, line)
+        print(f"sendzc: {line}", file=sys.stderr)
         return signal_status(STOP.signum)
     except OSError as e:
+        if e.errno != errno.EPIPE:             # (with stdout gone, the document could not go out)
+            json_refusal(argv, oserror_line(e))
         print(f"sendzc: {oserror_line(e)}", file=sys.stderr)
         if e.errno == errno.EPIPE:
             # stdout is a closed pipe: point it at /dev/null, or the interpreter's
@@ -4150,6 +4213,17 @@ def _main(argv: List[str]) -> int:
               file=sys.stderr)
         return signal_status(STOP.signum)
     return status
+
+
+def json_refusal(argv: List[str], line: str) -> None:
+    """--json, and the run ended before it made its document: one that says why (rows empty).
+
+    A pipeline into jq gets a document whatever happened: a usage mistake, a
+    refusal at setup (params null: the options may not even parse), Ctrl-C.
+    """
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    if "--json" in words and not JSON_OUT.made:
+        print(json.dumps(json_doc(None, [], {"error": line}), indent=2), flush=True)
 
 
 def dispatch(argv: List[str]) -> int:

@@ -2098,3 +2098,91 @@ def test_short_intervals_keep_their_precision():
 RUNTIME_LINES.update({
     "nothing sent": "sendzc: udp: nothing was sent: no send completed within -t 1e-300 s; give a longer -t",
 })
+
+
+# --- connect() is bounded and hears Ctrl-C (item 4) ------------------------------
+
+def connect_timeout_line(addr, port):
+    return (f"sendzc: tcp: connecting to {addr}:{port} timed out (no answer in 5 s): is the host up, "
+            f"and its firewall letting the port through?")
+
+
+def test_tcp_connect_into_silence_gives_up_in_one_line(sink):
+    """Item 4: SYNs routed out of the ifb sink are never answered: give up after CONNECT_SECONDS."""
+    started = time.monotonic()
+    p = tool("-D", SINK4, "-t", "0.2", "tcp", ns=sink)
+    took = time.monotonic() - started
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == connect_timeout_line(SINK4, sendzc.DEFAULT_PORT)
+    assert took < sendzc.CONNECT_SECONDS + 3
+
+
+@pytest.mark.parametrize("bench", [False, True], ids=["sender", "bench"])
+def test_ctrl_c_ends_a_tcp_connect_into_silence(sink, bench):
+    """Item 4: Ctrl-C while connect() waits for an answer: at once, 130, a JSON document too."""
+    args = ["bench", "--json", "-D", SINK4, "-t", "0.2", "tcp"] if bench else \
+           ["--json", "-D", SINK4, "-t", "0.2", "tcp"]
+    p = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        p.kill()
+    assert p.returncode == 130 and took < 1.5
+    doc = json.loads(out)
+    assert doc["rows"] == []
+    if bench:
+        assert err.splitlines() == [INTERRUPTED_LINE] and doc["error"] is None
+    else:
+        line = f"sendzc: interrupted while connecting to {SINK4}:{sendzc.DEFAULT_PORT}: nothing was sent"
+        assert err.splitlines() == [line] and f"sendzc: {doc['error']}" == line
+
+
+RUNTIME_LINES.update({
+    "connect timed out": connect_timeout_line("10.0.0.2", 8000),
+    "Ctrl-C while connecting": "sendzc: interrupted while connecting to 10.0.0.2:8000: nothing was sent",
+})
+
+
+# --- --json: one document, whatever ends the run (item 12) -----------------------
+
+def check_refusal_document(p, status):
+    """A --json run that was refused: the status, one line, and a document whose error is that line."""
+    assert p.returncode == status
+    line = only_line(p)
+    doc = json.loads(p.stdout)
+    check_against_readme(doc, "### The JSON document")
+    assert doc["rows"] == [] and doc["params"] is None and f"sendzc: {doc['error']}" == line
+    return line
+
+
+def test_json_tcp_refused_prints_a_document():
+    port = free_port()
+    p = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.2", "tcp")
+    assert check_refusal_document(p, 1) == (f"sendzc: tcp: connection refused by 127.0.0.1:{port}: "
+                                            f"start the receiver there (`python3 sendzc.py rx -p {port} tcp`)")
+
+
+def test_json_io_uring_disabled_prints_a_document():
+    with udp_sink_socket() as port, sysctl("kernel.io_uring_disabled", 2):
+        p = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+    assert check_refusal_document(p, 1) == IO_URING_DISABLED_LINE
+
+
+@needs_root
+def test_json_bench_with_a_bogus_qdisc_prints_a_document():
+    p = tool("bench", "--json", "--qdisc", "bogus", "-t", "0.1")
+    line = check_refusal_document(p, 1)
+    assert line.startswith("sendzc: bench: `tc qdisc replace dev ifb0 root bogus`: ")
+
+
+@pytest.mark.parametrize("case", ["-r larger than the ring", "-f with --no-zc", "rx: -n with udp",
+                                  "bench: --qdisc with -D"])
+def test_json_usage_mistake_prints_a_document(case):
+    args, line = USAGE_MISTAKES[case]
+    p = tool(*args[:1], "--json", *args[1:]) if args[0] in ("rx", "bench") else tool("--json", *args)
+    assert check_refusal_document(p, 2) == line
