@@ -3220,6 +3220,8 @@ def make_sink(qdisc: str) -> Sink:
     _sink_step("ip", "link", "set", "lo", "up")
     made = _iproute("ip", "link", "add", SINK_DEV, "type", "ifb")
     if made.returncode:
+        if STOP.requested:            # Ctrl-C reached the command too: no fault of the driver
+            raise Fatal("interrupted while making the private sink", 130)
         why = (made.stderr.strip().splitlines() or ["failed"])[-1]
         raise Fatal(f"bench: no ifb device here (`ip link add type ifb`: {why}): the private sink "
                     f"needs the ifb driver (CONFIG_IFB); {NO_SINK_HINT}")

@@ -2186,3 +2186,32 @@ def test_json_usage_mistake_prints_a_document(case):
     args, line = USAGE_MISTAKES[case]
     p = tool(*args[:1], "--json", *args[1:]) if args[0] in ("rx", "bench") else tool("--json", *args)
     assert check_refusal_document(p, 2) == line
+
+
+# --- Ctrl-C while bench makes its sink (item 9) ------------------------------------
+
+# An `ip` first on PATH that lets the real one do everything but `ip link
+# add`, during which the user presses Ctrl-C: the whole foreground group gets
+# SIGINT, the tool and the command with it, and the command fails.
+CTRL_C_DURING_LINK_ADD = """#!/bin/sh
+case "$*" in
+    "link add"*) kill -INT $PPID; sleep 0.2; exit 130 ;;
+esac
+exec {ip} "$@"
+"""
+
+
+@needs_root
+def test_ctrl_c_while_bench_adds_the_sink_device_is_an_interruption(tmp_path):
+    (tmp_path / "ip").write_text(CTRL_C_DURING_LINK_ADD.format(ip=shutil.which("ip")))
+    (tmp_path / "ip").chmod(0o755)
+    before = host_net()
+    p = tool("bench", "-t", "0.1", env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert_host_unchanged(before)
+    assert (p.returncode, p.stdout) == (130, "")
+    assert only_line(p) == RUNTIME_LINES["Ctrl-C while making the sink"]
+
+
+RUNTIME_LINES.update({
+    "Ctrl-C while making the sink": "sendzc: interrupted while making the private sink",
+})
