@@ -3677,7 +3677,8 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
 #
 #   sendzc.py [options] udp|tcp|raw     the sender, with the seed's options
 #   sendzc.py rx [options] udp|tcp      the receiver
-#   sendzc.py [bench] [options]         the comparison on a private sink
+#   sendzc.py bench [options]           the comparison on a private sink
+#   sendzc.py                           ... the same, with bench's defaults
 #   sendzc.py --probe                   what this kernel offers
 #
 # Every failure ends in one line on stderr and a non-zero status: 2 for a
@@ -3829,8 +3830,9 @@ def sender_parser() -> Parser:
                description="Send with io_uring zero-copy (IORING_OP_SEND_ZC) and report what "
                            "the kernel did.",
                epilog="other forms:\n"
-                      "  sendzc.py [bench] [options]   the whole comparison on a private sink "
-                      "(root; see `sendzc.py bench --help`)\n"
+                      "  sendzc.py bench [options]     the whole comparison on a private sink "
+                      "(root; see `sendzc.py bench --help`);\n"
+                      "                                `sendzc.py` alone runs it with its defaults\n"
                       "  sendzc.py rx [options] udp|tcp  receive and verify "
                       "(see `sendzc.py rx --help`)\n"
                       "  sendzc.py --probe             what this kernel's io_uring offers")
@@ -4235,8 +4237,64 @@ def dispatch(argv: List[str]) -> int:
         return bench_main(argv[1:])
     if "--probe" in argv:
         return probe_main(argv)
-    a = sender_parser().parse_args(argv)
+    parser = sender_parser()
+    misplaced = bench_option_in(argv, parser)
+    if misplaced:
+        raise misplaced
+    try:
+        a = parser.parse_args(argv)
+    except UsageError as e:
+        raise sender_usage(argv, e) from None
     return run_sender(sender_config(a), a.json, a.interval)
+
+
+def command(argv: List[str]) -> str:
+    return " ".join(["python3", "sendzc.py", *map(shlex.quote, argv)])
+
+
+def bench_runs(argv: List[str]) -> bool:
+    """Would `sendzc.py bench ARGV` get past its command line?"""
+    try:
+        bench_config(bench_parser().parse_args(argv))
+    except UsageError:
+        return False
+    return True
+
+
+def bench_option_in(argv: List[str], sender: argparse.ArgumentParser) -> Optional[UsageError]:
+    """An option only bench has, given to the sender: the mistake, and the command that works.
+
+    Without this, argparse reads `--sizes 1400` as an unknown option and
+    1400 as the protocol, and `--sweep` as "no protocol given".
+    """
+    own = sender._option_string_actions
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    for word in words:
+        option = word.split("=", 1)[0]
+        if option.startswith("-") and option not in own and option in bench_parser()._option_string_actions:
+            if bench_runs(argv):
+                return UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
+            return UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
+                              f"see `python3 sendzc.py bench --help`")
+    return None
+
+
+def sender_usage(argv: List[str], e: UsageError) -> UsageError:
+    """The sender's "no protocol given", when there is no -D either: suggest what can run.
+
+    Adding a protocol alone would only meet "no destination". The sender
+    needs an address, which only the user knows; bench (when the options fit
+    it) runs as it is.
+    """
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    if not str(e).startswith("no protocol given") or any(w.startswith("-D") for w in words):
+        return e
+    send = (f"to send, `{command([*argv, '-D', 'ADDR', 'udp'])}`, ADDR a host running "
+            f"`sendzc.py rx udp`")
+    if bench_runs(argv):
+        return UsageError(f"no protocol and no destination: for the whole comparison on a private "
+                          f"sink, `{command(['bench', *argv])}` (root); {send}")
+    return UsageError(f"no protocol and no destination: {send}")
 
 
 if __name__ == "__main__":

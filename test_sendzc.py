@@ -2215,3 +2215,52 @@ def test_ctrl_c_while_bench_adds_the_sink_device_is_an_interruption(tmp_path):
 RUNTIME_LINES.update({
     "Ctrl-C while making the sink": "sendzc: interrupted while making the private sink",
 })
+
+
+# --- a suggested command works (item 13) --------------------------------------------
+
+SUGGESTIONS = {
+    "a bench option without bench": (
+        ["--sweep"],
+        "sendzc: --sweep is an option of `sendzc.py bench`: run `python3 sendzc.py bench --sweep`"),
+    "bench's --sizes without bench": (
+        ["--sizes", "1400"],
+        "sendzc: --sizes is an option of `sendzc.py bench`: run `python3 sendzc.py bench --sizes 1400`"),
+    "no protocol and no destination": (
+        ["--json"],
+        "sendzc: no protocol and no destination: for the whole comparison on a private sink, "
+        "`python3 sendzc.py bench --json` (root); to send, `python3 sendzc.py --json -D ADDR udp`, "
+        "ADDR a host running `sendzc.py rx udp`"),
+    "no protocol and no destination, a sender option": (
+        ["-r", "4"],
+        "sendzc: no protocol and no destination: to send, `python3 sendzc.py -r 4 -D ADDR udp`, "
+        "ADDR a host running `sendzc.py rx udp`"),
+}
+USAGE_MISTAKES.update(SUGGESTIONS)          # README's table has them (the test of the table reads this)
+
+
+def parses(command):
+    """Does `python3 sendzc.py ...` (ADDR an address) get past the command line, as main() reads it?"""
+    argv = command.split()[2:]
+    argv = ["192.0.2.1" if w == "ADDR" else w for w in argv]
+    if argv[:1] == ["bench"]:
+        sendzc.bench_config(sendzc.bench_parser().parse_args(argv[1:]))
+    else:
+        sendzc.sender_config(sendzc.sender_parser().parse_args(argv))
+    return True
+
+
+@pytest.mark.parametrize("case", list(SUGGESTIONS))
+def test_every_command_a_usage_line_suggests_works(case):
+    args, line = SUGGESTIONS[case]
+    p = tool(*args)
+    assert p.returncode == 2
+    assert only_line(p) == line
+    suggested = re.findall(r"`(python3 sendzc\.py [^`]*)`", line)
+    assert suggested and all(parses(c) for c in suggested)
+
+
+def test_help_names_bench_as_it_is_typed():
+    p = tool("--help")
+    assert p.returncode == 0 and "[bench]" not in p.stdout
+    assert "sendzc.py bench [options]" in p.stdout
