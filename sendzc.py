@@ -2117,9 +2117,6 @@ def setup_error(e: OSError) -> str:
     if getattr(e, "syscall", None) != "io_uring_setup":
         return oserror_line(e)             # the rings' mmap(), say: EMFILE (mmap dup()s the fd)
     name = errno.errorcode.get(e.errno, str(e.errno))
-    blocked = ("a seccomp filter on this process {verb} io_uring (as the default profiles of "
-               "container runtimes do): allow io_uring_setup, io_uring_enter and io_uring_register "
-               "in its profile, or run outside the container")
     if e.errno in (errno.EPERM, errno.EACCES):
         disabled = read_io_uring_disabled()
         if disabled == 2:
@@ -2129,13 +2126,15 @@ def setup_error(e: OSError) -> str:
             return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
                     "run as root, join the group kernel.io_uring_group names, or "
                     "`sysctl -w kernel.io_uring_disabled=0` as root")
-        if seccomp_mode() == SECCOMP_MODE_FILTER:
-            return f"io_uring_setup: {name}: " + blocked.format(verb="refuses")
+        blocked = seccomp_refusal(e)
+        if blocked:
+            return blocked
         return (f"io_uring_setup: {name}, though io_uring is enabled and no seccomp filter is on: "
                 f"a security module (SELinux, AppArmor) may deny it: look in its audit log")
     if e.errno == errno.ENOSYS:
-        if seccomp_mode() == SECCOMP_MODE_FILTER:
-            return "io_uring_setup: ENOSYS: " + blocked.format(verb="hides")
+        blocked = seccomp_refusal(e)
+        if blocked:
+            return blocked
         return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
                 "CONFIG_IO_URING): use one that has it")
     if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
@@ -2144,6 +2143,41 @@ def setup_error(e: OSError) -> str:
         return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
                 f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
     return oserror_line(e)
+
+
+def seccomp_refusal(e: OSError) -> Optional[str]:
+    """One line for an io_uring syscall a seccomp filter refused (EPERM, EACCES) or hid (ENOSYS).
+
+    None if no filter is on, or the errno is not one a filter answers with.
+    A profile may refuse all three calls, or only io_uring_enter or
+    io_uring_register (setup then works, and the first submit fails): the
+    line names the call that was refused.
+    """
+    call = getattr(e, "syscall", None)
+    if (call not in ("io_uring_setup", "io_uring_enter", "io_uring_register")
+            or e.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS)
+            or seccomp_mode() != SECCOMP_MODE_FILTER):
+        return None
+    return (f"{call}: {errno.errorcode[e.errno]}: a seccomp filter on this process "
+            f"{'hides' if e.errno == errno.ENOSYS else 'refuses'} io_uring (as the default profiles "
+            f"of container runtimes do): allow io_uring_setup, io_uring_enter and io_uring_register "
+            f"in its profile, or run outside the container")
+
+
+def check_io_uring() -> None:
+    """Set up a ring, register with it, enter it: raise the OSError of the first call refused.
+
+    For the receiver, which can do without io_uring: a seccomp profile may
+    allow io_uring_setup and refuse io_uring_register or io_uring_enter,
+    and only calling each tells. One NOP, on a ring of one entry.
+    """
+    with Ring(1) as ring:
+        ring.probe()                                   # io_uring_register
+        sqe = io_uring_sqe()
+        prep_nop(sqe)
+        ring.place(bytes(sqe))
+        ring.submit_and_wait(1)                        # io_uring_enter
+        ring.cq_advance(ring.cq_ready())
 
 
 def register_error(e: OSError, nbytes: int) -> str:
@@ -2825,6 +2859,7 @@ def tcp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitS
     """UringReceiver if asked for and this host allows it, else SocketReceiver (and say why)."""
     if cfg.uring:
         try:
+            check_io_uring()    # a seccomp profile may refuse io_uring_enter or _register alone
             return UringReceiver(sock, buf, stack)
         except OSError as e:
             result.note = f"io_uring refused ({e.strerror or e}): received with recv_into instead"
@@ -4012,6 +4047,21 @@ def kernel_capabilities() -> dict:
         caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
         missing.append("io_uring_setup")
         return caps
+    try:
+        return _ring_capabilities(caps, ring)
+    except OSError as e:
+        # A ring, but io_uring_register or io_uring_enter refused (a seccomp
+        # profile that allows only setup): what we learnt, and that line.
+        if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
+            raise
+        caps["setup_error"] = oserror_line(e)
+        missing.append(e.syscall)
+        return caps
+
+
+def _ring_capabilities(caps: dict, ring: Ring) -> dict:
+    """kernel_capabilities(), from the first ring on: register, enter, the setup flags."""
+    missing = caps["missing"]
     with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
         probe = ring.probe()
@@ -4067,7 +4117,7 @@ def describe_capabilities(caps: dict) -> List[str]:
              "kernel.io_uring_disabled = " + ("(absent: before 6.6)" if disabled is None else
                                               f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
     if "setup_error" in caps:
-        return lines + [f"io_uring_setup: refused: {caps['setup_error']}"]
+        return lines + [f"{caps['missing'][-1]}: refused: {caps['setup_error']}"]
     lines.append(f"features ({len(caps['features'])}): "
                  + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]))
     lines.append("setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()))
@@ -4155,6 +4205,9 @@ def oserror_line(e: OSError) -> str:
             call = f"{called.group(1)}() in {where}" if called else f"a call in {where}()"
     if e.errno is None:
         return f"{call} failed: {e}: unexpected here; please report it, with the command line"
+    blocked = seccomp_refusal(e)           # io_uring_enter or _register, refused on their own
+    if blocked:
+        return blocked
     name = errno.errorcode.get(e.errno, str(e.errno))
     fix = OSERROR_FIXES.get(e.errno, "unexpected here; please report it, with the command line")
     fix = fix.format(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])

@@ -2264,3 +2264,65 @@ def test_help_names_bench_as_it_is_typed():
     p = tool("--help")
     assert p.returncode == 0 and "[bench]" not in p.stdout
     assert "sendzc.py bench [options]" in p.stdout
+
+
+# --- a seccomp filter that refuses one io_uring call only (item 10) ------------------
+
+IO_URING_NR = {"io_uring_enter": 426, "io_uring_register": 427}   # the same on x86_64 and aarch64
+
+
+def seccomp_only_exec(call):
+    """SECCOMP_EXEC, its filter refusing one io_uring syscall instead of all three."""
+    script, n = re.subn(r"    \(BPF_JEQ_K, 3, 0, 425\).*?427\),[^\n]*\n",
+                        f"    (BPF_JEQ_K, 1, 0, {IO_URING_NR[call]}),\n", SECCOMP_EXEC, flags=re.S)
+    assert n == 1
+    return script
+
+
+def tool_with_only(call, *args, **kw):
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("the filter knows the io_uring syscall numbers of x86_64 and aarch64 only")
+    return subprocess.Popen([sys.executable, "-c", seccomp_only_exec(call), "EPERM", TOOL, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def seccomp_line(call):
+    return RUNTIME_LINES["seccomp EPERM"].replace("io_uring_setup: EPERM", f"{call}: EPERM", 1)
+
+
+@pytest.mark.parametrize("call", list(IO_URING_NR))
+def test_a_filter_refusing_one_io_uring_call_is_named_in_one_line(call):
+    with udp_sink_socket() as port:
+        p = tool_with_only(call, "-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+        out, err = p.communicate(timeout=30)
+    p = subprocess.CompletedProcess([], p.returncode, out, err)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == seccomp_line(call)
+
+
+@pytest.mark.parametrize("call", list(IO_URING_NR))
+def test_probe_reports_a_filter_refusing_one_io_uring_call(call):
+    p = tool_with_only(call, "--probe")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 1
+    line = seccomp_line(call)[len("sendzc: "):]
+    assert out.splitlines()[0].startswith("kernel ")            # the report, not only the line
+    assert f"{call}: refused: {line}" in out.splitlines()
+    assert err.splitlines() == [f"sendzc: missing: {call} ({line})"]
+
+
+@pytest.mark.parametrize("call", list(IO_URING_NR))
+def test_the_receiver_falls_back_when_one_io_uring_call_is_refused(call):
+    port = free_port()
+    rx = tool_with_only(call, "rx", "--json", "-4", "-p", port, "tcp")
+    assert "waiting for a sender" in rx.stderr.readline()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(sendzc.pattern(100000))
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    row = doc["rows"][0]
+    assert row["method"] == "recv_into" and row["bytes"] == 100000 and row["verified"] is True
+    assert row["note"].startswith(f"io_uring refused ({call}: EPERM")
+
+
+RUNTIME_LINES.update({f"seccomp refuses {call} only": seccomp_line(call) for call in IO_URING_NR})
