@@ -3530,7 +3530,17 @@ def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
     return lines
 
 
-def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
+def measured_all(cfg: BenchConfig, results: List[Result]) -> bool:
+    """Did the run measure every row of every size, none cut short?
+
+    A crossover is a claim about every size: over a run that Ctrl-C or an
+    error ended early it would judge sizes never measured.
+    """
+    return (len(results) == len(cfg.plan()) * len(cfg.sizes)
+            and not any(r.interrupted or r.error for r in results))
+
+
+def bench_footer(results: List[Result], sizes: List[int], complete: bool = True) -> List[str]:
     lines = ["",
              "MB/s: 2^20 bytes per second of measured time; Gbit/s: 10^9 bits per second. "
              "speedup: MB/s over the MSG_ZEROCOPY row.",
@@ -3555,7 +3565,10 @@ def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
     undrained = sum(r.undrained for r in results)
     if undrained:
         lines.append(f"warning: {undrained} completions were still outstanding when their socket closed.")
-    if len(sizes) > 1:
+    if len(sizes) > 1 and not complete:
+        lines.append("where zero-copy starts to pay: not judged, as the run ended before it had "
+                     "measured every size")
+    elif len(sizes) > 1:
         lines.append(f"where zero-copy starts to pay on this host (the smallest size from which it "
                      f"is {CROSSOVER_MARGIN - 1:.0%} or more faster than copying at every larger size "
                      f"measured, best batch of each):")
@@ -3609,7 +3622,7 @@ def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
         if rows:
             print(f"\n{size} B per send")
             print("\n".join(format_table(rows)))
-    print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
+    print("\n".join(bench_footer(results, cfg.sizes, measured_all(cfg, results))), flush=True)
 
 
 def bench_main(argv: List[str]) -> int:
@@ -3625,7 +3638,9 @@ def bench_main(argv: List[str]) -> int:
         results, failure = run_bench(cfg, dst)
     # Back in our own namespace; nothing holds the private one any more: report.
     if cfg.as_json:
-        extra = {"crossover": crossover(results)} if len(cfg.sizes) > 1 else {}
+        extra = {}
+        if len(cfg.sizes) > 1:
+            extra["crossover"] = crossover(results) if measured_all(cfg, results) else None
         extra["error"] = failure
         print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
     else:

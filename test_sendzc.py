@@ -2326,3 +2326,29 @@ def test_the_receiver_falls_back_when_one_io_uring_call_is_refused(call):
 
 
 RUNTIME_LINES.update({f"seccomp refuses {call} only": seccomp_line(call) for call in IO_URING_NR})
+
+
+# --- an interrupted bench judges no crossover (item 11) ---------------------------
+
+@needs_root
+def test_an_interrupted_bench_judges_no_crossover():
+    """Ctrl-C in the third row of 1400 B: 65435 B was never measured, so no verdict over it."""
+    p = subprocess.Popen([sys.executable, TOOL, "bench", "--sizes", "1400,65435", "-t", "0.3", "-i", "0.1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        headers = 0
+        for line in p.stdout:
+            if line.startswith("-- "):
+                headers += 1
+                if headers == 3:
+                    break
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    if p.returncode == 1 and "no ifb device" in err:
+        pytest.skip(err.strip())
+    assert p.returncode == 130, err
+    assert err.splitlines() == [INTERRUPTED_LINE]
+    assert "where zero-copy starts to pay: not judged, as the run ended before it had measured every size" in out
+    assert "not at any size measured" not in out and "65435 B per send" not in out
