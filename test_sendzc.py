@@ -2352,3 +2352,102 @@ def test_an_interrupted_bench_judges_no_crossover():
     assert err.splitlines() == [INTERRUPTED_LINE]
     assert "where zero-copy starts to pay: not judged, as the run ended before it had measured every size" in out
     assert "not at any size measured" not in out and "65435 B per send" not in out
+
+
+# --- the fuzz test --------------------------------------------------------------------
+#
+# Random command lines within the CLI's grammar (some of them usage mistakes,
+# which the grammar allows), each run for a fraction of a second inside a
+# namespace with a sink, some cut short by Ctrl-C at a random moment. Seeded:
+# a failure names its seed and command line, and reproduces.
+
+FUZZ_SEED = 13
+FUZZ_RUNS = 40
+
+
+def fuzz_command(rng):
+    """(argv, send SIGINT after this many seconds or None)."""
+    def some(*options):
+        return [w for o in options if rng.random() < 0.3 for w in o]
+
+    t = rng.choice(["0.05", "0.1", "0.2"])
+    common = some(["--json"], ["-i", rng.choice(["0.05", "0.001"])]) + \
+        (["-p", str(rng.choice([8000, 9100]))] if rng.random() < 0.3 else [])
+    form = rng.choices(["send", "rx", "bench", "probe"], weights=[6, 1, 2, 1])[0]
+    if form == "probe":
+        return ["--probe", *some(["--json"])], None
+    if form == "rx":                               # no sender: only Ctrl-C ends it
+        proto = rng.choice(["udp", "tcp"])
+        return ["rx", *common, *some(["-t", t], ["--no-verify"], ["--no-uring"], ["-4"], ["-6"]), proto], \
+            rng.uniform(0.2, 0.6)
+    if form == "bench":
+        argv = ["bench", "-t", t, "--batches", rng.choice(["1", "1,8"]), *common,
+                *some(["--sizes", "1400,65435"], ["--sweep"], ["--qdisc", rng.choice(["fq", "bogus"])])]
+        if rng.random() < 0.3 and "--qdisc" not in argv:
+            argv += ["-D", SINK4]
+        return argv, rng.choice([None, None, rng.uniform(0.1, 1.0)])
+    proto = rng.choices(["udp", "raw", "tcp"], weights=[6, 1, 2])[0]
+    addr = rng.choice([SINK4, SINK6, "127.0.0.1"])
+    if proto == "tcp" and addr != "127.0.0.1":
+        stop = rng.uniform(0.1, 0.5)               # SYNs into the sink: connect() would wait 5 s
+    else:
+        stop = rng.choice([None, None, None, rng.uniform(0.05, 0.4)])
+    argv = ["-D", addr, "-t", t, *common,
+            *some(["-s", rng.choice(["1", "1400", "65435", "70000"])], ["-r", rng.choice(["1", "8", "64", "1024"])],
+                  ["-f"], ["--no-zc"], ["--no-fixed-buf"], ["--sendmsg"], ["--entries", rng.choice(["8", "100", "512"])],
+                  ["--trace", "2"], ["--sqpoll"], ["-4"], ["-6"]), proto]
+    if "-i" not in argv and rng.random() < 0.2:
+        argv[-1:-1] = ["-n", "2"]
+    if "-n" in argv and "--json" in argv and "--trace" in argv:
+        argv.remove("--trace")                     # item 6 (another change): -n's --trace goes to stdout
+        argv.remove("2")
+    return argv, stop
+
+
+def wait_until_running(p, timeout=10):
+    """Until the tool's first lines have run: it catches SIGTERM (SigCgt in /proc/PID/status).
+
+    Before that, Python itself is starting and compiling the file, and a
+    Ctrl-C is Python's own KeyboardInterrupt at "line 0": no line of any
+    file can catch it (README, "When it fails").
+    """
+    give_up = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < give_up:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                caught = int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
+        except (OSError, StopIteration):
+            return
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.002)
+
+
+def test_fuzz_command_lines_end_cleanly(sink):
+    """No traceback, a status in {0, 1, 2, 130}, and with --json exactly one JSON document."""
+    import random
+    rng = random.Random(FUZZ_SEED)
+    for run in range(FUZZ_RUNS):
+        argv, stop = fuzz_command(rng)
+        what = f"seed {FUZZ_SEED}, run {run}: sendzc.py {' '.join(argv)} (SIGINT after {stop})"
+        p = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, *argv],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if stop is not None:
+                wait_until_running(p)
+                try:
+                    p.wait(stop)
+                except subprocess.TimeoutExpired:
+                    p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+        finally:
+            p.kill()
+        assert "Traceback" not in err, f"{what}\n{err}"
+        assert p.returncode in (0, 1, 2, 130), f"{what}: status {p.returncode}\n{err}"
+        if p.returncode:
+            assert err.strip(), f"{what}: failed without a line"
+        if "--json" in argv and "--help" not in argv:
+            try:
+                json.loads(out)
+            except ValueError:
+                pytest.fail(f"{what}: not one JSON document:\n{out}\n{err}")
