@@ -46,15 +46,20 @@ import signal
 
 # A signal before main() has installed its handler (the imports below and
 # the module's own setup take ~50 ms) must not end in a KeyboardInterrupt
-# traceback: as a program, we own the signals from here on. Nothing is open
-# yet, so there is nothing to report: one line, and the status main() would
-# give (EARLY_SIGNALS: see STOP_SIGNALS in section 9). Imported (by the
-# tests), the importer keeps its own handlers.
+# traceback: as a program, we own the signals from here on. The first is
+# noted, and main() ends the run before it begins, the way it ends every
+# run (one line, a JSON document with --json, 130 or 128+N; EARLY_SIGNALS:
+# see STOP_SIGNALS in section 9). A second one, if loading is that slow,
+# ends it at once. Imported (by the tests), the importer keeps its handlers.
 EARLY_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_early_signals = []
 
 
 def _signal_before_main(signum, frame):
-    """A stop signal before main() began: one line, then exit as main() would (130, 128+N)."""
+    """A stop signal before main() began: note it for main(); a second one exits (130, 128+N)."""
+    if not _early_signals:
+        _early_signals.append(signum)
+        return
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     sys.stderr.write(f"sendzc: interrupted ({name}) while starting: nothing was sent\n")
     raise SystemExit(130 if signum == signal.SIGINT else 128 + signum)
@@ -4260,6 +4265,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 def _main(argv: List[str]) -> int:
     """main() under our signal handlers: dispatch, and one line for every way out."""
     try:
+        if _early_signals:                 # (see _signal_before_main)
+            STOP.signum = _early_signals.pop()
+            raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
         status = dispatch(argv)
     except Fatal as e:
         json_refusal(argv, str(e))
@@ -4357,6 +4365,11 @@ def sender_usage(argv: List[str], e: UsageError) -> UsageError:
     words = argv[:argv.index("--")] if "--" in argv else argv
     if not str(e).startswith("no protocol given") or any(w.startswith("-D") for w in words):
         return e
+    try:
+        sender_config(sender_parser().parse_args([*argv, "udp"]))
+        return e                           # the protocol alone makes it work: say only that
+    except UsageError:
+        pass
     send = (f"to send, `{command([*argv, '-D', 'ADDR', 'udp'])}`, ADDR a host running "
             f"`sendzc.py rx udp`")
     if bench_runs(argv):

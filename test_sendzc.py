@@ -1923,12 +1923,20 @@ def tool_signalled_at(when, signame, *args):
 
 
 @pytest.mark.parametrize("signame,status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
-def test_a_signal_before_main_is_one_line_not_a_traceback(signame, status):
-    """Issue 13, item 14: a signal while the module still imports."""
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_signal_before_main_is_one_line_not_a_traceback(signame, status, as_json):
+    """Issue 13, item 14: a signal while the module still imports: no run, one line (and a document)."""
     label = "Ctrl-C" if signame == "SIGINT" else signame
-    p = tool_signalled_at("import:argparse", signame, "-D", "127.0.0.1", "-t", "5", "udp")
-    assert (p.returncode, p.stdout) == (status, "")
-    assert only_line(p) == f"sendzc: interrupted ({label}) while starting: nothing was sent"
+    p = tool_signalled_at("import:argparse", signame, *(["--json"] if as_json else []),
+                          "-D", "127.0.0.1", "-t", "5", "udp")
+    assert p.returncode == status
+    line = f"sendzc: interrupted ({label}) while starting: nothing was sent"
+    assert only_line(p) == line
+    if as_json:
+        doc = json.loads(p.stdout)
+        assert doc["rows"] == [] and f"sendzc: {doc['error']}" == line
+    else:
+        assert p.stdout == ""
 
 
 def test_ctrl_c_as_main_returns_does_not_kill_the_tool():
