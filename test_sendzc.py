@@ -2459,3 +2459,39 @@ def test_fuzz_command_lines_end_cleanly(sink):
                 json.loads(out)
             except ValueError:
                 pytest.fail(f"{what}: not one JSON document:\n{out}\n{err}")
+
+
+def test_a_flow_the_receiver_never_took_fails_the_run():
+    """Item 2, with -n 3 into a receiver that takes 2: the third flow's data never arrived."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # the third flow's sends wait
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    got = []
+
+    def read_to_the_end(conn):
+        with conn:
+            got.append(sum(iter(lambda: len(conn.recv(1 << 20)), 0)))
+
+    def take_two():
+        readers = [threading.Thread(target=read_to_the_end, args=(listener.accept()[0],)) for _ in range(2)]
+        for r in readers:
+            r.start()
+        time.sleep(2)
+        listener.close()                     # the connection still queued is reset
+        for r in readers:
+            r.join(30)
+    taker = threading.Thread(target=take_two)
+    taker.start()
+    try:
+        p = tool("--json", "-n", "3", "-D", "127.0.0.1", "-p", port, "-t", "1", "tcp")
+    finally:
+        taker.join(30)
+    assert p.returncode == 1
+    line = TCP_RESET_LINE.format(addr="127.0.0.1", port=port)
+    assert only_line(p) == line
+    rows = json.loads(p.stdout)["rows"]
+    lost = [r for r in rows if r["error"]]
+    assert len(lost) == 1 and lost[0]["failed"] > 0 and f"sendzc: {lost[0]['error']}" == line
+    assert sorted(r["bytes"] for r in rows if not r["error"]) == sorted(got)
