@@ -931,7 +931,7 @@ def test_rx_tcp_receives_and_verifies_every_byte_the_sender_reports(pair, family
     tx = tool_json(f"-{family}", "-D", dst, "-p", port, "-t", "1", *opts, "tcp", ns=txns)
     status, doc, err = finish_rx(rx)
     assert status == 0, err
-    assert set(doc) == {"tool", "version", "kernel", "host", "params", "rows"}
+    assert set(doc) == {"tool", "version", "kernel", "host", "params", "rows", "error"}
     got, sent = doc["rows"][0], tx["rows"][0]
     assert sent["error"] is None and sent["bytes"] > 0
     assert got["bytes"] == sent["bytes"]                   # every byte the sender reports, no more
