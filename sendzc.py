@@ -32,8 +32,10 @@ then may the buffer change. Everything below serves that sentence.
 """
 
 # The Python floor, checked before anything that could fail on an older one
-# (dataclasses is 3.7+; vermin finds 3.9 features below). Written so that any
-# Python 3 that can compile this file gets here: 3.6 to 3.8 stop in one line.
+# (3.6 has no dataclasses). 3.9 is the floor README promises, and the one the
+# tests run and check with vermin; older ones are not tested, so not served.
+# Written so that any Python 3 that can compile this file gets here: 3.6 to
+# 3.8 stop in one line.
 # (Python 3.5 and 2.7 cannot compile the f-strings further down, and stop
 # with a SyntaxError before any line of the file runs: no file can say more.)
 import sys
@@ -1413,7 +1415,7 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
                     "`setcap cap_net_raw+ep` on the python binary, or send udp") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        connect(sock, (addr, 0 if proto == "raw" else port))
+        connect_bounded(sock, (addr, 0 if proto == "raw" else port))
     except OSError as e:
         sock.close()
         raise Fatal(connect_error(e, proto, addr, port)) from None
@@ -1423,8 +1425,8 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
     return sock
 
 
-def connect(sock: socket.socket, where: tuple) -> None:
-    """connect(), bounded by CONNECT_SECONDS and ended by Ctrl-C.
+def connect_bounded(sock: socket.socket, where: tuple) -> None:
+    """connect(2), bounded by CONNECT_SECONDS and ended by Ctrl-C (socket.connect() is neither).
 
     A blocking connect() to a host that drops SYNs waits minutes, and Python
     restarts it after a signal (PEP 475), so Ctrl-C would go unheard. So: a
