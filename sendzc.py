@@ -3537,16 +3537,6 @@ def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
     return lines
 
 
-def measured_all(cfg: BenchConfig, results: List[Result]) -> bool:
-    """Did the run measure every row of every size, none cut short?
-
-    A crossover is a claim about every size: over a run that Ctrl-C or an
-    error ended early it would judge sizes never measured.
-    """
-    return (len(results) == len(cfg.plan()) * len(cfg.sizes)
-            and not any(r.interrupted or r.error for r in results))
-
-
 def bench_footer(results: List[Result], sizes: List[int], complete: bool = True) -> List[str]:
     lines = ["",
              "MB/s: 2^20 bytes per second of measured time; Gbit/s: 10^9 bits per second. "
@@ -3612,8 +3602,8 @@ def format_sweep(rows: List[Result]) -> List[str]:
     return lines
 
 
-def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
-    """The tables, one per size, then what the columns mean."""
+def print_bench(cfg: BenchConfig, results: List[Result], complete: bool = True) -> None:
+    """The tables, one per size, then what the columns mean (complete: see bench_main)."""
     if cfg.sweep:
         for size in cfg.sizes:
             rows = [r for r in results if r.size == size]
@@ -3629,7 +3619,7 @@ def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
         if rows:
             print(f"\n{size} B per send")
             print("\n".join(format_table(rows)))
-    print("\n".join(bench_footer(results, cfg.sizes, measured_all(cfg, results))), flush=True)
+    print("\n".join(bench_footer(results, cfg.sizes, complete)), flush=True)
 
 
 def bench_main(argv: List[str]) -> int:
@@ -3644,14 +3634,17 @@ def bench_main(argv: List[str]) -> int:
             print("\n".join(bench_header(cfg, dst, sink)), flush=True)
         results, failure = run_bench(cfg, dst)
     # Back in our own namespace; nothing holds the private one any more: report.
+    # A crossover is a claim about every size: over a run that Ctrl-C or an
+    # error ended early, it would judge sizes never measured.
+    complete = failure is None and not STOP.requested
     if cfg.as_json:
         extra = {}
         if len(cfg.sizes) > 1:
-            extra["crossover"] = crossover(results) if measured_all(cfg, results) else None
+            extra["crossover"] = crossover(results) if complete else None
         extra["error"] = failure
         print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
     else:
-        print_bench(cfg, results)
+        print_bench(cfg, results, complete)
     if failure:
         raise Fatal(failure)
     return 130 if STOP.requested else 0
