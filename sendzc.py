@@ -38,6 +38,46 @@ series, which became IORING_OP_SEND_ZC. sendzc grew from it and keeps its
 options, its defaults and its output line.
 """
 
+# The Python floor, checked before anything that could fail on an older one
+# (3.6 has no dataclasses). 3.9 is the floor README promises, and the one the
+# tests run and check with vermin; older ones are not tested, so not served.
+# Written so that any Python 3 that can compile this file gets here: 3.6 to
+# 3.8 stop in one line.
+# (Python 3.5 and 2.7 cannot compile the f-strings further down, and stop
+# with a SyntaxError before any line of the file runs: no file can say more.)
+import sys
+if sys.version_info < (3, 9):
+    sys.stderr.write("sendzc: this is Python %d.%d.%d; sendzc needs 3.9 or newer: run it with "
+                     "python3.9 or a later python3\n" % tuple(sys.version_info[:3]))
+    sys.exit(1)
+
+import signal
+
+# A signal before main() has installed its handler (the imports below and
+# the module's own setup take ~50 ms) must not end in a KeyboardInterrupt
+# traceback: as a program, we own the signals from here on. The first is
+# noted, and main() ends the run before it begins, the way it ends every
+# run (one line, a JSON document with --json, 130 or 128+N; EARLY_SIGNALS:
+# see STOP_SIGNALS in section 9). A second one, if loading is that slow,
+# ends it at once. Imported (by the tests), the importer keeps its handlers.
+EARLY_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+_early_signals = []
+
+
+def _signal_before_main(signum, frame):
+    """A stop signal before main() began: note it for main(); a second one exits (130, 128+N)."""
+    if not _early_signals:
+        _early_signals.append(signum)
+        return
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    sys.stderr.write(f"sendzc: interrupted ({name}) while starting: nothing was sent\n")
+    raise SystemExit(130 if signum == signal.SIGINT else 128 + signum)
+
+
+if __name__ == "__main__":
+    for _signum in EARLY_SIGNALS:
+        signal.signal(_signum, _signal_before_main)
+
 import argparse
 import ctypes
 import errno
@@ -52,11 +92,9 @@ import resource
 import select
 import shlex
 import shutil
-import signal
 import socket
 import struct
 import subprocess
-import sys
 import time
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -1549,9 +1587,10 @@ class Payload:
 
 
 class _Stop:
-    """Set by SIGINT (see on_sigint); every loop looks at it once per batch."""
+    """Set by SIGINT, SIGTERM or SIGHUP (see on_sigint); every loop looks at it once per batch."""
     requested = False    # Ctrl-C once: end the run, drain, print the partial result
     hurry = False        # Ctrl-C twice: stop waiting for notifications too
+    signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
 
 
 STOP = _Stop()
@@ -1648,6 +1687,15 @@ class Intervals:
 
     def __init__(self, every_s: float, printing: bool, start_ns: int = 0):
         self.every_ns = int(every_s * 1e9)
+        # Enough decimals that an interval's two ends differ on the line: two
+        # for -i 0.1 and longer; below, microseconds and finer (-i 0.001: six),
+        # as an interval that catches up after a stall can be far shorter
+        # than -i. JSON keeps nanoseconds, so its rates agree with its times.
+        self.decimals = 2
+        while every_s * 10 ** self.decimals < 10:
+            self.decimals += 1
+        if self.decimals > 2:
+            self.decimals += 2
         self.printing = printing
         self.start_ns = start_ns
         self.last = (0, 0, 0)       # (ns since start, bytes, requests) at the last report
@@ -1657,13 +1705,15 @@ class Intervals:
         t0, b0, r0 = self.last
         t1 = now_ns - self.start_ns
         dt = (t1 - t0) / 1e9 or 1e-9
-        row = {"start": round(t0 / 1e9, 3), "end": round(t1 / 1e9, 3), "bytes": nbytes - b0,
+        row = {"start": round(t0 / 1e9, 9), "end": round(t1 / 1e9, 9), "bytes": nbytes - b0,
                "requests": requests - r0, "mb_per_s": round((nbytes - b0) / MIB / dt, 1),
                "gbit_per_s": round((nbytes - b0) * 8 / 1e9 / dt, 3)}
         self.rows.append(row)
         self.last = (t1, nbytes, requests)
         if self.printing:
-            print(f"[{row['start']:6.2f}-{row['end']:6.2f} s] {row['bytes'] >> 20:8d} MB "
+            width = self.decimals + 4
+            print(f"[{row['start']:{width}.{self.decimals}f}-{row['end']:{width}.{self.decimals}f} s] "
+                  f"{row['bytes'] >> 20:8d} MB "
                   f"{row['mb_per_s']:10.1f} MB/s {row['gbit_per_s']:8.2f} Gbit/s "
                   f"{row['requests']:9d} req", flush=True)
 
@@ -1700,8 +1750,9 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    if r.mode not in ("send_syscall", "msg_zerocopy") and r.pool is None and cpu \
-            and r.cpu_user_s > PYTHON_SHARE_HINT * cpu:
+    # (Not for a run that sent nothing: its CPU went to setting up, not to sending.)
+    if (r.mode not in ("send_syscall", "msg_zerocopy") and r.pool is None and r.requests and cpu
+            and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
                      f"a larger -r, or --sqpoll, leaves more to the kernel "
                      f"(`sendzc.py bench --sweep` shows where batching stops paying)")
@@ -1768,11 +1819,27 @@ def family_name_label(name: str) -> str:
     return name.replace("ip", "IP")
 
 
-def json_doc(params: dict, results: List[Result], extra: Optional[dict] = None) -> dict:
+def json_doc(params: Optional[dict], results: list, extra: Optional[dict] = None) -> dict:
+    """The --json document; its caller prints it at once. error: the first row's, unless extra says.
+
+    Made at most once a run: main() prints one of its own (rows empty) for a
+    run that ends before any (a refusal, a usage mistake), so that a --json
+    run always prints exactly one document.
+    """
+    JSON_OUT.made = True
     doc = {"tool": "sendzc", "version": VERSION, "kernel": platform.release(),
-           "host": socket.gethostname(), "params": params, "rows": [r.row() for r in results]}
+           "host": socket.gethostname(), "params": params, "rows": [r.row() for r in results],
+           "error": next((r.error for r in results if r.error), None)}
     doc.update(extra or {})
     return doc
+
+
+class _JsonOut:
+    """Whether this run has made its --json document (json_doc)."""
+    made = False
+
+
+JSON_OUT = _JsonOut()
 
 
 # --- Sockets -----------------------------------------------------------------
@@ -1790,6 +1857,12 @@ def family_name(family: int) -> str:
     return "ipv6" if family == socket.AF_INET6 else "ipv4"
 
 
+# How long a TCP connect() may take. Linux itself gives up only after
+# net.ipv4.tcp_syn_retries (6: 127 s) of unanswered SYNs; a peer that has not
+# answered in this long (3 SYNs: at 0, 1 and 3 s) is not going to take data.
+CONNECT_SECONDS = 5.0
+
+
 def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.socket:
     """The seed's do_setup_tx(): a socket, a 2 MiB send buffer, connect()."""
     sock_type, ipproto = SOCK_TYPES[proto]
@@ -1800,11 +1873,42 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
                     "`setcap cap_net_raw+ep` on the python binary, or send udp") from None
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
-        sock.connect((addr, 0 if proto == "raw" else port))
+        connect_bounded(sock, (addr, 0 if proto == "raw" else port))
     except OSError as e:
         sock.close()
         raise Fatal(connect_error(e, proto, addr, port)) from None
+    except Fatal:
+        sock.close()
+        raise
     return sock
+
+
+def connect_bounded(sock: socket.socket, where: tuple) -> None:
+    """connect(2), bounded by CONNECT_SECONDS and ended by Ctrl-C (socket.connect() is neither).
+
+    A blocking connect() to a host that drops SYNs waits minutes, and Python
+    restarts it after a signal (PEP 475), so Ctrl-C would go unheard. So: a
+    non-blocking connect() (EINPROGRESS), then poll() for the answer,
+    POLL_MS at a time, looking at STOP in between. UDP and raw connect at once.
+    """
+    sock.setblocking(False)
+    err = sock.connect_ex(where)
+    if err == errno.EINPROGRESS:
+        waiting = select.poll()
+        waiting.register(sock, select.POLLOUT)
+        give_up = time.monotonic() + CONNECT_SECONDS
+        while not waiting.poll(POLL_MS):
+            if STOP.requested:
+                raise Fatal(f"interrupted while connecting to {host_port(*where[:2])}: "
+                            f"nothing was sent", 130)
+            if time.monotonic() >= give_up:
+                err = errno.ETIMEDOUT
+                break
+        else:
+            err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if err:
+        raise OSError(err, os.strerror(err))
+    sock.setblocking(True)
 
 
 def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
@@ -1816,7 +1920,8 @@ def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
     if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
         return f"{proto}: no route to {addr} ({errno.errorcode[e.errno]}): check the address and `ip route get {addr}`"
     if e.errno == errno.ETIMEDOUT:
-        return f"{proto}: connecting to {where} timed out: is the host up and the port open?"
+        return (f"{proto}: connecting to {where} timed out (no answer in {CONNECT_SECONDS:g} s): "
+                f"is the host up, and its firewall letting the port through?")
     return f"{proto}: connect to {where} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
@@ -2179,6 +2284,7 @@ class UringSender:
         self.stream = cfg.proto == "tcp"
         self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
         self.trace_out = sys.stdout
+        self.started_ns = 0                        # when run() began (perf_counter_ns)
         self.rusage_who = resource.RUSAGE_SELF     # RUSAGE_THREAD when one of several flows
         self._batches: Dict[int, bytes] = {}
 
@@ -2241,14 +2347,15 @@ class UringSender:
         return got
 
     # --- --trace --------------------------------------------------------------
-    def trace(self, n: int, out) -> Tuple[Tally, int, int]:
+    def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
         """Send the first n requests slowly, saying aloud what each step does.
 
         Each request is prepared on its own (user_data = its number), placed,
         submitted, and every CQE it causes is printed, notification included:
         a run of n sends followed from SQE to F_NOTIF. Returns the tally, which
         run() adds to its totals (these are real sends), and the results and
-        notifications still outstanding if it had to stop early.
+        notifications still outstanding if it had to stop early: at an error,
+        Ctrl-C, or the run's deadline (perf_counter_ns).
         """
         cfg, ring = self.cfg, self.ring
         explained = set()
@@ -2267,10 +2374,12 @@ class UringSender:
         total = Tally()
         sqe = io_uring_sqe()
         seq = count = due = 0
-        # Bounded like the drain: a peer that stops taking data must not hold
-        # the trace (and the run) for ever, nor must Ctrl-C go unheard.
-        give_up = time.perf_counter_ns() + int(DRAIN_SECONDS * 1e9)
-        while seq < n and not total.error and not STOP.requested:
+        # The trace is part of the timed run, and -t ends it as it ends the
+        # run: a peer that stops taking data must not hold it for ever, nor
+        # must Ctrl-C go unheard. What is still out then goes to run()'s
+        # drain, which waits DRAIN_SECONDS for it, as for any run.
+        late = False
+        while seq < n and not total.error and not STOP.requested and not late:
             count = min(cfg.batch, n - seq)
             for j in range(count):
                 seq += 1
@@ -2284,11 +2393,11 @@ class UringSender:
             due = 0
             wait = count
             while wait:
-                left = (give_up - time.perf_counter_ns()) / 1e9
+                left = (deadline - time.perf_counter_ns()) / 1e9
                 if STOP.requested:
                     break
-                if left <= 0:                     # run() reports it as undrained
-                    total.error = errno.ETIMEDOUT
+                if left <= 0:                     # -t: run()'s drain waits for the rest
+                    late = True
                     break
                 say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
                              f"min_complete={wait}) before: {rings()}")
@@ -2313,7 +2422,7 @@ class UringSender:
                 count -= t.results
                 wait = count + due          # here we do wait for the notifications
         total.due = 0
-        if total.error or STOP.requested:
+        if total.error or STOP.requested or late:
             # Whatever is still out goes to run(), whose drain waits for it.
             return total, count, due
         say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
@@ -2369,6 +2478,7 @@ class UringSender:
         result = Result(cfg.mode, cfg.proto, size, r, family_name(cfg.family),
                         setup=ring.setup_flags, gso=cfg.gso or None)
         meter = Meter(self.rusage_who)
+        self.started_ns = meter.t0    # -i: where the interval lines start counting
         deadline = meter.t0 + int(cfg.seconds * 1e9)
         next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
         placed = 0              # requests placed: a TCP batch starts at stream offset placed*size
@@ -2379,7 +2489,7 @@ class UringSender:
         self.payload.lent += 1
         if cfg.trace:
             # Inside the timed run: the trace's sends count, so must its time.
-            slow, inflight, due = self.trace(cfg.trace, self.trace_out)
+            slow, inflight, due = self.trace(cfg.trace, self.trace_out, deadline)
             placed = slow.results + inflight
 
         while True:
@@ -2448,14 +2558,17 @@ class UringSender:
             cq_advance(k)                     # only now may the kernel reuse those slots
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
 
-        result.interrupted = STOP.requested
         meter.stop(result)            # the rate covers sending; the drain below is not timed
         # Drain: every notification before the buffer may go. Bounded: a TCP
         # peer that stopped acknowledging could hold the pages for minutes.
-        drain_until = clock() + int(DRAIN_SECONDS * 1e9)
+        # A Ctrl-C that ended the run leaves the drain its DRAIN_SECONDS (a
+        # second one cuts it); a Ctrl-C that comes while it waits cuts it at once.
+        stopped = STOP.requested
+        drain_from = clock()
+        drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
         while inflight or due:
             left = (drain_until - clock()) / 1e9
-            if left <= 0 or STOP.hurry:       # out of time, or Ctrl-C twice
+            if left <= 0 or STOP.hurry or (STOP.requested and not stopped):
                 break
             try:
                 ring.wait_cqes(1, left)
@@ -2468,6 +2581,10 @@ class UringSender:
                 slow.add(t)
                 inflight -= t.results
                 due += t.due
+                if stream and t.short and not slow.error:
+                    slow.error = errno.EIO    # as in the loop: a reset cut a send short
+        waited = (clock() - drain_from) / 1e9
+        result.interrupted = STOP.requested
         result.requests = whole + slow.ok
         result.bytes = whole * size + slow.bytes
         result.eagain = slow.eagain
@@ -2477,14 +2594,21 @@ class UringSender:
         self.payload.lent += result.undrained - 1     # settled: only what never came stays lent
         if self.report_usage:
             result.zc_copied = copied + slow.copied
-        if slow.error == errno.ETIMEDOUT:          # the trace gave up waiting
-            result.error = undrained_error(cfg)
-        elif slow.error:
+        # Sends that failed mean data that never left (or never arrived): the
+        # run failed, whatever else it says. A failure with no errno of its
+        # own (only cancelled links, res -ECANCELED) was the stream breaking.
+        if result.failed and not slow.error:
+            slow.error = errno.EIO if stream else errno.ECANCELED
+        if slow.error:
             result.error = send_error(slow.error, cfg)
         elif entered is not None:
             result.error = oserror_line(entered)
-        elif result.undrained and not STOP.hurry:
-            result.error = undrained_error(cfg)
+        elif result.undrained and not (stopped and STOP.hurry):
+            # (Ctrl-C twice, the run then the drain: the user chose not to
+            # wait, and the result says how many never came.)
+            result.error = undrained_error(cfg, waited)
+        elif not result.requests and not result.interrupted:
+            result.error = nothing_sent_error(cfg)
         return result
 
 
@@ -2653,15 +2777,22 @@ def send_error(err: int, cfg: SendConfig) -> str:
     return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
 
 
-def undrained_error(cfg: SendConfig) -> str:
-    """One line for a run that ended with completions still missing after DRAIN_SECONDS.
+def undrained_error(cfg: SendConfig, waited: float) -> str:
+    """One line for a run that ended with completions still missing after waited seconds.
 
-    (How many is in the result above, and in the JSON row's undrained.)
+    waited is DRAIN_SECONDS, or less when Ctrl-C cut the wait. (How many is
+    in the result above, and in the JSON row's undrained.)
     """
     where = host_port(cfg.addr, cfg.port)
     return (f"{cfg.proto}: {where} stopped taking data: completions were still missing "
-            f"{DRAIN_SECONDS:g} s after the run: check that the receiver is running and "
+            f"{round(waited, 1):g} s after the run: check that the receiver is running and "
             f"reading; the result above is partial")
+
+
+def nothing_sent_error(cfg: SendConfig) -> str:
+    """One line for a run in which no send completed, and nothing failed either."""
+    return (f"{cfg.proto}: nothing was sent: no send completed within -t {cfg.seconds:g} s; "
+            f"give a longer -t")
 
 
 def setup_error(e: OSError) -> str:
@@ -2669,9 +2800,6 @@ def setup_error(e: OSError) -> str:
     if getattr(e, "syscall", None) != "io_uring_setup":
         return oserror_line(e)             # the rings' mmap(), say: EMFILE (mmap dup()s the fd)
     name = errno.errorcode.get(e.errno, str(e.errno))
-    blocked = ("a seccomp filter on this process {verb} io_uring (as the default profiles of "
-               "container runtimes do): allow io_uring_setup, io_uring_enter and io_uring_register "
-               "in its profile, or run outside the container")
     if e.errno in (errno.EPERM, errno.EACCES):
         disabled = read_io_uring_disabled()
         if disabled == 2:
@@ -2681,13 +2809,15 @@ def setup_error(e: OSError) -> str:
             return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
                     "run as root, join the group kernel.io_uring_group names, or "
                     "`sysctl -w kernel.io_uring_disabled=0` as root")
-        if seccomp_mode() == SECCOMP_MODE_FILTER:
-            return f"io_uring_setup: {name}: " + blocked.format(verb="refuses")
+        blocked = seccomp_refusal(e)
+        if blocked:
+            return blocked
         return (f"io_uring_setup: {name}, though io_uring is enabled and no seccomp filter is on: "
                 f"a security module (SELinux, AppArmor) may deny it: look in its audit log")
     if e.errno == errno.ENOSYS:
-        if seccomp_mode() == SECCOMP_MODE_FILTER:
-            return "io_uring_setup: ENOSYS: " + blocked.format(verb="hides")
+        blocked = seccomp_refusal(e)
+        if blocked:
+            return blocked
         return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
                 "CONFIG_IO_URING): use one that has it")
     if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
@@ -2696,6 +2826,41 @@ def setup_error(e: OSError) -> str:
         return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
                 f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
     return oserror_line(e)
+
+
+def seccomp_refusal(e: OSError) -> Optional[str]:
+    """One line for an io_uring syscall a seccomp filter refused (EPERM, EACCES) or hid (ENOSYS).
+
+    None if no filter is on, or the errno is not one a filter answers with.
+    A profile may refuse all three calls, or only io_uring_enter or
+    io_uring_register (setup then works, and the first submit fails): the
+    line names the call that was refused.
+    """
+    call = getattr(e, "syscall", None)
+    if (call not in ("io_uring_setup", "io_uring_enter", "io_uring_register")
+            or e.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS)
+            or seccomp_mode() != SECCOMP_MODE_FILTER):
+        return None
+    return (f"{call}: {errno.errorcode[e.errno]}: a seccomp filter on this process "
+            f"{'hides' if e.errno == errno.ENOSYS else 'refuses'} io_uring (as the default profiles "
+            f"of container runtimes do): allow io_uring_setup, io_uring_enter and io_uring_register "
+            f"in its profile, or run outside the container")
+
+
+def check_io_uring() -> None:
+    """Set up a ring, register with it, enter it: raise the OSError of the first call refused.
+
+    For the receiver, which can do without io_uring: a seccomp profile may
+    allow io_uring_setup and refuse io_uring_register or io_uring_enter,
+    and only calling each tells. One NOP, on a ring of one entry.
+    """
+    with Ring(1) as ring:
+        ring.probe()                                   # io_uring_register
+        sqe = io_uring_sqe()
+        prep_nop(sqe)
+        ring.place(bytes(sqe))
+        ring.submit_and_wait(1)                        # io_uring_enter
+        ring.cq_advance(ring.cq_ready())
 
 
 def register_error(e: OSError, nbytes: int) -> str:
@@ -2948,10 +3113,12 @@ class SyscallSender:
             # Drain: every completion before the buffer may go. Bounded, as
             # UringSender's is: a TCP peer that stopped reading could hold
             # the pages for minutes.
-            drain_until = clock() + int(DRAIN_SECONDS * 1e9)
+            drain_from = clock()
+            drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
             while zc and done.outstanding and clock() < drain_until and not STOP.hurry:
                 errq.poll(POLL_MS)
                 error = error or done.read(sock)
+            waited = (clock() - drain_from) / 1e9
             self.payload.lent += done.outstanding - 1      # settled: only what never came stays
         finally:
             for v in views:
@@ -2967,7 +3134,7 @@ class SyscallSender:
         elif error:
             result.error = send_error(error, cfg)
         elif result.undrained and not STOP.hurry:
-            result.error = undrained_error(cfg)
+            result.error = undrained_error(cfg, waited)
         return result
 
 
@@ -3565,6 +3732,7 @@ def tcp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitS
     flags = socket.MSG_TRUNC if cfg.discard else 0
     if cfg.uring:
         try:
+            check_io_uring()    # a seccomp profile may refuse io_uring_enter or _register alone
             return UringReceiver(sock, buf, stack, flags)
         except (OSError, Fatal) as e:       # Fatal: a kernel Ring does not support (before 5.11)
             result.note = (f"io_uring refused ({getattr(e, 'strerror', None) or e}): "
@@ -4020,7 +4188,7 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
         verdict = "not verified (--no-verify)" if n else "nothing to verify"
     else:
         failed = sum(1 for r in served if not r.verified)
-        verdict = (f"every one verified" if not failed
+        verdict = ("every one verified" if not failed
                    else f"verification FAILED for {failed} of {n}")
     return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
             f"{counted}; {verdict}")
@@ -4134,6 +4302,8 @@ def make_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench", hint: str = N
     _sink_step("ip", "link", "set", "lo", "up", who=who)
     made = _iproute("ip", "link", "add", SINK_DEV, "type", "ifb")
     if made.returncode:
+        if STOP.requested:            # Ctrl-C reached the command too: no fault of the driver
+            raise Fatal("interrupted while making the private sink", 130)
         why = (made.stderr.strip().splitlines() or ["failed"])[-1]
         raise Fatal(f"{who}: no ifb device here (`ip link add type ifb`: {why}): the private sink "
                     f"needs the ifb driver (CONFIG_IFB); {hint}")
@@ -4349,7 +4519,8 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
                     try:
                         result = run_row(cfg, dst, size, mode, batch, payload, progress, gso)
                     except Fatal as e:
-                        failure = str(e)
+                        # (130: Ctrl-C while the row connected: STOP says so)
+                        failure = None if e.status == 130 else str(e)
                         break
                     except OSError as e:         # one line, after the rows measured so far
                         failure = oserror_line(e)
@@ -4447,7 +4618,7 @@ def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
     return lines
 
 
-def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
+def bench_footer(results: List[Result], sizes: List[int], complete: bool = True) -> List[str]:
     lines = ["",
              "MB/s: 2^20 bytes per second of measured time; Gbit/s: 10^9 bits per second. "
              "speedup: MB/s over the MSG_ZEROCOPY row.",
@@ -4476,7 +4647,10 @@ def bench_footer(results: List[Result], sizes: List[int]) -> List[str]:
     undrained = sum(r.undrained for r in results)
     if undrained:
         lines.append(f"warning: {undrained} completions were still outstanding when their socket closed.")
-    if len(sizes) > 1:
+    if len(sizes) > 1 and not complete:
+        lines.append("where zero-copy starts to pay: not judged, as the run ended before it had "
+                     "measured every size")
+    elif len(sizes) > 1:
         lines.append(f"where zero-copy starts to pay on this host (the smallest size from which it "
                      f"is {CROSSOVER_MARGIN - 1:.0%} or more faster than copying at every larger size "
                      f"measured, best batch of each):")
@@ -4919,8 +5093,8 @@ def write_svg(path: str, chart: str) -> None:
                     f"{e.strerror}): give a FILE you may write, or drop --svg") from None
 
 
-def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
-    """The tables, one per size, then what the columns mean."""
+def print_bench(cfg: BenchConfig, results: List[Result], complete: bool = True) -> None:
+    """The tables, one per size, then what the columns mean (complete: see bench_main)."""
     if cfg.sweep:
         for size in cfg.sizes:
             rows = [r for r in results if r.size == size]
@@ -4936,7 +5110,7 @@ def print_bench(cfg: BenchConfig, results: List[Result]) -> None:
         if rows:
             print(f"\n{table_heading(cfg, size, gso)}")
             print("\n".join(format_table(rows)))
-    print("\n".join(bench_footer(results, cfg.sizes)), flush=True)
+    print("\n".join(bench_footer(results, cfg.sizes, complete)), flush=True)
 
 
 def table_heading(cfg: BenchConfig, size: int, gso: int) -> str:
@@ -4967,11 +5141,17 @@ def bench_main(argv: List[str]) -> int:
             print("\n".join(bench_header(cfg, dst, sink)), flush=True)
         results, failure = run_bench(cfg, dst)
     # Back in our own namespace; nothing holds the private one any more: report.
+    # A crossover is a claim about every size: over a run that Ctrl-C or an
+    # error ended early, it would judge sizes never measured.
+    complete = failure is None and not STOP.requested
     if cfg.as_json:
-        extra = {"crossover": crossover(results)} if len(cfg.sizes) > 1 else {}
+        extra = {}
+        if len(cfg.sizes) > 1:
+            extra["crossover"] = crossover(results) if complete else None
+        extra["error"] = failure
         print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
     else:
-        print_bench(cfg, results)
+        print_bench(cfg, results, complete)
     if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
         write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results))
     if failure:
@@ -5081,7 +5261,8 @@ def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None
 #
 #   sendzc.py [options] udp|tcp|raw     the sender, with the seed's options
 #   sendzc.py rx [options] udp|tcp      the receiver
-#   sendzc.py [bench] [options]         the comparison on a private sink
+#   sendzc.py bench [options]           the comparison on a private sink
+#   sendzc.py                           ... the same, with bench's defaults
 #   sendzc.py --probe                   what this kernel offers
 #
 # Every failure ends in one line on stderr and a non-zero status: 2 for a
@@ -5252,8 +5433,9 @@ def sender_parser() -> Parser:
                description="Send with io_uring zero-copy (IORING_OP_SEND_ZC) and report what "
                            "the kernel did.",
                epilog="other forms:\n"
-                      "  sendzc.py [bench] [options]   the whole comparison on a private sink "
-                      "(root; see `sendzc.py bench --help`)\n"
+                      "  sendzc.py bench [options]     the whole comparison on a private sink "
+                      "(root; see `sendzc.py bench --help`);\n"
+                      "                                `sendzc.py` alone runs it with its defaults\n"
                       "  sendzc.py rx [options] udp|tcp  receive and verify "
                       "(see `sendzc.py rx --help`)\n"
                       "  sendzc.py --probe             what this kernel's io_uring offers")
@@ -5441,11 +5623,17 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         stack.callback(payload.close)           # after the ring (below) has let go of it
         sender = UringSender(cfg, sock, payload, stack)
         sender.trace_out = sys.stderr if as_json else sys.stdout
-        ticks = Intervals(interval, not as_json, time.perf_counter_ns()) if interval else None
-        result = sender.run(on_tick=None if ticks is None else
-                            (lambda b, n: ticks.report(time.perf_counter_ns(), b, n)),
+        ticks = Intervals(interval, not as_json) if interval else None
+
+        def on_tick(nbytes: int, requests: int) -> None:
+            # Intervals count from the run's own start, as result.seconds
+            # does: the last one, which ends there, cannot end before it began.
+            ticks.start_ns = sender.started_ns
+            ticks.report(time.perf_counter_ns(), nbytes, requests)
+        result = sender.run(on_tick=on_tick if ticks else None,
                             tick_ns=int(interval * 1e9) if interval else 0)
         if ticks:                               # the last, partial interval
+            ticks.start_ns = sender.started_ns
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
     if ticks:
         result.intervals = ticks.rows
@@ -5518,6 +5706,21 @@ def kernel_capabilities() -> dict:
         caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
         missing.append("io_uring_setup")
         return caps
+    try:
+        return _ring_capabilities(caps, ring, limits)
+    except OSError as e:
+        # A ring, but io_uring_register or io_uring_enter refused (a seccomp
+        # profile that allows only setup): what we learnt, and that line.
+        if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
+            raise
+        caps["setup_error"] = oserror_line(e)
+        missing.append(e.syscall)
+        return caps
+
+
+def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
+    """kernel_capabilities(), from the first ring on: register, enter, the setup flags."""
+    missing = caps["missing"]
     with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
         probe = ring.probe()
@@ -5542,6 +5745,8 @@ def kernel_capabilities() -> dict:
     try:
         caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
     except OSError as e:        # its ring refused: ENOMEM, with little locked memory (see "limits")
+        if getattr(e, "syscall", None) in ("io_uring_register", "io_uring_enter"):
+            raise               # a seccomp filter: kernel_capabilities() says which call
         caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
     if not probe.has(IORING_OP_SEND_ZC):
         missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
@@ -5560,6 +5765,7 @@ def probe_main(argv: List[str]) -> int:
     a = p.parse_args(argv)
     caps = kernel_capabilities()
     if a.json:
+        JSON_OUT.made = True
         print(json.dumps({"tool": "sendzc", "version": VERSION, "kernel": caps["kernel"],
                           "host": socket.gethostname(), "probe": caps}, indent=2))
     else:
@@ -5584,7 +5790,7 @@ def describe_capabilities(caps: dict) -> List[str]:
              "kernel.io_uring_disabled = " + ("(absent: before 6.6)" if disabled is None else
                                               f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
     if "setup_error" in caps:
-        return lines + [f"io_uring_setup: refused: {caps['setup_error']}"]
+        return lines + [f"{caps['missing'][-1]}: refused: {caps['setup_error']}"]
     lines.append(f"features ({len(caps['features'])}): "
                  + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]))
     lines.append("setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()))
@@ -5904,8 +6110,23 @@ def describe_newer(caps: dict) -> List[str]:
     return lines
 
 
+# SIGTERM (`timeout`, `kill`, a job scheduler) and SIGHUP (the terminal went
+# away) mean what Ctrl-C means: stop, and print what was measured. The exit
+# status says which: 130 for SIGINT, as a shell reports it, 128+N for
+# signal N otherwise (143, 129), as a shell reports a process it killed.
+STOP_SIGNALS = EARLY_SIGNALS
+
+
+def signal_status(signum: int) -> int:
+    return 130 if signum == signal.SIGINT else 128 + signum
+
+
+def signal_label(signum: int) -> str:
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
 def on_sigint(signum, frame):
-    """Ctrl-C, three times over.
+    """Ctrl-C (or SIGTERM, SIGHUP), three times over.
 
     First: end the run after this batch, wait for the outstanding
     notifications (at most DRAIN_SECONDS), print the partial result. Second:
@@ -5916,6 +6137,8 @@ def on_sigint(signum, frame):
     """
     if STOP.hurry:
         raise KeyboardInterrupt
+    if not STOP.requested:
+        STOP.signum = signum
     STOP.hurry = STOP.requested
     STOP.requested = True
 
@@ -5957,6 +6180,9 @@ def oserror_line(e: OSError) -> str:
             call = f"{called.group(1)}() in {where}" if called else f"a call in {where}()"
     if e.errno is None:
         return f"{call} failed: {e}: unexpected here; please report it, with the command line"
+    blocked = seccomp_refusal(e)           # io_uring_enter or _register, refused on their own
+    if blocked:
+        return blocked
     name = errno.errorcode.get(e.errno, str(e.errno))
     fix = OSERROR_FIXES.get(e.errno, "unexpected here; please report it, with the command line")
     fix = fix.format(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
@@ -5967,35 +6193,72 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender.
 
     Every way out is one line on stderr and a status: Fatal says its own
-    (2 for usage, 1 for the system), Ctrl-C is 130, and any other OSError
-    becomes one line naming the call and the errno (1). Anything else is a
-    bug in this file and keeps its traceback. The SIGINT handler is ours
-    only while main() runs, so a caller (a test) gets its own back.
+    (2 for usage, 1 for the system), Ctrl-C is 130 (SIGTERM and SIGHUP:
+    128+N), and any other OSError becomes one line naming the call and the
+    errno (1). Anything else is a bug in this file and keeps its traceback.
+    The handlers of STOP_SIGNALS are ours only while main() runs, so a
+    caller (a test) gets its own back.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    STOP.signum = signal.SIGINT
+    JSON_OUT.made = False
+    previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
     try:
+        # Our handler stays until the last line is out: a signal while it
+        # prints sets STOP, which nothing reads any more, instead of killing
+        # the process half-way through its report.
+        return _main(argv)
+    finally:
+        for signum, handler in previous.items():
+            # As a program, the handler before ours was _signal_before_main,
+            # which would report a start that is over: ignore signals instead,
+            # for the moment left before exit.
+            signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
+
+
+def _main(argv: List[str]) -> int:
+    """main() under our signal handlers: dispatch, and one line for every way out."""
+    try:
+        if _early_signals:                 # (see _signal_before_main)
+            STOP.signum = _early_signals.pop()
+            raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
         status = dispatch(argv)
     except Fatal as e:
+        json_refusal(argv, str(e))
         print(f"sendzc: {e}", file=sys.stderr)
-        return e.status
+        return signal_status(STOP.signum) if e.status == 130 else e.status
     except KeyboardInterrupt:
-        print("sendzc: interrupted three times: stopped at once, without waiting for "
-              "notifications or printing a result", file=sys.stderr)
-        return 130
+        line = ("interrupted three times: stopped at once, without waiting for notifications "
+                "or printing a result")
+        json_refusal(argv, line)
+        print(f"sendzc: {line}", file=sys.stderr)
+        return signal_status(STOP.signum)
     except OSError as e:
+        if e.errno != errno.EPIPE:             # (with stdout gone, the document could not go out)
+            json_refusal(argv, oserror_line(e))
         print(f"sendzc: {oserror_line(e)}", file=sys.stderr)
         if e.errno == errno.EPIPE:
             # stdout is a closed pipe: point it at /dev/null, or the interpreter's
             # own flush at exit fails again and prints a second complaint.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    finally:
-        signal.signal(signal.SIGINT, previous)
     if status == 130:
-        print("sendzc: interrupted (Ctrl-C): the result above is partial", file=sys.stderr)
+        print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
+              file=sys.stderr)
+        return signal_status(STOP.signum)
     return status
+
+
+def json_refusal(argv: List[str], line: str) -> None:
+    """--json, and the run ended before it made its document: one that says why (rows empty).
+
+    A pipeline into jq gets a document whatever happened: a usage mistake, a
+    refusal at setup (params null: the options may not even parse), Ctrl-C.
+    """
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    if "--json" in words and not JSON_OUT.made:
+        print(json.dumps(json_doc(None, [], {"error": line}), indent=2), flush=True)
 
 
 def dispatch(argv: List[str]) -> int:
@@ -6005,8 +6268,69 @@ def dispatch(argv: List[str]) -> int:
         return bench_main(argv[1:])
     if "--probe" in argv:
         return probe_main(argv)
-    a = sender_parser().parse_args(argv)
+    parser = sender_parser()
+    misplaced = bench_option_in(argv, parser)
+    if misplaced:
+        raise misplaced
+    try:
+        a = parser.parse_args(argv)
+    except UsageError as e:
+        raise sender_usage(argv, e) from None
     return send_main(sender_config(a), a.json, a.interval)
+
+
+def command(argv: List[str]) -> str:
+    return " ".join(["python3", "sendzc.py", *map(shlex.quote, argv)])
+
+
+def bench_runs(argv: List[str]) -> bool:
+    """Would `sendzc.py bench ARGV` get past its command line?"""
+    try:
+        bench_config(bench_parser().parse_args(argv))
+    except UsageError:
+        return False
+    return True
+
+
+def bench_option_in(argv: List[str], sender: argparse.ArgumentParser) -> Optional[UsageError]:
+    """An option only bench has, given to the sender: the mistake, and the command that works.
+
+    Without this, argparse reads `--sizes 1400` as an unknown option and
+    1400 as the protocol, and `--sweep` as "no protocol given".
+    """
+    own = sender._option_string_actions
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    for word in words:
+        option = word.split("=", 1)[0]
+        if option.startswith("-") and option not in own and option in bench_parser()._option_string_actions:
+            if bench_runs(argv):
+                return UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
+            return UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
+                              f"see `python3 sendzc.py bench --help`")
+    return None
+
+
+def sender_usage(argv: List[str], e: UsageError) -> UsageError:
+    """The sender's "no protocol given", when there is no -D either: suggest what can run.
+
+    Adding a protocol alone would only meet "no destination". The sender
+    needs an address, which only the user knows; bench (when the options fit
+    it) runs as it is.
+    """
+    words = argv[:argv.index("--")] if "--" in argv else argv
+    if not str(e).startswith("no protocol given") or any(w.startswith("-D") for w in words):
+        return e
+    try:
+        sender_config(sender_parser().parse_args([*argv, "udp"]))
+        return e                           # the protocol alone makes it work: say only that
+    except UsageError:
+        pass
+    send = (f"to send, `{command([*argv, '-D', 'ADDR', 'udp'])}`, ADDR a host running "
+            f"`sendzc.py rx udp`")
+    if bench_runs(argv):
+        return UsageError(f"no protocol and no destination: for the whole comparison on a private "
+                          f"sink, `{command(['bench', *argv])}` (root); {send}")
+    return UsageError(f"no protocol and no destination: {send}")
 
 
 if __name__ == "__main__":

@@ -931,7 +931,7 @@ def test_rx_tcp_receives_and_verifies_every_byte_the_sender_reports(pair, family
     tx = tool_json(f"-{family}", "-D", dst, "-p", port, "-t", "1", *opts, "tcp", ns=txns)
     status, doc, err = finish_rx(rx)
     assert status == 0, err
-    assert set(doc) == {"tool", "version", "kernel", "host", "params", "rows"}
+    assert set(doc) == {"tool", "version", "kernel", "host", "params", "rows", "error"}
     got, sent = doc["rows"][0], tx["rows"][0]
     assert sent["error"] is None and sent["bytes"] > 0
     assert got["bytes"] == sent["bytes"]                   # every byte the sender reports, no more
@@ -3327,3 +3327,630 @@ def test_probe_json_matches_the_fields_readme_documents():
         check_against_readme(row, "### A --probe feature")
     for row in doc["probe"]["limits"].values():
         check_against_readme(row, "### A --probe limit")
+
+
+# =============================================================================
+# === HARD: hardening (issue 13) ===
+#
+# Each test below failed on the code before issue 13's fixes. Signals at
+# awkward moments, peers that stall or reset, refusals under --json, the
+# words of suggestions and notes, old Pythons; then the fuzz test.
+# =============================================================================
+
+PYENV = os.path.expanduser("~/.pyenv/versions")
+
+# Runs the tool as a program (run_name "__main__", as `python3 sendzc.py`
+# does) with a spy that sends the tool a signal at one exact moment:
+#   import:MODULE     as the tool's own `import MODULE` starts (before main())
+#   restore           as main() gives back the SIGINT handler it installed
+SIGNAL_AT = textwrap.dedent("""
+    import os, runpy, signal, sys
+    when, signum = sys.argv[1], getattr(signal, sys.argv[2])
+    if when.startswith("import:"):
+        def hook(event, args):
+            if event == "import" and args[0] == when[len("import:"):]:
+                os.kill(os.getpid(), signum)
+        sys.addaudithook(hook)
+    else:
+        real = signal.signal
+        def spy(n, handler):
+            old = real(n, handler)
+            if n == signal.SIGINT and getattr(old, "__name__", "") == "on_sigint":
+                os.kill(os.getpid(), signum)
+            return old
+        signal.signal = spy
+    sys.argv = sys.argv[3:]
+    runpy.run_path(sys.argv[0], run_name="__main__")
+""")
+
+
+def tool_signalled_at(when, signame, *args):
+    return subprocess.run([sys.executable, "-c", SIGNAL_AT, when, signame, TOOL, *map(str, args)],
+                          capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("signame,status", [("SIGINT", 130), ("SIGTERM", 143), ("SIGHUP", 129)])
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_a_signal_before_main_is_one_line_not_a_traceback(signame, status, as_json):
+    """Issue 13, item 14: a signal while the module still imports: no run, one line (and a document)."""
+    label = "Ctrl-C" if signame == "SIGINT" else signame
+    p = tool_signalled_at("import:argparse", signame, *(["--json"] if as_json else []),
+                          "-D", "127.0.0.1", "-t", "5", "udp")
+    assert p.returncode == status
+    line = f"sendzc: interrupted ({label}) while starting: nothing was sent"
+    assert only_line(p) == line
+    if as_json:
+        doc = json.loads(p.stdout)
+        assert doc["rows"] == [] and f"sendzc: {doc['error']}" == line
+    else:
+        assert p.stdout == ""
+
+
+def test_ctrl_c_as_main_returns_does_not_kill_the_tool():
+    """Item 14: a Ctrl-C after the result is out (as main() lets go of SIGINT) changes nothing."""
+    with udp_sink_socket() as port:
+        p = tool_signalled_at("restore", "SIGINT", "--json", "-D", "127.0.0.1", "-p", port,
+                              "-t", "0.2", "-i", "0.1", "-s", "1400", "udp")
+    assert (p.returncode, p.stderr) == (0, "")
+    assert json.loads(p.stdout)["rows"][0]["requests"] > 0
+
+
+@pytest.mark.parametrize("signame,status,as_json", [("SIGTERM", 143, False), ("SIGHUP", 129, True)])
+def test_sigterm_and_sighup_end_the_run_as_ctrl_c_does(signame, status, as_json):
+    """Item 15: the partial result, one line naming the signal, 128+N."""
+    with udp_sink_socket() as port:
+        p = subprocess.Popen([sys.executable, TOOL, *(["--json"] if as_json else []), "-D", "127.0.0.1",
+                              "-p", str(port), "-t", "10", "-i", "0.1", "-s", "1400", "udp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if as_json:
+                time.sleep(1.0)                    # no interval lines on stdout with --json
+            else:
+                assert INTERVAL_LINE.match(p.stdout.readline())
+            p.send_signal(getattr(signal, signame))
+            out, err = p.communicate(timeout=10)
+        finally:
+            p.kill()
+    assert p.returncode == status
+    assert err.splitlines() == [f"sendzc: interrupted ({signame}): the result above is partial"]
+    if as_json:
+        row = json.loads(out)["rows"][0]
+        assert row["interrupted"] is True and row["requests"] > 0 and row["error"] is None
+    else:
+        assert re.search(r"^tx=\d+ \(\d+ MB\) txc=\d+", out, re.M)
+
+
+@pytest.mark.parametrize("version", ["3.6.15", "3.8.18"])
+def test_an_older_python_is_refused_in_one_line(version):
+    """Item 17: below 3.9, one line before any import can fail (3.6 has no dataclasses)."""
+    python = os.path.join(PYENV, version, "bin", "python")
+    if not os.path.exists(python):
+        pytest.skip(f"no Python {version} at {python}")
+    for args in (["--help"], ["-D", "127.0.0.1", "-t", "0.1", "udp"]):
+        p = subprocess.run([python, TOOL, *args], capture_output=True, text=True, timeout=30)
+        assert (p.returncode, p.stdout) == (1, "")
+        assert only_line(p) == (f"sendzc: this is Python {version}; sendzc needs 3.9 or newer: "
+                                f"run it with python3.9 or a later python3")
+
+
+# The lines this block pins down, in README's table as every other (checked
+# by test_every_line_the_tests_pin_down_is_in_the_readme_table).
+RUNTIME_LINES.update({
+    "SIGTERM": "sendzc: interrupted (SIGTERM): the result above is partial",
+    "a signal while starting": "sendzc: interrupted (Ctrl-C) while starting: nothing was sent",
+    "Python older than 3.9": "sendzc: this is Python 3.8.18; sendzc needs 3.9 or newer: "
+                             "run it with python3.9 or a later python3",
+})
+
+
+# --- lost data is not success (items 2, 3, 16) ----------------------------------
+
+@contextlib.contextmanager
+def resetting_receiver(after=2.0):
+    """A TCP receiver that accepts, never reads, and resets the connection after `after` s.
+
+    Its receive buffer is small (a connection inherits it from the listener),
+    so the sender's sends are still waiting in the kernel when the reset comes.
+    """
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+
+    def reset_later():
+        import struct
+        conn, _ = listener.accept()
+        time.sleep(after)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()                               # linger 0: an RST, the unread data dropped
+    t = threading.Thread(target=reset_later)
+    t.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        t.join(30)
+        listener.close()
+
+
+@pytest.mark.parametrize("as_json", [False, True], ids=["text", "json"])
+def test_sends_that_failed_after_a_reset_are_no_success(as_json):
+    """Item 2: the reset comes during the drain; the sends it failed make the run fail."""
+    with resetting_receiver() as port:
+        p = tool(*(["--json"] if as_json else []), "-D", "127.0.0.1", "-p", port, "-t", "1", "tcp")
+    assert p.returncode == 1
+    line = TCP_RESET_LINE.format(addr="127.0.0.1", port=port)
+    assert only_line(p) == line
+    if as_json:
+        row = json.loads(p.stdout)["rows"][0]
+        assert row["failed"] > 0 and f"sendzc: {row['error']}" == line
+
+
+STALLED_LINE = re.compile(
+    r"sendzc: tcp: 127\.0\.0\.1:\d+ stopped taking data: completions were still missing "
+    r"([\d.]+) s after the run: check that the receiver is running and reading; the result above "
+    r"is partial")
+
+
+def test_ctrl_c_during_the_drain_cuts_it_short_and_keeps_the_error():
+    """Item 3: -t ended the run; one Ctrl-C while the drain waits ends the wait, the line stays."""
+    with stalled_listener() as listener:
+        p = subprocess.Popen([sys.executable, TOOL, "--json", "-D", "127.0.0.1", "-p",
+                              str(listener.getsockname()[1]), "-t", "0.5", "tcp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            time.sleep(1.5)                        # the run is over; the drain waits
+            started = time.monotonic()
+            p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=10)
+            took = time.monotonic() - started
+        finally:
+            p.kill()
+    assert p.returncode == 1 and took < 2
+    m = STALLED_LINE.fullmatch(only_line(subprocess.CompletedProcess([], 1, out, err)))
+    assert m and float(m.group(1)) < sendzc.DRAIN_SECONDS
+    row = json.loads(out)["rows"][0]
+    assert row["interrupted"] is True and row["undrained"] > 0
+    assert f"sendzc: {row['error']}" == err.strip()
+
+
+def test_a_trace_into_a_stalled_receiver_waits_as_long_as_it_says():
+    """Item 16: -t ends the trace too; the drain then waits the 5 s its line names, no more."""
+    with stalled_listener() as listener:
+        started = time.monotonic()
+        p = tool("-D", "127.0.0.1", "-p", listener.getsockname()[1], "-t", "0.3", "--trace", "1000",
+                 "tcp")
+        took = time.monotonic() - started
+    assert p.returncode == 1
+    m = STALLED_LINE.fullmatch(only_line(p))
+    assert m and float(m.group(1)) == sendzc.DRAIN_SECONDS
+    assert took < 0.3 + sendzc.DRAIN_SECONDS + 2
+
+
+def test_a_run_that_sent_nothing_says_so_and_fails():
+    """Item 16: -t too short for one batch: no result with a CPU note, one line, exit 1."""
+    with udp_sink_socket() as port:
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "1e-300", "udp")
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == RUNTIME_LINES["nothing sent"]
+
+
+def test_short_intervals_keep_their_precision():
+    """Item 16: -i 0.001: the lines' two ends differ, and JSON's rates agree with start and end."""
+    with udp_sink_socket() as port:
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.05", "-i", "0.001", "-s", "1400", "udp")
+        doc = tool_json("-D", "127.0.0.1", "-p", port, "-t", "0.05", "-i", "0.001", "-s", "1400", "udp")
+    assert p.returncode == 0, p.stderr
+    spans = re.findall(r"^\[\s*([\d.]+)-\s*([\d.]+) s\]", p.stdout, re.M)
+    assert len(spans) > 5 and all(float(a) < float(b) for a, b in spans), spans
+    rows = doc["rows"][0]["intervals"]
+    assert len(rows) > 5
+    for row in rows:
+        assert row["end"] > row["start"]
+        mb_per_s = row["bytes"] / 2**20 / (row["end"] - row["start"])
+        assert mb_per_s == pytest.approx(row["mb_per_s"], rel=0.01, abs=0.1)
+
+
+RUNTIME_LINES.update({
+    "nothing sent": "sendzc: udp: nothing was sent: no send completed within -t 1e-300 s; give a longer -t",
+})
+
+
+# --- connect() is bounded and hears Ctrl-C (item 4) ------------------------------
+
+def connect_timeout_line(addr, port):
+    return (f"sendzc: tcp: connecting to {addr}:{port} timed out (no answer in 5 s): is the host up, "
+            f"and its firewall letting the port through?")
+
+
+def test_tcp_connect_into_silence_gives_up_in_one_line(sink):
+    """Item 4: SYNs routed out of the ifb sink are never answered: give up after CONNECT_SECONDS."""
+    started = time.monotonic()
+    p = tool("-D", SINK4, "-t", "0.2", "tcp", ns=sink)
+    took = time.monotonic() - started
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == connect_timeout_line(SINK4, sendzc.DEFAULT_PORT)
+    assert took < sendzc.CONNECT_SECONDS + 3
+
+
+@pytest.mark.parametrize("bench", [False, True], ids=["sender", "bench"])
+def test_ctrl_c_ends_a_tcp_connect_into_silence(sink, bench):
+    """Item 4: Ctrl-C while connect() waits for an answer: at once, 130, a JSON document too."""
+    args = ["bench", "--json", "-D", SINK4, "-t", "0.2", "tcp"] if bench else \
+           ["--json", "-D", SINK4, "-t", "0.2", "tcp"]
+    p = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, *args],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(1.0)
+        started = time.monotonic()
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=10)
+        took = time.monotonic() - started
+    finally:
+        p.kill()
+    assert p.returncode == 130 and took < 1.5
+    doc = json.loads(out)
+    assert doc["rows"] == []
+    if bench:
+        assert err.splitlines() == [INTERRUPTED_LINE] and doc["error"] is None
+    else:
+        line = f"sendzc: interrupted while connecting to {SINK4}:{sendzc.DEFAULT_PORT}: nothing was sent"
+        assert err.splitlines() == [line] and f"sendzc: {doc['error']}" == line
+
+
+RUNTIME_LINES.update({
+    "connect timed out": connect_timeout_line("10.0.0.2", 8000),
+    "Ctrl-C while connecting": "sendzc: interrupted while connecting to 10.0.0.2:8000: nothing was sent",
+})
+
+
+# --- --json: one document, whatever ends the run (item 12) -----------------------
+
+def check_refusal_document(p, status):
+    """A --json run that was refused: the status, one line, and a document whose error is that line."""
+    assert p.returncode == status
+    line = only_line(p)
+    doc = json.loads(p.stdout)
+    check_against_readme(doc, "### The JSON document")
+    assert doc["rows"] == [] and doc["params"] is None and f"sendzc: {doc['error']}" == line
+    return line
+
+
+def test_json_tcp_refused_prints_a_document():
+    port = free_port()
+    p = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.2", "tcp")
+    assert check_refusal_document(p, 1) == (f"sendzc: tcp: connection refused by 127.0.0.1:{port}: "
+                                            f"start the receiver there (`python3 sendzc.py rx -p {port} tcp`)")
+
+
+def test_json_io_uring_disabled_prints_a_document():
+    with udp_sink_socket() as port, sysctl("kernel.io_uring_disabled", 2):
+        p = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+    assert check_refusal_document(p, 1) == IO_URING_DISABLED_LINE
+
+
+@needs_root
+def test_json_bench_with_a_bogus_qdisc_prints_a_document():
+    p = tool("bench", "--json", "--qdisc", "bogus", "-t", "0.1")
+    line = check_refusal_document(p, 1)
+    assert line.startswith("sendzc: bench: `tc qdisc replace dev ifb0 root bogus`: ")
+
+
+@pytest.mark.parametrize("case", ["-r larger than the ring", "-f with --no-zc", "rx: -n with udp",
+                                  "bench: --qdisc with -D"])
+def test_json_usage_mistake_prints_a_document(case):
+    args, line = USAGE_MISTAKES[case]
+    p = tool(*args[:1], "--json", *args[1:]) if args[0] in ("rx", "bench") else tool("--json", *args)
+    assert check_refusal_document(p, 2) == line
+
+
+# --- Ctrl-C while bench makes its sink (item 9) ------------------------------------
+
+# An `ip` first on PATH that lets the real one do everything but `ip link
+# add`, during which the user presses Ctrl-C: the whole foreground group gets
+# SIGINT, the tool and the command with it, and the command fails.
+CTRL_C_DURING_LINK_ADD = """#!/bin/sh
+case "$*" in
+    "link add"*) kill -INT $PPID; sleep 0.2; exit 130 ;;
+esac
+exec {ip} "$@"
+"""
+
+
+@needs_root
+def test_ctrl_c_while_bench_adds_the_sink_device_is_an_interruption(tmp_path):
+    (tmp_path / "ip").write_text(CTRL_C_DURING_LINK_ADD.format(ip=shutil.which("ip")))
+    (tmp_path / "ip").chmod(0o755)
+    before = host_net()
+    p = tool("bench", "-t", "0.1", env={**os.environ, "PATH": f"{tmp_path}:{os.environ['PATH']}"})
+    assert_host_unchanged(before)
+    assert (p.returncode, p.stdout) == (130, "")
+    assert only_line(p) == RUNTIME_LINES["Ctrl-C while making the sink"]
+
+
+RUNTIME_LINES.update({
+    "Ctrl-C while making the sink": "sendzc: interrupted while making the private sink",
+})
+
+
+# --- a suggested command works (item 13) --------------------------------------------
+
+SUGGESTIONS = {
+    "a bench option without bench": (
+        ["--sweep"],
+        "sendzc: --sweep is an option of `sendzc.py bench`: run `python3 sendzc.py bench --sweep`"),
+    "bench's --sizes without bench": (
+        ["--sizes", "1400"],
+        "sendzc: --sizes is an option of `sendzc.py bench`: run `python3 sendzc.py bench --sizes 1400`"),
+    "no protocol and no destination": (
+        ["--json"],
+        "sendzc: no protocol and no destination: for the whole comparison on a private sink, "
+        "`python3 sendzc.py bench --json` (root); to send, `python3 sendzc.py --json -D ADDR udp`, "
+        "ADDR a host running `sendzc.py rx udp`"),
+    "no protocol and no destination, a sender option": (
+        ["-r", "4"],
+        "sendzc: no protocol and no destination: to send, `python3 sendzc.py -r 4 -D ADDR udp`, "
+        "ADDR a host running `sendzc.py rx udp`"),
+}
+USAGE_MISTAKES.update(SUGGESTIONS)          # README's table has them (the test of the table reads this)
+
+
+def command(*argv):
+    return " ".join(["python3", "sendzc.py", *argv])
+
+
+def parses(command):
+    """Does `python3 sendzc.py ...` (ADDR an address) get past the command line, as main() reads it?"""
+    argv = command.split()[2:]
+    argv = ["192.0.2.1" if w == "ADDR" else w for w in argv]
+    if argv[:1] == ["bench"]:
+        sendzc.bench_config(sendzc.bench_parser().parse_args(argv[1:]))
+    else:
+        sendzc.sender_config(sendzc.sender_parser().parse_args(argv))
+    return True
+
+
+@pytest.mark.parametrize("case", list(SUGGESTIONS))
+def test_every_command_a_usage_line_suggests_works(case):
+    args, line = SUGGESTIONS[case]
+    if case.startswith("no protocol and no destination"):
+        try:
+            parses(command(*args, "udp"))
+        except sendzc.UsageError:
+            pass                                   # -D is needed: the line says so
+        else:
+            pytest.skip("here the sender runs without -D, so `no protocol given ... e.g. "
+                        "`... udp`` is the working suggestion (sender_usage() keeps it)")
+    p = tool(*args)
+    assert p.returncode == 2
+    assert only_line(p) == line
+    suggested = re.findall(r"`(python3 sendzc\.py [^`]*)`", line)
+    assert suggested and all(parses(c) for c in suggested)
+
+
+def test_help_names_bench_as_it_is_typed():
+    p = tool("--help")
+    assert p.returncode == 0 and "[bench]" not in p.stdout
+    assert "sendzc.py bench [options]" in p.stdout
+
+
+# --- a seccomp filter that refuses one io_uring call only (item 10) ------------------
+
+IO_URING_NR = {"io_uring_enter": 426, "io_uring_register": 427}   # the same on x86_64 and aarch64
+
+
+def seccomp_only_exec(call):
+    """SECCOMP_EXEC, its filter refusing one io_uring syscall instead of all three."""
+    script, n = re.subn(r"    \(BPF_JEQ_K, 3, 0, 425\).*?427\),[^\n]*\n",
+                        f"    (BPF_JEQ_K, 1, 0, {IO_URING_NR[call]}),\n", SECCOMP_EXEC, flags=re.S)
+    assert n == 1
+    return script
+
+
+def tool_with_only(call, *args, **kw):
+    if os.uname().machine not in ("x86_64", "aarch64"):
+        pytest.skip("the filter knows the io_uring syscall numbers of x86_64 and aarch64 only")
+    return subprocess.Popen([sys.executable, "-c", seccomp_only_exec(call), "EPERM", TOOL, *map(str, args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def seccomp_line(call):
+    return RUNTIME_LINES["seccomp EPERM"].replace("io_uring_setup: EPERM", f"{call}: EPERM", 1)
+
+
+@pytest.mark.parametrize("call", list(IO_URING_NR))
+def test_a_filter_refusing_one_io_uring_call_is_named_in_one_line(call):
+    with udp_sink_socket() as port:
+        p = tool_with_only(call, "-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
+        out, err = p.communicate(timeout=30)
+    p = subprocess.CompletedProcess([], p.returncode, out, err)
+    assert (p.returncode, p.stdout) == (1, "")
+    assert only_line(p) == seccomp_line(call)
+
+
+@pytest.mark.parametrize("call", list(IO_URING_NR))
+def test_probe_reports_a_filter_refusing_one_io_uring_call(call):
+    p = tool_with_only(call, "--probe")
+    out, err = p.communicate(timeout=30)
+    assert p.returncode == 1
+    line = seccomp_line(call)[len("sendzc: "):]
+    assert out.splitlines()[0].startswith("kernel ")            # the report, not only the line
+    assert f"{call}: refused: {line}" in out.splitlines()
+    assert err.splitlines() == [f"sendzc: missing: {call} ({line})"]
+
+
+@pytest.mark.parametrize("call", list(IO_URING_NR))
+def test_the_receiver_falls_back_when_one_io_uring_call_is_refused(call):
+    port = free_port()
+    rx = tool_with_only(call, "rx", "--json", "-4", "-p", port, "tcp")
+    assert "waiting for a sender" in rx.stderr.readline()
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        s.sendall(sendzc.pattern(100000))
+    status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    row = doc["rows"][0]
+    assert row["method"] == "recv_into" and row["bytes"] == 100000 and row["verified"] is True
+    assert row["note"].startswith(f"io_uring refused ({call}: EPERM")
+
+
+RUNTIME_LINES.update({f"seccomp refuses {call} only": seccomp_line(call) for call in IO_URING_NR})
+
+
+# --- an interrupted bench judges no crossover (item 11) ---------------------------
+
+@needs_root
+def test_an_interrupted_bench_judges_no_crossover():
+    """Ctrl-C in the third row of 1400 B: 65435 B was never measured, so no verdict over it."""
+    p = subprocess.Popen([sys.executable, TOOL, "bench", "--sizes", "1400,65435", "-t", "0.3", "-i", "0.1"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        headers = 0
+        for line in p.stdout:
+            if line.startswith("-- "):
+                headers += 1
+                if headers == 3:
+                    break
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    if p.returncode == 1 and "no ifb device" in err:
+        pytest.skip(err.strip())
+    assert p.returncode == 130, err
+    assert err.splitlines() == [INTERRUPTED_LINE]
+    assert "where zero-copy starts to pay: not judged, as the run ended before it had measured every size" in out
+    assert "not at any size measured" not in out and "65435 B per send" not in out
+
+
+# --- the fuzz test --------------------------------------------------------------------
+#
+# Random command lines within the CLI's grammar (some of them usage mistakes,
+# which the grammar allows), each run for a fraction of a second inside a
+# namespace with a sink, some cut short by Ctrl-C at a random moment. Seeded:
+# a failure names its seed and command line, and reproduces.
+
+FUZZ_SEED = 13
+FUZZ_RUNS = 40
+
+
+def fuzz_command(rng):
+    """(argv, send SIGINT after this many seconds or None)."""
+    def some(*options):
+        return [w for o in options if rng.random() < 0.3 for w in o]
+
+    t = rng.choice(["0.05", "0.1", "0.2"])
+    common = some(["--json"], ["-i", rng.choice(["0.05", "0.001"])]) + \
+        (["-p", str(rng.choice([8000, 9100]))] if rng.random() < 0.3 else [])
+    form = rng.choices(["send", "rx", "bench", "probe"], weights=[6, 1, 2, 1])[0]
+    if form == "probe":
+        return ["--probe", *some(["--json"])], None
+    if form == "rx":                               # no sender: only Ctrl-C ends it
+        proto = rng.choice(["udp", "tcp"])
+        return ["rx", *common, *some(["-t", t], ["--no-verify"], ["--no-uring"], ["-4"], ["-6"]), proto], \
+            rng.uniform(0.2, 0.6)
+    if form == "bench":
+        argv = ["bench", "-t", t, "--batches", rng.choice(["1", "1,8"]), *common,
+                *some(["--sizes", "1400,65435"], ["--sweep"], ["--qdisc", rng.choice(["fq", "bogus"])])]
+        if rng.random() < 0.3 and "--qdisc" not in argv:
+            argv += ["-D", SINK4]
+        return argv, rng.choice([None, None, rng.uniform(0.1, 1.0)])
+    proto = rng.choices(["udp", "raw", "tcp"], weights=[6, 1, 2])[0]
+    addr = rng.choice([SINK4, SINK6, "127.0.0.1"])
+    if proto == "tcp" and addr != "127.0.0.1":
+        stop = rng.uniform(0.1, 0.5)               # SYNs into the sink: connect() would wait 5 s
+    else:
+        stop = rng.choice([None, None, None, rng.uniform(0.05, 0.4)])
+    argv = ["-D", addr, "-t", t, *common,
+            *some(["-s", rng.choice(["1", "1400", "65435", "70000"])], ["-r", rng.choice(["1", "8", "64", "1024"])],
+                  ["-f"], ["--no-zc"], ["--no-fixed-buf"], ["--sendmsg"], ["--entries", rng.choice(["8", "100", "512"])],
+                  ["--trace", "2"], ["--sqpoll"], ["-4"], ["-6"]), proto]
+    if "-i" not in argv and rng.random() < 0.2:
+        argv[-1:-1] = ["-n", "2"]
+    if "-n" in argv and "--json" in argv and "--trace" in argv:
+        argv.remove("--trace")                     # item 6 (another change): -n's --trace goes to stdout
+        argv.remove("2")
+    return argv, stop
+
+
+def wait_until_running(p, timeout=10):
+    """Until the tool's first lines have run: it catches SIGTERM (SigCgt in /proc/PID/status).
+
+    Before that, Python itself is starting and compiling the file, and a
+    Ctrl-C is Python's own KeyboardInterrupt at "line 0": no line of any
+    file can catch it (README, "When it fails").
+    """
+    give_up = time.monotonic() + timeout
+    while p.poll() is None and time.monotonic() < give_up:
+        try:
+            with open(f"/proc/{p.pid}/status") as f:
+                caught = int(next(l for l in f if l.startswith("SigCgt:")).split()[1], 16)
+        except (OSError, StopIteration):
+            return
+        if caught & (1 << (signal.SIGTERM - 1)):
+            return
+        time.sleep(0.002)
+
+
+def test_fuzz_command_lines_end_cleanly(sink):
+    """No traceback, a status in {0, 1, 2, 130}, and with --json exactly one JSON document."""
+    import random
+    rng = random.Random(FUZZ_SEED)
+    for run in range(FUZZ_RUNS):
+        argv, stop = fuzz_command(rng)
+        what = f"seed {FUZZ_SEED}, run {run}: sendzc.py {' '.join(argv)} (SIGINT after {stop})"
+        p = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, *argv],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            if stop is not None:
+                wait_until_running(p)
+                try:
+                    p.wait(stop)
+                except subprocess.TimeoutExpired:
+                    p.send_signal(signal.SIGINT)
+            out, err = p.communicate(timeout=20)
+        finally:
+            p.kill()
+        assert "Traceback" not in err, f"{what}\n{err}"
+        assert p.returncode in (0, 1, 2, 130), f"{what}: status {p.returncode}\n{err}"
+        if p.returncode:
+            assert err.strip(), f"{what}: failed without a line"
+        if "--json" in argv and "--help" not in argv:
+            try:
+                json.loads(out)
+            except ValueError:
+                pytest.fail(f"{what}: not one JSON document:\n{out}\n{err}")
+
+
+def test_a_flow_the_receiver_never_took_fails_the_run():
+    """Item 2, with -n 3 into a receiver that takes 2: the third flow's data never arrived."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # the third flow's sends wait
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    got = []
+
+    def read_to_the_end(conn):
+        with conn:
+            got.append(sum(iter(lambda: len(conn.recv(1 << 20)), 0)))
+
+    def take_two():
+        readers = [threading.Thread(target=read_to_the_end, args=(listener.accept()[0],)) for _ in range(2)]
+        for r in readers:
+            r.start()
+        time.sleep(2)
+        listener.close()                     # the connection still queued is reset
+        for r in readers:
+            r.join(30)
+    taker = threading.Thread(target=take_two)
+    taker.start()
+    try:
+        p = tool("--json", "-n", "3", "-D", "127.0.0.1", "-p", port, "-t", "1", "tcp")
+    finally:
+        taker.join(30)
+    assert p.returncode == 1
+    line = TCP_RESET_LINE.format(addr="127.0.0.1", port=port)
+    assert only_line(p) == line
+    rows = json.loads(p.stdout)["rows"]
+    lost = [r for r in rows if r["error"]]
+    assert len(lost) == 1 and lost[0]["failed"] > 0 and f"sendzc: {lost[0]['error']}" == line
+    assert sorted(r["bytes"] for r in rows if not r["error"]) == sorted(got)
