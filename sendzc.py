@@ -6272,10 +6272,7 @@ def dispatch(argv: List[str]) -> int:
     misplaced = bench_option_in(argv, parser)
     if misplaced:
         raise misplaced
-    try:
-        a = parser.parse_args(argv)
-    except UsageError as e:
-        raise sender_usage(argv, e) from None
+    a = parser.parse_args(argv)
     return send_main(sender_config(a), a.json, a.interval)
 
 
@@ -6308,29 +6305,6 @@ def bench_option_in(argv: List[str], sender: argparse.ArgumentParser) -> Optiona
             return UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
                               f"see `python3 sendzc.py bench --help`")
     return None
-
-
-def sender_usage(argv: List[str], e: UsageError) -> UsageError:
-    """The sender's "no protocol given", when there is no -D either: suggest what can run.
-
-    Adding a protocol alone would only meet "no destination". The sender
-    needs an address, which only the user knows; bench (when the options fit
-    it) runs as it is.
-    """
-    words = argv[:argv.index("--")] if "--" in argv else argv
-    if not str(e).startswith("no protocol given") or any(w.startswith("-D") for w in words):
-        return e
-    try:
-        sender_config(sender_parser().parse_args([*argv, "udp"]))
-        return e                           # the protocol alone makes it work: say only that
-    except UsageError:
-        pass
-    send = (f"to send, `{command([*argv, '-D', 'ADDR', 'udp'])}`, ADDR a host running "
-            f"`sendzc.py rx udp`")
-    if bench_runs(argv):
-        return UsageError(f"no protocol and no destination: for the whole comparison on a private "
-                          f"sink, `{command(['bench', *argv])}` (root); {send}")
-    return UsageError(f"no protocol and no destination: {send}")
 
 
 if __name__ == "__main__":
