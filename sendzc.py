@@ -387,6 +387,13 @@ _syscall.restype = ctypes.c_long
 # bytes of a C int and leaves the slot's upper half as it was; the kernel
 # reads a size_t there. So that argument is always a ctypes.c_size_t.
 _SIZE_0 = ctypes.c_size_t(0)
+# The same syscall(), called without letting go of the GIL: ctypes' CDLL
+# releases and retakes it around every call (~60 ns, measured), which only
+# pays when another thread of this process has Python to run meanwhile. The
+# hot loop's process has no other thread (flows are processes, see
+# run_flows()), and a signal still interrupts the wait (EINTR) as before.
+_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
+_syscall_gil.restype = ctypes.c_long
 
 
 class Fatal(Exception):
@@ -642,6 +649,7 @@ class Ring:
         # is the SQ ring's index array; a view past it would read that as CQEs.
         cqe_end = cq_off.cqes + self.cq_entries * ctypes.sizeof(io_uring_cqe)
         cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cqe_end])
+        self.cqe_start, self.cqe_end = cq_off.cqes, cqe_end    # the CQE array, in _cq_map bytes
         self._cqe_user_data = self._hold(cqe_bytes.cast("Q")[0::2])
         self._cqe_res = self._hold(cqe_bytes.cast("i")[2::4])
         self._cqe_flags = self._hold(cqe_bytes.cast("I")[3::4])
@@ -938,6 +946,26 @@ class Ring:
         self.cq_head = (self.cq_head + n) & U32
         self._cq_words[self._cq_head_i] = self.cq_head
         self.reaped += n
+
+    def fill_sqes(self, sqe: bytes) -> None:
+        """Write one SQE into every slot of the SQ array (no liburing twin).
+
+        For a run whose requests are all the same SQE: the kernel only reads
+        SQEs (it copies what it needs at submission), so once every slot holds
+        it, io_uring_get_sqe() + prep for the next n requests is just moving
+        our sq_tail by n. Whatever sits in a slot stays until we write it.
+        """
+        self._sqes[:] = sqe * self.sq_entries
+
+    def cqe_bytes(self, n: int, head: int) -> bytes:
+        """The raw 16-byte CQEs of the n CQEs from counter head on, in order, wraparound joined.
+
+        The hot loop takes the same bytes with one slice of the mapping when
+        they do not wrap (and keeps its cq.head in a local, hence the head).
+        """
+        m, start = self._cq_map, self.cqe_start
+        return b"".join(m[start + (a << 4):start + (b << 4)]
+                        for a, b in ring_slices(head, n, self.cq_entries))
 
     @property
     def sq_head(self) -> int:
@@ -1506,6 +1534,33 @@ def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) ->
     return t
 
 
+@dataclass
+class SendBooks:
+    """One run's running state, shared by the hot loop, the general loop, the drain and settle()."""
+    deadline: int                       # perf_counter_ns at which -t is up
+    on_tick: Optional[Callable[[int, int], None]] = None    # -i (and bench's progress line)
+    tick_ns: int = 0
+    next_tick: int = 0
+    inflight: int = 0     # results not yet seen
+    due: int = 0          # notifications promised (F_MORE) not yet seen
+    whole: int = 0        # good results, counted in bulk
+    notifs: int = 0       # good notifications, counted in bulk
+    copied: int = 0       # ... of which said the kernel copied (REPORT_USAGE)
+    placed: int = 0       # requests placed: a TCP batch starts at stream offset placed*size
+    slow: Tally = field(default_factory=Tally)   # everything else, judged one by one
+    entered: Optional[OSError] = None            # io_uring_enter failed: the run ends with that
+
+
+# The hot loop looks at the clock (and at Ctrl-C) once per this many batches,
+# as liburing's send-zerocopy does once per 16: a clock read costs about as
+# much Python as the rest of a batch's bookkeeping, and 16 batches of 64 KB
+# sends take well under a millisecond.
+CLOCK_EVERY = 16
+# The user_data of every request the hot loop sends: all alike, so that a
+# clean batch's CQEs are known byte for byte (the trace numbers its from 1).
+HOT_USER_DATA = 0
+
+
 TRACE_EXPLAINED = {
     "sqe": ["SQE: a request written into slot sq[i] of the submission array. The kernel",
             "will read it when io_uring_enter() runs with the tail past it. fd=fixed:0 is",
@@ -1710,19 +1765,272 @@ class UringSender:
         say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
         return total, 0, 0
 
-    # --- the loop ------------------------------------------------------------
+    # --- the loops ----------------------------------------------------------
     def run(self, on_tick: Optional[Callable[[int, int], None]] = None,
             tick_ns: int = 0) -> Result:
         """Send batches for cfg.seconds; return the kernel's totals.
 
+        Two loops share the work, in the steps of the reference sender
+        (Part I): the hot loop, run_datagrams(), for the common case (UDP or
+        raw, one batch in flight, no -f, no SQPOLL), which does the least
+        Python per batch that CPython allows; and run_general(), which does
+        everything else (TCP's stream offsets and links, SQPOLL's full ring,
+        -f's waits) and whatever the hot loop hands over (an io_uring_enter
+        that failed or was cut short). Then (7) the drain, then the result.
+        """
+        cfg = self.cfg
+        run = self.books = SendBooks(deadline=0, on_tick=on_tick, tick_ns=tick_ns)
+        result = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
+                        setup=self.ring.setup_flags)
+        meter = Meter(self.rusage_who)
+        run.deadline = meter.t0 + int(cfg.seconds * 1e9)
+        run.next_tick = meter.t0 + tick_ns if tick_ns else run.deadline + 1
+        # Lent until the drain settles it: if anything raises before then,
+        # Payload.close() leaves the pages mapped (the kernel may still be
+        # sending from them) instead of unmapping them under it.
+        self.payload.lent += 1
+        if cfg.trace:
+            # Inside the timed run: the trace's sends count, so must its time.
+            run.slow, run.inflight, run.due = self.trace(cfg.trace, self.trace_out)
+            run.placed = run.slow.results + run.inflight
+        if not (self.stream or cfg.flush or self.ring.sqpoll):
+            self.run_datagrams()
+        self.run_general()
+        result.interrupted = STOP.requested
+        meter.stop(result)            # the rate covers sending; the drain below is not timed
+        self.drain()
+        return self.settle(result)
+
+    def run_datagrams(self) -> None:
+        """The hot loop: datagrams, one batch of -r in flight, every batch judged in bulk.
+
+        Per batch, in the steps of Part I: (1) nothing (every SQ slot already
+        holds the request), (2) one store of sq.tail and one io_uring_enter,
+        (3) one slice of the CQ mapping, (4)+(5) one bytes comparison, (6) one
+        store of cq.head. Everything else is a method of its own, reached only
+        when a check fails: a batch that is not the clean pattern (judge_odd),
+        the clock passing a tick or the deadline (at_tick), an io_uring_enter
+        that did not submit the batch (hand over to run_general).
+
+        Written out flat, with every name bound to a local first: in CPython a
+        local is an array slot, while an attribute or a global is a dictionary
+        lookup, and a method call builds a frame; each is ~20-50 ns, against
+        ~0.5 us for the kernel's work on one 64 KB SEND_ZC (measured with
+        `perf stat` and per-batch getrusage: README, "Python's cost").
+        """
+        cfg, ring, run = self.cfg, self.ring, self.books
+        r, size = cfg.batch, cfg.size
+        # (1) get SQEs, done once for the whole run: every request of a
+        # datagram run is the same SQE (same socket, buffer, length, flags and
+        # user_data), and the kernel only reads SQEs, so once every slot
+        # holds it, claiming r slots is moving our tail by r.
+        sqe = io_uring_sqe()
+        self.prep(sqe, 0, HOT_USER_DATA)
+        ring.fill_sqes(bytes(sqe))
+        # What a clean batch's CQEs are, byte for byte: r results that sent
+        # all size bytes (F_MORE: a notification follows; none for a copying
+        # SEND), then, zero-copy, the r notifications that say the kernel let
+        # go of the buffer without copying (res 0). With DEFER_TASKRUN that is
+        # also their order: the results are posted at the end of submission,
+        # the notifications by the task work io_uring_enter runs while it
+        # waits (measured: every batch of a run into the sink). Any other
+        # batch (a different order, an error, a copy, a late notification) is
+        # judged by judge_odd(), in bulk, then one by one if it must.
+        one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if cfg.zc else 0))
+        one_notif = bytes(io_uring_cqe(HOT_USER_DATA, 0, IORING_CQE_F_NOTIF))
+        clean = one_result * r + (one_notif * r if cfg.zc else b"")
+        clean_cqes = len(clean) >> 4
+
+        # Every name the loop touches, bound to a local (see the docstring).
+        syscall, enter, enter_fd, u32 = _syscall_gil, NR_io_uring_enter, ring.enter_fd, U32
+        enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags    # no EXT_ARG: no wait to bound
+        wait_owed = self.wait_owed
+        sq_words, sq_tail_i = ring._sq_words, ring._sq_tail_i
+        cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
+        cq_map, cqe_start, cqe_end, cq_mask = ring._cq_map, ring.cqe_start, ring.cqe_end, ring.cq_mask
+        clock, stop, judge_odd = time.perf_counter_ns, STOP, self.judge_odd
+        sq_tail, cq_head = ring.sq_tail, ring.cq_head
+        inflight, due = run.inflight, run.due
+        # The CQ never overflows: before the next reap the kernel can post a
+        # result and a notification for each request in flight plus every
+        # notification still due, so `due` may not pass what that leaves.
+        room = ring.cq_entries - 2 * r
+        check_at = min(run.deadline, run.next_tick)    # the clock's next reason to stop us
+        batches = 0             # clean batches: r whole sends (and r zero-copy notifications) each
+        placed = 0              # requests placed by this loop
+        ret = 0
+        countdown = 1           # batches until the next look at the clock and at Ctrl-C
+
+        while True:
+            countdown -= 1
+            if not countdown:                       # every CLOCK_EVERY batches, as C's loop does
+                countdown = CLOCK_EVERY
+                now = clock()
+                if now >= check_at or stop.requested:   # -t is up, Ctrl-C, or an -i tick is due
+                    check_at = self.at_tick(now, batches * r)
+                    if not check_at:
+                        break
+            if not inflight and due <= room:
+                # (1) get SQEs: the next r slots already hold the request.
+                sq_tail = (sq_tail + r) & u32       # u32 counter: wraps at 2**32
+                # (2) submit and wait: publish the tail with a plain store; the
+                # kernel reads it inside the io_uring_enter below, on this
+                # thread (section 3, "Memory ordering").
+                sq_words[sq_tail_i] = sq_tail
+                inflight = r
+                placed += r
+                # One ctypes call, five arguments (each one more costs ~30 ns):
+                # submit r, min_complete 0. A datagram send completes inside its
+                # submission, and GETEVENTS runs the task work that posts the
+                # notifications that are ready, so there is nothing to wait for;
+                # and a call that never sleeps needs no timeout (EXT_ARG). When
+                # a send cannot complete at once (a full socket buffer: the
+                # kernel polls and completes it later), inflight stays above 0
+                # and the next turn waits for it, bounded, in wait_owed().
+                ret = syscall(enter, enter_fd, r, 0, enter_flags)
+                if ret != r:                        # an error, or a short submit
+                    break
+            elif not wait_owed(inflight or 1, sq_tail):   # results, or CQ room, still owed
+                break
+            # (3) peek CQEs: those between cq.head (ours) and cq.tail (the
+            # kernel's; with DEFER_TASKRUN written by this thread's own enter),
+            # as one slice of the mapping, unless they wrap past its end.
+            k = (cq_words[cq_tail_i] - cq_head) & u32
+            start = cqe_start + ((cq_head & cq_mask) << 4)
+            end = start + (k << 4)
+            cqes = cq_map[start:end] if end <= cqe_end else ring.cqe_bytes(k, cq_head)
+            # (4) judge results and (5) judge notifications, both at once: is
+            # this batch byte for byte the clean one?
+            if cqes == clean:
+                batches += 1
+                inflight -= r
+            else:                                   # judge_odd() reads the ring's and run's copies
+                ring.cq_head, run.inflight, run.due = cq_head, inflight, due
+                results, owed = judge_odd(cqes)
+                inflight -= results
+                due += owed
+                if run.slow.error:
+                    cq_head = (cq_head + k) & U32
+                    cq_words[cq_head_i] = cq_head
+                    break
+            # (6) advance CQ: only now may the kernel reuse those slots; our
+            # reads of them are done (the slice copied them).
+            cq_head = (cq_head + k) & u32
+            cq_words[cq_head_i] = cq_head
+
+        # Hand over: the general loop, the drain and the result read these.
+        ring.sq_tail, ring.cq_head = sq_tail, cq_head
+        ring.submitted += placed - ((sq_tail - sq_words[ring._sq_head_i]) & U32)
+        ring.reaped += batches * clean_cqes
+        run.inflight, run.due, run.placed = inflight, due, run.placed + placed
+        run.whole += batches * r
+        if cfg.zc:
+            run.notifs += batches * r
+        if ret < 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINTR, errno.ETIME):   # those two: run_general() goes on
+                run.entered = OSError(err, f"io_uring_enter: {errno.errorcode.get(err, err)}: "
+                                           f"{os.strerror(err)}")
+                run.entered.syscall = "io_uring_enter"
+
+    def wait_owed(self, wait_nr: int, sq_tail: int) -> bool:
+        """(2) without a submit: sleep until wait_nr CQEs are ready, bounded by ENTER_WAIT_NS.
+
+        The hot loop's rare wait (results that did not complete at submission,
+        or notifications it must see before the CQ has room for another
+        batch). False when io_uring_enter failed for good (run.entered says
+        why); a signal (EINTR) or the bound (ETIME) go back to the loop, which
+        looks at the clock and at Ctrl-C.
+        """
+        ring = self.ring
+        ring.sq_tail = sq_tail                  # submit_and_peek() publishes it: nothing new
+        try:
+            ring.submit_and_peek(wait_nr)       # what it peeks the hot loop reads again
+        except OSError as e:
+            if e.errno not in (errno.EINTR, errno.ETIME):
+                self.books.entered = e
+                return False
+        return True
+
+    def at_tick(self, now: int, hot_results: int) -> int:
+        """The clock or Ctrl-C stopped the hot loop: 0 to end the run, else its next check."""
+        run = self.books
+        if now >= run.deadline or STOP.requested:
+            return 0
+        whole = run.whole + hot_results
+        run.on_tick((whole * self.cfg.size) + run.slow.bytes, whole + run.slow.ok)   # -i
+        run.next_tick += run.tick_ns
+        return min(run.deadline, run.next_tick)
+
+    def judge_odd(self, cqes: bytes) -> Tuple[int, int]:
+        """(4)+(5) for a batch that is not the clean pattern; returns (results, notifications owed).
+
+        Still in bulk first: the flags column as a list of small ints (which
+        CPython keeps premade, so no object per CQE) and the sum of the res
+        column, both read off a strided cast of the bytes; judge() decides.
+        """
+        cqes_view = memoryview(cqes)
+        try:
+            flags = cqes_view.cast("I")[3::4].tolist()
+            res = cqes_view.cast("i")[2::4]
+            return self.judge(flags, sum(res))
+        finally:
+            cqes_view.release()
+
+    def judge(self, flags: List[int], res_sum: int) -> Tuple[int, int]:
+        """(4) judge results, (5) judge notifications: the CQEs from cq.head on, in bulk.
+
+        Two list.count() and the res sum, in C. If every CQE is a result with
+        the good flags or a notification, and the results add up to exactly
+        size each, every send was whole and every notification said
+        zero-copy: no send returns more than size, and a notification's res
+        is 0, or bit 31 (the kernel copied) which reads as negative. An error,
+        EAGAIN, a short send or a copy makes the sum fall short. Returns the
+        results seen and the notifications they leave owed (F_MORE minus
+        F_NOTIF); the CQEs stay in the ring for the caller to advance past.
+        """
+        run, ring, cfg = self.books, self.ring, self.cfg
+        size = cfg.size
+        k = len(flags)
+        n_ok = flags.count(IORING_CQE_F_MORE if cfg.zc else 0)
+        n_notif = flags.count(IORING_CQE_F_NOTIF)
+        clean = n_ok + n_notif == k
+        if clean and res_sum != n_ok * size:
+            # Second look, still in bulk: the notifications that say the
+            # kernel copied (loopback, veth: all of them) read -2**31 each,
+            # and no send result can. Take them out of the sum; if the
+            # results then add up, the batch was whole all the same.
+            res = ring.peek_res(k)
+            n_copied = res.count(NOTIF_COPIED_RES)
+            clean = res_sum - n_copied * NOTIF_COPIED_RES == n_ok * size
+            run.copied += n_copied if clean else 0
+        if clean:
+            run.whole += n_ok
+            run.notifs += n_notif
+            results, owed = n_ok, (n_ok - n_notif if cfg.zc else 0)
+        else:                             # an error, EAGAIN, a short send: look at each CQE
+            t = judge_each(ring.peek_res(k), flags, size, cfg.zc)
+            run.slow.add(t)
+            results, owed = t.results, t.due
+            if self.stream and t.short and not run.slow.error:
+                run.slow.error = errno.EIO    # a short TCP write: the stream would tear
+        assert results <= run.inflight and run.due + owed >= 0, \
+            "more CQEs than requests: accounting is broken"
+        return results, owed
+
+    def run_general(self) -> None:
+        """The loop for everything the hot loop does not take (see run()).
+
         Per batch: one place() (a slice copy), one submit_and_peek() (one
         io_uring_enter that submits and waits, then every ready CQE's flags
-        and the sum of their res), the bulk judgement below, one cq_advance().
-        Notifications may lag behind results, up to `room` of them, so the CQ
-        (4x the SQ) never overflows; with -f a batch also waits for its own.
+        and the sum of their res), judge(), one cq_advance(). Notifications
+        may lag behind results, up to `room` of them, so the CQ (4x the SQ)
+        never overflows; with -f a batch also waits for its own.
         """
-        cfg, ring = self.cfg, self.ring
-        r, size, stream, zc = cfg.batch, cfg.size, self.stream, cfg.zc
+        cfg, ring, run = self.cfg, self.ring, self.books
+        if run.entered is not None or run.slow.error:
+            return
+        r, size, stream = cfg.batch, cfg.size, self.stream
         place = ring.place
         submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
         cq_advance = ring.cq_advance
@@ -1746,105 +2054,55 @@ class UringSender:
         # notification still due, so `due` may not pass what that leaves.
         room = 0 if cfg.flush else ring.cq_entries - 2 * (ahead + r)
         clock = time.perf_counter_ns
-        # The flags of a good result CQE: F_MORE for a zero-copy send (its
-        # notification follows), none for a copying SEND.
-        ok_flags = IORING_CQE_F_MORE if zc else 0
-        F_NOTIF = IORING_CQE_F_NOTIF
+        deadline = run.deadline
         # Datagram batches are all alike: a run of them, to place several at once.
         run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))
 
-        inflight = due = 0      # results not yet seen; notifications promised (F_MORE) not yet seen
-        whole = notifs = 0      # good results and good notifications, counted in bulk
-        copied = 0              # ... of which said the kernel copied (REPORT_USAGE)
-        slow = Tally()          # everything else, judged one by one
-        result = Result(cfg.mode, cfg.proto, size, r, family_name(cfg.family),
-                        setup=ring.setup_flags)
-        meter = Meter(self.rusage_who)
-        deadline = meter.t0 + int(cfg.seconds * 1e9)
-        next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
-        placed = 0              # requests placed: a TCP batch starts at stream offset placed*size
-        entered: Optional[OSError] = None   # io_uring_enter failed: the run ends with that
-        # Lent until the drain below settles it: if anything raises before
-        # then, Payload.close() leaves the pages mapped (the kernel may still
-        # be sending from them) instead of unmapping them under it.
-        self.payload.lent += 1
-        if cfg.trace:
-            # Inside the timed run: the trace's sends count, so must its time.
-            slow, inflight, due = self.trace(cfg.trace, self.trace_out)
-            placed = slow.results + inflight
-
         while True:
-            if inflight <= ahead:
+            if run.inflight <= ahead:
                 now = clock()
-                if now >= deadline or STOP.requested or slow.error:
+                if now >= deadline or STOP.requested or run.slow.error:
                     break
-                if now >= next_tick:            # -i: ticks only inside the run
-                    on_tick(whole * size + slow.bytes, whole + slow.ok)
-                    next_tick += tick_ns
-                if due <= room:
+                if now >= run.next_tick:        # -i: ticks only inside the run
+                    run.on_tick(run.whole * size + run.slow.bytes, run.whole + run.slow.ok)
+                    run.next_tick += run.tick_ns
+                if run.due <= room:
                     if stream:                  # the batch starts where the last one ended
-                        place(self.batch(placed * size % PATTERN_LEN))
-                        inflight += r
-                        placed += r
+                        place(self.batch(run.placed * size % PATTERN_LEN))
+                        run.inflight += r
+                        run.placed += r
                     else:                       # as many batches as fit, in one slice copy
-                        n = (ahead - inflight) // r * r + r
+                        n = (ahead - run.inflight) // r * r + r
                         place(run_of_batches[:n << 6])
-                        inflight += n
-                        placed += n
+                        run.inflight += n
+                        run.placed += n
             try:
-                flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
+                flags, res_sum = submit_and_peek((run.inflight >> 1 if ahead else run.inflight) or 1)
             except OSError as e:
                 # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed and no CQE
                 # came: a TCP peer that stopped reading, say). Look at the clock
                 # and at STOP even with requests in flight: the drain waits for them.
                 if e.errno not in (errno.EINTR, errno.ETIME):
-                    entered = e
+                    run.entered = e
                     break
                 if STOP.requested or clock() >= deadline:
                     break
                 continue
-            # The fast path, in bulk: two list.count() and the res sum, in C.
-            # If every CQE is a result with the good flags or a notification,
-            # and the results add up to exactly size each, every send was
-            # whole and every notification said zero-copy: no send returns
-            # more than size, and a notification's res is 0, or bit 31 (the
-            # kernel copied) which reads as negative. An error, EAGAIN, a
-            # short send or a copy makes the sum fall short.
-            k = len(flags)
-            n_ok = flags.count(ok_flags)
-            n_notif = flags.count(F_NOTIF)
-            clean = n_ok + n_notif == k
-            if clean and res_sum != n_ok * size:
-                # Second look, still in bulk: the notifications that say the
-                # kernel copied (loopback, veth: all of them) read -2**31 each,
-                # and no send result can. Take them out of the sum; if the
-                # results then add up, the batch was whole all the same.
-                res = ring.peek_res(k)
-                n_copied = res.count(NOTIF_COPIED_RES)
-                clean = res_sum - n_copied * NOTIF_COPIED_RES == n_ok * size
-                copied += n_copied if clean else 0
-            if clean:
-                whole += n_ok
-                notifs += n_notif
-                inflight -= n_ok
-                if zc:
-                    due += n_ok - n_notif
-            else:                             # an error, EAGAIN, a short send: look at each CQE
-                t = judge_each(ring.peek_res(k), flags, size, zc)
-                slow.add(t)
-                inflight -= t.results
-                due += t.due
-                if stream and t.short and not slow.error:
-                    slow.error = errno.EIO    # a short TCP write: the stream would tear
-            cq_advance(k)                     # only now may the kernel reuse those slots
-            assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
+            results, owed = self.judge(flags, res_sum)
+            run.inflight -= results
+            run.due += owed
+            cq_advance(len(flags))            # (6) only now may the kernel reuse those slots
 
-        result.interrupted = STOP.requested
-        meter.stop(result)            # the rate covers sending; the drain below is not timed
-        # Drain: every notification before the buffer may go. Bounded: a TCP
-        # peer that stopped acknowledging could hold the pages for minutes.
+    def drain(self) -> None:
+        """(7) drain: every notification before the buffer may go.
+
+        Bounded: a TCP peer that stopped acknowledging could hold the pages
+        for minutes; Ctrl-C twice stops waiting too.
+        """
+        cfg, ring, run = self.cfg, self.ring, self.books
+        clock = time.perf_counter_ns
         drain_until = clock() + int(DRAIN_SECONDS * 1e9)
-        while inflight or due:
+        while run.inflight or run.due:
             left = (drain_until - clock()) / 1e9
             if left <= 0 or STOP.hurry:       # out of time, or Ctrl-C twice
                 break
@@ -1855,25 +2113,30 @@ class UringSender:
             res, fl = ring.peek()
             if fl:
                 ring.cq_advance(len(fl))
-                t = judge_each(res, fl, size, zc)
-                slow.add(t)
-                inflight -= t.results
-                due += t.due
-        result.requests = whole + slow.ok
-        result.bytes = whole * size + slow.bytes
+                t = judge_each(res, fl, cfg.size, cfg.zc)
+                run.slow.add(t)
+                run.inflight -= t.results
+                run.due += t.due
+
+    def settle(self, result: Result) -> Result:
+        """The run's totals into result, the payload's loan settled, the error in one line."""
+        cfg, run = self.cfg, self.books
+        slow = run.slow
+        result.requests = run.whole + slow.ok
+        result.bytes = run.whole * cfg.size + slow.bytes
         result.eagain = slow.eagain
-        result.notifications = notifs + slow.notifs
+        result.notifications = run.notifs + slow.notifs
         result.failed = slow.failed
-        result.undrained = due + inflight
+        result.undrained = run.due + run.inflight
         self.payload.lent += result.undrained - 1     # settled: only what never came stays lent
         if self.report_usage:
-            result.zc_copied = copied + slow.copied
+            result.zc_copied = run.copied + slow.copied
         if slow.error == errno.ETIMEDOUT:          # the trace gave up waiting
             result.error = undrained_error(cfg)
         elif slow.error:
             result.error = send_error(slow.error, cfg)
-        elif entered is not None:
-            result.error = oserror_line(entered)
+        elif run.entered is not None:
+            result.error = oserror_line(run.entered)
         elif result.undrained and not STOP.hurry:
             result.error = undrained_error(cfg)
         return result
