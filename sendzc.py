@@ -1437,7 +1437,7 @@ class SendConfig:
     seconds: float = 4.0
     trace: int = 0               # --trace N: print the first N requests' SQEs and CQEs
     sqpoll: bool = False         # --sqpoll: a kernel thread submits (IORING_SETUP_SQPOLL)
-    flows: int = 1               # -n: parallel senders, each its own thread, socket and ring
+    flows: int = 1               # -n: parallel senders, each its own process, socket and ring
 
     @property
     def mode(self) -> str:
@@ -1651,8 +1651,10 @@ class UringSender:
         self.stream = cfg.proto == "tcp"
         self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
         self.trace_out = sys.stdout
-        self.rusage_who = resource.RUSAGE_SELF     # RUSAGE_THREAD when one of several flows
+        self.rusage_who = resource.RUSAGE_SELF
         self._batches: Dict[int, bytes] = {}
+        self.deadline_ns: Optional[int] = None     # -n: the flows' common deadline (run_flows)
+        self.started_ns = 0                        # perf_counter_ns when run() started
 
     # --- building SQEs -------------------------------------------------------
     def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
@@ -1806,7 +1808,8 @@ class UringSender:
         result = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
                         setup=self.ring.setup_flags)
         meter = Meter(self.rusage_who)
-        run.deadline = meter.t0 + int(cfg.seconds * 1e9)
+        self.started_ns = meter.t0
+        run.deadline = self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9)
         run.next_tick = meter.t0 + tick_ns if tick_ns else run.deadline + 1
         # Lent until the drain settles it: if anything raises before then,
         # Payload.close() leaves the pages mapped (the kernel may still be
@@ -2168,66 +2171,203 @@ class UringSender:
         return result
 
 
-def run_flows(cfg: SendConfig) -> Tuple[List[Result], Result]:
-    """-n N: N senders at once, each a thread with its own socket, payload and ring.
+def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
+    """-n N: N senders at once, each a process with its own socket, payload and ring.
 
-    Like the seed's successor in liburing (send-zerocopy -T). A ring set up
-    with SINGLE_ISSUER and DEFER_TASKRUN belongs to the thread that made it,
-    so each thread makes its own. Python's GIL is not the limit it seems:
-    ctypes releases it for the whole io_uring_enter(), where a sender spends
-    most of its time, so on two cores one flow's kernel work overlaps the
-    other's Python. Returns each flow's result (CPU from RUSAGE_THREAD) and
-    their total (CPU from RUSAGE_SELF, which includes every thread).
+    Like the seed's successor in liburing (send-zerocopy -T), but processes,
+    not threads: one interpreter runs one thread's Python at a time (the
+    GIL), so two flows in threads were slower than one on two cores. Each
+    flow is a fork()ed child in a process group of its own; the parent
+    relays what the terminal sends it (Ctrl-C once, twice), so a child hears
+    each Ctrl-C exactly once, whoever it was sent to.
+
+    One common window: every child sets up, says it is ready, and waits;
+    then the parent gives them all the same deadline at once (CLOCK_MONOTONIC
+    is one clock for every process). Each flow's rate is over its own
+    measured time; the total's is all bytes over the span from the first
+    flow's start to the last one's end. Results come back through one pipe,
+    pickled, one write each (see FlowInbox). Returns each flow's result (its
+    own process's CPU) and their total (the sum of the flows' CPU).
     """
-    import threading
-    results: List[Optional[Result]] = [None] * cfg.flows
-    errors: List[BaseException] = []
-    ready = threading.Barrier(cfg.flows + 1)
-
-    def flow(i: int) -> None:
-        try:
-            with ExitStack() as stack:
-                sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
-                stack.callback(sock.close)
-                payload = Payload(cfg.size)
-                stack.callback(payload.close)
-                sender = UringSender(cfg, sock, payload, stack)
-                sender.rusage_who = resource.RUSAGE_THREAD
-                ready.wait()
-                results[i] = sender.run()
-        except BaseException as e:          # reported by the main thread, in one line
-            errors.append(e)
-            ready.abort()
-
-    threads = [threading.Thread(target=flow, args=(i,), name=f"flow{i}") for i in range(cfg.flows)]
-    for t in threads:
-        t.start()
+    out_r, out_w = os.pipe()              # children -> parent: ready, result, or a failure
+    go_r, go_w = os.pipe()                # parent -> children: the common deadline
+    pids: Dict[int, int] = {}             # pid -> flow number, until reaped
+    statuses: Dict[int, int] = {}         # flow number -> wait status, once reaped
+    sys.stdout.flush()                    # or the children would print it again at exit
+    sys.stderr.flush()
     try:
-        ready.wait()
-    except threading.BrokenBarrierError:
-        pass
-    meter = Meter()
-    for t in threads:
-        while t.is_alive():
-            t.join(0.1)                     # short joins: the main thread still sees Ctrl-C
-    if errors:
-        raise errors[0]
-    done = [r for r in results if r is not None]
-    total = meter.stop(Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
-                              setup=done[0].setup))
-    for r in done:
+        for i in range(cfg.flows):
+            pid = os.fork()
+            if pid == 0:                  # the child: never returns
+                os.close(out_r)
+                os.close(go_w)
+                flow_child(i, cfg, trace_out or sys.stdout, out_w, go_r)
+            try:
+                os.setpgid(pid, pid)      # as the child does itself: whichever runs first
+            except OSError:
+                pass                      # the child has already done it (or exec'd: not here)
+            pids[pid] = i
+        os.close(out_w)
+        out_w = -1
+        os.close(go_r)
+        go_r = -1
+        inbox = FlowInbox(out_r, pids, statuses)
+        ready = inbox.collect("ready", cfg.flows)
+        failed = [m for m in ready if m[0] == "fatal"]
+        if failed:
+            raise Fatal(failed[0][2], failed[0][3])
+        deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
+        go = struct.pack("q", deadline)
+        os.write(go_w, go * cfg.flows)    # each child reads one; 8 B each, far below a pipe's room
+        done = inbox.collect("result", cfg.flows)
+    finally:
+        for fd in (out_r, out_w, go_r, go_w):
+            if fd >= 0:
+                os.close(fd)              # a child still waiting for go reads EOF and leaves
+        for pid in list(pids):
+            try:
+                os.kill(pid, signal.SIGKILL)    # only when we are leaving by an exception
+            except ProcessLookupError:
+                pass
+            os.waitpid(pid, 0)
+    failed = [m for m in done if m[0] == "fatal"]
+    if failed:
+        raise Fatal(failed[0][2], failed[0][3])
+    done.sort(key=lambda m: m[1])
+    results = [m[2] for m in done]
+    first_start, last_end = min(m[3] for m in done), max(m[4] for m in done)
+    total = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
+                   setup=results[0].setup)
+    for r in results:
         total.requests += r.requests
         total.bytes += r.bytes
         total.notifications += r.notifications
         total.eagain += r.eagain
         total.undrained += r.undrained
         total.failed += r.failed
+        total.cpu_user_s += r.cpu_user_s
+        total.cpu_sys_s += r.cpu_sys_s
         if r.zc_copied is not None:
             total.zc_copied = (total.zc_copied or 0) + r.zc_copied
         total.error = total.error or r.error
-    total.seconds = max(r.seconds for r in done)   # the rate: all bytes over the longest flow
-    total.interrupted = STOP.requested
-    return done, total
+    # The rate: all bytes over one window, the first flow's start to the last one's end.
+    total.seconds = (last_end - first_start) / 1e9
+    total.interrupted = STOP.requested or any(r.interrupted for r in results)
+    return results, total
+
+
+def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> None:
+    """One flow of run_flows(), in the forked child: set up, wait for go, send, report, _exit.
+
+    Never returns: os._exit() skips whatever the parent had pending (atexit,
+    a test runner's own teardown), which is the parent's to run, not ours.
+    """
+    code = 0
+    try:
+        try:
+            os.setpgid(0, 0)              # out of the terminal's group: Ctrl-C comes via the parent
+            with ExitStack() as stack:
+                sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
+                stack.callback(sock.close)
+                payload = Payload(cfg.size)
+                stack.callback(payload.close)
+                sender = UringSender(cfg, sock, payload, stack)
+                sender.trace_out = trace_out
+                flow_message(out_fd, ("ready", i))
+                go = os.read(go_fd, 8)
+                if len(go) < 8:           # the parent gave up (another flow failed to start)
+                    os._exit(0)
+                sender.deadline_ns = struct.unpack("q", go)[0]
+                result = sender.run()
+                message = ("result", i, result, sender.started_ns,
+                           sender.started_ns + int(result.seconds * 1e9))
+        except Fatal as e:
+            message = ("fatal", i, str(e), e.status)
+        except OSError as e:
+            message = ("fatal", i, oserror_line(e), 1)
+        except KeyboardInterrupt:         # a third Ctrl-C: stop at once, as main() does
+            message = ("fatal", i, "interrupted three times: stopped at once", 130)
+        trace_out.flush()
+        flow_message(out_fd, message)
+    except BaseException:                 # a bug: its traceback, then out
+        import traceback
+        traceback.print_exc()
+        code = 1
+    finally:
+        os._exit(code)
+
+
+def flow_message(fd: int, message: tuple) -> None:
+    """One framed, pickled message to the parent: a length, then the pickle, in ONE write.
+
+    POSIX makes a pipe write of at most PIPE_BUF bytes atomic, so the N
+    children can share one pipe without their messages interleaving. A
+    result pickles to under 1 KB (no -i with -n, so no interval rows).
+    """
+    import pickle
+    data = pickle.dumps(message)
+    frame = struct.pack("I", len(data)) + data
+    assert len(frame) <= select.PIPE_BUF, "a flow's message must fit one atomic pipe write"
+    os.write(fd, frame)
+
+
+class FlowInbox:
+    """The parent's end of run_flows()' pipe: messages in, Ctrl-C out to the children."""
+
+    def __init__(self, fd: int, pids: Dict[int, int], statuses: Dict[int, int]):
+        self.fd, self.pids, self.statuses = fd, pids, statuses
+        self.buf = b""
+        self.relayed = 0                  # Ctrl-Cs passed on to the children so far
+        self.poller = select.poll()
+        self.poller.register(fd, select.POLLIN)
+
+    def collect(self, kind: str, n: int) -> List[tuple]:
+        """Wait for n messages of kind (a flow's failure counts as one); relay Ctrl-C meanwhile."""
+        import pickle
+        got: List[tuple] = []
+        while len(got) < n:
+            self.relay()
+            while len(self.buf) >= 4:
+                size = struct.unpack_from("I", self.buf)[0]
+                if len(self.buf) < 4 + size:
+                    break
+                got.append(pickle.loads(self.buf[4:4 + size]))
+                self.buf = self.buf[4 + size:]
+            if len(got) >= n:
+                break
+            if not self.poller.poll(POLL_MS):
+                continue
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:                 # every child has closed the pipe: some died mute
+                missing = sorted(set(range(n)) - {m[1] for m in got})
+                raise Fatal(f"flow {missing[0]} ended without a word ({self.reap_status(missing[0])}): "
+                            f"run it alone (without -n) to see why")
+            self.buf += chunk
+        return got
+
+    def relay(self) -> None:
+        """Pass each Ctrl-C the parent had on to every child still running, once."""
+        level = STOP.requested + STOP.hurry
+        while self.relayed < level:
+            self.relayed += 1
+            for pid in self.pids:
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+
+    def reap_status(self, flow: int) -> str:
+        for pid, i in list(self.pids.items()):
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                del self.pids[pid]
+                self.statuses[i] = status
+        status = self.statuses.get(flow)
+        if status is None:
+            return "still running"
+        if os.WIFSIGNALED(status):
+            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+        return f"exit status {os.WEXITSTATUS(status)}"
 
 
 DRAIN_SECONDS = 5.0
@@ -4042,7 +4182,7 @@ def sender_parser() -> Parser:
     p.add_argument("--trace", type=non_negative_int, default=0, metavar="N",
                    help="print the SQEs and CQEs of the first N requests")
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
-                   help="parallel flows, each with its own thread, socket and ring")
+                   help="parallel flows, each with its own process, socket and ring")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
     p.add_argument("proto", type=protocol(*p.protocols), metavar="{udp,tcp,raw}", help="what to send")
@@ -4139,7 +4279,9 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
 
 def run_senders(cfg: SendConfig, as_json: bool) -> int:
     """-n N: each flow's result, then the total."""
-    flows, total = run_flows(cfg)
+    # The trace of every flow goes where a single run's goes: stderr under
+    # --json, so that stdout stays one JSON document.
+    flows, total = run_flows(cfg, sys.stderr if as_json else sys.stdout)
     if as_json:
         doc = json_doc(sender_params(cfg), flows)
         doc["total"] = total.row()

@@ -1883,3 +1883,84 @@ def test_out_of_file_descriptors_is_one_line_naming_the_call():
             seen.add(m.group(1))
     # The ring fd itself, the fds Python's mmap dup()s of it, the probe's socketpair.
     assert "io_uring_setup" in seen and "mmap.mmap() in Ring._map" in seen, seen
+
+
+# === PERF (issue 15; issue 13 items 5 and 6) ===============================
+
+def test_hot_loop_counts_every_cqe_of_a_clean_run_into_the_sink(sink):
+    """The datagram hot loop (whole batches judged by one bytes comparison) against the kernel:
+    every send whole, one notification each, none copied; in a ring small enough that the
+    CQ wraps many times, and at a batch that does not divide it."""
+    for opts in (["-r", "8"], ["-r", "3", "--entries", "16"], ["--no-zc", "-r", "5"]):
+        row = tool_json("-4", "-D", SINK4, "-t", "0.3", *opts, "udp", ns=sink)["rows"][0]
+        check_row(row, 65435)
+        assert row["mb_per_sys_s"] > 0 and row["sys_speedup"] is None
+
+
+def test_hot_loop_hands_odd_batches_to_the_bulk_judge():
+    """Over loopback every notification says COPIED, so no batch is the clean one: the
+    bulk judge counts them, and the receiver's count matches the sender's."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        row = tool_json("-D", "127.0.0.1", "-p", rx.getsockname()[1], "-t", "0.3", "-s", "1400",
+                        "udp")["rows"][0]
+    assert row["error"] is None and row["requests"] > 0
+    assert row["bytes"] == row["requests"] * 1400
+    assert row["notifications"] == row["requests"] == row["zc_copied"]
+
+
+def test_flows_total_rate_is_over_the_common_window(sink):
+    """13.5: the total divides all bytes by one window, from the first flow's start to the last
+    one's end, which lies inside the wall time the test measures around the whole run."""
+    t0 = time.monotonic()
+    doc = tool_json("-4", "-D", SINK4, "-t", "0.3", "-n", "4", "-s", "1400", "udp", ns=sink)
+    wall = time.monotonic() - t0
+    total, rows = doc["total"], doc["rows"]
+    assert len(rows) == 4 and total["bytes"] == sum(r["bytes"] for r in rows)
+    # Started together, stopped at one deadline: the window is about -t, never the sum.
+    assert max(r["seconds"] for r in rows) <= total["seconds"] < 0.3 + 0.25
+    assert total["seconds"] < wall
+    assert total["mb_per_s"] == pytest.approx(total["bytes"] / 2**20 / total["seconds"], rel=1e-3)
+    assert total["cpu_sys_s"] == pytest.approx(sum(r["cpu_sys_s"] for r in rows), abs=0.01)
+
+
+def test_flows_trace_under_json_goes_to_stderr_and_the_document_parses(sink):
+    """13.6: --trace with -n 2 --json: stdout is one JSON document, the trace is on stderr."""
+    p = tool("--json", "-4", "-D", SINK4, "-t", "0.3", "-n", "2", "--trace", "2", "udp", ns=sink)
+    assert p.returncode == 0, p.stderr
+    doc = json.loads(p.stdout)
+    assert len(doc["rows"]) == 2
+    assert sum(line.startswith("trace: SQE") for line in p.stderr.splitlines()) == 4
+
+
+def test_flows_are_processes_and_ctrl_c_reaches_them_through_the_parent(sink):
+    """-n 2 runs each flow in a child process; SIGINT to the parent alone stops them all:
+    exit 130, a partial result well before -t, and no child left behind."""
+    proc = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, "--json", "-4",
+                             "-D", SINK4, "-t", "20", "-n", "2", "udp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(children_of(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = children_of(proc.pid)
+        assert len(kids) == 2
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=15)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    doc = json.loads(out)
+    assert doc["total"]["interrupted"] and doc["total"]["seconds"] < 10
+    assert all(r["bytes"] > 0 and r["undrained"] == 0 for r in doc["rows"])
+    assert not any(os.path.exists(f"/proc/{k}") for k in kids)
+
+
+def children_of(pid):
+    """The pids whose parent is pid."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return [int(x) for x in f.read().split()]
+    except OSError:
+        return []
