@@ -1579,6 +1579,13 @@ class SendBooks:
 # much Python as the rest of a batch's bookkeeping, and 16 batches of 64 KB
 # sends take well under a millisecond.
 CLOCK_EVERY = 16
+# wait_owed()'s answers besides False (io_uring_enter failed): CQEs may be
+# ready; or a signal or ENTER_WAIT_NS cut the wait short.
+WAIT_DONE, WAIT_CUT = 1, 2
+# At most this many distinct whole batches are remembered by the hot loop
+# (a stream into a peer shows a handful; the bound keeps memory flat when a
+# run never repeats itself).
+SEEN_MAX = 256
 # The user_data of every request the hot loop sends: all alike, so that a
 # clean batch's CQEs are known byte for byte (the trace numbers its from 1).
 HOT_USER_DATA = 0
@@ -1796,12 +1803,12 @@ class UringSender:
         """Send batches for cfg.seconds; return the kernel's totals.
 
         Two loops share the work, in the steps of the reference sender
-        (Part I): the hot loop, run_datagrams(), for the common case (UDP or
-        raw, one batch in flight, no -f, no SQPOLL), which does the least
-        Python per batch that CPython allows; and run_general(), which does
-        everything else (TCP's stream offsets and links, SQPOLL's full ring,
-        -f's waits) and whatever the hot loop hands over (an io_uring_enter
-        that failed or was cut short). Then (7) the drain, then the result.
+        (Part I): the hot loop, run_hot(), for the common case (one batch in
+        flight: no -f, no SQPOLL), which does the least Python per batch that
+        CPython allows; and run_general(), which does the rest (SQPOLL's full
+        ring, -f's waits) and whatever the hot loop hands over (an
+        io_uring_enter that failed or was cut short). Then (7) the drain,
+        then the result.
         """
         cfg = self.cfg
         run = self.books = SendBooks(deadline=0, on_tick=on_tick, tick_ns=tick_ns)
@@ -1819,62 +1826,76 @@ class UringSender:
             # Inside the timed run: the trace's sends count, so must its time.
             run.slow, run.inflight, run.due = self.trace(cfg.trace, self.trace_out)
             run.placed = run.slow.results + run.inflight
-        if not (self.stream or cfg.flush or self.ring.sqpoll):
-            self.run_datagrams()
-        self.run_general()
+        if cfg.flush or self.ring.sqpoll or not self.run_hot():
+            self.run_general()
         result.interrupted = STOP.requested
         meter.stop(result)            # the rate covers sending; the drain below is not timed
         self.drain()
         return self.settle(result)
 
-    def run_datagrams(self) -> None:
-        """The hot loop: datagrams, one batch of -r in flight, every batch judged in bulk.
+    def run_hot(self) -> bool:
+        """The hot loop: one batch of -r in flight, every batch judged in bulk; True when done.
 
-        Per batch, in the steps of Part I: (1) nothing (every SQ slot already
-        holds the request), (2) one store of sq.tail and one io_uring_enter,
-        (3) one slice of the CQ mapping, (4)+(5) one bytes comparison, (6) one
-        store of cq.head. Everything else is a method of its own, reached only
-        when a check fails: a batch that is not the clean pattern (judge_odd),
-        the clock passing a tick or the deadline (at_tick), an io_uring_enter
-        that did not submit the batch (hand over to run_general).
+        Per batch, in the steps of Part I: (1) nothing for datagrams (every
+        SQ slot already holds the request), one slice copy for a stream (its
+        batch starts at the stream's offset); (2) one store of sq.tail and one
+        io_uring_enter; (3) one slice of the CQ mapping; (4)+(5) one bytes
+        comparison, or one dictionary lookup; (6) one store of cq.head.
+        Everything else is a method of its own, reached only when a check
+        fails: a batch never judged before (judge_odd), the clock passing a
+        tick or the deadline (at_tick), results still owed (wait_owed), an
+        io_uring_enter that did not submit the batch (False: run_general()
+        takes over from there).
 
         Written out flat, with every name bound to a local first: in CPython a
         local is an array slot, while an attribute or a global is a dictionary
         lookup, and a method call builds a frame; each is ~20-50 ns, against
         ~0.5 us for the kernel's work on one 64 KB SEND_ZC (measured with
-        `perf stat` and per-batch getrusage: README, "Python's cost").
+        callgrind and per-batch getrusage: README, "Python's cost at its floor").
         """
-        cfg, ring, run = self.cfg, self.ring, self.books
+        cfg, ring, run, stream = self.cfg, self.ring, self.books, self.stream
         r, size = cfg.batch, cfg.size
-        # (1) get SQEs, done once for the whole run: every request of a
-        # datagram run is the same SQE (same socket, buffer, length, flags and
-        # user_data), and the kernel only reads SQEs, so once every slot
-        # holds it, claiming r slots is moving our tail by r.
-        sqe = io_uring_sqe()
-        self.prep(sqe, 0, HOT_USER_DATA)
-        ring.fill_sqes(bytes(sqe))
-        # What a clean batch's CQEs are, byte for byte: r results that sent
-        # all size bytes (F_MORE: a notification follows; none for a copying
-        # SEND), then, zero-copy, the r notifications that say the kernel let
-        # go of the buffer without copying (res 0). With DEFER_TASKRUN that is
-        # also their order: the results are posted at the end of submission,
-        # the notifications by the task work io_uring_enter runs while it
-        # waits (measured: every batch of a run into the sink). Any other
-        # batch (a different order, an error, a copy, a late notification) is
-        # judged by judge_odd(), in bulk, then one by one if it must.
+        if stream:
+            # (1) for a stream: the batch of every starting offset, built once;
+            # the loop copies the one where the stream stands into the SQ array.
+            by_phase = [self.batch(p) for p in range(PATTERN_LEN)]
+            phase, step = run.placed * size % PATTERN_LEN, r * size % PATTERN_LEN
+        else:
+            # (1) get SQEs, done once for the whole run: every request of a
+            # datagram run is the same SQE (same socket, buffer, length, flags
+            # and user_data), and the kernel only reads SQEs, so once every
+            # slot holds it, claiming r slots is moving our tail by r.
+            sqe = io_uring_sqe()
+            self.prep(sqe, 0, HOT_USER_DATA)
+            ring.fill_sqes(bytes(sqe))
+            by_phase, phase, step = [], 0, 0
+        # What a clean datagram batch's CQEs are, byte for byte: r results
+        # that sent all size bytes (F_MORE: a notification follows; none for a
+        # copying SEND), then, zero-copy, the r notifications that say the
+        # kernel let go of the buffer without copying (res 0). With
+        # DEFER_TASKRUN that is also their order: the results are posted at
+        # the end of submission, the notifications by the task work
+        # io_uring_enter runs before it returns (measured: every batch of a
+        # run into the sink). Any other batch is looked up in `seen`: the
+        # batches judge_odd() found whole before, byte for byte, with what
+        # they added up to; a stream's batches (notifications come with the
+        # peer's ACKs, in a handful of orders) are found there.
         one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if cfg.zc else 0))
         one_notif = bytes(io_uring_cqe(HOT_USER_DATA, 0, IORING_CQE_F_NOTIF))
-        clean = one_result * r + (one_notif * r if cfg.zc else b"")
-        clean_cqes = len(clean) >> 4
+        clean = None if stream else one_result * r + (one_notif * r if cfg.zc else b"")
+        clean_cqes = 0 if stream else len(clean) >> 4
+        seen = self.seen = {}           # CQE bytes -> [times seen, results, owed, whole, notifs, copied]
 
         # Every name the loop touches, bound to a local (see the docstring).
         syscall, enter, enter_fd, u32 = _syscall_gil, NR_io_uring_enter, ring.enter_fd, U32
-        enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags    # no EXT_ARG: no wait to bound
-        wait_owed = self.wait_owed
-        sq_words, sq_tail_i = ring._sq_words, ring._sq_tail_i
+        enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags
+        wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
+        wait_owed, judge_odd, seen_get = self.wait_owed, self.judge_odd, seen.get
+        sq_words, sq_tail_i, sq_mask, sq_entries = ring._sq_words, ring._sq_tail_i, ring.sq_mask, ring.sq_entries
+        sqes = ring._sqes
         cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
         cq_map, cqe_start, cqe_end, cq_mask = ring._cq_map, ring.cqe_start, ring.cqe_end, ring.cq_mask
-        clock, stop, judge_odd = time.perf_counter_ns, STOP, self.judge_odd
+        clock, stop = time.perf_counter_ns, STOP
         sq_tail, cq_head = ring.sq_tail, ring.cq_head
         inflight, due = run.inflight, run.due
         # The CQ never overflows: before the next reap the kernel can post a
@@ -1882,9 +1903,10 @@ class UringSender:
         # notification still due, so `due` may not pass what that leaves.
         room = ring.cq_entries - 2 * r
         check_at = min(run.deadline, run.next_tick)    # the clock's next reason to stop us
-        batches = 0             # clean batches: r whole sends (and r zero-copy notifications) each
+        batches = 0             # clean datagram batches: r whole sends (and r notifications) each
         placed = 0              # requests placed by this loop
         ret = 0
+        done = True             # False: hand over to run_general()
         countdown = 1           # batches until the next look at the clock and at Ctrl-C
 
         while True:
@@ -1897,7 +1919,16 @@ class UringSender:
                     if not check_at:
                         break
             if not inflight and due <= room:
-                # (1) get SQEs: the next r slots already hold the request.
+                if stream:
+                    # (1) get SQEs: the batch that starts where the stream stands.
+                    slot = sq_tail & sq_mask
+                    if slot + r <= sq_entries:
+                        sqes[slot << 6:(slot + r) << 6] = by_phase[phase]
+                    else:                           # it wraps: place() splits it
+                        ring.sq_tail = sq_tail
+                        ring.place(by_phase[phase])
+                    phase = (phase + step) % PATTERN_LEN
+                # (1) get SQEs (datagrams): the next r slots already hold the request.
                 sq_tail = (sq_tail + r) & u32       # u32 counter: wraps at 2**32
                 # (2) submit and wait: publish the tail with a plain store; the
                 # kernel reads it inside the io_uring_enter below, on this
@@ -1905,19 +1936,30 @@ class UringSender:
                 sq_words[sq_tail_i] = sq_tail
                 inflight = r
                 placed += r
-                # One ctypes call, five arguments (each one more costs ~30 ns):
-                # submit r, min_complete 0. A datagram send completes inside its
-                # submission, and GETEVENTS runs the task work that posts the
-                # notifications that are ready, so there is nothing to wait for;
-                # and a call that never sleeps needs no timeout (EXT_ARG). When
-                # a send cannot complete at once (a full socket buffer: the
-                # kernel polls and completes it later), inflight stays above 0
-                # and the next turn waits for it, bounded, in wait_owed().
-                ret = syscall(enter, enter_fd, r, 0, enter_flags)
+                # One ctypes call: submit r, wait for r CQEs. min_complete r,
+                # not 0: before it returns, io_uring_enter runs at most
+                # max(IO_LOCAL_TW_DEFAULT_MAX = 20, min_complete) task-work
+                # items, and each notification is one (measured at -r 64 with
+                # 0: 40 of 64 notifications came, the rest a batch later).
+                if stream:
+                    # A stream's send waits for socket space that only the peer
+                    # frees: bounded by ENTER_WAIT_NS (EXT_ARG), seven arguments.
+                    ret = syscall(enter, enter_fd, r, r, wait_flags, wait_ref, wait_size)
+                else:
+                    # A datagram send completes inside its submission, or once
+                    # the device has taken or dropped the packets before it: no
+                    # peer can hold it, so no timeout, five arguments (each one
+                    # more costs ~30 ns). A signal still ends the wait (EINTR).
+                    ret = syscall(enter, enter_fd, r, r, enter_flags)
                 if ret != r:                        # an error, or a short submit
+                    done = False
                     break
-            elif not wait_owed(inflight or 1, sq_tail):   # results, or CQ room, still owed
-                break
+            else:                                   # results, or CQ room, still owed
+                waited = wait_owed(inflight or 1, sq_tail)
+                if not waited:
+                    break
+                if waited is WAIT_CUT:              # a signal or the bound: look at the clock now
+                    countdown = 1
             # (3) peek CQEs: those between cq.head (ours) and cq.tail (the
             # kernel's; with DEFER_TASKRUN written by this thread's own enter),
             # as one slice of the mapping, unless they wrap past its end.
@@ -1926,20 +1968,27 @@ class UringSender:
             end = start + (k << 4)
             cqes = cq_map[start:end] if end <= cqe_end else ring.cqe_bytes(k, cq_head)
             # (4) judge results and (5) judge notifications, both at once: is
-            # this batch byte for byte the clean one?
+            # this batch byte for byte the clean one, or one seen whole before?
             if cqes == clean:
                 batches += 1
                 inflight -= r
-            else:                                   # judge_odd() reads the ring's and run's copies
-                ring.cq_head, run.inflight, run.due = cq_head, inflight, due
-                results, owed = judge_odd(cqes)
-                inflight -= results
-                due += owed
-                assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-                if run.slow.error:
-                    cq_head = (cq_head + k) & U32
-                    cq_words[cq_head_i] = cq_head
-                    break
+            else:
+                known = seen_get(cqes)
+                if known is not None:
+                    known[0] += 1
+                    inflight -= known[1]
+                    due += known[2]
+                else:                               # judge_odd() reads the ring's and run's copies
+                    ring.cq_head, run.inflight, run.due = cq_head, inflight, due
+                    results, owed = judge_odd(cqes)
+                    inflight -= results
+                    due += owed
+                    ring.reaped += k
+                    assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
+                    if run.slow.error:
+                        cq_head = (cq_head + k) & u32
+                        cq_words[cq_head_i] = cq_head
+                        break
             # (6) advance CQ: only now may the kernel reuse those slots; our
             # reads of them are done (the slice copied them).
             cq_head = (cq_head + k) & u32
@@ -1953,21 +2002,27 @@ class UringSender:
         run.whole += batches * r
         if cfg.zc:
             run.notifs += batches * r
+        for times, _, _, whole, notifs, copied in seen.values():
+            run.whole += times * whole
+            run.notifs += times * notifs
+            run.copied += times * copied
+        ring.reaped += sum(times * len(cqes) >> 4 for cqes, (times, *_) in seen.items())
         if ret < 0:
             err = ctypes.get_errno()
             if err not in (errno.EINTR, errno.ETIME):   # those two: run_general() goes on
                 run.entered = OSError(err, f"io_uring_enter: {errno.errorcode.get(err, err)}: "
                                            f"{os.strerror(err)}")
                 run.entered.syscall = "io_uring_enter"
+        return done
 
-    def wait_owed(self, wait_nr: int, sq_tail: int) -> bool:
+    def wait_owed(self, wait_nr: int, sq_tail: int):
         """(2) without a submit: sleep until wait_nr CQEs are ready, bounded by ENTER_WAIT_NS.
 
         The hot loop's rare wait (results that did not complete at submission,
         or notifications it must see before the CQ has room for another
-        batch). False when io_uring_enter failed for good (run.entered says
-        why); a signal (EINTR) or the bound (ETIME) go back to the loop, which
-        looks at the clock and at Ctrl-C.
+        batch). Returns WAIT_DONE; WAIT_CUT when a signal (EINTR) or the bound
+        (ETIME) ended it, so the loop looks at the clock and at Ctrl-C now;
+        or False when io_uring_enter failed for good (run.entered says why).
         """
         ring = self.ring
         ring.sq_tail = sq_tail                  # submit_and_peek() publishes it: nothing new
@@ -1977,32 +2032,42 @@ class UringSender:
             if e.errno not in (errno.EINTR, errno.ETIME):
                 self.books.entered = e
                 return False
-        return True
+            return WAIT_CUT
+        return WAIT_DONE
 
     def at_tick(self, now: int, hot_results: int) -> int:
         """The clock or Ctrl-C stopped the hot loop: 0 to end the run, else its next check."""
         run = self.books
         if now >= run.deadline or STOP.requested:
             return 0
-        whole = run.whole + hot_results
+        whole = run.whole + hot_results + sum(v[0] * v[3] for v in self.seen.values())
         run.on_tick((whole * self.cfg.size) + run.slow.bytes, whole + run.slow.ok)   # -i
         run.next_tick += run.tick_ns
         return min(run.deadline, run.next_tick)
 
     def judge_odd(self, cqes: bytes) -> Tuple[int, int]:
-        """(4)+(5) for a batch that is not the clean pattern; returns (results, notifications owed).
+        """(4)+(5) for a batch the hot loop has not seen; returns (results, notifications owed).
 
         Still in bulk first: the flags column as a list of small ints (which
         CPython keeps premade, so no object per CQE) and the sum of the res
         column, both read off a strided cast of the bytes; judge() decides.
+        A batch judged whole goes into the hot loop's `seen`, with what it
+        added, so the next batch of the same bytes costs one lookup: the
+        judgement depends on nothing but those bytes and the run's -s.
         """
+        run = self.books
+        before = (run.whole, run.notifs, run.copied, run.slow.results)
         cqes_view = memoryview(cqes)
         try:
             flags = cqes_view.cast("I")[3::4].tolist()
             res = cqes_view.cast("i")[2::4]
-            return self.judge(flags, sum(res))
+            results, owed = self.judge(flags, sum(res))
         finally:
             cqes_view.release()
+        if run.slow.results == before[3] and len(self.seen) < SEEN_MAX:
+            self.seen[cqes] = [0, results, owed, run.whole - before[0], run.notifs - before[1],
+                               run.copied - before[2]]
+        return results, owed
 
     def judge(self, flags: List[int], res_sum: int) -> Tuple[int, int]:
         """(4) judge results, (5) judge notifications: the CQEs from cq.head on, in bulk.
@@ -2084,7 +2149,7 @@ class UringSender:
         run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))
 
         judge, slow, batch = self.judge, run.slow, self.batch
-        inflight, due, placed = run.inflight, run.due, run.placed    # locals: see run_datagrams()
+        inflight, due, placed = run.inflight, run.due, run.placed    # locals: see run_hot()
         while True:
             if inflight <= ahead:
                 now = clock()
