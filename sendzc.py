@@ -1955,7 +1955,7 @@ class UringSender:
                     done = False
                     break
             else:                                   # results, or CQ room, still owed
-                waited = wait_owed(inflight or 1, sq_tail)
+                waited = wait_owed(inflight or 1)
                 if not waited:
                     break
                 if waited is WAIT_CUT:              # a signal or the bound: look at the clock now
@@ -2015,7 +2015,7 @@ class UringSender:
                 run.entered.syscall = "io_uring_enter"
         return done
 
-    def wait_owed(self, wait_nr: int, sq_tail: int):
+    def wait_owed(self, wait_nr: int):
         """(2) without a submit: sleep until wait_nr CQEs are ready, bounded by ENTER_WAIT_NS.
 
         The hot loop's rare wait (results that did not complete at submission,
@@ -2025,15 +2025,20 @@ class UringSender:
         or False when io_uring_enter failed for good (run.entered says why).
         """
         ring = self.ring
-        ring.sq_tail = sq_tail                  # submit_and_peek() publishes it: nothing new
-        try:
-            ring.submit_and_peek(wait_nr)       # what it peeks the hot loop reads again
-        except OSError as e:
-            if e.errno not in (errno.EINTR, errno.ETIME):
-                self.books.entered = e
-                return False
+        # Nothing to submit (the hot loop's submits are all consumed), so no
+        # tail to publish; GETEVENTS with EXT_ARG, as submit_and_peek() waits.
+        ret = _syscall_gil(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags,
+                           ring._wait_ref, ring._wait_size)
+        if ret >= 0:
+            return WAIT_DONE
+        err = ctypes.get_errno()
+        if err in (errno.EINTR, errno.ETIME):
             return WAIT_CUT
-        return WAIT_DONE
+        try:
+            _raise_errno("io_uring_enter")
+        except OSError as e:
+            self.books.entered = e
+        return False
 
     def at_tick(self, now: int, hot_results: int) -> int:
         """The clock or Ctrl-C stopped the hot loop: 0 to end the run, else its next check."""
@@ -2260,6 +2265,7 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     statuses: Dict[int, int] = {}         # flow number -> wait status, once reaped
     sys.stdout.flush()                    # or the children would print it again at exit
     sys.stderr.flush()
+    finished = False
     try:
         for i in range(cfg.flows):
             pid = os.fork()
@@ -2285,16 +2291,18 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         go = struct.pack("q", deadline)
         os.write(go_w, go * cfg.flows)    # each child reads one; 8 B each, far below a pipe's room
         done = inbox.collect("result", cfg.flows)
+        finished = True
     finally:
         for fd in (out_r, out_w, go_r, go_w):
             if fd >= 0:
                 os.close(fd)              # a child still waiting for go reads EOF and leaves
         for pid in list(pids):
-            try:
-                os.kill(pid, signal.SIGKILL)    # only when we are leaving by an exception
-            except ProcessLookupError:
-                pass
-            os.waitpid(pid, 0)
+            if not finished:              # leaving by an exception (a third Ctrl-C, say)
+                try:
+                    os.kill(pid, signal.SIGKILL)    # the kernel tears down its ring and sends
+                except ProcessLookupError:
+                    pass
+            os.waitpid(pid, 0)            # every child reported (or was killed): reap it
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
         raise Fatal(failed[0][2], failed[0][3])
@@ -2376,6 +2384,9 @@ def flow_message(fd: int, message: tuple) -> None:
     os.write(fd, frame)
 
 
+FLOW_PIPE_READ = 1 << 16      # bytes per read of the flows' pipe: its whole default capacity
+
+
 class FlowInbox:
     """The parent's end of run_flows()' pipe: messages in, Ctrl-C out to the children."""
 
@@ -2402,7 +2413,7 @@ class FlowInbox:
                 break
             if not self.poller.poll(POLL_MS):
                 continue
-            chunk = os.read(self.fd, 1 << 16)
+            chunk = os.read(self.fd, FLOW_PIPE_READ)
             if not chunk:                 # every child has closed the pipe: some died mute
                 missing = sorted(set(range(n)) - {m[1] for m in got})
                 raise Fatal(f"flow {missing[0]} ended without a word ({self.reap_status(missing[0])}): "
