@@ -2345,7 +2345,7 @@ def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> N
                 payload = Payload(cfg.size)
                 stack.callback(payload.close)
                 sender = UringSender(cfg, sock, payload, stack)
-                sender.trace_out = trace_out
+                trace_out = sender.trace_out = WholeLines(trace_out)
                 flow_message(out_fd, ("ready", i))
                 go = os.read(go_fd, 8)
                 if len(go) < 8:           # the parent gave up (another flow failed to start)
@@ -2368,6 +2368,31 @@ def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> N
         code = 1
     finally:
         os._exit(code)
+
+
+class WholeLines:
+    """A text stream for a flow's trace: each whole line goes out in one write().
+
+    The flows share the parent's stdout or stderr; print() writes a line and
+    its newline separately, so two processes' lines would cut into each
+    other. One write of a line (less than PIPE_BUF) is never split.
+    """
+
+    def __init__(self, out):
+        self.out, self.pending = out, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        if "\n" in self.pending:
+            whole, _, self.pending = self.pending.rpartition("\n")
+            self.out.flush()
+            os.write(self.out.fileno(), (whole + "\n").encode())
+        return len(text)
+
+    def flush(self) -> None:
+        if self.pending:
+            os.write(self.out.fileno(), self.pending.encode())
+            self.pending = ""
 
 
 def flow_message(fd: int, message: tuple) -> None:

@@ -1964,3 +1964,27 @@ def children_of(pid):
             return [int(x) for x in f.read().split()]
     except OSError:
         return []
+
+
+RUNTIME_LINES["a flow's process killed"] = (
+    "sendzc: flow 0 ended without a word (killed by SIGKILL): run it alone (without -n) to see why")
+
+
+def test_a_flow_killed_mid_run_is_one_line_and_the_others_are_reaped(sink):
+    proc = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, "-4", "-D", SINK4,
+                             "-t", "1.5", "-n", "2", "udp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(children_of(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = sorted(children_of(proc.pid))
+        assert len(kids) == 2
+        time.sleep(0.3)
+        os.kill(kids[0], signal.SIGKILL)             # the first forked: flow 0
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1, err
+    assert err.splitlines() == [RUNTIME_LINES["a flow's process killed"]]
+    assert not any(os.path.exists(f"/proc/{k}") for k in kids)
