@@ -3253,14 +3253,7 @@ def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
         sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
         stack.callback(sock.close)
         result = run_reference(cfg, sock, stack)
-    if as_json:
-        print(json.dumps(json_doc(sender_params(cfg), [result]), indent=2))
-    elif result.requests or not result.error:
-        print("\n".join(describe_result(result)))
-    if result.error:
-        print(f"sendzc: {result.error}", file=sys.stderr)
-        return 1
-    return 130 if result.interrupted else 0
+    return report_send(cfg, result, as_json)
 
 
 def send_error(err: int, cfg: SendConfig) -> str:
@@ -6222,6 +6215,11 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
     if ticks:
         result.intervals = ticks.rows
+    return report_send(cfg, result, as_json)
+
+
+def report_send(cfg: SendConfig, result: Result, as_json: bool) -> int:
+    """Print one sender's result (text or JSON), its error in one line; return the exit status."""
     if as_json:
         print(json.dumps(json_doc(sender_params(cfg), [result]), indent=2))
     elif result.requests or not result.error:   # a run refused at its first send has no result

@@ -1347,14 +1347,6 @@ USAGE_MISTAKES = {
 }
 
 
-@pytest.mark.parametrize("case", list(USAGE_MISTAKES))
-def test_a_usage_mistake_is_one_line_and_status_2(case):
-    args, line = USAGE_MISTAKES[case]
-    p = tool(*args)
-    assert (p.returncode, p.stdout) == (2, "")
-    assert only_line(p) == line
-
-
 # The runtime lines with nothing in them that changes from run to run (no
 # port, no kernel release), by case; the tests below assert each exactly.
 RUNTIME_LINES = {
@@ -2024,14 +2016,6 @@ NET_USAGE = {
         "path, whose MTU is its route's: drop one of the two"),
 }
 USAGE_MISTAKES.update(NET_USAGE)        # the README table test reads both
-
-
-@pytest.mark.parametrize("case", list(NET_USAGE))
-def test_a_net_usage_mistake_is_one_line_and_status_2(case):
-    args, line = NET_USAGE[case]
-    p = tool(*args)
-    assert (p.returncode, p.stdout) == (2, "")
-    assert only_line(p) == line
 
 
 NET_RUNTIME = {
@@ -2811,14 +2795,6 @@ POOL_MISTAKES = {
 USAGE_MISTAKES.update(POOL_MISTAKES)                 # the README table holds these too
 
 
-@pytest.mark.parametrize("case", list(POOL_MISTAKES))
-def test_a_pool_usage_mistake_is_one_line_and_status_2(case):
-    args, line = POOL_MISTAKES[case]
-    p = tool(*args)
-    assert (p.returncode, p.stdout) == (2, "")
-    assert only_line(p) == line
-
-
 @pytest.mark.parametrize("opt", ["--sendmsg", "-f", "--trace 2", "-n 2", "--sqpoll", "-i 1"])
 def test_pool_refuses_the_options_of_the_fast_sender(opt):
     flag = opt.split()[0]
@@ -3209,13 +3185,6 @@ USAGE_MISTAKES["bench: --svg into no directory"] = (
 RUNTIME_LINES["bench: --svg where the file cannot be written"] = (
     "sendzc: --svg /sys/sendzc.svg: cannot write the chart (EACCES: Permission denied): "
     "give a FILE you may write, or drop --svg")
-
-
-def test_svg_into_no_directory_is_a_usage_line_before_any_run():
-    args, line = USAGE_MISTAKES["bench: --svg into no directory"]
-    p = tool(*args)
-    assert (p.returncode, p.stdout) == (2, "")
-    assert only_line(p) == line
 
 
 def test_svg_that_cannot_be_written_is_one_line_after_the_table():
@@ -4067,3 +4036,22 @@ def test_a_flow_killed_mid_run_is_one_line_and_the_others_are_reaped(sink):
     assert proc.returncode == 1, err
     assert err.splitlines() == [RUNTIME_LINES["a flow's process killed"]]
     assert not any(os.path.exists(f"/proc/{k}") for k in kids)
+
+
+# =============================================================================
+# Every usage mistake, from every block above: one line, status 2
+# =============================================================================
+#
+# Last in the file, so that its cases are USAGE_MISTAKES as every block has
+# added to it (parametrize reads the dict once, where the test is defined).
+
+@pytest.mark.parametrize("case", list(USAGE_MISTAKES))
+def test_a_usage_mistake_is_one_line_and_status_2(case):
+    args, line = USAGE_MISTAKES[case]
+    p = tool(*args)
+    assert p.returncode == 2
+    assert only_line(p) == line
+    if "--json" in args:                    # and the document, its error the same line
+        assert json.loads(p.stdout)["error"] == line[len("sendzc: "):]
+    else:
+        assert p.stdout == ""
