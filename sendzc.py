@@ -2328,6 +2328,38 @@ TRACE_EXPLAINED = {
 }
 
 
+def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int]],
+              stack: ExitStack, **ring_args) -> Ring:
+    """A sender's ring, set up in the order liburing's example does; torn down by stack.
+
+    The ring (CQ 4x the SQ), the socket as registered file 0, the buffers
+    (addr, length) as registered buffers 0.. (none: no FIXED_BUF), the ring
+    fd registered. Each refusal is one line (Fatal).
+    """
+    try:
+        ring = Ring(cfg.entries, cq_entries=4 * cfg.entries, **ring_args)
+    except OSError as e:
+        raise Fatal(setup_error(e)) from None
+    stack.callback(ring.close)
+    check_opcode(ring.probe(), cfg.mode)
+    try:
+        ring.register_files([sock.fileno()])
+        if buffers:
+            ring.register_buffers(buffers)
+    except OSError as e:
+        raise Fatal(register_error(e, sum(length for _, length in buffers))) from None
+    ring.register_ring_fd()
+    return ring
+
+
+def report_usage() -> bool:
+    """probe_report_usage(), a refusal of its own small ring in one line (as refusable as the first)."""
+    try:
+        return probe_report_usage()
+    except OSError as e:
+        raise Fatal(setup_error(e)) from None
+
+
 class UringSender:
     """The seed's do_tx(): one socket, one ring, batches of SEND_ZC.
 
@@ -2349,28 +2381,11 @@ class UringSender:
             raise Fatal("--sqpoll is x86-64 only: the SQ thread reads our tail concurrently, and "
                         "ordering the SQE stores before it needs a store barrier Python cannot "
                         "issue on arm64; run without --sqpoll")
-        try:
-            if cfg.sqpoll:
-                self.ring = ring = Ring(cfg.entries, cq_entries=4 * cfg.entries,
-                                        flags=IORING_SETUP_SQPOLL, attempts=SQPOLL_ATTEMPTS,
-                                        sq_thread_idle=SQ_THREAD_IDLE_MS)
-            else:
-                self.ring = ring = Ring(cfg.entries, cq_entries=4 * cfg.entries)
-        except OSError as e:
-            raise Fatal(setup_error(e)) from None
-        stack.callback(ring.close)
-        check_opcode(ring.probe(), cfg.mode)
-        try:
-            ring.register_files([sock.fileno()])
-            if cfg.fixed_buf and cfg.zc:
-                ring.register_buffers([(payload.addr, payload.length)])
-        except OSError as e:
-            raise Fatal(register_error(e, payload.length)) from None
-        ring.register_ring_fd()
-        try:
-            self.report_usage = cfg.zc and probe_report_usage()
-        except OSError as e:           # its own small ring: as refusable as the first
-            raise Fatal(setup_error(e)) from None
+        sqpoll = dict(flags=IORING_SETUP_SQPOLL, attempts=SQPOLL_ATTEMPTS,
+                      sq_thread_idle=SQ_THREAD_IDLE_MS) if cfg.sqpoll else {}
+        buffers = [(payload.addr, payload.length)] if cfg.fixed_buf and cfg.zc else []
+        self.ring = send_ring(cfg, sock, buffers, stack, **sqpoll)
+        self.report_usage = cfg.zc and report_usage()
         self.stream = cfg.proto == "tcp"
         self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
         self.trace_out = sys.stdout
@@ -3210,23 +3225,8 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
     """
     pool = Pool(cfg.pool, cfg.size)
     stack.callback(pool.close)                  # after the ring (below) has let go of it
-    try:
-        ring = Ring(cfg.entries, cq_entries=4 * cfg.entries)
-    except OSError as e:
-        raise Fatal(setup_error(e)) from None
-    stack.callback(ring.close)
-    check_opcode(ring.probe(), cfg.mode)
-    try:
-        ring.register_files([sock.fileno()])
-        if cfg.fixed_buf:
-            ring.register_buffers(pool.iovecs())
-    except OSError as e:
-        raise Fatal(register_error(e, pool.length)) from None
-    ring.register_ring_fd()
-    try:
-        zc_flags = IORING_SEND_ZC_REPORT_USAGE if probe_report_usage() else 0
-    except OSError as e:
-        raise Fatal(setup_error(e)) from None
+    ring = send_ring(cfg, sock, pool.iovecs() if cfg.fixed_buf else [], stack)
+    zc_flags = IORING_SEND_ZC_REPORT_USAGE if report_usage() else 0
     sender = ReferenceSender(ring, pool, cfg.fixed_buf, cfg.proto == "tcp", zc_flags, cfg.break_contract)
     result = Result(cfg.mode, cfg.proto, cfg.size, cfg.pool, family_name(cfg.family),
                     setup=ring.setup_flags)
