@@ -1766,6 +1766,10 @@ class Intervals:
 # Above this share of a run's CPU in user space (Python), describe_result()
 # says how to lower it: a larger batch, or --sqpoll.
 PYTHON_SHARE_HINT = 0.15
+# ... and only for a run that kept its CPU busy at least this share of its
+# time: one that mostly waited (a paced path, a slow receiver) was not held
+# back by Python, and its few ms of CPU make any share meaningless.
+BUSY_SHARE = 0.5
 
 
 def describe_result(r: Result) -> List[str]:
@@ -1799,9 +1803,11 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    # (Not for a run that sent nothing: its CPU went to setting up, not to sending.)
-    if (r.mode not in SYSCALL_MODES and r.pool is None and r.requests and cpu
-            and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
+    # (Not for a run that sent nothing: its CPU went to setting up, not to
+    # sending; nor for one that spent most of its time waiting, for a slow
+    # path or receiver: Python's share did not limit it.)
+    if (r.mode not in SYSCALL_MODES and r.pool is None and r.requests
+            and cpu > BUSY_SHARE * r.seconds and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
                      f"a larger -r, or --sqpoll, leaves more to the kernel "
                      f"(`sendzc.py bench --sweep` shows where batching stops paying)")

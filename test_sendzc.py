@@ -4055,3 +4055,17 @@ def test_a_usage_mistake_is_one_line_and_status_2(case):
         assert json.loads(p.stdout)["error"] == line[len("sendzc: "):]
     else:
         assert p.stdout == ""
+
+
+def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy():
+    """A run paced by its path (a token bucket, a slow receiver) used a few ms of CPU in a
+    second: its 'share' says nothing, and 'a larger -r' would not help. One that was busy gets it."""
+    def notes(user, sys_s):
+        r = sendzc.Result("send_zc_fixed", "udp", 65435, 8, requests=800, bytes=800 * 65435,
+                          seconds=1.0, cpu_user_s=user, cpu_sys_s=sys_s)
+        return [line for line in sendzc.describe_result(r) if line.startswith("note: Python took")]
+    assert notes(0.01, 0.0) == []                          # paced: 1% of a CPU, all of it user
+    assert notes(0.4, 0.6) == ["note: Python took 40% of the CPU at batch 8: a larger -r, or --sqpoll, "
+                               "leaves more to the kernel (`sendzc.py bench --sweep` shows where "
+                               "batching stops paying)"]
+    assert notes(0.1, 0.9) == []                           # busy, but Python under 15%
