@@ -779,9 +779,8 @@ def test_sender_json_matches_the_fields_readme_documents():
     assert len(doc["rows"][0]["intervals"]) == math.ceil(0.5 / 0.2)
 
 
+@needs_root
 def test_bench_interval_lines_are_ceil_t_over_i_per_row():
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("bench's private sink needs root and iproute2")
     t, i = 0.3, 0.1
     p = tool("bench", "-t", t, "-i", i, "--batches", "8")
     assert p.returncode == 0, p.stderr
@@ -811,10 +810,9 @@ def test_bench_d_runs_the_table_against_a_receiver_without_a_private_sink(sink):
     assert all(v in (None, 1400, 65435) for v in doc["crossover"].values())
 
 
+@needs_root
 def test_bench_in_process_comes_home_and_leaks_nothing(capsys):
     """bench_main() leaves its private namespace for ours, and closes every fd and mapping."""
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("bench's private sink needs root and iproute2")
     home = os.readlink("/proc/self/ns/net")
     args = ["-t", "0.1", "--batches", "8", "--json"]
     warm = sendzc.bench_main(args)                  # warm up imports and caches
@@ -830,10 +828,9 @@ def test_bench_in_process_comes_home_and_leaks_nothing(capsys):
 
 
 @pytest.mark.parametrize("how", ["error", "sigint", "sigkill"])
+@needs_root
 def test_bench_leaves_the_host_as_it_found_it(how):
     """A private namespace dies with the process: whatever ends bench, nothing is left."""
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("bench's private sink needs root and iproute2")
     before = host_net()
     if how == "error":
         # tc refuses the qdisc after the namespace and the ifb device exist.
@@ -865,9 +862,8 @@ def test_bench_leaves_the_host_as_it_found_it(how):
     assert_host_unchanged(before)
 
 
+@needs_root
 def test_bench_sweep_runs_the_zero_copy_path_at_every_batch():
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("needs root and iproute2 for the private sink")
     p = tool("bench", "--sweep", "--json", "-t", "0.2", "--sizes", "1400", "--batches", "1,8")
     assert p.returncode == 0, p.stderr
     doc = json.loads(p.stdout)
@@ -1921,9 +1917,8 @@ def test_gso_larger_than_the_path_is_refused_in_one_line(sink1500):
     assert only_line(p) == NET_RUNTIME["--gso larger than the path allows"]
 
 
+@needs_root
 def test_gso_auto_on_a_tiny_mtu_is_too_many_segments():
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("needs root and iproute2 for the private sink")
     before = host_net()
     p = tool("-t", "0.3", "--mtu", "68", "--gso", "auto", "udp")      # 68 - 28 = 40-byte segments
     assert (p.returncode, p.stderr.count("\n")) == (1, 1), p.stderr
@@ -2002,9 +1997,8 @@ def test_einval_from_a_gso_send_names_the_older_kernels_limit():
 
 # --- the private sink, for the sender -----------------------------------------------
 
+@needs_root
 def test_a_sender_with_no_d_runs_into_the_private_sink_and_says_so_first():
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("needs root and iproute2 for the private sink")
     before = host_net()
     p = tool("-t", "0.3", "--trace", "2", "udp")
     if "no ifb device" in p.stderr:
@@ -2024,9 +2018,8 @@ def test_a_sender_with_no_d_runs_into_the_private_sink_and_says_so_first():
 
 
 @pytest.mark.parametrize("how", ["error", "sigkill"])
+@needs_root
 def test_a_sender_into_the_private_sink_leaves_the_host_as_it_found_it(how):
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("needs root and iproute2 for the private sink")
     before = host_net()
     if how == "error":
         # Refused after the namespace and its device exist: the segment does not fit MTU 1500.
@@ -2061,9 +2054,8 @@ def test_a_sender_with_no_d_and_no_root_says_so_in_one_line():
 
 # --- bench --mtu ---------------------------------------------------------------------
 
+@needs_root
 def test_bench_at_mtu_1500_sets_fragmented_against_gso_against_1472_byte_datagrams():
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("bench's private sink needs root and iproute2")
     before = host_net()
     doc = bench_json("--mtu", "1500", "-t", "0.2", "--batches", "8")
     assert_host_unchanged(before)
@@ -2086,9 +2078,8 @@ def test_bench_at_mtu_1500_sets_fragmented_against_gso_against_1472_byte_datagra
     assert set(doc["crossover"]) == {"io_uring", "msg_zerocopy"}
 
 
+@needs_root
 def test_bench_at_mtu_1500_marks_the_tables():
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("bench's private sink needs root and iproute2")
     p = tool("bench", "--mtu", "1500", "-t", "0.2", "--batches", "8")
     assert p.returncode == 0, p.stderr
     lines = p.stdout.splitlines()
@@ -3005,9 +2996,8 @@ def test_svg_sweep_draws_rate_and_user_share_per_row_and_marks_each_knee(tmp_pat
     check_header_and_units(doc, words)
 
 
+@needs_root
 def test_svg_after_ctrl_c_holds_the_rows_measured(tmp_path):
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("bench's private sink needs root and iproute2")
     chart = tmp_path / "partial.svg"
     proc = subprocess.Popen([sys.executable, TOOL, "bench", "-t", "0.5", "--svg", str(chart)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -3033,9 +3023,8 @@ RUNTIME_LINES["bench: --svg where the file cannot be written"] = (
     "give a FILE you may write, or drop --svg")
 
 
+@needs_root
 def test_svg_that_cannot_be_written_is_one_line_after_the_table():
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("bench's private sink needs root and iproute2 (and root is refused /sys)")
     p = tool("bench", "-t", "0.1", "--batches", "8", "--svg", "/sys/sendzc.svg")
     assert p.returncode == 1
     assert only_line(p) == RUNTIME_LINES["bench: --svg where the file cannot be written"]
