@@ -3837,15 +3837,25 @@ class Verifier:
                           "got": view[i], "expected": self.pattern[phase + i]}
 
 
+# rx --pool, UDP: how far out of order a datagram may come (in requests)
+# and still be checked against every stamp seen; a pool's sends in flight
+# are a few, so one further behind is counted as one that came before.
+POOL_REORDER_WINDOW = 1 << 16
+
+
 class PoolVerifier:
     """rx --pool: checks the stamps of a --pool sender (section 5b) instead of the pattern.
 
     UDP: every datagram must be one request's stamp() from end to end, and
-    the sequence numbers must rise from datagram to datagram (some may be
-    lost, none may come back). TCP: the stream must be stamp(0, size),
+    no request's stamp may come twice. Some may be lost, and they may come
+    out of order: UDP does not keep order, nor does io_uring between sends
+    in flight on one socket (one that waits for socket space is retried
+    after a later one went). TCP: the stream must be stamp(0, size),
     stamp(1, size), ... in order, size read from the first stamp. A buffer
     rewritten before its notification shows as a later request's stamp
-    where an earlier one belongs. Same interface as Verifier, for receive().
+    where an earlier one belongs: twice, then, once in its own datagram
+    (or torn, if the rewrite was under way). Same interface as Verifier,
+    for receive().
     """
 
     def __init__(self, proto: str):
@@ -3855,7 +3865,9 @@ class PoolVerifier:
         self.checked = 0              # TCP: stream bytes checked; UDP: datagrams
         self.size = 0                 # TCP: the requests' size, from the first stamp
         self.head = b""               # TCP: the first bytes, until a whole stamp has come
-        self.last = -1                # UDP: the last good datagram's sequence number
+        self.seen: Dict[int, int] = {}    # UDP: sequence number -> the datagram that carried it
+        self.top = -1                 # UDP: the highest sequence number seen
+        self.floor = 0                # UDP: below it, seen is forgotten (POOL_REORDER_WINDOW)
         self.why: Optional[dict] = None   # what the last failed check found
 
     def matches(self, data: memoryview, phase: int) -> bool:
@@ -3870,11 +3882,15 @@ class PoolVerifier:
             i = first_mismatch(data, want)
             self.why = dict(offset=i, datagram=n, got=data[i], expected=want[i], request=seq)
             return False
-        if seq <= self.last:                      # an earlier datagram carried a later stamp
-            self.why = dict(offset=0, datagram=n, got=data[0], expected=(self.last + 1) & 0xFF,
-                            request=seq, previous=self.last)
+        if seq < self.floor or seq in self.seen:  # this request's stamp came before
+            self.why = dict(offset=0, datagram=n, got=data[0], expected=(self.top + 1) & 0xFF,
+                            request=seq, previous=self.seen.get(seq))
             return False
-        self.last = seq
+        self.seen[seq] = n
+        self.top = max(self.top, seq)
+        if len(self.seen) > 2 * POOL_REORDER_WINDOW:   # keep memory flat over a long run
+            self.floor = self.top - POOL_REORDER_WINDOW
+            self.seen = {q: d for q, d in self.seen.items() if q >= self.floor}
         return True
 
     def _stream(self, data: memoryview) -> bool:
@@ -3919,8 +3935,10 @@ class PoolVerifier:
         f = r.first_mismatch
         count = "receives" if r.proto == "tcp" else "datagrams"
         if "previous" in f:
+            before = (f"datagram {f['previous']} carried already" if f["previous"] is not None else
+                      f"is more than {POOL_REORDER_WINDOW} requests behind the newest")
             where = (f"byte 0 of datagram {f['datagram']} carries request {f['request']}'s stamp, "
-                     f"after a datagram that carried request {f['previous']}'s (stamps only rise)")
+                     f"which {before} (each request is sent once)")
         else:
             at = (f"stream byte {f['offset']}" if f["datagram"] is None
                   else f"byte {f['offset']} of datagram {f['datagram']}")
@@ -4607,7 +4625,7 @@ def describe_rx(r: RxResult) -> List[str]:
         lines.append("verification: off (--no-verify)")
     elif r.verified and r.stamped:
         lines.append("verified: every byte is its request's stamp, requests in order" if r.proto == "tcp"
-                     else f"verified: all {r.datagrams} datagrams are one request's stamp each, rising")
+                     else f"verified: all {r.datagrams} datagrams are one request's stamp each, no request twice")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if r.proto == "tcp"
                      else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
