@@ -9,19 +9,20 @@
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
-be read from top to bottom. Part I, sections 1 to 5b, teaches io_uring;
-Part II, sections 6 to 9, is the tool built on it:
+be read from top to bottom. Part I, sections 1 to 7, teaches io_uring; Part
+II, sections 8 to 11, is the tool built on it, and only Part II uses the other:
 
-  1. Kernel ABI      constants and structs transcribed from <linux/io_uring.h>
-  2. System calls    io_uring_setup, io_uring_enter, io_uring_register
-  3. The ring        mapping the shared rings; who owns which index
-  4. Submit, reap    placing SQEs and judging CQEs in bulk
-  5. Preparing SQEs  the io_uring_prep_* helpers of liburing
-  5b. Pool sender    a zero-copy send, one CQE at a time, from a pool of buffers
-  6. The senders     io_uring SEND / SEND_ZC / SENDMSG_ZC, send(2), MSG_ZEROCOPY
-  7. The receiver    rx: counts and verifies what a sender sends
-  8. The benchmark   the private sink and the table of every way to send
-  9. Command line
+  1. Kernel ABI        constants and structs transcribed from <linux/io_uring.h>
+  2. System calls      io_uring_setup, io_uring_enter, io_uring_register
+  3. The ring          mapping the shared rings; who owns which index
+  4. Submit, reap      placing SQEs and judging CQEs, one by one and in bulk
+  5. Preparing SQEs    the io_uring_prep_* helpers of liburing
+  6. One CQE at a time a zero-copy sender over a pool of buffers, every CQE judged
+  7. The same, in bulk that sender made fast: batches in, CQEs judged by the batch
+  8. The senders       the tool's sender: payload, results, sockets, flows, failures
+  9. The receiver      rx: counts and verifies what a sender sends
+ 10. The benchmark     the private sink and the table of every way to send
+ 11. Command line      options, --probe, signals, main()
 
 A zero-copy send in one paragraph: the application puts a submission queue
 entry (SQE) saying "send these bytes on this socket" into a ring it shares
@@ -38,13 +39,9 @@ series, which became IORING_OP_SEND_ZC. sendzc grew from it and keeps its
 options, its defaults and its output line.
 """
 
-# The Python floor, checked before anything that could fail on an older one
-# (3.6 has no dataclasses). 3.9 is the floor README promises, and the one the
-# tests run and check with vermin; older ones are not tested, so not served.
-# Written so that any Python 3 that can compile this file gets here: 3.6 to
-# 3.8 stop in one line.
-# (Python 3.5 and 2.7 cannot compile the f-strings further down, and stop
-# with a SyntaxError before any line of the file runs: no file can say more.)
+# The Python floor, checked before anything that could fail on an older one:
+# 3.6 to 3.8 stop in this one line. (3.5 and 2.7 cannot compile the f-strings
+# below, so they stop with a SyntaxError before any line runs.)
 import sys
 if sys.version_info < (3, 9):
     sys.stderr.write("sendzc: this is Python %d.%d.%d; sendzc needs 3.9 or newer: run it with "
@@ -53,13 +50,10 @@ if sys.version_info < (3, 9):
 
 import signal
 
-# A signal before main() has installed its handler (the imports below and
-# the module's own setup take ~50 ms) must not end in a KeyboardInterrupt
-# traceback: as a program, we own the signals from here on. The first is
-# noted, and main() ends the run before it begins, the way it ends every
-# run (one line, a JSON document with --json, 130 or 128+N; EARLY_SIGNALS:
-# see STOP_SIGNALS in section 9). A second one, if loading is that slow,
-# ends it at once. Imported (by the tests), the importer keeps its handlers.
+# A signal before main() has installed its handlers (the imports and setup
+# below take ~50 ms) must not end in a traceback: the first is noted, and
+# main() ends the run before it begins, as it ends every run (section 11); a
+# second one ends it at once. Imported (by the tests), the importer keeps its handlers.
 EARLY_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _early_signals = []
 
@@ -360,7 +354,7 @@ class kernel_timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_int64)]
 
 
-# Plain socket structs, from <sys/uio.h>, <sys/socket.h>, <linux/errqueue.h>.
+# Plain socket structs, from <sys/uio.h> and <sys/socket.h>: what SENDMSG reads.
 class iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
 
@@ -372,49 +366,20 @@ class msghdr(ctypes.Structure):
                 ("msg_flags", ctypes.c_int)]
 
 
-class sock_extended_err(ctypes.Structure):
-    """What MSG_ZEROCOPY's completions carry on the socket error queue."""
-    _fields_ = [("ee_errno", u32), ("ee_origin", u8), ("ee_type", u8), ("ee_code", u8),
-                ("ee_pad", u8), ("ee_info", u32), ("ee_data", u32)]
-
-
-class tcp_info(ctypes.Structure):
-    """struct tcp_info from <linux/tcp.h>, up to tcpi_segs_in (4.2): what rx reads.
-
-    getsockopt(TCP_INFO) copies min(optlen, the kernel's size) bytes, so a
-    prefix of the struct is a valid question; newer fields are simply not asked for.
-    """
-    _fields_ = [("tcpi_state", u8), ("tcpi_ca_state", u8), ("tcpi_retransmits", u8),
-                ("tcpi_probes", u8), ("tcpi_backoff", u8), ("tcpi_options", u8),
-                ("tcpi_snd_wscale", u8, 4), ("tcpi_rcv_wscale", u8, 4),
-                ("tcpi_delivery_rate_app_limited", u8, 1), ("tcpi_fastopen_client_fail", u8, 2)] + [
-        (n, u32) for n in (
-            "tcpi_rto", "tcpi_ato", "tcpi_snd_mss", "tcpi_rcv_mss",
-            "tcpi_unacked", "tcpi_sacked", "tcpi_lost", "tcpi_retrans", "tcpi_fackets",
-            "tcpi_last_data_sent", "tcpi_last_ack_sent", "tcpi_last_data_recv", "tcpi_last_ack_recv",
-            "tcpi_pmtu", "tcpi_rcv_ssthresh", "tcpi_rtt", "tcpi_rttvar", "tcpi_snd_ssthresh",
-            "tcpi_snd_cwnd", "tcpi_advmss", "tcpi_reordering", "tcpi_rcv_rtt", "tcpi_rcv_space",
-            "tcpi_total_retrans")] + [
-        ("tcpi_pacing_rate", u64), ("tcpi_max_pacing_rate", u64), ("tcpi_bytes_acked", u64),
-        ("tcpi_bytes_received", u64), ("tcpi_segs_out", u32), ("tcpi_segs_in", u32)]
-
-
 def _check_layout():
     """Fail at import, loudly, if a declaration above drifted from the kernel's."""
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
              io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
              io_uring_buf: 16, io_uring_buf_reg: 40,
-             iovec: 16, msghdr: 56, sock_extended_err: 16, tcp_info: 144}
+             iovec: 16, msghdr: 56}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
     offsets = {io_uring_sqe: dict(opcode=0, flags=1, ioprio=2, fd=4, off=8, addr=16, len=24,
                                   msg_flags=28, user_data=32, buf_index=40, personality=42,
                                   file_index=44, addr3=48),
                io_uring_cqe: dict(user_data=0, res=8, flags=12),
-               io_uring_params: dict(features=20, sq_off=40, cq_off=80),
-               tcp_info: dict(tcpi_rto=8, tcpi_total_retrans=100, tcpi_pacing_rate=104,
-                              tcpi_bytes_received=128, tcpi_segs_in=140)}
+               io_uring_params: dict(features=20, sq_off=40, cq_off=80)}
     for struct_type, fields in offsets.items():
         for name, want in fields.items():
             # ctypes lifts the fields of an anonymous union into the outer
@@ -434,78 +399,49 @@ CQE_SIZE = ctypes.sizeof(io_uring_cqe)
 CQE_SHIFT = CQE_SIZE.bit_length() - 1   # and CQE i at byte i << CQE_SHIFT of the CQE array
 assert 1 << CQE_SHIFT == CQE_SIZE
 
-# --- Socket constants Python's socket module may lack (values from the kernel UAPI)
-SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)          # <asm-generic/socket.h>
-MSG_ZEROCOPY = getattr(socket, "MSG_ZEROCOPY", 0x4000000)  # <linux/socket.h>
-IP_RECVERR = getattr(socket, "IP_RECVERR", 11)             # <linux/in.h>
-IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)         # <linux/in6.h>
-SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)     # <asm-generic/socket.h>; root may pass rmem_max
-SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)             # 4.6: a socket's memory counters, u32 each
-SK_MEMINFO_DROPS = 8                                       # <linux/sock_diag.h>: index of "dropped"
-SO_EE_ORIGIN_ZEROCOPY = 5                                  # <linux/errqueue.h>
-SO_EE_CODE_ZEROCOPY_COPIED = 1
-IPPROTO_EGP = 8     # what the seed's raw mode sends: a protocol nobody answers
-IP_MTU = getattr(socket, "IP_MTU", 14)                     # <linux/in.h>: a connected socket's path MTU
-IPV6_MTU = getattr(socket, "IPV6_MTU", 24)                 # <linux/in6.h>: the same for IPv6
-SOL_UDP = getattr(socket, "SOL_UDP", 17)                   # <linux/socket.h>
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)          # <linux/udp.h>, 4.18: UDP GSO's segment size
-UDP_GRO = getattr(socket, "UDP_GRO", 104)                  # <linux/udp.h>, 5.0: coalesce on receive
-SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)           # <asm-generic/socket.h>: drops, per receive
-# include/linux/udp.h (kernel-only): the most segments one GSO send may carry.
-# 128 since 6.9 (1382e3b6a350, backported to the 5.15, 6.1 and 6.6 stable
-# series in 2024); 64 before, and a kernel that has 64 answers EINVAL.
-UDP_MAX_SEGMENTS = 128
-UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
-IP_MAXPACKET = 65535
 U32 = 0xFFFFFFFF    # ring indices are u32 and wrap at 2**32
 PAGE = mmap.PAGESIZE
 MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap has it from 3.10
-CLONE_NEWNET = 0x40000000                                  # <sched.h>
-# <linux/capability.h>: the capability to lock memory past RLIMIT_MEMLOCK. A
-# process without it has io_uring's rings, registered buffers and the pages
-# zero-copy sends pin counted against that limit; the ENOMEM lines name it.
-CAP_IPC_LOCK = 14
 
 
 # =============================================================================
 # 2. System calls
 #
 # glibc has no wrappers for the io_uring syscalls, so, like liburing's
-# syscall.h, we call syscall(2) with their numbers. They have one number on
-# every architecture but alpha since 5.1; we name the two we support. Above
-# this section nothing sees a raw return value: errors become OSError with the
-# syscall's name, so "io_uring_setup: [Errno 1] EPERM" says who refused. A
-# refusal the user must act on becomes Fatal: one line, naming the fix.
+# syscall.h, we call syscall(2) with their numbers (one number on every
+# architecture but alpha since 5.1; we name the two we support). Above this
+# section nothing sees a raw return value: an error becomes an OSError that
+# names the syscall, and a refusal the user must act on becomes Fatal: one
+# line, naming the fix.
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
     "x86_64": (425, 426, 427),    # arch/x86/entry/syscalls/syscall_64.tbl
     "aarch64": (425, 426, 427),   # include/uapi/asm-generic/unistd.h
 }
+NR_io_uring_setup, NR_io_uring_enter, NR_io_uring_register = _NR_IO_URING.get(
+    platform.machine(), (None, None, None))
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-# No argtypes, on purpose: converting through declared argtypes costs ~0.7 us
-# a call here, more than the rest of a batch's Python. Without them ctypes
-# passes a Python int as a C int, which libffi widens (sign-extends) to a
-# full 64-bit register on x86-64 and arm64, so small ints arrive intact in
-# registers. A pointer goes as ctypes.byref() or None (NULL), never as an int.
-# The trap: syscall()'s 7th argument (the syscall's 6th, io_uring_enter's
-# argsz) travels on the *stack* on x86-64, where libffi writes only the 4
-# bytes of a C int and leaves the slot's upper half as it was; the kernel
-# reads a size_t there. So that argument is always a ctypes.c_size_t.
+# No argtypes, on purpose: converting through them costs ~0.7 us a call, more
+# than the rest of a batch's Python. Without them a Python int goes as a C
+# int, which libffi sign-extends to a full register on x86-64 and arm64; a
+# pointer goes as ctypes.byref() or None. The trap: syscall()'s 7th argument
+# (io_uring_enter's argsz) travels on the *stack* on x86-64, where libffi
+# writes only 4 bytes of the 8-byte slot the kernel reads as a size_t; so
+# that argument is always a ctypes.c_size_t.
 _SIZE_0 = ctypes.c_size_t(0)
-# The same syscall(), called without letting go of the GIL: ctypes' CDLL
-# releases and retakes it around every call (~60 ns, measured), which only
-# pays when another thread of this process has Python to run meanwhile. The
-# hot loop's process has no other thread (flows are processes, see
-# run_flows()), and a signal still interrupts the wait (EINTR) as before.
+# The same syscall() without letting go of the GIL: CDLL releases and retakes
+# it around every call (~60 ns), which pays only if another thread of ours has
+# Python to run meanwhile. The hot loop's process has none (flows are
+# processes), and a signal still interrupts a wait (EINTR).
 _syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
 _syscall_gil.restype = ctypes.c_long
 
 
 class Fatal(Exception):
-    """One line for the user: what failed and how to fix it; exit status."""
+    """One line for the user: what failed and how to fix it; and the exit status."""
 
     def __init__(self, message: str, status: int = 1):
         super().__init__(message)
@@ -515,16 +451,6 @@ class Fatal(Exception):
 class UsageError(Fatal):
     def __init__(self, message: str):
         super().__init__(message, 2)
-
-
-NR_io_uring_setup, NR_io_uring_enter, NR_io_uring_register = _NR_IO_URING.get(
-    platform.machine(), (None, None, None))
-
-
-def _check_arch() -> None:
-    if NR_io_uring_setup is None:
-        raise Fatal(f"sendzc knows the io_uring syscall numbers of x86_64 and aarch64, "
-                    f"not of {platform.machine()}: run it on one of those")
 
 
 def _raise_errno(call: str) -> None:
@@ -543,7 +469,9 @@ def io_uring_setup(entries: int, params: io_uring_params) -> int:
     ENOMEM  out of memory, or the rings pass RLIMIT_MEMLOCK (users without CAP_IPC_LOCK)
     EMFILE  out of file descriptors
     """
-    _check_arch()
+    if NR_io_uring_setup is None:
+        raise Fatal(f"sendzc knows the io_uring syscall numbers of x86_64 and aarch64, "
+                    f"not of {platform.machine()}: run it on one of those")
     ret = _syscall(NR_io_uring_setup, entries, ctypes.byref(params))
     if ret < 0:
         _raise_errno("io_uring_setup")
@@ -582,43 +510,13 @@ def io_uring_register(fd: int, opcode: int, arg, nr_args: int) -> int:
     return ret
 
 
-def unshare(flags: int) -> None:
-    """unshare(2): e.g. CLONE_NEWNET gives this process a network namespace of its own."""
-    if _libc.unshare(ctypes.c_int(flags)) != 0:
-        _raise_errno("unshare")
-
-
-def setns(fd: int, nstype: int) -> None:
-    """setns(2): move this thread into the namespace fd refers to (os.setns is 3.12+)."""
-    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
-        _raise_errno("setns")
-
-
-class sockaddr(ctypes.Structure):
-    """struct sockaddr of <sys/socket.h>: here only ever AF_UNSPEC, for disconnect()."""
-    _fields_ = [("sa_family", ctypes.c_ushort), ("sa_data", ctypes.c_char * 14)]
-
-
-def disconnect(fd: int) -> None:
-    """connect(2) to AF_UNSPEC: a connected UDP socket forgets its peer (udp_disconnect()).
-
-    It keeps its port (bound by us, so SOCK_BINDPORT_LOCK holds it) and takes
-    datagrams from anyone again. Python's connect() has no way to say
-    AF_UNSPEC, hence libc's.
-    """
-    addr = sockaddr(socket.AF_UNSPEC)
-    if _libc.connect(ctypes.c_int(fd), ctypes.byref(addr), ctypes.c_uint(ctypes.sizeof(addr))) != 0:
-        _raise_errno("connect")
-
-
 def _addr_of(buf) -> int:
     """The address of a writable buffer (an mmap): what the kernel is told to read."""
     anchor = ctypes.c_char.from_buffer(buf)
     try:
         return ctypes.addressof(anchor)
     finally:
-        # The anchor holds an export on buf; drop it so buf can be closed later.
-        del anchor
+        del anchor      # it holds an export on buf, which would keep buf from closing
 
 
 # =============================================================================
@@ -630,9 +528,8 @@ def _addr_of(buf) -> int:
 #   CQ ring  head, tail, mask, overflow, flags, and the CQE array itself
 #   SQEs     the array of 64-byte submission entries
 #
-# (The two rings share one mapping, IORING_FEAT_SINGLE_MMAP since 5.4, which
-# Ring requires; we still keep a name for each so every field is read
-# through its own ring.)
+# (The two rings share one mapping, IORING_FEAT_SINGLE_MMAP, which Ring
+# requires; it keeps a name for each so every field is read through its own.)
 #
 # Who writes which word, and so who may cache it:
 #
@@ -642,22 +539,22 @@ def _addr_of(buf) -> int:
 #   cq.head   we     (tells the kernel which CQE slots are free again)
 #
 # Head and tail are free-running u32 counters, never reset: the slot of
-# counter c is c & ring_mask, and the number of entries between them is
+# counter c is c & ring_mask, and the entries between them number
 # (tail - head) & 0xffffffff, which stays right when tail has wrapped past
 # 2**32 and head has not. Everything below masks and says so.
 #
-# Memory ordering. C code pairs a release store of sq.tail with the kernel's
+# Memory ordering. C pairs a release store of sq.tail with the kernel's
 # acquire load, and an acquire load of cq.tail with the kernel's release
-# store. CPython offers no fences, so we rely on the design instead:
+# store. CPython offers no fences, so we rest on the design instead:
 #  - Without SQPOLL, the kernel reads sq.tail only inside io_uring_enter(),
-#    which this same thread calls after writing the SQEs and the tail:
-#    program order makes the stores visible (liburing's plain store too).
-#  - With IORING_SETUP_DEFER_TASKRUN every CQE is posted by the kernel on
-#    behalf of this thread, inside its own io_uring_enter(); when the call
-#    returns, the CQEs and cq.tail are this thread's own earlier writes.
-#    Without DEFER_TASKRUN (kernel 6.0), CQEs may be posted from another CPU:
-#    x86-64 keeps loads in order (TSO), so reading cq.tail before the CQEs
-#    suffices there; on arm64 a 6.0 kernel is the one case left to luck.
+#    which this thread calls after writing the SQEs and the tail: program
+#    order makes the stores visible (liburing's store is plain here too).
+#  - With IORING_SETUP_DEFER_TASKRUN every CQE is posted on behalf of this
+#    thread, inside its own io_uring_enter(): when the call returns, the
+#    CQEs and cq.tail are this thread's own earlier writes. Without it
+#    (kernel 6.0), CQEs may be posted from another CPU: x86-64 keeps loads in
+#    order (TSO), so reading cq.tail before the CQEs suffices; on arm64 a 6.0
+#    kernel is the one case left to luck.
 # =============================================================================
 
 @dataclass
@@ -682,22 +579,15 @@ SETUP_ATTEMPTS = (
 )
 # With SQPOLL the kernel's thread is the only submitter, so SINGLE_ISSUER
 # holds; DEFER_TASKRUN does not combine with it (no task of ours to defer to).
-SQPOLL_ATTEMPTS = (
-    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_NO_SQARRAY,
-    IORING_SETUP_SINGLE_ISSUER,
-    0,
-)
+SQPOLL_ATTEMPTS = (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_NO_SQARRAY, IORING_SETUP_SINGLE_ISSUER, 0)
 SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do before it sleeps
-# The longest one io_uring_enter() of the batch loop waits for completions
-# before it comes back to look at the clock and at Ctrl-C. Unbounded, a send
-# the kernel never completes (a TCP peer that stopped reading: its socket
-# never has room again) would hold the run past -t for ever.
+# The longest one io_uring_enter() of a send loop waits before it comes back
+# to look at the clock and at Ctrl-C: a send the kernel never completes (a TCP
+# peer that stopped reading) must not hold the run past -t.
 ENTER_WAIT_NS = 100_000_000
-# The longest a sender waits, after its run, for the notifications still
-# owed (the drain), and the longest --trace waits for one request. The
-# buffer may not be unmapped before they come; a TCP peer that stopped
-# acknowledging could hold them for minutes, so past this the sender says
-# so and leaves the buffer mapped until exit (Payload.close).
+# The longest a sender waits after its run for the notifications still owed
+# (the drain). A TCP peer that stopped acknowledging could hold them for
+# minutes; past this the buffer stays mapped until exit instead.
 DRAIN_SECONDS = 5.0
 
 
@@ -706,7 +596,7 @@ class SubmissionQueueFull(Exception):
 
 
 class Ring:
-    """An io_uring instance: its fd, its mappings, and our cached indices.
+    """An io_uring instance: its fd, its mappings, and our copies of the indices we own.
 
     Like liburing's struct io_uring; __init__ is io_uring_queue_init_params()
     and close() is io_uring_queue_exit(). Use it as a context manager.
@@ -722,24 +612,16 @@ class Ring:
             raise
 
     def _setup(self, entries, cq_entries, flags, attempts, sq_thread_idle):
-        last_error = None
         for extra in attempts:
-            p = io_uring_params()
-            p.flags = flags | extra | (IORING_SETUP_CQSIZE if cq_entries else 0)
-            p.cq_entries = cq_entries
-            p.sq_thread_idle = sq_thread_idle
+            p = io_uring_params(flags=flags | extra | (IORING_SETUP_CQSIZE if cq_entries else 0),
+                                cq_entries=cq_entries, sq_thread_idle=sq_thread_idle)
             try:
                 self.fd = io_uring_setup(entries, p)
                 break
             except OSError as e:
-                if e.errno != errno.EINVAL:
+                if e.errno != errno.EINVAL or extra == attempts[-1]:
                     raise
-                last_error = e
-        else:
-            raise last_error
-        self.params = p
-        self.flags = p.flags
-        self.features = p.features
+        self.params, self.flags, self.features = p, p.flags, p.features
         self._stack.callback(os.close, self.fd)          # last to go: the ring itself
 
         # We do not support kernels before 5.11: they lack one mapping for both
@@ -751,71 +633,63 @@ class Ring:
                         f"{flag_names(missing, FEAT_NAMES, 'IORING_FEAT_')} (Linux 5.11+): "
                         f"use a newer kernel")
 
-        # Map the regions. Sizes as liburing's io_uring_mmap() computes them:
-        # the SQ ring's words, its index array (absent with NO_SQARRAY) and
-        # the CQ ring with its CQEs share one mapping, sized for the larger.
+        # Map the regions, sized as liburing's io_uring_mmap() does: the SQ
+        # ring's words and index array and the CQ ring with its CQEs share one
+        # mapping, sized for the larger.
         sq_off, cq_off = p.sq_off, p.cq_off
         sq_size = sq_off.array + p.sq_entries * U32_SIZE if sq_off.array else 0
-        cq_size = cq_off.cqes + p.cq_entries * ctypes.sizeof(io_uring_cqe)
+        cq_size = cq_off.cqes + p.cq_entries * CQE_SIZE
         self._sq_map = self._map(max(sq_size, cq_size), IORING_OFF_SQ_RING)
         self._cq_map = self._sq_map     # one mapping, two names: each field read through its own ring
         self._sqe_map = self._map(p.sq_entries * SQE_SIZE, IORING_OFF_SQES)
 
         # u32 views of each ring's words; the kernel's offsets are in bytes.
-        sq_words = self._hold(self._view(self._sq_map).cast("I"))
-        cq_words = self._hold(self._view(self._cq_map).cast("I"))
-        self._sq_words, self._cq_words = sq_words, cq_words
-        word = U32_SIZE
-        self._sq_head_i, self._sq_tail_i = sq_off.head // word, sq_off.tail // word
-        self._sq_flags_i = sq_off.flags // word
-        self._cq_head_i, self._cq_tail_i = cq_off.head // word, cq_off.tail // word
-        self._cq_overflow_i = cq_off.overflow // word
-        self.sq_entries = sq_words[sq_off.ring_entries // word]
-        self.sq_mask = sq_words[sq_off.ring_mask // word]
-        self.cq_entries = cq_words[cq_off.ring_entries // word]
-        self.cq_mask = cq_words[cq_off.ring_mask // word]
+        sq_words = self._sq_words = self._hold(self._view(self._sq_map).cast("I"))
+        cq_words = self._cq_words = self._hold(self._view(self._cq_map).cast("I"))
+        self._sq_head_i, self._sq_tail_i = sq_off.head // U32_SIZE, sq_off.tail // U32_SIZE
+        self._sq_flags_i = sq_off.flags // U32_SIZE
+        self._cq_head_i, self._cq_tail_i = cq_off.head // U32_SIZE, cq_off.tail // U32_SIZE
+        self._cq_overflow_i = cq_off.overflow // U32_SIZE
+        self.sq_entries = sq_words[sq_off.ring_entries // U32_SIZE]
+        self.sq_mask = sq_words[sq_off.ring_mask // U32_SIZE]
+        self.cq_entries = cq_words[cq_off.ring_entries // U32_SIZE]
+        self.cq_mask = cq_words[cq_off.ring_mask // U32_SIZE]
 
         # What the kernel promised; if any fails, the code above is wrong.
         assert self.sq_mask == self.sq_entries - 1 and self.cq_mask == self.cq_entries - 1
-        assert self.sq_entries == p.sq_entries and self.cq_entries == p.cq_entries
+        assert (self.sq_entries, self.cq_entries) == (p.sq_entries, p.cq_entries)
         assert self.cq_entries >= self.sq_entries
         assert sq_words[self._sq_head_i] == sq_words[self._sq_tail_i] == 0
         assert cq_words[self._cq_head_i] == cq_words[self._cq_tail_i] == 0
 
         # The SQE array as bytes, and the CQE array as strided views: res of
-        # CQE i is cqe_res[i], its flags cqe_flags[i]. Reaping slices these,
-        # so judging a thousand CQEs is a few C loops, not a Python loop.
+        # CQE i is _cqe_res[i], its flags _cqe_flags[i]. Reaping slices these,
+        # so judging a thousand CQEs is a few C loops, not a Python loop. The
+        # views stop at cq_entries CQEs: what follows in the mapping is the SQ
+        # index array, which a longer view would read as CQEs.
         self._sqes = self._view(self._sqe_map)
-        # Exactly cq_entries CQEs: the mapping can be longer (one mapping for
-        # both rings is sized for the larger), and what follows the CQE array
-        # is the SQ ring's index array; a view past it would read that as CQEs.
-        cqe_size = ctypes.sizeof(io_uring_cqe)
-        cqe_end = cq_off.cqes + self.cq_entries * cqe_size
-        cqe_bytes = self._hold(self._view(self._cq_map)[cq_off.cqes:cqe_end])
-        self.cqe_start, self.cqe_end = cq_off.cqes, cqe_end    # the CQE array, in _cq_map bytes
-        # A field's view: the CQE array cast to that field's item type, from
-        # the field's offset, one item per CQE (a stride of cqe_size bytes).
+        self.cqe_start, self.cqe_end = cq_off.cqes, cq_off.cqes + self.cq_entries * CQE_SIZE
+        cqe_bytes = self._hold(self._view(self._cq_map)[self.cqe_start:self.cqe_end])
         for name, fmt, item in (("user_data", "Q", u64), ("res", "i", s32), ("flags", "I", u32)):
-            step = ctypes.sizeof(item)
+            step = ctypes.sizeof(item)       # the field's item type, from its offset, one per CQE
             start = getattr(io_uring_cqe, name).offset // step
-            setattr(self, "_cqe_" + name, self._hold(cqe_bytes.cast(fmt)[start::cqe_size // step]))
+            setattr(self, "_cqe_" + name, self._hold(cqe_bytes.cast(fmt)[start::CQE_SIZE // step]))
         assert len(self._cqe_res) == len(self._cqe_flags) == self.cq_entries
 
         if not (p.flags & IORING_SETUP_NO_SQARRAY):
             # The SQ array maps ring slot -> SQE index. We always put SQE i in
             # slot i (as liburing does), so we fill it once with the identity.
-            array_i = sq_off.array // word
+            array_i = sq_off.array // U32_SIZE
             sq_words[array_i:array_i + self.sq_entries] = memoryview(
                 struct.pack(f"{self.sq_entries}I", *range(self.sq_entries))).cast("I")
 
         self.sq_tail = 0            # our copy of sq.tail (we own it)
         self.cq_head = 0            # our copy of cq.head (we own it)
-        self.enter_fd = self.fd     # becomes a registered index with register_ring_fd()
+        self.enter_fd = self.fd     # a registered index after register_ring_fd()
         self.enter_flags = 0
-        # The bound on submit_and_peek()'s waits: an IORING_ENTER_EXT_ARG
-        # argument (5.11) whose timespec is ENTER_WAIT_NS, built once and
-        # passed by reference on every batch (it costs ~80 ns a call, measured
-        # with NOPs).
+        # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
+        # argument whose timespec is ENTER_WAIT_NS, built once and passed by
+        # reference on every batch.
         self._wait_ts = kernel_timespec(0, ENTER_WAIT_NS)
         self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
         self._wait_ref = ctypes.byref(self._wait_arg)
@@ -823,8 +697,6 @@ class Ring:
         self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
         self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
         self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
-        self.submitted = 0          # SQEs the kernel has consumed, in total
-        self.reaped = 0             # CQEs we have consumed, in total
 
     def _map(self, size: int, offset: int) -> mmap.mmap:
         # MAP_POPULATE: fault the pages in now rather than on first touch.
@@ -834,12 +706,10 @@ class Ring:
         return m
 
     def _view(self, m: mmap.mmap) -> memoryview:
-        v = memoryview(m)
-        self._stack.callback(v.release)    # a view must go before its mmap can close
-        return v
+        return self._hold(memoryview(m))
 
     def _hold(self, v: memoryview) -> memoryview:
-        # Views derived from a view share its export of the mmap: every one
+        # Every view of an mmap, derived ones too, holds an export of it: each
         # must be released (latest first) before the mmap can be unmapped.
         self._stack.callback(v.release)
         return v
@@ -866,11 +736,10 @@ class Ring:
         self._stack.callback(io_uring_register, self.fd, IORING_UNREGISTER_FILES, 0, 0)
 
     def register_buffers(self, bufs: List[Tuple[int, int]]) -> None:
-        """io_uring_register_buffers(): pin pages once, instead of once per send.
+        """io_uring_register_buffers(): pin the pages once, instead of once per send.
 
-        A registered buffer is pinned and mapped by the kernel at registration,
-        so a SEND_ZC with IORING_RECVSEND_FIXED_BUF skips get_user_pages() and
-        page reference counting on every request. The pinned pages count
+        A SEND_ZC with IORING_RECVSEND_FIXED_BUF then skips get_user_pages()
+        and page reference counting on every request. The pinned pages count
         against RLIMIT_MEMLOCK for users without CAP_IPC_LOCK.
         """
         iovs = (iovec * len(bufs))(*[iovec(a, n) for a, n in bufs])
@@ -903,23 +772,20 @@ class Ring:
         return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
 
 # =============================================================================
-# 4. Submit, reap
+# 4. Submit, reap (still class Ring)
 #
 # Python pays per bytecode, the kernel per syscall, so both are paid per
-# *batch*: a batch of SQEs is one slice copy into the SQE array, one store
-# of sq.tail and one io_uring_enter that both submits and waits; the CQEs
-# that came back are judged by the list of their flags and the sum of
-# their res, with list.count and sum looping in C (the sender's run()
-# says why that is enough). The per-CQE walk is only for the odd batch,
-# and for the reference sender of section 5b, which reads one CQE at a time
-# with peek_cqe() and cqe_seen(), as a C program with liburing would.
+# *batch*: a batch of SQEs is one slice copy into the SQE array, one store of
+# sq.tail and one io_uring_enter that both submits and waits; the CQEs that
+# came back are judged by the list of their flags and the sum of their res,
+# with list.count and sum looping in C. The reference sender of section 5b
+# reads one CQE at a time instead, with peek_cqe() and cqe_seen(), as a C
+# program with liburing would.
 #
-# What a CQE costs Python is what decides the design. Measured here: a
-# ctypes call into io_uring_enter ~0.5 us (declaring argtypes would make
-# it ~1.2 us), a batch's bookkeeping ~1.5 us, ~25 ns a CQE in bulk
-# against ~100 ns in a Python loop; the kernel spends ~2 us on one 64 KB
-# SEND_ZC. So a batch of 8 costs Python ~15% of the kernel's time, a
-# batch of 64 ~5% (bench --sweep measures it on any host).
+# Measured here: a ctypes call into io_uring_enter ~0.5 us, ~25 ns a CQE in
+# bulk against ~100 ns in a Python loop; the kernel spends ~2 us on one 64 KB
+# SEND_ZC. So a batch of 8 costs Python ~15% of the kernel's time, a batch of
+# 64 ~5% (bench --sweep measures it on any host).
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -929,50 +795,45 @@ class Ring:
     def place(self, sqes: bytes) -> None:
         """io_uring_get_sqe() for len(sqes) // SQE_SIZE SQEs at once, plus the memcpy.
 
-        The SQEs go in at slot sq_tail & mask onward; a batch that runs past
-        the end of the array is split in two (the wraparound). A batch that
-        does not fit raises SubmissionQueueFull, where liburing's
-        io_uring_get_sqe() returns NULL: the slots from sq.head up to our tail
-        are still the kernel's to read. The tail is only published by the submit that follows.
+        The SQEs go in at slot sq_tail & mask onward, split in two where they
+        pass the end of the array (the wraparound). SQEs that do not fit raise
+        SubmissionQueueFull, where io_uring_get_sqe() returns NULL: the slots
+        from sq.head to our tail are still the kernel's. The tail is published
+        only by the submit that follows.
         """
         n = len(sqes) >> SQE_SHIFT
-        tail = self.sq_tail
-        if n > self.sq_entries - ((tail - self._sq_words[self._sq_head_i]) & U32):
+        if n > self.sq_space_left():
             raise SubmissionQueueFull(f"{n} SQEs do not fit: {self.sq_space_left()} of "
                                       f"{self.sq_entries} slots free")
-        i = tail & self.sq_mask
+        i = self.sq_tail & self.sq_mask
         if i + n <= self.sq_entries:
             self._sqes[i << SQE_SHIFT:(i + n) << SQE_SHIFT] = sqes
         else:                                    # wrapped: the rest goes to slot 0
             first = self.sq_entries - i
             self._sqes[i << SQE_SHIFT:] = sqes[:first << SQE_SHIFT]
             self._sqes[:(n - first) << SQE_SHIFT] = sqes[first << SQE_SHIFT:]
-        self.sq_tail = (tail + n) & U32
+        self.sq_tail = (self.sq_tail + n) & U32
 
-    def submit_and_wait(self, wait_nr: int) -> int:
-        """io_uring_submit_and_wait(): publish sq.tail, submit, wait for wait_nr CQEs.
+    def fill_sqes(self, sqe: bytes) -> None:
+        """Write one SQE into every slot of the SQ array (no liburing twin).
 
-        One syscall for both. IORING_ENTER_GETEVENTS is always passed: with
-        DEFER_TASKRUN it is what runs the completion work that posts CQEs, so
-        even wait_nr == 0 collects whatever has finished.
+        For a run whose requests are all the same SQE: the kernel only reads
+        SQEs (it copies what it needs at submission), so once every slot holds
+        it, getting and preparing the next n SQEs is moving our sq_tail by n.
         """
-        to_submit, flags = self._flush_sq()
-        ret = io_uring_enter(self.enter_fd, to_submit, wait_nr, IORING_ENTER_GETEVENTS | flags)
-        self.submitted += ret
-        return ret
+        self._sqes[:] = sqe * self.sq_entries
 
     def _flush_sq(self) -> Tuple[int, int]:
         """liburing's __io_uring_flush_sq(): publish sq.tail; what to submit, and enter flags.
 
         A plain store of sq.tail: the kernel reads it inside the io_uring_enter
-        that follows, on this thread (see "Memory ordering" above). With SQPOLL
-        the enter wakes the SQ thread only if it has gone to sleep and said so
+        that follows, on this thread ("Memory ordering" above). With SQPOLL the
+        enter wakes the SQ thread only if it sleeps and said so
         (IORING_SQ_NEED_WAKEUP), as liburing's sq_ring_needs_enter() decides.
         liburing puts a full barrier between the tail store and that load;
-        Python has none, so a thread falling asleep at that very moment may
-        miss our tail: its SQEs then wait for the next enter. wait_cqes()
-        bounds every wait, so that is a delay, never a hang (submit_and_wait(),
-        unbounded, serves only rings without SQPOLL).
+        Python has none, so a thread falling asleep at that moment may miss our
+        tail until the next enter: every wait here is bounded, so that is a
+        delay, never a hang.
         """
         words = self._sq_words
         words[self._sq_tail_i] = self.sq_tail      # after the SQEs; the enter that follows reads both
@@ -980,62 +841,67 @@ class Ring:
         wakeup = IORING_ENTER_SQ_WAKEUP if asleep else 0
         return (self.sq_tail - words[self._sq_head_i]) & U32, wakeup | self.enter_flags
 
+    def submit_and_wait(self, wait_nr: int) -> int:
+        """io_uring_submit_and_wait(): publish sq.tail, submit, wait for wait_nr CQEs, in one syscall.
+
+        IORING_ENTER_GETEVENTS always: with DEFER_TASKRUN it is what runs the
+        completion work that posts CQEs, so even wait_nr 0 collects what finished.
+        """
+        to_submit, flags = self._flush_sq()
+        return io_uring_enter(self.enter_fd, to_submit, wait_nr, IORING_ENTER_GETEVENTS | flags)
+
+    def wait_cqes(self, wait_nr: int, timeout_s: float) -> bool:
+        """io_uring_wait_cqes() with a timeout (submitting what is placed): False if it ran out."""
+        to_submit, flags = self._flush_sq()
+        ts = kernel_timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
+        arg = io_uring_getevents_arg(ts=ctypes.addressof(ts))
+        try:
+            io_uring_enter(self.enter_fd, to_submit, wait_nr,
+                           IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | flags,
+                           ctypes.byref(arg), ctypes.c_size_t(ctypes.sizeof(arg)))
+        except OSError as e:
+            if e.errno == errno.ETIME:
+                return False
+            raise
+        return True
+
     def submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
-        """io_uring_submit_and_wait(), then io_uring_peek_batch_cqe() in bulk.
+        """io_uring_submit_and_wait_timeout(), then io_uring_peek_batch_cqe() in bulk.
 
         One io_uring_enter() submits every placed SQE and waits for wait_nr
-        CQEs. Then, for all ready CQEs at once: the list of their flags (small
-        ints, which CPython keeps premade, so the list costs no allocation)
-        and the sum of their res, straight off the strided view. That is what
-        the batch loop judges by; peek() gives the rest when it must look
-        closer. The CQEs stay put until cq_advance(). Written out in one body
-        because it runs once per batch and every Python call and attribute
-        lookup costs about as much as the kernel's work for a small send.
-
-        The wait is bounded by ENTER_WAIT_NS. When it runs out with no CQE
-        ready, the call raises OSError(ETIME), unless it submitted SQEs: then
-        the kernel returns their count and the timeout goes unsaid (as EINTR
-        does). Either way what is ready is returned, perhaps less than wait_nr.
+        CQEs, at most ENTER_WAIT_NS. Then, for every ready CQE at once: the
+        list of their flags (small ints, which CPython keeps premade, so no
+        allocation) and the sum of their res, off the strided views. The CQEs
+        stay put until cq_advance(). When the wait runs out with no CQE it
+        raises OSError(ETIME), unless it submitted SQEs: then the kernel
+        returns their count and the timeout goes unsaid. Either way what is
+        ready is returned, perhaps less than wait_nr.
         """
-        words = self._sq_words
-        tail = self.sq_tail
+        words, tail = self._sq_words, self.sq_tail
         words[self._sq_tail_i] = tail                       # see "Memory ordering" above
         ret = _syscall(NR_io_uring_enter, self.enter_fd, (tail - words[self._sq_head_i]) & U32,
                        wait_nr, self._peek_flags, self._wait_ref, self._wait_size)
         if ret < 0:
             _raise_errno("io_uring_enter")
-        self.submitted += ret
         return self._peek_bulk(self._cq_words[self._cq_tail_i])
-
-    def _peek_bulk(self, tail: int) -> Tuple[List[int], int]:
-        """The flags of the CQEs from cq_head up to tail, and the sum of their res."""
-        i = self.cq_head & self.cq_mask
-        end = i + ((tail - self.cq_head) & U32)
-        flags, res = self._cqe_flags, self._cqe_res
-        if end <= self.cq_entries:
-            return flags[i:end].tolist(), sum(res[i:end])
-        end -= self.cq_entries                              # wrapped: tail part, then head part
-        return flags[i:].tolist() + flags[:end].tolist(), sum(res[i:]) + sum(res[:end])
 
     def sqpoll_submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
         """submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
 
         The kernel's SQ thread, on another CPU, watches sq.tail and submits
-        whatever we place; we only store the tail and read the CQ ring. We
-        enter the kernel only to sleep until wait_nr CQEs are ready (GETEVENTS),
-        and always with IORING_ENTER_SQ_WAKEUP, the way liburing's
-        io_uring_submit() does when the thread has set IORING_SQ_NEED_WAKEUP.
+        whatever we place; we store the tail and read the CQ ring, and enter
+        only to sleep until wait_nr CQEs are ready, or to wake the thread
+        (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
 
-        Memory ordering, the part C gets from barriers: the SQ thread reads
-        our tail concurrently, so the SQE bytes must be visible before the
-        tail. x86-64 keeps stores in order (TSO), so writing the SQEs then the
-        tail is enough there, and its loads stay in order too, so the CQEs we
-        read after cq.tail are the ones the tail covers; arm64 needs a release
-        and an acquire Python cannot issue, which is why --sqpoll is x86-64
-        only. A store then a load (the tail, then NEED_WAKEUP) may still pass
-        each other even on x86: the thread could fall asleep without seeing
-        our tail. Then no CQE comes, we enter to wait, and SQ_WAKEUP wakes it:
-        a delay, never a hang.
+        Memory ordering, the part C gets from barriers: the thread reads our
+        tail concurrently, so the SQE bytes must be visible before the tail.
+        x86-64 keeps stores in order and loads in order (TSO), so writing the
+        SQEs then the tail is enough there, and the CQEs we read after cq.tail
+        are those it covers; arm64 needs a release and an acquire Python cannot
+        issue, which is why --sqpoll is x86-64 only. A store then a load (the
+        tail, then NEED_WAKEUP) may still pass each other even on x86: the
+        thread could fall asleep without seeing our tail; then no CQE comes,
+        we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
         """
         self._sq_words[self._sq_tail_i] = self.sq_tail
         tail = self._cq_words[self._cq_tail_i]
@@ -1049,21 +915,18 @@ class Ring:
             tail = self._cq_words[self._cq_tail_i]
         return self._peek_bulk(tail)
 
-    def wait_cqes(self, wait_nr: int, timeout_s: float) -> bool:
-        """io_uring_wait_cqes() with a timeout: False if it ran out (ETIME)."""
-        to_submit, flags = self._flush_sq()
-        ts = kernel_timespec(int(timeout_s), int((timeout_s % 1) * 1e9))
-        arg = io_uring_getevents_arg(ts=ctypes.addressof(ts))
-        try:
-            self.submitted += io_uring_enter(
-                self.enter_fd, to_submit, wait_nr,
-                IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG | flags,
-                ctypes.byref(arg), ctypes.c_size_t(ctypes.sizeof(arg)))
-        except OSError as e:
-            if e.errno == errno.ETIME:
-                return False
-            raise
-        return True
+    def _peek_bulk(self, tail: int) -> Tuple[List[int], int]:
+        """The flags of the CQEs from cq_head up to tail, and the sum of their res.
+
+        ring_slices()' arithmetic written inline: this runs once per batch.
+        """
+        i = self.cq_head & self.cq_mask
+        end = i + ((tail - self.cq_head) & U32)
+        flags, res = self._cqe_flags, self._cqe_res
+        if end <= self.cq_entries:
+            return flags[i:end].tolist(), sum(res[i:end])
+        end -= self.cq_entries                              # wrapped: tail part, then head part
+        return flags[i:].tolist() + flags[:end].tolist(), sum(res[i:]) + sum(res[:end])
 
     def cq_ready(self) -> int:
         """io_uring_cq_ready(): CQEs posted and not yet reaped (cq.tail is the kernel's)."""
@@ -1075,9 +938,9 @@ class Ring:
         The CQEs stay in the ring until cq_advance(): the kernel will not
         overwrite a slot before we move cq.head past it.
         """
-        pieces = ring_slices(self.cq_head, self.cq_ready(), self.cq_entries)
-        return ([r for a, b in pieces for r in self._cqe_res[a:b].tolist()],
-                [f for a, b in pieces for f in self._cqe_flags[a:b].tolist()])
+        n = self.cq_ready()
+        return self.peek_res(n), [f for a, b in ring_slices(self.cq_head, n, self.cq_entries)
+                                  for f in self._cqe_flags[a:b].tolist()]
 
     def peek_res(self, n: int) -> List[int]:
         """The res of the next n CQEs: exactly those a bulk peek counted.
@@ -1095,8 +958,8 @@ class Ring:
     def peek_cqe(self) -> Optional[Tuple[int, int, int]]:
         """io_uring_peek_cqe(): the next ready CQE as (user_data, res, flags), or None.
 
-        cq.tail is the kernel's: read it first, then the CQE it covers (see
-        "Memory ordering"). The CQE stays in its slot until cqe_seen().
+        cq.tail is the kernel's: read it first, then the CQE it covers
+        ("Memory ordering"). The CQE stays in its slot until cqe_seen().
         """
         if self._cq_words[self._cq_tail_i] == self.cq_head:
             return None
@@ -1110,29 +973,14 @@ class Ring:
     def cq_advance(self, n: int) -> None:
         """io_uring_cq_advance(): hand n CQE slots back to the kernel.
 
-        Ordering: our reads of those CQEs are complete (peek copied them into
+        Ordering: our reads of those CQEs are done (peek copied them into
         lists) before this store tells the kernel it may reuse the slots.
         """
         self.cq_head = (self.cq_head + n) & U32
         self._cq_words[self._cq_head_i] = self.cq_head
-        self.reaped += n
-
-    def fill_sqes(self, sqe: bytes) -> None:
-        """Write one SQE into every slot of the SQ array (no liburing twin).
-
-        For a run whose requests are all the same SQE: the kernel only reads
-        SQEs (it copies what it needs at submission), so once every slot holds
-        it, io_uring_get_sqe() + prep for the next n requests is just moving
-        our sq_tail by n. Whatever sits in a slot stays until we write it.
-        """
-        self._sqes[:] = sqe * self.sq_entries
 
     def cqe_bytes(self, n: int, head: int) -> bytes:
-        """The raw 16-byte CQEs of the n CQEs from counter head on, in order, wraparound joined.
-
-        The hot loop takes the same bytes with one slice of the mapping when
-        they do not wrap (and keeps its cq.head in a local, hence the head).
-        """
+        """The raw CQEs from counter head on, n of them, the wraparound joined (the hot loop's)."""
         m, start = self._cq_map, self.cqe_start
         return b"".join(m[start + (a << CQE_SHIFT):start + (b << CQE_SHIFT)]
                         for a, b in ring_slices(head, n, self.cq_entries))
@@ -1147,16 +995,16 @@ class Ring:
 
     @property
     def cq_overflow(self) -> int:
+        """CQEs the kernel could not post for want of room (with FEAT_NODROP: held back, not lost)."""
         return self._cq_words[self._cq_overflow_i]
 
 
 def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
-    """The (start, stop) slot ranges of count entries from counter head.
+    """The (start, stop) slot ranges of count entries from counter head: the wraparound in one place.
 
-    The wraparound in one place: an entry's slot is its counter & mask, and a
-    run that passes the end of the array goes on at slot 0. peek() uses it;
-    place() and the bulk peeks, which run once per batch, write the same
-    arithmetic inline. The tests check it where the u32 counters wrap.
+    An entry's slot is its counter & mask, and a run that passes the end of
+    the array goes on at slot 0. place() and the hot loop, which run once per
+    batch, write the same arithmetic inline.
     """
     i = head & (entries - 1)
     end = i + count
@@ -1170,34 +1018,6 @@ def flag_names(value: int, names: Dict[int, str], strip: str = "") -> str:
     parts = [names[bit].replace(strip, "") for bit in sorted(names) if value & bit]
     rest = value & ~sum(bit for bit in names if value & bit)
     return "|".join(parts + ([hex(rest)] if rest else [])) or "0"
-
-
-def describe_sqe(slot: int, sqe: io_uring_sqe) -> str:
-    """One SQE in words, for --trace: what the kernel will read from slot sq[slot]."""
-    fd = f"fixed:{sqe.fd}" if sqe.flags & IOSQE_FIXED_FILE else str(sqe.fd)
-    words = [f"sq[{slot}]", OPCODE_NAMES.get(sqe.opcode, f"op {sqe.opcode}"), f"fd={fd}",
-             f"addr={sqe.addr:#x}", f"len={sqe.len}"]
-    if sqe.opcode in (IORING_OP_SEND, IORING_OP_SEND_ZC, IORING_OP_SENDMSG, IORING_OP_SENDMSG_ZC):
-        words.append(f"msg_flags={sqe.msg_flags:#x}")
-        if sqe.ioprio:
-            words.append(f"ioprio={flag_names(sqe.ioprio, SEND_FLAG_NAMES, 'IORING_')}")
-        if sqe.ioprio & IORING_RECVSEND_FIXED_BUF:
-            words.append(f"buf_index={sqe.buf_index}")
-    words += [f"flags={flag_names(sqe.flags, SQE_FLAG_NAMES)}", f"user_data={sqe.user_data}"]
-    return " ".join(words)
-
-
-def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
-    """One CQE in words, for --trace: res decoded as bytes, -errno or usage; flags by name."""
-    if notif(flags):
-        meaning = "copied" if copied(res) else "zero-copy"
-        # Without REPORT_USAGE res is always 0 and says nothing either way.
-    elif res < 0:
-        meaning = f"-{errno.errorcode.get(-res, -res)}"
-    else:
-        meaning = "bytes"
-    return (f"cq[{slot}] user_data={user_data} res={res} ({meaning}) "
-            f"flags={flag_names(flags, CQE_FLAG_NAMES, 'IORING_CQE_')}")
 
 
 # =============================================================================
@@ -1526,6 +1346,546 @@ class ReferenceSender:
 
 
 # =============================================================================
+# 6. The same, in bulk
+#
+# The reference sender pays Python for every CQE, and a Python loop over a
+# send's two CQEs costs about what the kernel spends on the send itself. The
+# fast sender takes the same steps and changes what each one costs:
+#
+#   (1) get SQEs             datagrams: nothing, every SQ slot already holds the
+#                            request; a stream: one slice copy of a prebuilt batch
+#   (2) submit and wait      one store of sq.tail, one io_uring_enter per batch
+#   (3) peek CQEs            one slice of the CQ mapping: the batch's CQE bytes
+#   (4)+(5) judge            one bytes comparison with the clean batch, or one lookup
+#   (6) advance CQ           one store of cq.head
+#   (7) drain                as in 5b: every owed notification before the buffer goes
+#
+# It sends from one buffer that is written once and never again, so no write
+# can race the kernel's reads: every request may reuse it while notifications
+# are still owed (a sender whose data changes needs 5b's pool). And every
+# request of a datagram run is the same SQE, user_data included, so a batch
+# is judged as a whole; only a batch that is not clean is looked at closer
+# (judge_odd, judge), and only one where something went wrong is walked CQE by
+# CQE (judge_each, 5b's judging with counters instead of buffers).
+# =============================================================================
+
+class _Stop:
+    """A request to stop, set by the signal handlers (section 9); every loop reads it once per batch."""
+    requested = False    # Ctrl-C once: end the run, drain, print the partial result
+    hurry = False        # Ctrl-C twice: stop waiting for notifications too
+    signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
+
+
+STOP = _Stop()
+
+
+@dataclass
+class Tally:
+    """What CQEs said, judged one by one (the slow path)."""
+    results: int = 0      # result CQEs, whatever their res
+    ok: int = 0           # ... of which res >= 0
+    bytes: int = 0
+    notifs: int = 0
+    due: int = 0          # F_MORE results minus notifications
+    eagain: int = 0
+    copied: int = 0
+    short: int = 0
+    failed: int = 0       # results with res < 0 other than EAGAIN, cancelled ones included
+    error: int = 0        # first errno other than EAGAIN and ECANCELED
+
+    def add(self, t: "Tally") -> None:
+        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(t, name))
+        self.error = self.error or t.error
+
+
+def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) -> Tally:
+    """(4)+(5) one CQE at a time, as 5b's reap() does: errors, EAGAIN, copies, odd flags.
+
+    Strict, as the kernel selftest is: a notification with F_MORE is a bug.
+    One exception, seen on 6.18 when a TCP peer goes away: a zero-copy
+    request cancelled because the one linked before it failed completes with
+    -ECANCELED and no F_MORE (io_req_tw_fail_links() sets flags 0), yet its
+    notification still comes (io_send_zc_cleanup() flushes it).
+    """
+    t = Tally()
+    for r, f in zip(res, flags):
+        if notif(f):
+            assert not more(f), "a notification CQE with F_MORE set"
+            t.notifs += 1
+            t.due -= 1
+            t.copied += copied(r)
+            continue
+        t.results += 1
+        if more(f) or (zc and r == -errno.ECANCELED):
+            t.due += 1               # a notification follows, whatever res says
+        if r >= 0:
+            t.ok += 1
+            t.bytes += r
+            t.short += r != size
+        elif r == -errno.EAGAIN:
+            t.eagain += 1
+        else:
+            t.failed += 1
+            if r != -errno.ECANCELED and not t.error:
+                t.error = -r         # ECANCELED is no cause: the request before it in its link failed
+    return t
+
+
+@dataclass
+class SendBooks:
+    """One run's running state, shared by the hot loop, the general loop and the drain."""
+    deadline: int                       # perf_counter_ns at which the run is up
+    on_tick: Optional[Callable[[int, int], None]] = None    # called (bytes, requests) every tick_ns
+    tick_ns: int = 0
+    next_tick: int = 0
+    inflight: int = 0     # results not yet seen
+    due: int = 0          # notifications promised (F_MORE) not yet seen
+    whole: int = 0        # good results, counted in bulk
+    notifs: int = 0       # good notifications, counted in bulk
+    copied: int = 0       # ... of which said the kernel copied (REPORT_USAGE)
+    placed: int = 0       # requests placed: a stream's batch starts at offset placed*size
+    slow: Tally = field(default_factory=Tally)   # everything else, judged one by one
+    entered: Optional[OSError] = None            # io_uring_enter failed: the run ends with that
+    stopped: bool = False  # a stop had ended the run before the drain began
+    waited: float = 0.0    # seconds the drain waited
+
+
+# The hot loop looks at the clock (and at STOP) once per this many batches,
+# as liburing's send-zerocopy does once per 16: a clock read costs about as
+# much Python as the rest of a batch.
+CLOCK_EVERY = 16
+WAIT_DONE, WAIT_CUT = 1, 2    # wait_owed(): CQEs may be ready / a signal or the bound cut it short
+SEEN_MAX = 256                # distinct odd batches the hot loop remembers (memory stays flat)
+HOT_USER_DATA = 0             # every hot request's user_data: alike, so a clean batch is known by its bytes
+
+
+class BulkSender:
+    """Batches of `batch` sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
+
+    The ring comes set up: the socket is its registered file 0 and, with
+    fixed, the buffer its registered buffer 0. buf has .addr; .period, the
+    length after which its bytes repeat (it is that much longer than size,
+    so a stream's send may start at any offset below it and the stream stays
+    one continuous pattern); and .lent, which begin() raises and drain()
+    settles, as Pool.lent. cmsg: a control message for every SENDMSG.
+    """
+
+    def __init__(self, ring: Ring, buf, size: int, batch: int, zc: bool = True, fixed: bool = True,
+                 sendmsg: bool = False, stream: bool = False, flush: bool = False,
+                 ask_usage: bool = False, cmsg: Optional[ctypes.Array] = None):
+        self.ring, self.buf, self.size, self.r = ring, buf, size, batch
+        self.zc, self.fixed, self.sendmsg, self.stream, self.flush = zc, fixed, sendmsg, stream, flush
+        self.report_usage, self.cmsg = ask_usage, cmsg     # IORING_SEND_ZC_REPORT_USAGE on each send
+        self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
+        self._batches: Dict[int, bytes] = {}
+        self.seen: Dict[bytes, list] = {}
+
+    # --- (1) building SQEs ----------------------------------------------------
+    def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
+        """One request: send size bytes from the buffer, starting at offset phase."""
+        addr, size = self.buf.addr + phase, self.size
+        # A stream: MSG_WAITALL makes io_uring retry a partial send until it
+        # is whole, so every request moves exactly size bytes of the stream.
+        msg_flags = socket.MSG_WAITALL if self.stream else 0
+        zc_flags = IORING_SEND_ZC_REPORT_USAGE if self.report_usage else 0
+        fd = 0                                    # index 0 of the registered files
+        if self.sendmsg:
+            iov = iovec(addr, size)
+            msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
+            if self.cmsg is not None:
+                msg.msg_control, msg.msg_controllen = ctypes.addressof(self.cmsg), len(self.cmsg)
+            self._msgs += [iov, msg]
+            if not self.zc:
+                prep_rw(sqe, IORING_OP_SENDMSG, fd, ctypes.addressof(msg), 1, 0)
+                sqe.msg_flags = msg_flags
+            elif self.fixed:
+                prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), msg_flags, 0)
+            else:
+                prep_sendmsg_zc(sqe, fd, ctypes.addressof(msg), msg_flags)
+            sqe.ioprio |= zc_flags if self.zc else 0
+        elif not self.zc:
+            prep_send(sqe, fd, addr, size, msg_flags)
+        elif self.fixed:
+            prep_send_zc_fixed(sqe, fd, addr, size, msg_flags, zc_flags, 0)
+        else:
+            prep_send_zc(sqe, fd, addr, size, msg_flags, zc_flags)
+        sqe.flags |= IOSQE_FIXED_FILE
+        sqe.user_data = user_data
+
+    def batch(self, phase: int) -> bytes:
+        """The bytes of one batch of SQEs, built once per starting offset.
+
+        Datagrams always start at 0. A stream's request j starts at phase +
+        j*size, and the requests are linked (IOSQE_IO_LINK), so each begins
+        only after the one before it finished: a send that must wait for
+        socket space would otherwise be overtaken and the stream reordered.
+        """
+        got = self._batches.get(phase)
+        if got is None:
+            sqe, parts = io_uring_sqe(), []
+            for j in range(self.r):
+                self.prep(sqe, (phase + j * self.size) % self.buf.period if self.stream else 0, j)
+                if self.stream and j < self.r - 1:
+                    sqe.flags |= IOSQE_IO_LINK
+                parts.append(bytes(sqe))
+            got = self._batches[phase] = b"".join(parts)
+        return got
+
+    # --- the run ----------------------------------------------------------------
+    def begin(self, deadline: int, on_tick: Optional[Callable[[int, int], None]] = None,
+              tick_ns: int = 0) -> SendBooks:
+        """Open the books of a run that ends at deadline (perf_counter_ns); the buffer is lent."""
+        self.books = SendBooks(deadline, on_tick, tick_ns,
+                               time.perf_counter_ns() + tick_ns if tick_ns else deadline + 1)
+        # Lent until drain() settles it: if anything raises before then, the
+        # buffer stays mapped (the kernel may still send from it).
+        self.buf.lent += 1
+        return self.books
+
+    def send(self) -> None:
+        """(1)-(6) until the deadline, STOP or an error: the hot loop if it can, else the general one."""
+        if self.flush or self.ring.sqpoll or not self.run_hot():
+            self.run_general()
+
+    def run_hot(self) -> bool:
+        """The hot loop: one batch in flight, every batch judged in bulk; False hands over.
+
+        Everything off the common path is a method of its own, reached only
+        when a check fails: a batch never judged before (judge_odd), the clock
+        passing a tick or the deadline (at_tick), results still owed
+        (wait_owed), an io_uring_enter that did not submit the batch (False:
+        run_general() takes over). Written flat, every name bound to a local
+        first: in CPython a local is an array slot, an attribute or a global
+        a dictionary lookup, a call a new frame; each costs ~20-50 ns, against
+        ~0.5 us of kernel work for a 64 KB SEND_ZC.
+        """
+        ring, run, stream, r, size = self.ring, self.books, self.stream, self.r, self.size
+        if stream:
+            # (1) for a stream: the batch of every starting offset, built once.
+            period = self.buf.period
+            by_phase = [self.batch(p) for p in range(period)]
+            phase, step = run.placed * size % period, r * size % period
+        else:
+            # (1) for datagrams, once for the whole run: the kernel only reads
+            # SQEs, so once every slot holds the request, claiming r slots is
+            # moving our tail by r.
+            sqe = io_uring_sqe()
+            self.prep(sqe, 0, HOT_USER_DATA)
+            ring.fill_sqes(bytes(sqe))
+            by_phase, phase, step, period = [], 0, 0, 1
+        # A clean datagram batch's CQEs, byte for byte: r results of size bytes
+        # (F_MORE if zero-copy), then the r notifications that say the kernel
+        # let go without copying (res 0). With DEFER_TASKRUN that is also their
+        # order: results are posted at the end of submission, notifications by
+        # the task work io_uring_enter runs before it returns. Other batches
+        # are looked up in `seen` (a stream's come in a handful of orders).
+        one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if self.zc else 0))
+        one_notif = bytes(io_uring_cqe(HOT_USER_DATA, 0, IORING_CQE_F_NOTIF))
+        clean = None if stream else one_result * r + (one_notif * r if self.zc else b"")
+        seen = self.seen          # CQE bytes -> [times seen, results, owed, whole, notifs, copied]
+
+        syscall, enter, enter_fd, u32 = _syscall_gil, NR_io_uring_enter, ring.enter_fd, U32
+        enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags
+        wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
+        wait_owed, judge_odd, seen_get = self.wait_owed, self.judge_odd, seen.get
+        sq_words, sq_tail_i, sq_mask, sq_entries = ring._sq_words, ring._sq_tail_i, ring.sq_mask, ring.sq_entries
+        sqes = ring._sqes
+        cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
+        cq_map, cqe_start, cqe_end = ring._cq_map, ring.cqe_start, ring.cqe_end
+        cq_mask, clock, stop = ring.cq_mask, time.perf_counter_ns, STOP
+        sq_tail, cq_head = ring.sq_tail, ring.cq_head
+        inflight, due = run.inflight, run.due
+        # The CQ never overflows: before the next reap the kernel can post a
+        # result and a notification for each request in flight, plus every
+        # notification still due, so `due` may not pass what that leaves.
+        room = ring.cq_entries - 2 * r
+        check_at = min(run.deadline, run.next_tick)    # the clock's next reason to stop
+        batches = placed = ret = 0      # clean datagram batches; requests placed; the last enter's answer
+        done = True                     # False: hand over to run_general()
+        countdown = 1                   # batches until the next look at the clock and at STOP
+
+        while True:
+            countdown -= 1
+            if not countdown:
+                countdown = CLOCK_EVERY
+                now = clock()
+                if now >= check_at or stop.requested:   # the deadline, STOP, or a tick
+                    check_at = self.at_tick(now, batches * r)
+                    if not check_at:
+                        break
+            if not inflight and due <= room:
+                if stream:
+                    # (1) get SQEs: the batch that starts where the stream stands.
+                    slot = sq_tail & sq_mask
+                    if slot + r <= sq_entries:
+                        sqes[slot << SQE_SHIFT:(slot + r) << SQE_SHIFT] = by_phase[phase]
+                    else:                           # it wraps: place() splits it
+                        ring.sq_tail = sq_tail
+                        ring.place(by_phase[phase])
+                    phase = (phase + step) % period
+                sq_tail = (sq_tail + r) & u32       # (1) claim r slots; a u32 counter wraps at 2**32
+                # (2) submit and wait: a plain store of the tail, which the
+                # kernel reads inside the io_uring_enter below, on this thread
+                # (section 3, "Memory ordering").
+                sq_words[sq_tail_i] = sq_tail
+                inflight = r
+                placed += r
+                # min_complete r, not 0: before it returns io_uring_enter runs
+                # at most max(IO_LOCAL_TW_DEFAULT_MAX = 20, min_complete) task-
+                # work items, one per notification.
+                if stream:
+                    # A stream's send waits for socket space only the peer frees:
+                    # bounded by ENTER_WAIT_NS (EXT_ARG), seven arguments.
+                    ret = syscall(enter, enter_fd, r, r, wait_flags, wait_ref, wait_size)
+                else:
+                    # A datagram completes inside its submission or once the
+                    # device took or dropped the packets ahead of it: no peer
+                    # can hold it, so five arguments (each one more costs
+                    # ~30 ns). A signal still ends the wait (EINTR).
+                    ret = syscall(enter, enter_fd, r, r, enter_flags)
+                if ret != r:                        # an error, or a short submit
+                    done = False
+                    break
+            else:                                   # results, or CQ room, still owed
+                waited = wait_owed(inflight or 1)
+                if not waited:
+                    break
+                if waited is WAIT_CUT:              # a signal or the bound: look at the clock now
+                    countdown = 1
+            # (3) peek CQEs: from cq.head (ours) to cq.tail (the kernel's), one
+            # slice of the mapping unless they wrap past its end.
+            k = (cq_words[cq_tail_i] - cq_head) & u32
+            start = cqe_start + ((cq_head & cq_mask) << CQE_SHIFT)
+            end = start + (k << CQE_SHIFT)
+            cqes = cq_map[start:end] if end <= cqe_end else ring.cqe_bytes(k, cq_head)
+            # (4) judge results and (5) notifications at once: the clean batch,
+            # or one seen whole before?
+            if cqes == clean:
+                batches += 1
+                inflight -= r
+            else:
+                known = seen_get(cqes)
+                if known is not None:
+                    known[0] += 1
+                    inflight -= known[1]
+                    due += known[2]
+                else:                               # judge_odd() reads the ring's and books' copies
+                    ring.cq_head, run.inflight, run.due = cq_head, inflight, due
+                    results, owed = judge_odd(cqes)
+                    inflight -= results
+                    due += owed
+                    assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
+                    if run.slow.error:
+                        cq_head = (cq_head + k) & u32
+                        cq_words[cq_head_i] = cq_head
+                        break
+            # (6) advance CQ: our reads are done (the slice copied them), so
+            # only now may the kernel reuse those slots.
+            cq_head = (cq_head + k) & u32
+            cq_words[cq_head_i] = cq_head
+
+        # Hand over: the general loop, the drain and the result read these.
+        ring.sq_tail, ring.cq_head = sq_tail, cq_head
+        run.inflight, run.due, run.placed = inflight, due, run.placed + placed
+        run.whole += batches * r
+        run.notifs += batches * r if self.zc else 0
+        for times, _, _, whole, notifs, n_copied in seen.values():
+            run.whole += times * whole
+            run.notifs += times * notifs
+            run.copied += times * n_copied
+        if ret < 0:
+            err = ctypes.get_errno()
+            if err not in (errno.EINTR, errno.ETIME):   # those two: run_general() goes on
+                run.entered = OSError(err, f"io_uring_enter: {errno.errorcode.get(err, err)}: "
+                                           f"{os.strerror(err)}")
+                run.entered.syscall = "io_uring_enter"
+        return done
+
+    def wait_owed(self, wait_nr: int):
+        """(2) without a submit: io_uring_wait_cqes() bounded by ENTER_WAIT_NS.
+
+        WAIT_DONE; WAIT_CUT when a signal (EINTR) or the bound (ETIME) ended
+        it; False when io_uring_enter failed for good (books.entered says why).
+        """
+        ring = self.ring
+        ret = _syscall_gil(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags,
+                           ring._wait_ref, ring._wait_size)
+        if ret >= 0:
+            return WAIT_DONE
+        err = ctypes.get_errno()
+        if err in (errno.EINTR, errno.ETIME):
+            return WAIT_CUT
+        try:
+            _raise_errno("io_uring_enter")
+        except OSError as e:
+            self.books.entered = e
+        return False
+
+    def at_tick(self, now: int, hot_results: int) -> int:
+        """The clock or STOP stopped the hot loop: 0 ends the run, else the next time to look."""
+        run = self.books
+        if now >= run.deadline or STOP.requested:
+            return 0
+        whole = run.whole + hot_results + sum(v[0] * v[3] for v in self.seen.values())
+        run.on_tick(whole * self.size + run.slow.bytes, whole + run.slow.ok)
+        run.next_tick += run.tick_ns
+        return min(run.deadline, run.next_tick)
+
+    def judge_odd(self, cqes: bytes) -> Tuple[int, int]:
+        """(4)+(5) for a batch the hot loop has not seen: (results, notifications owed).
+
+        Still in bulk: the flags column and the sum of the res column, read
+        off strided casts of the bytes. A batch judged whole goes into `seen`
+        with what it added, so the same bytes next time cost one lookup.
+        """
+        run = self.books
+        before = (run.whole, run.notifs, run.copied, run.slow.results)
+        view = memoryview(cqes)
+        try:
+            words = CQE_SIZE // U32_SIZE
+            flags = view.cast("I")[io_uring_cqe.flags.offset // U32_SIZE::words].tolist()
+            res = view.cast("i")[io_uring_cqe.res.offset // U32_SIZE::words]
+            results, owed = self.judge(flags, sum(res))
+        finally:
+            view.release()
+        if run.slow.results == before[3] and len(self.seen) < SEEN_MAX:
+            self.seen[cqes] = [0, results, owed, run.whole - before[0], run.notifs - before[1],
+                               run.copied - before[2]]
+        return results, owed
+
+    def judge(self, flags: List[int], res_sum: int) -> Tuple[int, int]:
+        """(4)+(5) the CQEs from cq.head on, in bulk: (results, notifications they leave owed).
+
+        If every CQE is a good result or a notification and the results add
+        up to exactly size each, every send was whole and every notification
+        said zero-copy: no send returns more than size, and a notification's
+        res is 0, or bit 31 (copied) which reads as negative. An error, EAGAIN,
+        a short send or a copy makes the sum fall short. The CQEs stay in the
+        ring for the caller to advance past.
+        """
+        run, ring, size = self.books, self.ring, self.size
+        k = len(flags)
+        n_ok = flags.count(IORING_CQE_F_MORE if self.zc else 0)
+        n_notif = flags.count(IORING_CQE_F_NOTIF)
+        clean = n_ok + n_notif == k
+        if clean and res_sum != n_ok * size:
+            # Second look, still in bulk: take the copied notifications (all
+            # of them on loopback and veth) out of the sum; if the results then
+            # add up, the batch was whole all the same.
+            n_copied = ring.peek_res(k).count(NOTIF_COPIED_RES)
+            clean = res_sum - n_copied * NOTIF_COPIED_RES == n_ok * size
+            run.copied += n_copied if clean else 0
+        if clean:
+            run.whole += n_ok
+            run.notifs += n_notif
+            return n_ok, (n_ok - n_notif if self.zc else 0)
+        t = judge_each(ring.peek_res(k), flags, size, self.zc)   # something went wrong: each CQE
+        run.slow.add(t)
+        if self.stream and t.short and not run.slow.error:
+            run.slow.error = errno.EIO    # a short stream write: the stream would tear
+        return t.results, t.due
+
+    def run_general(self) -> None:
+        """The loop for what the hot loop does not take: SQPOLL, -f, and its hand-overs.
+
+        Per batch: one place(), one submit_and_peek() (submit, wait, then the
+        ready CQEs' flags and res sum), judge(), one cq_advance().
+        """
+        ring, run, r, size, stream = self.ring, self.books, self.r, self.size, self.stream
+        if run.entered is not None or run.slow.error:
+            return
+        place, cq_advance = ring.place, ring.cq_advance
+        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
+        # In flight: one batch, as in the seed, unless SQPOLL: its thread
+        # submits on its own CPU, so we keep the SQ full and enter only to
+        # sleep until half of what is in flight has completed (sleeping per
+        # batch cost it a third of its rate: 26.8 against 39.3 GB/s). Not a
+        # stream: batches are not linked to each other, and the SQ thread cuts
+        # a chain wherever its submission ends; nor -f, which waits per batch.
+        ahead = ring.sq_entries - r if ring.sqpoll and not (stream or self.flush) else 0
+        room = 0 if self.flush else ring.cq_entries - 2 * (ahead + r)   # as in run_hot()
+        clock, deadline = time.perf_counter_ns, run.deadline
+        run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))   # datagram batches are alike
+        judge, slow, batch = self.judge, run.slow, self.batch
+        inflight, due, placed = run.inflight, run.due, run.placed
+        while True:
+            if inflight <= ahead:
+                now = clock()
+                if now >= deadline or STOP.requested or slow.error:
+                    break
+                if now >= run.next_tick:
+                    run.on_tick(run.whole * size + slow.bytes, run.whole + slow.ok)
+                    run.next_tick += run.tick_ns
+                if due <= room:
+                    if stream:                  # (1) the batch starts where the last one ended
+                        place(batch(placed * size % self.buf.period))
+                        inflight += r
+                        placed += r
+                    else:                       # (1) as many batches as fit, in one slice copy
+                        # ... and as the SQ has room for: the SQ thread commits
+                        # sq.head after its whole submission.
+                        n = min((ahead - inflight) // r * r + r, ring.sq_space_left() // r * r)
+                        if n:
+                            place(run_of_batches[:n << SQE_SHIFT])
+                            inflight += n
+                            placed += n
+                        elif not inflight:
+                            continue            # nothing to wait for: the head is on its way
+            try:                                # (2) submit and wait, (3) peek CQEs
+                flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
+            except OSError as e:
+                # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed with no CQE:
+                # a TCP peer that stopped reading): look at the clock and STOP.
+                if e.errno not in (errno.EINTR, errno.ETIME):
+                    run.entered = e
+                    break
+                if STOP.requested or clock() >= deadline:
+                    break
+                continue
+            results, owed = judge(flags, res_sum)     # (4), (5)
+            inflight -= results
+            due += owed
+            cq_advance(len(flags))                    # (6)
+            assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
+        run.inflight, run.due, run.placed = inflight, due, placed
+
+    def drain(self) -> SendBooks:
+        """(7) drain: every result and notification still owed, before the buffer may go.
+
+        Bounded by DRAIN_SECONDS: a TCP peer that stopped acknowledging could
+        hold the pages for minutes. A stop that ended the run leaves the drain
+        its time (STOP.hurry cuts it); one that comes while it waits cuts it.
+        What never came stays lent, so the buffer stays mapped until exit.
+        """
+        ring, run = self.ring, self.books
+        clock = time.perf_counter_ns
+        stopped = run.stopped = STOP.requested
+        drain_from = clock()
+        drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
+        while run.inflight or run.due:
+            left = (drain_until - clock()) / 1e9
+            if left <= 0 or STOP.hurry or (STOP.requested and not stopped):
+                break
+            try:
+                ring.wait_cqes(1, left)
+            except InterruptedError:
+                continue
+            res, fl = ring.peek()
+            if fl:
+                ring.cq_advance(len(fl))
+                t = judge_each(res, fl, self.size, self.zc)
+                run.slow.add(t)
+                run.inflight -= t.results
+                run.due += t.due
+                if self.stream and t.short and not run.slow.error:
+                    run.slow.error = errno.EIO    # as in judge(): a reset cut a send short
+        run.waited = (clock() - drain_from) / 1e9
+        self.buf.lent += run.due + run.inflight - 1   # settled: only what never came stays lent
+        return run
+
+
+# =============================================================================
 # 6. The senders
 #
 # Every sender sends the same bytes: the seed's pattern, byte i = 'a' + i % 26,
@@ -1538,6 +1898,127 @@ class ReferenceSender:
 # batch loop, -n flows) and the one line for each way a send can fail; then
 # the two baselines, send(2) with and without MSG_ZEROCOPY.
 # =============================================================================
+
+# --- The socket ABI the tool uses beside io_uring (values from the kernel UAPI,
+# for what Python's socket module may lack)
+SO_ZEROCOPY = getattr(socket, "SO_ZEROCOPY", 60)          # <asm-generic/socket.h>
+MSG_ZEROCOPY = getattr(socket, "MSG_ZEROCOPY", 0x4000000)  # <linux/socket.h>
+IP_RECVERR = getattr(socket, "IP_RECVERR", 11)             # <linux/in.h>
+IPV6_RECVERR = getattr(socket, "IPV6_RECVERR", 25)         # <linux/in6.h>
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)     # <asm-generic/socket.h>; root may pass rmem_max
+SO_MEMINFO = getattr(socket, "SO_MEMINFO", 55)             # 4.6: a socket's memory counters, u32 each
+SK_MEMINFO_DROPS = 8                                       # <linux/sock_diag.h>: index of "dropped"
+SO_EE_ORIGIN_ZEROCOPY = 5                                  # <linux/errqueue.h>
+SO_EE_CODE_ZEROCOPY_COPIED = 1
+IPPROTO_EGP = 8     # what the seed's raw mode sends: a protocol nobody answers
+IP_MTU = getattr(socket, "IP_MTU", 14)                     # <linux/in.h>: a connected socket's path MTU
+IPV6_MTU = getattr(socket, "IPV6_MTU", 24)                 # <linux/in6.h>: the same for IPv6
+SOL_UDP = getattr(socket, "SOL_UDP", 17)                   # <linux/socket.h>
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)          # <linux/udp.h>, 4.18: UDP GSO's segment size
+UDP_GRO = getattr(socket, "UDP_GRO", 104)                  # <linux/udp.h>, 5.0: coalesce on receive
+SO_RXQ_OVFL = getattr(socket, "SO_RXQ_OVFL", 40)           # <asm-generic/socket.h>: drops, per receive
+# include/linux/udp.h (kernel-only): the most segments one GSO send may carry.
+# 128 since 6.9 (1382e3b6a350, backported to the 5.15, 6.1 and 6.6 stable
+# series in 2024); 64 before, and a kernel that has 64 answers EINVAL.
+UDP_MAX_SEGMENTS = 128
+UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
+IP_MAXPACKET = 65535
+CLONE_NEWNET = 0x40000000                                  # <sched.h>
+# <linux/capability.h>: the capability to lock memory past RLIMIT_MEMLOCK. A
+# process without it has io_uring's rings, registered buffers and the pages
+# zero-copy sends pin counted against that limit; the ENOMEM lines name it.
+CAP_IPC_LOCK = 14
+
+
+class sock_extended_err(ctypes.Structure):
+    """What MSG_ZEROCOPY's completions carry on the socket error queue."""
+    _fields_ = [("ee_errno", u32), ("ee_origin", u8), ("ee_type", u8), ("ee_code", u8),
+                ("ee_pad", u8), ("ee_info", u32), ("ee_data", u32)]
+
+
+class tcp_info(ctypes.Structure):
+    """struct tcp_info from <linux/tcp.h>, up to tcpi_segs_in (4.2): what rx reads.
+
+    getsockopt(TCP_INFO) copies min(optlen, the kernel's size) bytes, so a
+    prefix of the struct is a valid question; newer fields are simply not asked for.
+    """
+    _fields_ = [("tcpi_state", u8), ("tcpi_ca_state", u8), ("tcpi_retransmits", u8),
+                ("tcpi_probes", u8), ("tcpi_backoff", u8), ("tcpi_options", u8),
+                ("tcpi_snd_wscale", u8, 4), ("tcpi_rcv_wscale", u8, 4),
+                ("tcpi_delivery_rate_app_limited", u8, 1), ("tcpi_fastopen_client_fail", u8, 2)] + [
+        (n, u32) for n in (
+            "tcpi_rto", "tcpi_ato", "tcpi_snd_mss", "tcpi_rcv_mss",
+            "tcpi_unacked", "tcpi_sacked", "tcpi_lost", "tcpi_retrans", "tcpi_fackets",
+            "tcpi_last_data_sent", "tcpi_last_ack_sent", "tcpi_last_data_recv", "tcpi_last_ack_recv",
+            "tcpi_pmtu", "tcpi_rcv_ssthresh", "tcpi_rtt", "tcpi_rttvar", "tcpi_snd_ssthresh",
+            "tcpi_snd_cwnd", "tcpi_advmss", "tcpi_reordering", "tcpi_rcv_rtt", "tcpi_rcv_space",
+            "tcpi_total_retrans")] + [
+        ("tcpi_pacing_rate", u64), ("tcpi_max_pacing_rate", u64), ("tcpi_bytes_acked", u64),
+        ("tcpi_bytes_received", u64), ("tcpi_segs_out", u32), ("tcpi_segs_in", u32)]
+
+
+assert (ctypes.sizeof(sock_extended_err), ctypes.sizeof(tcp_info)) == (16, 144)
+assert (tcp_info.tcpi_rto.offset, tcp_info.tcpi_total_retrans.offset, tcp_info.tcpi_pacing_rate.offset,
+        tcp_info.tcpi_bytes_received.offset, tcp_info.tcpi_segs_in.offset) == (8, 100, 104, 128, 140)
+
+
+def unshare(flags: int) -> None:
+    """unshare(2): e.g. CLONE_NEWNET gives this process a network namespace of its own."""
+    if _libc.unshare(ctypes.c_int(flags)) != 0:
+        _raise_errno("unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """setns(2): move this thread into the namespace fd refers to (os.setns is 3.12+)."""
+    if _libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)) != 0:
+        _raise_errno("setns")
+
+
+class sockaddr(ctypes.Structure):
+    """struct sockaddr of <sys/socket.h>: here only ever AF_UNSPEC, for disconnect()."""
+    _fields_ = [("sa_family", ctypes.c_ushort), ("sa_data", ctypes.c_char * 14)]
+
+
+def disconnect(fd: int) -> None:
+    """connect(2) to AF_UNSPEC: a connected UDP socket forgets its peer (udp_disconnect()).
+
+    It keeps its port (bound by us, so SOCK_BINDPORT_LOCK holds it) and takes
+    datagrams from anyone again. Python's connect() has no way to say
+    AF_UNSPEC, hence libc's.
+    """
+    addr = sockaddr(socket.AF_UNSPEC)
+    if _libc.connect(ctypes.c_int(fd), ctypes.byref(addr), ctypes.c_uint(ctypes.sizeof(addr))) != 0:
+        _raise_errno("connect")
+
+
+def describe_sqe(slot: int, sqe: io_uring_sqe) -> str:
+    """One SQE in words, for --trace: what the kernel will read from slot sq[slot]."""
+    fd = f"fixed:{sqe.fd}" if sqe.flags & IOSQE_FIXED_FILE else str(sqe.fd)
+    words = [f"sq[{slot}]", OPCODE_NAMES.get(sqe.opcode, f"op {sqe.opcode}"), f"fd={fd}",
+             f"addr={sqe.addr:#x}", f"len={sqe.len}"]
+    if sqe.opcode in (IORING_OP_SEND, IORING_OP_SEND_ZC, IORING_OP_SENDMSG, IORING_OP_SENDMSG_ZC):
+        words.append(f"msg_flags={sqe.msg_flags:#x}")
+        if sqe.ioprio:
+            words.append(f"ioprio={flag_names(sqe.ioprio, SEND_FLAG_NAMES, 'IORING_')}")
+        if sqe.ioprio & IORING_RECVSEND_FIXED_BUF:
+            words.append(f"buf_index={sqe.buf_index}")
+    words += [f"flags={flag_names(sqe.flags, SQE_FLAG_NAMES)}", f"user_data={sqe.user_data}"]
+    return " ".join(words)
+
+
+def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
+    """One CQE in words, for --trace: res decoded as bytes, -errno or usage; flags by name."""
+    if notif(flags):
+        meaning = "copied" if copied(res) else "zero-copy"
+        # Without REPORT_USAGE res is always 0 and says nothing either way.
+    elif res < 0:
+        meaning = f"-{errno.errorcode.get(-res, -res)}"
+    else:
+        meaning = "bytes"
+    return (f"cq[{slot}] user_data={user_data} res={res} ({meaning}) "
+            f"flags={flag_names(flags, CQE_FLAG_NAMES, 'IORING_CQE_')}")
+
+
 
 PATTERN = bytes(range(ord("a"), ord("a") + 26))
 PATTERN_LEN = len(PATTERN)
@@ -1609,22 +2090,13 @@ class Payload:
         unit = pattern(segment) if segment else pattern(self.length)
         self.map[:] = (unit * -(-self.length // len(unit)))[:self.length]
         self.addr = _addr_of(self.map)
+        self.period = PATTERN_LEN   # a stream (no GSO) repeats the pattern every PATTERN_LEN bytes
         self.lent = 0           # runs under way + notifications never drained (see above)
 
     def close(self) -> None:
         """munmap(), unless the kernel may still be sending from these pages."""
         if not self.lent:
             self.map.close()
-
-
-class _Stop:
-    """Set by SIGINT, SIGTERM or SIGHUP (see on_sigint); every loop looks at it once per batch."""
-    requested = False    # Ctrl-C once: end the run, drain, print the partial result
-    hurry = False        # Ctrl-C twice: stop waiting for notifications too
-    signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
-
-
-STOP = _Stop()
 
 
 class Rates:
@@ -2208,106 +2680,6 @@ def probe_byte_addr() -> int:
     return ctypes.addressof(_PROBE_BYTE)
 
 
-@dataclass
-class Tally:
-    """What a batch of CQEs said, judged one by one (the slow path)."""
-    results: int = 0      # result CQEs, whatever their res
-    ok: int = 0           # ... of which res >= 0
-    bytes: int = 0
-    notifs: int = 0
-    due: int = 0          # F_MORE results minus notifications
-    eagain: int = 0
-    copied: int = 0
-    short: int = 0
-    failed: int = 0       # results with res < 0 other than EAGAIN, cancelled ones included
-    error: int = 0        # first errno other than EAGAIN and ECANCELED
-
-    def add(self, t: "Tally") -> None:
-        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short", "failed"):
-            setattr(self, name, getattr(self, name) + getattr(t, name))
-        self.error = self.error or t.error
-
-
-def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) -> Tally:
-    """Walk the CQEs one by one: errors, EAGAIN, copies, odd flags.
-
-    The fast path in UringSender.run() handles the common case in bulk and
-    comes here only when a batch holds something else. Strict accounting, as
-    the kernel selftest does: a notification with F_MORE, or more
-    notifications than F_MORE results, is an error in our bookkeeping.
-
-    One exception, seen on 6.18 when a TCP receiver goes away mid-run: a
-    zero-copy request cancelled because the request linked before it failed
-    completes with -ECANCELED and *no* F_MORE (io_req_tw_fail_links() sets
-    flags 0 and skips the opcode's fail handler, which would add F_MORE), yet
-    its notification still comes (io_send_zc_cleanup() flushes it). zc says
-    the requests were zero-copy ones, so such a CQE promises a notification.
-    """
-    t = Tally()
-    for r, f in zip(res, flags):
-        if f & IORING_CQE_F_NOTIF:
-            if f & IORING_CQE_F_MORE:
-                raise AssertionError("a notification CQE with F_MORE set")
-            t.notifs += 1
-            t.due -= 1
-            if r & IORING_NOTIF_USAGE_ZC_COPIED:
-                t.copied += 1
-            continue
-        t.results += 1
-        if f & IORING_CQE_F_MORE:
-            t.due += 1               # a notification follows, whatever res says
-        elif zc and r == -errno.ECANCELED:
-            t.due += 1               # ... and here too, without F_MORE (see above)
-        if r >= 0:
-            t.ok += 1
-            t.bytes += r
-            if r != size:
-                t.short += 1
-        elif r == -errno.EAGAIN:
-            t.eagain += 1
-        else:
-            t.failed += 1
-            if r != -errno.ECANCELED and not t.error:
-                t.error = -r         # (ECANCELED is no cause: the request before it in its link failed)
-    return t
-
-
-@dataclass
-class SendBooks:
-    """One run's running state, shared by the hot loop, the general loop, the drain and settle()."""
-    deadline: int                       # perf_counter_ns at which -t is up
-    on_tick: Optional[Callable[[int, int], None]] = None    # -i (and bench's progress line)
-    tick_ns: int = 0
-    next_tick: int = 0
-    inflight: int = 0     # results not yet seen
-    due: int = 0          # notifications promised (F_MORE) not yet seen
-    whole: int = 0        # good results, counted in bulk
-    notifs: int = 0       # good notifications, counted in bulk
-    copied: int = 0       # ... of which said the kernel copied (REPORT_USAGE)
-    placed: int = 0       # requests placed: a TCP batch starts at stream offset placed*size
-    slow: Tally = field(default_factory=Tally)   # everything else, judged one by one
-    entered: Optional[OSError] = None            # io_uring_enter failed: the run ends with that
-    stopped: bool = False  # Ctrl-C had ended the run before the drain began
-    waited: float = 0.0    # seconds the drain waited
-
-
-# The hot loop looks at the clock (and at Ctrl-C) once per this many batches,
-# as liburing's send-zerocopy does once per 16: a clock read costs about as
-# much Python as the rest of a batch's bookkeeping, and 16 batches of 64 KB
-# sends take well under a millisecond.
-CLOCK_EVERY = 16
-# wait_owed()'s answers besides False (io_uring_enter failed): CQEs may be
-# ready; or a signal or ENTER_WAIT_NS cut the wait short.
-WAIT_DONE, WAIT_CUT = 1, 2
-# At most this many distinct whole batches are remembered by the hot loop
-# (a stream into a peer shows a handful; the bound keeps memory flat when a
-# run never repeats itself).
-SEEN_MAX = 256
-# The user_data of every request the hot loop sends: all alike, so that a
-# clean batch's CQEs are known byte for byte (the trace numbers its from 1).
-HOT_USER_DATA = 0
-
-
 TRACE_EXPLAINED = {
     "sqe": ["SQE: a request written into slot sq[i] of the submission array. The kernel",
             "will read it when io_uring_enter() runs with the tail past it. fd=fixed:0 is",
@@ -2366,21 +2738,17 @@ def report_usage() -> bool:
         raise Fatal(setup_error(e)) from None
 
 
-class UringSender:
-    """The seed's do_tx(): one socket, one ring, batches of SEND_ZC.
+class UringSender(BulkSender):
+    """The seed's do_tx(): section 6's BulkSender, set up from a SendConfig, traced and reported.
 
-    Set up in the order liburing's example does: ring, registered file (the
-    socket), registered buffer (the payload), registered ring fd; torn down
-    in reverse by the ExitStack it is given.
+    Set up in the order liburing's example does (send_ring()); torn down in
+    reverse by the ExitStack it is given.
     """
 
     def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, stack: ExitStack):
         self.cfg = cfg
-        self.sock = sock
-        self.payload = payload
         # --gso: SEND and SEND_ZC carry no control message, so the socket
         # option it is; SENDMSG_ZC carries it per request, as QUIC stacks do.
-        self._gso_cmsg = gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None
         if cfg.gso and not cfg.sendmsg:
             set_udp_segment(sock, cfg.gso)
         if cfg.sqpoll and platform.machine() != "x86_64":
@@ -2390,76 +2758,42 @@ class UringSender:
         sqpoll = dict(flags=IORING_SETUP_SQPOLL, attempts=SQPOLL_ATTEMPTS,
                       sq_thread_idle=SQ_THREAD_IDLE_MS) if cfg.sqpoll else {}
         buffers = [(payload.addr, payload.length)] if cfg.fixed_buf and cfg.zc else []
-        self.ring = send_ring(cfg, sock, buffers, stack, **sqpoll)
-        self.report_usage = cfg.zc and report_usage()
-        self.stream = cfg.proto == "tcp"
-        self._msgs: List[ctypes.Structure] = []   # SENDMSG_ZC's msghdrs live as long as we do
+        ring = send_ring(cfg, sock, buffers, stack, **sqpoll)
+        super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf, cfg.sendmsg,
+                         cfg.proto == "tcp", cfg.flush, cfg.zc and report_usage(),
+                         gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None)
         self.trace_out = sys.stdout
-        self.started_ns = 0                        # when run() began (perf_counter_ns)
         self.rusage_who = resource.RUSAGE_SELF
-        self._batches: Dict[int, bytes] = {}
         self.deadline_ns: Optional[int] = None     # -n: the flows' common deadline (run_flows)
         self.started_ns = 0                        # perf_counter_ns when run() started
 
-    # --- building SQEs -------------------------------------------------------
-    def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
-        """One request: send size bytes starting at pattern offset phase."""
+    def run(self, on_tick: Optional[Callable[[int, int], None]] = None, tick_ns: int = 0) -> Result:
+        """Send for cfg.seconds (--trace first), drain, and return the kernel's totals."""
         cfg = self.cfg
-        addr = self.payload.addr + phase
-        # TCP: MSG_WAITALL makes io_uring retry a partial send until it is
-        # whole, so every request moves exactly size bytes of the stream.
-        msg_flags = socket.MSG_WAITALL if self.stream else 0
-        zc_flags = IORING_SEND_ZC_REPORT_USAGE if self.report_usage else 0
-        fd = 0                                    # index 0 of the registered files
-        if cfg.sendmsg:
-            iov = iovec(addr, cfg.size)
-            msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
-            if self._gso_cmsg is not None:        # UDP_SEGMENT for this one request
-                msg.msg_control = ctypes.addressof(self._gso_cmsg)
-                msg.msg_controllen = len(self._gso_cmsg)
-            self._msgs += [iov, msg]
-            if not cfg.zc:
-                prep_rw(sqe, IORING_OP_SENDMSG, fd, ctypes.addressof(msg), 1, 0)
-                sqe.msg_flags = msg_flags
-            elif cfg.fixed_buf:
-                prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), msg_flags, 0)
-                sqe.ioprio |= zc_flags
-            else:
-                prep_sendmsg_zc(sqe, fd, ctypes.addressof(msg), msg_flags)
-                sqe.ioprio |= zc_flags
-        elif not cfg.zc:
-            prep_send(sqe, fd, addr, cfg.size, msg_flags)
-        elif cfg.fixed_buf:
-            prep_send_zc_fixed(sqe, fd, addr, cfg.size, msg_flags, zc_flags, 0)
-        else:
-            prep_send_zc(sqe, fd, addr, cfg.size, msg_flags, zc_flags)
-        sqe.flags |= IOSQE_FIXED_FILE
-        sqe.user_data = user_data
+        result = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
+                        setup=self.ring.setup_flags, gso=cfg.gso or None)
+        meter = Meter(self.rusage_who)
+        self.started_ns = meter.t0    # -i: where the interval lines start counting
+        run = self.begin(self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9), on_tick, tick_ns)
+        if cfg.trace:                 # inside the timed run: the trace's sends count, so must its time
+            run.slow, run.inflight, run.due = self.trace(cfg.trace, self.trace_out, run.deadline)
+            run.placed = run.slow.results + run.inflight
+        self.send()
+        meter.stop(result)            # the rate covers sending; the drain is not timed
+        self.drain()
+        slow = run.slow
+        result.requests = run.whole + slow.ok
+        result.bytes = run.whole * cfg.size + slow.bytes
+        result.eagain, result.failed = slow.eagain, slow.failed
+        result.notifications = run.notifs + slow.notifs
+        result.undrained = run.due + run.inflight
+        if self.report_usage:
+            result.zc_copied = run.copied + slow.copied
+        result.interrupted = STOP.requested       # during the run, or during the drain
+        result.error = run_error(cfg, result, slow.error, run.entered, run.waited,
+                                 gave_up=run.stopped and STOP.hurry)
+        return result
 
-    def batch(self, phase: int) -> bytes:
-        """The bytes of one batch of -r SQEs, built once per starting phase.
-
-        UDP and raw always start at phase 0. A TCP batch's request j starts at
-        phase + j*size, and the requests are linked (IOSQE_IO_LINK) so each
-        begins only after the one before it has finished: a send that must
-        wait for socket space would otherwise be overtaken by the next, and
-        the stream would be out of order.
-        """
-        got = self._batches.get(phase)
-        if got is None:
-            sqe = io_uring_sqe()
-            parts = []
-            for j in range(self.cfg.batch):
-                # Only a stream runs on from one request to the next; every
-                # datagram is the pattern from 'a', whatever came before it.
-                self.prep(sqe, (phase + j * self.cfg.size) % PATTERN_LEN if self.stream else 0, j)
-                if self.stream and j < self.cfg.batch - 1:
-                    sqe.flags |= IOSQE_IO_LINK
-                parts.append(bytes(sqe))
-            got = self._batches[phase] = b"".join(parts)
-        return got
-
-    # --- --trace --------------------------------------------------------------
     def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
         """Send the first n requests slowly, saying aloud what each step does.
 
@@ -2540,456 +2874,6 @@ class UringSender:
             return total, count, due
         say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
         return total, 0, 0
-
-    # --- the loops ----------------------------------------------------------
-    def run(self, on_tick: Optional[Callable[[int, int], None]] = None,
-            tick_ns: int = 0) -> Result:
-        """Send batches for cfg.seconds; return the kernel's totals.
-
-        Two loops share the work, in the steps of the reference sender
-        (Part I): the hot loop, run_hot(), for the common case (one batch in
-        flight: no -f, no SQPOLL), which does the least Python per batch that
-        CPython allows; and run_general(), which does the rest (SQPOLL's full
-        ring, -f's waits) and whatever the hot loop hands over (an
-        io_uring_enter that failed or was cut short). Then (7) the drain,
-        then the result.
-        """
-        cfg = self.cfg
-        run = self.books = SendBooks(deadline=0, on_tick=on_tick, tick_ns=tick_ns)
-        result = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
-                        setup=self.ring.setup_flags, gso=cfg.gso or None)
-        meter = Meter(self.rusage_who)
-        self.started_ns = meter.t0    # -i: where the interval lines start counting
-        run.deadline = self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9)
-        run.next_tick = meter.t0 + tick_ns if tick_ns else run.deadline + 1
-        # Lent until the drain settles it: if anything raises before then,
-        # Payload.close() leaves the pages mapped (the kernel may still be
-        # sending from them) instead of unmapping them under it.
-        self.payload.lent += 1
-        if cfg.trace:
-            # Inside the timed run: the trace's sends count, so must its time.
-            run.slow, run.inflight, run.due = self.trace(cfg.trace, self.trace_out, run.deadline)
-            run.placed = run.slow.results + run.inflight
-        if cfg.flush or self.ring.sqpoll or not self.run_hot():
-            self.run_general()
-        meter.stop(result)            # the rate covers sending; the drain below is not timed
-        self.drain()
-        return self.settle(result)
-
-    def run_hot(self) -> bool:
-        """The hot loop: one batch of -r in flight, every batch judged in bulk; True when done.
-
-        Per batch, in the steps of Part I: (1) nothing for datagrams (every
-        SQ slot already holds the request), one slice copy for a stream (its
-        batch starts at the stream's offset); (2) one store of sq.tail and one
-        io_uring_enter; (3) one slice of the CQ mapping; (4)+(5) one bytes
-        comparison, or one dictionary lookup; (6) one store of cq.head.
-        Everything else is a method of its own, reached only when a check
-        fails: a batch never judged before (judge_odd), the clock passing a
-        tick or the deadline (at_tick), results still owed (wait_owed), an
-        io_uring_enter that did not submit the batch (False: run_general()
-        takes over from there).
-
-        Written out flat, with every name bound to a local first: in CPython a
-        local is an array slot, while an attribute or a global is a dictionary
-        lookup, and a method call builds a frame; each is ~20-50 ns, against
-        ~0.5 us for the kernel's work on one 64 KB SEND_ZC (measured with
-        callgrind and per-batch getrusage: README, "Python's cost at its floor").
-        """
-        cfg, ring, run, stream = self.cfg, self.ring, self.books, self.stream
-        r, size = cfg.batch, cfg.size
-        if stream:
-            # (1) for a stream: the batch of every starting offset, built once;
-            # the loop copies the one where the stream stands into the SQ array.
-            by_phase = [self.batch(p) for p in range(PATTERN_LEN)]
-            phase, step = run.placed * size % PATTERN_LEN, r * size % PATTERN_LEN
-        else:
-            # (1) get SQEs, done once for the whole run: every request of a
-            # datagram run is the same SQE (same socket, buffer, length, flags
-            # and user_data), and the kernel only reads SQEs, so once every
-            # slot holds it, claiming r slots is moving our tail by r.
-            sqe = io_uring_sqe()
-            self.prep(sqe, 0, HOT_USER_DATA)
-            ring.fill_sqes(bytes(sqe))
-            by_phase, phase, step = [], 0, 0
-        # What a clean datagram batch's CQEs are, byte for byte: r results
-        # that sent all size bytes (F_MORE: a notification follows; none for a
-        # copying SEND), then, zero-copy, the r notifications that say the
-        # kernel let go of the buffer without copying (res 0). With
-        # DEFER_TASKRUN that is also their order: the results are posted at
-        # the end of submission, the notifications by the task work
-        # io_uring_enter runs before it returns (measured: every batch of a
-        # run into the sink). Any other batch is looked up in `seen`: the
-        # batches judge_odd() found whole before, byte for byte, with what
-        # they added up to; a stream's batches (notifications come with the
-        # peer's ACKs, in a handful of orders) are found there.
-        one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if cfg.zc else 0))
-        one_notif = bytes(io_uring_cqe(HOT_USER_DATA, 0, IORING_CQE_F_NOTIF))
-        clean = None if stream else one_result * r + (one_notif * r if cfg.zc else b"")
-        clean_cqes = 0 if stream else len(clean) >> CQE_SHIFT
-        seen = self.seen = {}           # CQE bytes -> [times seen, results, owed, whole, notifs, copied]
-
-        # Every name the loop touches, bound to a local (see the docstring).
-        syscall, enter, enter_fd, u32 = _syscall_gil, NR_io_uring_enter, ring.enter_fd, U32
-        enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags
-        wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
-        wait_owed, judge_odd, seen_get = self.wait_owed, self.judge_odd, seen.get
-        sq_words, sq_tail_i, sq_mask, sq_entries = ring._sq_words, ring._sq_tail_i, ring.sq_mask, ring.sq_entries
-        sqes = ring._sqes
-        cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
-        cq_map, cqe_start, cqe_end, cq_mask = ring._cq_map, ring.cqe_start, ring.cqe_end, ring.cq_mask
-        clock, stop = time.perf_counter_ns, STOP
-        sq_tail, cq_head = ring.sq_tail, ring.cq_head
-        inflight, due = run.inflight, run.due
-        # The CQ never overflows: before the next reap the kernel can post a
-        # result and a notification for each request in flight plus every
-        # notification still due, so `due` may not pass what that leaves.
-        room = ring.cq_entries - 2 * r
-        check_at = min(run.deadline, run.next_tick)    # the clock's next reason to stop us
-        batches = 0             # clean datagram batches: r whole sends (and r notifications) each
-        placed = 0              # requests placed by this loop
-        ret = 0
-        done = True             # False: hand over to run_general()
-        countdown = 1           # batches until the next look at the clock and at Ctrl-C
-
-        while True:
-            countdown -= 1
-            if not countdown:                       # every CLOCK_EVERY batches, as C's loop does
-                countdown = CLOCK_EVERY
-                now = clock()
-                if now >= check_at or stop.requested:   # -t is up, Ctrl-C, or an -i tick is due
-                    check_at = self.at_tick(now, batches * r)
-                    if not check_at:
-                        break
-            if not inflight and due <= room:
-                if stream:
-                    # (1) get SQEs: the batch that starts where the stream stands.
-                    slot = sq_tail & sq_mask
-                    if slot + r <= sq_entries:
-                        sqes[slot << SQE_SHIFT:(slot + r) << SQE_SHIFT] = by_phase[phase]
-                    else:                           # it wraps: place() splits it
-                        ring.sq_tail = sq_tail
-                        ring.place(by_phase[phase])
-                    phase = (phase + step) % PATTERN_LEN
-                # (1) get SQEs (datagrams): the next r slots already hold the request.
-                sq_tail = (sq_tail + r) & u32       # u32 counter: wraps at 2**32
-                # (2) submit and wait: publish the tail with a plain store; the
-                # kernel reads it inside the io_uring_enter below, on this
-                # thread (section 3, "Memory ordering").
-                sq_words[sq_tail_i] = sq_tail
-                inflight = r
-                placed += r
-                # One ctypes call: submit r, wait for r CQEs. min_complete r,
-                # not 0: before it returns, io_uring_enter runs at most
-                # max(IO_LOCAL_TW_DEFAULT_MAX = 20, min_complete) task-work
-                # items, and each notification is one (measured at -r 64 with
-                # 0: 40 of 64 notifications came, the rest a batch later).
-                if stream:
-                    # A stream's send waits for socket space that only the peer
-                    # frees: bounded by ENTER_WAIT_NS (EXT_ARG), seven arguments.
-                    ret = syscall(enter, enter_fd, r, r, wait_flags, wait_ref, wait_size)
-                else:
-                    # A datagram send completes inside its submission, or once
-                    # the device has taken or dropped the packets before it: no
-                    # peer can hold it, so no timeout, five arguments (each one
-                    # more costs ~30 ns). A signal still ends the wait (EINTR).
-                    ret = syscall(enter, enter_fd, r, r, enter_flags)
-                if ret != r:                        # an error, or a short submit
-                    done = False
-                    break
-            else:                                   # results, or CQ room, still owed
-                waited = wait_owed(inflight or 1)
-                if not waited:
-                    break
-                if waited is WAIT_CUT:              # a signal or the bound: look at the clock now
-                    countdown = 1
-            # (3) peek CQEs: those between cq.head (ours) and cq.tail (the
-            # kernel's; with DEFER_TASKRUN written by this thread's own enter),
-            # as one slice of the mapping, unless they wrap past its end.
-            k = (cq_words[cq_tail_i] - cq_head) & u32
-            start = cqe_start + ((cq_head & cq_mask) << CQE_SHIFT)
-            end = start + (k << CQE_SHIFT)
-            cqes = cq_map[start:end] if end <= cqe_end else ring.cqe_bytes(k, cq_head)
-            # (4) judge results and (5) judge notifications, both at once: is
-            # this batch byte for byte the clean one, or one seen whole before?
-            if cqes == clean:
-                batches += 1
-                inflight -= r
-            else:
-                known = seen_get(cqes)
-                if known is not None:
-                    known[0] += 1
-                    inflight -= known[1]
-                    due += known[2]
-                else:                               # judge_odd() reads the ring's and run's copies
-                    ring.cq_head, run.inflight, run.due = cq_head, inflight, due
-                    results, owed = judge_odd(cqes)
-                    inflight -= results
-                    due += owed
-                    ring.reaped += k
-                    assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-                    if run.slow.error:
-                        cq_head = (cq_head + k) & u32
-                        cq_words[cq_head_i] = cq_head
-                        break
-            # (6) advance CQ: only now may the kernel reuse those slots; our
-            # reads of them are done (the slice copied them).
-            cq_head = (cq_head + k) & u32
-            cq_words[cq_head_i] = cq_head
-
-        # Hand over: the general loop, the drain and the result read these.
-        ring.sq_tail, ring.cq_head = sq_tail, cq_head
-        ring.submitted += placed - ((sq_tail - sq_words[ring._sq_head_i]) & U32)
-        ring.reaped += batches * clean_cqes
-        run.inflight, run.due, run.placed = inflight, due, run.placed + placed
-        run.whole += batches * r
-        if cfg.zc:
-            run.notifs += batches * r
-        for times, _, _, whole, notifs, copied in seen.values():
-            run.whole += times * whole
-            run.notifs += times * notifs
-            run.copied += times * copied
-        ring.reaped += sum(times * len(cqes) >> CQE_SHIFT for cqes, (times, *_) in seen.items())
-        if ret < 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EINTR, errno.ETIME):   # those two: run_general() goes on
-                run.entered = OSError(err, f"io_uring_enter: {errno.errorcode.get(err, err)}: "
-                                           f"{os.strerror(err)}")
-                run.entered.syscall = "io_uring_enter"
-        return done
-
-    def wait_owed(self, wait_nr: int):
-        """(2) without a submit: sleep until wait_nr CQEs are ready, bounded by ENTER_WAIT_NS.
-
-        The hot loop's rare wait (results that did not complete at submission,
-        or notifications it must see before the CQ has room for another
-        batch). Returns WAIT_DONE; WAIT_CUT when a signal (EINTR) or the bound
-        (ETIME) ended it, so the loop looks at the clock and at Ctrl-C now;
-        or False when io_uring_enter failed for good (run.entered says why).
-        """
-        ring = self.ring
-        # Nothing to submit (the hot loop's submits are all consumed), so no
-        # tail to publish; GETEVENTS with EXT_ARG, as submit_and_peek() waits.
-        ret = _syscall_gil(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags,
-                           ring._wait_ref, ring._wait_size)
-        if ret >= 0:
-            return WAIT_DONE
-        err = ctypes.get_errno()
-        if err in (errno.EINTR, errno.ETIME):
-            return WAIT_CUT
-        try:
-            _raise_errno("io_uring_enter")
-        except OSError as e:
-            self.books.entered = e
-        return False
-
-    def at_tick(self, now: int, hot_results: int) -> int:
-        """The clock or Ctrl-C stopped the hot loop: 0 to end the run, else its next check."""
-        run = self.books
-        if now >= run.deadline or STOP.requested:
-            return 0
-        whole = run.whole + hot_results + sum(v[0] * v[3] for v in self.seen.values())
-        run.on_tick((whole * self.cfg.size) + run.slow.bytes, whole + run.slow.ok)   # -i
-        run.next_tick += run.tick_ns
-        return min(run.deadline, run.next_tick)
-
-    def judge_odd(self, cqes: bytes) -> Tuple[int, int]:
-        """(4)+(5) for a batch the hot loop has not seen; returns (results, notifications owed).
-
-        Still in bulk first: the flags column as a list of small ints (which
-        CPython keeps premade, so no object per CQE) and the sum of the res
-        column, both read off a strided cast of the bytes; judge() decides.
-        A batch judged whole goes into the hot loop's `seen`, with what it
-        added, so the next batch of the same bytes costs one lookup: the
-        judgement depends on nothing but those bytes and the run's -s.
-        """
-        run = self.books
-        before = (run.whole, run.notifs, run.copied, run.slow.results)
-        cqes_view = memoryview(cqes)
-        try:
-            flags = cqes_view.cast("I")[3::4].tolist()
-            res = cqes_view.cast("i")[2::4]
-            results, owed = self.judge(flags, sum(res))
-        finally:
-            cqes_view.release()
-        if run.slow.results == before[3] and len(self.seen) < SEEN_MAX:
-            self.seen[cqes] = [0, results, owed, run.whole - before[0], run.notifs - before[1],
-                               run.copied - before[2]]
-        return results, owed
-
-    def judge(self, flags: List[int], res_sum: int) -> Tuple[int, int]:
-        """(4) judge results, (5) judge notifications: the CQEs from cq.head on, in bulk.
-
-        Two list.count() and the res sum, in C. If every CQE is a result with
-        the good flags or a notification, and the results add up to exactly
-        size each, every send was whole and every notification said
-        zero-copy: no send returns more than size, and a notification's res
-        is 0, or bit 31 (the kernel copied) which reads as negative. An error,
-        EAGAIN, a short send or a copy makes the sum fall short. Returns the
-        results seen and the notifications they leave owed (F_MORE minus
-        F_NOTIF); the CQEs stay in the ring for the caller to advance past.
-        """
-        run, ring, cfg = self.books, self.ring, self.cfg
-        size = cfg.size
-        k = len(flags)
-        n_ok = flags.count(IORING_CQE_F_MORE if cfg.zc else 0)
-        n_notif = flags.count(IORING_CQE_F_NOTIF)
-        clean = n_ok + n_notif == k
-        if clean and res_sum != n_ok * size:
-            # Second look, still in bulk: the notifications that say the
-            # kernel copied (loopback, veth: all of them) read -2**31 each,
-            # and no send result can. Take them out of the sum; if the
-            # results then add up, the batch was whole all the same.
-            res = ring.peek_res(k)
-            n_copied = res.count(NOTIF_COPIED_RES)
-            clean = res_sum - n_copied * NOTIF_COPIED_RES == n_ok * size
-            run.copied += n_copied if clean else 0
-        if clean:
-            run.whole += n_ok
-            run.notifs += n_notif
-            results, owed = n_ok, (n_ok - n_notif if cfg.zc else 0)
-        else:                             # an error, EAGAIN, a short send: look at each CQE
-            t = judge_each(ring.peek_res(k), flags, size, cfg.zc)
-            run.slow.add(t)
-            results, owed = t.results, t.due
-            if self.stream and t.short and not run.slow.error:
-                run.slow.error = errno.EIO    # a short TCP write: the stream would tear
-        return results, owed
-
-    def run_general(self) -> None:
-        """The loop for everything the hot loop does not take (see run()).
-
-        Per batch: one place() (a slice copy), one submit_and_peek() (one
-        io_uring_enter that submits and waits, then every ready CQE's flags
-        and the sum of their res), judge(), one cq_advance(). Notifications
-        may lag behind results, up to `room` of them, so the CQ (4x the SQ)
-        never overflows; with -f a batch also waits for its own.
-        """
-        cfg, ring, run = self.cfg, self.ring, self.books
-        if run.entered is not None or run.slow.error:
-            return
-        r, size, stream = cfg.batch, cfg.size, self.stream
-        place = ring.place
-        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
-        cq_advance = ring.cq_advance
-        # Requests in flight. Without SQPOLL, one batch, as in the seed: the
-        # next goes in when the last one's results are back, and one
-        # io_uring_enter() waits for all of them. With SQPOLL the SQ thread
-        # submits on its own CPU, so we keep the whole SQ ring full: it never
-        # waits for us, and we enter the kernel only to sleep until half of
-        # what is in flight has completed. Sleeping per batch instead costs
-        # the SQ thread a wakeup per CQE batch and about a third of its rate
-        # (measured: 26.8 against 39.3 GB/s at -r 8, 64 KB, ring of 512).
-        # Not for a stream: a batch's sends are linked, so they go in order,
-        # but two batches are not, and a send that waits for socket space
-        # would be overtaken by the next batch's first (rx sees it, at once).
-        # A link cannot reach across batches either: the SQ thread cuts a
-        # chain wherever its submission ends. So TCP keeps one batch in flight,
-        # and so does -f, whose point is to wait for each batch.
-        ahead = ring.sq_entries - r if ring.sqpoll and not (stream or cfg.flush) else 0
-        # The CQ never overflows: before the next reap the kernel can post a
-        # result and a notification for each request in flight plus every
-        # notification still due, so `due` may not pass what that leaves.
-        room = 0 if cfg.flush else ring.cq_entries - 2 * (ahead + r)
-        clock = time.perf_counter_ns
-        deadline = run.deadline
-        # Datagram batches are all alike: a run of them, to place several at once.
-        run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))
-
-        judge, slow, batch = self.judge, run.slow, self.batch
-        inflight, due, placed = run.inflight, run.due, run.placed    # locals: see run_hot()
-        while True:
-            if inflight <= ahead:
-                now = clock()
-                if now >= deadline or STOP.requested or slow.error:
-                    break
-                if now >= run.next_tick:        # -i: ticks only inside the run
-                    run.on_tick(run.whole * size + slow.bytes, run.whole + slow.ok)
-                    run.next_tick += run.tick_ns
-                if due <= room:
-                    if stream:                  # (1) the batch starts where the last one ended
-                        place(batch(placed * size % PATTERN_LEN))
-                        inflight += r
-                        placed += r
-                    else:                       # (1) as many batches as fit, in one slice copy
-                        # ... and as the SQ has room for: the SQ thread commits
-                        # sq.head after its whole submission, so results of a
-                        # batch may be reaped before its slots are ours again.
-                        n = min((ahead - inflight) // r * r + r, ring.sq_space_left() // r * r)
-                        if n:
-                            place(run_of_batches[:n << SQE_SHIFT])
-                            inflight += n
-                            placed += n
-                        elif not inflight:
-                            continue            # nothing to wait for: the head is on its way
-            try:                                # (2) submit and wait, (3) peek CQEs
-                flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
-            except OSError as e:
-                # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed and no CQE
-                # came: a TCP peer that stopped reading, say). Look at the clock
-                # and at STOP even with requests in flight: the drain waits for them.
-                if e.errno not in (errno.EINTR, errno.ETIME):
-                    run.entered = e
-                    break
-                if STOP.requested or clock() >= deadline:
-                    break
-                continue
-            results, owed = judge(flags, res_sum)     # (4), (5)
-            inflight -= results
-            due += owed
-            cq_advance(len(flags))            # (6) only now may the kernel reuse those slots
-            assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-        run.inflight, run.due, run.placed = inflight, due, placed
-
-    def drain(self) -> None:
-        """(7) drain: every notification before the buffer may go.
-
-        Bounded: a TCP peer that stopped acknowledging could hold the pages
-        for minutes. A Ctrl-C that ended the run leaves the drain its
-        DRAIN_SECONDS (a second one cuts it); a Ctrl-C that comes while it
-        waits cuts it at once.
-        """
-        cfg, ring, run = self.cfg, self.ring, self.books
-        clock = time.perf_counter_ns
-        stopped = run.stopped = STOP.requested
-        drain_from = clock()
-        drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
-        while run.inflight or run.due:
-            left = (drain_until - clock()) / 1e9
-            if left <= 0 or STOP.hurry or (STOP.requested and not stopped):
-                break
-            try:
-                ring.wait_cqes(1, left)
-            except InterruptedError:
-                continue
-            res, fl = ring.peek()
-            if fl:
-                ring.cq_advance(len(fl))
-                t = judge_each(res, fl, cfg.size, cfg.zc)
-                run.slow.add(t)
-                run.inflight -= t.results
-                run.due += t.due
-                if self.stream and t.short and not run.slow.error:
-                    run.slow.error = errno.EIO    # as in the loop: a reset cut a send short
-        run.waited = (clock() - drain_from) / 1e9
-
-    def settle(self, result: Result) -> Result:
-        """The run's totals into result, the payload's loan settled, the error in one line."""
-        cfg, run = self.cfg, self.books
-        slow = run.slow
-        result.requests = run.whole + slow.ok
-        result.bytes = run.whole * cfg.size + slow.bytes
-        result.eagain = slow.eagain
-        result.notifications = run.notifs + slow.notifs
-        result.failed = slow.failed
-        result.undrained = run.due + run.inflight
-        self.payload.lent += result.undrained - 1     # settled: only what never came stays lent
-        if self.report_usage:
-            result.zc_copied = run.copied + slow.copied
-        result.interrupted = STOP.requested       # during the run, or during the drain
-        result.error = run_error(cfg, result, slow.error, run.entered, run.waited,
-                                 gave_up=run.stopped and STOP.hurry)
-        return result
 
 
 def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:

@@ -200,7 +200,6 @@ def test_nop_round_trip_counts_and_wraps_the_ring():
         total = batch * rounds
         assert ring.sq_tail == ring.sq_head == total        # the kernel consumed all
         assert ring.cq_tail == ring.cq_head == total        # and we reaped all
-        assert ring.submitted == ring.reaped == total
         assert ring.cq_overflow == 0
 
 
