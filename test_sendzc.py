@@ -126,8 +126,42 @@ def mappings():
 
 
 # =============================================================================
-# The kernel ABI
+# The file's shape, and the kernel ABI
 # =============================================================================
+
+def sendzc_parts():
+    """sendzc.py's top-level statements as (Part I, Part II), split at the first banner after Part I's last section."""
+    import ast
+    with open(TOOL) as f:
+        src = f.read()
+    last = re.search(r"^# \d+\. The same, in bulk$", src, re.M)
+    part_two = re.compile(r"^# =+\n# \d+\. ", re.M).search(src, last.end())
+    boundary = src[:part_two.start()].count("\n") + 1
+    body = ast.parse(src).body
+    return [n for n in body if n.lineno < boundary], [n for n in body if n.lineno >= boundary]
+
+
+def test_part_one_never_uses_part_two():
+    """Part I (the tutorial) reads alone: no name it uses is defined only in Part II (the tool)."""
+    import ast
+
+    def defined(nodes):
+        names = set()
+        for n in nodes:
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef)):
+                names.add(n.name)
+            elif isinstance(n, (ast.Assign, ast.AnnAssign)):
+                targets = n.targets if isinstance(n, ast.Assign) else [n.target]
+                names |= {t.id for target in targets for t in ast.walk(target) if isinstance(t, ast.Name)}
+        return names
+
+    part_one, part_two = sendzc_parts()
+    tool_only = defined(part_two) - defined(part_one)
+    assert len(tool_only) > 100             # the split found Part II
+    used = {(n.lineno, n.id) for node in part_one for n in ast.walk(node)
+            if isinstance(n, ast.Name) and n.id in tool_only}
+    assert not used, f"Part I uses Part II's names: {sorted(used)}"
+
 
 def test_struct_sizes_and_offsets_match_the_kernel_header():
     assert ctypes.sizeof(sendzc.io_uring_params) == 120
