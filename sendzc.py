@@ -1449,6 +1449,8 @@ class SendBooks:
     entered: Optional[OSError] = None            # io_uring_enter failed: the run ends with that
     stopped: bool = False  # a stop had ended the run before the drain began
     waited: float = 0.0    # seconds the drain waited
+    lags_ns: List[int] = field(default_factory=list)   # sampled: submission to the F_NOTIF that settles it
+    pinned_max: int = 0    # the most bytes the kernel held when a sample began
 
 
 # The hot loop looks at the clock (and at STOP) once per this many batches,
@@ -1560,7 +1562,7 @@ class BulkSender:
         a dictionary lookup, a call a new frame; each costs ~20-50 ns, against
         ~0.5 us of kernel work for a 64 KB SEND_ZC.
         """
-        ring, run, stream, r, size = self.ring, self.books, self.stream, self.r, self.size
+        ring, run, stream, r, size, zc = self.ring, self.books, self.stream, self.r, self.size, self.zc
         if stream:
             # (1) for a stream: the batch of every starting offset, built once.
             period = self.buf.period
@@ -1596,6 +1598,7 @@ class BulkSender:
         cq_mask, clock, stop = ring.cq_mask, time.perf_counter_ns, STOP
         sq_tail, cq_head = ring.sq_tail, ring.cq_head
         inflight, due = run.inflight, run.due
+        lags_append, sample_t, sample_due = run.lags_ns.append, 0, 0    # the lag sample under way
         # The CQ never overflows: before the next reap the kernel can post a
         # result and a notification for each request in flight, plus every
         # notification still due, so `due` may not pass what that leaves.
@@ -1614,6 +1617,12 @@ class BulkSender:
                     check_at = self.at_tick(now, batches * r)
                     if not check_at:
                         break
+                elif zc and not sample_t and not inflight:
+                    # (5) time this batch: from its submission until the
+                    # notifications owed now and its own have all come (a
+                    # socket's come in order). One in CLOCK_EVERY batches.
+                    sample_t, sample_due = now, due
+                    run.pinned_max = max(run.pinned_max, (r + due) * size)
             if not inflight and due <= room:
                 if stream:
                     # (1) get SQEs: the batch that starts where the stream stands.
@@ -1684,6 +1693,9 @@ class BulkSender:
             # only now may the kernel reuse those slots.
             cq_head = (cq_head + k) & u32
             cq_words[cq_head_i] = cq_head
+            if sample_t and not inflight and due <= sample_due:    # (5) the sampled batch is settled
+                lags_append(clock() - sample_t)
+                sample_t = 0
 
         # Hand over: the general loop, the drain and the result read these.
         ring.sq_tail, ring.cq_head = sq_tail, cq_head
@@ -1809,6 +1821,7 @@ class BulkSender:
         run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))   # datagram batches are alike
         judge, slow, batch = self.judge, run.slow, self.batch
         inflight, due, placed = run.inflight, run.due, run.placed
+        sample_t = sample_target = 0          # the lag sample under way, as in run_hot()
         while True:
             if inflight <= ahead:
                 now = clock()
@@ -1832,6 +1845,11 @@ class BulkSender:
                             placed += n
                         elif not inflight:
                             continue            # nothing to wait for: the head is on its way
+                if self.zc and not sample_t and inflight:
+                    # (5) time the newest request: until the notifications of
+                    # every request placed so far have come (in order).
+                    sample_t, sample_target = now, run.notifs + slow.notifs + due + inflight
+                    run.pinned_max = max(run.pinned_max, (due + inflight) * size)
             try:                                # (2) submit and wait, (3) peek CQEs
                 flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
             except OSError as e:
@@ -1847,6 +1865,9 @@ class BulkSender:
             inflight -= results
             due += owed
             cq_advance(len(flags))                    # (6)
+            if sample_t and run.notifs + slow.notifs >= sample_target:
+                run.lags_ns.append(clock() - sample_t)
+                sample_t = 0
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
         run.inflight, run.due, run.placed = inflight, due, placed
 
@@ -2137,6 +2158,7 @@ class Result(Rates):
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
     gso: Optional[int] = None  # --gso: the UDP_SEGMENT size each send was cut into
     pool: Optional[dict] = None              # --pool: pool_summary() of this run
+    notif_lag: Optional[dict] = None         # the fast sender's sampled lag_summary()
     sys_speedup: Optional[float] = None      # bench: mb_per_sys_s over the baseline row's
 
     @property
@@ -2178,7 +2200,8 @@ class Result(Rates):
                 "mb_per_sys_s": None if self.mb_per_sys_s is None else round(self.mb_per_sys_s, 1),
                 "sys_speedup": None if self.sys_speedup is None else round(self.sys_speedup, 2),
                 **({} if self.intervals is None else {"intervals": self.intervals}),
-                **({} if self.pool is None else {"pool": self.pool})}
+                **({} if self.pool is None else {"pool": self.pool}),
+                **({} if self.notif_lag is None else {"notif_lag": self.notif_lag})}
 
 
 class Meter:
@@ -2294,18 +2317,16 @@ def percentile(sorted_values: List[int], q: float) -> int:
     return sorted_values[max(0, math.ceil(q * len(sorted_values)) - 1)]
 
 
-def pool_summary(t: "PoolTally", r: "Result", buffers: int, break_contract: bool) -> dict:
-    """--pool's JSON object: the notification lag, the bytes pinned, the pool a server needs.
+def lag_summary(lags_ns: List[int], pinned_max: int, r: "Result") -> dict:
+    """The notification lag's JSON: min/p50/p99/max, the bytes pinned, the pool a server needs.
 
-    The lag of a request runs from the io_uring_enter() that submitted it to
-    the reaping of its F_NOTIF: how long the kernel held its buffer. Only the
-    reference sender measures it, for every request; the fast sender's loop
-    judges CQEs in bulk and does not sample it (not yet). A server sending
-    at r's rate has rate x lag bytes lent at any moment, so a pool of rate x
-    p99 lag / buffer size buffers, rounded up, covers all but the slowest 1%
-    of notifications.
+    A request's lag runs from the io_uring_enter() that submitted it to the
+    reaping of its F_NOTIF: how long the kernel held its buffer. A server
+    sending at r's rate has rate x lag bytes lent at any moment, so a pool of
+    rate x p99 lag / buffer size buffers, rounded up, covers all but the
+    slowest 1% of notifications.
     """
-    lags = sorted(t.lags_ns)
+    lags = sorted(lags_ns)
 
     def ms(ns: int) -> float:
         return round(ns / 1e6, 3)
@@ -2313,27 +2334,37 @@ def pool_summary(t: "PoolTally", r: "Result", buffers: int, break_contract: bool
                                  "p99": ms(percentile(lags, 0.99)), "max": ms(lags[-1])}
     rate = r.bytes / r.seconds if r.seconds else 0.0
     needed = None if not lags else max(1, math.ceil(rate * percentile(lags, 0.99) / 1e9 / r.size))
-    return {"buffers": buffers, "break_contract": break_contract, "rewritten_early": t.broke,
-            "lag_ms": lag, "lag_samples": len(lags), "pinned_max_bytes": t.pinned_max,
+    return {"lag_ms": lag, "lag_samples": len(lags), "pinned_max_bytes": pinned_max,
             "buffers_needed": needed}
 
 
-def describe_pool(r: "Result") -> List[str]:
-    """--pool's lines: the lag, what was pinned, the pool size to use; the rule broken, if asked."""
-    p = r.pool
-    if p is None:
+def pool_summary(t: "PoolTally", r: "Result", buffers: int, break_contract: bool) -> dict:
+    """--pool's JSON object: the pool, the rule kept or broken, and the lag of every request."""
+    return {"buffers": buffers, "break_contract": break_contract, "rewritten_early": t.broke,
+            **lag_summary(t.lags_ns, t.pinned_max, r)}
+
+
+def describe_lag(lag: dict, r: "Result", which: str, had: str) -> List[str]:
+    """The notification lag in words, and the pool size it asks for."""
+    if not lag["lag_ms"]:
         return []
-    lines = []
-    if p["lag_ms"]:
-        lag = p["lag_ms"]
-        lines.append(f"notification lag (submission to F_NOTIF, all {p['lag_samples']} requests): "
-                     f"min {lag['min']:.3f} ms, p50 {lag['p50']:.3f} ms, p99 {lag['p99']:.3f} ms, "
-                     f"max {lag['max']:.3f} ms; at most {p['pinned_max_bytes'] >> 10} KiB pinned "
-                     f"in flight")
-        lines.append(f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of {lag['p99']:.3f} ms, a zero-copy "
-                     f"server needs {p['buffers_needed']} buffer{'s' if p['buffers_needed'] != 1 else ''} "
-                     f"of {r.size} B (rate x p99 lag / "
-                     f"buffer size); this run had {p['buffers']}")
+    ms, n = lag["lag_ms"], lag["buffers_needed"]
+    return [f"notification lag (submission to F_NOTIF, {which}): min {ms['min']:.3f} ms, "
+            f"p50 {ms['p50']:.3f} ms, p99 {ms['p99']:.3f} ms, max {ms['max']:.3f} ms; "
+            f"at most {lag['pinned_max_bytes'] >> 10} KiB pinned in flight",
+            f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of {ms['p99']:.3f} ms, a zero-copy server "
+            f"needs {n} buffer{'s' if n != 1 else ''} of {r.size} B (rate x p99 lag / buffer size); {had}"]
+
+
+def describe_pool(r: "Result") -> List[str]:
+    """The lag lines: every request's with --pool (and the rule broken, if asked), else sampled."""
+    if r.pool is None:
+        if r.notif_lag is None:
+            return []
+        return describe_lag(r.notif_lag, r, f"sampled: the last request of {r.notif_lag['lag_samples']} "
+                            f"batches", "this run sent every request from one unchanging buffer")
+    p = r.pool
+    lines = describe_lag(p, r, f"all {p['lag_samples']} requests", f"this run had {p['buffers']}")
     if p["break_contract"]:
         lines.append(f"warning: --break-contract: {p['rewritten_early']} buffers were rewritten as soon "
                      f"as their send's result (F_MORE) came, before their notification (F_NOTIF): "
@@ -2789,6 +2820,8 @@ class UringSender(BulkSender):
         result.undrained = run.due + run.inflight
         if self.report_usage:
             result.zc_copied = run.copied + slow.copied
+        if run.lags_ns:
+            result.notif_lag = lag_summary(run.lags_ns, run.pinned_max, result)
         result.interrupted = STOP.requested       # during the run, or during the drain
         result.error = run_error(cfg, result, slow.error, run.entered, run.waited,
                                  gave_up=run.stopped and STOP.hurry)

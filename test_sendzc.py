@@ -2654,6 +2654,21 @@ def test_the_reference_sender_accounts_for_every_notification_and_leaks_nothing(
     assert 1400 <= p["pinned_max_bytes"] <= 4 * 1400 and p["buffers_needed"] >= 1
 
 
+@pytest.mark.parametrize("kw", [{}, {"flush": True}, {"zc": False}], ids=["hot", "general", "copy"])
+def test_the_fast_sender_samples_the_notification_lag(kw):
+    """Issue 12 item 4 on the fast path: sampled lag, pinned bytes, pool size; none without zero-copy."""
+    r = loopback_run(**kw)
+    assert r.error is None and r.requests > 0
+    if kw.get("zc") is False:
+        assert r.notif_lag is None and "notif_lag" not in r.row()
+        return
+    lag = r.row()["notif_lag"]
+    assert 0 < lag["lag_samples"] <= r.requests
+    assert 0 < lag["lag_ms"]["min"] <= lag["lag_ms"]["p50"] <= lag["lag_ms"]["p99"] <= lag["lag_ms"]["max"]
+    assert 1400 <= lag["pinned_max_bytes"] and lag["buffers_needed"] >= 1
+    assert sendzc.describe_result(r)[-1].startswith(f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of ")
+
+
 def test_sender_pool_json_matches_the_fields_readme_documents():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
         rx.bind(("127.0.0.1", 0))
