@@ -1914,10 +1914,12 @@ class BulkSender:
 # the kernel's own answers: bytes from CQE res (or send(2)'s return), CPU from
 # getrusage(), time from a monotonic clock, and whether the kernel copied.
 #
-# In this section, in order: the payload and its zero-copy contract; Result
-# and how it is printed; sockets; the io_uring sender (its SQEs, --trace, the
-# batch loop, -n flows) and the one line for each way a send can fail; then
-# the two baselines, send(2) with and without MSG_ZEROCOPY.
+# In this section, in order: the socket ABI the tool needs besides io_uring;
+# the payload; Result and how it is printed; sockets, the path MTU and UDP
+# GSO; the io_uring sender (section 7's BulkSender with a SendConfig, --trace
+# and a Result around it), -n flows, the reference sender's run, the one line
+# for each way a send can fail; then the two baselines, send(2) with and
+# without MSG_ZEROCOPY.
 # =============================================================================
 
 # --- The socket ABI the tool uses beside io_uring (values from the kernel UAPI,
@@ -2074,29 +2076,16 @@ def max_payload(proto: str, family: int) -> int:
 
 
 class Payload:
-    """The buffer every request sends from: page-aligned, written once, then only read.
+    """The buffer every request sends from (BulkSender's buf): page-aligned, written once, then only read.
 
-    The zero-copy contract: from the moment a SEND_ZC is submitted until its
-    F_NOTIF CQE is reaped, the kernel's packets point into these pages, so
-    they must not change. We fill the buffer once, before the first send, and
-    never write it again; that is why every request may reuse it while older
-    notifications are still outstanding, and why waiting for notifications
-    (-f) is never needed for correctness here. A sender that must change its
-    data (a real application) would need a pool of buffers and could reuse
-    one only after that buffer's notifications have all come back.
-
-    The buffer holds PATTERN_LEN bytes more than a send needs, so a TCP stream
-    stays one continuous pattern: a write that starts at stream offset o
-    sends from address (o % 26).
-
-    The contract binds teardown too: the buffer is never unmapped while a
-    notification is outstanding. Each sender counts in `lent` what the kernel
-    may still hold: one while it runs, and after its bounded drain the
-    notifications that never came. close() unmaps only when nothing is lent;
-    otherwise the pages stay mapped until the process exits. (The kernel
-    holds references on pages it sends from, so an unmap would not free them
-    under it; but nothing here should rest on that, and a later mmap() could
-    be handed the same addresses.)
+    Written before the first send and never again, so every request may reuse
+    it while notifications are outstanding (section 7). It holds PATTERN_LEN
+    bytes more than a send, so a TCP write that starts at stream offset o
+    sends from address o % 26 and the stream stays one continuous pattern.
+    Never unmapped while the kernel may hold it: `lent` counts the runs under
+    way and the notifications that never came; close() unmaps only when it is
+    0, else the pages stay until exit (a later mmap() could otherwise be
+    handed the addresses the kernel still sends from).
     """
 
     def __init__(self, size: int, segment: int = 0):
