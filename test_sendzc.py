@@ -1734,6 +1734,8 @@ def test_ctrl_c_three_times_stops_at_once(capsys, monkeypatch):
             time.sleep(0.1)
         pytest.fail("the third Ctrl-C did not stop it")
     monkeypatch.setattr(sendzc, "dispatch", stuck)
+    for name in ("requested", "hurry", "signum"):       # main() leaves STOP as the signals set it
+        monkeypatch.setattr(sendzc.STOP, name, getattr(sendzc.STOP, name))
     assert main_in_process(capsys, "-D", "127.0.0.1", "udp") == (130, "", [readme_line("a third time")])
 
 
