@@ -3973,8 +3973,8 @@ class RxConfig:
 
 # --- Sockets -----------------------------------------------------------------
 
-def open_rx_socket(cfg: RxConfig) -> socket.socket:
-    """bind() on every address (and listen(), for TCP): msg_zerocopy.c's do_setup_rx().
+def listen_for(cfg: RxConfig, senders: int, keep: bool = False) -> socket.socket:
+    """bind() on every address (and listen(), for TCP), then say so: msg_zerocopy.c's do_setup_rx().
 
     With neither -4 nor -6, one IPv6 socket with IPV6_V6ONLY off takes both
     families (an IPv4 sender shows as ::ffff:a.b.c.d); where IPv6 is absent,
@@ -4014,6 +4014,14 @@ def open_rx_socket(cfg: RxConfig) -> socket.socket:
     except OSError as e:
         sock.close()
         raise Fatal(bind_error(e, cfg)) from None
+    # On stderr: stdout may be JSON.
+    where = "IPv6 and IPv4" if family == socket.AF_INET6 and cfg.family is None \
+        else family_name_label(family_name(family))
+    whom = "a sender" if senders == 1 else f"{senders} senders"
+    if keep:
+        whom = "senders, one after another" if senders == 1 else f"senders, {senders} at a time"
+    print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
+          f"Ctrl-C to stop", file=sys.stderr, flush=True)
     return sock
 
 
@@ -4310,39 +4318,23 @@ def new_result(cfg: RxConfig) -> RxResult:
     return RxResult(cfg.proto, method, discard=cfg.discard)
 
 
-def waiting_line(cfg: RxConfig, sock: socket.socket, senders: int, keep: bool = False) -> None:
-    """The one line rx prints while it waits (on stderr: stdout may be JSON)."""
-    where = "IPv6 and IPv4" if sock.family == socket.AF_INET6 and cfg.family is None \
-        else family_name_label(family_name(sock.family))
-    whom = "a sender" if senders == 1 else f"{senders} senders"
-    if keep:
-        whom = "senders, one after another" if senders == 1 else f"senders, {senders} at a time"
-    print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
-          f"Ctrl-C to stop", file=sys.stderr, flush=True)
-
-
-def run_receiver(cfg: RxConfig, printing: bool,
-                 interval: Optional[float]) -> Tuple[RxResult, Optional[Intervals]]:
+def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> RxResult:
     """msg_zerocopy -r's do_rx(), with a check of every byte: one sender, counted and verified."""
-    with open_rx_socket(cfg) as sock:
-        waiting_line(cfg, sock, 1)
+    with listen_for(cfg, 1) as sock:
         return serve_one(cfg, sock, printing, interval)
 
 
-def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool,
-              interval: Optional[float]) -> Tuple[RxResult, Optional[Intervals]]:
-    """Wait on sock for one sender, then receive from it: its own buffer, ring and check."""
+def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Optional[float]) -> RxResult:
+    """Wait on sock for one sender, then receive from it."""
     result = new_result(cfg)
+    if cfg.proto == "tcp":
+        conn, addr = until_stop(sock.accept) or (None, None)
+    else:                               # the first datagram's sender; the datagram stays queued
+        conn, addr = sock, until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+    if addr is None:                    # Ctrl-C came first
+        result.interrupted = True
+        return result
     with ExitStack() as stack:
-        buf = RxBuffer(RX_BUF)
-        stack.callback(buf.close)           # after the ring (below) has let go of it
-        if cfg.proto == "tcp":
-            conn, addr = until_stop(sock.accept) or (None, None)
-        else:                               # the first datagram's sender; the datagram stays queued
-            conn, addr = sock, until_stop(lambda: sock.recvfrom_into(buf.view, 0, socket.MSG_PEEK)[1])
-        if addr is None:                    # Ctrl-C came first
-            result.interrupted = True
-            return result, None
         if conn is sock:
             # Only this sender, from now on: a connected UDP socket is given
             # only the datagrams that come from the address it is connected to;
@@ -4350,51 +4342,54 @@ def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool,
             conn.connect(addr)
             stack.callback(disconnect, conn.fileno())
         else:
-            stack.callback(conn.close)
-        ticks = receive_from(cfg, conn, addr, buf, stack, result, printing, interval)
-    return result, ticks
+            stack.enter_context(conn)
+        receive_from(cfg, conn, addr, result, printing, interval)
+    return result
 
 
-def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer, stack: ExitStack,
-                 result: RxResult, printing: bool, interval: Optional[float],
-                 who: int = resource.RUSAGE_SELF) -> Optional[Intervals]:
-    """Receive from one sender into result: counted, timed, checked. Returns -i's intervals."""
+def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResult, printing: bool,
+                 interval: Optional[float], who: int = resource.RUSAGE_SELF) -> None:
+    """Receive from one sender into result, with a buffer, ring and check of its own: counted, timed."""
+    udp = cfg.proto == "udp"
     verifier = None
     if cfg.verify and not cfg.discard:
         verifier = PoolVerifier(cfg.proto) if cfg.pool else Verifier(RX_BUF)
-    udp = cfg.proto == "udp"
-    rx = open_receiver(cfg, conn, buf, stack, result)
-    # The socket's drop counter runs for as long as the socket lives (--keep
-    # serves sender after sender on one UDP socket): count from here.
-    drops_before = socket_drops(conn) if udp else None
-    meter = Meter(who)                      # from the connection, or the first datagram
-    result.method, result.started_ns = rx.method, meter.t0
-    result.family, result.peer = peer_name(addr)
-    ticks = Intervals(interval, printing, meter.t0) if interval else None
-    receive(rx, buf, verifier, cfg, result, ticks)
-    seconds = result.seconds
-    meter.stop(result)                      # CPU over the whole run, idle tail included
-    result.seconds = seconds
-    if ticks and (result.bytes > ticks.last[1] or not ticks.rows):   # the last, partial interval
-        ticks.report(meter.t0 + int(seconds * 1e9), result.bytes,
-                     result.datagrams if udp else result.receives)
-    if udp:
-        # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
-        # it now, drops after the last datagram included.
-        drops_now = socket_drops(conn)
-        if drops_now is not None and drops_before is not None:
-            result.dropped = max(drops_now, getattr(rx, "drops", 0)) - drops_before
-    else:                                   # tcpi_segs_in (4.2+): not in an older kernel's shorter struct
-        size = ctypes.sizeof(tcp_info)
-        raw = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
-        result.segments = tcp_info.from_buffer_copy(raw).tcpi_segs_in if len(raw) >= size else None
+    with ExitStack() as stack:
+        buf = RxBuffer(RX_BUF)
+        stack.callback(buf.close)           # after the ring (open_receiver) has let go of it
+        rx = open_receiver(cfg, conn, buf, stack, result)
+        # The socket's drop counter runs for as long as the socket lives (--keep
+        # serves sender after sender on one UDP socket): count from here.
+        drops_before = socket_drops(conn) if udp else None
+        meter = Meter(who)                  # from the connection, or the first datagram
+        result.method, result.started_ns = rx.method, meter.t0
+        result.family, result.peer = peer_name(addr)
+        ticks = Intervals(interval, printing, meter.t0) if interval else None
+        receive(rx, buf, verifier, cfg, result, ticks)
+        seconds = result.seconds
+        meter.stop(result)                  # CPU over the whole run, idle tail included
+        result.seconds = seconds
+        if ticks:
+            if result.bytes > ticks.last[1] or not ticks.rows:    # the last, partial interval
+                ticks.report(meter.t0 + int(seconds * 1e9), result.bytes,
+                             result.datagrams if udp else result.receives)
+            result.intervals = ticks.rows
+        if udp:
+            # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
+            # it now, drops after the last datagram included.
+            drops_now = socket_drops(conn)
+            if drops_now is not None and drops_before is not None:
+                result.dropped = max(drops_now, getattr(rx, "drops", 0)) - drops_before
+        else:                               # tcpi_segs_in (4.2+): not in an older kernel's shorter struct
+            size = ctypes.sizeof(tcp_info)
+            raw = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
+            result.segments = tcp_info.from_buffer_copy(raw).tcpi_segs_in if len(raw) >= size else None
     if verifier:
         result.stamped = cfg.pool
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
         if verifier.bad and not result.error:
             result.error = verifier.error_line(result)
-    return ticks
 
 
 def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[RxResult], RxResult]:
@@ -4414,10 +4409,7 @@ def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[Rx
 
     def flow(result: RxResult, conn: socket.socket, addr: tuple) -> None:
         try:
-            with ExitStack() as stack:
-                buf = RxBuffer(RX_BUF)
-                stack.callback(buf.close)
-                receive_from(cfg, conn, addr, buf, stack, result, False, None, resource.RUSAGE_THREAD)
+            receive_from(cfg, conn, addr, result, False, None, resource.RUSAGE_THREAD)
         except BaseException as e:          # reported by the main thread, in one line
             errors.append(e)
 
@@ -4547,8 +4539,7 @@ def rx_main(argv: List[str]) -> int:
     params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
               "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
               "flows": a.flows, "keep": a.keep, "discard": cfg.discard, "pool": cfg.pool}
-    with open_rx_socket(cfg) as sock:
-        waiting_line(cfg, sock, a.flows, a.keep)
+    with listen_for(cfg, a.flows, a.keep) as sock:
         if a.keep:
             return serve_senders(cfg, sock, a, params)
         results, result = serve(cfg, sock, a)
@@ -4563,9 +4554,7 @@ def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> Tuple[Li
     """One sender (with -n: its flows): each flow's result, and the total (the one result, for one)."""
     if a.flows > 1:
         return serve_flows(cfg, sock, a.flows)
-    result, ticks = serve_one(cfg, sock, not a.json, a.interval)
-    if ticks:
-        result.intervals = ticks.rows
+    result = serve_one(cfg, sock, not a.json, a.interval)
     return [result], result
 
 
@@ -4608,9 +4597,8 @@ def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace, par
     if served:
         add_up(total, served)
         total.peer = f"{len(served)} senders"
-        total.seconds = sum(r.seconds for r in served)
-        total.cpu_user_s = sum(r.cpu_user_s for r in served)
-        total.cpu_sys_s = sum(r.cpu_sys_s for r in served)
+        for name in ("seconds", "cpu_user_s", "cpu_sys_s"):
+            setattr(total, name, sum(getattr(r, name) for r in served))
     if a.json:
         print(json.dumps(json_doc(params, [], {"senders": len(served), "total": total.row()})), flush=True)
     else:
