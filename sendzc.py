@@ -3632,11 +3632,11 @@ def zerocopy_enobufs_error() -> str:
 # `sendzc.py rx` is the other box. It binds, takes one sender (TCP: one
 # connection, until the sender closes it; UDP: datagrams, until -t or
 # RX_UDP_IDLE_S of silence; --keep: sender after sender), counts what
-# arrives and checks every byte against the pattern the senders send. The check is why it exists: a
-# zero-copy send lends the kernel the application's pages instead of a copy,
-# so an application that rewrote a buffer before its F_NOTIF CQE would put
-# the new bytes on the wire, and no error would say so anywhere. Only the far
-# end can see it, by knowing what every byte must be:
+# arrives and checks every byte against the pattern the senders send. The
+# check is why it exists: a zero-copy send lends the kernel the
+# application's pages, so an application that rewrote a buffer before its
+# F_NOTIF CQE would put the new bytes on the wire, and no error would say so
+# anywhere. Only the far end can see it, by knowing what every byte must be:
 #
 #   TCP  byte o of the stream is PATTERN[o % 26]. Where one receive ends and
 #        the next begins is the network's choice, so a receive of k bytes at
@@ -3644,130 +3644,109 @@ def zerocopy_enobufs_error() -> str:
 #   UDP  every datagram is the pattern from its first byte ('a'), also
 #        when UDP_GRO brings several in one receive (GroReceiver).
 #
-# Receiving is a copy, from the socket's buffers into ours (unless
-# --discard, MSG_TRUNC, asks the kernel to drop the bytes instead), and the
-# zero-copy contract holds here the other way round: the kernel writes into
-# our buffer from the moment a receive is submitted until its completion. So
-# the buffer is read (verified) only after the completion, and the next
-# receive is submitted only after that read: one buffer is enough. A receiver
-# that kept several receives in flight would need a buffer for each.
+# The zero-copy contract holds here the other way round: the kernel writes
+# into our buffer from the moment a receive is submitted until its
+# completion. So the buffer is read (verified) only after the completion,
+# and the next receive is submitted only after that read: one buffer is
+# enough. A receiver that kept several receives in flight would need a
+# buffer for each.
 # =============================================================================
 
 RX_BUF = 1 << 20             # bytes one receive may bring (a TCP receive here brings 40-700 KiB)
 RX_UDP_RCVBUF = 1 << 22      # UDP socket buffer: dozens of 64 KiB datagrams queue while we verify one
 RX_UDP_IDLE_S = 1.0          # UDP has no EOF: this long without a datagram means the sender is done
 RX_TICK_S = 0.2              # a receiver with nothing to read looks at Ctrl-C, -t and -i this often
-RX_RING_ENTRIES = 1          # one RECV in flight at a time (see the contract above)
 NEVER = 1 << 63              # a deadline in perf_counter_ns that never comes
-TIMEVAL = struct.Struct("@ll")   # struct timeval {tv_sec; tv_usec}, for SO_RCVTIMEO
 GRO_SIZE = struct.Struct("@i")   # UDP_GRO's cmsg: int gso_size (udp_cmsg_recv())
 RXQ_OVFL = struct.Struct("@I")   # SO_RXQ_OVFL's cmsg: __u32, the socket's drops so far (sk_drops)
-# Room for both control messages a receive may carry.
-RX_CMSG_SPACE = socket.CMSG_SPACE(GRO_SIZE.size) + socket.CMSG_SPACE(RXQ_OVFL.size)
+RX_CMSG_SPACE = socket.CMSG_SPACE(GRO_SIZE.size) + socket.CMSG_SPACE(RXQ_OVFL.size)   # room for both
+# rx --pool, UDP: how far out of order a datagram may come (in requests) and
+# still be checked against every stamp seen; a pool's sends in flight are a
+# few, so one further behind is counted as one that came before.
+POOL_REORDER_WINDOW = 1 << 16
+
+
+def first_mismatch(data: memoryview, want: bytes, start: int = 0) -> int:
+    """Index of the first byte of data that differs from want[start:]: bisection, ~20 memcmp()."""
+    good, bad = 0, len(data)            # data[:good] matches, data[:bad] does not
+    while bad - good > 1:
+        mid = (good + bad) // 2
+        if want.startswith(data[:mid], start):
+            good = mid
+        else:
+            bad = mid
+    return good
 
 
 class Verifier:
     """Checks received bytes against the pattern: one memcmp() per receive.
 
-    How to compare in bulk, measured on this machine (Python 3.11), for one
-    receive of 1 MiB (of 64 KiB in brackets); the stream runs at ~3 GiB/s:
-
-      pattern.startswith(view[:k], phase)    43 GiB/s  (46)    no copy
-      buf[:k] == pattern[phase:phase + k]    0.94 GiB/s (15)   two copies
-      bytes(view[:k]) == pattern[...]        0.94 GiB/s (13)   two copies
-      view[:k] == pattern_view[phase:...]    0.57 GiB/s (0.57) item by item
-
-    bytes.startswith() takes any bytes-like prefix and a start index and ends
-    in memcmp(): it compares our buffer with the pattern where both lie,
-    copying neither. Slicing bytes copies, and a copy past 128 KiB is a fresh
-    mmap() whose pages all fault in, hence the fall at 1 MiB. memoryview ==
-    unpacks and compares one item at a time, whatever the format.
-
-    In the receiver itself, `rx tcp` against `rx --no-verify tcp` over veth,
-    the check is lost in the noise of the rate and of the user CPU.
+    pattern.startswith(view[:k], phase) compares our buffer with the pattern
+    where both lie and ends in memcmp(): 43 GiB/s for a 1 MiB receive here,
+    where the stream runs at ~3 GiB/s. Slicing bytes would copy (under
+    1 GiB/s), and memoryview == compares item by item (0.57 GiB/s).
     """
 
     def __init__(self, span: int):
-        # Long enough for a receive of span bytes that starts at any phase.
-        self.pattern = pattern(span + PATTERN_LEN)
-        self.matches = self.pattern.startswith     # matches(view[:k], phase) -> bool
-        self.bad = 0                               # receives (TCP) or datagrams (UDP) that failed
-        self.first: Optional[dict] = None          # where the first one went wrong
-        self.segment = 0                           # UDP_GRO: the segment size self.layout is for
-        self.layout = b""                          # that many-byte datagrams laid end to end
-
-    def first_difference(self, view: memoryview, k: int, phase: int) -> int:
-        """Index of the first byte of view[:k] that is not the pattern from phase on.
-
-        Bisection on the longest prefix that matches: ~20 memcmp() for 1 MiB.
-        """
-        good, bad = 0, k              # view[:good] matches, view[:bad] does not
-        while bad - good > 1:
-            mid = (good + bad) // 2
-            if self.matches(view[:mid], phase):
-                good = mid
-            else:
-                bad = mid
-        return good
+        self.pattern = pattern(span + PATTERN_LEN)   # a receive of span bytes from any phase
+        self.matches = self.pattern.startswith       # matches(view[:k], phase) -> bool
+        self.bad = 0                                 # receives (TCP) or datagrams (UDP) that failed
+        self.first: Optional[dict] = None            # where the first one went wrong
+        self.segment = 0                             # UDP_GRO: the segment size self.layout is for
+        self.layout = b""                            # that many-byte datagrams laid end to end
 
     def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
-        """Check one UDP receive of k bytes: one datagram, or (UDP_GRO) several of segment bytes.
-
-        A coalesced receive is datagrams laid end to end, each the pattern
-        from 'a', the last one possibly shorter: one memcmp() against that
-        layout (built once per segment size) checks them all. Only when it
-        fails are the datagrams compared one by one, to count and place the
-        wrong ones. index is the number of the first datagram in the run.
-        """
-        if not segment or segment >= k:
-            if not self.matches(view[:k], 0):
-                self.mismatch(view, k, 0, 0, index)
+        """Check one UDP receive of k bytes from datagram number index on: one, or (UDP_GRO) several."""
+        step = segment if 0 < segment < k else k
+        if step < k and self.coalesced(view, k, step):
             return
+        for at in range(0, k, step or 1):       # count each wrong datagram, place the first
+            n = min(step, k - at)
+            if not self.matches(view[at:at + n], 0):
+                self.mismatch(view[at:], n, 0, 0, index + at // step)
+
+    def coalesced(self, view: memoryview, k: int, segment: int) -> bool:
+        """All of view[:k] right, in one memcmp() against datagrams of segment bytes end to end?"""
         if segment != self.segment or k > len(self.layout):
             self.segment = segment
             self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
-        if self.layout.startswith(view[:k]):
-            return
-        for i, at in enumerate(range(0, k, segment)):
-            n = min(segment, k - at)
-            if not self.matches(view[at:at + n], 0):
-                self.mismatch(view[at:], n, 0, 0, index + i)
+        return self.layout.startswith(view[:k])
 
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
         """Count a receive that failed; describe the first in full."""
         self.bad += 1
         if self.first is None:
-            i = self.first_difference(view, k, phase)
+            i = first_mismatch(view[:k], self.pattern, phase)
             self.first = {"offset": offset + i, "datagram": datagram,
                           "got": view[i], "expected": self.pattern[phase + i]}
 
+    def error_line(self, r: "RxResult") -> str:
+        """One line for a failed verification: where, what, and what it means."""
+        f = r.first_mismatch
+        where = (f"stream byte {f['offset']}" if f["datagram"] is None
+                 else f"byte {f['offset']} of datagram {f['datagram']} (both counted from 0)")
+        count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
+        return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern has "
+                f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {count} "
+                f"differ): the data changed after the sender handed it over, as when a zero-copy "
+                f"buffer is rewritten before its notification")
 
-# rx --pool, UDP: how far out of order a datagram may come (in requests)
-# and still be checked against every stamp seen; a pool's sends in flight
-# are a few, so one further behind is counted as one that came before.
-POOL_REORDER_WINDOW = 1 << 16
 
-
-class PoolVerifier:
+class PoolVerifier(Verifier):
     """rx --pool: checks the stamps of a --pool sender (section 5b) instead of the pattern.
 
-    UDP: every datagram must be one request's stamp() from end to end, and
-    no request's stamp may come twice. Some may be lost, and they may come
-    out of order: UDP does not keep order, nor does io_uring between sends
-    in flight on one socket (one that waits for socket space is retried
-    after a later one went). TCP: the stream must be stamp(0, size),
-    stamp(1, size), ... in order, size read from the first stamp. A buffer
-    rewritten before its notification shows as a later request's stamp
-    where an earlier one belongs: twice, then, once in its own datagram
-    (or torn, if the rewrite was under way). Same interface as Verifier,
-    for receive().
+    UDP: every datagram must be one request's stamp() from end to end, no
+    request's twice; some may be lost or come out of order (UDP does not
+    keep order, nor does io_uring between sends in flight on one socket).
+    TCP: the stream must be stamp(0, size), stamp(1, size), ... in order. A
+    buffer rewritten before its notification shows as a later request's
+    stamp where an earlier one belongs (or a torn one, if caught mid-write).
     """
 
     def __init__(self, proto: str):
-        self.stream = proto == "tcp"
-        self.bad = 0
-        self.first: Optional[dict] = None
+        super().__init__(0)
+        self.matches = self.stream if proto == "tcp" else self.datagram
         self.checked = 0              # TCP: stream bytes checked; UDP: datagrams
         self.size = 0                 # TCP: the requests' size, from the first stamp
         self.head = b""               # TCP: the first bytes, until a whole stamp has come
@@ -3776,11 +3755,8 @@ class PoolVerifier:
         self.floor = 0                # UDP: below it, seen is forgotten (POOL_REORDER_WINDOW)
         self.why: Optional[dict] = None   # what the last failed check found
 
-    def matches(self, data: memoryview, phase: int) -> bool:
-        """Is data (one datagram, or the stream's next bytes) what the stamps say? (phase: unused)"""
-        return self._stream(data) if self.stream else self._datagram(data)
-
-    def _datagram(self, data: memoryview) -> bool:
+    def datagram(self, data: memoryview, phase: int = 0) -> bool:
+        """Is data one request's stamp, of a request not seen before? (phase: unused)"""
         n, self.checked = self.checked, self.checked + 1
         seq = STAMP.unpack_from(data)[0] if len(data) >= STAMP.size else -1
         want = stamp(max(seq, 0), len(data))
@@ -3799,7 +3775,8 @@ class PoolVerifier:
             self.seen = {q: d for q, d in self.seen.items() if q >= self.floor}
         return True
 
-    def _stream(self, data: memoryview) -> bool:
+    def stream(self, data: memoryview, phase: int = 0) -> bool:
+        """Are data the stream's next bytes, the requests' stamps in order? (phase: unused)"""
         if not self.size:
             self.head += bytes(data)
             if len(self.head) < STAMP.size:
@@ -3816,28 +3793,20 @@ class PoolVerifier:
         start = o - first * size
         if want.startswith(data, start):
             return True
-        i = first_mismatch(data, want[start:start + k])
+        i = first_mismatch(data, want, start)
         self.why = dict(offset=o + i, datagram=None, got=data[i], expected=want[start + i],
                         request=(o + i) // size)
         return False
 
-    def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
-        """Check one UDP receive: one datagram, or (UDP_GRO) several of segment bytes, each its own."""
-        step = segment if segment and segment < k else k
-        for at in range(0, k, step or 1):
-            n = min(step, k - at)
-            if not self.matches(view[at:at + n], 0):
-                self.mismatch(view[at:], n, 0, 0, index + at // step)
+    def coalesced(self, view: memoryview, k: int, segment: int) -> bool:
+        return False                  # each datagram has its own stamp: check them one by one
 
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
-        """Count a receive (TCP) or datagram (UDP) that failed; keep the first in full."""
         self.bad += 1
-        if self.first is None:
-            self.first = self.why
+        self.first = self.first or self.why
 
     def error_line(self, r: "RxResult") -> str:
-        """One line for a failed --pool check: where, whose stamp, and what it means."""
         f = r.first_mismatch
         count = "receives" if r.proto == "tcp" else "datagrams"
         if "previous" in f:
@@ -3852,18 +3821,6 @@ class PoolVerifier:
         return (f"rx: --pool verification failed: {where} ({r.mismatches} of {r.receives} {count} "
                 f"differ): a buffer was rewritten while the kernel still held it, before its "
                 f"notification (F_NOTIF)")
-
-
-def first_mismatch(data: memoryview, want: bytes) -> int:
-    """Index of the first byte where data and want (as long) differ: bisection, ~20 memcmp()."""
-    good, bad = 0, len(data)
-    while bad - good > 1:
-        mid = (good + bad) // 2
-        if want.startswith(data[:mid]):
-            good = mid
-        else:
-            bad = mid
-    return good
 
 
 @dataclass
@@ -3898,13 +3855,12 @@ class RxResult(Rates):
         return {"mode": "rx", "proto": self.proto, "family": self.family, "peer": self.peer,
                 "method": self.method, "bytes": self.bytes, "receives": self.receives,
                 "datagrams": self.datagrams, "dropped": self.dropped, "gro_segment": self.gro_segment,
-                "segments": self.segments,
-                "seconds": round(self.seconds, 6), "mb_per_s": round(self.mb_per_s, 1),
-                "gbit_per_s": round(self.gbit_per_s, 3), "cpu_user_s": round(self.cpu_user_s, 3),
-                "cpu_sys_s": round(self.cpu_sys_s, 3), "verified": self.verified,
-                "mismatches": self.mismatches, "first_mismatch": self.first_mismatch,
-                "interrupted": self.interrupted, "error": self.error, "note": self.note,
-                "discard": self.discard,
+                "segments": self.segments, "seconds": round(self.seconds, 6),
+                "mb_per_s": round(self.mb_per_s, 1), "gbit_per_s": round(self.gbit_per_s, 3),
+                "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
+                "verified": self.verified, "mismatches": self.mismatches,
+                "first_mismatch": self.first_mismatch, "interrupted": self.interrupted,
+                "error": self.error, "note": self.note, "discard": self.discard,
                 **({} if self.intervals is None else {"intervals": self.intervals})}
 
 
@@ -3923,15 +3879,14 @@ class RxConfig:
 
 # --- Sockets -----------------------------------------------------------------
 
-def open_rx_socket(cfg: RxConfig) -> socket.socket:
-    """bind() on every address (and listen(), for TCP): msg_zerocopy.c's do_setup_rx().
+def listen_for(cfg: RxConfig, senders: int, keep: bool = False) -> socket.socket:
+    """bind() on every address (and listen(), for TCP), then say so: msg_zerocopy.c's do_setup_rx().
 
     With neither -4 nor -6, one IPv6 socket with IPV6_V6ONLY off takes both
-    families (an IPv4 sender shows as ::ffff:a.b.c.d), so the sender may use
-    either; where IPv6 is absent, IPv4 alone. SO_RCVTIMEO bounds every wait,
-    so that Ctrl-C, -t and -i are seen at least every RX_TICK_S; Python's own
-    settimeout() would instead call poll() before every receive, a second
-    syscall each. An accepted socket inherits it.
+    families (an IPv4 sender shows as ::ffff:a.b.c.d); where IPv6 is absent,
+    IPv4 alone. SO_RCVTIMEO bounds every wait, so that Ctrl-C, -t and -i are
+    seen every RX_TICK_S; settimeout() would instead call poll() before every
+    receive, a second syscall each. An accepted socket inherits it.
     """
     sock_type = SOCK_TYPES[cfg.proto][0]
     family = socket.AF_INET6 if cfg.family is None else cfg.family
@@ -3949,32 +3904,31 @@ def open_rx_socket(cfg: RxConfig) -> socket.socket:
             # A receiver started again right after a run must not wait out TIME_WAIT.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         else:
-            set_rcvbuf(sock, RX_UDP_RCVBUF)
+            try:                # root may pass rmem_max (208 KiB by default), which caps SO_RCVBUF
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RX_UDP_RCVBUF)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RX_UDP_RCVBUF)
             try:                # now, so the first sender's first datagrams coalesce too
                 sock.setsockopt(SOL_UDP, UDP_GRO, 1)
             except OSError:
-                pass            # (before 5.0: udp_receiver() says so)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(RX_TICK_S))
+                pass            # (before 5.0: open_receiver() says so)
+        timeval = struct.pack("@ll", int(RX_TICK_S), int(RX_TICK_S % 1 * 1e6))   # {tv_sec; tv_usec}
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg.port))
         if cfg.proto == "tcp":
             sock.listen(1)
     except OSError as e:
         sock.close()
         raise Fatal(bind_error(e, cfg)) from None
+    # On stderr: stdout may be JSON.
+    where = "IPv6 and IPv4" if family == socket.AF_INET6 and cfg.family is None \
+        else family_name_label(family_name(family))
+    whom = "a sender" if senders == 1 else f"{senders} senders"
+    if keep:
+        whom = "senders, one after another" if senders == 1 else f"senders, {senders} at a time"
+    print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
+          f"Ctrl-C to stop", file=sys.stderr, flush=True)
     return sock
-
-
-def timeval(seconds: float) -> bytes:
-    """struct timeval, as SO_RCVTIMEO takes it."""
-    return TIMEVAL.pack(int(seconds), int(seconds % 1 * 1e6))
-
-
-def set_rcvbuf(sock: socket.socket, size: int) -> None:
-    """SO_RCVBUFFORCE if we may (root), else SO_RCVBUF, which rmem_max caps (208 KiB by default)."""
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, size)
-    except PermissionError:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
 def bind_error(e: OSError, cfg: RxConfig) -> str:
@@ -3992,68 +3946,41 @@ def bind_error(e: OSError, cfg: RxConfig) -> str:
 
 def peer_name(addr: tuple) -> Tuple[str, str]:
     """(family name, "host:port") of a peer; IPv4-mapped IPv6 addresses read as IPv4."""
-    host, port = addr[0], addr[1]
-    if host.startswith("::ffff:") and "." in host:
-        host = host[len("::ffff:"):]
-    return ("ipv6" if ":" in host else "ipv4"), host_port(host, port)
+    host = addr[0][len("::ffff:"):] if addr[0].startswith("::ffff:") and "." in addr[0] else addr[0]
+    return ("ipv6" if ":" in host else "ipv4"), host_port(host, addr[1])
 
 
-def accept_sender(listener: socket.socket) -> Optional[Tuple[socket.socket, tuple]]:
-    """accept() one connection; None if Ctrl-C came first."""
+def until_stop(call: Callable[[], tuple]) -> Optional[tuple]:
+    """call() until it returns, tried again every RX_TICK_S (SO_RCVTIMEO); None on Ctrl-C."""
     while not STOP.requested:
         try:
-            return listener.accept()
-        except BlockingIOError:
-            continue            # RX_TICK_S passed (SO_RCVTIMEO): look at STOP again
-    return None
-
-
-def peek_first_datagram(sock: socket.socket, buf: "RxBuffer") -> Optional[tuple]:
-    """The first datagram's sender, its datagram left queued (MSG_PEEK); None on Ctrl-C."""
-    while not STOP.requested:
-        try:
-            return sock.recvfrom_into(buf.view, 0, socket.MSG_PEEK)[1]
+            return call()
         except BlockingIOError:
             continue
     return None
 
 
-def tcp_segments_in(sock: socket.socket) -> Optional[int]:
-    """Segments this connection received (TCP_INFO's tcpi_segs_in, 4.2+), None if unknown."""
-    size = ctypes.sizeof(tcp_info)
-    raw = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
-    if len(raw) < size:
-        return None             # an older kernel's shorter struct: no tcpi_segs_in
-    return tcp_info.from_buffer_copy(raw).tcpi_segs_in
-
-
 def socket_drops(sock: socket.socket) -> Optional[int]:
     """Packets this socket dropped, its buffer full (SO_MEMINFO, 4.6+), None if unknown."""
+    size = (SK_MEMINFO_DROPS + 1) * 4
     try:
-        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, (SK_MEMINFO_DROPS + 1) * 4)
+        raw = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, size)
     except OSError:
         return None
-    if len(raw) < (SK_MEMINFO_DROPS + 1) * 4:
-        return None
-    return struct.unpack_from("I", raw, SK_MEMINFO_DROPS * 4)[0]
+    return struct.unpack_from("I", raw, SK_MEMINFO_DROPS * 4)[0] if len(raw) >= size else None
 
 
 # --- Receiving ---------------------------------------------------------------
 #
-# Two ways to receive, one interface: recv() returns how many bytes the next
-# receive put at the start of the buffer, 0 at the end of a TCP stream, None
-# when RX_TICK_S passed with nothing to read.
+# Three ways to receive, one interface: recv() returns how many bytes the
+# next receive put at the start of the buffer, 0 at the end of a TCP stream,
+# None when RX_TICK_S passed with nothing to read.
 #
 # TCP receives through io_uring because it measured faster over veth than
-# recv_into(2), by about a third, and won most alternating runs (README,
-# "Receive and verify", has the figures). Tried and not kept, for being no
-# faster: IORING_OP_READ_FIXED into a registered buffer (RECV itself refuses
-# one), four linked RECVs per io_uring_enter, and MSG_WAITALL (a full 1 MiB
-# per receive: a tenth of the receives, the same rate). Why RECV wins we have not
-# pinned down: neither receiver is short of CPU (well under a core), while
-# the sender's core, which also runs veth's softirq and so TCP's receive
-# path, is; how the receiver waits changes how that work falls. recv_into
-# stays, for UDP, for --no-uring, and for a host whose io_uring is disabled
+# recv_into(2), by about a third (README, "Receive and verify"); why, we
+# have not pinned down. No faster, so not kept: IORING_OP_READ_FIXED into a
+# registered buffer, linked RECVs, MSG_WAITALL. recv_into stays, for UDP,
+# for --no-uring, and for a host whose io_uring is disabled
 # (kernel.io_uring_disabled, a seccomp profile): a receiver needs no io_uring.
 
 class RxBuffer:
@@ -4076,9 +4003,9 @@ class SocketReceiver:
     """socket.recv_into(): one recv(2) per receive; the kernel copies inside the call.
 
     msg_flags MSG_TRUNC (--discard) makes TCP's recv drop the bytes in the
-    kernel and return how many (tcp_recvmsg() skips the copy: our buffer is
-    never written), and UDP's return a datagram's full length though it
-    copies only nbytes of it (the caller passes 1: recv_into's 0 means all).
+    kernel and return how many (tcp_recvmsg() skips the copy), and UDP's
+    return a datagram's full length though it copies only nbytes of it (the
+    caller passes 1: recv_into's 0 means all).
     """
 
     method = "recv_into"
@@ -4098,15 +4025,11 @@ class SocketReceiver:
 class GroReceiver:
     """UDP with UDP_GRO: recvmsg(2) with a control buffer, several datagrams per receive.
 
-    With UDP_GRO set, the socket takes a run of datagrams from one sender,
-    coalesced by GRO (or sent as one GSO packet over veth, which never splits
-    it), as one packet: one receive brings them end to end, and a UDP_GRO
-    control message says the segment size, every datagram that long but the
-    last (udp_cmsg_recv()). Without the option the kernel splits such a
-    packet back into datagrams before queueing them (udp_rcv_segment()),
-    one receive each. SO_RXQ_OVFL adds a control message with the socket's
-    drop count whenever it is not zero (sock_recv_drops()): packets the full
-    buffer refused, a coalesced one counting once.
+    With UDP_GRO set, a run of datagrams from one sender, coalesced by GRO
+    (or one GSO packet over veth), comes as one receive, end to end, with a
+    control message giving the segment size: every datagram that long but
+    the last (udp_cmsg_recv()). SO_RXQ_OVFL adds the socket's drop count
+    (sock_recv_drops()): packets the full buffer refused, a coalesced one once.
     """
 
     method = "recvmsg UDP_GRO"
@@ -4138,20 +4061,17 @@ class GroReceiver:
 class UringReceiver:
     """TCP through io_uring: one IORING_OP_RECV at a time into the buffer.
 
-    Set up as UringSender's ring is: the socket is registered file 0, the
-    ring fd is registered. One SQE, prepared once, is placed again for every
-    receive. Its submission usually completes it: when data is waiting, the
-    kernel receives inline, inside the io_uring_enter() that submits, and the
-    CQE is there when the call returns. Otherwise the RECV waits for data in
-    the kernel and we wait for its CQE, RX_TICK_S at a time.
+    Set up as UringSender's ring is (registered file 0, registered ring fd);
+    one SQE, prepared once, is placed again for every receive. When data is
+    waiting, the kernel receives inline, inside the io_uring_enter() that
+    submits; otherwise we wait for the CQE, RX_TICK_S at a time.
     """
 
     method = "io_uring RECV"
 
     def __init__(self, sock: socket.socket, buf: RxBuffer, stack: ExitStack, msg_flags: int = 0):
-        self.sock = sock
-        self.buf = buf
-        self.ring = ring = Ring(RX_RING_ENTRIES)
+        self.sock, self.buf, self.inflight = sock, buf, False   # all that cancel() reads
+        self.ring = ring = Ring(1)          # one RECV in flight at a time (see the contract above)
         stack.callback(ring.close)
         # Runs before ring.close (a stack unwinds last-in first-out): a RECV
         # still in flight writes into buf, so it must end before buf can go.
@@ -4164,37 +4084,31 @@ class UringReceiver:
         prep_recv(sqe, 0, buf.addr, buf.size, msg_flags)    # MSG_TRUNC: see SocketReceiver
         sqe.flags |= IOSQE_FIXED_FILE
         self.sqe = bytes(sqe)
-        self.inflight = False
 
     def recv(self) -> Optional[int]:
         ring = self.ring
-        res: List[int] = []
         if not self.inflight:
             ring.place(self.sqe)
             self.inflight = True
-            if ring.submit_and_peek(0)[0]:      # submit; the CQE is there if it completed inline
-                res = ring.peek()[0]
-                ring.cq_advance(len(res))
-        if not res:
+            ring.submit_and_peek(0)         # the CQE is there now if the RECV completed inline
+        if not ring.cq_ready():
             try:
                 if not ring.wait_cqes(1, RX_TICK_S):
                     return None
             except InterruptedError:
-                return None                      # a signal (Ctrl-C): the caller looks at STOP
-            res = ring.peek()[0]
-            ring.cq_advance(len(res))
+                return None                 # a signal (Ctrl-C): the caller looks at STOP
+        res = ring.peek()[0]
+        ring.cq_advance(len(res))
         self.inflight = False
-        k = res[0]
-        if k < 0:                                # -errno, as recv(2) would have set errno
-            raise OSError(-k, f"recv: {errno.errorcode.get(-k, -k)}: {os.strerror(-k)}")
-        return k
+        if res[0] < 0:                      # -errno, as recv(2) would have set errno
+            raise OSError(-res[0], f"recv: {errno.errorcode.get(-res[0], -res[0])}: {os.strerror(-res[0])}")
+        return res[0]
 
     def cancel(self) -> None:
         """End a RECV still in flight: shut the socket's receive side, reap the CQE.
 
-        shutdown(SHUT_RD) wakes the waiting RECV, which then completes with
-        what is queued, or 0: liburing would use io_uring_prep_cancel(), but
-        this needs no further opcode and is as final.
+        shutdown(SHUT_RD) makes the RECV complete with what is queued, or 0:
+        as final as liburing's io_uring_prep_cancel(), with no further opcode.
         """
         if not self.inflight:
             return
@@ -4214,47 +4128,40 @@ class UringReceiver:
             self.buf.lent = True
 
 
-def tcp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitStack,
-                 result: RxResult):
-    """UringReceiver if asked for and this host allows it, else SocketReceiver (and say why)."""
+def open_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: ExitStack,
+                  result: RxResult):
+    """GroReceiver (UDP, 5.0+) or UringReceiver (TCP) if this host allows, else SocketReceiver and a note."""
     flags = socket.MSG_TRUNC if cfg.discard else 0
-    if cfg.uring:
-        try:
+    udp = cfg.proto == "udp"
+    try:
+        if udp:
+            return GroReceiver(sock, buf, flags)
+        if cfg.uring:
             check_io_uring()    # a seccomp profile may refuse io_uring_enter or _register alone
             return UringReceiver(sock, buf, stack, flags)
-        except (OSError, Fatal) as e:       # Fatal: a kernel Ring does not support (before 5.11)
-            result.note = (f"io_uring refused ({getattr(e, 'strerror', None) or e}): "
-                           f"received with recv_into instead")
-    return SocketReceiver(sock, buf, flags)
-
-
-def udp_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, result: RxResult):
-    """GroReceiver where the kernel has UDP_GRO (5.0+), else SocketReceiver (and say why)."""
-    flags = socket.MSG_TRUNC if cfg.discard else 0
-    try:
-        return GroReceiver(sock, buf, flags)
-    except OSError as e:
+    except (OSError, Fatal) as e:           # Fatal: a kernel Ring does not support (before 5.11)
         result.note = (f"UDP_GRO refused ({errno.errorcode.get(e.errno, e.errno)}): one datagram "
-                       f"per receive, with recv_into")
-    return SocketReceiver(sock, buf, flags, 1 if cfg.discard else 0)
+                       f"per receive, with recv_into" if udp else
+                       f"io_uring refused ({getattr(e, 'strerror', None) or e}): "
+                       f"received with recv_into instead")
+    return SocketReceiver(sock, buf, flags, 1 if udp and cfg.discard else 0)
 
 
 def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, result: RxResult,
-            t0: int, ticks: Optional[Intervals], tick_ns: int) -> None:
-    """The loop: receive, verify, count, until the end of the stream, -t, silence or Ctrl-C.
+            ticks: Optional[Intervals]) -> None:
+    """The loop, from result.started_ns: receive, verify, count, until the end, -t, silence or Ctrl-C.
 
-    Verification is one bytes.startswith() per receive (see Verifier); the
-    phase is the stream offset modulo the pattern (TCP), and every UDP
-    datagram starts at 'a', several to a receive with UDP_GRO. An -i
-    interval ends only at a receive that brought data, so the intervals stop
-    at the last byte (not at the idle timeout that ends a UDP run) and never
-    run backwards; a pause shows as one longer interval at its lower rate.
+    An -i interval ends only at a receive that brought data, so the
+    intervals stop at the last byte and never run backwards; a pause shows
+    as one longer interval at its lower rate.
     """
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
     matches = verifier.matches if verifier else None
+    t0 = result.started_ns
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
+    tick_ns = ticks.every_ns if ticks else 0
     next_tick = t0 + tick_ns if ticks else NEVER
     nbytes = receives = datagrams = biggest = 0
     last = t0                           # when the last data came
@@ -4262,7 +4169,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
         try:
             k = recv()
         except OSError as e:
-            result.error = recv_error(e, cfg, nbytes)
+            result.error = recv_error(e, nbytes)
             break
         now = clock()
         if k is None:                   # nothing for RX_TICK_S
@@ -4301,7 +4208,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     result.interrupted = STOP.requested
 
 
-def recv_error(e: OSError, cfg: RxConfig, nbytes: int) -> str:
+def recv_error(e: OSError, nbytes: int) -> str:
     """One line for a receive that failed."""
     if e.errno in (errno.ECONNRESET, errno.EPIPE):
         return (f"rx: the sender reset the connection ({errno.errorcode[e.errno]}) after "
@@ -4309,162 +4216,121 @@ def recv_error(e: OSError, cfg: RxConfig, nbytes: int) -> str:
     return f"rx: receive failed after {nbytes} bytes: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
-def mismatch_error(r: RxResult) -> str:
-    """One line for a failed verification: where, what, and what it means."""
-    f = r.first_mismatch
-    where = (f"stream byte {f['offset']}" if f["datagram"] is None
-             else f"byte {f['offset']} of datagram {f['datagram']} (both counted from 0)")
-    count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
-    return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern has "
-            f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {count} "
-            f"differ): the data changed after the sender handed it over, as when a zero-copy "
-            f"buffer is rewritten before its notification")
+# --- Serving senders ---------------------------------------------------------
+
+def new_result(cfg: RxConfig) -> RxResult:
+    """An empty result, named for the method we mean to use until a sender comes."""
+    method = (GroReceiver if cfg.proto == "udp" else UringReceiver if cfg.uring else SocketReceiver).method
+    return RxResult(cfg.proto, method, discard=cfg.discard)
 
 
-def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> Tuple[RxResult, Optional[Intervals]]:
+def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> RxResult:
     """msg_zerocopy -r's do_rx(), with a check of every byte: one sender, counted and verified."""
-    with ExitStack() as stack:
-        sock = open_rx_socket(cfg)
-        stack.callback(sock.close)
-        waiting_line(cfg, sock, 1)
+    with listen_for(cfg, 1) as sock:
         return serve_one(cfg, sock, printing, interval)
 
 
-def planned_method(cfg: RxConfig) -> str:
-    """The method we mean to use, until a sender comes and the kernel has had its say."""
-    if cfg.proto == "udp":
-        return GroReceiver.method
-    return UringReceiver.method if cfg.uring else SocketReceiver.method
-
-
-def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool,
-              interval: Optional[float]) -> Tuple[RxResult, Optional[Intervals]]:
-    """Wait on sock for one sender, then receive from it: its own buffer, ring and check."""
-    result = RxResult(cfg.proto, planned_method(cfg), discard=cfg.discard)
+def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Optional[float]) -> RxResult:
+    """Wait on sock for one sender, then receive from it."""
+    result = new_result(cfg)
+    if cfg.proto == "tcp":
+        conn, addr = until_stop(sock.accept) or (None, None)
+    else:                               # the first datagram's sender; the datagram stays queued
+        conn, addr = sock, until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+    if addr is None:                    # Ctrl-C came first
+        result.interrupted = True
+        return result
     with ExitStack() as stack:
-        buf = RxBuffer(RX_BUF)
-        stack.callback(buf.close)           # after the ring (below) has let go of it
-        if cfg.proto == "tcp":
-            got = accept_sender(sock)
-            if got is None:
-                result.interrupted = True
-                return result, None
-            conn, addr = got
-            stack.callback(conn.close)
-        else:
-            addr = peek_first_datagram(sock, buf)
-            if addr is None:
-                result.interrupted = True
-                return result, None
-            conn = sock
+        if conn is sock:
             # Only this sender, from now on: a connected UDP socket is given
             # only the datagrams that come from the address it is connected to;
             # then anyone again, for the next sender (--keep).
             conn.connect(addr)
             stack.callback(disconnect, conn.fileno())
-        ticks = receive_from(cfg, conn, addr, buf, stack, result, printing, interval)
-    return result, ticks
+        else:
+            stack.enter_context(conn)
+        receive_from(cfg, conn, addr, result, printing, interval)
+    return result
 
 
-def waiting_line(cfg: RxConfig, sock: socket.socket, senders: int, keep: bool = False) -> None:
-    """The one line rx prints while it waits (on stderr: stdout may be JSON)."""
-    where = "IPv6 and IPv4" if sock.family == socket.AF_INET6 and cfg.family is None \
-        else family_name_label(family_name(sock.family))
-    whom = "a sender" if senders == 1 else f"{senders} senders"
-    if keep:
-        whom = "senders, one after another" if senders == 1 else f"senders, {senders} at a time"
-    print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
-          f"Ctrl-C to stop", file=sys.stderr, flush=True)
-
-
-def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, buf: RxBuffer, stack: ExitStack,
-                 result: RxResult, printing: bool, interval: Optional[float],
-                 who: int = resource.RUSAGE_SELF) -> Optional[Intervals]:
-    """Receive from one sender into result: counted, timed, checked. Returns -i's intervals."""
-    verifier = ((PoolVerifier(cfg.proto) if cfg.pool else Verifier(RX_BUF))
-                if cfg.verify and not cfg.discard else None)
+def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResult, printing: bool,
+                 interval: Optional[float], who: int = resource.RUSAGE_SELF) -> None:
+    """Receive from one sender into result, with a buffer, ring and check of its own: counted, timed."""
     udp = cfg.proto == "udp"
-    rx = udp_receiver(cfg, conn, buf, result) if udp else tcp_receiver(cfg, conn, buf, stack, result)
-    # The socket's drop counter runs for as long as the socket lives (--keep
-    # serves sender after sender on one UDP socket): count from here.
-    drops_before = socket_drops(conn) if udp else None
-    meter = Meter(who)                      # from the connection, or the first datagram
-    result.method, result.started_ns, result.discard = rx.method, meter.t0, cfg.discard
-    result.family, result.peer = peer_name(addr)
-    ticks = Intervals(interval, printing, meter.t0) if interval else None
-    receive(rx, buf, verifier, cfg, result, meter.t0, ticks, int(interval * 1e9) if interval else 0)
-    seconds = result.seconds
-    meter.stop(result)                      # CPU over the whole run, idle tail included
-    result.seconds = seconds
-    done = result.datagrams if udp else result.receives
-    if ticks and (result.bytes > ticks.last[1] or not ticks.rows):   # the last, partial interval
-        ticks.report(meter.t0 + int(seconds * 1e9), result.bytes, done)
-    if udp:
-        # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
-        # it now, drops after the last datagram included.
-        drops_now = socket_drops(conn)
-        seen = getattr(rx, "drops", 0)
-        if drops_now is not None and drops_before is not None:
-            result.dropped = max(drops_now, seen) - drops_before
-    else:
-        result.segments = tcp_segments_in(conn)
+    verifier = None
+    if cfg.verify and not cfg.discard:
+        verifier = PoolVerifier(cfg.proto) if cfg.pool else Verifier(RX_BUF)
+    with ExitStack() as stack:
+        buf = RxBuffer(RX_BUF)
+        stack.callback(buf.close)           # after the ring (open_receiver) has let go of it
+        rx = open_receiver(cfg, conn, buf, stack, result)
+        # The socket's drop counter runs for as long as the socket lives (--keep
+        # serves sender after sender on one UDP socket): count from here.
+        drops_before = socket_drops(conn) if udp else None
+        meter = Meter(who)                  # from the connection, or the first datagram
+        result.method, result.started_ns = rx.method, meter.t0
+        result.family, result.peer = peer_name(addr)
+        ticks = Intervals(interval, printing, meter.t0) if interval else None
+        receive(rx, buf, verifier, cfg, result, ticks)
+        seconds = result.seconds
+        meter.stop(result)                  # CPU over the whole run, idle tail included
+        result.seconds = seconds
+        if ticks:
+            if result.bytes > ticks.last[1] or not ticks.rows:    # the last, partial interval
+                ticks.report(meter.t0 + int(seconds * 1e9), result.bytes,
+                             result.datagrams if udp else result.receives)
+            result.intervals = ticks.rows
+        if udp:
+            # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
+            # it now, drops after the last datagram included.
+            drops_now = socket_drops(conn)
+            if drops_now is not None and drops_before is not None:
+                result.dropped = max(drops_now, getattr(rx, "drops", 0)) - drops_before
+        else:                               # tcpi_segs_in (4.2+): not in an older kernel's shorter struct
+            size = ctypes.sizeof(tcp_info)
+            raw = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
+            result.segments = tcp_info.from_buffer_copy(raw).tcpi_segs_in if len(raw) >= size else None
     if verifier:
         result.stamped = cfg.pool
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
         if verifier.bad and not result.error:
-            result.error = verifier.error_line(result) if cfg.pool else mismatch_error(result)
-    return ticks
-
-
-def run_receivers(cfg: RxConfig, flows: int) -> Tuple[List[RxResult], RxResult]:
-    """rx -n N, for the sender's -n N over TCP: N connections, each received in its own thread."""
-    with ExitStack() as stack:
-        sock = open_rx_socket(cfg)
-        stack.callback(sock.close)
-        waiting_line(cfg, sock, flows)
-        return serve_flows(cfg, sock, flows)
+            result.error = verifier.error_line(result)
 
 
 def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[RxResult], RxResult]:
-    """Accept up to flows connections on sock, each received in its own thread from its accept on.
+    """rx -n: up to flows connections, each received in its own thread (own buffer, ring, check).
 
     A thread starts the moment its connection is accepted: a sender's first
-    flow must not stall while its last one is still connecting. Each flow has
-    its own buffer, its own ring (or socket reads) and its own check, exactly
-    as one sender would; ctypes and socket reads release the GIL while they
-    wait. Returns the result of each flow that came (CPU from RUSAGE_THREAD)
-    and their total (CPU from RUSAGE_SELF, every thread, from the first
+    flow must not stall while its last one is still connecting; ctypes and
+    socket reads release the GIL while they wait. Returns each flow's result
+    (CPU from RUSAGE_THREAD) and their total (RUSAGE_SELF, from the first
     accept), whose rate spans the first flow's start to the last one's end.
     """
     import threading
     results: List[RxResult] = []
-    total = RxResult(cfg.proto, planned_method(cfg), discard=cfg.discard)
+    total = new_result(cfg)
     errors: List[BaseException] = []
     meter: Optional[Meter] = None
 
     def flow(result: RxResult, conn: socket.socket, addr: tuple) -> None:
         try:
-            with ExitStack() as stack:
-                buf = RxBuffer(RX_BUF)
-                stack.callback(buf.close)
-                receive_from(cfg, conn, addr, buf, stack, result, False, None, resource.RUSAGE_THREAD)
+            receive_from(cfg, conn, addr, result, False, None, resource.RUSAGE_THREAD)
         except BaseException as e:          # reported by the main thread, in one line
             errors.append(e)
 
     with ExitStack() as stack:
         threads = []
         while len(results) < flows:
-            got = accept_sender(sock)
+            got = until_stop(sock.accept)
             if got is None:                 # Ctrl-C before every sender came: end those that did
                 break
             conn, addr = got
             stack.callback(conn.close)      # after the threads are joined (below)
             meter = meter or Meter()
-            result = RxResult(cfg.proto, total.method, discard=cfg.discard)
-            result.family, result.peer = peer_name(addr)
-            results.append(result)
-            threads.append(threading.Thread(target=flow, args=(result, conn, addr),
+            results.append(new_result(cfg))
+            results[-1].family, results[-1].peer = peer_name(addr)
+            threads.append(threading.Thread(target=flow, args=(results[-1], conn, addr),
                                             name=f"rx{len(results) - 1}"))
             threads[-1].start()
         for t in threads:
@@ -4478,7 +4344,6 @@ def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[Rx
     meter.stop(total)
     add_up(total, results)
     # One flow's refusal (io_uring off) is every flow's: name what was used, and why.
-    total.method = " and ".join(sorted({r.method for r in results}))
     total.note = next((r.note for r in results if r.note), None)
     start = min(r.started_ns or meter.t0 for r in results)
     end = max((r.started_ns or meter.t0) + int(r.seconds * 1e9) for r in results)
@@ -4487,22 +4352,16 @@ def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[Rx
 
 
 def add_up(total: RxResult, results: List[RxResult]) -> None:
-    """Sum results into total: bytes, counts, the first error and mismatch, the verdict."""
+    """Sum results into an empty total: bytes, counts, methods, the first error and mismatch, the verdict."""
     total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
-    for r in results:
-        total.bytes += r.bytes
-        total.receives += r.receives
-        total.mismatches += r.mismatches
-        if r.segments is not None:
-            total.segments = (total.segments or 0) + r.segments
-        if r.datagrams is not None:
-            total.datagrams = (total.datagrams or 0) + r.datagrams
-        if r.dropped is not None:
-            total.dropped = (total.dropped or 0) + r.dropped
-        if r.gro_segment is not None:
-            total.gro_segment = max(total.gro_segment or 0, r.gro_segment)
-        total.error = total.error or r.error
-        total.first_mismatch = total.first_mismatch or r.first_mismatch
+    total.method = " and ".join(sorted({r.method for r in results}))
+    for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped"):
+        counts = [getattr(r, name) for r in results if getattr(r, name) is not None]
+        if counts:              # else segments (UDP), datagrams and dropped (TCP) stay None
+            setattr(total, name, sum(counts))
+    total.gro_segment = max((r.gro_segment for r in results if r.gro_segment), default=None)
+    total.error = next((r.error for r in results if r.error), None)
+    total.first_mismatch = next((r.first_mismatch for r in results if r.first_mismatch), None)
     total.verified = None if any(r.verified is None for r in results) else all(r.verified for r in results)
 
 
@@ -4510,8 +4369,9 @@ def describe_rx(r: RxResult) -> List[str]:
     """What arrived, at what rate and cost, and whether every byte was right."""
     if not r.peer:
         return ["rx: no sender came"]
+    tcp = r.proto == "tcp"
     mb = f"({r.bytes >> 20} MB, {r.bytes} bytes)"
-    if r.proto == "tcp":
+    if tcp:
         segs = "" if r.segments is None else f" in {r.segments} TCP segments"
         lines = [f"rx={r.receives} receives {mb}{segs} from {r.peer}"]
     else:
@@ -4530,21 +4390,15 @@ def describe_rx(r: RxResult) -> List[str]:
     elif r.verified is None:
         lines.append("verification: off (--no-verify)")
     elif r.verified and r.stamped:
-        lines.append("verified: every byte is its request's stamp, requests in order" if r.proto == "tcp"
-                     else f"verified: all {r.datagrams} datagrams are one request's stamp each, no request twice")
+        lines.append("verified: every byte is its request's stamp, requests in order" if tcp else
+                     f"verified: all {r.datagrams} datagrams are one request's stamp each, no request twice")
     elif r.verified:
-        lines.append("verified: every byte is the sender's pattern, in stream order" if r.proto == "tcp"
+        lines.append("verified: every byte is the sender's pattern, in stream order" if tcp
                      else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
     else:
-        count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
+        count = f"{r.receives} receives" if tcp else f"{r.datagrams} datagrams"
         lines.append(f"verification FAILED: {r.mismatches} of {count} differ from the pattern")
     return lines
-
-
-def describe_flows(results: List[RxResult], total: RxResult) -> List[str]:
-    """rx -n: a line per flow that came (each was accepted, so has a peer), then the total."""
-    lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
-    return lines + [f"total of {len(results)} flows:"] + describe_rx(total)
 
 
 def rx_parser() -> "Parser":
@@ -4581,9 +4435,8 @@ def rx_parser() -> "Parser":
 def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
-    cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port,
-                   seconds=a.seconds, verify=a.verify, uring=a.uring, discard=a.discard,
-                   pool=a.pool)
+    cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port, seconds=a.seconds,
+                   verify=a.verify, uring=a.uring, discard=a.discard, pool=a.pool)
     if a.flows > 1 and cfg.proto != "tcp":
         raise UsageError(f"-n {a.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
@@ -4591,12 +4444,8 @@ def rx_main(argv: List[str]) -> int:
         raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
     params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
               "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
-              "flows": a.flows, "keep": a.keep, "discard": cfg.discard,
-              "pool": cfg.pool}
-    with ExitStack() as stack:
-        sock = open_rx_socket(cfg)
-        stack.callback(sock.close)
-        waiting_line(cfg, sock, a.flows, a.keep)
+              "flows": a.flows, "keep": a.keep, "discard": cfg.discard, "pool": cfg.pool}
+    with listen_for(cfg, a.flows, a.keep) as sock:
         if a.keep:
             return serve_senders(cfg, sock, a, params)
         results, result = serve(cfg, sock, a)
@@ -4611,9 +4460,7 @@ def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> Tuple[Li
     """One sender (with -n: its flows): each flow's result, and the total (the one result, for one)."""
     if a.flows > 1:
         return serve_flows(cfg, sock, a.flows)
-    result, ticks = serve_one(cfg, sock, not a.json, a.interval)
-    if ticks:
-        result.intervals = ticks.rows
+    result = serve_one(cfg, sock, not a.json, a.interval)
     return [result], result
 
 
@@ -4625,8 +4472,9 @@ def report_rx(a: argparse.Namespace, params: dict, results: List[RxResult], resu
         if a.flows > 1:
             doc["total"] = result.row()
         print(json.dumps(doc) if a.keep else json.dumps(doc, indent=2), flush=True)
-    elif a.flows > 1:
-        print("\n".join(describe_flows(results, result)), flush=True)
+    elif a.flows > 1:       # a line per flow that came (each was accepted, so has a peer), then the total
+        lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
+        print("\n".join(lines + [f"total of {len(results)} flows:"] + describe_rx(result)), flush=True)
     else:
         print("\n".join(describe_rx(result)), flush=True)
 
@@ -4639,7 +4487,7 @@ def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace, par
     sender's failure (a reset, a wrong byte) is printed as it ends, and the
     receiver goes on to the next.
     """
-    total = RxResult(cfg.proto, planned_method(cfg), discard=cfg.discard)
+    total = new_result(cfg)
     served: List[RxResult] = []
     while not STOP.requested:
         results, result = serve(cfg, sock, a)
@@ -4655,10 +4503,8 @@ def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace, par
     if served:
         add_up(total, served)
         total.peer = f"{len(served)} senders"
-        total.method = " and ".join(sorted({r.method for r in served}))
-        total.seconds = sum(r.seconds for r in served)
-        total.cpu_user_s = sum(r.cpu_user_s for r in served)
-        total.cpu_sys_s = sum(r.cpu_sys_s for r in served)
+        for name in ("seconds", "cpu_user_s", "cpu_sys_s"):
+            setattr(total, name, sum(getattr(r, name) for r in served))
     if a.json:
         print(json.dumps(json_doc(params, [], {"senders": len(served), "total": total.row()})), flush=True)
     else:
@@ -4676,8 +4522,7 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
         verdict = "not verified (--no-verify)" if n else "nothing to verify"
     else:
         failed = sum(1 for r in served if not r.verified)
-        verdict = ("every one verified" if not failed
-                   else f"verification FAILED for {failed} of {n}")
+        verdict = "every one verified" if not failed else f"verification FAILED for {failed} of {n}"
     return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
             f"{counted}; {verdict}")
 

@@ -1204,6 +1204,18 @@ def test_uring_receiver_reports_the_end_of_the_stream():
         assert rx.recv() == 1 and rx.recv() == 0
 
 
+def test_a_uring_receiver_refused_midway_tears_down_cleanly(monkeypatch):
+    """A setup step that refuses after the cleanups are registered: the refusal, not AttributeError."""
+    def refused(self, fds):
+        raise OSError(errno.EPERM, "io_uring_register: EPERM")
+    monkeypatch.setattr(sendzc.Ring, "register_files", refused)
+    a, b = socket.socketpair()
+    with a, b, pytest.raises(OSError, match="EPERM"), contextlib.ExitStack() as stack:
+        buf = sendzc.RxBuffer(4096)
+        stack.callback(buf.close)
+        sendzc.UringReceiver(b, buf, stack)
+
+
 def test_without_io_uring_tcp_falls_back_to_recv_into_and_says_so(monkeypatch):
     def refused(*args, **kw):
         raise OSError(errno.EPERM, "io_uring_setup: EPERM: Operation not permitted")
@@ -1213,7 +1225,7 @@ def test_without_io_uring_tcp_falls_back_to_recv_into_and_says_so(monkeypatch):
         buf = sendzc.RxBuffer(4096)
         stack.callback(buf.close)
         result = sendzc.RxResult("tcp", "")
-        rx = sendzc.tcp_receiver(sendzc.RxConfig(), b, buf, stack, result)
+        rx = sendzc.open_receiver(sendzc.RxConfig(), b, buf, stack, result)
         assert isinstance(rx, sendzc.SocketReceiver) and "EPERM" in result.note
         a.sendall(b"abc")
         assert rx.recv() == 3
@@ -1234,7 +1246,7 @@ def test_a_whole_receive_releases_every_fd_and_mapping():
                     time.sleep(0.01)
         t = threading.Thread(target=sender)
         t.start()
-        result, _ = sendzc.run_receiver(cfg, False, None)
+        result = sendzc.run_receiver(cfg, False, None)
         t.join()
         assert result.bytes == 1 << 20 and result.verified is True
     once()                                            # warm up imports and caches
@@ -2457,7 +2469,7 @@ def test_a_whole_udp_gro_receive_releases_every_fd_and_mapping():
             gso_send("127.0.0.1", port, 5)
         t = threading.Thread(target=sender)
         t.start()
-        result, _ = sendzc.run_receiver(cfg, False, None)
+        result = sendzc.run_receiver(cfg, False, None)
         t.join()
         assert result.datagrams == 5 * GSO_SEGS and result.verified is True
         assert result.method == "recvmsg UDP_GRO" and result.gro_segment == GSO_SEG
@@ -2857,7 +2869,7 @@ def test_a_receiver_on_a_kernel_ring_does_not_support_falls_back_to_recv_into(mo
         buf = sendzc.RxBuffer(4096)
         stack.callback(buf.close)
         result = sendzc.RxResult("tcp", "")
-        rx = sendzc.tcp_receiver(sendzc.RxConfig(), b, buf, stack, result)
+        rx = sendzc.open_receiver(sendzc.RxConfig(), b, buf, stack, result)
         assert isinstance(rx, sendzc.SocketReceiver)
         assert result.note == (f"io_uring refused (io_uring: this kernel ({os.uname().release}) lacks "
                                f"SINGLE_MMAP (Linux 5.11+): use a newer kernel): received with "
