@@ -4791,21 +4791,17 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
 # redirect to it. So bench gives itself a network namespace of its own
 # (unshare(CLONE_NEWNET)) with an ifb device in it, MTU 65535 so that a 64 KB
 # datagram is one packet (at MTU 1500 it would be 45 fragments, and every
-# fragmented send is copied), addresses from the benchmarking ranges
-# (198.18.0.0/15, 2001:2::/48), and sends to a second address on that subnet,
-# which only the ifb route leads to. The root qdisc is replaced by noqueue, as
-# on dummy: ifb's default pfifo_fast queue costs every packet an enqueue and a
-# dequeue (15-18% of the rate at 64 KB). The namespace has no name and belongs
-# to this process alone: when the process is gone, however it went (error,
-# Ctrl-C, kill -9), the kernel tears it down with the device in it.
+# fragmented send is copied), and sends to a second address on its subnet,
+# which only the ifb route leads to. The root qdisc is noqueue, as on dummy:
+# ifb's default pfifo_fast queue costs every packet an enqueue and a dequeue
+# (15-18% of the rate at 64 KB). The namespace has no name and belongs to this
+# process alone: however the process ends (error, Ctrl-C, kill -9), the kernel
+# tears it down with the device in it.
 #
-# The rows, per size: send(2) copying, send(2) + MSG_ZEROCOPY (the baseline,
-# speedup 1.00), then io_uring SEND (copying), SEND_ZC and SEND_ZC from a
-# registered buffer, each at every --batches size. Each row is a fresh socket
-# (and ring) sending for -t seconds; rates divide by the measured time and CPU
-# comes from getrusage(), so Python's own cost is in every row: user time is
-# this process outside the kernel (the interpreter, ctypes, libc), sys time is
-# the kernel's send path.
+# Each row is a fresh socket (and ring) sending for -t seconds; rates divide
+# by the measured time and CPU comes from getrusage(), so Python's own cost is
+# in every row: user time is this process outside the kernel (the interpreter,
+# ctypes, libc), sys time is the kernel's send path.
 # =============================================================================
 
 BENCH_SECONDS = 3.0                  # per row; the default table (11 rows) takes ~35 s
@@ -4856,7 +4852,6 @@ SINK_NET4, SINK_DST4 = "198.18.0.1/24", "198.18.0.2"    # RFC 2544's benchmarkin
 SINK_NET6, SINK_DST6 = "2001:2::1/64", "2001:2::2"      # RFC 5180's
 DEFAULT_QDISC = "noqueue"            # as on the RFC's dummy device
 KEEP_QDISC = "default"               # --qdisc default: leave the kernel's choice
-
 NO_SINK_HINT = ("or measure against a receiver instead, with no private sink and no root: "
                 "`python3 sendzc.py bench -D ADDR` (`sendzc.py rx udp` running at ADDR)")
 IPV6_MIN_MTU = 1280                  # RFC 8200: below it a device has no IPv6
@@ -4872,10 +4867,7 @@ class Sink:
 
 
 def sink_step(*args: str, who: str, refused: Optional[Callable[[str], str]] = None) -> str:
-    """Run one iproute2 command (ip, tc: it inherits our namespace) and return its output.
-
-    A refusal ends the run in one line: refused(the command's last error line), else the command.
-    """
+    """Run one iproute2 command (it inherits our namespace): its output, or one line and the end of the run."""
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
         if STOP.requested:            # Ctrl-C reached the command too: no fault of the command
@@ -4883,28 +4875,6 @@ def sink_step(*args: str, who: str, refused: Optional[Callable[[str], str]] = No
         why = (done.stderr.strip().splitlines() or ["failed"])[-1]
         raise Fatal(f"{who}: " + (refused(why) if refused else f"`{' '.join(args)}`: {why}"))
     return done.stdout
-
-
-def make_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench", hint: str = NO_SINK_HINT) -> Sink:
-    """Inside our new namespace: lo up, an ifb device with MTU mtu, its addresses, its qdisc."""
-    sink_step("ip", "link", "set", "lo", "up", who=who)
-    sink_step("ip", "link", "add", SINK_DEV, "type", "ifb", who=who, refused=lambda why: (
-        f"no ifb device here (`ip link add type ifb`: {why}): the private sink needs the ifb driver "
-        f"(CONFIG_IFB); {hint}"))
-    sink_step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up", who=who)
-    sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV, who=who)
-    # nodad: no duplicate address detection, so the address is usable at once.
-    # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
-    if mtu >= IPV6_MIN_MTU:
-        sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad", who=who)
-    if qdisc != KEEP_QDISC:
-        if shutil.which("tc") is None:
-            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
-                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
-        sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc, who=who)
-    # Report the qdisc the kernel says is there, not the one we asked for.
-    words = sink_step("ip", "-o", "link", "show", "dev", SINK_DEV, who=who).split()
-    return Sink(SINK_DEV, mtu, words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown")
 
 
 @contextmanager
@@ -4916,9 +4886,8 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
     nothing else can see (`ip netns` lists only named ones); the iproute2
     commands we run inherit it. On the way out setns(2) takes us back; the
     private one then has no process and, once every row's socket is closed,
-    no socket left, and the kernel frees it with its ifb device. If we die
-    instead, it dies with us. The sender without -D comes here too (who and
-    hint name it in its lines).
+    no socket left, and the kernel frees it with its ifb device. The sender
+    without -D comes here too (who and hint name it in its lines).
     """
     if shutil.which("ip") is None:
         raise Fatal(f"{who}: the private sink is made with iproute2's `ip`, which is not installed "
@@ -4941,24 +4910,46 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
         os.close(home)
 
 
+def make_sink(qdisc: str, mtu: int, who: str, hint: str) -> Sink:
+    """Inside our new namespace: lo up, an ifb device with MTU mtu, its addresses, its qdisc."""
+    sink_step("ip", "link", "set", "lo", "up", who=who)
+    sink_step("ip", "link", "add", SINK_DEV, "type", "ifb", who=who, refused=lambda why: (
+        f"no ifb device here (`ip link add type ifb`: {why}): the private sink needs the ifb driver "
+        f"(CONFIG_IFB); {hint}"))
+    sink_step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up", who=who)
+    sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV, who=who)
+    # nodad: no duplicate address detection, so the address is usable at once.
+    # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
+    if mtu >= IPV6_MIN_MTU:
+        sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad", who=who)
+    if qdisc != KEEP_QDISC:
+        if shutil.which("tc") is None:
+            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
+                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
+        sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc, who=who)
+    # Report the qdisc the kernel says is there, not the one we asked for.
+    words = sink_step("ip", "-o", "link", "show", "dev", SINK_DEV, who=who).split()
+    return Sink(SINK_DEV, mtu, words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown")
+
+
 # --- Running the rows ----------------------------------------------------------
 
 @dataclass
 class BenchConfig:
     """The options of `sendzc.py bench`, checked."""
-    proto: str = "udp"
-    family: int = socket.AF_INET
-    addr: Optional[str] = None       # -D: a receiver; None: the private sink
-    port: int = DEFAULT_PORT
-    sizes: List[int] = field(default_factory=lambda: list(BENCH_SIZES))
-    batches: List[int] = field(default_factory=lambda: list(BENCH_BATCHES))
-    seconds: float = BENCH_SECONDS
-    interval: Optional[float] = None
-    as_json: bool = False
-    qdisc: str = DEFAULT_QDISC
-    sweep: bool = False              # --sweep: the zero-copy path across batches, not the RFC table
-    mtu: int = SINK_MTU              # --mtu: the private sink's MTU
-    sizes_given: bool = True         # --sizes was given (else a fragmenting path adds its largest datagram)
+    proto: str
+    family: int
+    addr: Optional[str]              # -D: a receiver; None: the private sink
+    port: int
+    sizes: List[int]
+    batches: List[int]
+    seconds: float
+    interval: Optional[float]
+    as_json: bool
+    qdisc: str
+    sweep: bool                      # --sweep: the zero-copy path across batches, not the RFC table
+    mtu: int                         # --mtu: the private sink's MTU
+    sizes_given: bool                # --sizes was given (else a fragmenting path adds its largest datagram)
     path_mtu: Optional[int] = None   # the route's MTU to the destination, read after connect (UDP)
     gso: int = 0                     # the segment size of the GSO tables (0: the path fragments nothing)
     groups: List[Tuple[int, int]] = field(default_factory=list)   # (size, gso) of each table
@@ -4970,34 +4961,22 @@ class BenchConfig:
             return [(m, b) for m in modes for b in self.batches]
         return [(m, 1) for m in SYSCALL_MODES] + [(m, b) for m in URING_MODES for b in self.batches]
 
-    def params(self, sink: Optional[Sink], dst: str) -> dict:
-        return {"proto": self.proto, "family": family_name(self.family), "addr": dst,
-                "port": self.port, "sizes": self.sizes, "batches": self.batches,
-                "seconds": self.seconds, "interval": self.interval, "entries": BENCH_ENTRIES,
-                "sweep": self.sweep, "mtu": self.path_mtu, "gso": self.gso or None,
-                "sink": None if sink is None else {"dev": sink.dev, "mtu": sink.mtu,
-                                                   "qdisc": sink.qdisc, "netns": "private"}}
-
 
 class Progress:
-    """Which row, and about how long is left: one line on stderr, redrawn in place.
-
-    On a terminal only: a log or a JSON consumer never sees it.
-    """
+    """Which row, and about how long is left: one line on stderr, redrawn in place, on a terminal only."""
 
     def __init__(self, rows: int, seconds: float):
-        self.on = sys.stderr.isatty()
-        self.rows, self.seconds = rows, seconds
-        self.index, self.label, self.started = 0, "", 0.0
+        self.on, self.rows, self.seconds = sys.stderr.isatty(), rows, seconds
+        self.index, self.label, self.started = -1, "", 0.0
 
-    def row(self, index: int, label: str) -> None:
-        self.index, self.label, self.started = index, label, time.monotonic()
+    def row(self, label: str) -> None:
+        self.index, self.label, self.started = self.index + 1, label, time.monotonic()
         self.draw()
 
     def draw(self) -> None:
         if self.on:
-            left = ((self.rows - self.index - 1) * self.seconds
-                    + max(0.0, self.seconds - (time.monotonic() - self.started)))
+            this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
+            left = (self.rows - self.index - 1) * self.seconds + this_row
             self.clear(f"sendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
                        f"about {-(-left // 1):.0f} s left")
 
@@ -5014,11 +4993,10 @@ def row_label(mode: str, batch: int, size: int, gso: int = 0) -> str:
 def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
     """(size, gso) of every table: each size as asked and, where the path fragments it, again with GSO.
 
-    On a path whose MTU fragments a size (bench --mtu 1500, or -D over an
-    ordinary network) that size is measured twice: as asked, fragmented (and
-    so copied), and with UDP GSO at the largest unfragmented datagram. Without
-    --sizes, that datagram size gets its own table too: the three ways a
-    64 KB-a-send application can go on such a path.
+    On such a path (bench --mtu 1500, or -D over an ordinary network) a size is
+    measured fragmented (and so copied), and with UDP GSO at the largest
+    unfragmented datagram; without --sizes, that datagram size gets its own
+    table too: the three ways a 64 KB-a-send application can go on such a path.
     """
     if cfg.proto != "udp" or cfg.sweep or cfg.path_mtu is None:
         return [(size, 0) for size in cfg.sizes]
@@ -5035,14 +5013,13 @@ def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
     return groups
 
 
-def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payload: Payload,
-            progress: Progress, gso: int = 0) -> Result:
+def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: int, payload: Payload,
+            progress: Progress) -> Result:
     """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
     send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
                           batch=batch, zc=mode != "send", fixed_buf=mode.startswith("send_zc_fixed"),
-                          entries=BENCH_ENTRIES, seconds=cfg.seconds,
-                          sqpoll=mode.endswith("_sqpoll"), gso=gso,
-                          flush=mode.endswith("_flush"))
+                          entries=BENCH_ENTRIES, seconds=cfg.seconds, sqpoll=mode.endswith("_sqpoll"),
+                          gso=gso, flush=mode.endswith("_flush"))
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, dst, cfg.port)
         stack.callback(sock.close)               # last: after the ring has let go of it
@@ -5075,9 +5052,9 @@ def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payloa
 
 
 def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
-    """Every row of every table until done, an error, or Ctrl-C: (the rows, why the run stopped early).
+    """Every row of every table until done, an error or Ctrl-C: the rows, and why the run stopped early.
 
-    The reason is None if it did not, or if Ctrl-C stopped it (the rows say interrupted).
+    (No reason if it did not, or if Ctrl-C stopped it: the rows say interrupted.)
     """
     plan = cfg.plan()
     progress = Progress(len(plan) * len(cfg.groups), cfg.seconds)
@@ -5093,9 +5070,9 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
             for mode, batch in plan:
                 if STOP.requested or failure:
                     break
-                progress.row(len(results), row_label(mode, batch, size, gso))
+                progress.row(row_label(mode, batch, size, gso))
                 try:
-                    results.append(run_row(cfg, dst, size, mode, batch, payload, progress, gso))
+                    results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress))
                     failure = results[-1].error
                 except Fatal as e:               # (130: Ctrl-C while the row connected: STOP says so)
                     failure = None if e.status == 130 else str(e)
@@ -5106,7 +5083,7 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
 
 
 def set_speedups(results: List[Result]) -> None:
-    """speedup: MB/s over the baseline row of the same table, size and GSO (itself: exactly 1.00);
+    """speedup: MB/s over the baseline row of the same size and GSO (itself: exactly 1.00);
     sys_speedup the same on the kernel's own rate (MB per second of kernel CPU)."""
     for rate, name in (("mb_per_s", "speedup"), ("mb_per_sys_s", "sys_speedup")):
         base = {(r.size, r.gso): getattr(r, rate) for r in results
@@ -5119,10 +5096,10 @@ def set_speedups(results: List[Result]) -> None:
 def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
     """Per CROSSOVER_PAIRS: the smallest size from which zero-copy beats copying at every larger size.
 
-    Each side is its best row at that size (the best batch); beating means
-    by CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest
-    size measured. A size measured both fragmented and with GSO counts by its
-    GSO rows: that is how an application would send it on this path.
+    Each side is its best row at that size (the best batch); beating means by
+    CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest size.
+    A size measured both fragmented and with GSO counts by its GSO rows: that
+    is how an application would send it on this path.
     """
     with_gso = {r.size for r in results if r.gso}
     results = [r for r in results if r.gso or r.size not in with_gso]
@@ -5270,18 +5247,16 @@ def format_sweep(rows: List[Result]) -> List[str]:
 # --- The chart: --svg ------------------------------------------------------------
 #
 # The rows of the tables, drawn: one SVG file with nothing outside it (no
-# script, no web font, no style sheet), so a browser opens it as it is. It is
-# written as text, every attribute and string escaped, from the rows alone:
-# a mode this section has never heard of is one more bar or one more line.
-# Each bar and point carries its row's values in data-* attributes, exactly as
-# its JSON row has them, and in a <title>, which a browser shows on hover; so
-# a script, and the tests, can read the chart back and hold it against --json.
+# script, web font or style sheet), written as escaped text from the rows
+# alone: a mode this section has never heard of is one more bar or line. Each
+# bar and point carries its row's values in data-* attributes, exactly as its
+# JSON row has them, and in a <title>, which a browser shows on hover; so a
+# script, and the tests, can read the chart back and hold it against --json.
 #   one size   a bar per row, as the table's bars, coloured by the zc column
 #   --sizes    MB/s and CPU s/GB against the payload size, a line per row label
 #   --sweep    MB/s and the user share against the batch, a line per mode, per size
 
-SVG_WIDTH = 960                      # px; every panel spans it (a --sweep pair shares it)
-SVG_FONT = 12                        # px, the body text
+SVG_WIDTH, SVG_FONT = 960, 12        # px: the width every panel spans (a --sweep pair shares it); text
 SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel, and after it
 SVG_PANEL_HEIGHT = 260               # px of plot in a line panel
 SVG_PANEL_GAP = 110                  # px from one panel's plot to the next: axis labels, title
@@ -5330,6 +5305,14 @@ class Svg:
     def text(self, x: float, y: float, words: str, **attrs) -> None:
         self.add("text", words, x=x, y=y, **attrs)
 
+    def shape(self, shape: str, x: float, y: float, **style) -> None:
+        """A marker centred on x, y: a circle, or SVG_SHAPES' polygon."""
+        if shape == "circle":
+            self.add("circle", cx=x, cy=y, r=4.5, **style)
+        else:
+            self.add("polygon", points=" ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in SVG_SHAPES[shape]),
+                     **style)
+
     def document(self, height: float, title: str) -> str:
         return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
                 f'<svg xmlns="http://www.w3.org/2000/svg" width="{SVG_WIDTH}" height="{height:.0f}" '
@@ -5347,6 +5330,14 @@ class SvgAxis:
     log: bool
     px0: float
     px1: float
+
+    @classmethod
+    def holding(cls, values: List[Optional[float]], log: bool, px0: float, px1: float) -> "SvgAxis":
+        """An axis that holds values: from 0 (linear), or padded both ways (log)."""
+        positive = [v for v in values if v is not None and v > 0] or [1.0]
+        if log:
+            return cls(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
+        return cls(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
 
     def __call__(self, v: float) -> float:
         v = min(max(v, self.lo), self.hi)       # a 0 (a row that sent nothing) sits on the axis
@@ -5368,14 +5359,6 @@ class SvgAxis:
         step = 10.0 ** math.floor(math.log10((self.hi - self.lo) / 5 or 1))
         step *= next(m for m in (1, 2, 5, 10) if (self.hi - self.lo) / (step * m) <= 6)
         return [i * step for i in range(math.ceil(self.lo / step), math.floor(self.hi / step) + 1)]
-
-
-def svg_axis(values: List[Optional[float]], log: bool, px0: float, px1: float) -> SvgAxis:
-    """An axis that holds values: from 0 (linear), or padded both ways (log)."""
-    positive = [v for v in values if v is not None and v > 0] or [1.0]
-    if log:
-        return SvgAxis(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
-    return SvgAxis(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
 
 
 def svg_zc(r: Result) -> Tuple[str, str, str]:
@@ -5407,13 +5390,17 @@ def svg_row(r: Result, what: str, **more) -> dict:
             "data_gso": r.gso, "data_mb_per_s": svg_value(r, "mb_per_s"), "data_zc": zc_mark(r), **more}
 
 
-def svg_shape(svg: Svg, shape: str, x: float, y: float, **style) -> None:
-    """A marker centred on x, y: a circle, or SVG_SHAPES' polygon."""
-    if shape == "circle":
-        svg.add("circle", cx=x, cy=y, r=4.5, **style)
-    else:
-        corners = " ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in SVG_SHAPES[shape])
-        svg.add("polygon", points=corners, **style)
+def svg_series(rows: List[Result], name: Callable[[Result], str]) -> list:
+    """(name, rows, colour, dash) of each series, in the order the names first appear (the table's).
+
+    The baseline keeps its own look; every other series takes the palette's next colour.
+    """
+    out = []
+    for i, series in enumerate(dict.fromkeys(map(name, rows))):
+        mine = [r for r in rows if name(r) == series]
+        look = SVG_BASELINE if mine[0].mode == BASELINE_MODE else (SVG_COLORS[i % len(SVG_COLORS)], None)
+        out.append((series, mine, *look))
+    return out
 
 
 def svg_xaxis(svg: Svg, x: SvgAxis, top: float, bottom: float, label: str, ticks: List[float]) -> None:
@@ -5424,10 +5411,19 @@ def svg_xaxis(svg: Svg, x: SvgAxis, top: float, bottom: float, label: str, ticks
     svg.text((x.px0 + x.px1) / 2, bottom + 34, label, text_anchor="middle", class_="axis-label")
 
 
-def svg_frame(svg: Svg, x: SvgAxis, y: SvgAxis, title: str, xlabel: str, ylabel: str,
-              xticks: List[float]) -> None:
-    """A line panel's title, grid, tick labels, frame and axis labels."""
-    left, right, bottom, top = x.px0, x.px1, y.px0, y.px1
+def svg_panel(svg: Svg, series: list, x_field: str, panel: str, left: float, right: float, top: float,
+              log: bool, title: str, xlabel: str, ylabel: str) -> Tuple[SvgAxis, SvgAxis]:
+    """A panel of lines, one per series, through its rows' points in x order (log); returns its axes.
+
+    Each point is a marker shaped by its zc verdict, carrying its row's data; a user share runs 0-100 %.
+    """
+    field, unit = SVG_PANELS[panel]
+    values = [svg_value(r, field) for _, mine, _, _ in series for r in mine]
+    xticks = sorted({getattr(r, x_field) for _, mine, _, _ in series for r in mine})
+    x = SvgAxis.holding(xticks, True, left, right)
+    bottom = top + SVG_PANEL_HEIGHT
+    y = (SvgAxis(0.0, 100.0, False, bottom, top) if field == "user_pct" else
+         SvgAxis.holding(values, log, bottom, top))
     svg.text(left, top - 10, title, font_weight="bold", class_="panel-title")
     for v in y.ticks():
         svg.add("line", x1=left, x2=right, y1=y(v), y2=y(v), stroke="#e4e4e4")
@@ -5437,36 +5433,18 @@ def svg_frame(svg: Svg, x: SvgAxis, y: SvgAxis, title: str, xlabel: str, ylabel:
     middle = (top + bottom) / 2
     svg.text(left - 52, middle, ylabel, text_anchor="middle", class_="axis-label",
              transform=f"rotate(-90 {left - 52:.1f} {middle:.1f})")
-
-
-def svg_series(rows: List[Result], name: Callable[[Result], str]) -> Dict[str, List[Result]]:
-    """The rows by series name, in the order the names first appear (the table's)."""
-    out: Dict[str, List[Result]] = {}
-    for r in rows:
-        out.setdefault(name(r), []).append(r)
-    return out
-
-
-def svg_look(i: int, rows: List[Result]) -> Tuple[str, Optional[str]]:
-    """Series i's colour and dash pattern: the baseline's own, else the palette's next."""
-    return SVG_BASELINE if rows[0].mode == BASELINE_MODE else (SVG_COLORS[i % len(SVG_COLORS)], None)
-
-
-def svg_lines(svg: Svg, series: Dict[str, List[Result]], x: SvgAxis, y: SvgAxis, x_field: str,
-              panel: str) -> None:
-    """A line per series through its points in x order; each point a marker with its row's data."""
-    field, unit = SVG_PANELS[panel]
-    for i, (name, rows) in enumerate(series.items()):
-        color, dash = svg_look(i, rows)
-        points = sorted((r for r in rows if svg_value(r, field) is not None), key=lambda r: getattr(r, x_field))
-        xy = [(x(getattr(r, x_field)), y(svg_value(r, field))) for r in points]
+    for name, mine, color, dash in series:
+        points = sorted((r for r in mine if svg_value(r, field) is not None), key=lambda r: getattr(r, x_field))
         if len(points) > 1:
-            svg.add("polyline", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in xy), fill="none",
-                    stroke=color, stroke_width=2, stroke_dasharray=dash, class_="series", data_series=name)
-        for r, (a, b) in zip(points, xy):
+            svg.add("polyline", fill="none", stroke=color, stroke_width=2, stroke_dasharray=dash,
+                    points=" ".join(f"{x(getattr(r, x_field)):.1f},{y(svg_value(r, field)):.1f}" for r in points),
+                    class_="series", data_series=name)
+        for r in points:
             value = svg_value(r, field)
-            svg_shape(svg, svg_zc(r)[1], a, b, fill=color, stroke="#222222", stroke_width=0.8, class_="point",
+            svg.shape(svg_zc(r)[1], x(getattr(r, x_field)), y(value), fill=color, stroke="#222222",
+                      stroke_width=0.8, class_="point",
                       **svg_row(r, f"{value} {unit}", data_panel=panel, **{f"data_{field}": value}))
+    return x, y
 
 
 def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]]) -> float:
@@ -5481,18 +5459,21 @@ def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str]
         elif kind == "box":
             svg.add("rect", x=x + 4, y=y - 11, width=18.0, height=12.0, fill=look)
         else:
-            svg_shape(svg, look, x + 13, y - 4, fill="#999999", stroke="#222222", stroke_width=0.8)
+            svg.shape(look, x + 13, y - 4, fill="#999999", stroke="#222222", stroke_width=0.8)
         svg.text(x + 34, y, words, class_="legend")
     return top + 20 + (len(entries) + 1) // 2 * 18
 
 
-def svg_marker_legend() -> List[Tuple[str, str, Optional[str], str]]:
-    return [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
+def svg_lines_legend(series: list, mark: Tuple[str, str, Optional[str], str]) -> list:
+    """A line panel's legend: its series, the markers, then its own mark."""
+    return ([("line", color, dash, name + (" (the baseline)" if mine[0].mode == BASELINE_MODE else ""))
+             for name, mine, color, dash in series]
+            + [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()] + [mark])
 
 
 def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
     """One size: a bar per row, as the table's, coloured by its zc verdict; the baseline marked."""
-    x = svg_axis([r.mb_per_s for r in rows], False, SVG_BAR_LABELS + 10, SVG_WIDTH - SVG_BAR_TEXT)
+    x = SvgAxis.holding([r.mb_per_s for r in rows], False, SVG_BAR_LABELS + 10, SVG_WIDTH - SVG_BAR_TEXT)
     plot_top = top + 26
     bottom = plot_top + len(rows) * (SVG_BAR + SVG_BAR_GAP)
     svg.text(SVG_LEFT, top, "Throughput of every way to send", font_weight="bold", class_="panel-title")
@@ -5520,44 +5501,28 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
     return svg_legend(svg, bottom + 64, legend)
 
 
-def svg_crossover(svg: Svg, x: SvgAxis, y: SvgAxis, results: List[Result], say: bool) -> None:
-    """A dotted line at each crossover size (where zero-copy starts to pay).
-
-    say: also a line of words under the panel (inside it they would cover
-    the points, which crowd where the crossover usually is: the large sizes).
-    """
-    for i, (pair, size) in enumerate(crossover(results).items()):
-        if say:
-            where = "at no size measured" if size is None else f"from {size} B (dotted line)"
-            svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {CROSSOVER_PAIRS[pair][3]} {where}",
-                     class_="crossover-label")
-        if size is None:
-            svg.add("g", class_="crossover", data_pair=pair, data_size="none")
-            continue
-        svg.add("line", x1=x(size), x2=x(size), y1=y.px1, y2=y.px0, stroke="#555555", stroke_width=1.5,
-                stroke_dasharray="2 3", class_="crossover", data_pair=pair, data_size=size)
-        if say:                                 # low in the rate panel: the large sizes run high there
-            svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
-                     class_="crossover-tag", **SVG_HALO)
-
-
 def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
-    """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label."""
+    """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label, the crossovers marked."""
     series = svg_series(results, svg_name)
-    sizes = sorted({r.size for r in results})
-    x = svg_axis(sizes, True, SVG_LEFT, SVG_WIDTH - SVG_RIGHT)
-    for n, (panel, title, ylabel) in enumerate((("mb", "Throughput", "MB/s (log scale)"),
-                                               ("cpu", "CPU cost", "CPU s/GB (log scale)"))):
-        ptop = top + n * (SVG_PANEL_HEIGHT + SVG_PANEL_GAP)
-        y = svg_axis([svg_value(r, SVG_PANELS[panel][0]) for r in results], True, ptop + SVG_PANEL_HEIGHT, ptop)
-        svg_frame(svg, x, y, f"{title} against payload size", "payload per send, bytes (log scale)", ylabel, sizes)
-        svg_crossover(svg, x, y, results, say=n == 0)
-        svg_lines(svg, series, x, y, "size", panel)
-    legend = [("line", *svg_look(i, rows), name + (" (the baseline)" if rows[0].mode == BASELINE_MODE else ""))
-              for i, (name, rows) in enumerate(series.items())] + svg_marker_legend()
-    legend.append(("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more "
-                                             "faster than copying"))
-    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, legend)
+    for n, (panel, title) in enumerate((("mb", "Throughput"), ("cpu", "CPU cost"))):
+        x, y = svg_panel(svg, series, "size", panel, SVG_LEFT, SVG_WIDTH - SVG_RIGHT,
+                         top + n * (SVG_PANEL_HEIGHT + SVG_PANEL_GAP), True, f"{title} against payload size",
+                         "payload per send, bytes (log scale)", f"{SVG_PANELS[panel][1]} (log scale)")
+        for i, (pair, size) in enumerate(crossover(results).items()):
+            if n == 0:      # words under the panel: inside, they would cover the points at the large sizes
+                where = "at no size measured" if size is None else f"from {size} B (dotted line)"
+                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {CROSSOVER_PAIRS[pair][3]} {where}",
+                         class_="crossover-label")
+            if size is None:
+                svg.add("g", class_="crossover", data_pair=pair, data_size="none")
+                continue
+            svg.add("line", x1=x(size), x2=x(size), y1=y.px1, y2=y.px0, stroke="#555555", stroke_width=1.5,
+                    stroke_dasharray="2 3", class_="crossover", data_pair=pair, data_size=size)
+            if n == 0:      # low in the rate panel: the large sizes run high there
+                svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
+                         class_="crossover-tag", **SVG_HALO)
+    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, svg_lines_legend(series, (
+        "line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than copying")))
 
 
 def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
@@ -5565,36 +5530,25 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
     half = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
     xlabel = "batch: requests per io_uring_enter (log scale)"
     for size in dict.fromkeys(r.size for r in results):
-        rows = [r for r in results if r.size == size]
-        series = svg_series(rows, lambda r: MODE_LABELS.get(r.mode, r.mode))
-        batches = sorted({r.batch for r in rows})
-        x_rate = svg_axis(batches, True, SVG_LEFT, SVG_LEFT + half - 40)
-        x_user = svg_axis(batches, True, SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT)
-        y_rate = svg_axis([r.mb_per_s for r in rows], False, top + SVG_PANEL_HEIGHT, top)
-        y_user = SvgAxis(0.0, 100.0, False, top + SVG_PANEL_HEIGHT, top)
-        svg_frame(svg, x_rate, y_rate, f"{size} B per send: throughput", xlabel, "MB/s", batches)
-        svg_lines(svg, series, x_rate, y_rate, "batch", "mb")
-        svg_frame(svg, x_user, y_user, f"{size} B per send: user share of the CPU", xlabel,
-                  "user % (Python, ctypes)", batches)
-        svg_lines(svg, series, x_user, y_user, "batch", "user")
-        for i, (name, mine) in enumerate(series.items()):
+        series = svg_series([r for r in results if r.size == size], lambda r: MODE_LABELS.get(r.mode, r.mode))
+        x, y = svg_panel(svg, series, "batch", "mb", SVG_LEFT, SVG_LEFT + half - 40, top, False,
+                         f"{size} B per send: throughput", xlabel, "MB/s")
+        svg_panel(svg, series, "batch", "user", SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT, top, False,
+                  f"{size} B per send: user share of the CPU", xlabel, "user % (Python, ctypes)")
+        for name, mine, color, _ in series:
             # Judged on the JSON row's MB/s, as drawn, so that a reader of the JSON finds the same knee.
             low = knee(mine, lambda r: svg_value(r, "mb_per_s"))[0]
-            color = svg_look(i, mine)[0]
-            cx, cy = x_rate(low.batch), y_rate(svg_value(low, "mb_per_s"))
+            cx, cy = x(low.batch), y(svg_value(low, "mb_per_s"))
             svg.add("circle", cx=cx, cy=cy, r=10.0, fill="none", stroke=color, stroke_width=1.5,
                     class_="knee", data_mode=low.mode, data_size=size, data_batch=low.batch,
                     title=f"knee, {name}: batch {low.batch}")
-            right_half = cx > (x_rate.px0 + x_rate.px1) / 2
+            right_half = cx > (x.px0 + x.px1) / 2
             svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {low.batch}",
                      text_anchor="end" if right_half else "start", fill=color, class_="knee-label", **SVG_HALO)
         top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
     series = svg_series(results, lambda r: MODE_LABELS.get(r.mode, r.mode))
-    legend = [("line", *svg_look(i, rows), name) for i, (name, rows) in enumerate(series.items())]
-    legend += svg_marker_legend()
-    legend.append(("line", "#555555", None, f"ring: the knee, the smallest batch within "
-                                            f"{1 - KNEE_MARGIN:.0%} of the mode's best"))
-    return svg_legend(svg, top - 16, legend)
+    return svg_legend(svg, top - 16, svg_lines_legend(series, ("line", "#555555", None, (
+        f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} of the mode's best"))))
 
 
 def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str:
@@ -5615,14 +5569,11 @@ def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str
         svg.text(16, y, "partial: the run stopped early (Ctrl-C or a failed row); these are the rows "
                         "measured until then", fill="#c00000", class_="partial")
         y += 15
-    y += 36
     if not results:
-        svg.text(16, y, "no row was measured", class_="empty")
-        bottom = y + 20
-    else:
-        draw = svg_sweep if cfg.sweep else svg_sizes if len(cfg.sizes) > 1 else svg_bars
-        bottom = draw(svg, y, results)
-    return svg.document(bottom + 16, title)
+        svg.text(16, y + 36, "no row was measured", class_="empty")
+        return svg.document(y + 72, title)
+    draw = svg_sweep if cfg.sweep else svg_sizes if len(cfg.sizes) > 1 else svg_bars
+    return svg.document(draw(svg, y + 36, results) + 16, title)
 
 
 def svg_file(text: str) -> str:
@@ -5690,11 +5641,12 @@ def bench_main(argv: List[str]) -> int:
     # error ended early, it would judge sizes never measured.
     complete = failure is None and not STOP.requested
     if cfg.as_json:
-        extra = {}
-        if len(cfg.sizes) > 1:
-            extra["crossover"] = crossover(results) if complete else None
-        extra["error"] = failure
-        print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
+        params = {"proto": cfg.proto, "family": family_name(cfg.family), "addr": dst, "port": cfg.port,
+                  "sizes": cfg.sizes, "batches": cfg.batches, "seconds": cfg.seconds, "interval": cfg.interval,
+                  "entries": BENCH_ENTRIES, "sweep": cfg.sweep, "mtu": cfg.path_mtu, "gso": cfg.gso or None,
+                  "sink": None if sink is None else {**vars(sink), "netns": "private"}}
+        extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
+        print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
     else:
         print_bench(cfg, results, complete)
     if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
@@ -5796,6 +5748,7 @@ def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None
     if family == socket.AF_INET6 and mtu < IPV6_MIN_MTU:
         raise UsageError(f"--mtu {mtu} with -6: IPv6 needs an MTU of {IPV6_MIN_MTU} or more: "
                          f"give --mtu {IPV6_MIN_MTU} or more, or send IPv4")
+
 
 # =============================================================================
 # 9. Command line
