@@ -4882,12 +4882,9 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
                  hint: str = NO_SINK_HINT) -> Iterator[Sink]:
     """Enter a network namespace of our own holding an ifb sink; leave it on the way out.
 
-    unshare(CLONE_NEWNET) moves this process into a new, empty namespace that
-    nothing else can see (`ip netns` lists only named ones); the iproute2
-    commands we run inherit it. On the way out setns(2) takes us back; the
-    private one then has no process and, once every row's socket is closed,
-    no socket left, and the kernel frees it with its ifb device. The sender
-    without -D comes here too (who and hint name it in its lines).
+    Nothing else sees it (`ip netns` lists only named ones). Once setns(2) has
+    taken us home and every row's socket is closed, the kernel frees it with
+    its ifb device. The sender without -D comes here too: who and hint name it.
     """
     if shutil.which("ip") is None:
         raise Fatal(f"{who}: the private sink is made with iproute2's `ip`, which is not installed "
@@ -4969,11 +4966,10 @@ class Progress:
         self.on, self.rows, self.seconds = sys.stderr.isatty(), rows, seconds
         self.index, self.label, self.started = -1, "", 0.0
 
-    def row(self, label: str) -> None:
-        self.index, self.label, self.started = self.index + 1, label, time.monotonic()
-        self.draw()
-
-    def draw(self) -> None:
+    def draw(self, label: Optional[str] = None) -> None:
+        """Redraw the line; with a label, for the next row, whose clock starts now."""
+        if label is not None:
+            self.index, self.label, self.started = self.index + 1, label, time.monotonic()
         if self.on:
             this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
             left = (self.rows - self.index - 1) * self.seconds + this_row
@@ -5070,7 +5066,7 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
             for mode, batch in plan:
                 if STOP.requested or failure:
                     break
-                progress.row(row_label(mode, batch, size, gso))
+                progress.draw(row_label(mode, batch, size, gso))
                 try:
                     results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress))
                     failure = results[-1].error
@@ -5361,11 +5357,6 @@ class SvgAxis:
         return [i * step for i in range(math.ceil(self.lo / step), math.floor(self.hi / step) + 1)]
 
 
-def svg_zc(r: Result) -> Tuple[str, str, str]:
-    """The (colour, marker, words) of the row's zc verdict."""
-    return SVG_ZC[zc_mark(r).split()[0]]
-
-
 def svg_name(r: Result) -> str:
     """A row's name in the chart: its mode as the table names it, its batch, and a GSO segment if any."""
     return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {r.gso} B" if r.gso else "")
@@ -5441,7 +5432,7 @@ def svg_panel(svg: Svg, series: list, x_field: str, panel: str, left: float, rig
                     class_="series", data_series=name)
         for r in points:
             value = svg_value(r, field)
-            svg.shape(svg_zc(r)[1], x(getattr(r, x_field)), y(value), fill=color, stroke="#222222",
+            svg.shape(SVG_ZC[zc_mark(r).split()[0]][1], x(getattr(r, x_field)), y(value), fill=color, stroke="#222222",
                       stroke_width=0.8, class_="point",
                       **svg_row(r, f"{value} {unit}", data_panel=panel, **{f"data_{field}": value}))
     return x, y
@@ -5481,7 +5472,7 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
     for i, r in enumerate(rows):
         y, mb = plot_top + i * (SVG_BAR + SVG_BAR_GAP), svg_value(r, "mb_per_s")
         svg.text(SVG_BAR_LABELS, y + 13, svg_name(r), text_anchor="end", class_="bar-label")
-        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=svg_zc(r)[0],
+        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=SVG_ZC[zc_mark(r).split()[0]][0],
                 class_="bar", **svg_row(r, f"{mb} MB/s"))
     for n, r in enumerate(r for r in rows if r.mode == BASELINE_MODE):   # over the bars, under the figures
         mb = svg_value(r, "mb_per_s")
@@ -5585,40 +5576,27 @@ def svg_file(text: str) -> str:
     return text
 
 
-def write_svg(path: str, chart: str) -> None:
-    """Write the chart; a refusal (a read-only place, a full disk) is one line, exit 1."""
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(chart)
-    except OSError as e:
-        raise Fatal(f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
-                    f"{e.strerror}): give a FILE you may write, or drop --svg") from None
-
-
-def print_bench(cfg: BenchConfig, results: List[Result], complete: bool = True) -> None:
-    """The tables, one per size (and GSO), then what the columns mean (complete: see bench_main)."""
+def print_bench(cfg: BenchConfig, results: List[Result], complete: bool) -> None:
+    """The tables, one per size, headed by how the path carries it; then what the columns mean."""
     for size, gso in cfg.groups:
         rows = [r for r in results if r.size == size and (r.gso or 0) == gso]
-        if rows:
-            print(f"\n{table_heading(cfg, size, gso)}")
-            print("\n".join(format_sweep(rows) if cfg.sweep else format_table(rows)))
+        n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
+        if not rows:
+            continue
+        if gso:
+            print(f"\n{size} B per send, UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} "
+                  f"datagrams per send")
+        elif n > 1 and not cfg.sweep:
+            print(f"\n{size} B per send, fragmented: {n} IP fragments each at MTU {cfg.path_mtu}")
+        else:
+            print(f"\n{size} B per send")
+        print("\n".join(format_sweep(rows) if cfg.sweep else format_table(rows)))
     if cfg.sweep:
         print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
               "other CPU.", flush=True)
     else:
         print("\n".join(bench_footer(results, cfg.sizes, complete)), flush=True)
-
-
-def table_heading(cfg: BenchConfig, size: int, gso: int) -> str:
-    """"65435 B per send", and how the path carries it when it would fragment (--sweep: never said)."""
-    if gso:
-        return (f"{size} B per send, UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} "
-                f"datagrams per send")
-    n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
-    if n > 1 and not cfg.sweep:
-        return f"{size} B per send, fragmented: {n} IP fragments each at MTU {cfg.path_mtu}"
-    return f"{size} B per send"
 
 
 def bench_main(argv: List[str]) -> int:
@@ -5650,7 +5628,13 @@ def bench_main(argv: List[str]) -> int:
     else:
         print_bench(cfg, results, complete)
     if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
-        write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results))
+        chart = bench_svg(cfg, bench_header(cfg, dst, sink), results)
+        try:
+            with open(a.svg, "w", encoding="utf-8") as f:
+                f.write(chart)
+        except OSError as e:    # a read-only place, a full disk: one line, exit 1
+            raise Fatal(f"--svg {a.svg}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
+                        f"{e.strerror}): give a FILE you may write, or drop --svg") from None
     if failure:
         raise Fatal(failure)
     return 130 if STOP.requested else 0
