@@ -4867,7 +4867,7 @@ class Sink:
 
 
 def sink_step(*args: str, who: str, refused: Optional[Callable[[str], str]] = None) -> str:
-    """Run one iproute2 command (it inherits our namespace): its output, or one line and the end of the run."""
+    """Run one iproute2 command (it inherits our namespace): its output, or one line that ends the run."""
     done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
         if STOP.requested:            # Ctrl-C reached the command too: no fault of the command
@@ -5048,10 +5048,8 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
 
 
 def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
-    """Every row of every table until done, an error or Ctrl-C: the rows, and why the run stopped early.
-
-    (No reason if it did not, or if Ctrl-C stopped it: the rows say interrupted.)
-    """
+    """Every row of every table until done, an error or Ctrl-C: the rows, and why the run stopped early
+    (None if it did not, or if Ctrl-C stopped it: the rows say interrupted)."""
     plan = cfg.plan()
     progress = Progress(len(plan) * len(cfg.groups), cfg.seconds)
     results: List[Result] = []
@@ -5254,13 +5252,11 @@ def format_sweep(rows: List[Result]) -> List[str]:
 
 SVG_WIDTH, SVG_FONT = 960, 12        # px: the width every panel spans (a --sweep pair shares it); text
 SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel, and after it
-SVG_PANEL_HEIGHT = 260               # px of plot in a line panel
-SVG_PANEL_GAP = 110                  # px from one panel's plot to the next: axis labels, title
+SVG_PANEL_HEIGHT, SVG_PANEL_GAP = 260, 110   # px: a line panel's plot; from it to the next (labels, title)
 SVG_BAR, SVG_BAR_GAP = 18, 6         # px: one bar, and the space under it
-SVG_BAR_LABELS = 250                 # px: the column of row labels left of the bars
-SVG_BAR_TEXT = 210                   # px: after the longest bar, its figures
-SVG_LOG_PAD = 1.3                    # a log axis runs from the least value / this to the most * this
-SVG_LINEAR_PAD = 1.08                # a linear axis runs from 0 to the most * this
+SVG_BAR_LABELS, SVG_BAR_TEXT = 250, 210   # px: row labels left of the bars; figures after the longest
+# An axis runs from the least value / SVG_LOG_PAD to the most * SVG_LOG_PAD (log), or 0 to the most * 1.08.
+SVG_LOG_PAD, SVG_LINEAR_PAD = 1.3, 1.08
 # Told apart by most eyes, colour-blind ones too (Tableau 10, in its order).
 SVG_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7",
               "#edc948", "#e15759", "#bab0ac")
@@ -5288,9 +5284,9 @@ class Svg:
         self.parts: List[str] = []
 
     def add(self, tag: str, text: str = "", title: str = "", **attrs) -> None:
-        """<tag attrs>text</tag>; class_ is class, font_size is font-size; title: the hover text.
+        """<tag attrs>text</tag>; class_ is class, font_size font-size; title: the hover text.
 
-        A float is pixels, written to 0.1 px; a row's value (data_*) is written as its JSON row has it.
+        A float is pixels, to 0.1 px; a row's value (data_*) is written as its JSON row has it.
         """
         a = "".join(f" {k.rstrip('_').replace('_', '-')}="
                     + quoteattr(f"{v:.1f}" if isinstance(v, float) and not k.startswith("data_") else str(v))
@@ -5357,6 +5353,11 @@ class SvgAxis:
         return [i * step for i in range(math.ceil(self.lo / step), math.floor(self.hi / step) + 1)]
 
 
+def svg_zc(r: Result) -> Tuple[str, str, str]:
+    """The (colour, marker, words) of the row's zc verdict."""
+    return SVG_ZC[zc_mark(r).split()[0]]
+
+
 def svg_name(r: Result) -> str:
     """A row's name in the chart: its mode as the table names it, its batch, and a GSO segment if any."""
     return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {r.gso} B" if r.gso else "")
@@ -5382,10 +5383,7 @@ def svg_row(r: Result, what: str, **more) -> dict:
 
 
 def svg_series(rows: List[Result], name: Callable[[Result], str]) -> list:
-    """(name, rows, colour, dash) of each series, in the order the names first appear (the table's).
-
-    The baseline keeps its own look; every other series takes the palette's next colour.
-    """
+    """(name, rows, colour, dash) of each series, in the table's order: the baseline's look, or the next."""
     out = []
     for i, series in enumerate(dict.fromkeys(map(name, rows))):
         mine = [r for r in rows if name(r) == series]
@@ -5402,15 +5400,15 @@ def svg_xaxis(svg: Svg, x: SvgAxis, top: float, bottom: float, label: str, ticks
     svg.text((x.px0 + x.px1) / 2, bottom + 34, label, text_anchor="middle", class_="axis-label")
 
 
-def svg_panel(svg: Svg, series: list, x_field: str, panel: str, left: float, right: float, top: float,
-              log: bool, title: str, xlabel: str, ylabel: str) -> Tuple[SvgAxis, SvgAxis]:
-    """A panel of lines, one per series, through its rows' points in x order (log); returns its axes.
+def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str, left: float, right: float,
+              top: float, log: bool, title: str, xlabel: str, ylabel: str) -> Tuple[SvgAxis, SvgAxis]:
+    """A panel of a line per series through its points, x on a log scale; returns its axes.
 
     Each point is a marker shaped by its zc verdict, carrying its row's data; a user share runs 0-100 %.
     """
     field, unit = SVG_PANELS[panel]
     values = [svg_value(r, field) for _, mine, _, _ in series for r in mine]
-    xticks = sorted({getattr(r, x_field) for _, mine, _, _ in series for r in mine})
+    xticks = sorted({x_of(r) for _, mine, _, _ in series for r in mine})
     x = SvgAxis.holding(xticks, True, left, right)
     bottom = top + SVG_PANEL_HEIGHT
     y = (SvgAxis(0.0, 100.0, False, bottom, top) if field == "user_pct" else
@@ -5425,15 +5423,14 @@ def svg_panel(svg: Svg, series: list, x_field: str, panel: str, left: float, rig
     svg.text(left - 52, middle, ylabel, text_anchor="middle", class_="axis-label",
              transform=f"rotate(-90 {left - 52:.1f} {middle:.1f})")
     for name, mine, color, dash in series:
-        points = sorted((r for r in mine if svg_value(r, field) is not None), key=lambda r: getattr(r, x_field))
-        if len(points) > 1:
-            svg.add("polyline", fill="none", stroke=color, stroke_width=2, stroke_dasharray=dash,
-                    points=" ".join(f"{x(getattr(r, x_field)):.1f},{y(svg_value(r, field)):.1f}" for r in points),
-                    class_="series", data_series=name)
-        for r in points:
+        mine = sorted((r for r in mine if svg_value(r, field) is not None), key=x_of)
+        xy = [(x(x_of(r)), y(svg_value(r, field))) for r in mine]
+        if len(xy) > 1:
+            svg.add("polyline", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in xy), fill="none", stroke=color,
+                    stroke_width=2, stroke_dasharray=dash, class_="series", data_series=name)
+        for r, (a, b) in zip(mine, xy):
             value = svg_value(r, field)
-            svg.shape(SVG_ZC[zc_mark(r).split()[0]][1], x(getattr(r, x_field)), y(value), fill=color, stroke="#222222",
-                      stroke_width=0.8, class_="point",
+            svg.shape(svg_zc(r)[1], a, b, fill=color, stroke="#222222", stroke_width=0.8, class_="point",
                       **svg_row(r, f"{value} {unit}", data_panel=panel, **{f"data_{field}": value}))
     return x, y
 
@@ -5472,7 +5469,7 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
     for i, r in enumerate(rows):
         y, mb = plot_top + i * (SVG_BAR + SVG_BAR_GAP), svg_value(r, "mb_per_s")
         svg.text(SVG_BAR_LABELS, y + 13, svg_name(r), text_anchor="end", class_="bar-label")
-        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=SVG_ZC[zc_mark(r).split()[0]][0],
+        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=svg_zc(r)[0],
                 class_="bar", **svg_row(r, f"{mb} MB/s"))
     for n, r in enumerate(r for r in rows if r.mode == BASELINE_MODE):   # over the bars, under the figures
         mb = svg_value(r, "mb_per_s")
@@ -5496,7 +5493,7 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
     """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label, the crossovers marked."""
     series = svg_series(results, svg_name)
     for n, (panel, title) in enumerate((("mb", "Throughput"), ("cpu", "CPU cost"))):
-        x, y = svg_panel(svg, series, "size", panel, SVG_LEFT, SVG_WIDTH - SVG_RIGHT,
+        x, y = svg_panel(svg, series, lambda r: r.size, panel, SVG_LEFT, SVG_WIDTH - SVG_RIGHT,
                          top + n * (SVG_PANEL_HEIGHT + SVG_PANEL_GAP), True, f"{title} against payload size",
                          "payload per send, bytes (log scale)", f"{SVG_PANELS[panel][1]} (log scale)")
         for i, (pair, size) in enumerate(crossover(results).items()):
@@ -5513,7 +5510,8 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
                 svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
                          class_="crossover-tag", **SVG_HALO)
     return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, svg_lines_legend(series, (
-        "line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than copying")))
+        "line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than "
+                                  "copying")))
 
 
 def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
@@ -5522,10 +5520,10 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
     xlabel = "batch: requests per io_uring_enter (log scale)"
     for size in dict.fromkeys(r.size for r in results):
         series = svg_series([r for r in results if r.size == size], lambda r: MODE_LABELS.get(r.mode, r.mode))
-        x, y = svg_panel(svg, series, "batch", "mb", SVG_LEFT, SVG_LEFT + half - 40, top, False,
+        x, y = svg_panel(svg, series, lambda r: r.batch, "mb", SVG_LEFT, SVG_LEFT + half - 40, top, False,
                          f"{size} B per send: throughput", xlabel, "MB/s")
-        svg_panel(svg, series, "batch", "user", SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT, top, False,
-                  f"{size} B per send: user share of the CPU", xlabel, "user % (Python, ctypes)")
+        svg_panel(svg, series, lambda r: r.batch, "user", SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT, top,
+                  False, f"{size} B per send: user share of the CPU", xlabel, "user % (Python, ctypes)")
         for name, mine, color, _ in series:
             # Judged on the JSON row's MB/s, as drawn, so that a reader of the JSON finds the same knee.
             low = knee(mine, lambda r: svg_value(r, "mb_per_s"))[0]
@@ -5534,8 +5532,8 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
                     class_="knee", data_mode=low.mode, data_size=size, data_batch=low.batch,
                     title=f"knee, {name}: batch {low.batch}")
             right_half = cx > (x.px0 + x.px1) / 2
-            svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {low.batch}",
-                     text_anchor="end" if right_half else "start", fill=color, class_="knee-label", **SVG_HALO)
+            svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {low.batch}", fill=color,
+                     text_anchor="end" if right_half else "start", class_="knee-label", **SVG_HALO)
         top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
     series = svg_series(results, lambda r: MODE_LABELS.get(r.mode, r.mode))
     return svg_legend(svg, top - 16, svg_lines_legend(series, ("line", "#555555", None, (
@@ -5620,8 +5618,9 @@ def bench_main(argv: List[str]) -> int:
     complete = failure is None and not STOP.requested
     if cfg.as_json:
         params = {"proto": cfg.proto, "family": family_name(cfg.family), "addr": dst, "port": cfg.port,
-                  "sizes": cfg.sizes, "batches": cfg.batches, "seconds": cfg.seconds, "interval": cfg.interval,
-                  "entries": BENCH_ENTRIES, "sweep": cfg.sweep, "mtu": cfg.path_mtu, "gso": cfg.gso or None,
+                  "sizes": cfg.sizes, "batches": cfg.batches, "seconds": cfg.seconds,
+                  "interval": cfg.interval, "entries": BENCH_ENTRIES, "sweep": cfg.sweep,
+                  "mtu": cfg.path_mtu, "gso": cfg.gso or None,
                   "sink": None if sink is None else {**vars(sink), "netns": "private"}}
         extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
         print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
