@@ -4982,10 +4982,6 @@ class Progress:
             sys.stderr.flush()
 
 
-def row_label(mode: str, batch: int, size: int, gso: int = 0) -> str:
-    return f"{MODE_LABELS[mode]}, batch {batch}, {size} B" + (f", GSO {gso} B" if gso else "")
-
-
 def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
     """(size, gso) of every table: each size as asked and, where the path fragments it, again with GSO.
 
@@ -5010,7 +5006,7 @@ def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
 
 
 def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: int, payload: Payload,
-            progress: Progress) -> Result:
+            progress: Progress, label: str) -> Result:
     """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
     send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
                           batch=batch, zc=mode != "send", fixed_buf=mode.startswith("send_zc_fixed"),
@@ -5028,7 +5024,7 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
         if cfg.interval:
             if not cfg.as_json:
                 progress.clear()
-                print(f"-- {row_label(mode, batch, size, gso)}", flush=True)
+                print(f"-- {label}", flush=True)
             ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
 
         def on_tick(nbytes: int, requests: int) -> None:
@@ -5064,9 +5060,10 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
             for mode, batch in plan:
                 if STOP.requested or failure:
                     break
-                progress.draw(row_label(mode, batch, size, gso))
+                label = f"{MODE_LABELS[mode]}, batch {batch}, {size} B" + (f", GSO {gso} B" if gso else "")
+                progress.draw(label)
                 try:
-                    results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress))
+                    results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress, label))
                     failure = results[-1].error
                 except Fatal as e:               # (130: Ctrl-C while the row connected: STOP says so)
                     failure = None if e.status == 130 else str(e)
@@ -5372,14 +5369,10 @@ def svg_value(r: Result, field: str) -> Optional[float]:
     return round(100 * row["cpu_user_s"] / cpu, 1) if cpu else None
 
 
-def svg_hover(r: Result, what: str) -> str:
-    return f"{svg_name(r)}, {r.size} B: {what}, zc {zc_mark(r)}{row_state(r)}"
-
-
 def svg_row(r: Result, what: str, **more) -> dict:
     """The attributes that tie an element to its JSON row: a hover text and the row's own values."""
-    return {"title": svg_hover(r, what), "data_mode": r.mode, "data_batch": r.batch, "data_size": r.size,
-            "data_gso": r.gso, "data_mb_per_s": svg_value(r, "mb_per_s"), "data_zc": zc_mark(r), **more}
+    return {"title": f"{svg_name(r)}, {r.size} B: {what}, zc {zc_mark(r)}{row_state(r)}",
+            "data_mode": r.mode, "data_batch": r.batch, "data_size": r.size, "data_gso": r.gso, "data_mb_per_s": svg_value(r, "mb_per_s"), "data_zc": zc_mark(r), **more}
 
 
 def svg_series(rows: List[Result], name: Callable[[Result], str]) -> list:
@@ -5435,8 +5428,15 @@ def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str,
     return x, y
 
 
-def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]]) -> float:
-    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom."""
+def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]],
+               series: list = ()) -> float:
+    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom.
+
+    A chart of lines has its series first, then its markers.
+    """
+    markers = [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
+    entries = [("line", color, dash, name + (" (the baseline)" if mine[0].mode == BASELINE_MODE else ""))
+               for name, mine, color, dash in series] + (markers if series else []) + entries
     svg.text(SVG_LEFT, top, "Legend", font_weight="bold", class_="legend-title")
     column = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
     for i, (kind, look, dash, words) in enumerate(entries):
@@ -5450,13 +5450,6 @@ def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str]
             svg.shape(look, x + 13, y - 4, fill="#999999", stroke="#222222", stroke_width=0.8)
         svg.text(x + 34, y, words, class_="legend")
     return top + 20 + (len(entries) + 1) // 2 * 18
-
-
-def svg_lines_legend(series: list, mark: Tuple[str, str, Optional[str], str]) -> list:
-    """A line panel's legend: its series, the markers, then its own mark."""
-    return ([("line", color, dash, name + (" (the baseline)" if mine[0].mode == BASELINE_MODE else ""))
-             for name, mine, color, dash in series]
-            + [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()] + [mark])
 
 
 def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
@@ -5475,7 +5468,7 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
         mb = svg_value(r, "mb_per_s")
         svg.add("line", x1=x(mb), x2=x(mb), y1=plot_top - 8, y2=bottom, stroke=SVG_BASELINE[0],
                 stroke_dasharray=SVG_BASELINE[1], stroke_width=1.5, class_="baseline",
-                title=svg_hover(r, f"{mb} MB/s"))
+                title=svg_row(r, f"{mb} MB/s")["title"])
         if n == 0:                              # (one label: several tables' lines would crowd it)
             svg.text(x(mb), plot_top - 12, "MSG_ZEROCOPY baseline (speedup 1.00x)", text_anchor="middle",
                      class_="baseline-label")
@@ -5509,9 +5502,8 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
             if n == 0:      # low in the rate panel: the large sizes run high there
                 svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
                          class_="crossover-tag", **SVG_HALO)
-    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, svg_lines_legend(series, (
-        "line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than "
-                                  "copying")))
+    mark = ("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than copying")
+    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, [mark], series)
 
 
 def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
@@ -5536,8 +5528,9 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
                      text_anchor="end" if right_half else "start", class_="knee-label", **SVG_HALO)
         top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
     series = svg_series(results, lambda r: MODE_LABELS.get(r.mode, r.mode))
-    return svg_legend(svg, top - 16, svg_lines_legend(series, ("line", "#555555", None, (
-        f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} of the mode's best"))))
+    mark = ("line", "#555555", None, f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} of the "
+                                     f"mode's best")
+    return svg_legend(svg, top - 16, [mark], series)
 
 
 def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str:
