@@ -5372,7 +5372,8 @@ def svg_value(r: Result, field: str) -> Optional[float]:
 def svg_row(r: Result, what: str, **more) -> dict:
     """The attributes that tie an element to its JSON row: a hover text and the row's own values."""
     return {"title": f"{svg_name(r)}, {r.size} B: {what}, zc {zc_mark(r)}{row_state(r)}",
-            "data_mode": r.mode, "data_batch": r.batch, "data_size": r.size, "data_gso": r.gso, "data_mb_per_s": svg_value(r, "mb_per_s"), "data_zc": zc_mark(r), **more}
+            "data_mode": r.mode, "data_batch": r.batch, "data_size": r.size, "data_gso": r.gso,
+            "data_mb_per_s": svg_value(r, "mb_per_s"), "data_zc": zc_mark(r), **more}
 
 
 def svg_series(rows: List[Result], name: Callable[[Result], str]) -> list:
@@ -5502,7 +5503,8 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
             if n == 0:      # low in the rate panel: the large sizes run high there
                 svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
                          class_="crossover-tag", **SVG_HALO)
-    mark = ("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than copying")
+    mark = ("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than "
+                                      "copying")
     return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, [mark], series)
 
 
@@ -5528,8 +5530,8 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
                      text_anchor="end" if right_half else "start", class_="knee-label", **SVG_HALO)
         top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
     series = svg_series(results, lambda r: MODE_LABELS.get(r.mode, r.mode))
-    mark = ("line", "#555555", None, f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} of the "
-                                     f"mode's best")
+    mark = ("line", "#555555", None, f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} "
+                                     f"of the mode's best")
     return svg_legend(svg, top - 16, [mark], series)
 
 
