@@ -5417,12 +5417,12 @@ def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str,
     svg.text(left - 52, middle, ylabel, text_anchor="middle", class_="axis-label",
              transform=f"rotate(-90 {left - 52:.1f} {middle:.1f})")
     for name, mine, color, dash in series:
-        mine = sorted((r for r in mine if svg_value(r, field) is not None), key=x_of)
-        xy = [(x(x_of(r)), y(svg_value(r, field))) for r in mine]
+        points = sorted((r for r in mine if svg_value(r, field) is not None), key=x_of)
+        xy = [(x(x_of(r)), y(svg_value(r, field))) for r in points]
         if len(xy) > 1:
             svg.add("polyline", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in xy), fill="none", stroke=color,
                     stroke_width=2, stroke_dasharray=dash, class_="series", data_series=name)
-        for r, (a, b) in zip(mine, xy):
+        for r, (a, b) in zip(points, xy):
             value = svg_value(r, field)
             svg.shape(svg_zc(r)[1], a, b, fill=color, stroke="#222222", stroke_width=0.8, class_="point",
                       **svg_row(r, f"{value} {unit}", data_panel=panel, **{f"data_{field}": value}))
