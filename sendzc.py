@@ -5163,7 +5163,8 @@ def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
             "no private sink (-D): packets take this host's own routes to the receiver"]
 
 
-def bench_footer(results: List[Result], sizes: List[int], complete: bool = True) -> List[str]:
+def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> List[str]:
+    """What the columns mean, the notes this run earned, and where zero-copy starts to pay."""
     enobufs, eagain, undrained = (sum(getattr(r, k) for r in results)
                                   for k in ("enobufs", "eagain", "undrained"))
     lines = ["",
