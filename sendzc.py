@@ -4542,21 +4542,17 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
 # redirect to it. So bench gives itself a network namespace of its own
 # (unshare(CLONE_NEWNET)) with an ifb device in it, MTU 65535 so that a 64 KB
 # datagram is one packet (at MTU 1500 it would be 45 fragments, and every
-# fragmented send is copied), addresses from the benchmarking ranges
-# (198.18.0.0/15, 2001:2::/48), and sends to a second address on that subnet,
-# which only the ifb route leads to. The root qdisc is replaced by noqueue, as
-# on dummy: ifb's default pfifo_fast queue costs every packet an enqueue and a
-# dequeue (15-18% of the rate at 64 KB). The namespace has no name and belongs
-# to this process alone: when the process is gone, however it went (error,
-# Ctrl-C, kill -9), the kernel tears it down with the device in it.
+# fragmented send is copied), and sends to a second address on its subnet,
+# which only the ifb route leads to. The root qdisc is noqueue, as on dummy:
+# ifb's default pfifo_fast queue costs every packet an enqueue and a dequeue
+# (15-18% of the rate at 64 KB). The namespace has no name and belongs to this
+# process alone: however the process ends (error, Ctrl-C, kill -9), the kernel
+# tears it down with the device in it.
 #
-# The rows, per size: send(2) copying, send(2) + MSG_ZEROCOPY (the baseline,
-# speedup 1.00), then io_uring SEND (copying), SEND_ZC and SEND_ZC from a
-# registered buffer, each at every --batches size. Each row is a fresh socket
-# (and ring) sending for -t seconds; rates divide by the measured time and CPU
-# comes from getrusage(), so Python's own cost is in every row: user time is
-# this process outside the kernel (the interpreter, ctypes, libc), sys time is
-# the kernel's send path.
+# Each row is a fresh socket (and ring) sending for -t seconds; rates divide
+# by the measured time and CPU comes from getrusage(), so Python's own cost is
+# in every row: user time is this process outside the kernel (the interpreter,
+# ctypes, libc), sys time is the kernel's send path.
 # =============================================================================
 
 BENCH_SECONDS = 3.0                  # per row; the default table (11 rows) takes ~35 s
@@ -4576,17 +4572,19 @@ SWEEP_SECONDS = 1.0
 SWEEP_SIZES = [1400, 4096, 16384, SEED_MAX_PAYLOAD]
 SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]
 SWEEP_MODES = ("send_zc_fixed", "send_zc_fixed_sqpoll")
-# The knee: the smallest batch within this much of the best of its mode.
-KNEE_MARGIN = 0.95
+KNEE_MARGIN = 0.95                   # the knee: the smallest batch within this much of its mode's best
 MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY",
                "msg_zerocopy_poll": "MSG_ZEROCOPY, poll() per send",
                "send": "io_uring SEND", "send_zc": "io_uring SEND_ZC",
                "send_zc_fixed": "io_uring SEND_ZC fixed buf",
                "send_zc_fixed_flush": "io_uring SEND_ZC fixed -f",
                "send_zc_fixed_sqpoll": "io_uring SEND_ZC fixed + SQPOLL"}
-# Where zero-copy starts to pay: each zero-copy way against its copying twin.
-CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",)),
-                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",))}
+# Where zero-copy starts to pay: each zero-copy way against its copying twin,
+# and its name in the footer and in the chart.
+CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",), "io_uring SEND_ZC vs SEND",
+                                "io_uring SEND_ZC beats SEND"),
+                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",), "MSG_ZEROCOPY vs send(2)",
+                                    "MSG_ZEROCOPY beats send(2)")}
 # "Pays" means at least this much faster: a closer win is within the noise
 # between two rows of one run, and would move the crossover at random.
 CROSSOVER_MARGIN = 1.05
@@ -4605,7 +4603,6 @@ SINK_NET4, SINK_DST4 = "198.18.0.1/24", "198.18.0.2"    # RFC 2544's benchmarkin
 SINK_NET6, SINK_DST6 = "2001:2::1/64", "2001:2::2"      # RFC 5180's
 DEFAULT_QDISC = "noqueue"            # as on the RFC's dummy device
 KEEP_QDISC = "default"               # --qdisc default: leave the kernel's choice
-
 NO_SINK_HINT = ("or measure against a receiver instead, with no private sink and no root: "
                 "`python3 sendzc.py bench -D ADDR` (`sendzc.py rx udp` running at ADDR)")
 IPV6_MIN_MTU = 1280                  # RFC 8200: below it a device has no IPv6
@@ -4620,46 +4617,15 @@ class Sink:
     qdisc: str
 
 
-def _iproute(*args: str) -> subprocess.CompletedProcess:
-    """Run an iproute2 command (ip, tc); it inherits our network namespace."""
-    return subprocess.run(list(args), capture_output=True, text=True)
-
-
-def _sink_step(*args: str, who: str = "bench") -> None:
-    """One step of making the sink; a refusal ends the run in one line naming the command."""
-    done = _iproute(*args)
+def sink_step(*args: str, who: str, refused: Optional[Callable[[str], str]] = None) -> str:
+    """Run one iproute2 command (it inherits our namespace): its output, or one line that ends the run."""
+    done = subprocess.run(args, capture_output=True, text=True)
     if done.returncode:
-        if STOP.requested:            # Ctrl-C reached the command too
+        if STOP.requested:            # Ctrl-C reached the command too: no fault of the command
             raise Fatal("interrupted while making the private sink", 130)
         why = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        raise Fatal(f"{who}: `{' '.join(args)}`: {why}")
-
-
-def make_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench", hint: str = NO_SINK_HINT) -> Sink:
-    """Inside our new namespace: lo up, an ifb device with MTU mtu, its addresses, its qdisc."""
-    _sink_step("ip", "link", "set", "lo", "up", who=who)
-    made = _iproute("ip", "link", "add", SINK_DEV, "type", "ifb")
-    if made.returncode:
-        if STOP.requested:            # Ctrl-C reached the command too: no fault of the driver
-            raise Fatal("interrupted while making the private sink", 130)
-        why = (made.stderr.strip().splitlines() or ["failed"])[-1]
-        raise Fatal(f"{who}: no ifb device here (`ip link add type ifb`: {why}): the private sink "
-                    f"needs the ifb driver (CONFIG_IFB); {hint}")
-    _sink_step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up", who=who)
-    _sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV, who=who)
-    # nodad: no duplicate address detection, so the address is usable at once.
-    # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
-    if mtu >= IPV6_MIN_MTU:
-        _sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad", who=who)
-    if qdisc != KEEP_QDISC:
-        if shutil.which("tc") is None:
-            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
-                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
-        _sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc, who=who)
-    # Report the qdisc the kernel says is there, not the one we asked for.
-    words = _iproute("ip", "-o", "link", "show", "dev", SINK_DEV).stdout.split()
-    actual = words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown"
-    return Sink(SINK_DEV, mtu, actual)
+        raise Fatal(f"{who}: " + (refused(why) if refused else f"`{' '.join(args)}`: {why}"))
+    return done.stdout
 
 
 @contextmanager
@@ -4667,14 +4633,9 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
                  hint: str = NO_SINK_HINT) -> Iterator[Sink]:
     """Enter a network namespace of our own holding an ifb sink; leave it on the way out.
 
-    unshare(CLONE_NEWNET) moves this process into a new, empty namespace that
-    nothing else can see (`ip netns` lists only named ones); the iproute2
-    commands we run inherit it. On the way out setns(2) takes us back to the
-    namespace we came from; the private one then has no process and, once
-    every row's socket is closed, no socket left, and the kernel frees it
-    with its ifb device. If we die instead, it dies with us.
-
-    The sender without -D comes here too (who and hint name it in its lines).
+    Nothing else sees it (`ip netns` lists only named ones). Once setns(2) has
+    taken us home and every row's socket is closed, the kernel frees it with
+    its ifb device. The sender without -D comes here too: who and hint name it.
     """
     if shutil.which("ip") is None:
         raise Fatal(f"{who}: the private sink is made with iproute2's `ip`, which is not installed "
@@ -4697,24 +4658,46 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
         os.close(home)
 
 
+def make_sink(qdisc: str, mtu: int, who: str, hint: str) -> Sink:
+    """Inside our new namespace: lo up, an ifb device with MTU mtu, its addresses, its qdisc."""
+    sink_step("ip", "link", "set", "lo", "up", who=who)
+    sink_step("ip", "link", "add", SINK_DEV, "type", "ifb", who=who, refused=lambda why: (
+        f"no ifb device here (`ip link add type ifb`: {why}): the private sink needs the ifb driver "
+        f"(CONFIG_IFB); {hint}"))
+    sink_step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up", who=who)
+    sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV, who=who)
+    # nodad: no duplicate address detection, so the address is usable at once.
+    # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
+    if mtu >= IPV6_MIN_MTU:
+        sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad", who=who)
+    if qdisc != KEEP_QDISC:
+        if shutil.which("tc") is None:
+            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
+                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
+        sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc, who=who)
+    # Report the qdisc the kernel says is there, not the one we asked for.
+    words = sink_step("ip", "-o", "link", "show", "dev", SINK_DEV, who=who).split()
+    return Sink(SINK_DEV, mtu, words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown")
+
+
 # --- Running the rows ----------------------------------------------------------
 
 @dataclass
 class BenchConfig:
     """The options of `sendzc.py bench`, checked."""
-    proto: str = "udp"
-    family: int = socket.AF_INET
-    addr: Optional[str] = None       # -D: a receiver; None: the private sink
-    port: int = DEFAULT_PORT
-    sizes: List[int] = field(default_factory=lambda: list(BENCH_SIZES))
-    batches: List[int] = field(default_factory=lambda: list(BENCH_BATCHES))
-    seconds: float = BENCH_SECONDS
-    interval: Optional[float] = None
-    as_json: bool = False
-    qdisc: str = DEFAULT_QDISC
-    sweep: bool = False              # --sweep: the zero-copy path across batches, not the RFC table
-    mtu: int = SINK_MTU              # --mtu: the private sink's MTU
-    sizes_given: bool = True         # --sizes was given (else a fragmenting path adds its largest datagram)
+    proto: str
+    family: int
+    addr: Optional[str]              # -D: a receiver; None: the private sink
+    port: int
+    sizes: List[int]
+    batches: List[int]
+    seconds: float
+    interval: Optional[float]
+    as_json: bool
+    qdisc: str
+    sweep: bool                      # --sweep: the zero-copy path across batches, not the RFC table
+    mtu: int                         # --mtu: the private sink's MTU
+    sizes_given: bool                # --sizes was given (else a fragmenting path adds its largest datagram)
     path_mtu: Optional[int] = None   # the route's MTU to the destination, read after connect (UDP)
     gso: int = 0                     # the segment size of the GSO tables (0: the path fragments nothing)
     groups: List[Tuple[int, int]] = field(default_factory=list)   # (size, gso) of each table
@@ -4726,59 +4709,37 @@ class BenchConfig:
             return [(m, b) for m in modes for b in self.batches]
         return [(m, 1) for m in SYSCALL_MODES] + [(m, b) for m in URING_MODES for b in self.batches]
 
-    def params(self, sink: Optional[Sink], dst: str) -> dict:
-        return {"proto": self.proto, "family": family_name(self.family), "addr": dst,
-                "port": self.port, "sizes": self.sizes, "batches": self.batches,
-                "seconds": self.seconds, "interval": self.interval, "entries": BENCH_ENTRIES,
-                "sweep": self.sweep, "mtu": self.path_mtu, "gso": self.gso or None,
-                "sink": None if sink is None else {"dev": sink.dev, "mtu": sink.mtu,
-                                                   "qdisc": sink.qdisc, "netns": "private"}}
-
 
 class Progress:
-    """Which row, and about how long is left: one line on stderr, on a terminal only.
-
-    Redrawn in place with a carriage return (every PROGRESS_EVERY_S, and
-    around each -i line); quiet when stderr is piped, so a log or a JSON
-    consumer never sees it.
-    """
+    """Which row, and about how long is left: one line on stderr, redrawn in place, on a terminal only."""
 
     def __init__(self, rows: int, seconds: float):
-        self.on = sys.stderr.isatty()
-        self.rows, self.seconds = rows, seconds
-        self.index, self.label, self.started = 0, "", 0.0
+        self.on, self.rows, self.seconds = sys.stderr.isatty(), rows, seconds
+        self.index, self.label, self.started = -1, "", 0.0
 
-    def row(self, index: int, label: str) -> None:
-        self.index, self.label, self.started = index, label, time.monotonic()
-        self.draw()
-
-    def draw(self) -> None:
-        if not self.on:
-            return
-        this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
-        left = (self.rows - self.index - 1) * self.seconds + this_row
-        sys.stderr.write(f"\rsendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
-                         f"about {-(-left // 1):.0f} s left{CLEAR_EOL}")
-        sys.stderr.flush()
-
-    def clear(self) -> None:
+    def draw(self, label: Optional[str] = None) -> None:
+        """Redraw the line; with a label, for the next row, whose clock starts now."""
+        if label is not None:
+            self.index, self.label, self.started = self.index + 1, label, time.monotonic()
         if self.on:
-            sys.stderr.write("\r" + CLEAR_EOL)
+            this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
+            left = (self.rows - self.index - 1) * self.seconds + this_row
+            self.clear(f"sendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
+                       f"about {-(-left // 1):.0f} s left")
+
+    def clear(self, line: str = "") -> None:
+        if self.on:
+            sys.stderr.write(f"\r{line}{CLEAR_EOL}")
             sys.stderr.flush()
-
-
-def row_label(mode: str, batch: int, size: int, gso: int = 0) -> str:
-    return f"{MODE_LABELS[mode]}, batch {batch}, {size} B" + (f", GSO {gso} B" if gso else "")
 
 
 def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
     """(size, gso) of every table: each size as asked and, where the path fragments it, again with GSO.
 
-    On a path whose MTU fragments a size (bench --mtu 1500, or -D over an
-    ordinary network) that size is measured twice: as the user asked,
-    fragmented (and so copied), and with UDP GSO at the largest unfragmented
-    datagram. Without --sizes, that datagram size gets its own table too: the
-    three ways a 64 KB-a-send application can go on such a path.
+    On such a path (bench --mtu 1500, or -D over an ordinary network) a size is
+    measured fragmented (and so copied), and with UDP GSO at the largest
+    unfragmented datagram; without --sizes, that datagram size gets its own
+    table too: the three ways a 64 KB-a-send application can go on such a path.
     """
     if cfg.proto != "udp" or cfg.sweep or cfg.path_mtu is None:
         return [(size, 0) for size in cfg.sizes]
@@ -4795,14 +4756,13 @@ def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
     return groups
 
 
-def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payload: Payload,
-            progress: Progress, gso: int = 0) -> Result:
+def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: int, payload: Payload,
+            progress: Progress, label: str) -> Result:
     """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
     send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
                           batch=batch, zc=mode != "send", fixed_buf=mode.startswith("send_zc_fixed"),
-                          entries=BENCH_ENTRIES, seconds=cfg.seconds,
-                          sqpoll=mode.endswith("_sqpoll"), gso=gso,
-                          flush=mode.endswith("_flush"))
+                          entries=BENCH_ENTRIES, seconds=cfg.seconds, sqpoll=mode.endswith("_sqpoll"),
+                          gso=gso, flush=mode.endswith("_flush"))
     with ExitStack() as stack:
         sock = open_tx_socket(cfg.proto, cfg.family, dst, cfg.port)
         stack.callback(sock.close)               # last: after the ring has let go of it
@@ -4812,21 +4772,19 @@ def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payloa
         else:
             sender = UringSender(send_cfg, sock, payload, stack)
         ticks = None
-        tick_s = 0.0
+        if cfg.interval:
+            if not cfg.as_json:
+                progress.clear()
+                print(f"-- {label}", flush=True)
+            ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
 
         def on_tick(nbytes: int, requests: int) -> None:
             progress.clear()                     # an interval line replaces the progress line
             if ticks:
                 ticks.report(time.perf_counter_ns(), nbytes, requests)
             progress.draw()
-        if cfg.interval:
-            if not cfg.as_json:
-                progress.clear()
-                print(f"-- {row_label(mode, batch, size, gso)}", flush=True)
-            ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
-            tick_s = cfg.interval
-        elif progress.on:
-            tick_s = PROGRESS_EVERY_S            # only to count the progress line down
+        # Without -i, ticks only count the progress line down.
+        tick_s = cfg.interval or (PROGRESS_EVERY_S if progress.on else 0.0)
         result = sender.run(on_tick=on_tick, tick_ns=int(tick_s * 1e9))
         if ticks:                                # the last, partial interval
             progress.clear()
@@ -4837,80 +4795,65 @@ def run_row(cfg: BenchConfig, dst: str, size: int, mode: str, batch: int, payloa
 
 
 def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
-    """Every row of every size, until done, an error, or Ctrl-C.
-
-    Returns the rows measured so far and the one-line reason the run stopped
-    early (None if it did not, or if Ctrl-C stopped it: rows say interrupted).
-    """
+    """Every row of every table until done, an error or Ctrl-C: the rows, and why the run stopped early
+    (None if it did not, or if Ctrl-C stopped it: the rows say interrupted)."""
     plan = cfg.plan()
-    groups = cfg.groups or [(size, 0) for size in cfg.sizes]
-    progress = Progress(len(plan) * len(groups), cfg.seconds)
+    progress = Progress(len(plan) * len(cfg.groups), cfg.seconds)
     results: List[Result] = []
     failure = None
-    try:
-        for size, gso in groups:
-            with ExitStack() as stack:
-                payload = Payload(size, gso)
-                stack.callback(payload.close)    # every row's ring and socket are gone by then
-                for mode, batch in plan:
-                    if STOP.requested or failure:
-                        break
-                    progress.row(len(results), row_label(mode, batch, size, gso))
-                    try:
-                        result = run_row(cfg, dst, size, mode, batch, payload, progress, gso)
-                    except Fatal as e:
-                        # (130: Ctrl-C while the row connected: STOP says so)
-                        failure = None if e.status == 130 else str(e)
-                        break
-                    except OSError as e:         # one line, after the rows measured so far
-                        failure = oserror_line(e)
-                        break
-                    results.append(result)
-                    failure = result.error
+    with ExitStack() as stack:
+        stack.callback(progress.clear)
+        for size, gso in cfg.groups:
             if STOP.requested or failure:
                 break
-    finally:
-        progress.clear()
+            payload = Payload(size, gso)
+            stack.callback(payload.close)        # after every row's ring and socket are gone
+            for mode, batch in plan:
+                if STOP.requested or failure:
+                    break
+                label = f"{MODE_LABELS[mode]}, batch {batch}, {size} B" + (f", GSO {gso} B" if gso else "")
+                progress.draw(label)
+                try:
+                    results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress, label))
+                    failure = results[-1].error
+                except Fatal as e:               # (130: Ctrl-C while the row connected: STOP says so)
+                    failure = None if e.status == 130 else str(e)
+                except OSError as e:             # one line, after the rows measured so far
+                    failure = oserror_line(e)
     set_speedups(results)
     return results, failure
 
 
 def set_speedups(results: List[Result]) -> None:
-    """speedup: MB/s over the baseline row of the same table, size and GSO (itself: exactly 1.00);
+    """speedup: MB/s over the baseline row of the same size and GSO (itself: exactly 1.00);
     sys_speedup the same on the kernel's own rate (MB per second of kernel CPU)."""
-    base = {(r.size, r.gso): r.mb_per_s for r in results if r.mode == BASELINE_MODE and r.mb_per_s > 0}
-    for r in results:
-        key = (r.size, r.gso)
-        r.speedup = r.mb_per_s / base[key] if key in base else None
-    base = {(r.size, r.gso): r.mb_per_sys_s for r in results
-            if r.mode == BASELINE_MODE and r.mb_per_sys_s}
-    for r in results:
-        key = (r.size, r.gso)
-        ok = key in base and r.mb_per_sys_s is not None
-        r.sys_speedup = r.mb_per_sys_s / base[key] if ok else None
+    for rate, name in (("mb_per_s", "speedup"), ("mb_per_sys_s", "sys_speedup")):
+        base = {(r.size, r.gso): getattr(r, rate) for r in results
+                if r.mode == BASELINE_MODE and getattr(r, rate)}
+        for r in results:
+            ok = (r.size, r.gso) in base and getattr(r, rate) is not None
+            setattr(r, name, getattr(r, rate) / base[r.size, r.gso] if ok else None)
 
 
 def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
     """Per CROSSOVER_PAIRS: the smallest size from which zero-copy beats copying at every larger size.
 
-    Each side is its best row at that size (the best batch); beating means
-    by CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest
-    size measured.
+    Each side is its best row at that size (the best batch); beating means by
+    CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest size.
+    A size measured both fragmented and with GSO counts by its GSO rows: that
+    is how an application would send it on this path.
     """
-    # A size measured both fragmented and with GSO counts by its GSO rows:
-    # that is how an application would send it on this path.
     with_gso = {r.size for r in results if r.gso}
     results = [r for r in results if r.gso or r.size not in with_gso]
     out: Dict[str, Optional[int]] = {}
-    for name, (zc_modes, copy_modes) in CROSSOVER_PAIRS.items():
-        cross = None
+    for name, (zc_modes, copy_modes, _, _) in CROSSOVER_PAIRS.items():
+        out[name] = None
         for size in sorted({r.size for r in results}, reverse=True):
             zc = [r.mb_per_s for r in results if r.size == size and r.mode in zc_modes]
             cp = [r.mb_per_s for r in results if r.size == size and r.mode in copy_modes]
             if not (zc and cp) or max(zc) < CROSSOVER_MARGIN * max(cp):
                 break
-            cross = size
-        out[name] = cross
+            out[name] = size
     return out
 
 
@@ -4932,42 +4875,49 @@ def on_cpu(r: Result) -> float:
     return (r.cpu_user_s + r.cpu_sys_s) / r.seconds
 
 
+def row_state(r: Result) -> str:
+    return " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+
+
+def bar(r: Result, rows: List[Result]) -> str:
+    """The row's bar: BAR_WIDTH characters for the fastest of rows."""
+    return "#" * round(BAR_WIDTH * r.mb_per_s / (max(x.mb_per_s for x in rows) or 1.0))
+
+
 TABLE_HEAD = (f"{'mode':<29} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} "
-              f"{'user s':>6} {'sys s':>6} {'CPU s/GB':>8} {'sys MB/s':>8} {'sys x':>6}  {'zc':<11} ")
+              f"{'user s':>6} {'sys s':>6} {'CPU s/GB':>8} {'sys MB/s':>8} {'sys x':>6}  zc")
 
 
 def format_table(rows: List[Result]) -> List[str]:
     """One size's rows as the RFC's table, plus CPU, the zc mark and a bar scaled to the fastest."""
-    fastest = max((r.mb_per_s for r in rows), default=0.0) or 1.0
-    lines = [TABLE_HEAD.rstrip()]
+    lines = [TABLE_HEAD]
     for r in rows:
         speedup = "-" if r.speedup is None else f"{r.speedup:.2f}x"
         per_gb = "-" if r.cpu_s_per_gb is None else f"{r.cpu_s_per_gb:.3f}"
-        bar = "#" * round(BAR_WIDTH * r.mb_per_s / fastest)
-        state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+        state = row_state(r)
         if r.seconds and on_cpu(r) < ON_CPU_MIN:
             state += f" (on CPU {on_cpu(r):.0%})"
         sys_rate = "-" if r.mb_per_sys_s is None else f"{r.mb_per_sys_s:.0f}"
         sys_x = "-" if r.sys_speedup is None else f"{r.sys_speedup:.2f}x"
         lines.append(f"{MODE_LABELS[r.mode]:<29} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
                      f"{speedup:>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} {per_gb:>8} {sys_rate:>8} "
-                     f"{sys_x:>6}  {zc_mark(r):<11} {bar}{state}")
+                     f"{sys_x:>6}  {zc_mark(r):<11} {bar(r, rows)}{state}")
     return lines
 
 
 def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
     fam = family_name_label(family_name(cfg.family))
-    lines = [f"sendzc {VERSION} bench, Linux {platform.release()}: {cfg.proto} over {fam} to {dst} "
-             f"port {cfg.port}, {cfg.seconds:g} s per row"]
-    if sink:
-        lines.append(f"sink: {sink.dev} in a network namespace of its own, MTU {sink.mtu}, qdisc "
-                     f"{sink.qdisc}: the kernel drops every packet after the whole send path")
-    else:
-        lines.append("no private sink (-D): packets take this host's own routes to the receiver")
-    return lines
+    return [f"sendzc {VERSION} bench, Linux {platform.release()}: {cfg.proto} over {fam} to {dst} "
+            f"port {cfg.port}, {cfg.seconds:g} s per row",
+            f"sink: {sink.dev} in a network namespace of its own, MTU {sink.mtu}, qdisc {sink.qdisc}: "
+            f"the kernel drops every packet after the whole send path" if sink else
+            "no private sink (-D): packets take this host's own routes to the receiver"]
 
 
-def bench_footer(results: List[Result], sizes: List[int], complete: bool = True) -> List[str]:
+def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> List[str]:
+    """What the columns mean, the notes this run earned, and where zero-copy starts to pay."""
+    enobufs, eagain, undrained = (sum(getattr(r, k) for r in results)
+                                  for k in ("enobufs", "eagain", "undrained"))
     lines = ["",
              "MB/s: 2^20 bytes per second of measured time; Gbit/s: 10^9 bits per second. "
              "speedup: MB/s over the MSG_ZEROCOPY, poll() per send row (the RFC's baseline).",
@@ -4979,35 +4929,30 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool = True)
              "kernel (getrusage).",
              "CPU s/GB: (user + sys) per 2^30 bytes sent. zc: yes = every completion said zero-copy; "
              "COPIED = the kernel copied instead; ? = this kernel cannot say; - = a copying mode."]
-    if any(r.zc_copied for r in results):
-        lines.append("note: COPIED rows were not zero-copy: a receiver on this host (loopback, veth) "
-                     "always copies, and so does a path whose MTU fragments the packet.")
-    if any(r.gso for r in results):
-        lines.append("GSO tables: each send is one request that the kernel cuts into datagrams that "
-                     "fit the path (UDP_SEGMENT): no IP fragments, so zero-copy holds where the "
-                     "same sends fragmented are copied.")
-    enobufs = sum(r.enobufs for r in results)
-    if enobufs:
-        lines.append(f"note: {enobufs} MSG_ZEROCOPY sends met ENOBUFS (unread completions filled "
-                     f"net.core.optmem_max); each was retried after reading the error queue.")
-    eagain = sum(r.eagain for r in results)
-    if eagain:
-        lines.append(f"note: {eagain} sends found the socket buffer full (EAGAIN) and waited.")
-    if any(r.seconds and on_cpu(r) < ON_CPU_MIN for r in results):
-        lines.append(f"note: rows marked (on CPU n%) ran on a CPU less than {ON_CPU_MIN:.0%} of "
-                     f"their time (other load on this host, or waiting for the receiver): their "
-                     f"MB/s understates them, their CPU s/GB does not.")
-    undrained = sum(r.undrained for r in results)
-    if undrained:
-        lines.append(f"warning: {undrained} completions were still outstanding when their socket closed.")
-    if len(sizes) > 1 and not complete:
-        lines.append("where zero-copy starts to pay: not judged, as the run ended before it had "
-                     "measured every size")
-    elif len(sizes) > 1:
-        lines.append(f"where zero-copy starts to pay on this host (the smallest size from which it "
-                     f"is {CROSSOVER_MARGIN - 1:.0%} or more faster than copying at every larger size "
-                     f"measured, best batch of each):")
-        names = {"io_uring": "io_uring SEND_ZC vs SEND", "msg_zerocopy": "MSG_ZEROCOPY vs send(2)"}
+    notes = [
+        (any(r.zc_copied for r in results),
+         "note: COPIED rows were not zero-copy: a receiver on this host (loopback, veth) "
+         "always copies, and so does a path whose MTU fragments the packet."),
+        (any(r.gso for r in results),
+         "GSO tables: each send is one request that the kernel cuts into datagrams that "
+         "fit the path (UDP_SEGMENT): no IP fragments, so zero-copy holds where the "
+         "same sends fragmented are copied."),
+        (enobufs, f"note: {enobufs} MSG_ZEROCOPY sends met ENOBUFS (unread completions filled "
+                  f"net.core.optmem_max); each was retried after reading the error queue."),
+        (eagain, f"note: {eagain} sends found the socket buffer full (EAGAIN) and waited."),
+        (any(r.seconds and on_cpu(r) < ON_CPU_MIN for r in results),
+         f"note: rows marked (on CPU n%) ran on a CPU less than {ON_CPU_MIN:.0%} of "
+         f"their time (other load on this host, or waiting for the receiver): their "
+         f"MB/s understates them, their CPU s/GB does not."),
+        (undrained, f"warning: {undrained} completions were still outstanding when their socket closed."),
+        (len(sizes) > 1 and not complete, "where zero-copy starts to pay: not judged, as the run ended "
+                                          "before it had measured every size"),
+        (len(sizes) > 1 and complete,
+         f"where zero-copy starts to pay on this host (the smallest size from which it is "
+         f"{CROSSOVER_MARGIN - 1:.0%} or more faster than copying at every larger size measured, "
+         f"best batch of each):")]
+    lines += [line for show, line in notes if show]
+    if len(sizes) > 1 and complete:
         for name, size in crossover(results).items():
             if size is None:
                 where = "not at any size measured"
@@ -5015,27 +4960,29 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool = True)
                 where = f"at every size measured (from {size} B; the crossover is at or below it)"
             else:
                 where = f"from {size} B"
-            lines.append(f"  {names[name]}: {where}")
+            lines.append(f"  {CROSSOVER_PAIRS[name][2]}: {where}")
     return lines
+
+
+def knee(rows: List[Result], rate: Callable[[Result], float]) -> Tuple[Result, Result]:
+    """One mode's (knee, best row): the knee is the smallest batch within KNEE_MARGIN of the best rate."""
+    best = max(rows, key=rate)
+    return min((r for r in rows if rate(r) >= KNEE_MARGIN * rate(best)), key=lambda r: r.batch), best
 
 
 def format_sweep(rows: List[Result]) -> List[str]:
     """One size's --sweep rows: rate, CPU split, a bar, and each mode's knee."""
-    fastest = max((r.mb_per_s for r in rows), default=0.0) or 1.0
     lines = [f"{'mode':<32} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'req/s':>9} {'user s':>6} "
              f"{'sys s':>6} {'user %':>6}  zc"]
     for r in rows:
         cpu = r.cpu_user_s + r.cpu_sys_s
         user = f"{100 * r.cpu_user_s / cpu:.1f}" if cpu else "-"
-        bar = "#" * round(BAR_WIDTH * r.mb_per_s / fastest)
         lines.append(f"{MODE_LABELS[r.mode]:<32} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
                      f"{r.requests / r.seconds if r.seconds else 0:>9.0f} {r.cpu_user_s:>6.2f} "
-                     f"{r.cpu_sys_s:>6.2f} {user:>6}  {zc_mark(r):<4} {bar}")
+                     f"{r.cpu_sys_s:>6.2f} {user:>6}  {zc_mark(r):<4} {bar(r, rows)}")
     for mode in dict.fromkeys(r.mode for r in rows):
-        mine = [r for r in rows if r.mode == mode]
-        best = max(mine, key=lambda r: r.mb_per_s)
-        knee = min((r for r in mine if r.mb_per_s >= KNEE_MARGIN * best.mb_per_s), key=lambda r: r.batch)
-        lines.append(f"knee, {MODE_LABELS[mode]}: batch {knee.batch} ({knee.mb_per_s:.0f} MB/s, within "
+        low, best = knee([r for r in rows if r.mode == mode], lambda r: r.mb_per_s)
+        lines.append(f"knee, {MODE_LABELS[mode]}: batch {low.batch} ({low.mb_per_s:.0f} MB/s, within "
                      f"{1 - KNEE_MARGIN:.0%} of the best, {best.mb_per_s:.0f} MB/s at batch {best.batch})")
     return lines
 
@@ -5043,27 +4990,22 @@ def format_sweep(rows: List[Result]) -> List[str]:
 # --- The chart: --svg ------------------------------------------------------------
 #
 # The rows of the tables, drawn: one SVG file with nothing outside it (no
-# script, no web font, no style sheet), so a browser opens it as it is. It is
-# written as text, every attribute and string escaped, from the rows alone and
-# whatever their modes: a mode this section has never heard of is one more bar
-# or one more line. Each bar and point carries its row's values in data-*
-# attributes, exactly as its JSON row has them, and in a <title>, which a
-# browser shows on hover; so a script, and the tests, can read the chart back
-# and hold it against --json.
+# script, web font or style sheet), written as escaped text from the rows
+# alone: a mode this section has never heard of is one more bar or line. Each
+# bar and point carries its row's values in data-* attributes, exactly as its
+# JSON row has them, and in a <title>, which a browser shows on hover; so a
+# script, and the tests, can read the chart back and hold it against --json.
 #   one size   a bar per row, as the table's bars, coloured by the zc column
 #   --sizes    MB/s and CPU s/GB against the payload size, a line per row label
 #   --sweep    MB/s and the user share against the batch, a line per mode, per size
 
-SVG_WIDTH = 960                      # px; every panel spans it (a --sweep pair shares it)
-SVG_FONT = 12                        # px, the body text
+SVG_WIDTH, SVG_FONT = 960, 12        # px: the width every panel spans (a --sweep pair shares it); text
 SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel, and after it
-SVG_PANEL_HEIGHT = 260               # px of plot in a line panel
-SVG_PANEL_GAP = 110                  # px from one panel's plot to the next: axis labels, title
+SVG_PANEL_HEIGHT, SVG_PANEL_GAP = 260, 110   # px: a line panel's plot; from it to the next (labels, title)
 SVG_BAR, SVG_BAR_GAP = 18, 6         # px: one bar, and the space under it
-SVG_BAR_LABELS = 250                 # px: the column of row labels left of the bars
-SVG_BAR_TEXT = 210                   # px: after the longest bar, its figures
-SVG_LOG_PAD = 1.3                    # a log axis runs from the least value / this to the most * this
-SVG_LINEAR_PAD = 1.08                # a linear axis runs from 0 to the most * this
+SVG_BAR_LABELS, SVG_BAR_TEXT = 250, 210   # px: row labels left of the bars; figures after the longest
+# An axis runs from the least value / SVG_LOG_PAD to the most * SVG_LOG_PAD (log), or 0 to the most * 1.08.
+SVG_LOG_PAD, SVG_LINEAR_PAD = 1.3, 1.08
 # Told apart by most eyes, colour-blind ones too (Tableau 10, in its order).
 SVG_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7",
               "#edc948", "#e15759", "#bab0ac")
@@ -5073,10 +5015,13 @@ SVG_ZC = {"yes": ("#4e79a7", "circle", "zero-copy: every completion said so"),
           "COPIED": ("#e15759", "triangle", "zero-copy asked, but the kernel COPIED"),
           "?": ("#edc948", "diamond", "zero-copy, the kernel cannot say (REPORT_USAGE: 6.2)"),
           "-": ("#bab0ac", "square", "copying, by design")}
+# The corners of each marker but the circle (radius 4.5), in px from its centre.
+SVG_SHAPES = {"square": ((-4, -4), (4, -4), (4, 4), (-4, 4)), "triangle": ((0, -6), (6, 4.5), (-6, 4.5)),
+              "diamond": ((0, -6), (5, 0), (0, 6), (-5, 0))}
+# A line panel's value (a field of the JSON row, or user_pct) and its unit in the hover text.
+SVG_PANELS = {"mb": ("mb_per_s", "MB/s"), "cpu": ("cpu_s_per_gb", "CPU s/GB"), "user": ("user_pct", "% user")}
 SVG_UNITS = ("MB = 2^20 bytes; MB/s per second of each row's measured time, as in the table; "
              "CPU s/GB = (user + sys) CPU seconds per 2^30 bytes sent")
-SVG_CROSSOVER_NAMES = {"io_uring": "io_uring SEND_ZC beats SEND",
-                       "msg_zerocopy": "MSG_ZEROCOPY beats send(2)"}
 # A label over lines and bars: a white outline under the letters keeps it readable.
 SVG_HALO = {"stroke": "#ffffff", "stroke_width": 3, "stroke_linejoin": "round", "paint_order": "stroke"}
 
@@ -5088,14 +5033,26 @@ class Svg:
         self.parts: List[str] = []
 
     def add(self, tag: str, text: str = "", title: str = "", **attrs) -> None:
-        """<tag attrs>text</tag>; class_ is class, font_size is font-size; title: the hover text."""
-        a = "".join(f" {k.rstrip('_').replace('_', '-')}={quoteattr(svg_value(k, v))}"
+        """<tag attrs>text</tag>; class_ is class, font_size font-size; title: the hover text.
+
+        A float is pixels, to 0.1 px; a row's value (data_*) is written as its JSON row has it.
+        """
+        a = "".join(f" {k.rstrip('_').replace('_', '-')}="
+                    + quoteattr(f"{v:.1f}" if isinstance(v, float) and not k.startswith("data_") else str(v))
                     for k, v in attrs.items() if v is not None)
         inner = (f"<title>{escape(title)}</title>" if title else "") + escape(text)
         self.parts.append(f"<{tag}{a}>{inner}</{tag}>" if inner else f"<{tag}{a}/>")
 
     def text(self, x: float, y: float, words: str, **attrs) -> None:
         self.add("text", words, x=x, y=y, **attrs)
+
+    def shape(self, shape: str, x: float, y: float, **style) -> None:
+        """A marker centred on x, y: a circle, or SVG_SHAPES' polygon."""
+        if shape == "circle":
+            self.add("circle", cx=x, cy=y, r=4.5, **style)
+        else:
+            self.add("polygon", points=" ".join(f"{x + dx:.1f},{y + dy:.1f}" for dx, dy in SVG_SHAPES[shape]),
+                     **style)
 
     def document(self, height: float, title: str) -> str:
         return (f'<?xml version="1.0" encoding="UTF-8"?>\n'
@@ -5106,11 +5063,6 @@ class Svg:
                 + "\n".join(self.parts) + "\n</svg>\n")
 
 
-def svg_value(name: str, v) -> str:
-    """An attribute's text: a row's value (data_*) as JSON has it, a float (pixels) to 0.1 px."""
-    return f"{v:.1f}" if isinstance(v, float) and not name.startswith("data_") else str(v)
-
-
 @dataclass
 class SvgAxis:
     """Values lo..hi onto pixels px0..px1, linear or logarithmic."""
@@ -5119,6 +5071,14 @@ class SvgAxis:
     log: bool
     px0: float
     px1: float
+
+    @classmethod
+    def holding(cls, values: List[Optional[float]], log: bool, px0: float, px1: float) -> "SvgAxis":
+        """An axis that holds values: from 0 (linear), or padded both ways (log)."""
+        positive = [v for v in values if v is not None and v > 0] or [1.0]
+        if log:
+            return cls(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
+        return cls(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
 
     def __call__(self, v: float) -> float:
         v = min(max(v, self.lo), self.hi)       # a 0 (a row that sent nothing) sits on the axis
@@ -5142,101 +5102,94 @@ class SvgAxis:
         return [i * step for i in range(math.ceil(self.lo / step), math.floor(self.hi / step) + 1)]
 
 
-def svg_axis(values: List[float], log: bool, px0: float, px1: float) -> SvgAxis:
-    """An axis that holds values: from 0 (linear), or padded both ways (log)."""
-    positive = [v for v in values if v is not None and v > 0] or [1.0]
-    if log:
-        return SvgAxis(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
-    return SvgAxis(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
-
-
-def svg_zc(r: Result) -> str:
-    """The row's zc verdict as a key of SVG_ZC."""
-    return zc_mark(r).split()[0]
+def svg_zc(r: Result) -> Tuple[str, str, str]:
+    """The (colour, marker, words) of the row's zc verdict."""
+    return SVG_ZC[zc_mark(r).split()[0]]
 
 
 def svg_name(r: Result) -> str:
     """A row's name in the chart: its mode as the table names it, its batch, and a GSO segment if any."""
-    gso = r.row().get("gso")                    # a row sent with UDP GSO is a series of its own
-    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {gso} B" if gso else "")
+    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {r.gso} B" if r.gso else "")
 
 
-def svg_data(r: Result, **more) -> dict:
-    """The attributes that tie an element to its JSON row: the row's own values."""
+def svg_value(r: Result, field: str) -> Optional[float]:
+    """A value of the row's JSON row; user_pct: the share of its CPU outside the kernel, in % to 0.1."""
     row = r.row()
-    return {"data_mode": r.mode, "data_batch": r.batch, "data_size": r.size, "data_gso": row.get("gso"),
-            "data_mb_per_s": row["mb_per_s"], "data_zc": zc_mark(r), **more}
+    if field != "user_pct":
+        return row[field]
+    cpu = row["cpu_user_s"] + row["cpu_sys_s"]
+    return round(100 * row["cpu_user_s"] / cpu, 1) if cpu else None
 
 
-def svg_hover(r: Result, what: str) -> str:
-    state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
-    return f"{svg_name(r)}, {r.size} B: {what}, zc {zc_mark(r)}{state}"
+def svg_row(r: Result, what: str, **more) -> dict:
+    """The attributes that tie an element to its JSON row: a hover text and the row's own values."""
+    return {"title": f"{svg_name(r)}, {r.size} B: {what}, zc {zc_mark(r)}{row_state(r)}",
+            "data_mode": r.mode, "data_batch": r.batch, "data_size": r.size, "data_gso": r.gso,
+            "data_mb_per_s": svg_value(r, "mb_per_s"), "data_zc": zc_mark(r), **more}
 
 
-def svg_shape(svg: Svg, shape: str, x: float, y: float, **style) -> None:
-    """A marker: circle, square, triangle or diamond, centred on x, y."""
-    if shape == "circle":
-        svg.add("circle", cx=x, cy=y, r=4.5, **style)
-    elif shape == "square":
-        svg.add("rect", x=x - 4, y=y - 4, width=8.0, height=8.0, **style)
-    else:
-        corners = (((x, y - 6), (x + 6, y + 4.5), (x - 6, y + 4.5)) if shape == "triangle" else
-                   ((x, y - 6), (x + 5, y), (x, y + 6), (x - 5, y)))
-        svg.add("polygon", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in corners), **style)
+def svg_series(rows: List[Result], name: Callable[[Result], str]) -> list:
+    """(name, rows, colour, dash) of each series, in the table's order: the baseline's look, or the next."""
+    out = []
+    for i, series in enumerate(dict.fromkeys(map(name, rows))):
+        mine = [r for r in rows if name(r) == series]
+        look = SVG_BASELINE if mine[0].mode == BASELINE_MODE else (SVG_COLORS[i % len(SVG_COLORS)], None)
+        out.append((series, mine, *look))
+    return out
 
 
-def svg_frame(svg: Svg, x: SvgAxis, y: SvgAxis, title: str, xlabel: str, ylabel: str,
-              xticks: Optional[List[float]] = None) -> None:
-    """A panel's title, grid, tick labels, frame and axis labels."""
-    left, right, bottom, top = x.px0, x.px1, y.px0, y.px1
+def svg_xaxis(svg: Svg, x: SvgAxis, top: float, bottom: float, label: str, ticks: List[float]) -> None:
+    """A grid line from top to bottom at each tick, its value under it, and the axis label."""
+    for v in ticks:
+        svg.add("line", x1=x(v), x2=x(v), y1=top, y2=bottom, stroke="#e4e4e4")
+        svg.text(x(v), bottom + 16, f"{v:g}", text_anchor="middle", fill="#444444")
+    svg.text((x.px0 + x.px1) / 2, bottom + 34, label, text_anchor="middle", class_="axis-label")
+
+
+def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str, left: float, right: float,
+              top: float, log: bool, title: str, xlabel: str, ylabel: str) -> Tuple[SvgAxis, SvgAxis]:
+    """A panel of a line per series through its points, x on a log scale; returns its axes.
+
+    Each point is a marker shaped by its zc verdict, carrying its row's data; a user share runs 0-100 %.
+    """
+    field, unit = SVG_PANELS[panel]
+    values = [svg_value(r, field) for _, mine, _, _ in series for r in mine]
+    xticks = sorted({x_of(r) for _, mine, _, _ in series for r in mine})
+    x = SvgAxis.holding(xticks, True, left, right)
+    bottom = top + SVG_PANEL_HEIGHT
+    y = (SvgAxis(0.0, 100.0, False, bottom, top) if field == "user_pct" else
+         SvgAxis.holding(values, log, bottom, top))
     svg.text(left, top - 10, title, font_weight="bold", class_="panel-title")
     for v in y.ticks():
         svg.add("line", x1=left, x2=right, y1=y(v), y2=y(v), stroke="#e4e4e4")
         svg.text(left - 6, y(v) + 4, f"{v:g}", text_anchor="end", fill="#444444")
-    for v in x.ticks() if xticks is None else xticks:
-        svg.add("line", x1=x(v), x2=x(v), y1=top, y2=bottom, stroke="#e4e4e4")
-        svg.text(x(v), bottom + 16, f"{v:g}", text_anchor="middle", fill="#444444")
+    svg_xaxis(svg, x, top, bottom, xlabel, xticks)
     svg.add("rect", x=left, y=top, width=right - left, height=bottom - top, fill="none", stroke="#888888")
-    svg.text((left + right) / 2, bottom + 34, xlabel, text_anchor="middle", class_="axis-label")
     middle = (top + bottom) / 2
     svg.text(left - 52, middle, ylabel, text_anchor="middle", class_="axis-label",
              transform=f"rotate(-90 {left - 52:.1f} {middle:.1f})")
+    for name, mine, color, dash in series:
+        points = sorted((r for r in mine if svg_value(r, field) is not None), key=x_of)
+        xy = [(x(x_of(r)), y(svg_value(r, field))) for r in points]
+        if len(xy) > 1:
+            svg.add("polyline", points=" ".join(f"{a:.1f},{b:.1f}" for a, b in xy), fill="none", stroke=color,
+                    stroke_width=2, stroke_dasharray=dash, class_="series", data_series=name)
+        for r, (a, b) in zip(points, xy):
+            value = svg_value(r, field)
+            svg.shape(svg_zc(r)[1], a, b, fill=color, stroke="#222222", stroke_width=0.8, class_="point",
+                      **svg_row(r, f"{value} {unit}", data_panel=panel, **{f"data_{field}": value}))
+    return x, y
 
 
-def svg_series(rows: List[Result], name: Callable[[Result], str]) -> Dict[str, List[Result]]:
-    """The rows by series name, in the order the names first appear (the table's)."""
-    out: Dict[str, List[Result]] = {}
-    for r in rows:
-        out.setdefault(name(r), []).append(r)
-    return out
+def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]],
+               series: list = ()) -> float:
+    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom.
 
-
-def svg_look(i: int, rows: List[Result]) -> Tuple[str, Optional[str]]:
-    """Series i's colour and dash pattern: the baseline's own, else the palette's next."""
-    if rows[0].mode == BASELINE_MODE:
-        return SVG_BASELINE
-    return SVG_COLORS[i % len(SVG_COLORS)], None
-
-
-def svg_lines(svg: Svg, series: Dict[str, List[Result]], x: SvgAxis, y: SvgAxis,
-              x_of: Callable[[Result], float], y_of: Callable[[Result], Optional[float]],
-              panel: str, unit: str, **data: Callable[[Result], object]) -> None:
-    """A line per series through its points in x order; each point a marker with its row's data."""
-    for i, (name, rows) in enumerate(series.items()):
-        color, dash = svg_look(i, rows)
-        points = sorted((r for r in rows if y_of(r) is not None), key=x_of)
-        if len(points) > 1:
-            svg.add("polyline", points=" ".join(f"{x(x_of(r)):.1f},{y(y_of(r)):.1f}" for r in points),
-                    fill="none", stroke=color, stroke_width=2, stroke_dasharray=dash,
-                    class_="series", data_series=name)
-        for r in points:
-            svg_shape(svg, SVG_ZC[svg_zc(r)][1], x(x_of(r)), y(y_of(r)), fill=color, stroke="#222222",
-                      stroke_width=0.8, class_="point", title=svg_hover(r, f"{y_of(r)} {unit}"),
-                      **svg_data(r, data_panel=panel, **{k: f(r) for k, f in data.items()}))
-
-
-def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]]) -> float:
-    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom."""
+    A chart of lines has its series first, then its markers.
+    """
+    markers = [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
+    entries = [("line", color, dash, name + (" (the baseline)" if mine[0].mode == BASELINE_MODE else ""))
+               for name, mine, color, dash in series] + (markers if series else []) + entries
     svg.text(SVG_LEFT, top, "Legend", font_weight="bold", class_="legend-title")
     column = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
     for i, (kind, look, dash, words) in enumerate(entries):
@@ -5247,153 +5200,91 @@ def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str]
         elif kind == "box":
             svg.add("rect", x=x + 4, y=y - 11, width=18.0, height=12.0, fill=look)
         else:
-            svg_shape(svg, look, x + 13, y - 4, fill="#999999", stroke="#222222", stroke_width=0.8)
+            svg.shape(look, x + 13, y - 4, fill="#999999", stroke="#222222", stroke_width=0.8)
         svg.text(x + 34, y, words, class_="legend")
     return top + 20 + (len(entries) + 1) // 2 * 18
 
 
-def svg_marker_legend() -> List[Tuple[str, str, Optional[str], str]]:
-    return [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
-
-
 def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
     """One size: a bar per row, as the table's, coloured by its zc verdict; the baseline marked."""
-    x = svg_axis([r.mb_per_s for r in rows], False, SVG_BAR_LABELS + 10, SVG_WIDTH - SVG_BAR_TEXT)
+    x = SvgAxis.holding([r.mb_per_s for r in rows], False, SVG_BAR_LABELS + 10, SVG_WIDTH - SVG_BAR_TEXT)
     plot_top = top + 26
     bottom = plot_top + len(rows) * (SVG_BAR + SVG_BAR_GAP)
     svg.text(SVG_LEFT, top, "Throughput of every way to send", font_weight="bold", class_="panel-title")
-    for v in x.ticks():
-        svg.add("line", x1=x(v), x2=x(v), y1=plot_top - 4, y2=bottom, stroke="#e4e4e4")
-        svg.text(x(v), bottom + 16, f"{v:g}", text_anchor="middle", fill="#444444")
-    svg.text((x.px0 + x.px1) / 2, bottom + 34, "MB/s (MB = 2^20 bytes)", text_anchor="middle",
-             class_="axis-label")
+    svg_xaxis(svg, x, plot_top - 4, bottom, "MB/s (MB = 2^20 bytes)", x.ticks())
     for i, r in enumerate(rows):
-        y = plot_top + i * (SVG_BAR + SVG_BAR_GAP)
-        mb = r.row()["mb_per_s"]
+        y, mb = plot_top + i * (SVG_BAR + SVG_BAR_GAP), svg_value(r, "mb_per_s")
         svg.text(SVG_BAR_LABELS, y + 13, svg_name(r), text_anchor="end", class_="bar-label")
-        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=SVG_ZC[svg_zc(r)][0],
-                class_="bar", title=svg_hover(r, f"{mb} MB/s"), **svg_data(r))
-    baselines = [r for r in rows if r.mode == BASELINE_MODE]
-    for n, r in enumerate(baselines):           # over the bars, under the figures
-        at = x(r.row()["mb_per_s"])
-        svg.add("line", x1=at, x2=at, y1=plot_top - 8, y2=bottom, stroke=SVG_BASELINE[0],
+        svg.add("rect", x=x(0), y=y, width=x(mb) - x(0), height=float(SVG_BAR), fill=svg_zc(r)[0],
+                class_="bar", **svg_row(r, f"{mb} MB/s"))
+    for n, r in enumerate(r for r in rows if r.mode == BASELINE_MODE):   # over the bars, under the figures
+        mb = svg_value(r, "mb_per_s")
+        svg.add("line", x1=x(mb), x2=x(mb), y1=plot_top - 8, y2=bottom, stroke=SVG_BASELINE[0],
                 stroke_dasharray=SVG_BASELINE[1], stroke_width=1.5, class_="baseline",
-                title=svg_hover(r, f"{r.row()['mb_per_s']} MB/s"))
+                title=svg_row(r, f"{mb} MB/s")["title"])
         if n == 0:                              # (one label: several tables' lines would crowd it)
-            svg.text(at, plot_top - 12, "MSG_ZEROCOPY baseline (speedup 1.00x)", text_anchor="middle",
+            svg.text(x(mb), plot_top - 12, "MSG_ZEROCOPY baseline (speedup 1.00x)", text_anchor="middle",
                      class_="baseline-label")
     for i, r in enumerate(rows):
-        y = plot_top + i * (SVG_BAR + SVG_BAR_GAP)
-        mb = r.row()["mb_per_s"]
+        mb = svg_value(r, "mb_per_s")
         speedup = "" if r.speedup is None else f" {r.speedup:.2f}x"
-        state = " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
-        svg.text(x(mb) + 6, y + 13, f"{mb:.0f} MB/s{speedup}  zc {zc_mark(r)}{state}", class_="bar-value",
-                 **SVG_HALO)
+        svg.text(x(mb) + 6, plot_top + i * (SVG_BAR + SVG_BAR_GAP) + 13,
+                 f"{mb:.0f} MB/s{speedup}  zc {zc_mark(r)}{row_state(r)}", class_="bar-value", **SVG_HALO)
     legend = [("box", color, None, words) for color, _, words in SVG_ZC.values()]
     legend.append(("line", SVG_BASELINE[0], SVG_BASELINE[1], "the MSG_ZEROCOPY baseline's rate"))
     return svg_legend(svg, bottom + 64, legend)
 
 
-def svg_crossover(svg: Svg, x: SvgAxis, y: SvgAxis, results: List[Result], say: bool) -> None:
-    """A dotted line at each crossover size (where zero-copy starts to pay).
-
-    say: also a line of words under the panel (inside it they would cover
-    the points, which crowd where the crossover usually is: the large sizes).
-    """
-    for i, (pair, size) in enumerate(crossover(results).items()):
-        name = SVG_CROSSOVER_NAMES.get(pair, pair)
-        if say:
-            where = "at no size measured" if size is None else f"from {size} B (dotted line)"
-            svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {name} {where}", class_="crossover-label")
-        if size is None:
-            svg.add("g", class_="crossover", data_pair=pair, data_size="none")
-            continue
-        svg.add("line", x1=x(size), x2=x(size), y1=y.px1, y2=y.px0, stroke="#555555", stroke_width=1.5,
-                stroke_dasharray="2 3", class_="crossover", data_pair=pair, data_size=size)
-        if say:                                 # low in the rate panel: the large sizes run high there
-            svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
-                     class_="crossover-tag", **SVG_HALO)
-
-
 def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
-    """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label."""
+    """--sizes: MB/s, then CPU s/GB, against the payload size; a line per row label, the crossovers marked."""
     series = svg_series(results, svg_name)
-    sizes = sorted({r.size for r in results})
-    right = SVG_WIDTH - SVG_RIGHT
-    x = svg_axis(sizes, True, SVG_LEFT, right)
-    panels = (("Throughput against payload size", "MB/s (log scale)", "mb",
-               "MB/s", lambda r: r.row()["mb_per_s"], {}),
-              ("CPU cost against payload size", "CPU s/GB (log scale)", "cpu",
-               "CPU s/GB", lambda r: r.row()["cpu_s_per_gb"],
-               {"data_cpu_s_per_gb": lambda r: r.row()["cpu_s_per_gb"]}))
-    for n, (title, ylabel, panel, unit, y_of, data) in enumerate(panels):
-        ptop = top + n * (SVG_PANEL_HEIGHT + SVG_PANEL_GAP)
-        y = svg_axis([y_of(r) for r in results], True, ptop + SVG_PANEL_HEIGHT, ptop)
-        svg_frame(svg, x, y, title, "payload per send, bytes (log scale)", ylabel, xticks=sizes)
-        svg_crossover(svg, x, y, results, say=n == 0)
-        svg_lines(svg, series, x, y, lambda r: r.size, y_of, panel, unit, **data)
-    legend = [("line", *svg_look(i, rows), name + (" (the baseline)" if rows[0].mode == BASELINE_MODE else ""))
-              for i, (name, rows) in enumerate(series.items())]
-    legend += svg_marker_legend()
-    legend.append(("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more "
-                                             "faster than copying"))
-    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, legend)
-
-
-def knee_row(rows: List[Result]) -> Result:
-    """One mode's knee: the smallest batch within KNEE_MARGIN of its best (format_sweep's rule).
-
-    Judged on the JSON row's MB/s, as the chart draws it, so that a reader of
-    the JSON finds the same knee.
-    """
-    best = max(r.row()["mb_per_s"] for r in rows)
-    return min((r for r in rows if r.row()["mb_per_s"] >= KNEE_MARGIN * best), key=lambda r: r.batch)
-
-
-def user_pct(r: Result) -> Optional[float]:
-    """The share of the row's CPU outside the kernel, in % to 0.1, from the JSON row's CPU seconds."""
-    row = r.row()
-    cpu = row["cpu_user_s"] + row["cpu_sys_s"]
-    return round(100 * row["cpu_user_s"] / cpu, 1) if cpu else None
+    for n, (panel, title) in enumerate((("mb", "Throughput"), ("cpu", "CPU cost"))):
+        x, y = svg_panel(svg, series, lambda r: r.size, panel, SVG_LEFT, SVG_WIDTH - SVG_RIGHT,
+                         top + n * (SVG_PANEL_HEIGHT + SVG_PANEL_GAP), True, f"{title} against payload size",
+                         "payload per send, bytes (log scale)", f"{SVG_PANELS[panel][1]} (log scale)")
+        for i, (pair, size) in enumerate(crossover(results).items()):
+            if n == 0:      # words under the panel: inside, they would cover the points at the large sizes
+                where = "at no size measured" if size is None else f"from {size} B (dotted line)"
+                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {CROSSOVER_PAIRS[pair][3]} {where}",
+                         class_="crossover-label")
+            if size is None:
+                svg.add("g", class_="crossover", data_pair=pair, data_size="none")
+                continue
+            svg.add("line", x1=x(size), x2=x(size), y1=y.px1, y2=y.px0, stroke="#555555", stroke_width=1.5,
+                    stroke_dasharray="2 3", class_="crossover", data_pair=pair, data_size=size)
+            if n == 0:      # low in the rate panel: the large sizes run high there
+                svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
+                         class_="crossover-tag", **SVG_HALO)
+    mark = ("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than "
+                                      "copying")
+    return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, [mark], series)
 
 
 def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
     """--sweep: per size, MB/s and the user share against the batch; a line per mode, its knee marked."""
     half = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
-    series_names: Dict[str, List[Result]] = {}
+    xlabel = "batch: requests per io_uring_enter (log scale)"
     for size in dict.fromkeys(r.size for r in results):
-        rows = [r for r in results if r.size == size]
-        series = svg_series(rows, lambda r: MODE_LABELS.get(r.mode, r.mode))
-        for name, mine in series.items():
-            series_names.setdefault(name, mine)
-        x_rate = svg_axis([r.batch for r in rows], True, SVG_LEFT, SVG_LEFT + half - 40)
-        x_user = svg_axis([r.batch for r in rows], True, SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT)
-        batches = sorted({r.batch for r in rows})
-        y_rate = svg_axis([r.mb_per_s for r in rows], False, top + SVG_PANEL_HEIGHT, top)
-        y_user = SvgAxis(0.0, 100.0, False, top + SVG_PANEL_HEIGHT, top)
-        svg_frame(svg, x_rate, y_rate, f"{size} B per send: throughput", "batch: requests per "
-                  "io_uring_enter (log scale)", "MB/s", xticks=batches)
-        svg_lines(svg, series, x_rate, y_rate, lambda r: r.batch, lambda r: r.row()["mb_per_s"], "mb", "MB/s")
-        svg_frame(svg, x_user, y_user, f"{size} B per send: user share of the CPU", "batch: requests per "
-                  "io_uring_enter (log scale)", "user % (Python, ctypes)", xticks=batches)
-        svg_lines(svg, series, x_user, y_user, lambda r: r.batch, user_pct, "user", "% user",
-                  data_user_pct=user_pct)
-        for i, (name, mine) in enumerate(series.items()):
-            knee = knee_row(mine)
-            cx, cy = x_rate(knee.batch), y_rate(knee.row()["mb_per_s"])
-            svg.add("circle", cx=cx, cy=cy, r=10.0, fill="none", stroke=svg_look(i, mine)[0], stroke_width=1.5,
-                    class_="knee", data_mode=knee.mode, data_size=size, data_batch=knee.batch,
-                    title=f"knee, {name}: batch {knee.batch}")
-            right_half = cx > (x_rate.px0 + x_rate.px1) / 2
-            svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {knee.batch}",
-                     text_anchor="end" if right_half else "start", fill=svg_look(i, mine)[0],
-                     class_="knee-label", **SVG_HALO)
+        series = svg_series([r for r in results if r.size == size], lambda r: MODE_LABELS.get(r.mode, r.mode))
+        x, y = svg_panel(svg, series, lambda r: r.batch, "mb", SVG_LEFT, SVG_LEFT + half - 40, top, False,
+                         f"{size} B per send: throughput", xlabel, "MB/s")
+        svg_panel(svg, series, lambda r: r.batch, "user", SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT, top,
+                  False, f"{size} B per send: user share of the CPU", xlabel, "user % (Python, ctypes)")
+        for name, mine, color, _ in series:
+            # Judged on the JSON row's MB/s, as drawn, so that a reader of the JSON finds the same knee.
+            low = knee(mine, lambda r: svg_value(r, "mb_per_s"))[0]
+            cx, cy = x(low.batch), y(svg_value(low, "mb_per_s"))
+            svg.add("circle", cx=cx, cy=cy, r=10.0, fill="none", stroke=color, stroke_width=1.5,
+                    class_="knee", data_mode=low.mode, data_size=size, data_batch=low.batch,
+                    title=f"knee, {name}: batch {low.batch}")
+            right_half = cx > (x.px0 + x.px1) / 2
+            svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {low.batch}", fill=color,
+                     text_anchor="end" if right_half else "start", class_="knee-label", **SVG_HALO)
         top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
-    legend = [("line", *svg_look(i, rows), name) for i, (name, rows) in enumerate(series_names.items())]
-    legend += svg_marker_legend()
-    legend.append(("line", "#555555", None, f"ring: the knee, the smallest batch within "
-                                            f"{1 - KNEE_MARGIN:.0%} of the mode's best"))
-    return svg_legend(svg, top - 16, legend)
+    series = svg_series(results, lambda r: MODE_LABELS.get(r.mode, r.mode))
+    mark = ("line", "#555555", None, f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} "
+                                     f"of the mode's best")
+    return svg_legend(svg, top - 16, [mark], series)
 
 
 def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str:
@@ -5414,17 +5305,11 @@ def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str
         svg.text(16, y, "partial: the run stopped early (Ctrl-C or a failed row); these are the rows "
                         "measured until then", fill="#c00000", class_="partial")
         y += 15
-    y += 36
     if not results:
-        svg.text(16, y, "no row was measured", class_="empty")
-        bottom = y + 20
-    elif cfg.sweep:
-        bottom = svg_sweep(svg, y, results)
-    elif len(cfg.sizes) > 1:
-        bottom = svg_sizes(svg, y, results)
-    else:
-        bottom = svg_bars(svg, y, results)
-    return svg.document(bottom + 16, title)
+        svg.text(16, y + 36, "no row was measured", class_="empty")
+        return svg.document(y + 72, title)
+    draw = svg_sweep if cfg.sweep else svg_sizes if len(cfg.sizes) > 1 else svg_bars
+    return svg.document(draw(svg, y + 36, results) + 16, title)
 
 
 def svg_file(text: str) -> str:
@@ -5436,46 +5321,27 @@ def svg_file(text: str) -> str:
     return text
 
 
-def write_svg(path: str, chart: str) -> None:
-    """Write the chart; a refusal (a read-only place, a full disk) is one line, exit 1."""
-    try:
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(chart)
-    except OSError as e:
-        raise Fatal(f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
-                    f"{e.strerror}): give a FILE you may write, or drop --svg") from None
-
-
-def print_bench(cfg: BenchConfig, results: List[Result], complete: bool = True) -> None:
-    """The tables, one per size, then what the columns mean (complete: see bench_main)."""
+def print_bench(cfg: BenchConfig, results: List[Result], complete: bool) -> None:
+    """The tables, one per size, headed by how the path carries it; then what the columns mean."""
+    for size, gso in cfg.groups:
+        rows = [r for r in results if r.size == size and (r.gso or 0) == gso]
+        n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
+        if not rows:
+            continue
+        if gso:
+            print(f"\n{size} B per send, UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} "
+                  f"datagrams per send")
+        elif n > 1 and not cfg.sweep:
+            print(f"\n{size} B per send, fragmented: {n} IP fragments each at MTU {cfg.path_mtu}")
+        else:
+            print(f"\n{size} B per send")
+        print("\n".join(format_sweep(rows) if cfg.sweep else format_table(rows)))
     if cfg.sweep:
-        for size in cfg.sizes:
-            rows = [r for r in results if r.size == size]
-            if rows:
-                print(f"\n{size} B per send")
-                print("\n".join(format_sweep(rows)))
         print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
               "other CPU.", flush=True)
-        return
-    for size, gso in cfg.groups or [(size, 0) for size in cfg.sizes]:
-        rows = [r for r in results if r.size == size and (r.gso or 0) == gso]
-        if rows:
-            print(f"\n{table_heading(cfg, size, gso)}")
-            print("\n".join(format_table(rows)))
-    print("\n".join(bench_footer(results, cfg.sizes, complete)), flush=True)
-
-
-def table_heading(cfg: BenchConfig, size: int, gso: int) -> str:
-    """"65435 B per send", and how the path carries it when it would fragment."""
-    if gso:
-        return (f"{size} B per send, UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} "
-                f"datagrams per send")
-    if cfg.path_mtu and cfg.proto == "udp":
-        n = ip_fragments(size, cfg.path_mtu, cfg.family)
-        if n > 1:
-            return f"{size} B per send, fragmented: {n} IP fragments each at MTU {cfg.path_mtu}"
-    return f"{size} B per send"
+    else:
+        print("\n".join(bench_footer(results, cfg.sizes, complete)), flush=True)
 
 
 def bench_main(argv: List[str]) -> int:
@@ -5498,15 +5364,23 @@ def bench_main(argv: List[str]) -> int:
     # error ended early, it would judge sizes never measured.
     complete = failure is None and not STOP.requested
     if cfg.as_json:
-        extra = {}
-        if len(cfg.sizes) > 1:
-            extra["crossover"] = crossover(results) if complete else None
-        extra["error"] = failure
-        print(json.dumps(json_doc(cfg.params(sink, dst), results, extra), indent=2))
+        params = {"proto": cfg.proto, "family": family_name(cfg.family), "addr": dst, "port": cfg.port,
+                  "sizes": cfg.sizes, "batches": cfg.batches, "seconds": cfg.seconds,
+                  "interval": cfg.interval, "entries": BENCH_ENTRIES, "sweep": cfg.sweep,
+                  "mtu": cfg.path_mtu, "gso": cfg.gso or None,
+                  "sink": None if sink is None else {**vars(sink), "netns": "private"}}
+        extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
+        print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
     else:
         print_bench(cfg, results, complete)
     if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
-        write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results))
+        chart = bench_svg(cfg, bench_header(cfg, dst, sink), results)
+        try:
+            with open(a.svg, "w", encoding="utf-8") as f:
+                f.write(chart)
+        except OSError as e:    # a read-only place, a full disk: one line, exit 1
+            raise Fatal(f"--svg {a.svg}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
+                        f"{e.strerror}): give a FILE you may write, or drop --svg") from None
     if failure:
         raise Fatal(failure)
     return 130 if STOP.requested else 0
@@ -5566,13 +5440,9 @@ def bench_parser() -> argparse.ArgumentParser:
 def bench_config(a: argparse.Namespace) -> BenchConfig:
     """Check bench's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
-    if a.seconds is None:
-        a.seconds = SWEEP_SECONDS if a.sweep else BENCH_SECONDS
     sizes_given = a.sizes is not None
-    if a.sizes is None:
-        a.sizes = list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
-    if a.batches is None:
-        a.batches = list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
+    sizes = a.sizes or list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
+    batches = a.batches or list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
     if a.addr is None and a.proto == "tcp":
         raise UsageError(TCP_NEEDS_A_PEER)
     if a.addr is not None and a.qdisc is not None:
@@ -5580,15 +5450,16 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
                          "this host's own path and its qdisc: drop one of the two")
     check_sink_mtu(a.mtu, a.addr, family)
     limit = max_payload(a.proto, family)
-    too_big = [s for s in a.sizes if s > limit]
+    too_big = [s for s in sizes if s > limit]
     if too_big:
         raise UsageError(f"--sizes {too_big[0]}: payload exceeds max ({limit}) for {a.proto} over "
                          f"{family_name_label(family_name(family))}: keep every size at {limit} or less")
-    if a.batches[-1] > BENCH_ENTRIES:
-        raise UsageError(f"--batches {a.batches[-1]}: more requests per batch than the ring has "
+    if batches[-1] > BENCH_ENTRIES:
+        raise UsageError(f"--batches {batches[-1]}: more requests per batch than the ring has "
                          f"entries ({BENCH_ENTRIES}): keep every batch at {BENCH_ENTRIES} or less")
-    return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=a.sizes,
-                       batches=a.batches, seconds=a.seconds, interval=a.interval, as_json=a.json,
+    return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=sizes, batches=batches,
+                       seconds=a.seconds or (SWEEP_SECONDS if a.sweep else BENCH_SECONDS),
+                       interval=a.interval, as_json=a.json,
                        qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep, mtu=a.mtu or SINK_MTU,
                        sizes_given=sizes_given)
 
