@@ -5874,14 +5874,11 @@ def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None
 class Parser(argparse.ArgumentParser):
     """argparse, but every usage mistake is one line, `cause: fix`, and exit status 2.
 
-    Two habits of argparse are undone here. A value that starts with '-'
-    ("-t -1") reads to it as an option whenever the parser has options that
-    look like negative numbers, as -4 and -6 do, and it answers "expected one
-    argument", hiding what is wrong with -1: so parse_known_args() glues such
-    a value to its option ("-t=-1") before argparse sees it, for every option
-    that takes a value. And argparse names no fix: the checks below (the
-    type= functions) say what to give instead, and error() adds a fix to the
-    messages argparse makes itself.
+    argparse reads a value that starts with '-' ("-t -1") as an option once the
+    parser has options that look like negative numbers (-4, -6), and answers
+    "expected one argument", hiding what is wrong with -1: so parse_known_args()
+    glues such a value to its option ("-t=-1"). The type= checks say what to
+    give instead; error() adds a fix to the messages argparse makes itself.
     """
 
     def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
@@ -5896,22 +5893,16 @@ class Parser(argparse.ArgumentParser):
         action = super().add_argument(*args, **kw)
         for option in action.option_strings:
             self._takes_value[option] = action.nargs is None      # store: exactly one value
-        if callable(action.type):
-            action.type = self._named(action, action.type)
+        check, name = action.type, " ".join(action.option_strings[-1:])
+        if callable(check):
+            def checked(text: str):
+                try:
+                    return check(text)
+                except argparse.ArgumentTypeError as e:    # kept for error(), with option and value
+                    self._bad_value = f"{name} {text}: {e}" if name else str(e)
+                    raise
+            action.type = checked
         return action
-
-    def _named(self, action: argparse.Action, check: Callable[[str], object]) -> Callable[[str], object]:
-        """check, but a refusal is kept with the option and the value it refused."""
-        name = action.option_strings[-1] if action.option_strings else ""
-
-        def checked(text: str):
-            try:
-                return check(text)
-            except argparse.ArgumentTypeError as e:
-                self._bad_value = f"{name} {text}: {e}" if name else str(e)
-                raise
-        checked.__name__ = check.__name__      # argparse names the type in some messages
-        return checked
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -5921,14 +5912,13 @@ class Parser(argparse.ArgumentParser):
             if word == "--":                   # everything after it is positional
                 glued += [word, *words]
                 break
-            if self._takes_value.get(word):
-                value = next(words, None)
-                if value is not None and value.startswith("-") and value not in self._takes_value:
-                    glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
-                    continue
-                glued += [word] if value is None else [word, value]
-                continue
-            glued.append(word)
+            value = next(words, None) if self._takes_value.get(word) else None
+            if value is None:
+                glued.append(word)
+            elif value.startswith("-") and value not in self._takes_value:
+                glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
+            else:
+                glued += [word, value]
         self._bad_value = None
         return super().parse_known_args(glued, namespace)
 
@@ -5960,42 +5950,37 @@ def protocol(*names: str) -> Callable[[str], str]:
     return proto
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of low or more (0x.. and 0o.. too, as the seed's strtoul)."""
-    def whole_number(text: str) -> int:
+def number(convert: Callable[[str], object], fits: Callable[[object], bool],
+           not_a_number: str, out_of_range: str) -> Callable[[str], object]:
+    """An argparse type: convert(text), which fits() must accept; each refusal says what to give."""
+    def check(text: str):
         try:
-            value = int(text, 0)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: give one of {low} or more") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"too small: give a whole number of {low} or more")
+            raise argparse.ArgumentTypeError(not_a_number) from None
+        if not fits(value):
+            raise argparse.ArgumentTypeError(out_of_range)
         return value
-    return whole_number
+    return check
+
+
+def whole(text: str) -> int:
+    return int(text, 0)                         # 0x.. and 0o.. too, as the seed's strtoul
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    return number(whole, lambda value: value >= low, f"not a whole number: give one of {low} or more",
+                  f"too small: give a whole number of {low} or more")
 
 
 positive_int = at_least(1)
 non_negative_int = at_least(0)
-
-
-def positive_float(text: str) -> float:
-    """Seconds: a finite number above 0 (float() also takes 'inf' and 'nan': not those)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: give seconds above 0, e.g. 0.5") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("not a positive number of seconds: give seconds above 0, e.g. 0.5")
-    return value
-
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a port number: give one from 1 to 65535") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError("no such port: give one from 1 to 65535")
-    return value
+# Seconds: float() also takes 'inf' and 'nan', which are not.
+positive_float = number(float, lambda value: 0 < value < float("inf"),
+                        "not a number: give seconds above 0, e.g. 0.5",
+                        "not a positive number of seconds: give seconds above 0, e.g. 0.5")
+port_number = number(whole, lambda value: 1 <= value <= 65535, "not a port number: give one from 1 to 65535",
+                     "no such port: give one from 1 to 65535")
 
 
 def mtu_value(text: str) -> int:
@@ -6089,29 +6074,28 @@ def one_family(families: Optional[List[int]]) -> Optional[int]:
     return families[0] if families else None
 
 
+def is_address(family: int, addr: str) -> bool:
+    try:
+        socket.inet_pton(family, addr)
+    except OSError:
+        return False
+    return True
+
+
 def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
     """-4 or -6 or, with neither, the address's own family (IPv4 by default)."""
-    asked = one_family(families)
-    if asked is not None:
-        family = asked
-    elif addr and ":" in addr:
-        family = socket.AF_INET6
-    else:
-        family = socket.AF_INET
-    if addr is not None:
-        try:
-            socket.inet_pton(family, addr)
-        except OSError:
-            other = socket.AF_INET6 if family == socket.AF_INET else socket.AF_INET
-            try:
-                socket.inet_pton(other, addr)
-            except OSError:
-                raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address: give one in numbers, "
-                                 f"such as 192.0.2.1 or 2001:db8::1") from None
-            flag = f"-{4 if family == socket.AF_INET else 6}"
-            raise UsageError(f"-D {addr} is an {family_name_label(family_name(other))} address "
-                             f"but {flag} was given: drop {flag} (the address says which)") from None
-    return family
+    family = one_family(families)
+    if family is None:
+        family = socket.AF_INET6 if addr and ":" in addr else socket.AF_INET
+    if addr is None or is_address(family, addr):
+        return family
+    other = socket.AF_INET6 if family == socket.AF_INET else socket.AF_INET
+    if not is_address(other, addr):
+        raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address: give one in numbers, "
+                         f"such as 192.0.2.1 or 2001:db8::1")
+    flag = f"-{4 if family == socket.AF_INET else 6}"
+    raise UsageError(f"-D {addr} is an {family_name_label(family_name(other))} address "
+                     f"but {flag} was given: drop {flag} (the address says which)")
 
 
 def sender_config(a: argparse.Namespace) -> SendConfig:
@@ -6124,9 +6108,9 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
         raise UsageError(TCP_NEEDS_A_PEER)
     check_sink_mtu(a.mtu, a.addr, family)
     if a.gso and a.proto != "udp":
+        why = "TCP segments its stream by itself" if a.proto == "tcp" else "a raw socket has no such option"
         raise UsageError(f"--gso with {a.proto}: UDP GSO (UDP_SEGMENT) cuts UDP sends into datagrams; "
-                         f"{'TCP segments its stream by itself' if a.proto == 'tcp' else 'a raw socket has no such option'}: "
-                         f"drop --gso, or send udp")
+                         f"{why}: drop --gso, or send udp")
     limit = max_payload(a.proto, family)
     if a.size > limit:
         raise UsageError(f"-s {a.size}: payload exceeds max ({limit}) for {a.proto} over "
@@ -6150,36 +6134,6 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
                       sqpoll=a.sqpoll, flows=a.flows, gso=a.gso, mtu=a.mtu or SINK_MTU,
                       pool=a.pool, break_contract=a.break_contract)
-
-
-def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The sender: no -D, into the private sink bench makes; the path's MTU; then run_sender()."""
-    with ExitStack() as stack:
-        if cfg.addr is None:
-            hint = (f"or send to a receiver instead, with no private sink and no root: "
-                    f"`python3 sendzc.py -D ADDR {cfg.proto}` (`sendzc.py rx {cfg.proto}` running at ADDR)")
-            # Left on the way out, after the report: the namespace (and so
-            # every packet we send) goes when this process does, whatever ends it.
-            sink = stack.enter_context(private_sink(DEFAULT_QDISC, cfg.mtu, "no -D", hint))
-            cfg.addr = SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4
-            cfg.sink = {"dev": sink.dev, "mtu": sink.mtu, "qdisc": sink.qdisc, "netns": "private"}
-            if not as_json:
-                print(f"sink: no -D, so this sends to {cfg.addr} through {sink.dev} in a network "
-                      f"namespace of its own (MTU {sink.mtu}, qdisc {sink.qdisc}), where the kernel "
-                      f"drops every packet; it goes when sendzc does", flush=True)
-        if cfg.proto == "udp":
-            plan_path(cfg)
-        return run_sender(cfg, as_json, interval)
-
-
-def plan_path(cfg: SendConfig) -> None:
-    """Read the path's MTU; settle --gso auto; say before the run if datagrams would fragment."""
-    cfg.path_mtu = probe_path_mtu(cfg.family, cfg.addr, cfg.port)
-    if cfg.gso:
-        cfg.gso = resolve_gso(cfg.gso, cfg.size, cfg.path_mtu, cfg.family)
-    warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
-    if warning:
-        print(f"sendzc: {warning}", file=sys.stderr, flush=True)
 
 
 # What --pool cannot be combined with: the reference sender is SEND_ZC from
@@ -6212,10 +6166,38 @@ def check_pool_options(a: argparse.Namespace) -> None:
                          "send udp or tcp")
 
 
+def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
+    """The sender: with no -D, into the private sink bench makes; over UDP, the path's MTU first."""
+    with ExitStack() as stack:
+        if cfg.addr is None:
+            hint = (f"or send to a receiver instead, with no private sink and no root: "
+                    f"`python3 sendzc.py -D ADDR {cfg.proto}` (`sendzc.py rx {cfg.proto}` running at ADDR)")
+            # Left on the way out, after the report: the namespace (and so
+            # every packet we send) goes when this process does, whatever ends it.
+            sink = stack.enter_context(private_sink(DEFAULT_QDISC, cfg.mtu, "no -D", hint))
+            cfg.addr = SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4
+            cfg.sink = {"dev": sink.dev, "mtu": sink.mtu, "qdisc": sink.qdisc, "netns": "private"}
+            if not as_json:
+                print(f"sink: no -D, so this sends to {cfg.addr} through {sink.dev} in a network "
+                      f"namespace of its own (MTU {sink.mtu}, qdisc {sink.qdisc}), where the kernel "
+                      f"drops every packet; it goes when sendzc does", flush=True)
+        if cfg.proto == "udp":        # settle --gso auto; say before the run if datagrams would fragment
+            cfg.path_mtu = probe_path_mtu(cfg.family, cfg.addr, cfg.port)
+            if cfg.gso:
+                cfg.gso = resolve_gso(cfg.gso, cfg.size, cfg.path_mtu, cfg.family)
+            warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
+            if warning:
+                print(f"sendzc: {warning}", file=sys.stderr, flush=True)
+        return run_sender(cfg, as_json, interval)
+
+
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The seed's main(): one sender, one result."""
+    """The seed's main(): one sender (or -n N of them, or --pool's), one result."""
     if cfg.flows > 1:
-        return run_senders(cfg, as_json)
+        # Every flow's trace goes where a single run's goes: stderr under
+        # --json, so that stdout stays one JSON document.
+        flows, total = run_flows(cfg, sys.stderr if as_json else sys.stdout)
+        return report_send(cfg, total, as_json, flows)
     if cfg.pool:
         return run_pool_sender(cfg, as_json)
     with ExitStack() as stack:
@@ -6237,53 +6219,48 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         if ticks:                               # the last, partial interval
             ticks.start_ns = sender.started_ns
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
-    if ticks:
-        result.intervals = ticks.rows
+            result.intervals = ticks.rows
     return report_send(cfg, result, as_json)
 
 
-def report_send(cfg: SendConfig, result: Result, as_json: bool) -> int:
-    """Print one sender's result (text or JSON), its error in one line; return the exit status."""
+def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[List[Result]] = None) -> int:
+    """Print a sender's result (after each flow's, when result is their total), its error; the status."""
     if as_json:
-        print(json.dumps(json_doc(sender_params(cfg), [result]), indent=2))
-    elif result.requests or not result.error:   # a run refused at its first send has no result
-        print("\n".join(describe_result(result)))
+        print(json.dumps(json_doc(sender_params(cfg), flows or [result],
+                                  {"total": result.row()} if flows else None), indent=2))
+    else:
+        for i, r in enumerate(flows or []):
+            print(f"flow {i}: " + describe_result(r)[1])
+        if flows:
+            print(f"total of {len(flows)} flows:")
+        if flows or result.requests or not result.error:   # a run refused at its first send has none
+            print("\n".join(describe_result(result)))
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
         return 1
     return 130 if result.interrupted else 0
 
 
-def run_senders(cfg: SendConfig, as_json: bool) -> int:
-    """-n N: each flow's result, then the total."""
-    # The trace of every flow goes where a single run's goes: stderr under
-    # --json, so that stdout stays one JSON document.
-    flows, total = run_flows(cfg, sys.stderr if as_json else sys.stdout)
-    if as_json:
-        doc = json_doc(sender_params(cfg), flows)
-        doc["total"] = total.row()
-        print(json.dumps(doc, indent=2))
-    else:
-        for i, r in enumerate(flows):
-            print(f"flow {i}: " + describe_result(r)[1])
-        print(f"total of {len(flows)} flows:")
-        print("\n".join(describe_result(total)))
-    if total.error:
-        print(f"sendzc: {total.error}", file=sys.stderr)
-        return 1
-    return 130 if total.interrupted else 0
+SENDER_PARAMS = ("proto family addr port size batch zc fixed_buf sendmsg flush entries seconds flows "
+                 "sqpoll gso path_mtu sink pool break_contract").split()
 
 
 def sender_params(cfg: SendConfig) -> dict:
-    return {"proto": cfg.proto, "family": family_name(cfg.family), "addr": cfg.addr,
-            "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
-            "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
-            "entries": cfg.entries, "seconds": cfg.seconds, "flows": cfg.flows,
-            "sqpoll": cfg.sqpoll, "gso": cfg.gso or None, "path_mtu": cfg.path_mtu, "sink": cfg.sink,
-            "pool": cfg.pool, "break_contract": cfg.break_contract}
+    """The sender's params in its --json document."""
+    params = {name: getattr(cfg, name) for name in SENDER_PARAMS}
+    return dict(params, family=family_name(cfg.family), gso=cfg.gso or None)
 
 
-# What --probe asks about: the setup flags this file may use, and the opcodes.
+# --- --probe: what this kernel offers ----------------------------------------
+#
+# Every answer is the kernel's own, never read from the version number:
+# distributions backport features and a kernel's config may leave them out.
+# Each setup flag is tried on a ring of its own (EINVAL = unknown), the
+# opcodes come from IORING_REGISTER_PROBE, registrations are attempted, and
+# each newer send is a real request over UDP on loopback to a socket of ours
+# that reads the datagram back: "yes" means the bytes arrived as sent. (A
+# kernel that does not know a flag refuses with -EINVAL before sending.)
+
 PROBED_SETUP_FLAGS = (
     ("SINGLE_ISSUER", IORING_SETUP_SINGLE_ISSUER),
     ("DEFER_TASKRUN", IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
@@ -6294,18 +6271,41 @@ PROBED_SETUP_FLAGS = (
 )
 PROBED_OPS = (IORING_OP_NOP, IORING_OP_SENDMSG, IORING_OP_SEND, IORING_OP_RECV,
               IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC)
+PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
+PROBE_WAIT_S = 1.0          # the longest a probe waits for a CQE or a datagram
+GSO_PROBE_SEGMENT, GSO_PROBE_SEGMENTS = 100, 2    # the UDP_SEGMENT probe: one send of 2 x 100 bytes
+# What MSG_ZEROCOPY needs of net.core.optmem_max: each send's completion is
+# charged to the socket's option memory until it is read off the error queue.
+# 131072 is the kernel's default today; the 20480 of older kernels ran out at
+# speed (ENOBUFS on every few sends, retried: the bench's note says how many).
+MSG_ZEROCOPY_OPTMEM = 131072
+PROT_NONE = 0                                             # <sys/mman.h>
+
+
+def probe_main(argv: List[str]) -> int:
+    """`sendzc.py --probe [--json]`: the kernel's answers; exit 1 naming what is missing."""
+    p = Parser(prog="sendzc.py --probe", description="Ask this kernel what io_uring offers.")
+    p.add_argument("--probe", action="store_true", required=True)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    a = p.parse_args(argv)
+    caps = kernel_capabilities()
+    if a.json:
+        JSON_OUT.made = True
+        print(json.dumps({"tool": "sendzc", "version": VERSION, "kernel": caps["kernel"],
+                          "host": socket.gethostname(), "probe": caps}, indent=2))
+    else:
+        print("\n".join(describe_capabilities(caps)))
+    if caps["missing"]:
+        print(f"sendzc: missing: {', '.join(caps['missing'])}"
+              + (f" ({caps['setup_error']})" if "setup_error" in caps else ""), file=sys.stderr)
+        return 1
+    return 0
 
 
 def kernel_capabilities() -> dict:
-    """What this kernel's io_uring offers, each answer the kernel's own (for --probe).
-
-    Nothing is guessed from the version number: each setup flag is tried on a
-    ring of its own (EINVAL = unknown), the opcodes come from
-    IORING_REGISTER_PROBE, registrations are attempted for real.
-    """
+    """What this kernel's io_uring offers (--probe's JSON object); what is missing, and why."""
     caps = {"kernel": platform.release(), "machine": platform.machine(),
             "io_uring_disabled": read_io_uring_disabled(), "missing": []}
-    missing = caps["missing"]
     # First, before any other ring: a closed ring's locked memory is given back
     # by a kernel worker a moment later, and would make the limit look lower.
     limits = zero_copy_limits()
@@ -6313,7 +6313,7 @@ def kernel_capabilities() -> dict:
         ring = Ring(4, attempts=(0,))
     except (OSError, Fatal) as e:
         caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
-        missing.append("io_uring_setup")
+        caps["missing"].append("io_uring_setup")
         return caps
     try:
         return _ring_capabilities(caps, ring, limits)
@@ -6323,7 +6323,7 @@ def kernel_capabilities() -> dict:
         if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
             raise
         caps["setup_error"] = oserror_line(e)
-        missing.append(e.syscall)
+        caps["missing"].append(e.syscall)
         return caps
 
 
@@ -6366,76 +6366,6 @@ def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
     return caps
 
 
-def probe_main(argv: List[str]) -> int:
-    """`sendzc.py --probe [--json]`: the kernel's answers; exit 1 naming what is missing."""
-    p = Parser(prog="sendzc.py --probe", description="Ask this kernel what io_uring offers.")
-    p.add_argument("--probe", action="store_true", required=True)
-    p.add_argument("--json", action="store_true", help="print one JSON document")
-    a = p.parse_args(argv)
-    caps = kernel_capabilities()
-    if a.json:
-        JSON_OUT.made = True
-        print(json.dumps({"tool": "sendzc", "version": VERSION, "kernel": caps["kernel"],
-                          "host": socket.gethostname(), "probe": caps}, indent=2))
-    else:
-        print("\n".join(describe_capabilities(caps)))
-    if caps["missing"]:
-        print(f"sendzc: missing: {', '.join(caps['missing'])}"
-              + (f" ({caps['setup_error']})" if "setup_error" in caps else ""), file=sys.stderr)
-        return 1
-    return 0
-
-
-# What each value of the sysctl kernel.io_uring_disabled (6.6) means, for --probe.
-IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
-                           2: "(io_uring off for everyone)"}
-
-
-def describe_capabilities(caps: dict) -> List[str]:
-    def yes(v):
-        return "yes" if v is True else f"no ({v})" if v else "no"
-    disabled = caps["io_uring_disabled"]
-    lines = [f"kernel {caps['kernel']} ({caps['machine']}), Python {platform.python_version()}",
-             "kernel.io_uring_disabled = " + ("(absent: before 6.6)" if disabled is None else
-                                              f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
-    if "setup_error" in caps:
-        return lines + [f"{caps['missing'][-1]}: refused: {caps['setup_error']}"]
-    lines.append(f"features ({len(caps['features'])}): "
-                 + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]))
-    lines.append("setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()))
-    lines.append("opcodes: " + "  ".join(f"{k.replace('IORING_OP_', '')} {yes(v)}"
-                                         for k, v in caps["opcodes"].items()))
-    lines.append(f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}")
-    lines.append(f"registered files {yes(caps['registered_files'])}  buffers "
-                 f"{yes(caps['registered_buffers'])}  ring fd (5.18) {yes(caps['registered_ring_fd'])}")
-    lines += describe_newer(caps)
-    lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
-                                else "missing " + ", ".join(caps["missing"])))
-    return lines
-
-
-
-# --- What the newest kernels add, and the limits that decide zero-copy ------------
-#
-# --probe asks each of these of the running kernel, as it asks for the opcodes:
-# never by the version number, since distributions backport features and a
-# kernel's config may leave them out. Each send below is a real request, made
-# over UDP on loopback to a socket of ours that reads the datagram back, so
-# "yes" means the bytes arrived as sent; a kernel that does not know a flag
-# refuses the request with -EINVAL before anything is sent. (Loopback copies
-# on the receiving side, so these sends say nothing about speed: bench does.)
-
-PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
-PROBE_WAIT_S = 1.0          # the longest a probe waits for a CQE or a datagram
-GSO_PROBE_SEGMENT, GSO_PROBE_SEGMENTS = 100, 2    # the UDP_SEGMENT probe: one send of 2 x 100 bytes
-# What MSG_ZEROCOPY needs of net.core.optmem_max: each send's completion is
-# charged to the socket's option memory until it is read off the error queue.
-# 131072 is the kernel's default today; the 20480 of older kernels ran out at
-# speed (ENOBUFS on every few sends, retried: the bench's note says how many).
-MSG_ZEROCOPY_OPTMEM = 131072
-PROT_NONE = 0                                             # <sys/mman.h>
-
-
 def feature(since: str, supported: bool, answer: str) -> dict:
     """One row of --probe's newer features: the release that brought it, and the kernel's answer."""
     return {"since": since, "supported": supported, "answer": answer}
@@ -6460,11 +6390,8 @@ def submit_one(ring: Ring, sqe: io_uring_sqe) -> int:
     """Submit one request and reap every CQE it posts; the result's res.
 
     liburing's io_uring_submit_and_wait(), io_uring_peek_cqe() and
-    io_uring_cq_advance(), for a request of the probe's own.
-
-    A zero-copy send posts its result with F_MORE, then a notification:
-    that is waited for too (PROBE_WAIT_S at most), so that the buffer is
-    ours again before the caller lets it go.
+    io_uring_cq_advance(). A zero-copy send's notification is waited for too
+    (PROBE_WAIT_S at most), so that the buffer is ours again before the caller lets it go.
     """
     ring.place(bytes(sqe))
     ring.submit_and_wait(1)
@@ -6475,56 +6402,50 @@ def submit_one(ring: Ring, sqe: io_uring_sqe) -> int:
     return res[0]
 
 
-def sent_answer(since: str, res: int, rx: socket.socket, what: str) -> dict:
-    """The row for a probe send: res from its CQE, and what rx received."""
+def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int, Ring], object],
+               einval: Optional[str] = None) -> dict:
+    """Send PROBE_DATA over loopback with the request prep(sqe, fd, address of PROBE_DATA, ring) makes.
+
+    prep returns what the kernel reads besides the data (iovecs, a msghdr),
+    kept until the request's CQEs are in. einval: the answer for EINVAL.
+    """
+    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
+    try:
+        with loopback_udp() as (tx, rx), Ring(4) as ring:
+            sqe = io_uring_sqe()
+            keep = prep(sqe, tx.fileno(), ctypes.addressof(data), ring)    # held until the CQEs are in
+            res = submit_one(ring, sqe)
+            got = b""
+            if res >= 0:
+                try:
+                    got = rx.recv(len(PROBE_DATA) + 1)
+                except socket.timeout:
+                    pass
+    except OSError as e:
+        return feature(since, False, f"not asked: {e.strerror or e}")
     if res == -errno.EINVAL:
-        return feature(since, False, f"EINVAL: this kernel does not know {what}")
+        return feature(since, False, einval or f"EINVAL: this kernel does not know {what}")
     if res < 0:
         return feature(since, False, f"{what}: {errno_words(-res)}")
-    try:
-        got = rx.recv(len(PROBE_DATA) + 1)
-    except socket.timeout:
-        got = b""
     if res != len(PROBE_DATA) or got != PROBE_DATA:
         return feature(since, False, f"{what} sent {res} bytes but {got!r} arrived, not {PROBE_DATA!r}")
     return feature(since, True, f"{res} bytes sent over loopback, received intact")
 
 
-def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int], object],
-               register: bool = False) -> dict:
-    """Send PROBE_DATA over loopback with the request prep(sqe, fd, address of PROBE_DATA) makes.
-
-    prep returns what the kernel will read besides the data (iovecs, a
-    msghdr): it is kept until the request's CQEs are in. register: register
-    the data's buffer first (index 0), for a _FIXED request.
-    """
-    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
-    try:
-        with loopback_udp() as (tx, rx), Ring(4) as ring:
-            if register:
-                ring.register_buffers([(ctypes.addressof(data), len(PROBE_DATA))])
-            sqe = io_uring_sqe()
-            keep = prep(sqe, tx.fileno(), ctypes.addressof(data))
-            res = submit_one(ring, sqe)
-            del keep
-            return sent_answer(since, res, rx, what)
-    except OSError as e:
-        return feature(since, False, f"not asked: {e.strerror or e}")
-
-
-def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int) -> msghdr:
+def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> msghdr:
     """A SENDMSG_ZC whose one iovec lies in registered buffer 0 (6.15: before, EINVAL)."""
+    ring.register_buffers([(addr, len(PROBE_DATA))])
     msg = msghdr(msg_iov=ctypes.pointer(iovec(addr, len(PROBE_DATA))), msg_iovlen=1)   # holds its iovec
     prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), 0, 0)
     return msg
 
 
-def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int], object]:
+def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int, Ring], ctypes.Array]:
     """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17).
 
     liburing has no prep helper for it yet: the flag goes into sqe.ioprio by hand.
     """
-    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> ctypes.Array:
+    def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> ctypes.Array:
         iovs = (iovec * 2)(iovec(addr, 1), iovec(addr + 1, 1))    # one datagram from two pieces
         if zc:
             prep_send_zc(sqe, fd, ctypes.addressof(iovs), len(iovs), 0, IORING_SEND_VECTORIZED)
@@ -6543,38 +6464,46 @@ def probe_send_bundle() -> dict:
     entries that we fill and publish by moving its tail, as
     io_uring_buf_ring_add() and io_uring_buf_ring_advance() do. Two 1-byte
     buffers go out as one 2-byte datagram. The tail is a plain store: the
-    kernel reads the ring only inside the io_uring_enter that follows. Closing
-    the ring gives the buffer ring back; the page is unmapped after that.
+    kernel reads the ring only inside the io_uring_enter that follows.
     """
-    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
-    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)    # page-aligned
-    try:
-        with loopback_udp() as (tx, rx), Ring(4) as ring:       # the ring goes before the page
-            entries = 2
-            size = ctypes.sizeof(io_uring_buf)
-            for bid in range(entries):
-                page[bid * size:(bid + 1) * size] = bytes(io_uring_buf(ctypes.addressof(data) + bid, 1, bid))
-            struct.pack_into("=H", page, io_uring_buf.resv.offset, entries)     # the tail: publish
-            reg = io_uring_buf_reg(ring_addr=_addr_of(page), ring_entries=entries, bgid=0)
-            io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.byref(reg), 1)
-            sqe = io_uring_sqe()
-            prep_send(sqe, tx.fileno(), 0, 0, 0)      # no address: the buffers are the kernel's pick
-            sqe.flags, sqe.ioprio, sqe.buf_group = IOSQE_BUFFER_SELECT, IORING_RECVSEND_BUNDLE, 0
-            return sent_answer("6.10", submit_one(ring, sqe), rx, "a SEND bundle of 2 provided buffers")
-    except OSError as e:
-        return feature("6.10", False, f"not asked: {e.strerror or e}")
-    finally:
-        page.close()
+    def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> None:
+        size = ctypes.sizeof(io_uring_buf)
+        for bid in range(len(PROBE_DATA)):
+            page[bid * size:(bid + 1) * size] = bytes(io_uring_buf(addr + bid, 1, bid))
+        struct.pack_into("=H", page, io_uring_buf.resv.offset, len(PROBE_DATA))   # the tail: publish
+        reg = io_uring_buf_reg(ring_addr=_addr_of(page), ring_entries=len(PROBE_DATA), bgid=0)
+        io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.byref(reg), 1)
+        prep_send(sqe, fd, 0, 0, 0)      # no address: the buffers are the kernel's pick
+        sqe.flags, sqe.ioprio, sqe.buf_group = IOSQE_BUFFER_SELECT, IORING_RECVSEND_BUNDLE, 0
+
+    # Unmapped only after probe_send has closed its ring, which gives the buffer ring back.
+    with mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as page:   # page-aligned
+        return probe_send("6.10", "a SEND bundle of 2 provided buffers", prep)
 
 
-def probe_send_zc_bundle() -> dict:
-    """SEND_ZC refuses IORING_RECVSEND_BUNDLE: bundles take provided buffers, zero-copy takes ours."""
-    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> None:
+def newer_features(probe: Probe) -> Dict[str, dict]:
+    """The rows of --probe's newer features, each the kernel's own answer."""
+    def zc_bundle(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> None:
         prep_send_zc(sqe, fd, addr, len(PROBE_DATA), 0, IORING_RECVSEND_BUNDLE)
-    row = probe_send("6.10", "SEND_ZC with IORING_RECVSEND_BUNDLE", prep)
-    if row["answer"].startswith("EINVAL"):
-        row["answer"] = "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"
-    return row
+    return {
+        "sendmsg_zc_fixed_buf": probe_send("6.15", "SENDMSG_ZC from a registered buffer", sendmsg_zc_fixed),
+        "send_vectorized": probe_send("6.17", "SEND with IORING_SEND_VECTORIZED", vectorized(False)),
+        "send_zc_vectorized": probe_send("6.17", "SEND_ZC with IORING_SEND_VECTORIZED", vectorized(True)),
+        "send_bundle": probe_send_bundle(),
+        # Bundles take provided buffers, zero-copy takes ours: SEND_ZC refuses the flag.
+        "send_zc_bundle": probe_send("6.10", "SEND_ZC with IORING_RECVSEND_BUNDLE", zc_bundle,
+                                     "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"),
+        "zero_copy_receive": probe_zcrx(probe),
+    }
+
+
+# What IORING_REGISTER_ZCRX_IFQ's refusal of an unreadable argument says (probe_zcrx).
+ZCRX_ANSWERS = {
+    errno.EFAULT: (True, "IORING_REGISTER_ZCRX_IFQ too (EFAULT on our unreadable argument); "
+                         "using it needs CAP_NET_ADMIN and a NIC with header split"),
+    errno.EPERM: (True, "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)"),
+    errno.EOPNOTSUPP: (False, "built without CONFIG_IO_URING_ZCRX (EOPNOTSUPP)"),
+}
 
 
 def probe_zcrx(probe: Probe) -> dict:
@@ -6590,43 +6519,21 @@ def probe_zcrx(probe: Probe) -> dict:
     """
     if not probe.has(IORING_OP_RECV_ZC):
         return feature("6.15", False, "no IORING_OP_RECV_ZC in IORING_REGISTER_PROBE")
-    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    fd = -1
-    try:
+    with mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as page:
         unreadable = _addr_of(page)
         if _libc.mprotect(ctypes.c_void_p(unreadable), ctypes.c_size_t(PAGE), PROT_NONE):
             return feature("6.15", False, "not asked: mprotect: " + errno_words(ctypes.get_errno()))
-        p = io_uring_params(flags=IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-                            IORING_SETUP_CQE32)
-        fd = io_uring_setup(4, p)           # never mapped: only io_uring_register is asked
-        io_uring_register(fd, IORING_REGISTER_ZCRX_IFQ, ctypes.c_void_p(unreadable), 1)
-        return feature("6.15", False, "IORING_REGISTER_ZCRX_IFQ read an unreadable page")  # cannot be
-    except OSError as e:
-        if e.errno == errno.EFAULT:
-            return feature("6.15", True, "IORING_REGISTER_ZCRX_IFQ too (EFAULT on our unreadable "
-                                         "argument); using it needs CAP_NET_ADMIN and a NIC with header split")
-        if e.errno == errno.EPERM:
-            return feature("6.15", True, "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)")
-        if e.errno == errno.EOPNOTSUPP:
-            return feature("6.15", False, "built without CONFIG_IO_URING_ZCRX (EOPNOTSUPP)")
-        return feature("6.15", False, f"IORING_REGISTER_ZCRX_IFQ: {errno_words(e.errno)}")
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        page.close()
-
-
-def newer_features(probe: Probe) -> Dict[str, dict]:
-    """The rows of --probe's newer features, each the kernel's own answer."""
-    return {
-        "sendmsg_zc_fixed_buf": probe_send("6.15", "SENDMSG_ZC from a registered buffer",
-                                           sendmsg_zc_fixed, register=True),
-        "send_vectorized": probe_send("6.17", "SEND with IORING_SEND_VECTORIZED", vectorized(False)),
-        "send_zc_vectorized": probe_send("6.17", "SEND_ZC with IORING_SEND_VECTORIZED", vectorized(True)),
-        "send_bundle": probe_send_bundle(),
-        "send_zc_bundle": probe_send_zc_bundle(),
-        "zero_copy_receive": probe_zcrx(probe),
-    }
+        try:
+            fd = io_uring_setup(4, io_uring_params(flags=IORING_SETUP_SINGLE_ISSUER |
+                                                   IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQE32))
+            try:                        # never mapped: only io_uring_register is asked
+                io_uring_register(fd, IORING_REGISTER_ZCRX_IFQ, ctypes.c_void_p(unreadable), 1)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return feature("6.15", *ZCRX_ANSWERS.get(
+                e.errno, (False, f"IORING_REGISTER_ZCRX_IFQ: {errno_words(e.errno)}")))
+    return feature("6.15", False, "IORING_REGISTER_ZCRX_IFQ read an unreadable page")    # cannot be
 
 
 def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
@@ -6635,11 +6542,9 @@ def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
 
 
 def memlock_room() -> dict:
-    """RLIMIT_MEMLOCK against what the default sender locks: its ring and its registered buffer.
+    """RLIMIT_MEMLOCK against what the default sender locks, tried for real: its ring and its buffer.
 
-    Tried for real: a ring of the sender's size (SQ 512, CQ 2048 entries)
-    and the 64 KiB payload registered on it, as UringSender does. Without
-    CAP_IPC_LOCK both count against the limit.
+    Without CAP_IPC_LOCK both count against the limit.
     """
     cfg = SendConfig()
     value = memlock_limit()
@@ -6695,30 +6600,56 @@ def zero_copy_limits() -> Dict[str, dict]:
     return {"memlock": memlock_room(), "optmem_max": optmem_room(), "udp_segment": udp_segment_room()}
 
 
-def describe_newer(caps: dict) -> List[str]:
-    """--probe's lines for the newer features and the limits, a fix under each that falls short."""
-    names = {"sendmsg_zc_fixed_buf": "SENDMSG_ZC from a registered buffer",
-             "send_vectorized": "SEND, IORING_SEND_VECTORIZED",
-             "send_zc_vectorized": "SEND_ZC, IORING_SEND_VECTORIZED",
-             "send_bundle": "SEND bundles, IORING_RECVSEND_BUNDLE",
-             "send_zc_bundle": "SEND_ZC bundles",
-             "zero_copy_receive": "zero-copy receive, IORING_OP_RECV_ZC"}
-    lines = ["newer features (each asked of this kernel, not read from its version):"]
+# What each value of the sysctl kernel.io_uring_disabled (6.6) means, for --probe.
+IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
+                           2: "(io_uring off for everyone)"}
+NEWER_NAMES = {"sendmsg_zc_fixed_buf": "SENDMSG_ZC from a registered buffer",
+               "send_vectorized": "SEND, IORING_SEND_VECTORIZED",
+               "send_zc_vectorized": "SEND_ZC, IORING_SEND_VECTORIZED",
+               "send_bundle": "SEND bundles, IORING_RECVSEND_BUNDLE",
+               "send_zc_bundle": "SEND_ZC bundles",
+               "zero_copy_receive": "zero-copy receive, IORING_OP_RECV_ZC"}
+
+
+def describe_capabilities(caps: dict) -> List[str]:
+    """--probe's text: a line for each answer, and a fix under each limit that falls short."""
+    def yes(v):
+        return "yes" if v is True else f"no ({v})" if v else "no"
+    disabled = caps["io_uring_disabled"]
+    lines = [f"kernel {caps['kernel']} ({caps['machine']}), Python {platform.python_version()}",
+             "kernel.io_uring_disabled = " + ("(absent: before 6.6)" if disabled is None else
+                                              f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
+    if "setup_error" in caps:
+        return lines + [f"{caps['missing'][-1]}: refused: {caps['setup_error']}"]
+    lines.append(f"features ({len(caps['features'])}): "
+                 + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]))
+    lines.append("setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()))
+    lines.append("opcodes: " + "  ".join(f"{k.replace('IORING_OP_', '')} {yes(v)}"
+                                         for k, v in caps["opcodes"].items()))
+    lines.append(f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}")
+    lines.append(f"registered files {yes(caps['registered_files'])}  buffers "
+                 f"{yes(caps['registered_buffers'])}  ring fd (5.18) {yes(caps['registered_ring_fd'])}")
+    lines.append("newer features (each asked of this kernel, not read from its version):")
     for key, row in caps["newer"].items():
-        lines.append(f"  {names.get(key, key)} ({row['since']}): {'yes' if row['supported'] else 'no'}: "
-                     f"{row['answer']}")
+        lines.append(f"  {NEWER_NAMES.get(key, key)} ({row['since']}): "
+                     f"{'yes' if row['supported'] else 'no'}: {row['answer']}")
     lines.append("limits that decide whether zero-copy works for this user:")
-    titles = {"memlock": f"RLIMIT_MEMLOCK {caps['limits']['memlock']['value']}",
-              "optmem_max": f"net.core.optmem_max {caps['limits']['optmem_max']['value']} "
+    limits = caps["limits"]
+    titles = {"memlock": f"RLIMIT_MEMLOCK {limits['memlock']['value']}",
+              "optmem_max": f"net.core.optmem_max {limits['optmem_max']['value']} "
                             f"(MSG_ZEROCOPY wants {MSG_ZEROCOPY_OPTMEM})",
               "udp_segment": "UDP_SEGMENT (UDP GSO, 4.18)"}
-    for key, row in caps["limits"].items():
+    for key, row in limits.items():
         lines.append(f"  {titles.get(key, key)}: {'ok' if row['ok'] else 'SHORT'}: {row['answer']}")
         if row["fix"]:
             lines.append(f"    fix: {row['fix']}")
+    lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
+                                else "missing " + ", ".join(caps["missing"])))
     return lines
 
 
+# --- Signals, errors, and the dispatch -----------------------------------------
+#
 # SIGTERM (`timeout`, `kill`, a job scheduler) and SIGHUP (the terminal went
 # away) mean what Ctrl-C means: stop, and print what was measured. The exit
 # status says which: 130 for SIGINT, as a shell reports it, 128+N for
@@ -6801,12 +6732,11 @@ def oserror_line(e: OSError) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender.
 
-    Every way out is one line on stderr and a status: Fatal says its own
-    (2 for usage, 1 for the system), Ctrl-C is 130 (SIGTERM and SIGHUP:
-    128+N), and any other OSError becomes one line naming the call and the
-    errno (1). Anything else is a bug in this file and keeps its traceback.
-    The handlers of STOP_SIGNALS are ours only while main() runs, so a
-    caller (a test) gets its own back.
+    Every way out is one line on stderr and a status: Fatal says its own (2
+    for usage, 1 for the system), Ctrl-C is 130 (SIGTERM, SIGHUP: 128+N),
+    any other OSError one line naming the call and the errno (1); anything
+    else is a bug in this file and keeps its traceback. The handlers of
+    STOP_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
@@ -6814,9 +6744,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     JSON_OUT.made = False
     previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
     try:
-        # Our handler stays until the last line is out: a signal while it
-        # prints sets STOP, which nothing reads any more, instead of killing
-        # the process half-way through its report.
+        # Ours until the last line is out: a signal while the report prints
+        # sets STOP, which nothing reads any more, instead of killing it half-way.
         return _main(argv)
     finally:
         for signum, handler in previous.items():
@@ -6889,30 +6818,23 @@ def command(argv: List[str]) -> str:
     return " ".join(["python3", "sendzc.py", *map(shlex.quote, argv)])
 
 
-def bench_runs(argv: List[str]) -> bool:
-    """Would `sendzc.py bench ARGV` get past its command line?"""
-    try:
-        bench_config(bench_parser().parse_args(argv))
-    except UsageError:
-        return False
-    return True
-
-
 def bench_option_in(argv: List[str], sender: argparse.ArgumentParser) -> Optional[UsageError]:
     """An option only bench has, given to the sender: the mistake, and the command that works.
 
     Without this, argparse reads `--sizes 1400` as an unknown option and
     1400 as the protocol, and `--sweep` as "no protocol given".
     """
-    own = sender._option_string_actions
+    bench = bench_parser()
     words = argv[:argv.index("--")] if "--" in argv else argv
-    for word in words:
-        option = word.split("=", 1)[0]
-        if option.startswith("-") and option not in own and option in bench_parser()._option_string_actions:
-            if bench_runs(argv):
-                return UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
-            return UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
-                              f"see `python3 sendzc.py bench --help`")
+    for option in (word.split("=", 1)[0] for word in words):
+        if (option.startswith("-") and option not in sender._option_string_actions
+                and option in bench._option_string_actions):
+            try:
+                bench_config(bench.parse_args(argv))         # would `sendzc.py bench ARGV` run?
+            except UsageError:
+                return UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
+                                  f"see `python3 sendzc.py bench --help`")
+            return UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
     return None
 
 
