@@ -5874,25 +5874,19 @@ def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None
 class Parser(argparse.ArgumentParser):
     """argparse, but every usage mistake is one line, `cause: fix`, and exit status 2.
 
-    argparse reads a value that starts with '-' ("-t -1") as an option once the
-    parser has options that look like negative numbers (-4, -6), and answers
-    "expected one argument", hiding what is wrong with -1: so parse_known_args()
-    glues such a value to its option ("-t=-1"). The type= checks say what to
-    give instead; error() adds a fix to the messages argparse makes itself.
+    With options like -4 and -6, argparse reads "-t -1" as two options and says
+    "expected one argument", hiding what is wrong with -1: parse_known_args()
+    glues such a value to its option ("-t=-1"). error() adds a fix to argparse's messages.
     """
 
     def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
         # Ours first: argparse's __init__ already calls add_argument (for -h).
         self.protocols = protocols                 # the words the positional proto accepts
-        self._takes_value: Dict[str, bool] = {}    # option string -> takes exactly one value
-        self._argv: List[str] = []
         self._bad_value: Optional[str] = None      # "OPTION VALUE: cause: fix", from a check
         super().__init__(*args, **kw)
 
     def add_argument(self, *args, **kw):
         action = super().add_argument(*args, **kw)
-        for option in action.option_strings:
-            self._takes_value[option] = action.nargs is None      # store: exactly one value
         check, name = action.type, " ".join(action.option_strings[-1:])
         if callable(check):
             def checked(text: str):
@@ -5906,16 +5900,16 @@ class Parser(argparse.ArgumentParser):
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
-        glued: List[str] = []
-        words = iter(self._argv)
+        options, glued, words = self._option_string_actions, [], iter(self._argv)
         for word in words:
             if word == "--":                   # everything after it is positional
                 glued += [word, *words]
                 break
-            value = next(words, None) if self._takes_value.get(word) else None
+            takes_one = word in options and options[word].nargs is None      # a store: exactly one value
+            value = next(words, None) if takes_one else None
             if value is None:
                 glued.append(word)
-            elif value.startswith("-") and value not in self._takes_value:
+            elif value.startswith("-") and value not in options:
                 glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
             else:
                 glued += [word, value]
@@ -5993,20 +5987,13 @@ def mtu_value(text: str) -> int:
 
 def gso_size(text: str) -> int:
     """--gso: a segment size in bytes, or auto (GSO_AUTO: the path's largest datagram)."""
-    if text == "auto":
-        return GSO_AUTO
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError("not a segment size: give bytes per datagram, such as "
-                                         "1472, or auto") from None
+    bad = "not a segment size: give bytes per datagram, such as 1472, or auto"
+    return GSO_AUTO if text == "auto" else number(whole, lambda value: value >= 1, bad, bad)(text)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-4", dest="families", action="append_const", const=socket.AF_INET,
-                   help="IPv4")
-    p.add_argument("-6", dest="families", action="append_const", const=socket.AF_INET6,
-                   help="IPv6")
+    p.add_argument("-4", dest="families", action="append_const", const=socket.AF_INET, help="IPv4")
+    p.add_argument("-6", dest="families", action="append_const", const=socket.AF_INET6, help="IPv6")
     p.add_argument("-p", dest="port", type=port_number, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -6030,8 +6017,7 @@ def sender_parser() -> Parser:
     p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
     p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
                    help=f"payload bytes per send (default {SEED_MAX_PAYLOAD}, the seed's maximum)")
-    p.add_argument("-t", dest="seconds", type=positive_float, default=4.0,
-                   help="seconds to send (default 4)")
+    p.add_argument("-t", dest="seconds", type=positive_float, default=4.0, help="seconds to send (default 4)")
     p.add_argument("-r", dest="batch", type=positive_int, default=8, metavar="NR_REQS",
                    help="requests per io_uring_enter (default 8)")
     p.add_argument("-f", dest="flush", action="store_true",
@@ -6054,8 +6040,7 @@ def sender_parser() -> Parser:
                         "auto: the largest that crosses the path unfragmented")
     p.add_argument("--sink", action="store_true",
                    help="send into bench's private sink (root), as with no -D")
-    p.add_argument("--mtu", type=mtu_value, default=None,
-                   help=f"the private sink's MTU (default {SINK_MTU})")
+    p.add_argument("--mtu", type=mtu_value, help=f"the private sink's MTU (default {SINK_MTU})")
     p.add_argument("--pool", type=positive_int, default=0, metavar="N",
                    help="send with the reference sender (section 5b) from N buffers, each "
                         "rewritten with a new stamp only after its notification; prints the "
@@ -6209,16 +6194,14 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         sender.trace_out = sys.stderr if as_json else sys.stdout
         ticks = Intervals(interval, not as_json) if interval else None
 
-        def on_tick(nbytes: int, requests: int) -> None:
+        def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
             # Intervals count from the run's own start, as result.seconds
             # does: the last one, which ends there, cannot end before it began.
             ticks.start_ns = sender.started_ns
-            ticks.report(time.perf_counter_ns(), nbytes, requests)
-        result = sender.run(on_tick=on_tick if ticks else None,
-                            tick_ns=int(interval * 1e9) if interval else 0)
+            ticks.report(now_ns or time.perf_counter_ns(), nbytes, requests)
+        result = sender.run(on_tick=on_tick if ticks else None, tick_ns=int((interval or 0) * 1e9))
         if ticks:                               # the last, partial interval
-            ticks.start_ns = sender.started_ns
-            ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
+            on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
             result.intervals = ticks.rows
     return report_send(cfg, result, as_json)
 
@@ -6261,14 +6244,10 @@ def sender_params(cfg: SendConfig) -> dict:
 # that reads the datagram back: "yes" means the bytes arrived as sent. (A
 # kernel that does not know a flag refuses with -EINVAL before sending.)
 
-PROBED_SETUP_FLAGS = (
-    ("SINGLE_ISSUER", IORING_SETUP_SINGLE_ISSUER),
-    ("DEFER_TASKRUN", IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
-    ("COOP_TASKRUN", IORING_SETUP_COOP_TASKRUN),
-    ("NO_SQARRAY", IORING_SETUP_NO_SQARRAY),
-    ("CQSIZE", IORING_SETUP_CQSIZE),
-    ("SQPOLL", IORING_SETUP_SQPOLL),
-)
+PROBED_SETUP_FLAGS = {"SINGLE_ISSUER": IORING_SETUP_SINGLE_ISSUER,
+                      "DEFER_TASKRUN": IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                      "COOP_TASKRUN": IORING_SETUP_COOP_TASKRUN, "NO_SQARRAY": IORING_SETUP_NO_SQARRAY,
+                      "CQSIZE": IORING_SETUP_CQSIZE, "SQPOLL": IORING_SETUP_SQPOLL}
 PROBED_OPS = (IORING_OP_NOP, IORING_OP_SENDMSG, IORING_OP_SEND, IORING_OP_RECV,
               IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC)
 PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
@@ -6312,9 +6291,8 @@ def kernel_capabilities() -> dict:
     try:
         ring = Ring(4, attempts=(0,))
     except (OSError, Fatal) as e:
-        caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
-        caps["missing"].append("io_uring_setup")
-        return caps
+        return dict(caps, missing=["io_uring_setup"],
+                    setup_error=setup_error(e) if isinstance(e, OSError) else str(e))
     try:
         return _ring_capabilities(caps, ring, limits)
     except OSError as e:
@@ -6322,9 +6300,7 @@ def kernel_capabilities() -> dict:
         # profile that allows only setup): what we learnt, and that line.
         if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
             raise
-        caps["setup_error"] = oserror_line(e)
-        caps["missing"].append(e.syscall)
-        return caps
+        return dict(caps, missing=caps["missing"] + [e.syscall], setup_error=oserror_line(e))
 
 
 def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
@@ -6336,7 +6312,8 @@ def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
         caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
         caps["registered_ring_fd"] = ring.register_ring_fd()
         for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
-                               ("registered_buffers", lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
+                               ("registered_buffers",
+                                lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
             try:
                 register()
                 caps[what] = True
@@ -6344,7 +6321,7 @@ def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
                 caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
                 missing.append(what.replace("_", " "))
     caps["setup_flags"] = {}
-    for name, flag in PROBED_SETUP_FLAGS:
+    for name, flag in PROBED_SETUP_FLAGS.items():
         try:
             Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
                  attempts=(0,)).close()
@@ -6386,36 +6363,27 @@ def loopback_udp() -> Iterator[Tuple[socket.socket, socket.socket]]:
         yield tx, rx
 
 
-def submit_one(ring: Ring, sqe: io_uring_sqe) -> int:
-    """Submit one request and reap every CQE it posts; the result's res.
-
-    liburing's io_uring_submit_and_wait(), io_uring_peek_cqe() and
-    io_uring_cq_advance(). A zero-copy send's notification is waited for too
-    (PROBE_WAIT_S at most), so that the buffer is ours again before the caller lets it go.
-    """
-    ring.place(bytes(sqe))
-    ring.submit_and_wait(1)
-    res, flags = ring.peek()
-    while flags[0] & IORING_CQE_F_MORE and len(flags) < 2 and ring.wait_cqes(2, PROBE_WAIT_S):
-        res, flags = ring.peek()
-    ring.cq_advance(len(flags))
-    return res[0]
-
-
 def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int, Ring], object],
                einval: Optional[str] = None) -> dict:
     """Send PROBE_DATA over loopback with the request prep(sqe, fd, address of PROBE_DATA, ring) makes.
 
-    prep returns what the kernel reads besides the data (iovecs, a msghdr),
-    kept until the request's CQEs are in. einval: the answer for EINVAL.
+    prep returns what the kernel reads besides the data (iovecs, a msghdr).
+    einval: the answer for EINVAL, if not "this kernel does not know".
     """
     data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
     try:
         with loopback_udp() as (tx, rx), Ring(4) as ring:
             sqe = io_uring_sqe()
             keep = prep(sqe, tx.fileno(), ctypes.addressof(data), ring)    # held until the CQEs are in
-            res = submit_one(ring, sqe)
-            got = b""
+            ring.place(bytes(sqe))
+            ring.submit_and_wait(1)
+            cqes, flags = ring.peek()
+            # A zero-copy send's notification too (PROBE_WAIT_S at most): then data is ours again.
+            while flags[0] & IORING_CQE_F_MORE and len(flags) < 2 and ring.wait_cqes(2, PROBE_WAIT_S):
+                cqes, flags = ring.peek()
+            ring.cq_advance(len(flags))
+            del keep                            # every CQE is in: the kernel is done with it
+            res, got = cqes[0], b""
             if res >= 0:
                 try:
                     got = rx.recv(len(PROBE_DATA) + 1)
@@ -6542,7 +6510,7 @@ def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
 
 
 def memlock_room() -> dict:
-    """RLIMIT_MEMLOCK against what the default sender locks, tried for real: its ring and its buffer.
+    """RLIMIT_MEMLOCK against the default sender's ring and buffer, tried for real.
 
     Without CAP_IPC_LOCK both count against the limit.
     """
@@ -6668,12 +6636,10 @@ def signal_label(signum: int) -> str:
 def on_sigint(signum, frame):
     """Ctrl-C (or SIGTERM, SIGHUP), three times over.
 
-    First: end the run after this batch, wait for the outstanding
-    notifications (at most DRAIN_SECONDS), print the partial result. Second:
-    stop waiting for notifications; the result counts them as undrained, and
-    the payload buffer stays mapped (Payload.close). Only a third raises
-    KeyboardInterrupt, for a program stuck somewhere no loop looks at STOP:
-    raised inside a run, it would skip the drain, so the first two do not.
+    First: end the run after this batch, drain the notifications (DRAIN_SECONDS
+    at most), print the partial result. Second: stop draining (the payload stays
+    mapped, see Payload.close). Only a third raises KeyboardInterrupt, for a
+    program stuck where no loop looks at STOP: raised in a run, it skips the drain.
     """
     if STOP.hurry:
         raise KeyboardInterrupt
@@ -6742,21 +6708,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     STOP.requested = STOP.hurry = False
     STOP.signum = signal.SIGINT
     JSON_OUT.made = False
+    # Ours until the last line is out: a signal while the report prints
+    # sets STOP, which nothing reads any more, instead of killing it half-way.
     previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
-    try:
-        # Ours until the last line is out: a signal while the report prints
-        # sets STOP, which nothing reads any more, instead of killing it half-way.
-        return _main(argv)
-    finally:
-        for signum, handler in previous.items():
-            # As a program, the handler before ours was _signal_before_main,
-            # which would report a start that is over: ignore signals instead,
-            # for the moment left before exit.
-            signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
-
-
-def _main(argv: List[str]) -> int:
-    """main() under our signal handlers: dispatch, and one line for every way out."""
     try:
         if _early_signals:                 # (see _signal_before_main)
             STOP.signum = _early_signals.pop()
@@ -6781,11 +6735,18 @@ def _main(argv: List[str]) -> int:
             # own flush at exit fails again and prints a second complaint.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    if status == 130:
-        print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
-              file=sys.stderr)
-        return signal_status(STOP.signum)
-    return status
+    else:
+        if status == 130:
+            print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
+                  file=sys.stderr)
+            return signal_status(STOP.signum)
+        return status
+    finally:
+        for signum, handler in previous.items():
+            # As a program, the handler before ours was _signal_before_main,
+            # which would report a start that is over: ignore signals instead,
+            # for the moment left before exit.
+            signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
 
 
 def json_refusal(argv: List[str], line: str) -> None:
@@ -6807,9 +6768,7 @@ def dispatch(argv: List[str]) -> int:
     if "--probe" in argv:
         return probe_main(argv)
     parser = sender_parser()
-    misplaced = bench_option_in(argv, parser)
-    if misplaced:
-        raise misplaced
+    check_bench_options(argv, parser)
     a = parser.parse_args(argv)
     return send_main(sender_config(a), a.json, a.interval)
 
@@ -6818,11 +6777,11 @@ def command(argv: List[str]) -> str:
     return " ".join(["python3", "sendzc.py", *map(shlex.quote, argv)])
 
 
-def bench_option_in(argv: List[str], sender: argparse.ArgumentParser) -> Optional[UsageError]:
+def check_bench_options(argv: List[str], sender: argparse.ArgumentParser) -> None:
     """An option only bench has, given to the sender: the mistake, and the command that works.
 
-    Without this, argparse reads `--sizes 1400` as an unknown option and
-    1400 as the protocol, and `--sweep` as "no protocol given".
+    Else argparse reads `--sizes 1400` as an unknown option and 1400 as the
+    protocol, and `--sweep` as "no protocol given".
     """
     bench = bench_parser()
     words = argv[:argv.index("--")] if "--" in argv else argv
@@ -6832,10 +6791,9 @@ def bench_option_in(argv: List[str], sender: argparse.ArgumentParser) -> Optiona
             try:
                 bench_config(bench.parse_args(argv))         # would `sendzc.py bench ARGV` run?
             except UsageError:
-                return UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
-                                  f"see `python3 sendzc.py bench --help`")
-            return UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
-    return None
+                raise UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
+                                 f"see `python3 sendzc.py bench --help`") from None
+            raise UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
 
 
 if __name__ == "__main__":
