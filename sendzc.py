@@ -5880,7 +5880,6 @@ class Parser(argparse.ArgumentParser):
     """
 
     def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
-        # Ours first: argparse's __init__ already calls add_argument (for -h).
         self.protocols = protocols                 # the words the positional proto accepts
         self._bad_value: Optional[str] = None      # "OPTION VALUE: cause: fix", from a check
         super().__init__(*args, **kw)
@@ -6427,12 +6426,11 @@ def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int, Ring], ctypes.Arra
 def probe_send_bundle() -> dict:
     """SEND with IORING_RECVSEND_BUNDLE (6.10): one request sends every ready provided buffer.
 
-    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING,
-    5.19; liburing's io_uring_setup_buf_ring()): a page of io_uring_buf
-    entries that we fill and publish by moving its tail, as
-    io_uring_buf_ring_add() and io_uring_buf_ring_advance() do. Two 1-byte
-    buffers go out as one 2-byte datagram. The tail is a plain store: the
-    kernel reads the ring only inside the io_uring_enter that follows.
+    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING, 5.19;
+    liburing's io_uring_setup_buf_ring()): a page of io_uring_buf entries, published
+    by moving its tail as io_uring_buf_ring_add() and _advance() do. Two 1-byte buffers
+    go out as one datagram. The tail is a plain store: the kernel reads it only in
+    the io_uring_enter that follows.
     """
     def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> None:
         size = ctypes.sizeof(io_uring_buf)
@@ -6477,13 +6475,10 @@ ZCRX_ANSWERS = {
 def probe_zcrx(probe: Probe) -> dict:
     """Zero-copy receive (6.15): the opcode, and liburing's io_uring_register_ifq(), asked for real.
 
-    A real registration needs a NIC whose driver splits headers from data
-    and lets a queue be given away (bnxt, mlx5, gve, ...) and CAP_NET_ADMIN;
-    loopback and veth have none. So the question put is the registration
-    itself, from an argument on a page we made unreadable, on the ring it
-    wants (DEFER_TASKRUN, 32-byte CQEs): a kernel that knows
-    IORING_REGISTER_ZCRX_IFQ tries to read it (EFAULT), or first says who may
-    (EPERM); one built without it says EOPNOTSUPP; an older one EINVAL.
+    A real registration needs CAP_NET_ADMIN and a NIC that splits headers from
+    data and gives a queue away (bnxt, mlx5, gve, ...; not loopback or veth). So
+    we register from an unreadable page, on the ring it wants (DEFER_TASKRUN,
+    32-byte CQEs), and read the refusal (ZCRX_ANSWERS); an older kernel says EINVAL.
     """
     if not probe.has(IORING_OP_RECV_ZC):
         return feature("6.15", False, "no IORING_OP_RECV_ZC in IORING_REGISTER_PROBE")
@@ -6589,18 +6584,17 @@ def describe_capabilities(caps: dict) -> List[str]:
                                               f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
     if "setup_error" in caps:
         return lines + [f"{caps['missing'][-1]}: refused: {caps['setup_error']}"]
-    lines.append(f"features ({len(caps['features'])}): "
-                 + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]))
-    lines.append("setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()))
-    lines.append("opcodes: " + "  ".join(f"{k.replace('IORING_OP_', '')} {yes(v)}"
-                                         for k, v in caps["opcodes"].items()))
-    lines.append(f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}")
-    lines.append(f"registered files {yes(caps['registered_files'])}  buffers "
-                 f"{yes(caps['registered_buffers'])}  ring fd (5.18) {yes(caps['registered_ring_fd'])}")
-    lines.append("newer features (each asked of this kernel, not read from its version):")
-    for key, row in caps["newer"].items():
-        lines.append(f"  {NEWER_NAMES.get(key, key)} ({row['since']}): "
-                     f"{'yes' if row['supported'] else 'no'}: {row['answer']}")
+    lines += [f"features ({len(caps['features'])}): "
+              + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]),
+              "setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()),
+              "opcodes: " + "  ".join(f"{k.replace('IORING_OP_', '')} {yes(v)}"
+                                      for k, v in caps["opcodes"].items()),
+              f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}",
+              f"registered files {yes(caps['registered_files'])}  buffers {yes(caps['registered_buffers'])}  "
+              f"ring fd (5.18) {yes(caps['registered_ring_fd'])}",
+              "newer features (each asked of this kernel, not read from its version):"]
+    lines += [f"  {NEWER_NAMES.get(key, key)} ({row['since']}): {'yes' if row['supported'] else 'no'}: "
+              f"{row['answer']}" for key, row in caps["newer"].items()]
     lines.append("limits that decide whether zero-copy works for this user:")
     limits = caps["limits"]
     titles = {"memlock": f"RLIMIT_MEMLOCK {limits['memlock']['value']}",
