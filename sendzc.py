@@ -5496,61 +5496,44 @@ def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None
 class Parser(argparse.ArgumentParser):
     """argparse, but every usage mistake is one line, `cause: fix`, and exit status 2.
 
-    Two habits of argparse are undone here. A value that starts with '-'
-    ("-t -1") reads to it as an option whenever the parser has options that
-    look like negative numbers, as -4 and -6 do, and it answers "expected one
-    argument", hiding what is wrong with -1: so parse_known_args() glues such
-    a value to its option ("-t=-1") before argparse sees it, for every option
-    that takes a value. And argparse names no fix: the checks below (the
-    type= functions) say what to give instead, and error() adds a fix to the
-    messages argparse makes itself.
+    With options like -4 and -6, argparse reads "-t -1" as two options and says
+    "expected one argument", hiding what is wrong with -1: parse_known_args()
+    glues such a value to its option ("-t=-1"). error() adds a fix to argparse's messages.
     """
 
     def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
-        # Ours first: argparse's __init__ already calls add_argument (for -h).
         self.protocols = protocols                 # the words the positional proto accepts
-        self._takes_value: Dict[str, bool] = {}    # option string -> takes exactly one value
-        self._argv: List[str] = []
         self._bad_value: Optional[str] = None      # "OPTION VALUE: cause: fix", from a check
         super().__init__(*args, **kw)
 
     def add_argument(self, *args, **kw):
         action = super().add_argument(*args, **kw)
-        for option in action.option_strings:
-            self._takes_value[option] = action.nargs is None      # store: exactly one value
-        if callable(action.type):
-            action.type = self._named(action, action.type)
+        check, name = action.type, " ".join(action.option_strings[-1:])
+        if callable(check):
+            def checked(text: str):
+                try:
+                    return check(text)
+                except argparse.ArgumentTypeError as e:    # kept for error(), with option and value
+                    self._bad_value = f"{name} {text}: {e}" if name else str(e)
+                    raise
+            action.type = checked
         return action
-
-    def _named(self, action: argparse.Action, check: Callable[[str], object]) -> Callable[[str], object]:
-        """check, but a refusal is kept with the option and the value it refused."""
-        name = action.option_strings[-1] if action.option_strings else ""
-
-        def checked(text: str):
-            try:
-                return check(text)
-            except argparse.ArgumentTypeError as e:
-                self._bad_value = f"{name} {text}: {e}" if name else str(e)
-                raise
-        checked.__name__ = check.__name__      # argparse names the type in some messages
-        return checked
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
-        glued: List[str] = []
-        words = iter(self._argv)
+        options, glued, words = self._option_string_actions, [], iter(self._argv)
         for word in words:
             if word == "--":                   # everything after it is positional
                 glued += [word, *words]
                 break
-            if self._takes_value.get(word):
-                value = next(words, None)
-                if value is not None and value.startswith("-") and value not in self._takes_value:
-                    glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
-                    continue
-                glued += [word] if value is None else [word, value]
-                continue
-            glued.append(word)
+            takes_one = word in options and options[word].nargs is None      # a store: exactly one value
+            value = next(words, None) if takes_one else None
+            if value is None:
+                glued.append(word)
+            elif value.startswith("-") and value not in options:
+                glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
+            else:
+                glued += [word, value]
         self._bad_value = None
         return super().parse_known_args(glued, namespace)
 
@@ -5582,42 +5565,37 @@ def protocol(*names: str) -> Callable[[str], str]:
     return proto
 
 
-def at_least(low: int) -> Callable[[str], int]:
-    """An argparse type: a whole number of low or more (0x.. and 0o.. too, as the seed's strtoul)."""
-    def whole_number(text: str) -> int:
+def number(convert: Callable[[str], object], fits: Callable[[object], bool],
+           not_a_number: str, out_of_range: str) -> Callable[[str], object]:
+    """An argparse type: convert(text), which fits() must accept; each refusal says what to give."""
+    def check(text: str):
         try:
-            value = int(text, 0)
+            value = convert(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not a whole number: give one of {low} or more") from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f"too small: give a whole number of {low} or more")
+            raise argparse.ArgumentTypeError(not_a_number) from None
+        if not fits(value):
+            raise argparse.ArgumentTypeError(out_of_range)
         return value
-    return whole_number
+    return check
+
+
+def whole(text: str) -> int:
+    return int(text, 0)                         # 0x.. and 0o.. too, as the seed's strtoul
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    return number(whole, lambda value: value >= low, f"not a whole number: give one of {low} or more",
+                  f"too small: give a whole number of {low} or more")
 
 
 positive_int = at_least(1)
 non_negative_int = at_least(0)
-
-
-def positive_float(text: str) -> float:
-    """Seconds: a finite number above 0 (float() also takes 'inf' and 'nan': not those)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a number: give seconds above 0, e.g. 0.5") from None
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError("not a positive number of seconds: give seconds above 0, e.g. 0.5")
-    return value
-
-
-def port_number(text: str) -> int:
-    try:
-        value = int(text, 0)
-    except ValueError:
-        raise argparse.ArgumentTypeError("not a port number: give one from 1 to 65535") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError("no such port: give one from 1 to 65535")
-    return value
+# Seconds: float() also takes 'inf' and 'nan', which are not.
+positive_float = number(float, lambda value: 0 < value < float("inf"),
+                        "not a number: give seconds above 0, e.g. 0.5",
+                        "not a positive number of seconds: give seconds above 0, e.g. 0.5")
+port_number = number(whole, lambda value: 1 <= value <= 65535, "not a port number: give one from 1 to 65535",
+                     "no such port: give one from 1 to 65535")
 
 
 def mtu_value(text: str) -> int:
@@ -5630,20 +5608,13 @@ def mtu_value(text: str) -> int:
 
 def gso_size(text: str) -> int:
     """--gso: a segment size in bytes, or auto (GSO_AUTO: the path's largest datagram)."""
-    if text == "auto":
-        return GSO_AUTO
-    try:
-        return positive_int(text)
-    except argparse.ArgumentTypeError:
-        raise argparse.ArgumentTypeError("not a segment size: give bytes per datagram, such as "
-                                         "1472, or auto") from None
+    bad = "not a segment size: give bytes per datagram, such as 1472, or auto"
+    return GSO_AUTO if text == "auto" else number(whole, lambda value: value >= 1, bad, bad)(text)
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-4", dest="families", action="append_const", const=socket.AF_INET,
-                   help="IPv4")
-    p.add_argument("-6", dest="families", action="append_const", const=socket.AF_INET6,
-                   help="IPv6")
+    p.add_argument("-4", dest="families", action="append_const", const=socket.AF_INET, help="IPv4")
+    p.add_argument("-6", dest="families", action="append_const", const=socket.AF_INET6, help="IPv6")
     p.add_argument("-p", dest="port", type=port_number, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -5667,8 +5638,7 @@ def sender_parser() -> Parser:
     p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
     p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
                    help=f"payload bytes per send (default {SEED_MAX_PAYLOAD}, the seed's maximum)")
-    p.add_argument("-t", dest="seconds", type=positive_float, default=4.0,
-                   help="seconds to send (default 4)")
+    p.add_argument("-t", dest="seconds", type=positive_float, default=4.0, help="seconds to send (default 4)")
     p.add_argument("-r", dest="batch", type=positive_int, default=8, metavar="NR_REQS",
                    help="requests per io_uring_enter (default 8)")
     p.add_argument("-f", dest="flush", action="store_true",
@@ -5691,8 +5661,7 @@ def sender_parser() -> Parser:
                         "auto: the largest that crosses the path unfragmented")
     p.add_argument("--sink", action="store_true",
                    help="send into bench's private sink (root), as with no -D")
-    p.add_argument("--mtu", type=mtu_value, default=None,
-                   help=f"the private sink's MTU (default {SINK_MTU})")
+    p.add_argument("--mtu", type=mtu_value, help=f"the private sink's MTU (default {SINK_MTU})")
     p.add_argument("--pool", type=positive_int, default=0, metavar="N",
                    help="send with the reference sender (section 5b) from N buffers, each "
                         "rewritten with a new stamp only after its notification; prints the "
@@ -5711,29 +5680,28 @@ def one_family(families: Optional[List[int]]) -> Optional[int]:
     return families[0] if families else None
 
 
+def is_address(family: int, addr: str) -> bool:
+    try:
+        socket.inet_pton(family, addr)
+    except OSError:
+        return False
+    return True
+
+
 def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
     """-4 or -6 or, with neither, the address's own family (IPv4 by default)."""
-    asked = one_family(families)
-    if asked is not None:
-        family = asked
-    elif addr and ":" in addr:
-        family = socket.AF_INET6
-    else:
-        family = socket.AF_INET
-    if addr is not None:
-        try:
-            socket.inet_pton(family, addr)
-        except OSError:
-            other = socket.AF_INET6 if family == socket.AF_INET else socket.AF_INET
-            try:
-                socket.inet_pton(other, addr)
-            except OSError:
-                raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address: give one in numbers, "
-                                 f"such as 192.0.2.1 or 2001:db8::1") from None
-            flag = f"-{4 if family == socket.AF_INET else 6}"
-            raise UsageError(f"-D {addr} is an {family_name_label(family_name(other))} address "
-                             f"but {flag} was given: drop {flag} (the address says which)") from None
-    return family
+    family = one_family(families)
+    if family is None:
+        family = socket.AF_INET6 if addr and ":" in addr else socket.AF_INET
+    if addr is None or is_address(family, addr):
+        return family
+    other = socket.AF_INET6 if family == socket.AF_INET else socket.AF_INET
+    if not is_address(other, addr):
+        raise UsageError(f"-D {addr}: not an IPv4 or IPv6 address: give one in numbers, "
+                         f"such as 192.0.2.1 or 2001:db8::1")
+    flag = f"-{4 if family == socket.AF_INET else 6}"
+    raise UsageError(f"-D {addr} is an {family_name_label(family_name(other))} address "
+                     f"but {flag} was given: drop {flag} (the address says which)")
 
 
 def sender_config(a: argparse.Namespace) -> SendConfig:
@@ -5746,9 +5714,9 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
         raise UsageError(TCP_NEEDS_A_PEER)
     check_sink_mtu(a.mtu, a.addr, family)
     if a.gso and a.proto != "udp":
+        why = "TCP segments its stream by itself" if a.proto == "tcp" else "a raw socket has no such option"
         raise UsageError(f"--gso with {a.proto}: UDP GSO (UDP_SEGMENT) cuts UDP sends into datagrams; "
-                         f"{'TCP segments its stream by itself' if a.proto == 'tcp' else 'a raw socket has no such option'}: "
-                         f"drop --gso, or send udp")
+                         f"{why}: drop --gso, or send udp")
     limit = max_payload(a.proto, family)
     if a.size > limit:
         raise UsageError(f"-s {a.size}: payload exceeds max ({limit}) for {a.proto} over "
@@ -5772,36 +5740,6 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
                       sqpoll=a.sqpoll, flows=a.flows, gso=a.gso, mtu=a.mtu or SINK_MTU,
                       pool=a.pool, break_contract=a.break_contract)
-
-
-def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The sender: no -D, into the private sink bench makes; the path's MTU; then run_sender()."""
-    with ExitStack() as stack:
-        if cfg.addr is None:
-            hint = (f"or send to a receiver instead, with no private sink and no root: "
-                    f"`python3 sendzc.py -D ADDR {cfg.proto}` (`sendzc.py rx {cfg.proto}` running at ADDR)")
-            # Left on the way out, after the report: the namespace (and so
-            # every packet we send) goes when this process does, whatever ends it.
-            sink = stack.enter_context(private_sink(DEFAULT_QDISC, cfg.mtu, "no -D", hint))
-            cfg.addr = SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4
-            cfg.sink = {"dev": sink.dev, "mtu": sink.mtu, "qdisc": sink.qdisc, "netns": "private"}
-            if not as_json:
-                print(f"sink: no -D, so this sends to {cfg.addr} through {sink.dev} in a network "
-                      f"namespace of its own (MTU {sink.mtu}, qdisc {sink.qdisc}), where the kernel "
-                      f"drops every packet; it goes when sendzc does", flush=True)
-        if cfg.proto == "udp":
-            plan_path(cfg)
-        return run_sender(cfg, as_json, interval)
-
-
-def plan_path(cfg: SendConfig) -> None:
-    """Read the path's MTU; settle --gso auto; say before the run if datagrams would fragment."""
-    cfg.path_mtu = probe_path_mtu(cfg.family, cfg.addr, cfg.port)
-    if cfg.gso:
-        cfg.gso = resolve_gso(cfg.gso, cfg.size, cfg.path_mtu, cfg.family)
-    warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
-    if warning:
-        print(f"sendzc: {warning}", file=sys.stderr, flush=True)
 
 
 # What --pool cannot be combined with: the reference sender is SEND_ZC from
@@ -5834,10 +5772,38 @@ def check_pool_options(a: argparse.Namespace) -> None:
                          "send udp or tcp")
 
 
+def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
+    """The sender: with no -D, into the private sink bench makes; over UDP, the path's MTU first."""
+    with ExitStack() as stack:
+        if cfg.addr is None:
+            hint = (f"or send to a receiver instead, with no private sink and no root: "
+                    f"`python3 sendzc.py -D ADDR {cfg.proto}` (`sendzc.py rx {cfg.proto}` running at ADDR)")
+            # Left on the way out, after the report: the namespace (and so
+            # every packet we send) goes when this process does, whatever ends it.
+            sink = stack.enter_context(private_sink(DEFAULT_QDISC, cfg.mtu, "no -D", hint))
+            cfg.addr = SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4
+            cfg.sink = {"dev": sink.dev, "mtu": sink.mtu, "qdisc": sink.qdisc, "netns": "private"}
+            if not as_json:
+                print(f"sink: no -D, so this sends to {cfg.addr} through {sink.dev} in a network "
+                      f"namespace of its own (MTU {sink.mtu}, qdisc {sink.qdisc}), where the kernel "
+                      f"drops every packet; it goes when sendzc does", flush=True)
+        if cfg.proto == "udp":        # settle --gso auto; say before the run if datagrams would fragment
+            cfg.path_mtu = probe_path_mtu(cfg.family, cfg.addr, cfg.port)
+            if cfg.gso:
+                cfg.gso = resolve_gso(cfg.gso, cfg.size, cfg.path_mtu, cfg.family)
+            warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
+            if warning:
+                print(f"sendzc: {warning}", file=sys.stderr, flush=True)
+        return run_sender(cfg, as_json, interval)
+
+
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The seed's main(): one sender, one result."""
+    """The seed's main(): one sender (or -n N of them, or --pool's), one result."""
     if cfg.flows > 1:
-        return run_senders(cfg, as_json)
+        # Every flow's trace goes where a single run's goes: stderr under
+        # --json, so that stdout stays one JSON document.
+        flows, total = run_flows(cfg, sys.stderr if as_json else sys.stdout)
+        return report_send(cfg, total, as_json, flows)
     if cfg.pool:
         return run_pool_sender(cfg, as_json)
     with ExitStack() as stack:
@@ -5849,143 +5815,71 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         sender.trace_out = sys.stderr if as_json else sys.stdout
         ticks = Intervals(interval, not as_json) if interval else None
 
-        def on_tick(nbytes: int, requests: int) -> None:
+        def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
             # Intervals count from the run's own start, as result.seconds
             # does: the last one, which ends there, cannot end before it began.
             ticks.start_ns = sender.started_ns
-            ticks.report(time.perf_counter_ns(), nbytes, requests)
-        result = sender.run(on_tick=on_tick if ticks else None,
-                            tick_ns=int(interval * 1e9) if interval else 0)
+            ticks.report(now_ns or time.perf_counter_ns(), nbytes, requests)
+        result = sender.run(on_tick=on_tick if ticks else None, tick_ns=int((interval or 0) * 1e9))
         if ticks:                               # the last, partial interval
-            ticks.start_ns = sender.started_ns
-            ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
-    if ticks:
-        result.intervals = ticks.rows
+            on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
+            result.intervals = ticks.rows
     return report_send(cfg, result, as_json)
 
 
-def report_send(cfg: SendConfig, result: Result, as_json: bool) -> int:
-    """Print one sender's result (text or JSON), its error in one line; return the exit status."""
+def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[List[Result]] = None) -> int:
+    """Print a sender's result (after each flow's, when result is their total), its error; the status."""
     if as_json:
-        print(json.dumps(json_doc(sender_params(cfg), [result]), indent=2))
-    elif result.requests or not result.error:   # a run refused at its first send has no result
-        print("\n".join(describe_result(result)))
+        print(json.dumps(json_doc(sender_params(cfg), flows or [result],
+                                  {"total": result.row()} if flows else None), indent=2))
+    else:
+        for i, r in enumerate(flows or []):
+            print(f"flow {i}: " + describe_result(r)[1])
+        if flows:
+            print(f"total of {len(flows)} flows:")
+        if flows or result.requests or not result.error:   # a run refused at its first send has none
+            print("\n".join(describe_result(result)))
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
         return 1
     return 130 if result.interrupted else 0
 
 
-def run_senders(cfg: SendConfig, as_json: bool) -> int:
-    """-n N: each flow's result, then the total."""
-    # The trace of every flow goes where a single run's goes: stderr under
-    # --json, so that stdout stays one JSON document.
-    flows, total = run_flows(cfg, sys.stderr if as_json else sys.stdout)
-    if as_json:
-        doc = json_doc(sender_params(cfg), flows)
-        doc["total"] = total.row()
-        print(json.dumps(doc, indent=2))
-    else:
-        for i, r in enumerate(flows):
-            print(f"flow {i}: " + describe_result(r)[1])
-        print(f"total of {len(flows)} flows:")
-        print("\n".join(describe_result(total)))
-    if total.error:
-        print(f"sendzc: {total.error}", file=sys.stderr)
-        return 1
-    return 130 if total.interrupted else 0
+SENDER_PARAMS = ("proto family addr port size batch zc fixed_buf sendmsg flush entries seconds flows "
+                 "sqpoll gso path_mtu sink pool break_contract").split()
 
 
 def sender_params(cfg: SendConfig) -> dict:
-    return {"proto": cfg.proto, "family": family_name(cfg.family), "addr": cfg.addr,
-            "port": cfg.port, "size": cfg.size, "batch": cfg.batch, "zc": cfg.zc,
-            "fixed_buf": cfg.fixed_buf, "sendmsg": cfg.sendmsg, "flush": cfg.flush,
-            "entries": cfg.entries, "seconds": cfg.seconds, "flows": cfg.flows,
-            "sqpoll": cfg.sqpoll, "gso": cfg.gso or None, "path_mtu": cfg.path_mtu, "sink": cfg.sink,
-            "pool": cfg.pool, "break_contract": cfg.break_contract}
+    """The sender's params in its --json document."""
+    params = {name: getattr(cfg, name) for name in SENDER_PARAMS}
+    return dict(params, family=family_name(cfg.family), gso=cfg.gso or None)
 
 
-# What --probe asks about: the setup flags this file may use, and the opcodes.
-PROBED_SETUP_FLAGS = (
-    ("SINGLE_ISSUER", IORING_SETUP_SINGLE_ISSUER),
-    ("DEFER_TASKRUN", IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN),
-    ("COOP_TASKRUN", IORING_SETUP_COOP_TASKRUN),
-    ("NO_SQARRAY", IORING_SETUP_NO_SQARRAY),
-    ("CQSIZE", IORING_SETUP_CQSIZE),
-    ("SQPOLL", IORING_SETUP_SQPOLL),
-)
+# --- --probe: what this kernel offers ----------------------------------------
+#
+# Every answer is the kernel's own, never read from the version number:
+# distributions backport features and a kernel's config may leave them out.
+# Each setup flag is tried on a ring of its own (EINVAL = unknown), the
+# opcodes come from IORING_REGISTER_PROBE, registrations are attempted, and
+# each newer send is a real request over UDP on loopback to a socket of ours
+# that reads the datagram back: "yes" means the bytes arrived as sent. (A
+# kernel that does not know a flag refuses with -EINVAL before sending.)
+
+PROBED_SETUP_FLAGS = {"SINGLE_ISSUER": IORING_SETUP_SINGLE_ISSUER,
+                      "DEFER_TASKRUN": IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
+                      "COOP_TASKRUN": IORING_SETUP_COOP_TASKRUN, "NO_SQARRAY": IORING_SETUP_NO_SQARRAY,
+                      "CQSIZE": IORING_SETUP_CQSIZE, "SQPOLL": IORING_SETUP_SQPOLL}
 PROBED_OPS = (IORING_OP_NOP, IORING_OP_SENDMSG, IORING_OP_SEND, IORING_OP_RECV,
               IORING_OP_SEND_ZC, IORING_OP_SENDMSG_ZC)
-
-
-def kernel_capabilities() -> dict:
-    """What this kernel's io_uring offers, each answer the kernel's own (for --probe).
-
-    Nothing is guessed from the version number: each setup flag is tried on a
-    ring of its own (EINVAL = unknown), the opcodes come from
-    IORING_REGISTER_PROBE, registrations are attempted for real.
-    """
-    caps = {"kernel": platform.release(), "machine": platform.machine(),
-            "io_uring_disabled": read_io_uring_disabled(), "missing": []}
-    missing = caps["missing"]
-    # First, before any other ring: a closed ring's locked memory is given back
-    # by a kernel worker a moment later, and would make the limit look lower.
-    limits = zero_copy_limits()
-    try:
-        ring = Ring(4, attempts=(0,))
-    except (OSError, Fatal) as e:
-        caps["setup_error"] = setup_error(e) if isinstance(e, OSError) else str(e)
-        missing.append("io_uring_setup")
-        return caps
-    try:
-        return _ring_capabilities(caps, ring, limits)
-    except OSError as e:
-        # A ring, but io_uring_register or io_uring_enter refused (a seccomp
-        # profile that allows only setup): what we learnt, and that line.
-        if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
-            raise
-        caps["setup_error"] = oserror_line(e)
-        missing.append(e.syscall)
-        return caps
-
-
-def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
-    """kernel_capabilities(), from the first ring on: register, enter, the setup flags."""
-    missing = caps["missing"]
-    with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
-        probe = ring.probe()
-        caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
-        caps["registered_ring_fd"] = ring.register_ring_fd()
-        for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
-                               ("registered_buffers", lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
-            try:
-                register()
-                caps[what] = True
-            except OSError as e:
-                caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
-                missing.append(what.replace("_", " "))
-    caps["setup_flags"] = {}
-    for name, flag in PROBED_SETUP_FLAGS:
-        try:
-            Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
-                 attempts=(0,)).close()
-            caps["setup_flags"][name] = True
-        except OSError as e:
-            caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
-    try:
-        caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
-    except OSError as e:        # its ring refused: ENOMEM, with little locked memory (see "limits")
-        if getattr(e, "syscall", None) in ("io_uring_register", "io_uring_enter"):
-            raise               # a seccomp filter: kernel_capabilities() says which call
-        caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
-    if not probe.has(IORING_OP_SEND_ZC):
-        missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
-    caps["newer"] = newer_features(probe)
-    caps["limits"] = limits
-    if not limits["memlock"]["ok"]:
-        missing.append("locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)")
-    return caps
+PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
+PROBE_WAIT_S = 1.0          # the longest a probe waits for a CQE or a datagram
+GSO_PROBE_SEGMENT, GSO_PROBE_SEGMENTS = 100, 2    # the UDP_SEGMENT probe: one send of 2 x 100 bytes
+# What MSG_ZEROCOPY needs of net.core.optmem_max: each send's completion is
+# charged to the socket's option memory until it is read off the error queue.
+# 131072 is the kernel's default today; the 20480 of older kernels ran out at
+# speed (ENOBUFS on every few sends, retried: the bench's note says how many).
+MSG_ZEROCOPY_OPTMEM = 131072
+PROT_NONE = 0                                             # <sys/mman.h>
 
 
 def probe_main(argv: List[str]) -> int:
@@ -6008,54 +5902,66 @@ def probe_main(argv: List[str]) -> int:
     return 0
 
 
-# What each value of the sysctl kernel.io_uring_disabled (6.6) means, for --probe.
-IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
-                           2: "(io_uring off for everyone)"}
+def kernel_capabilities() -> dict:
+    """What this kernel's io_uring offers (--probe's JSON object); what is missing, and why."""
+    caps = {"kernel": platform.release(), "machine": platform.machine(),
+            "io_uring_disabled": read_io_uring_disabled(), "missing": []}
+    # First, before any other ring: a closed ring's locked memory is given back
+    # by a kernel worker a moment later, and would make the limit look lower.
+    limits = zero_copy_limits()
+    try:
+        ring = Ring(4, attempts=(0,))
+    except (OSError, Fatal) as e:
+        return dict(caps, missing=["io_uring_setup"],
+                    setup_error=setup_error(e) if isinstance(e, OSError) else str(e))
+    try:
+        return _ring_capabilities(caps, ring, limits)
+    except OSError as e:
+        # A ring, but io_uring_register or io_uring_enter refused (a seccomp
+        # profile that allows only setup): what we learnt, and that line.
+        if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
+            raise
+        return dict(caps, missing=caps["missing"] + [e.syscall], setup_error=oserror_line(e))
 
 
-def describe_capabilities(caps: dict) -> List[str]:
-    def yes(v):
-        return "yes" if v is True else f"no ({v})" if v else "no"
-    disabled = caps["io_uring_disabled"]
-    lines = [f"kernel {caps['kernel']} ({caps['machine']}), Python {platform.python_version()}",
-             "kernel.io_uring_disabled = " + ("(absent: before 6.6)" if disabled is None else
-                                              f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
-    if "setup_error" in caps:
-        return lines + [f"{caps['missing'][-1]}: refused: {caps['setup_error']}"]
-    lines.append(f"features ({len(caps['features'])}): "
-                 + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]))
-    lines.append("setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()))
-    lines.append("opcodes: " + "  ".join(f"{k.replace('IORING_OP_', '')} {yes(v)}"
-                                         for k, v in caps["opcodes"].items()))
-    lines.append(f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}")
-    lines.append(f"registered files {yes(caps['registered_files'])}  buffers "
-                 f"{yes(caps['registered_buffers'])}  ring fd (5.18) {yes(caps['registered_ring_fd'])}")
-    lines += describe_newer(caps)
-    lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
-                                else "missing " + ", ".join(caps["missing"])))
-    return lines
-
-
-
-# --- What the newest kernels add, and the limits that decide zero-copy ------------
-#
-# --probe asks each of these of the running kernel, as it asks for the opcodes:
-# never by the version number, since distributions backport features and a
-# kernel's config may leave them out. Each send below is a real request, made
-# over UDP on loopback to a socket of ours that reads the datagram back, so
-# "yes" means the bytes arrived as sent; a kernel that does not know a flag
-# refuses the request with -EINVAL before anything is sent. (Loopback copies
-# on the receiving side, so these sends say nothing about speed: bench does.)
-
-PROBE_DATA = b"zc"          # what each probe sends; a vectorized one sends it as two 1-byte iovecs
-PROBE_WAIT_S = 1.0          # the longest a probe waits for a CQE or a datagram
-GSO_PROBE_SEGMENT, GSO_PROBE_SEGMENTS = 100, 2    # the UDP_SEGMENT probe: one send of 2 x 100 bytes
-# What MSG_ZEROCOPY needs of net.core.optmem_max: each send's completion is
-# charged to the socket's option memory until it is read off the error queue.
-# 131072 is the kernel's default today; the 20480 of older kernels ran out at
-# speed (ENOBUFS on every few sends, retried: the bench's note says how many).
-MSG_ZEROCOPY_OPTMEM = 131072
-PROT_NONE = 0                                             # <sys/mman.h>
+def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
+    """kernel_capabilities(), from the first ring on: register, enter, the setup flags."""
+    missing = caps["missing"]
+    with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
+        probe = ring.probe()
+        caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
+        caps["registered_ring_fd"] = ring.register_ring_fd()
+        for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
+                               ("registered_buffers",
+                                lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
+            try:
+                register()
+                caps[what] = True
+            except OSError as e:
+                caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+                missing.append(what.replace("_", " "))
+    caps["setup_flags"] = {}
+    for name, flag in PROBED_SETUP_FLAGS.items():
+        try:
+            Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
+                 attempts=(0,)).close()
+            caps["setup_flags"][name] = True
+        except OSError as e:
+            caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
+    try:
+        caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+    except OSError as e:        # its ring refused: ENOMEM, with little locked memory (see "limits")
+        if getattr(e, "syscall", None) in ("io_uring_register", "io_uring_enter"):
+            raise               # a seccomp filter: kernel_capabilities() says which call
+        caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
+    if not probe.has(IORING_OP_SEND_ZC):
+        missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+    caps["newer"] = newer_features(probe)
+    caps["limits"] = limits
+    if not limits["memlock"]["ok"]:
+        missing.append("locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)")
+    return caps
 
 
 def feature(since: str, supported: bool, answer: str) -> dict:
@@ -6078,75 +5984,57 @@ def loopback_udp() -> Iterator[Tuple[socket.socket, socket.socket]]:
         yield tx, rx
 
 
-def submit_one(ring: Ring, sqe: io_uring_sqe) -> int:
-    """Submit one request and reap every CQE it posts; the result's res.
+def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int, Ring], object],
+               einval: Optional[str] = None) -> dict:
+    """Send PROBE_DATA over loopback with the request prep(sqe, fd, address of PROBE_DATA, ring) makes.
 
-    liburing's io_uring_submit_and_wait(), io_uring_peek_cqe() and
-    io_uring_cq_advance(), for a request of the probe's own.
-
-    A zero-copy send posts its result with F_MORE, then a notification:
-    that is waited for too (PROBE_WAIT_S at most), so that the buffer is
-    ours again before the caller lets it go.
+    prep returns what the kernel reads besides the data (iovecs, a msghdr).
+    einval: the answer for EINVAL, if not "this kernel does not know".
     """
-    ring.place(bytes(sqe))
-    ring.submit_and_wait(1)
-    res, flags = ring.peek()
-    while flags[0] & IORING_CQE_F_MORE and len(flags) < 2 and ring.wait_cqes(2, PROBE_WAIT_S):
-        res, flags = ring.peek()
-    ring.cq_advance(len(flags))
-    return res[0]
-
-
-def sent_answer(since: str, res: int, rx: socket.socket, what: str) -> dict:
-    """The row for a probe send: res from its CQE, and what rx received."""
+    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
+    try:
+        with loopback_udp() as (tx, rx), Ring(4) as ring:
+            sqe = io_uring_sqe()
+            keep = prep(sqe, tx.fileno(), ctypes.addressof(data), ring)    # held until the CQEs are in
+            ring.place(bytes(sqe))
+            ring.submit_and_wait(1)
+            cqes, flags = ring.peek()
+            # A zero-copy send's notification too (PROBE_WAIT_S at most): then data is ours again.
+            while flags[0] & IORING_CQE_F_MORE and len(flags) < 2 and ring.wait_cqes(2, PROBE_WAIT_S):
+                cqes, flags = ring.peek()
+            ring.cq_advance(len(flags))
+            del keep                            # every CQE is in: the kernel is done with it
+            res, got = cqes[0], b""
+            if res >= 0:
+                try:
+                    got = rx.recv(len(PROBE_DATA) + 1)
+                except socket.timeout:
+                    pass
+    except OSError as e:
+        return feature(since, False, f"not asked: {e.strerror or e}")
     if res == -errno.EINVAL:
-        return feature(since, False, f"EINVAL: this kernel does not know {what}")
+        return feature(since, False, einval or f"EINVAL: this kernel does not know {what}")
     if res < 0:
         return feature(since, False, f"{what}: {errno_words(-res)}")
-    try:
-        got = rx.recv(len(PROBE_DATA) + 1)
-    except socket.timeout:
-        got = b""
     if res != len(PROBE_DATA) or got != PROBE_DATA:
         return feature(since, False, f"{what} sent {res} bytes but {got!r} arrived, not {PROBE_DATA!r}")
     return feature(since, True, f"{res} bytes sent over loopback, received intact")
 
 
-def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int], object],
-               register: bool = False) -> dict:
-    """Send PROBE_DATA over loopback with the request prep(sqe, fd, address of PROBE_DATA) makes.
-
-    prep returns what the kernel will read besides the data (iovecs, a
-    msghdr): it is kept until the request's CQEs are in. register: register
-    the data's buffer first (index 0), for a _FIXED request.
-    """
-    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
-    try:
-        with loopback_udp() as (tx, rx), Ring(4) as ring:
-            if register:
-                ring.register_buffers([(ctypes.addressof(data), len(PROBE_DATA))])
-            sqe = io_uring_sqe()
-            keep = prep(sqe, tx.fileno(), ctypes.addressof(data))
-            res = submit_one(ring, sqe)
-            del keep
-            return sent_answer(since, res, rx, what)
-    except OSError as e:
-        return feature(since, False, f"not asked: {e.strerror or e}")
-
-
-def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int) -> msghdr:
+def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> msghdr:
     """A SENDMSG_ZC whose one iovec lies in registered buffer 0 (6.15: before, EINVAL)."""
+    ring.register_buffers([(addr, len(PROBE_DATA))])
     msg = msghdr(msg_iov=ctypes.pointer(iovec(addr, len(PROBE_DATA))), msg_iovlen=1)   # holds its iovec
     prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), 0, 0)
     return msg
 
 
-def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int], object]:
+def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int, Ring], ctypes.Array]:
     """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17).
 
     liburing has no prep helper for it yet: the flag goes into sqe.ioprio by hand.
     """
-    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> ctypes.Array:
+    def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> ctypes.Array:
         iovs = (iovec * 2)(iovec(addr, 1), iovec(addr + 1, 1))    # one datagram from two pieces
         if zc:
             prep_send_zc(sqe, fd, ctypes.addressof(iovs), len(iovs), 0, IORING_SEND_VECTORIZED)
@@ -6160,95 +6048,77 @@ def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int], object]:
 def probe_send_bundle() -> dict:
     """SEND with IORING_RECVSEND_BUNDLE (6.10): one request sends every ready provided buffer.
 
-    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING,
-    5.19; liburing's io_uring_setup_buf_ring()): a page of io_uring_buf
-    entries that we fill and publish by moving its tail, as
-    io_uring_buf_ring_add() and io_uring_buf_ring_advance() do. Two 1-byte
-    buffers go out as one 2-byte datagram. The tail is a plain store: the
-    kernel reads the ring only inside the io_uring_enter that follows. Closing
-    the ring gives the buffer ring back; the page is unmapped after that.
+    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING, 5.19;
+    liburing's io_uring_setup_buf_ring()): a page of io_uring_buf entries, published
+    by moving its tail as io_uring_buf_ring_add() and _advance() do. Two 1-byte buffers
+    go out as one datagram. The tail is a plain store: the kernel reads it only in
+    the io_uring_enter that follows.
     """
-    data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
-    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)    # page-aligned
-    try:
-        with loopback_udp() as (tx, rx), Ring(4) as ring:       # the ring goes before the page
-            entries = 2
-            size = ctypes.sizeof(io_uring_buf)
-            for bid in range(entries):
-                page[bid * size:(bid + 1) * size] = bytes(io_uring_buf(ctypes.addressof(data) + bid, 1, bid))
-            struct.pack_into("=H", page, io_uring_buf.resv.offset, entries)     # the tail: publish
-            reg = io_uring_buf_reg(ring_addr=_addr_of(page), ring_entries=entries, bgid=0)
-            io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.byref(reg), 1)
-            sqe = io_uring_sqe()
-            prep_send(sqe, tx.fileno(), 0, 0, 0)      # no address: the buffers are the kernel's pick
-            sqe.flags, sqe.ioprio, sqe.buf_group = IOSQE_BUFFER_SELECT, IORING_RECVSEND_BUNDLE, 0
-            return sent_answer("6.10", submit_one(ring, sqe), rx, "a SEND bundle of 2 provided buffers")
-    except OSError as e:
-        return feature("6.10", False, f"not asked: {e.strerror or e}")
-    finally:
-        page.close()
+    def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> None:
+        size = ctypes.sizeof(io_uring_buf)
+        for bid in range(len(PROBE_DATA)):
+            page[bid * size:(bid + 1) * size] = bytes(io_uring_buf(addr + bid, 1, bid))
+        struct.pack_into("=H", page, io_uring_buf.resv.offset, len(PROBE_DATA))   # the tail: publish
+        reg = io_uring_buf_reg(ring_addr=_addr_of(page), ring_entries=len(PROBE_DATA), bgid=0)
+        io_uring_register(ring.fd, IORING_REGISTER_PBUF_RING, ctypes.byref(reg), 1)
+        prep_send(sqe, fd, 0, 0, 0)      # no address: the buffers are the kernel's pick
+        sqe.flags, sqe.ioprio, sqe.buf_group = IOSQE_BUFFER_SELECT, IORING_RECVSEND_BUNDLE, 0
+
+    # Unmapped only after probe_send has closed its ring, which gives the buffer ring back.
+    with mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as page:   # page-aligned
+        return probe_send("6.10", "a SEND bundle of 2 provided buffers", prep)
 
 
-def probe_send_zc_bundle() -> dict:
-    """SEND_ZC refuses IORING_RECVSEND_BUNDLE: bundles take provided buffers, zero-copy takes ours."""
-    def prep(sqe: io_uring_sqe, fd: int, addr: int) -> None:
+def newer_features(probe: Probe) -> Dict[str, dict]:
+    """The rows of --probe's newer features, each the kernel's own answer."""
+    def zc_bundle(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> None:
         prep_send_zc(sqe, fd, addr, len(PROBE_DATA), 0, IORING_RECVSEND_BUNDLE)
-    row = probe_send("6.10", "SEND_ZC with IORING_RECVSEND_BUNDLE", prep)
-    if row["answer"].startswith("EINVAL"):
-        row["answer"] = "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"
-    return row
+    return {
+        "sendmsg_zc_fixed_buf": probe_send("6.15", "SENDMSG_ZC from a registered buffer", sendmsg_zc_fixed),
+        "send_vectorized": probe_send("6.17", "SEND with IORING_SEND_VECTORIZED", vectorized(False)),
+        "send_zc_vectorized": probe_send("6.17", "SEND_ZC with IORING_SEND_VECTORIZED", vectorized(True)),
+        "send_bundle": probe_send_bundle(),
+        # Bundles take provided buffers, zero-copy takes ours: SEND_ZC refuses the flag.
+        "send_zc_bundle": probe_send("6.10", "SEND_ZC with IORING_RECVSEND_BUNDLE", zc_bundle,
+                                     "EINVAL: SEND_ZC does not take them (bundles are SEND's alone)"),
+        "zero_copy_receive": probe_zcrx(probe),
+    }
+
+
+# What IORING_REGISTER_ZCRX_IFQ's refusal of an unreadable argument says (probe_zcrx).
+ZCRX_ANSWERS = {
+    errno.EFAULT: (True, "IORING_REGISTER_ZCRX_IFQ too (EFAULT on our unreadable argument); "
+                         "using it needs CAP_NET_ADMIN and a NIC with header split"),
+    errno.EPERM: (True, "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)"),
+    errno.EOPNOTSUPP: (False, "built without CONFIG_IO_URING_ZCRX (EOPNOTSUPP)"),
+}
 
 
 def probe_zcrx(probe: Probe) -> dict:
     """Zero-copy receive (6.15): the opcode, and liburing's io_uring_register_ifq(), asked for real.
 
-    A real registration needs a NIC whose driver splits headers from data
-    and lets a queue be given away (bnxt, mlx5, gve, ...) and CAP_NET_ADMIN;
-    loopback and veth have none. So the question put is the registration
-    itself, from an argument on a page we made unreadable, on the ring it
-    wants (DEFER_TASKRUN, 32-byte CQEs): a kernel that knows
-    IORING_REGISTER_ZCRX_IFQ tries to read it (EFAULT), or first says who may
-    (EPERM); one built without it says EOPNOTSUPP; an older one EINVAL.
+    A real registration needs CAP_NET_ADMIN and a NIC that splits headers from
+    data and gives a queue away (bnxt, mlx5, gve, ...; not loopback or veth). So
+    we register from an unreadable page, on the ring it wants (DEFER_TASKRUN,
+    32-byte CQEs), and read the refusal (ZCRX_ANSWERS); an older kernel says EINVAL.
     """
     if not probe.has(IORING_OP_RECV_ZC):
         return feature("6.15", False, "no IORING_OP_RECV_ZC in IORING_REGISTER_PROBE")
-    page = mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
-    fd = -1
-    try:
+    with mmap.mmap(-1, PAGE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) as page:
         unreadable = _addr_of(page)
         if _libc.mprotect(ctypes.c_void_p(unreadable), ctypes.c_size_t(PAGE), PROT_NONE):
             return feature("6.15", False, "not asked: mprotect: " + errno_words(ctypes.get_errno()))
-        p = io_uring_params(flags=IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN |
-                            IORING_SETUP_CQE32)
-        fd = io_uring_setup(4, p)           # never mapped: only io_uring_register is asked
-        io_uring_register(fd, IORING_REGISTER_ZCRX_IFQ, ctypes.c_void_p(unreadable), 1)
-        return feature("6.15", False, "IORING_REGISTER_ZCRX_IFQ read an unreadable page")  # cannot be
-    except OSError as e:
-        if e.errno == errno.EFAULT:
-            return feature("6.15", True, "IORING_REGISTER_ZCRX_IFQ too (EFAULT on our unreadable "
-                                         "argument); using it needs CAP_NET_ADMIN and a NIC with header split")
-        if e.errno == errno.EPERM:
-            return feature("6.15", True, "here, but IORING_REGISTER_ZCRX_IFQ needs CAP_NET_ADMIN (EPERM)")
-        if e.errno == errno.EOPNOTSUPP:
-            return feature("6.15", False, "built without CONFIG_IO_URING_ZCRX (EOPNOTSUPP)")
-        return feature("6.15", False, f"IORING_REGISTER_ZCRX_IFQ: {errno_words(e.errno)}")
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        page.close()
-
-
-def newer_features(probe: Probe) -> Dict[str, dict]:
-    """The rows of --probe's newer features, each the kernel's own answer."""
-    return {
-        "sendmsg_zc_fixed_buf": probe_send("6.15", "SENDMSG_ZC from a registered buffer",
-                                           sendmsg_zc_fixed, register=True),
-        "send_vectorized": probe_send("6.17", "SEND with IORING_SEND_VECTORIZED", vectorized(False)),
-        "send_zc_vectorized": probe_send("6.17", "SEND_ZC with IORING_SEND_VECTORIZED", vectorized(True)),
-        "send_bundle": probe_send_bundle(),
-        "send_zc_bundle": probe_send_zc_bundle(),
-        "zero_copy_receive": probe_zcrx(probe),
-    }
+        try:
+            fd = io_uring_setup(4, io_uring_params(flags=IORING_SETUP_SINGLE_ISSUER |
+                                                   IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_CQE32))
+            try:                        # never mapped: only io_uring_register is asked
+                io_uring_register(fd, IORING_REGISTER_ZCRX_IFQ, ctypes.c_void_p(unreadable), 1)
+            finally:
+                os.close(fd)
+        except OSError as e:
+            return feature("6.15", *ZCRX_ANSWERS.get(
+                e.errno, (False, f"IORING_REGISTER_ZCRX_IFQ: {errno_words(e.errno)}")))
+    return feature("6.15", False, "IORING_REGISTER_ZCRX_IFQ read an unreadable page")    # cannot be
 
 
 def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
@@ -6257,11 +6127,9 @@ def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
 
 
 def memlock_room() -> dict:
-    """RLIMIT_MEMLOCK against what the default sender locks: its ring and its registered buffer.
+    """RLIMIT_MEMLOCK against the default sender's ring and buffer, tried for real.
 
-    Tried for real: a ring of the sender's size (SQ 512, CQ 2048 entries)
-    and the 64 KiB payload registered on it, as UringSender does. Without
-    CAP_IPC_LOCK both count against the limit.
+    Without CAP_IPC_LOCK both count against the limit.
     """
     cfg = SendConfig()
     value = memlock_limit()
@@ -6317,30 +6185,55 @@ def zero_copy_limits() -> Dict[str, dict]:
     return {"memlock": memlock_room(), "optmem_max": optmem_room(), "udp_segment": udp_segment_room()}
 
 
-def describe_newer(caps: dict) -> List[str]:
-    """--probe's lines for the newer features and the limits, a fix under each that falls short."""
-    names = {"sendmsg_zc_fixed_buf": "SENDMSG_ZC from a registered buffer",
-             "send_vectorized": "SEND, IORING_SEND_VECTORIZED",
-             "send_zc_vectorized": "SEND_ZC, IORING_SEND_VECTORIZED",
-             "send_bundle": "SEND bundles, IORING_RECVSEND_BUNDLE",
-             "send_zc_bundle": "SEND_ZC bundles",
-             "zero_copy_receive": "zero-copy receive, IORING_OP_RECV_ZC"}
-    lines = ["newer features (each asked of this kernel, not read from its version):"]
-    for key, row in caps["newer"].items():
-        lines.append(f"  {names.get(key, key)} ({row['since']}): {'yes' if row['supported'] else 'no'}: "
-                     f"{row['answer']}")
+# What each value of the sysctl kernel.io_uring_disabled (6.6) means, for --probe.
+IO_URING_DISABLED_MEANS = {0: "(io_uring for everyone)", 1: "(root and io_uring_group only)",
+                           2: "(io_uring off for everyone)"}
+NEWER_NAMES = {"sendmsg_zc_fixed_buf": "SENDMSG_ZC from a registered buffer",
+               "send_vectorized": "SEND, IORING_SEND_VECTORIZED",
+               "send_zc_vectorized": "SEND_ZC, IORING_SEND_VECTORIZED",
+               "send_bundle": "SEND bundles, IORING_RECVSEND_BUNDLE",
+               "send_zc_bundle": "SEND_ZC bundles",
+               "zero_copy_receive": "zero-copy receive, IORING_OP_RECV_ZC"}
+
+
+def describe_capabilities(caps: dict) -> List[str]:
+    """--probe's text: a line for each answer, and a fix under each limit that falls short."""
+    def yes(v):
+        return "yes" if v is True else f"no ({v})" if v else "no"
+    disabled = caps["io_uring_disabled"]
+    lines = [f"kernel {caps['kernel']} ({caps['machine']}), Python {platform.python_version()}",
+             "kernel.io_uring_disabled = " + ("(absent: before 6.6)" if disabled is None else
+                                              f"{disabled} " + IO_URING_DISABLED_MEANS.get(disabled, ""))]
+    if "setup_error" in caps:
+        return lines + [f"{caps['missing'][-1]}: refused: {caps['setup_error']}"]
+    lines += [f"features ({len(caps['features'])}): "
+              + " ".join(f.replace("IORING_FEAT_", "") for f in caps["features"]),
+              "setup flags: " + "  ".join(f"{k} {yes(v)}" for k, v in caps["setup_flags"].items()),
+              "opcodes: " + "  ".join(f"{k.replace('IORING_OP_', '')} {yes(v)}"
+                                      for k, v in caps["opcodes"].items()),
+              f"SEND_ZC REPORT_USAGE (6.2): {yes(caps['send_zc_report_usage'])}",
+              f"registered files {yes(caps['registered_files'])}  buffers {yes(caps['registered_buffers'])}  "
+              f"ring fd (5.18) {yes(caps['registered_ring_fd'])}",
+              "newer features (each asked of this kernel, not read from its version):"]
+    lines += [f"  {NEWER_NAMES.get(key, key)} ({row['since']}): {'yes' if row['supported'] else 'no'}: "
+              f"{row['answer']}" for key, row in caps["newer"].items()]
     lines.append("limits that decide whether zero-copy works for this user:")
-    titles = {"memlock": f"RLIMIT_MEMLOCK {caps['limits']['memlock']['value']}",
-              "optmem_max": f"net.core.optmem_max {caps['limits']['optmem_max']['value']} "
+    limits = caps["limits"]
+    titles = {"memlock": f"RLIMIT_MEMLOCK {limits['memlock']['value']}",
+              "optmem_max": f"net.core.optmem_max {limits['optmem_max']['value']} "
                             f"(MSG_ZEROCOPY wants {MSG_ZEROCOPY_OPTMEM})",
               "udp_segment": "UDP_SEGMENT (UDP GSO, 4.18)"}
-    for key, row in caps["limits"].items():
+    for key, row in limits.items():
         lines.append(f"  {titles.get(key, key)}: {'ok' if row['ok'] else 'SHORT'}: {row['answer']}")
         if row["fix"]:
             lines.append(f"    fix: {row['fix']}")
+    lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
+                                else "missing " + ", ".join(caps["missing"])))
     return lines
 
 
+# --- Signals, errors, and the dispatch -----------------------------------------
+#
 # SIGTERM (`timeout`, `kill`, a job scheduler) and SIGHUP (the terminal went
 # away) mean what Ctrl-C means: stop, and print what was measured. The exit
 # status says which: 130 for SIGINT, as a shell reports it, 128+N for
@@ -6359,12 +6252,10 @@ def signal_label(signum: int) -> str:
 def on_sigint(signum, frame):
     """Ctrl-C (or SIGTERM, SIGHUP), three times over.
 
-    First: end the run after this batch, wait for the outstanding
-    notifications (at most DRAIN_SECONDS), print the partial result. Second:
-    stop waiting for notifications; the result counts them as undrained, and
-    the payload buffer stays mapped (Payload.close). Only a third raises
-    KeyboardInterrupt, for a program stuck somewhere no loop looks at STOP:
-    raised inside a run, it would skip the drain, so the first two do not.
+    First: end the run after this batch, drain the notifications (DRAIN_SECONDS
+    at most), print the partial result. Second: stop draining (the payload stays
+    mapped, see Payload.close). Only a third raises KeyboardInterrupt, for a
+    program stuck where no loop looks at STOP: raised in a run, it skips the drain.
     """
     if STOP.hurry:
         raise KeyboardInterrupt
@@ -6423,33 +6314,19 @@ def oserror_line(e: OSError) -> str:
 def main(argv: Optional[List[str]] = None) -> int:
     """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender.
 
-    Every way out is one line on stderr and a status: Fatal says its own
-    (2 for usage, 1 for the system), Ctrl-C is 130 (SIGTERM and SIGHUP:
-    128+N), and any other OSError becomes one line naming the call and the
-    errno (1). Anything else is a bug in this file and keeps its traceback.
-    The handlers of STOP_SIGNALS are ours only while main() runs, so a
-    caller (a test) gets its own back.
+    Every way out is one line on stderr and a status: Fatal says its own (2
+    for usage, 1 for the system), Ctrl-C is 130 (SIGTERM, SIGHUP: 128+N),
+    any other OSError one line naming the call and the errno (1); anything
+    else is a bug in this file and keeps its traceback. The handlers of
+    STOP_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
     STOP.signum = signal.SIGINT
     JSON_OUT.made = False
+    # Ours until the last line is out: a signal while the report prints
+    # sets STOP, which nothing reads any more, instead of killing it half-way.
     previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
-    try:
-        # Our handler stays until the last line is out: a signal while it
-        # prints sets STOP, which nothing reads any more, instead of killing
-        # the process half-way through its report.
-        return _main(argv)
-    finally:
-        for signum, handler in previous.items():
-            # As a program, the handler before ours was _signal_before_main,
-            # which would report a start that is over: ignore signals instead,
-            # for the moment left before exit.
-            signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
-
-
-def _main(argv: List[str]) -> int:
-    """main() under our signal handlers: dispatch, and one line for every way out."""
     try:
         if _early_signals:                 # (see _signal_before_main)
             STOP.signum = _early_signals.pop()
@@ -6474,11 +6351,18 @@ def _main(argv: List[str]) -> int:
             # own flush at exit fails again and prints a second complaint.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
-    if status == 130:
-        print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
-              file=sys.stderr)
-        return signal_status(STOP.signum)
-    return status
+    else:
+        if status == 130:
+            print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
+                  file=sys.stderr)
+            return signal_status(STOP.signum)
+        return status
+    finally:
+        for signum, handler in previous.items():
+            # As a program, the handler before ours was _signal_before_main,
+            # which would report a start that is over: ignore signals instead,
+            # for the moment left before exit.
+            signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
 
 
 def json_refusal(argv: List[str], line: str) -> None:
@@ -6500,9 +6384,7 @@ def dispatch(argv: List[str]) -> int:
     if "--probe" in argv:
         return probe_main(argv)
     parser = sender_parser()
-    misplaced = bench_option_in(argv, parser)
-    if misplaced:
-        raise misplaced
+    check_bench_options(argv, parser)
     a = parser.parse_args(argv)
     return send_main(sender_config(a), a.json, a.interval)
 
@@ -6511,31 +6393,23 @@ def command(argv: List[str]) -> str:
     return " ".join(["python3", "sendzc.py", *map(shlex.quote, argv)])
 
 
-def bench_runs(argv: List[str]) -> bool:
-    """Would `sendzc.py bench ARGV` get past its command line?"""
-    try:
-        bench_config(bench_parser().parse_args(argv))
-    except UsageError:
-        return False
-    return True
-
-
-def bench_option_in(argv: List[str], sender: argparse.ArgumentParser) -> Optional[UsageError]:
+def check_bench_options(argv: List[str], sender: argparse.ArgumentParser) -> None:
     """An option only bench has, given to the sender: the mistake, and the command that works.
 
-    Without this, argparse reads `--sizes 1400` as an unknown option and
-    1400 as the protocol, and `--sweep` as "no protocol given".
+    Else argparse reads `--sizes 1400` as an unknown option and 1400 as the
+    protocol, and `--sweep` as "no protocol given".
     """
-    own = sender._option_string_actions
+    bench = bench_parser()
     words = argv[:argv.index("--")] if "--" in argv else argv
-    for word in words:
-        option = word.split("=", 1)[0]
-        if option.startswith("-") and option not in own and option in bench_parser()._option_string_actions:
-            if bench_runs(argv):
-                return UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
-            return UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
-                              f"see `python3 sendzc.py bench --help`")
-    return None
+    for option in (word.split("=", 1)[0] for word in words):
+        if (option.startswith("-") and option not in sender._option_string_actions
+                and option in bench._option_string_actions):
+            try:
+                bench_config(bench.parse_args(argv))         # would `sendzc.py bench ARGV` run?
+            except UsageError:
+                raise UsageError(f"{option} is an option of `sendzc.py bench`, not of the sender: "
+                                 f"see `python3 sendzc.py bench --help`") from None
+            raise UsageError(f"{option} is an option of `sendzc.py bench`: run `{command(['bench', *argv])}`")
 
 
 if __name__ == "__main__":
