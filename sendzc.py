@@ -3025,12 +3025,12 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         os.close(go_r)
         out_w = go_r = -1
         inbox = FlowInbox(out_r, pids)
-        failed = [m for m in inbox.collect("ready", cfg.flows) if m[0] == "fatal"]
+        failed = [m for m in inbox.collect(cfg.flows) if m[0] == "fatal"]     # all "ready"?
         if failed:
             raise Fatal(*failed[0][2:])
         deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
         os.write(go_w, struct.pack("q", deadline) * cfg.flows)   # 8 B a child: far below a pipe's room
-        done = inbox.collect("result", cfg.flows)
+        done = inbox.collect(cfg.flows)   # a "result" or a "fatal" from each
         finished = True
     finally:
         for fd in (out_r, out_w, go_r, go_w):
@@ -3061,10 +3061,7 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
 
 
 def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> None:
-    """One flow of run_flows(), in the forked child: set up, wait for go, send, report, _exit.
-
-    os._exit() skips what the parent had pending (atexit, a test runner's teardown): not ours to run.
-    """
+    """One flow of run_flows(), in the forked child: set up, wait for go, send, report, _exit."""
     code = 0
     try:
         try:
@@ -3097,20 +3094,17 @@ def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> N
         traceback.print_exc()
         code = 1
     finally:
-        os._exit(code)
+        os._exit(code)                    # not exit(): atexit, a test runner's teardown are the parent's
 
 
 class WholeLines:
-    """A flow's trace stream: each whole line in one write(), which another process's cannot split.
-
-    print() writes a line and its newline apart, so the flows' lines would cut into each other.
-    """
+    """A flow's trace stream: each whole line in one write(), so the flows' lines never interleave."""
 
     def __init__(self, out):
         self.out, self.pending = out, ""
 
     def write(self, text: str) -> int:
-        self.pending += text
+        self.pending += text              # print() writes a line and its newline apart
         if "\n" in self.pending:
             whole, _, self.pending = self.pending.rpartition("\n")
             self.out.flush()
@@ -3146,8 +3140,8 @@ class FlowInbox:
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
 
-    def collect(self, kind: str, n: int) -> List[tuple]:
-        """Wait for n messages of kind (a flow's failure counts as one); relay Ctrl-C meanwhile."""
+    def collect(self, n: int) -> List[tuple]:
+        """Wait for n messages, one from each flow; relay Ctrl-C meanwhile."""
         import pickle
         got: List[tuple] = []
         while True:
