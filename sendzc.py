@@ -3450,7 +3450,8 @@ class ZerocopyCompletions:
     def add(self, lo: int, hi: int, code: int) -> int:
         """Count the inclusive range [lo, hi] of send numbers; returns its length."""
         n = ((hi - lo) & U32) + 1          # the counter is u32: a range may wrap
-        self.out_of_order += lo != self.next_lo
+        if lo != self.next_lo:
+            self.out_of_order += 1
         self.next_lo = (hi + 1) & U32
         self.completed += n
         self.ranges += 1
@@ -3464,12 +3465,13 @@ class ZerocopyCompletions:
     def outstanding(self) -> int:
         return self.sent - self.completed
 
-    def read(self, sock: socket.socket) -> int:
-        """recvmsg(MSG_ERRQUEUE) until the queue is empty (EAGAIN: it never blocks).
+    def read(self, sock: socket.socket, sent: int) -> int:
+        """recvmsg(MSG_ERRQUEUE) until the queue is empty (EAGAIN: it never blocks), sent sends made.
 
         Returns 0, or the errno of an error that is not a zero-copy completion
         (none is expected: we do not ask for IP_RECVERR).
         """
+        self.sent = sent
         while True:
             try:
                 _, ancdata, msg_flags, _ = sock.recvmsg(0, ERRQUEUE_CMSG_SPACE, socket.MSG_ERRQUEUE)
@@ -3558,8 +3560,7 @@ class SyscallSender:
                 except BlockingIOError:             # the send buffer is full: wait for room
                     eagain += 1
                     if zc:
-                        done.sent = sends
-                        error = done.read(sock)
+                        error = done.read(sock, sends)
                     room.poll(POLL_MS)
                 except OSError as e:
                     if not (zc and e.errno == errno.ENOBUFS):
@@ -3568,9 +3569,8 @@ class SyscallSender:
                     # Out of option memory, which unread notifications hold: read them;
                     # if there were none, wait for one. If none is outstanding either,
                     # no completion will ever free some.
-                    done.sent = sends
                     ranges = done.ranges
-                    error = done.read(sock)
+                    error = done.read(sock, sends)
                     if done.ranges == ranges and not done.outstanding:
                         starved, error = True, errno.ENOBUFS
                         continue
@@ -3578,8 +3578,7 @@ class SyscallSender:
                     if done.ranges == ranges:
                         errq.poll(POLL_MS)
                 if zc and sends >= reap_at:
-                    done.sent = sends
-                    error = error or done.read(sock)
+                    error = error or done.read(sock, sends)
                     reap_at = sends + ZC_REAP_EVERY
             result.interrupted = STOP.requested
             meter.stop(result)          # the rate covers sending; the drain below is not timed
@@ -3590,7 +3589,7 @@ class SyscallSender:
             drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
             while zc and done.outstanding and clock() < drain_until and not STOP.hurry:
                 errq.poll(POLL_MS)
-                error = error or done.read(sock)
+                error = error or done.read(sock, sends)
             waited = (clock() - drain_from) / 1e9
             self.payload.lent += done.outstanding - 1      # settled: only what never came stays
         finally:
