@@ -3135,8 +3135,7 @@ class FlowInbox:
 
     def __init__(self, fd: int, pids: Dict[int, int]):
         self.fd, self.pids = fd, pids
-        self.buf = b""
-        self.relayed = 0                      # Ctrl-Cs passed on to the children so far
+        self.buf, self.relayed = b"", 0       # relayed: Ctrl-Cs passed on to the children so far
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
 
@@ -3165,19 +3164,14 @@ class FlowInbox:
                 continue
             chunk = os.read(self.fd, 1 << 16)     # the pipe's whole default capacity
             if not chunk:                     # every child has closed the pipe: some died mute
-                missing = sorted(set(range(n)) - {m[1] for m in got})
-                raise Fatal(f"flow {missing[0]} ended without a word ({self.reap_status(missing[0])}): "
-                            f"run it alone (without -n) to see why")
+                flow = min(set(range(n)) - {m[1] for m in got})
+                pid = next(p for p, i in self.pids.items() if i == flow)
+                del self.pids[pid]
+                status = os.waitpid(pid, 0)[1]    # not long: it closed the pipe, so it has ended
+                how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
+                       else f"exit status {os.WEXITSTATUS(status)}")
+                raise Fatal(f"flow {flow} ended without a word ({how}): run it alone (without -n) to see why")
             self.buf += chunk
-
-    def reap_status(self, flow: int) -> str:
-        """How flow's process ended: it has, or is about to, as every child closed the pipe."""
-        pid = next(p for p, i in self.pids.items() if i == flow)
-        del self.pids[pid]
-        status = os.waitpid(pid, 0)[1]
-        if os.WIFSIGNALED(status):
-            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        return f"exit status {os.WEXITSTATUS(status)}"
 
 
 def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count: int = 0) -> Result:
@@ -3264,9 +3258,9 @@ def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSErr
 
     err: the first send's errno; entered: a failed io_uring_enter; waited: the
     drain's wait; gave_up: Ctrl-C twice, so missing completions are no error.
+    Failed sends are data that never left, whatever else the run says; one with
+    no errno of its own (only -ECANCELED links) was the stream breaking.
     """
-    # Failed sends are data that never left, whatever else the run says; a
-    # failure with no errno of its own (only -ECANCELED links) was the stream breaking.
     if result.failed and not err:
         err = errno.EIO if cfg.proto == "tcp" else errno.ECANCELED
     if err:
@@ -3327,9 +3321,8 @@ def setup_error(e: OSError) -> str:
 def seccomp_refusal(e: OSError) -> Optional[str]:
     """One line for an io_uring syscall a seccomp filter refused (EPERM, EACCES) or hid (ENOSYS).
 
-    None if no filter is on, or the errno is not one a filter answers with. A
-    profile may refuse only io_uring_enter or _register (setup works, the first
-    submit fails): the line names the call.
+    None if no filter is on or the errno is not a filter's. A profile may refuse
+    only io_uring_enter or _register (setup works): the line names the call.
     """
     call = getattr(e, "syscall", None)
     if (call not in ("io_uring_setup", "io_uring_enter", "io_uring_register")
