@@ -3025,7 +3025,7 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         os.close(go_r)
         out_w = go_r = -1
         inbox = FlowInbox(out_r, pids)
-        failed = [m for m in inbox.collect(cfg.flows) if m[0] == "fatal"]     # all "ready"?
+        failed = [m for m in inbox.collect(cfg.flows) if m[0] == "fatal"]     # "ready" or "fatal"
         if failed:
             raise Fatal(*failed[0][2:])
         deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
@@ -3067,8 +3067,7 @@ def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> N
         try:
             os.setpgid(0, 0)              # out of the terminal's group: Ctrl-C comes via the parent
             with ExitStack() as stack:
-                sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
-                stack.callback(sock.close)
+                sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
                 payload = Payload(cfg.size, cfg.gso)
                 stack.callback(payload.close)
                 sender = UringSender(cfg, sock, payload, stack)
@@ -3206,8 +3205,7 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
 def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
     """`sendzc.py --pool N ...`: one reference run, printed as run_sender() prints a fast one."""
     with ExitStack() as stack:
-        sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
-        stack.callback(sock.close)
+        sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
         result = run_reference(cfg, sock, stack)
     return report_send(cfg, result, as_json)
 
