@@ -3606,14 +3606,13 @@ def zerocopy_enobufs_error() -> str:
     Completions are charged to option memory (net.core.optmem_max, per
     namespace since 6.9) and, without CAP_IPC_LOCK, pages to RLIMIT_MEMLOCK.
     """
-    optmem = read_sysctl("net/core/optmem_max")
-    cause = f"net.core.optmem_max = {optmem} cannot hold one send's completion"
+    cause = f"net.core.optmem_max = {read_sysctl('net/core/optmem_max')}"
     fix = "raise it (e.g. `sysctl -w net.core.optmem_max=131072`)"
     if not has_cap(CAP_IPC_LOCK):
-        cause = (f"net.core.optmem_max = {optmem} or the locked-memory limit "
-                 f"(`ulimit -l`: {memlock_limit()}) cannot hold one send's completion")
+        cause += f" or the locked-memory limit (`ulimit -l`: {memlock_limit()})"
         fix = "raise them, or run as root"
-    return f"send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: {cause}: {fix}"
+    return (f"send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: {cause} cannot hold one "
+            f"send's completion: {fix}")
 
 
 # =============================================================================
