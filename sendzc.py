@@ -2899,27 +2899,19 @@ class UringSender(BulkSender):
 
 
 def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
-    """-n N: N senders at once, each a process with its own socket, payload and ring.
+    """-n N: N senders at once, each a fork()ed process with its own socket, payload and ring.
 
-    Like the seed's successor in liburing (send-zerocopy -T), but processes,
-    not threads: one interpreter runs one thread's Python at a time (the
-    GIL), so two flows in threads were slower than one on two cores. Each
-    flow is a fork()ed child in a process group of its own; the parent
-    relays what the terminal sends it (Ctrl-C once, twice), so a child hears
-    each Ctrl-C exactly once, whoever it was sent to.
-
-    One common window: every child sets up, says it is ready, and waits;
-    then the parent gives them all the same deadline at once (CLOCK_MONOTONIC
-    is one clock for every process). Each flow's rate is over its own
-    measured time; the total's is all bytes over the span from the first
-    flow's start to the last one's end. Results come back through one pipe,
-    pickled, one write each (see FlowInbox). Returns each flow's result (its
-    own process's CPU) and their total (the sum of the flows' CPU).
+    Processes, not threads (liburing's send-zerocopy -T): the GIL runs one
+    thread's Python at a time, so two flows in threads were slower than one
+    on two cores. Each child is in a process group of its own and the parent
+    relays each Ctrl-C, so a child hears it exactly once. All set up, then
+    get one common deadline (CLOCK_MONOTONIC is one clock for all). The
+    total's rate is all bytes over the first flow's start to the last one's
+    end; its CPU is the sum of the flows'.
     """
     out_r, out_w = os.pipe()              # children -> parent: ready, result, or a failure
     go_r, go_w = os.pipe()                # parent -> children: the common deadline
     pids: Dict[int, int] = {}             # pid -> flow number, until reaped
-    statuses: Dict[int, int] = {}         # flow number -> wait status, once reaped
     sys.stdout.flush()                    # or the children would print it again at exit
     sys.stderr.flush()
     finished = False
@@ -2933,21 +2925,18 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
             try:
                 os.setpgid(pid, pid)      # as the child does itself: whichever runs first
             except OSError:
-                pass                      # the child has already done it (or exec'd: not here)
+                pass                      # the child has already done it
             pids[pid] = i
         os.close(out_w)
-        out_w = -1
         os.close(go_r)
-        go_r = -1
-        inbox = FlowInbox(out_r, pids, statuses)
-        ready = inbox.collect("ready", cfg.flows)
-        failed = [m for m in ready if m[0] == "fatal"]
+        out_w = go_r = -1
+        inbox = FlowInbox(out_r, pids)
+        failed = [m for m in inbox.collect(cfg.flows) if m[0] == "fatal"]     # "ready" or "fatal"
         if failed:
-            raise Fatal(failed[0][2], failed[0][3])
+            raise Fatal(*failed[0][2:])
         deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-        go = struct.pack("q", deadline)
-        os.write(go_w, go * cfg.flows)    # each child reads one; 8 B each, far below a pipe's room
-        done = inbox.collect("result", cfg.flows)
+        os.write(go_w, struct.pack("q", deadline) * cfg.flows)   # 8 B a child: far below a pipe's room
+        done = inbox.collect(cfg.flows)   # a "result" or a "fatal" from each
         finished = True
     finally:
         for fd in (out_r, out_w, go_r, go_w):
@@ -2962,43 +2951,29 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
             os.waitpid(pid, 0)            # every child reported (or was killed): reap it
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
-        raise Fatal(failed[0][2], failed[0][3])
-    done.sort(key=lambda m: m[1])
-    results = [m[2] for m in done]
-    first_start, last_end = min(m[3] for m in done), max(m[4] for m in done)
+        raise Fatal(*failed[0][2:])
+    results = [m[2] for m in sorted(done, key=lambda m: m[1])]
     total = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
                    setup=results[0].setup, gso=cfg.gso or None)
-    for r in results:
-        total.requests += r.requests
-        total.bytes += r.bytes
-        total.notifications += r.notifications
-        total.eagain += r.eagain
-        total.undrained += r.undrained
-        total.failed += r.failed
-        total.cpu_user_s += r.cpu_user_s
-        total.cpu_sys_s += r.cpu_sys_s
-        if r.zc_copied is not None:
-            total.zc_copied = (total.zc_copied or 0) + r.zc_copied
-        total.error = total.error or r.error
-    # The rate: all bytes over one window, the first flow's start to the last one's end.
-    total.seconds = (last_end - first_start) / 1e9
+    for name in ("requests", "bytes", "notifications", "eagain", "undrained", "failed",
+                 "cpu_user_s", "cpu_sys_s"):
+        setattr(total, name, sum((getattr(r, name) for r in results), getattr(total, name)))
+    copied = [r.zc_copied for r in results if r.zc_copied is not None]
+    total.zc_copied = sum(copied) if copied else None
+    total.error = next((r.error for r in results if r.error), None)
+    total.seconds = (max(m[4] for m in done) - min(m[3] for m in done)) / 1e9
     total.interrupted = STOP.requested or any(r.interrupted for r in results)
     return results, total
 
 
 def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> None:
-    """One flow of run_flows(), in the forked child: set up, wait for go, send, report, _exit.
-
-    Never returns: os._exit() skips whatever the parent had pending (atexit,
-    a test runner's own teardown), which is the parent's to run, not ours.
-    """
+    """One flow of run_flows(), in the forked child: set up, wait for go, send, report, _exit."""
     code = 0
     try:
         try:
             os.setpgid(0, 0)              # out of the terminal's group: Ctrl-C comes via the parent
             with ExitStack() as stack:
-                sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
-                stack.callback(sock.close)
+                sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
                 payload = Payload(cfg.size, cfg.gso)
                 stack.callback(payload.close)
                 sender = UringSender(cfg, sock, payload, stack)
@@ -3024,22 +2999,17 @@ def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> N
         traceback.print_exc()
         code = 1
     finally:
-        os._exit(code)
+        os._exit(code)                    # not exit(): atexit, a test runner's teardown are the parent's
 
 
 class WholeLines:
-    """A text stream for a flow's trace: each whole line goes out in one write().
-
-    The flows share the parent's stdout or stderr; print() writes a line and
-    its newline separately, so two processes' lines would cut into each
-    other. One write of a line (less than PIPE_BUF) is never split.
-    """
+    """A flow's trace stream: each whole line in one write(), so the flows' lines never interleave."""
 
     def __init__(self, out):
         self.out, self.pending = out, ""
 
     def write(self, text: str) -> int:
-        self.pending += text
+        self.pending += text              # print() writes a line and its newline apart
         if "\n" in self.pending:
             whole, _, self.pending = self.pending.rpartition("\n")
             self.out.flush()
@@ -3053,11 +3023,10 @@ class WholeLines:
 
 
 def flow_message(fd: int, message: tuple) -> None:
-    """One framed, pickled message to the parent: a length, then the pickle, in ONE write.
+    """One message to the parent: a length, then the pickle, in ONE write.
 
-    POSIX makes a pipe write of at most PIPE_BUF bytes atomic, so the N
-    children can share one pipe without their messages interleaving. A
-    result pickles to under 1 KB (no -i with -n, so no interval rows).
+    POSIX makes a pipe write of at most PIPE_BUF bytes atomic, so the children
+    share one pipe without interleaving. A result pickles to under 1 KB (no -i with -n).
     """
     import pickle
     data = pickle.dumps(message)
@@ -3066,25 +3035,28 @@ def flow_message(fd: int, message: tuple) -> None:
     os.write(fd, frame)
 
 
-FLOW_PIPE_READ = 1 << 16      # bytes per read of the flows' pipe: its whole default capacity
-
-
 class FlowInbox:
     """The parent's end of run_flows()' pipe: messages in, Ctrl-C out to the children."""
 
-    def __init__(self, fd: int, pids: Dict[int, int], statuses: Dict[int, int]):
-        self.fd, self.pids, self.statuses = fd, pids, statuses
-        self.buf = b""
-        self.relayed = 0                  # Ctrl-Cs passed on to the children so far
+    def __init__(self, fd: int, pids: Dict[int, int]):
+        self.fd, self.pids = fd, pids
+        self.buf, self.relayed = b"", 0       # relayed: Ctrl-Cs passed on to the children so far
         self.poller = select.poll()
         self.poller.register(fd, select.POLLIN)
 
-    def collect(self, kind: str, n: int) -> List[tuple]:
-        """Wait for n messages of kind (a flow's failure counts as one); relay Ctrl-C meanwhile."""
+    def collect(self, n: int) -> List[tuple]:
+        """Wait for n messages, one from each flow; relay Ctrl-C meanwhile."""
         import pickle
         got: List[tuple] = []
-        while len(got) < n:
-            self.relay()
+        while True:
+            level = STOP.requested + STOP.hurry
+            while self.relayed < level:       # each Ctrl-C, once, to every child still running
+                self.relayed += 1
+                for pid in self.pids:
+                    try:
+                        os.kill(pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
             while len(self.buf) >= 4:
                 size = struct.unpack_from("I", self.buf)[0]
                 if len(self.buf) < 4 + size:
@@ -3092,48 +3064,25 @@ class FlowInbox:
                 got.append(pickle.loads(self.buf[4:4 + size]))
                 self.buf = self.buf[4 + size:]
             if len(got) >= n:
-                break
+                return got
             if not self.poller.poll(POLL_MS):
                 continue
-            chunk = os.read(self.fd, FLOW_PIPE_READ)
-            if not chunk:                 # every child has closed the pipe: some died mute
-                missing = sorted(set(range(n)) - {m[1] for m in got})
-                raise Fatal(f"flow {missing[0]} ended without a word ({self.reap_status(missing[0])}): "
-                            f"run it alone (without -n) to see why")
-            self.buf += chunk
-        return got
-
-    def relay(self) -> None:
-        """Pass each Ctrl-C the parent had on to every child still running, once."""
-        level = STOP.requested + STOP.hurry
-        while self.relayed < level:
-            self.relayed += 1
-            for pid in self.pids:
-                try:
-                    os.kill(pid, signal.SIGINT)
-                except ProcessLookupError:
-                    pass
-
-    def reap_status(self, flow: int) -> str:
-        for pid, i in list(self.pids.items()):
-            done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
+            chunk = os.read(self.fd, 1 << 16)     # the pipe's whole default capacity
+            if not chunk:                     # every child has closed the pipe: some died mute
+                flow = min(set(range(n)) - {m[1] for m in got})
+                pid = next(p for p, i in self.pids.items() if i == flow)
                 del self.pids[pid]
-                self.statuses[i] = status
-        status = self.statuses.get(flow)
-        if status is None:
-            return "still running"
-        if os.WIFSIGNALED(status):
-            return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-        return f"exit status {os.WEXITSTATUS(status)}"
-
+                status = os.waitpid(pid, 0)[1]    # not long: it closed the pipe, so it has ended
+                how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
+                       else f"exit status {os.WEXITSTATUS(status)}")
+                raise Fatal(f"flow {flow} ended without a word ({how}): run it alone (without -n) to see why")
+            self.buf += chunk
 
 
 def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count: int = 0) -> Result:
     """--pool N: the reference sender of section 5b, set up as UringSender is; a Result like run()'s.
 
-    count > 0 sends exactly that many requests (whatever cfg.seconds says):
-    the differential test runs it beside the fast sender on the same input.
+    count > 0 sends exactly that many requests, whatever cfg.seconds says (the differential test).
     """
     pool = Pool(cfg.pool, cfg.size)
     stack.callback(pool.close)                  # after the ring (below) has let go of it
@@ -3143,8 +3092,8 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
     result = Result(cfg.mode, cfg.proto, cfg.size, cfg.pool, family_name(cfg.family),
                     setup=ring.setup_flags)
     meter = Meter()
-    deadline = meter.t0 + int(cfg.seconds * 1e9) if not count else NEVER
-    t = sender.run(count, deadline, lambda: STOP.requested)
+    t = sender.run(count, meter.t0 + int(cfg.seconds * 1e9) if not count else NEVER,
+                   lambda: STOP.requested)
     stopped = STOP.requested
     meter.stop(result)                          # the rate covers sending; the drain is not timed
     drain_from = time.perf_counter_ns()
@@ -3162,20 +3111,17 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
 def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
     """`sendzc.py --pool N ...`: one reference run, printed as run_sender() prints a fast one."""
     with ExitStack() as stack:
-        sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
-        stack.callback(sock.close)
+        sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
         result = run_reference(cfg, sock, stack)
     return report_send(cfg, result, as_json)
 
 
 def send_error(err: int, cfg: SendConfig) -> str:
     """One line for an error a send's CQE carried (res = -err), naming the cause and the fix."""
-    name = errno.errorcode.get(err, str(err))
     where = host_port(cfg.addr, cfg.port)
     if cfg.proto == "tcp" and err in (errno.EIO, errno.ECONNRESET, errno.EPIPE):
-        # One line whichever the kernel reports first: ECONNRESET or EPIPE, or
-        # EIO, our mark for a MSG_WAITALL send that stopped short, which it
-        # does only when the connection fails under it.
+        # Whichever the kernel reports first; EIO is our mark for a
+        # MSG_WAITALL send cut short, which happens only when the connection fails.
         return (f"tcp: the connection to {where} was closed or reset mid-run (the receiver quit?): "
                 f"the result above is partial; start the receiver again "
                 f"(`python3 sendzc.py rx -p {cfg.port} tcp`) and rerun")
@@ -3206,21 +3152,19 @@ def send_error(err: int, cfg: SendConfig) -> str:
                 f"is more than kernels before 6.9 take (UDP_MAX_SEGMENTS was {old}), or the path's "
                 f"MTU fell below the segment: give --gso {-(-cfg.size // old)} or more, or -s "
                 f"{old * cfg.gso} or less, or --gso auto")
+    name = errno.errorcode.get(err, str(err))
     return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
 
 
 def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSError],
               waited: float, gave_up: bool) -> Optional[str]:
-    """The one line a finished run ends with, or None: the fast and the reference sender's rule.
+    """The one line a finished run (fast or reference sender) ends with, or None.
 
-    err is the first send's errno, entered an io_uring_enter that failed,
-    waited how long the drain waited, gave_up: Ctrl-C twice, the run then
-    the drain (the user chose not to wait, and the result says how many
-    never came).
+    err: the first send's errno; entered: a failed io_uring_enter; waited: the
+    drain's wait; gave_up: Ctrl-C twice, so missing completions are no error.
+    Failed sends are data that never left, whatever else the run says; one with
+    no errno of its own (only -ECANCELED links) was the stream breaking.
     """
-    # Sends that failed mean data that never left (or never arrived): the
-    # run failed, whatever else it says. A failure with no errno of its
-    # own (only cancelled links, res -ECANCELED) was the stream breaking.
     if result.failed and not err:
         err = errno.EIO if cfg.proto == "tcp" else errno.ECANCELED
     if err:
@@ -3235,15 +3179,10 @@ def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSErr
 
 
 def undrained_error(cfg: SendConfig, waited: float) -> str:
-    """One line for a run that ended with completions still missing after waited seconds.
-
-    waited is DRAIN_SECONDS, or less when Ctrl-C cut the wait. (How many is
-    in the result above, and in the JSON row's undrained.)
-    """
-    where = host_port(cfg.addr, cfg.port)
-    return (f"{cfg.proto}: {where} stopped taking data: completions were still missing "
-            f"{round(waited, 1):g} s after the run: check that the receiver is running and "
-            f"reading; the result above is partial")
+    """One line for completions still missing waited seconds (DRAIN_SECONDS, or less) after the run."""
+    return (f"{cfg.proto}: {host_port(cfg.addr, cfg.port)} stopped taking data: completions were "
+            f"still missing {round(waited, 1):g} s after the run: check that the receiver is running "
+            f"and reading; the result above is partial")
 
 
 def nothing_sent_error(cfg: SendConfig) -> str:
@@ -3256,25 +3195,23 @@ def setup_error(e: OSError) -> str:
     """One line for a refused io_uring_setup() (or a failed mmap of its rings)."""
     if getattr(e, "syscall", None) != "io_uring_setup":
         return oserror_line(e)             # the rings' mmap(), say: EMFILE (mmap dup()s the fd)
-    name = errno.errorcode.get(e.errno, str(e.errno))
-    if e.errno in (errno.EPERM, errno.EACCES):
-        disabled = read_io_uring_disabled()
-        if disabled == 2:
-            return ("io_uring is disabled on this host (kernel.io_uring_disabled=2): "
-                    "`sysctl -w kernel.io_uring_disabled=0` as root")
-        if disabled == 1:
-            return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
-                    "run as root, join the group kernel.io_uring_group names, or "
-                    "`sysctl -w kernel.io_uring_disabled=0` as root")
-        blocked = seccomp_refusal(e)
-        if blocked:
-            return blocked
-        return (f"io_uring_setup: {name}, though io_uring is enabled and no seccomp filter is on: "
-                f"a security module (SELinux, AppArmor) may deny it: look in its audit log")
+    refused = e.errno in (errno.EPERM, errno.EACCES)
+    disabled = read_io_uring_disabled() if refused else None
+    if disabled == 2:
+        return ("io_uring is disabled on this host (kernel.io_uring_disabled=2): "
+                "`sysctl -w kernel.io_uring_disabled=0` as root")
+    if disabled == 1:
+        return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
+                "run as root, join the group kernel.io_uring_group names, or "
+                "`sysctl -w kernel.io_uring_disabled=0` as root")
+    blocked = seccomp_refusal(e)
+    if blocked:
+        return blocked
+    if refused:
+        return (f"io_uring_setup: {errno.errorcode[e.errno]}, though io_uring is enabled and no "
+                f"seccomp filter is on: a security module (SELinux, AppArmor) may deny it: "
+                f"look in its audit log")
     if e.errno == errno.ENOSYS:
-        blocked = seccomp_refusal(e)
-        if blocked:
-            return blocked
         return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
                 "CONFIG_IO_URING): use one that has it")
     if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
@@ -3288,15 +3225,13 @@ def setup_error(e: OSError) -> str:
 def seccomp_refusal(e: OSError) -> Optional[str]:
     """One line for an io_uring syscall a seccomp filter refused (EPERM, EACCES) or hid (ENOSYS).
 
-    None if no filter is on, or the errno is not one a filter answers with.
-    A profile may refuse all three calls, or only io_uring_enter or
-    io_uring_register (setup then works, and the first submit fails): the
-    line names the call that was refused.
+    None if no filter is on or the errno is not a filter's. A profile may refuse
+    only io_uring_enter or _register (setup works): the line names the call.
     """
     call = getattr(e, "syscall", None)
     if (call not in ("io_uring_setup", "io_uring_enter", "io_uring_register")
             or e.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS)
-            or seccomp_mode() != SECCOMP_MODE_FILTER):
+            or proc_status("Seccomp") != str(SECCOMP_MODE_FILTER)):
         return None
     return (f"{call}: {errno.errorcode[e.errno]}: a seccomp filter on this process "
             f"{'hides' if e.errno == errno.ENOSYS else 'refuses'} io_uring (as the default profiles "
@@ -3305,11 +3240,10 @@ def seccomp_refusal(e: OSError) -> Optional[str]:
 
 
 def check_io_uring() -> None:
-    """Set up a ring, register with it, enter it: raise the OSError of the first call refused.
+    """Set up a ring of one entry, register with it, enter it with a NOP: raise the first refusal.
 
-    For the receiver, which can do without io_uring: a seccomp profile may
-    allow io_uring_setup and refuse io_uring_register or io_uring_enter,
-    and only calling each tells. One NOP, on a ring of one entry.
+    For the receiver, which can do without io_uring: a seccomp profile may allow
+    io_uring_setup and refuse only _register or _enter, and only calling each tells.
     """
     with Ring(1) as ring:
         ring.probe()                                   # io_uring_register
@@ -3337,25 +3271,16 @@ def proc_status(field_name: str) -> Optional[str]:
     """A field of /proc/self/status ("Seccomp", "CapEff"), None if absent."""
     try:
         with open("/proc/self/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key == field_name:
-                    return value.strip()
+            value = dict(line.partition(":")[::2] for line in f).get(field_name)
     except OSError:
-        pass
-    return None
+        return None
+    return value and value.strip()
 
 
 def has_cap(cap: int) -> bool:
     """Is capability cap in this process's effective set?"""
     eff = proc_status("CapEff")
     return eff is not None and bool(int(eff, 16) >> cap & 1)
-
-
-def seccomp_mode() -> Optional[int]:
-    """0 none, 1 strict, 2 a filter (SECCOMP_MODE_FILTER); None if the kernel does not say."""
-    mode = proc_status("Seccomp")
-    return int(mode) if mode is not None else None
 
 
 def memlock_limit() -> str:
@@ -3380,25 +3305,21 @@ def read_io_uring_disabled() -> Optional[int]:
 
 # --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
 #
-# The seed measures io_uring against the kernel selftest msg_zerocopy.c, which
-# calls send(2) in a loop, copying or with MSG_ZEROCOPY. SyscallSender is that
-# loop, written as a careful program would write it: MSG_DONTWAIT sends, a
-# poll() when the socket is full (counted as EAGAIN), and, for MSG_ZEROCOPY,
-# completions read from the socket's error queue "every couple of send calls"
-# as Documentation/networking/msg_zerocopy.rst advises.
+# The kernel selftest msg_zerocopy.c calls send(2) in a loop, copying or with
+# MSG_ZEROCOPY. SyscallSender is that loop as a careful program writes it:
+# MSG_DONTWAIT sends, a poll() when the socket is full (counted as EAGAIN),
+# and MSG_ZEROCOPY completions read off the error queue "every couple of send
+# calls" (Documentation/networking/msg_zerocopy.rst).
 #
-# How MSG_ZEROCOPY says a buffer is free again. With SO_ZEROCOPY set, every
-# send(MSG_ZEROCOPY) that moves data takes the next number of a per-socket u32
-# counter (0, 1, 2, ...). When the kernel lets go of that send's pages it queues
-# a struct sock_extended_err on the socket's error queue: ee_origin
-# SO_EE_ORIGIN_ZEROCOPY, ee_errno 0, and the inclusive range of completed sends
-# [ee_info, ee_data]. While a notification waits on the queue, the next one
-# that extends its range is merged into it, so one recvmsg(MSG_ERRQUEUE)
-# usually reports many sends. ee_code SO_EE_CODE_ZEROCOPY_COPIED says the
-# kernel copied after all (a merged range keeps the flag of its first send).
-# Each queued notification is charged to the socket's option memory: when
-# net.core.optmem_max is used up, send(MSG_ZEROCOPY) fails with ENOBUFS, and
-# the remedy is to read the queue and try again.
+# With SO_ZEROCOPY set, every send(MSG_ZEROCOPY) that moves data takes the
+# next number of a per-socket u32 counter. When the kernel lets go of its
+# pages it queues a sock_extended_err (ee_origin SO_EE_ORIGIN_ZEROCOPY) whose
+# [ee_info, ee_data] is the inclusive range of sends completed; a queued one
+# is extended rather than a new one queued, so one recvmsg(MSG_ERRQUEUE) often
+# covers many sends. ee_code SO_EE_CODE_ZEROCOPY_COPIED: the kernel copied
+# after all (a merged range keeps its first send's flag). Each notification
+# is charged to the socket's option memory (net.core.optmem_max): when that
+# is used up, send fails with ENOBUFS, and the remedy is to read the queue.
 
 SEND_BURST = 16         # send(2) calls between two looks at the clock and at STOP
 ZC_REAP_EVERY = 32      # MSG_ZEROCOPY sends between two reads of the error queue
@@ -3410,11 +3331,9 @@ RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_REC
 
 
 class ZerocopyCompletions:
-    """MSG_ZEROCOPY's bookkeeping: which numbered sends the kernel has let go of.
+    """MSG_ZEROCOPY's bookkeeping, like do_recv_completion() in msg_zerocopy.c, and as strict.
 
-    Like do_recv_completion() in the selftest msg_zerocopy.c, and as strict:
-    ranges are counted modulo 2**32, and more completions than sends is an
-    error in our accounting, not something to round away.
+    Ranges count modulo 2**32; more completions than sends is a broken account, not rounded away.
     """
 
     def __init__(self):
@@ -3443,13 +3362,13 @@ class ZerocopyCompletions:
     def outstanding(self) -> int:
         return self.sent - self.completed
 
-    def read(self, sock: socket.socket) -> int:
-        """recvmsg(MSG_ERRQUEUE) until the queue is empty (do_recv_completions()).
+    def read(self, sock: socket.socket, sent: int) -> int:
+        """recvmsg(MSG_ERRQUEUE) until the queue is empty (EAGAIN: it never blocks), sent sends made.
 
         Returns 0, or the errno of an error that is not a zero-copy completion
-        (none is expected: we do not ask for IP_RECVERR). Reading the error
-        queue never blocks: an empty queue answers EAGAIN.
+        (none is expected: we do not ask for IP_RECVERR).
         """
+        self.sent = sent
         while True:
             try:
                 _, ancdata, msg_flags, _ = sock.recvmsg(0, ERRQUEUE_CMSG_SPACE, socket.MSG_ERRQUEUE)
@@ -3467,24 +3386,17 @@ class ZerocopyCompletions:
 
 
 class SyscallSender:
-    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY if asked.
+    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY if asked; batch 1.
 
-    One request per system call, so its `batch` is 1. With zerocopy, the
-    socket gets SO_ZEROCOPY (which io_uring's SEND_ZC must not have: it
-    needs none) and every send carries MSG_ZEROCOPY.
-
-    poll_each sends as the selftest does, the RFC's baseline: poll(POLLOUT)
-    after every send, a second system call per packet. Without it, poll()
-    only runs when the socket is full, which is the stronger baseline.
+    With zerocopy the socket gets SO_ZEROCOPY (SEND_ZC needs none). poll_each
+    polls after every send as the selftest does (the RFC's baseline, two
+    syscalls a packet); without it poll() runs only when the socket is full.
     """
 
     def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, zerocopy: bool,
                  poll_each: bool = False):
-        self.cfg = cfg
-        self.sock = sock
-        self.payload = payload
-        self.zerocopy = zerocopy
-        self.poll_each = poll_each
+        self.cfg, self.sock, self.payload = cfg, sock, payload
+        self.zerocopy, self.poll_each = zerocopy, poll_each
         self.mode = ("msg_zerocopy_poll" if poll_each else "msg_zerocopy") if zerocopy else "send_syscall"
         self.completions = ZerocopyCompletions()     # what run() read off the error queue
         if cfg.gso:
@@ -3500,25 +3412,22 @@ class SyscallSender:
             tick_ns: int = 0) -> Result:
         """Send for cfg.seconds; return the totals, every completion reaped.
 
-        A TCP send may move fewer bytes than asked; the next one starts where
-        the stream stands, so the bytes on the wire stay the pattern, in order.
-        UDP sends are all or nothing.
+        A TCP send may move fewer bytes than asked: the next starts where the
+        stream stands, so the wire carries the pattern in order. UDP sends are all or nothing.
         """
-        cfg, sock, zc = self.cfg, self.sock, self.zerocopy
-        size, stream = cfg.size, cfg.proto == "tcp"
+        cfg, sock, zc, poll_each = self.cfg, self.sock, self.zerocopy, self.poll_each
+        size = cfg.size
         flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
         whole = memoryview(self.payload.map)
-        views = [whole[p:p + size] for p in range(PATTERN_LEN if stream else 1)]
+        views = [whole[p:p + size] for p in range(PATTERN_LEN if cfg.proto == "tcp" else 1)]
         room = select.poll()           # wakes when the send buffer has space (or an error is queued)
         room.register(sock, select.POLLOUT)
         errq = select.poll()           # wakes when a notification is queued
         errq.register(sock, select.POLLERR)
         done = self.completions
         result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family), gso=cfg.gso or None)
-        if zc:
-            result.zc_copied = 0
         send, clock, burst = sock.send, time.perf_counter_ns, range(SEND_BURST)
-        view = views[0]
+        view, nviews = views[0], len(views)
         sends = nbytes = eagain = enobufs = error = 0
         starved = False                # ENOBUFS with nothing outstanding: waiting cannot help
         reap_at = ZC_REAP_EVERY
@@ -3535,17 +3444,12 @@ class SyscallSender:
                     on_tick(nbytes, sends)
                     next_tick += tick_ns
                 try:
-                    if stream:
-                        for _ in burst:
-                            nbytes += send(views[nbytes % PATTERN_LEN], flags)
+                    if nviews > 1 or poll_each:     # TCP (from where the stream stands), or the
+                        for _ in burst:             # selftest's loop: send, poll(), send, ...
+                            nbytes += send(views[nbytes % nviews], flags)
                             sends += 1
-                            if self.poll_each:
+                            if poll_each:
                                 room.poll(POLL_MS)
-                    elif self.poll_each:            # the selftest's loop: send, poll(), send, ...
-                        for _ in burst:
-                            nbytes += send(view, flags)
-                            sends += 1
-                            room.poll(POLL_MS)
                     else:
                         for _ in burst:
                             nbytes += send(view, flags)
@@ -3553,49 +3457,43 @@ class SyscallSender:
                 except BlockingIOError:             # the send buffer is full: wait for room
                     eagain += 1
                     if zc:
-                        done.sent = sends
-                        error = done.read(sock)
+                        error = done.read(sock, sends)
                     room.poll(POLL_MS)
                 except OSError as e:
                     if not (zc and e.errno == errno.ENOBUFS):
                         error = e.errno
                         continue
-                    # Out of option memory: notifications we have not read
-                    # hold it. Read them; if there were none, wait for one.
-                    done.sent = sends
+                    # Out of option memory, which unread notifications hold: read them;
+                    # if there were none, wait for one. If none is outstanding either,
+                    # no completion will ever free some.
                     ranges = done.ranges
-                    error = done.read(sock)
+                    error = done.read(sock, sends)
                     if done.ranges == ranges and not done.outstanding:
-                        # Nothing of ours holds option memory, and still none
-                        # is left: no completion will ever free some.
                         starved, error = True, errno.ENOBUFS
                         continue
                     enobufs += 1                    # ... and retried
                     if done.ranges == ranges:
                         errq.poll(POLL_MS)
                 if zc and sends >= reap_at:
-                    done.sent = sends
-                    error = error or done.read(sock)
+                    error = error or done.read(sock, sends)
                     reap_at = sends + ZC_REAP_EVERY
             result.interrupted = STOP.requested
             meter.stop(result)          # the rate covers sending; the drain below is not timed
             done.sent = sends
-            # Drain: every completion before the buffer may go. Bounded, as
-            # UringSender's is: a TCP peer that stopped reading could hold
-            # the pages for minutes.
+            # Every completion before the buffer may go; bounded, as UringSender's
+            # drain is: a TCP peer that stopped reading could hold the pages for minutes.
             drain_from = clock()
             drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
             while zc and done.outstanding and clock() < drain_until and not STOP.hurry:
                 errq.poll(POLL_MS)
-                error = error or done.read(sock)
+                error = error or done.read(sock, sends)
             waited = (clock() - drain_from) / 1e9
             self.payload.lent += done.outstanding - 1      # settled: only what never came stays
         finally:
             for v in views:
                 v.release()             # the mmap cannot close while a view exports it
             whole.release()
-        result.requests, result.bytes = sends, nbytes
-        result.eagain, result.enobufs = eagain, enobufs
+        result.requests, result.bytes, result.eagain, result.enobufs = sends, nbytes, eagain, enobufs
         if zc:
             result.notifications, result.zc_copied = done.completed, done.copied
             result.undrained = done.outstanding
@@ -3611,19 +3509,16 @@ class SyscallSender:
 def zerocopy_enobufs_error() -> str:
     """One line for send(MSG_ZEROCOPY) refused with ENOBUFS while no completion is outstanding.
 
-    Each send charges its completion to the socket's option memory, which
-    net.core.optmem_max bounds (per network namespace since 6.9); for a user
-    without CAP_IPC_LOCK its pages count against RLIMIT_MEMLOCK too. With
-    nothing outstanding no completion can free either: waiting cannot help.
+    Completions are charged to option memory (net.core.optmem_max, per
+    namespace since 6.9) and, without CAP_IPC_LOCK, pages to RLIMIT_MEMLOCK.
     """
-    optmem = read_sysctl("net/core/optmem_max")
-    cause = f"net.core.optmem_max = {optmem} cannot hold one send's completion"
+    cause = f"net.core.optmem_max = {read_sysctl('net/core/optmem_max')}"
     fix = "raise it (e.g. `sysctl -w net.core.optmem_max=131072`)"
     if not has_cap(CAP_IPC_LOCK):
-        cause = (f"net.core.optmem_max = {optmem} or the locked-memory limit "
-                 f"(`ulimit -l`: {memlock_limit()}) cannot hold one send's completion")
+        cause += f" or the locked-memory limit (`ulimit -l`: {memlock_limit()})"
         fix = "raise them, or run as root"
-    return f"send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: {cause}: {fix}"
+    return (f"send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: {cause} cannot hold one "
+            f"send's completion: {fix}")
 
 
 # =============================================================================
