@@ -10,7 +10,7 @@
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
 be read from top to bottom. Part I, sections 1 to 7, teaches io_uring; Part
-II, sections 8 to 11, is the tool built on it, and only Part II uses the other:
+II, sections 8 to 12, is the tool built on it, and only Part II uses the other:
 
   1. Kernel ABI        constants and structs transcribed from <linux/io_uring.h>
   2. System calls      io_uring_setup, io_uring_enter, io_uring_register
@@ -22,7 +22,8 @@ II, sections 8 to 11, is the tool built on it, and only Part II uses the other:
   8. The senders       the tool's sender: payload, results, sockets, flows, failures
   9. The receiver      rx: counts and verifies what a sender sends
  10. The benchmark     the private sink and the table of every way to send
- 11. Command line      options, --probe, signals, main()
+ 11. Failures          the one line for each refusal and fault, and what it looks at
+ 12. Command line      options, --probe, signals, main()
 
 A zero-copy send in one paragraph: the application puts a submission queue
 entry (SQE) saying "send these bytes on this socket" into a ring it shares
@@ -52,7 +53,7 @@ import signal
 
 # A signal before main() has installed its handlers (the imports and setup
 # below take ~50 ms) must not end in a traceback: the first is noted, and
-# main() ends the run before it begins, as it ends every run (section 11); a
+# main() ends the run before it begins, as it ends every run (section 12); a
 # second one ends it at once. Imported (by the tests), the importer keeps its handlers.
 EARLY_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _early_signals = []
@@ -150,7 +151,7 @@ IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
 
 
 # Each flag test as a tiny named function, as tokio-rs io-uring's cqueue::more()
-# and notif() are: the reference sender (section 5b) reads `if notif(flags)`.
+# and notif() are: the reference sender (section 6) reads `if notif(flags)`.
 def more(flags: int) -> bool:
     """F_MORE: this request will post another CQE (a zero-copy send's notification)."""
     return bool(flags & IORING_CQE_F_MORE)
@@ -778,7 +779,7 @@ class Ring:
 # *batch*: a batch of SQEs is one slice copy into the SQE array, one store of
 # sq.tail and one io_uring_enter that both submits and waits; the CQEs that
 # came back are judged by the list of their flags and the sum of their res,
-# with list.count and sum looping in C. The reference sender of section 5b
+# with list.count and sum looping in C. The reference sender of section 6
 # reads one CQE at a time instead, with peek_cqe() and cqe_seen(), as a C
 # program with liburing would.
 #
@@ -1093,11 +1094,11 @@ def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int
 
 
 # =============================================================================
-# 5b. A zero-copy send, one CQE at a time
+# 6. A zero-copy send, one CQE at a time
 #
 # Sections 3 to 5 put together the plain way: a sender that owns a small pool
 # of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
-# it. The fast sender of section 6 (UringSender.run) takes the same steps in
+# it. The fast sender of section 7 (BulkSender) takes the same steps in
 # bulk, and both number them alike:
 #
 #   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
@@ -1346,7 +1347,7 @@ class ReferenceSender:
 
 
 # =============================================================================
-# 6. The same, in bulk
+# 7. The same, in bulk
 #
 # The reference sender pays Python for every CQE, and a Python loop over a
 # send's two CQEs costs about what the kernel spends on the send itself. The
@@ -1358,19 +1359,19 @@ class ReferenceSender:
 #   (3) peek CQEs            one slice of the CQ mapping: the batch's CQE bytes
 #   (4)+(5) judge            one bytes comparison with the clean batch, or one lookup
 #   (6) advance CQ           one store of cq.head
-#   (7) drain                as in 5b: every owed notification before the buffer goes
+#   (7) drain                as in 6: every owed notification before the buffer goes
 #
 # It sends from one buffer that is written once and never again, so no write
 # can race the kernel's reads: every request may reuse it while notifications
-# are still owed (a sender whose data changes needs 5b's pool). And every
+# are still owed (a sender whose data changes needs section 6's pool). And every
 # request of a datagram run is the same SQE, user_data included, so a batch
 # is judged as a whole; only a batch that is not clean is looked at closer
 # (judge_odd, judge), and only one where something went wrong is walked CQE by
-# CQE (judge_each, 5b's judging with counters instead of buffers).
+# CQE (judge_each, section 6's judging with counters instead of buffers).
 # =============================================================================
 
 class _Stop:
-    """A request to stop, set by the signal handlers (section 9); every loop reads it once per batch."""
+    """A request to stop, set by the signal handlers (section 12); every loop reads it once per batch."""
     requested = False    # Ctrl-C once: end the run, drain, print the partial result
     hurry = False        # Ctrl-C twice: stop waiting for notifications too
     signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
@@ -1400,7 +1401,7 @@ class Tally:
 
 
 def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) -> Tally:
-    """(4)+(5) one CQE at a time, as 5b's reap() does: errors, EAGAIN, copies, odd flags.
+    """(4)+(5) one CQE at a time, as section 6's reap() does: errors, EAGAIN, copies, odd flags.
 
     Strict, as the kernel selftest is: a notification with F_MORE is a bug.
     One exception, seen on 6.18 when a TCP peer goes away: a zero-copy
@@ -1907,7 +1908,7 @@ class BulkSender:
 
 
 # =============================================================================
-# 6. The senders
+# 8. The senders
 #
 # Every sender sends the same bytes: the seed's pattern, byte i = 'a' + i % 26,
 # from one preallocated page-aligned buffer. Each returns a Result built from
@@ -2040,7 +2041,6 @@ def describe_cqe(slot: int, user_data: int, res: int, flags: int) -> str:
         meaning = "bytes"
     return (f"cq[{slot}] user_data={user_data} res={res} ({meaning}) "
             f"flags={flag_names(flags, CQE_FLAG_NAMES, 'IORING_CQE_')}")
-
 
 
 PATTERN = bytes(range(ord("a"), ord("a") + 26))
@@ -2463,20 +2463,6 @@ def connect_bounded(sock: socket.socket, where: tuple) -> None:
     sock.setblocking(True)
 
 
-def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
-    """One line for a failed connect(), naming the cause and what to do."""
-    where = host_port(addr, port)
-    if e.errno == errno.ECONNREFUSED:
-        return (f"{proto}: connection refused by {where}: start the receiver there "
-                f"(`python3 sendzc.py rx -p {port} {proto}`)")
-    if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
-        return f"{proto}: no route to {addr} ({errno.errorcode[e.errno]}): check the address and `ip route get {addr}`"
-    if e.errno == errno.ETIMEDOUT:
-        return (f"{proto}: connecting to {where} timed out (no answer in {CONNECT_SECONDS:g} s): "
-                f"is the host up, and its firewall letting the port through?")
-    return f"{proto}: connect to {where} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
-
-
 # --- The path's MTU, and UDP GSO ----------------------------------------------
 #
 # A datagram larger than the path's MTU leaves as IP fragments, and a
@@ -2575,10 +2561,6 @@ def set_udp_segment(sock: socket.socket, segment: int) -> None:
         raise Fatal(oserror_line(e)) from None
 
 
-NO_UDP_GSO_LINE = ("--gso: this kernel has no UDP GSO (setsockopt(UDP_SEGMENT) answers ENOPROTOOPT; "
-                   "it came in Linux 4.18): drop --gso, or use a newer kernel")
-
-
 def gso_cmsg(segment: int) -> ctypes.Array:
     """A UDP_SEGMENT control message for one sendmsg(): struct cmsghdr, then the u16 size."""
     buf = ctypes.create_string_buffer(socket.CMSG_SPACE(2))
@@ -2599,18 +2581,6 @@ def fragmentation_warning(proto: str, size: int, zc: bool, gso: int, mtu: int, f
     return (f"warning: each {size}-byte datagram leaves as {n} IP fragments on this path (MTU {mtu})"
             f"{copied}: add --gso auto to send it as {fits}-byte UDP segments (UDP GSO), "
             f"or give -s {fits} or less")
-
-
-def gso_eio_error() -> str:
-    """One line for EIO from a UDP GSO send."""
-    # udp_send_skb() refuses a GSO send with EIO when the device will not
-    # checksum it (ip_summed != CHECKSUM_PARTIAL) or the route goes through
-    # IPsec (xfrm); `ethtool -k` shows the device's offloads. (6.18 sent GSO
-    # from an ifb with tx checksumming and scatter-gather off all the same.)
-    return ("udp: --gso: the kernel refused the send (EIO): the device this path leaves by does not "
-            "checksum packets itself (no tx checksum offload or scatter-gather, see `ethtool -k DEV`), "
-            "or the path goes through IPsec: turn them on (`ethtool -K DEV tx on sg on`), "
-            "or drop --gso and keep -s to the path's largest datagram")
 
 
 # --- io_uring SEND, SEND_ZC, SENDMSG_ZC ---------------------------------------
@@ -2643,7 +2613,7 @@ class SendConfig:
     mtu: int = IP_MAXPACKET      # --mtu: the private sink's MTU (no -D)
     path_mtu: Optional[int] = None   # the route's MTU, read after connect (UDP)
     sink: Optional[dict] = None  # no -D: the private sink it sends into (Sink's fields)
-    pool: int = 0                # --pool N: the reference sender (section 5b) from N buffers
+    pool: int = 0                # --pool N: the reference sender (section 6) from N buffers
     break_contract: bool = False  # --break-contract: ... rewriting each at its result, too early
 
     @property
@@ -2722,7 +2692,7 @@ TRACE_EXPLAINED = {
              "was free again before this CQE was even posted; no notification follows."],
     "error": ["res < 0 is -errno: the send failed. A zero-copy send may still set F_MORE,",
               "and then its notification still comes."],
-    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 4)."],
+    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 7)."],
 }
 
 
@@ -2759,7 +2729,7 @@ def report_usage() -> bool:
 
 
 class UringSender(BulkSender):
-    """The seed's do_tx(): section 6's BulkSender, set up from a SendConfig, traced and reported.
+    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported.
 
     Set up in the order liburing's example does (send_ring()); torn down in
     reverse by the ExitStack it is given.
@@ -3080,7 +3050,7 @@ class FlowInbox:
 
 
 def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count: int = 0) -> Result:
-    """--pool N: the reference sender of section 5b, set up as UringSender is; a Result like run()'s.
+    """--pool N: the reference sender of section 6, set up as UringSender is; a Result like run()'s.
 
     count > 0 sends exactly that many requests, whatever cfg.seconds says (the differential test).
     """
@@ -3114,193 +3084,6 @@ def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
         sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
         result = run_reference(cfg, sock, stack)
     return report_send(cfg, result, as_json)
-
-
-def send_error(err: int, cfg: SendConfig) -> str:
-    """One line for an error a send's CQE carried (res = -err), naming the cause and the fix."""
-    where = host_port(cfg.addr, cfg.port)
-    if cfg.proto == "tcp" and err in (errno.EIO, errno.ECONNRESET, errno.EPIPE):
-        # Whichever the kernel reports first; EIO is our mark for a
-        # MSG_WAITALL send cut short, which happens only when the connection fails.
-        return (f"tcp: the connection to {where} was closed or reset mid-run (the receiver quit?): "
-                f"the result above is partial; start the receiver again "
-                f"(`python3 sendzc.py rx -p {cfg.port} tcp`) and rerun")
-    if err == errno.ECONNREFUSED:
-        return (f"{cfg.proto}: {where} refused the data (ECONNREFUSED, an ICMP port unreachable): "
-                f"start the receiver there (`python3 sendzc.py rx -p {cfg.port} {cfg.proto}`)")
-    if err == errno.ENOBUFS:
-        return "send: ENOBUFS: the kernel ran out of socket buffer memory: lower -r or -s"
-    if err == errno.ENOMEM and cfg.zc and not cfg.fixed_buf and not has_cap(CAP_IPC_LOCK):
-        return (f"send: ENOMEM: zero-copy pins the pages it sends, and those in flight pass the "
-                f"locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: {memlock_limit()}): raise it, "
-                f"run as root, or add --no-zc")
-    if err == errno.EMSGSIZE:
-        return f"send: EMSGSIZE: {cfg.size} bytes do not fit one {cfg.proto} packet on this path: lower -s"
-    if err == errno.EOPNOTSUPP and cfg.zc and cfg.proto == "raw":
-        return ("raw: Linux sends zero-copy only from TCP and UDP sockets (SEND_ZC on a raw socket "
-                "answers EOPNOTSUPP): add --no-zc to send raw with IORING_OP_SEND")
-    if err == errno.EOPNOTSUPP and cfg.zc:
-        return f"{cfg.proto}: this socket does not support zero-copy send (EOPNOTSUPP): use --no-zc"
-    if err == errno.EINVAL and cfg.sendmsg and cfg.fixed_buf:
-        return "SENDMSG_ZC with a registered buffer needs Linux 6.14+: add --no-fixed-buf"
-    if err == errno.EIO and cfg.gso:
-        return gso_eio_error()
-    if err == errno.EINVAL and cfg.gso:
-        n = segments_per_send(cfg.size, cfg.gso)
-        old = UDP_MAX_SEGMENTS_BEFORE_6_9
-        return (f"udp: --gso {cfg.gso}: the kernel refused the send (EINVAL): {n} segments per send "
-                f"is more than kernels before 6.9 take (UDP_MAX_SEGMENTS was {old}), or the path's "
-                f"MTU fell below the segment: give --gso {-(-cfg.size // old)} or more, or -s "
-                f"{old * cfg.gso} or less, or --gso auto")
-    name = errno.errorcode.get(err, str(err))
-    return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
-
-
-def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSError],
-              waited: float, gave_up: bool) -> Optional[str]:
-    """The one line a finished run (fast or reference sender) ends with, or None.
-
-    err: the first send's errno; entered: a failed io_uring_enter; waited: the
-    drain's wait; gave_up: Ctrl-C twice, so missing completions are no error.
-    Failed sends are data that never left, whatever else the run says; one with
-    no errno of its own (only -ECANCELED links) was the stream breaking.
-    """
-    if result.failed and not err:
-        err = errno.EIO if cfg.proto == "tcp" else errno.ECANCELED
-    if err:
-        return send_error(err, cfg)
-    if entered is not None:
-        return oserror_line(entered)
-    if result.undrained and not gave_up:
-        return undrained_error(cfg, waited)
-    if not result.requests and not result.interrupted:
-        return nothing_sent_error(cfg)
-    return None
-
-
-def undrained_error(cfg: SendConfig, waited: float) -> str:
-    """One line for completions still missing waited seconds (DRAIN_SECONDS, or less) after the run."""
-    return (f"{cfg.proto}: {host_port(cfg.addr, cfg.port)} stopped taking data: completions were "
-            f"still missing {round(waited, 1):g} s after the run: check that the receiver is running "
-            f"and reading; the result above is partial")
-
-
-def nothing_sent_error(cfg: SendConfig) -> str:
-    """One line for a run in which no send completed, and nothing failed either."""
-    return (f"{cfg.proto}: nothing was sent: no send completed within -t {cfg.seconds:g} s; "
-            f"give a longer -t")
-
-
-def setup_error(e: OSError) -> str:
-    """One line for a refused io_uring_setup() (or a failed mmap of its rings)."""
-    if getattr(e, "syscall", None) != "io_uring_setup":
-        return oserror_line(e)             # the rings' mmap(), say: EMFILE (mmap dup()s the fd)
-    refused = e.errno in (errno.EPERM, errno.EACCES)
-    disabled = read_io_uring_disabled() if refused else None
-    if disabled == 2:
-        return ("io_uring is disabled on this host (kernel.io_uring_disabled=2): "
-                "`sysctl -w kernel.io_uring_disabled=0` as root")
-    if disabled == 1:
-        return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
-                "run as root, join the group kernel.io_uring_group names, or "
-                "`sysctl -w kernel.io_uring_disabled=0` as root")
-    blocked = seccomp_refusal(e)
-    if blocked:
-        return blocked
-    if refused:
-        return (f"io_uring_setup: {errno.errorcode[e.errno]}, though io_uring is enabled and no "
-                f"seccomp filter is on: a security module (SELinux, AppArmor) may deny it: "
-                f"look in its audit log")
-    if e.errno == errno.ENOSYS:
-        return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
-                "CONFIG_IO_URING): use one that has it")
-    if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
-        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again on
-        # newer kernels (6.18 does): a user without CAP_IPC_LOCK meets it first.
-        return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
-                f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
-    return oserror_line(e)
-
-
-def seccomp_refusal(e: OSError) -> Optional[str]:
-    """One line for an io_uring syscall a seccomp filter refused (EPERM, EACCES) or hid (ENOSYS).
-
-    None if no filter is on or the errno is not a filter's. A profile may refuse
-    only io_uring_enter or _register (setup works): the line names the call.
-    """
-    call = getattr(e, "syscall", None)
-    if (call not in ("io_uring_setup", "io_uring_enter", "io_uring_register")
-            or e.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS)
-            or proc_status("Seccomp") != str(SECCOMP_MODE_FILTER)):
-        return None
-    return (f"{call}: {errno.errorcode[e.errno]}: a seccomp filter on this process "
-            f"{'hides' if e.errno == errno.ENOSYS else 'refuses'} io_uring (as the default profiles "
-            f"of container runtimes do): allow io_uring_setup, io_uring_enter and io_uring_register "
-            f"in its profile, or run outside the container")
-
-
-def check_io_uring() -> None:
-    """Set up a ring of one entry, register with it, enter it with a NOP: raise the first refusal.
-
-    For the receiver, which can do without io_uring: a seccomp profile may allow
-    io_uring_setup and refuse only _register or _enter, and only calling each tells.
-    """
-    with Ring(1) as ring:
-        ring.probe()                                   # io_uring_register
-        sqe = io_uring_sqe()
-        prep_nop(sqe)
-        ring.place(bytes(sqe))
-        ring.submit_and_wait(1)                        # io_uring_enter
-        ring.cq_advance(ring.cq_ready())
-
-
-def register_error(e: OSError, nbytes: int) -> str:
-    """One line for a refused io_uring_register() of the payload buffer (nbytes long)."""
-    if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
-        return (f"io_uring_register: ENOMEM: pinning the {nbytes >> 10} KiB payload buffer passes "
-                f"the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: {memlock_limit()}, which "
-                f"the ring counts against too): raise it, or run as root")
-    return oserror_line(e)
-
-
-# Capabilities and limits the messages above look at (and CAP_IPC_LOCK, in section 1).
-SECCOMP_MODE_FILTER = 2      # <linux/seccomp.h>; /proc/self/status "Seccomp:"
-
-
-def proc_status(field_name: str) -> Optional[str]:
-    """A field of /proc/self/status ("Seccomp", "CapEff"), None if absent."""
-    try:
-        with open("/proc/self/status") as f:
-            value = dict(line.partition(":")[::2] for line in f).get(field_name)
-    except OSError:
-        return None
-    return value and value.strip()
-
-
-def has_cap(cap: int) -> bool:
-    """Is capability cap in this process's effective set?"""
-    eff = proc_status("CapEff")
-    return eff is not None and bool(int(eff, 16) >> cap & 1)
-
-
-def memlock_limit() -> str:
-    """RLIMIT_MEMLOCK's soft limit, as `ulimit -l` would say it."""
-    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
-    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} KiB"
-
-
-def read_sysctl(path: str) -> Optional[int]:
-    """An integer sysctl under /proc/sys ("net/core/optmem_max": this namespace's); None if absent."""
-    try:
-        with open("/proc/sys/" + path) as f:
-            return int(f.read())
-    except (OSError, ValueError):
-        return None
-
-
-def read_io_uring_disabled() -> Optional[int]:
-    """kernel.io_uring_disabled (6.6+): 0 on, 1 root/group only, 2 off; None if absent."""
-    return read_sysctl("kernel/io_uring_disabled")
 
 
 # --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
@@ -3506,23 +3289,8 @@ class SyscallSender:
         return result
 
 
-def zerocopy_enobufs_error() -> str:
-    """One line for send(MSG_ZEROCOPY) refused with ENOBUFS while no completion is outstanding.
-
-    Completions are charged to option memory (net.core.optmem_max, per
-    namespace since 6.9) and, without CAP_IPC_LOCK, pages to RLIMIT_MEMLOCK.
-    """
-    cause = f"net.core.optmem_max = {read_sysctl('net/core/optmem_max')}"
-    fix = "raise it (e.g. `sysctl -w net.core.optmem_max=131072`)"
-    if not has_cap(CAP_IPC_LOCK):
-        cause += f" or the locked-memory limit (`ulimit -l`: {memlock_limit()})"
-        fix = "raise them, or run as root"
-    return (f"send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: {cause} cannot hold one "
-            f"send's completion: {fix}")
-
-
 # =============================================================================
-# 7. The receiver
+# 9. The receiver
 #
 # `sendzc.py rx` is the other box. It binds, takes one sender (TCP: one
 # connection, until the sender closes it; UDP: datagrams, until -t or
@@ -3629,7 +3397,7 @@ class Verifier:
 
 
 class PoolVerifier(Verifier):
-    """rx --pool: checks the stamps of a --pool sender (section 5b) instead of the pattern.
+    """rx --pool: checks the stamps of a --pool sender (section 6) instead of the pattern.
 
     UDP: every datagram must be one request's stamp() from end to end, no
     request's twice; some may be lost or come out of order (UDP does not
@@ -3824,19 +3592,6 @@ def listen_for(cfg: RxConfig, senders: int, keep: bool = False) -> socket.socket
     print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
     return sock
-
-
-def bind_error(e: OSError, cfg: RxConfig) -> str:
-    """One line for a refused socket() or bind()."""
-    if e.errno == errno.EADDRINUSE:
-        return (f"rx: {cfg.proto} port {cfg.port} is in use (EADDRINUSE): is another receiver "
-                f"running? Pick another port with -p, on both ends")
-    if e.errno == errno.EACCES:
-        return (f"rx: port {cfg.port} is privileged (EACCES): run as root, or pick a port of "
-                f"1024 or more with -p, on both ends")
-    if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and cfg.family == socket.AF_INET6:
-        return f"rx: IPv6 is not available on this host ({errno.errorcode[e.errno]}): use -4"
-    return f"rx: bind to port {cfg.port} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
 def peer_name(addr: tuple) -> Tuple[str, str]:
@@ -4101,14 +3856,6 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     # run, and not to a -t deadline that passed while nothing came.
     result.seconds = (last - t0) / 1e9
     result.interrupted = STOP.requested
-
-
-def recv_error(e: OSError, nbytes: int) -> str:
-    """One line for a receive that failed."""
-    if e.errno in (errno.ECONNRESET, errno.EPIPE):
-        return (f"rx: the sender reset the connection ({errno.errorcode[e.errno]}) after "
-                f"{nbytes} bytes: partial result above")
-    return f"rx: receive failed after {nbytes} bytes: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
 # --- Serving senders ---------------------------------------------------------
@@ -4423,7 +4170,7 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
 
 
 # =============================================================================
-# 8. The benchmark
+# 10. The benchmark
 #
 # `sendzc.py bench` is the 2021 RFC's table, measured on this host: every way
 # to send, each for -t seconds into the same sink, and how each compares with
@@ -5376,7 +5123,310 @@ def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None
 
 
 # =============================================================================
-# 9. Command line
+# 11. Failures
+#
+# Every refusal and fault ends in one line, `sendzc: <cause>: <fix>`, and an
+# exit status: 2 for a usage mistake, 1 for a refusal or a fault, 130 (or
+# 128+N) for a signal. README's "When it fails" lists every line, and the
+# tests read that table. The lines that depend on what the system answered
+# are made here, from the errno and from what this process may do (its
+# capabilities, its seccomp mode, its locked-memory limit,
+# kernel.io_uring_disabled); a check of the options alone raises its line
+# where it checks (the parsers, section 12).
+# =============================================================================
+
+def oserror_line(e: OSError) -> str:
+    """One line for an OSError that reached main(): the call that failed, its errno, a fix.
+
+    The call is the syscall's own name when section 2 raised it; otherwise
+    the first call on the line of this file it passed through last (as
+    `mmap.mmap() in Payload.__init__`), read back from the traceback.
+    """
+    call = getattr(e, "syscall", None)
+    if call is None:
+        last, tb = None, e.__traceback__
+        while tb is not None:
+            if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(__file__):
+                last = tb
+            tb = tb.tb_next
+        if last is None:
+            call = "a call"
+        else:
+            code = last.tb_frame.f_code
+            where = getattr(code, "co_qualname", None)                  # 3.11+
+            if where is None:                                            # 3.9, 3.10: ask self
+                owner = last.tb_frame.f_locals.get("self")
+                where = code.co_name if owner is None else f"{type(owner).__name__}.{code.co_name}"
+            # (Out of file descriptors, linecache cannot open the file: "".)
+            called = re.search(r"([A-Za-z_][\w.]*)\(", linecache.getline(code.co_filename,
+                                                                        last.tb_lineno))
+            call = f"{called.group(1)}() in {where}" if called else f"a call in {where}()"
+    if e.errno is None:
+        return f"{call} failed: {e}: unexpected here; please report it, with the command line"
+    blocked = seccomp_refusal(e)           # io_uring_enter or _register, refused on their own
+    if blocked:
+        return blocked
+    name = errno.errorcode.get(e.errno, str(e.errno))
+    fix = OSERROR_FIXES.get(e.errno, "unexpected here; please report it, with the command line")
+    fix = fix.format(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    return f"{call} failed: {name} ({os.strerror(e.errno)}): {fix}"
+
+
+def setup_error(e: OSError) -> str:
+    """One line for a refused io_uring_setup() (or a failed mmap of its rings)."""
+    if getattr(e, "syscall", None) != "io_uring_setup":
+        return oserror_line(e)             # the rings' mmap(), say: EMFILE (mmap dup()s the fd)
+    refused = e.errno in (errno.EPERM, errno.EACCES)
+    disabled = read_io_uring_disabled() if refused else None
+    if disabled == 2:
+        return ("io_uring is disabled on this host (kernel.io_uring_disabled=2): "
+                "`sysctl -w kernel.io_uring_disabled=0` as root")
+    if disabled == 1:
+        return ("io_uring is limited to root and the io_uring_group (kernel.io_uring_disabled=1): "
+                "run as root, join the group kernel.io_uring_group names, or "
+                "`sysctl -w kernel.io_uring_disabled=0` as root")
+    blocked = seccomp_refusal(e)
+    if blocked:
+        return blocked
+    if refused:
+        return (f"io_uring_setup: {errno.errorcode[e.errno]}, though io_uring is enabled and no "
+                f"seccomp filter is on: a security module (SELinux, AppArmor) may deny it: "
+                f"look in its audit log")
+    if e.errno == errno.ENOSYS:
+        return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
+                "CONFIG_IO_URING): use one that has it")
+    if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
+        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again on
+        # newer kernels (6.18 does): a user without CAP_IPC_LOCK meets it first.
+        return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
+                f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
+    return oserror_line(e)
+
+
+def seccomp_refusal(e: OSError) -> Optional[str]:
+    """One line for an io_uring syscall a seccomp filter refused (EPERM, EACCES) or hid (ENOSYS).
+
+    None if no filter is on or the errno is not a filter's. A profile may refuse
+    only io_uring_enter or _register (setup works): the line names the call.
+    """
+    call = getattr(e, "syscall", None)
+    if (call not in ("io_uring_setup", "io_uring_enter", "io_uring_register")
+            or e.errno not in (errno.EPERM, errno.EACCES, errno.ENOSYS)
+            or proc_status("Seccomp") != str(SECCOMP_MODE_FILTER)):
+        return None
+    return (f"{call}: {errno.errorcode[e.errno]}: a seccomp filter on this process "
+            f"{'hides' if e.errno == errno.ENOSYS else 'refuses'} io_uring (as the default profiles "
+            f"of container runtimes do): allow io_uring_setup, io_uring_enter and io_uring_register "
+            f"in its profile, or run outside the container")
+
+
+def check_io_uring() -> None:
+    """Set up a ring of one entry, register with it, enter it with a NOP: raise the first refusal.
+
+    For the receiver, which can do without io_uring: a seccomp profile may allow
+    io_uring_setup and refuse only _register or _enter, and only calling each tells.
+    """
+    with Ring(1) as ring:
+        ring.probe()                                   # io_uring_register
+        sqe = io_uring_sqe()
+        prep_nop(sqe)
+        ring.place(bytes(sqe))
+        ring.submit_and_wait(1)                        # io_uring_enter
+        ring.cq_advance(ring.cq_ready())
+
+
+def register_error(e: OSError, nbytes: int) -> str:
+    """One line for a refused io_uring_register() of the payload buffer (nbytes long)."""
+    if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
+        return (f"io_uring_register: ENOMEM: pinning the {nbytes >> 10} KiB payload buffer passes "
+                f"the locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: {memlock_limit()}, which "
+                f"the ring counts against too): raise it, or run as root")
+    return oserror_line(e)
+
+
+def connect_error(e: OSError, proto: str, addr: str, port: int) -> str:
+    """One line for a failed connect(), naming the cause and what to do."""
+    where = host_port(addr, port)
+    if e.errno == errno.ECONNREFUSED:
+        return (f"{proto}: connection refused by {where}: start the receiver there "
+                f"(`python3 sendzc.py rx -p {port} {proto}`)")
+    if e.errno in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+        return f"{proto}: no route to {addr} ({errno.errorcode[e.errno]}): check the address and `ip route get {addr}`"
+    if e.errno == errno.ETIMEDOUT:
+        return (f"{proto}: connecting to {where} timed out (no answer in {CONNECT_SECONDS:g} s): "
+                f"is the host up, and its firewall letting the port through?")
+    return f"{proto}: connect to {where} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+def send_error(err: int, cfg: SendConfig) -> str:
+    """One line for an error a send's CQE carried (res = -err), naming the cause and the fix."""
+    where = host_port(cfg.addr, cfg.port)
+    if cfg.proto == "tcp" and err in (errno.EIO, errno.ECONNRESET, errno.EPIPE):
+        # Whichever the kernel reports first; EIO is our mark for a
+        # MSG_WAITALL send cut short, which happens only when the connection fails.
+        return (f"tcp: the connection to {where} was closed or reset mid-run (the receiver quit?): "
+                f"the result above is partial; start the receiver again "
+                f"(`python3 sendzc.py rx -p {cfg.port} tcp`) and rerun")
+    if err == errno.ECONNREFUSED:
+        return (f"{cfg.proto}: {where} refused the data (ECONNREFUSED, an ICMP port unreachable): "
+                f"start the receiver there (`python3 sendzc.py rx -p {cfg.port} {cfg.proto}`)")
+    if err == errno.ENOBUFS:
+        return "send: ENOBUFS: the kernel ran out of socket buffer memory: lower -r or -s"
+    if err == errno.ENOMEM and cfg.zc and not cfg.fixed_buf and not has_cap(CAP_IPC_LOCK):
+        return (f"send: ENOMEM: zero-copy pins the pages it sends, and those in flight pass the "
+                f"locked-memory limit (RLIMIT_MEMLOCK, `ulimit -l`: {memlock_limit()}): raise it, "
+                f"run as root, or add --no-zc")
+    if err == errno.EMSGSIZE:
+        return f"send: EMSGSIZE: {cfg.size} bytes do not fit one {cfg.proto} packet on this path: lower -s"
+    if err == errno.EOPNOTSUPP and cfg.zc and cfg.proto == "raw":
+        return ("raw: Linux sends zero-copy only from TCP and UDP sockets (SEND_ZC on a raw socket "
+                "answers EOPNOTSUPP): add --no-zc to send raw with IORING_OP_SEND")
+    if err == errno.EOPNOTSUPP and cfg.zc:
+        return f"{cfg.proto}: this socket does not support zero-copy send (EOPNOTSUPP): use --no-zc"
+    if err == errno.EINVAL and cfg.sendmsg and cfg.fixed_buf:
+        return "SENDMSG_ZC with a registered buffer needs Linux 6.14+: add --no-fixed-buf"
+    if err == errno.EIO and cfg.gso:
+        return gso_eio_error()
+    if err == errno.EINVAL and cfg.gso:
+        n = segments_per_send(cfg.size, cfg.gso)
+        old = UDP_MAX_SEGMENTS_BEFORE_6_9
+        return (f"udp: --gso {cfg.gso}: the kernel refused the send (EINVAL): {n} segments per send "
+                f"is more than kernels before 6.9 take (UDP_MAX_SEGMENTS was {old}), or the path's "
+                f"MTU fell below the segment: give --gso {-(-cfg.size // old)} or more, or -s "
+                f"{old * cfg.gso} or less, or --gso auto")
+    name = errno.errorcode.get(err, str(err))
+    return f"send: {name} ({os.strerror(err)}): unexpected here; please report it, with the command line"
+
+
+def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSError],
+              waited: float, gave_up: bool) -> Optional[str]:
+    """The one line a finished run (fast or reference sender) ends with, or None.
+
+    err: the first send's errno; entered: a failed io_uring_enter; waited: the
+    drain's wait; gave_up: Ctrl-C twice, so missing completions are no error.
+    Failed sends are data that never left, whatever else the run says; one with
+    no errno of its own (only -ECANCELED links) was the stream breaking.
+    """
+    if result.failed and not err:
+        err = errno.EIO if cfg.proto == "tcp" else errno.ECANCELED
+    if err:
+        return send_error(err, cfg)
+    if entered is not None:
+        return oserror_line(entered)
+    if result.undrained and not gave_up:
+        return undrained_error(cfg, waited)
+    if not result.requests and not result.interrupted:
+        return nothing_sent_error(cfg)
+    return None
+
+
+def undrained_error(cfg: SendConfig, waited: float) -> str:
+    """One line for completions still missing waited seconds (DRAIN_SECONDS, or less) after the run."""
+    return (f"{cfg.proto}: {host_port(cfg.addr, cfg.port)} stopped taking data: completions were "
+            f"still missing {round(waited, 1):g} s after the run: check that the receiver is running "
+            f"and reading; the result above is partial")
+
+
+def nothing_sent_error(cfg: SendConfig) -> str:
+    """One line for a run in which no send completed, and nothing failed either."""
+    return (f"{cfg.proto}: nothing was sent: no send completed within -t {cfg.seconds:g} s; "
+            f"give a longer -t")
+
+
+NO_UDP_GSO_LINE = ("--gso: this kernel has no UDP GSO (setsockopt(UDP_SEGMENT) answers ENOPROTOOPT; "
+                   "it came in Linux 4.18): drop --gso, or use a newer kernel")
+
+
+def gso_eio_error() -> str:
+    """One line for EIO from a UDP GSO send."""
+    # udp_send_skb() refuses a GSO send with EIO when the device will not
+    # checksum it (ip_summed != CHECKSUM_PARTIAL) or the route goes through
+    # IPsec (xfrm); `ethtool -k` shows the device's offloads. (6.18 sent GSO
+    # from an ifb with tx checksumming and scatter-gather off all the same.)
+    return ("udp: --gso: the kernel refused the send (EIO): the device this path leaves by does not "
+            "checksum packets itself (no tx checksum offload or scatter-gather, see `ethtool -k DEV`), "
+            "or the path goes through IPsec: turn them on (`ethtool -K DEV tx on sg on`), "
+            "or drop --gso and keep -s to the path's largest datagram")
+
+
+def zerocopy_enobufs_error() -> str:
+    """One line for send(MSG_ZEROCOPY) refused with ENOBUFS while no completion is outstanding.
+
+    Completions are charged to option memory (net.core.optmem_max, per
+    namespace since 6.9) and, without CAP_IPC_LOCK, pages to RLIMIT_MEMLOCK.
+    """
+    cause = f"net.core.optmem_max = {read_sysctl('net/core/optmem_max')}"
+    fix = "raise it (e.g. `sysctl -w net.core.optmem_max=131072`)"
+    if not has_cap(CAP_IPC_LOCK):
+        cause += f" or the locked-memory limit (`ulimit -l`: {memlock_limit()})"
+        fix = "raise them, or run as root"
+    return (f"send(MSG_ZEROCOPY): ENOBUFS with no completion outstanding: {cause} cannot hold one "
+            f"send's completion: {fix}")
+
+
+def bind_error(e: OSError, cfg: RxConfig) -> str:
+    """One line for a refused socket() or bind()."""
+    if e.errno == errno.EADDRINUSE:
+        return (f"rx: {cfg.proto} port {cfg.port} is in use (EADDRINUSE): is another receiver "
+                f"running? Pick another port with -p, on both ends")
+    if e.errno == errno.EACCES:
+        return (f"rx: port {cfg.port} is privileged (EACCES): run as root, or pick a port of "
+                f"1024 or more with -p, on both ends")
+    if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and cfg.family == socket.AF_INET6:
+        return f"rx: IPv6 is not available on this host ({errno.errorcode[e.errno]}): use -4"
+    return f"rx: bind to port {cfg.port} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+def recv_error(e: OSError, nbytes: int) -> str:
+    """One line for a receive that failed."""
+    if e.errno in (errno.ECONNRESET, errno.EPIPE):
+        return (f"rx: the sender reset the connection ({errno.errorcode[e.errno]}) after "
+                f"{nbytes} bytes: partial result above")
+    return f"rx: receive failed after {nbytes} bytes: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+# Capabilities and limits the lines above look at (CAP_IPC_LOCK: section 8).
+SECCOMP_MODE_FILTER = 2      # <linux/seccomp.h>; /proc/self/status "Seccomp:"
+
+
+def proc_status(field_name: str) -> Optional[str]:
+    """A field of /proc/self/status ("Seccomp", "CapEff"), None if absent."""
+    try:
+        with open("/proc/self/status") as f:
+            value = dict(line.partition(":")[::2] for line in f).get(field_name)
+    except OSError:
+        return None
+    return value and value.strip()
+
+
+def has_cap(cap: int) -> bool:
+    """Is capability cap in this process's effective set?"""
+    eff = proc_status("CapEff")
+    return eff is not None and bool(int(eff, 16) >> cap & 1)
+
+
+def memlock_limit() -> str:
+    """RLIMIT_MEMLOCK's soft limit, as `ulimit -l` would say it."""
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    return "unlimited" if soft == resource.RLIM_INFINITY else f"{soft >> 10} KiB"
+
+
+def read_sysctl(path: str) -> Optional[int]:
+    """An integer sysctl under /proc/sys ("net/core/optmem_max": this namespace's); None if absent."""
+    try:
+        with open("/proc/sys/" + path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def read_io_uring_disabled() -> Optional[int]:
+    """kernel.io_uring_disabled (6.6+): 0 on, 1 root/group only, 2 off; None if absent."""
+    return read_sysctl("kernel/io_uring_disabled")
+
+
+# =============================================================================
+# 12. Command line
 #
 #   sendzc.py [options] udp|tcp|raw     the sender, with the seed's options
 #   sendzc.py rx [options] udp|tcp      the receiver
@@ -5558,7 +5608,7 @@ def sender_parser() -> Parser:
                    help="send into bench's private sink (root), as with no -D")
     p.add_argument("--mtu", type=mtu_value, help=f"the private sink's MTU (default {SINK_MTU})")
     p.add_argument("--pool", type=positive_int, default=0, metavar="N",
-                   help="send with the reference sender (section 5b) from N buffers, each "
+                   help="send with the reference sender (section 6) from N buffers, each "
                         "rewritten with a new stamp only after its notification; prints the "
                         "notification lag (check with `rx --pool`)")
     p.add_argument("--break-contract", action="store_true",
@@ -6167,43 +6217,6 @@ OSERROR_FIXES = {
     errno.ENOMEM: "free some memory, or ask for less (-s, --entries, -n)",
     errno.EPIPE: "whatever read our output has gone: read it to the end",
 }
-
-
-def oserror_line(e: OSError) -> str:
-    """One line for an OSError that reached main(): the call that failed, its errno, a fix.
-
-    The call is the syscall's own name when section 2 raised it; otherwise
-    the first call on the line of this file it passed through last (as
-    `mmap.mmap() in Payload.__init__`), read back from the traceback.
-    """
-    call = getattr(e, "syscall", None)
-    if call is None:
-        last, tb = None, e.__traceback__
-        while tb is not None:
-            if os.path.abspath(tb.tb_frame.f_code.co_filename) == os.path.abspath(__file__):
-                last = tb
-            tb = tb.tb_next
-        if last is None:
-            call = "a call"
-        else:
-            code = last.tb_frame.f_code
-            where = getattr(code, "co_qualname", None)                  # 3.11+
-            if where is None:                                            # 3.9, 3.10: ask self
-                owner = last.tb_frame.f_locals.get("self")
-                where = code.co_name if owner is None else f"{type(owner).__name__}.{code.co_name}"
-            # (Out of file descriptors, linecache cannot open the file: "".)
-            called = re.search(r"([A-Za-z_][\w.]*)\(", linecache.getline(code.co_filename,
-                                                                        last.tb_lineno))
-            call = f"{called.group(1)}() in {where}" if called else f"a call in {where}()"
-    if e.errno is None:
-        return f"{call} failed: {e}: unexpected here; please report it, with the command line"
-    blocked = seccomp_refusal(e)           # io_uring_enter or _register, refused on their own
-    if blocked:
-        return blocked
-    name = errno.errorcode.get(e.errno, str(e.errno))
-    fix = OSERROR_FIXES.get(e.errno, "unexpected here; please report it, with the command line")
-    fix = fix.format(nofile=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
-    return f"{call} failed: {name} ({os.strerror(e.errno)}): {fix}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -2514,7 +2514,7 @@ def test_rx_keep_goes_on_after_a_failed_sender_and_the_next_starts_clean():
 
 # === TUT (issue 12): a zero-copy send, one CQE at a time ======================
 #
-# The reference sender (section 5b), --pool and --break-contract against a
+# The reference sender (section 6), --pool and --break-contract against a
 # receiver behind a token-bucket qdisc, and the differential test: the
 # reference and the fast sender on the same input report the same counts.
 
