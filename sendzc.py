@@ -3751,7 +3751,7 @@ class UringReceiver:
         ring.cq_advance(len(res))
         self.inflight = False
         if res[0] < 0:                      # -errno, as recv(2) would have set errno
-            raise OSError(-res[0], f"recv: {errno.errorcode.get(-res[0], -res[0])}: {os.strerror(-res[0])}")
+            raise OSError(-res[0], os.strerror(-res[0]))   # as recv_into() raises it
         return res[0]
 
     def cancel(self) -> None:
