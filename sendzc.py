@@ -4039,7 +4039,8 @@ def describe_rx(r: RxResult) -> List[str]:
                      else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
     else:
         count = f"{r.receives} receives" if tcp else f"{r.datagrams} datagrams"
-        lines.append(f"verification FAILED: {r.mismatches} of {count} differ from the pattern")
+        want = "their requests' stamps" if r.stamped else "the pattern"
+        lines.append(f"verification FAILED: {r.mismatches} of {count} differ from {want}")
     return lines
 
 
