@@ -3182,6 +3182,7 @@ class SyscallSender:
         self.zerocopy, self.poll_each = zerocopy, poll_each
         self.mode = ("msg_zerocopy_poll" if poll_each else "msg_zerocopy") if zerocopy else "send_syscall"
         self.completions = ZerocopyCompletions()     # what run() read off the error queue
+        self.started_ns = 0                          # perf_counter_ns when run() started
         if cfg.gso:
             set_udp_segment(sock, cfg.gso)
         if zerocopy:
@@ -3217,6 +3218,7 @@ class SyscallSender:
         self.payload.lent += 1         # until the drain settles it (see Payload)
         try:
             meter = Meter()
+            self.started_ns = meter.t0    # -i: where the interval lines start counting
             deadline = meter.t0 + int(cfg.seconds * 1e9)
             next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
             while True:
@@ -4419,11 +4421,12 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
             if not cfg.as_json:
                 progress.clear()
                 print(f"-- {label}", flush=True)
-            ticks = Intervals(cfg.interval, not cfg.as_json, time.perf_counter_ns())
+            ticks = Intervals(cfg.interval, not cfg.as_json)
 
         def on_tick(nbytes: int, requests: int) -> None:
             progress.clear()                     # an interval line replaces the progress line
             if ticks:
+                ticks.start_ns = sender.started_ns   # from the run's own start, as result.seconds
                 ticks.report(time.perf_counter_ns(), nbytes, requests)
             progress.draw()
         # Without -i, ticks only count the progress line down.
@@ -4431,6 +4434,7 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
         result = sender.run(on_tick=on_tick, tick_ns=int(tick_s * 1e9))
         if ticks:                                # the last, partial interval
             progress.clear()
+            ticks.start_ns = sender.started_ns
             ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
             result.intervals = ticks.rows
     result.mode = mode                           # the row's name, SQPOLL included
@@ -4898,8 +4902,7 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
             if n == 0:      # low in the rate panel: the large sizes run high there
                 svg.text(x(size), y.px0 - 5 - 13 * i, pair, text_anchor="middle", font_size=10,
                          class_="crossover-tag", **SVG_HALO)
-    mark = ("line", "#555555", "2 3", "crossover: from this size on, zero-copy is 5% or more faster than "
-                                      "copying")
+    mark = ("line", "#555555", "2 3", "crossover: zero-copy 5% or more faster from here")   # fits its column
     return svg_legend(svg, top + 2 * SVG_PANEL_HEIGHT + SVG_PANEL_GAP + 64, [mark], series)
 
 
