@@ -10,7 +10,7 @@
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
 be read from top to bottom. Part I, sections 1 to 7, teaches io_uring; Part
-II, sections 8 to 12, is the tool built on it, and only Part II uses the other:
+II, sections 8 to 12, is the tool built on it; nothing in Part I calls into Part II:
 
   1. Kernel ABI        constants and structs transcribed from <linux/io_uring.h>
   2. System calls      io_uring_setup, io_uring_enter, io_uring_register
@@ -35,8 +35,8 @@ stack has let go of the pages, the *notification* (IORING_CQE_F_NOTIF). Only
 then may the buffer change. Everything below serves that sentence.
 
 "The seed", throughout: the standalone benchmark send-zc.c that Pavel
-Begunkov attached to his December 2021 "[RFC 00/12] io_uring zerocopy send"
-series, which became IORING_OP_SEND_ZC. sendzc grew from it and keeps its
+Begunkov posted on 1 December 2021 in the thread of his "[RFC 00/12]
+io_uring zerocopy send" series, which became IORING_OP_SEND_ZC. sendzc grew from it and keeps its
 options, its defaults and its output line.
 """
 
@@ -153,7 +153,13 @@ IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
 # Each flag test as a tiny named function, as tokio-rs io-uring's cqueue::more()
 # and notif() are: the reference sender (section 6) reads `if notif(flags)`.
 def more(flags: int) -> bool:
-    """F_MORE: this request will post another CQE (a zero-copy send's notification)."""
+    """F_MORE: this request will post another CQE (a zero-copy send's notification).
+
+    A result without it owes no notification, with one exception: a linked
+    SEND_ZC cancelled because the request before it failed completes with
+    -ECANCELED and flags 0, and its notification still comes (section 7's
+    judge_each). Both CQEs of a request carry its user_data.
+    """
     return bool(flags & IORING_CQE_F_MORE)
 
 
@@ -227,7 +233,14 @@ CQE_FLAG_NAMES = _names("IORING_CQE_F_")
 FEAT_NAMES = _names("IORING_FEAT_")
 SETUP_NAMES = _names("IORING_SETUP_")
 SQE_FLAG_NAMES = _names("IOSQE_")
-SEND_FLAG_NAMES = {**_names("IORING_RECVSEND_"), **_names("IORING_SEND_ZC_")}
+SEND_FLAG_NAMES = {**_names("IORING_RECVSEND_"), **_names("IORING_SEND_")}
+
+
+def flag_names(value: int, names: Dict[int, str], strip: str = "") -> str:
+    """'A|B' for the bits of value that have names; leftover bits in hex; '0' for none."""
+    parts = [names[bit].replace(strip, "") for bit in sorted(names) if value & bit]
+    rest = value & ~sum(bit for bit in names if value & bit)
+    return "|".join(parts + ([hex(rest)] if rest else [])) or "0"
 
 # --- The structs, field by field as the header declares them -----------------
 u8, u16, u32, s32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_int32, ctypes.c_uint64
@@ -410,10 +423,12 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap 
 #
 # glibc has no wrappers for the io_uring syscalls, so, like liburing's
 # syscall.h, we call syscall(2) with their numbers (one number on every
-# architecture but alpha since 5.1; we name the two we support). Above this
-# section nothing sees a raw return value: an error becomes an OSError that
-# names the syscall, and a refusal the user must act on becomes Fatal: one
-# line, naming the fix.
+# architecture but alpha since 5.1; we name the two we support). An error
+# becomes an OSError that names the syscall (OSError(EINTR, ...) is an
+# InterruptedError, which the wait loops catch), and a refusal the user must
+# act on becomes Fatal: one line, naming the fix. Past this section only the
+# once-per-batch paths (Ring.submit_and_peek, BulkSender.run_hot) call
+# _syscall themselves, to save a Python frame, and raise the same OSError.
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
@@ -435,8 +450,8 @@ _syscall.restype = ctypes.c_long
 _SIZE_0 = ctypes.c_size_t(0)
 # The same syscall() without letting go of the GIL: CDLL releases and retakes
 # it around every call (~60 ns), which pays only if another thread of ours has
-# Python to run meanwhile. The hot loop's process has none (flows are
-# processes), and a signal still interrupts a wait (EINTR).
+# Python to run meanwhile. Section 7's hot loop has none (the tool runs one
+# ring per process), and a signal still interrupts a wait (EINTR).
 _syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
 _syscall_gil.restype = ctypes.c_long
 
@@ -488,7 +503,7 @@ def io_uring_enter(fd: int, to_submit: int, min_complete: int, flags: int,
     EAGAIN  the kernel could not allocate for a request: reap, retry
     EBUSY   CQ overflow entries could not be flushed: reap, retry
     ETIME   the EXT_ARG timeout passed before min_complete CQEs came
-    EBADR   CQEs were dropped (no IORING_FEAT_NODROP): accounting is lost
+    EBADR   CQEs were dropped even with IORING_FEAT_NODROP (no memory to hold the overflow)
     EFAULT  an argument points outside our memory
     """
     ret = _syscall(NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz)
@@ -534,10 +549,14 @@ def _addr_of(buf) -> int:
 #
 # Who writes which word, and so who may cache it:
 #
-#   sq.tail   we     (the kernel reads it inside io_uring_enter)
+#   sq.tail   we     (the kernel reads it inside io_uring_enter; with SQPOLL
+#                     its thread reads it at any time: section 4)
 #   sq.head   kernel (advances as it consumes SQEs; we read it for free space)
 #   cq.tail   kernel (advances as it posts CQEs; we read it to reap)
 #   cq.head   we     (tells the kernel which CQE slots are free again)
+#   sq.flags, cq.overflow    kernel (NEED_WAKEUP; CQEs it could not post)
+#   SQE slots from sq.head to sq.tail    the kernel's to read until sq.head passes
+#   CQE slots from cq.head to cq.tail    ours to read until we move cq.head
 #
 # Head and tail are free-running u32 counters, never reset: the slot of
 # counter c is c & ring_mask, and the entries between them number
@@ -553,9 +572,15 @@ def _addr_of(buf) -> int:
 #  - With IORING_SETUP_DEFER_TASKRUN every CQE is posted on behalf of this
 #    thread, inside its own io_uring_enter(): when the call returns, the
 #    CQEs and cq.tail are this thread's own earlier writes. Without it
-#    (kernel 6.0), CQEs may be posted from another CPU: x86-64 keeps loads in
-#    order (TSO), so reading cq.tail before the CQEs suffices; on arm64 a 6.0
-#    kernel is the one case left to luck.
+#    (kernels before 6.1, and every SQPOLL ring), CQEs may be posted from
+#    another CPU: x86-64 keeps loads in order (TSO), so reading cq.tail before
+#    the CQEs suffices; on arm64 a kernel before 6.1 is the one case left to
+#    luck (SQPOLL is refused there, section 8).
+#  - cq.head, our release in C: with DEFER_TASKRUN the kernel writes CQE
+#    slots only inside our own enter, after our reads of them are done.
+#  - Each ring word is an aligned u32 read or written through a
+#    memoryview cast("I"): one machine load or store, never torn (what C's
+#    READ_ONCE and WRITE_ONCE ask for).
 # =============================================================================
 
 @dataclass
@@ -584,7 +609,7 @@ SQPOLL_ATTEMPTS = (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_NO_SQARRAY, IORING_
 SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do before it sleeps
 # The longest one io_uring_enter() of a send loop waits before it comes back
 # to look at the clock and at Ctrl-C: a send the kernel never completes (a TCP
-# peer that stopped reading) must not hold the run past -t.
+# peer that stopped reading) must not hold the run past its deadline.
 ENTER_WAIT_NS = 100_000_000
 # The longest a sender waits after its run for the notifications still owed
 # (the drain). A TCP peer that stopped acknowledging could hold them for
@@ -691,7 +716,7 @@ class Ring:
         # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
         # argument whose timespec is ENTER_WAIT_NS, built once and passed by
         # reference on every batch.
-        self._wait_ts = kernel_timespec(0, ENTER_WAIT_NS)
+        self._wait_ts = kernel_timespec(*divmod(ENTER_WAIT_NS, 10**9))
         self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
         self._wait_ref = ctypes.byref(self._wait_arg)
         self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
@@ -716,7 +741,7 @@ class Ring:
         return v
 
     def close(self) -> None:
-        """io_uring_queue_exit(): release views, unmap, unregister, close; reverse order."""
+        """io_uring_queue_exit(): unregister, release the views, unmap, close: setup in reverse."""
         self._stack.close()
 
     def __enter__(self):
@@ -783,10 +808,10 @@ class Ring:
 # reads one CQE at a time instead, with peek_cqe() and cqe_seen(), as a C
 # program with liburing would.
 #
-# Measured here: a ctypes call into io_uring_enter ~0.5 us, ~25 ns a CQE in
-# bulk against ~100 ns in a Python loop; the kernel spends ~2 us on one 64 KB
-# SEND_ZC. So a batch of 8 costs Python ~15% of the kernel's time, a batch of
-# 64 ~5% (bench --sweep measures it on any host).
+# What it costs (README, "Speed", has the measurements): Python spends ~1.5 us
+# on a batch, whatever its size (a ctypes call into io_uring_enter is a third
+# of it); the kernel ~2 us on each 64 KB SEND_ZC. So Python's share is ~9% of
+# a batch of 8 and ~2% of a batch of 64 (bench --sweep measures it on any host).
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -833,8 +858,8 @@ class Ring:
         (IORING_SQ_NEED_WAKEUP), as liburing's sq_ring_needs_enter() decides.
         liburing puts a full barrier between the tail store and that load;
         Python has none, so a thread falling asleep at that moment may miss our
-        tail until the next enter: every wait here is bounded, so that is a
-        delay, never a hang.
+        tail until the next enter: the waits on SQPOLL rings are bounded, so that
+        is a delay, never a hang.
         """
         words = self._sq_words
         words[self._sq_tail_i] = self.sq_tail      # after the SQEs; the enter that follows reads both
@@ -847,6 +872,8 @@ class Ring:
 
         IORING_ENTER_GETEVENTS always: with DEFER_TASKRUN it is what runs the
         completion work that posts CQEs, so even wait_nr 0 collects what finished.
+        Unbounded, unlike every other wait here: only the probes use it, on rings
+        without SQPOLL, for requests that complete at once.
         """
         to_submit, flags = self._flush_sq()
         return io_uring_enter(self.enter_fd, to_submit, wait_nr, IORING_ENTER_GETEVENTS | flags)
@@ -960,7 +987,9 @@ class Ring:
         """io_uring_peek_cqe(): the next ready CQE as (user_data, res, flags), or None.
 
         cq.tail is the kernel's: read it first, then the CQE it covers
-        ("Memory ordering"). The CQE stays in its slot until cqe_seen().
+        ("Memory ordering"). The CQE stays in its slot until cqe_seen(). Unlike
+        liburing's, it never enters the kernel to flush overflowed CQEs or task
+        work: callers wait_cqes() first.
         """
         if self._cq_words[self._cq_tail_i] == self.cq_head:
             return None
@@ -981,7 +1010,7 @@ class Ring:
         self._cq_words[self._cq_head_i] = self.cq_head
 
     def cqe_bytes(self, n: int, head: int) -> bytes:
-        """The raw CQEs from counter head on, n of them, the wraparound joined (the hot loop's)."""
+        """The raw CQEs from counter head on, n of them, the wraparound joined (section 7's hot loop)."""
         m, start = self._cq_map, self.cqe_start
         return b"".join(m[start + (a << CQE_SHIFT):start + (b << CQE_SHIFT)]
                         for a, b in ring_slices(head, n, self.cq_entries))
@@ -1004,7 +1033,7 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     """The (start, stop) slot ranges of count entries from counter head: the wraparound in one place.
 
     An entry's slot is its counter & mask, and a run that passes the end of
-    the array goes on at slot 0. place() and the hot loop, which run once per
+    the array goes on at slot 0. place() and section 7's hot loop, which run once per
     batch, write the same arithmetic inline.
     """
     i = head & (entries - 1)
@@ -1012,13 +1041,6 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     if end <= entries:
         return [(i, end)]
     return [(i, entries), (0, end - entries)]
-
-
-def flag_names(value: int, names: Dict[int, str], strip: str = "") -> str:
-    """'A|B' for the bits of value that have names; leftover bits in hex; '0' for none."""
-    parts = [names[bit].replace(strip, "") for bit in sorted(names) if value & bit]
-    rest = value & ~sum(bit for bit in names if value & bit)
-    return "|".join(parts + ([hex(rest)] if rest else [])) or "0"
 
 
 # =============================================================================
@@ -1068,15 +1090,21 @@ def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_f
     sqe.buf_index = buf_index
 
 
-def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
-    """io_uring_prep_sendmsg_zc(): sendmsg(2) without copying the iovecs' data."""
-    prep_rw(sqe, IORING_OP_SENDMSG_ZC, fd, msg_addr, 1, 0)
+def prep_sendmsg(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg(): sendmsg(2) as a request, msg_addr a struct msghdr; the kernel copies."""
+    prep_rw(sqe, IORING_OP_SENDMSG, fd, msg_addr, 1, 0)
     sqe.msg_flags = msg_flags
+
+
+def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg_zc(): prep_sendmsg() with the zero-copy opcode; two CQEs follow."""
+    prep_sendmsg(sqe, fd, msg_addr, msg_flags)
+    sqe.opcode = IORING_OP_SENDMSG_ZC
 
 
 def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
                           buf_index: int) -> None:
-    """io_uring_prep_sendmsg_zc_fixed() (6.14): the iovecs lie in a registered buffer."""
+    """io_uring_prep_sendmsg_zc_fixed() (6.15): the iovecs lie in a registered buffer."""
     prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
     sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
     sqe.buf_index = buf_index
@@ -1117,8 +1145,9 @@ def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int
 # program order on one thread: the syscall is the barrier (section 3).
 #
 # A datagram sender keeps every buffer in flight. A stream sends one request
-# at a time, since two sends in flight on one socket may complete out of
-# order (the fast sender links them instead), and still lends the kernel all
+# at a time: two sends in flight on one socket may put their bytes on the
+# stream out of order (one that waits for socket space is retried after a
+# later one went; the fast sender links them instead), and it still lends the kernel all
 # N buffers: a TCP buffer comes back only once the peer has acknowledged its
 # bytes, long after the send's result.
 #
@@ -1159,8 +1188,10 @@ class Pool:
     The zero-copy contract, per buffer: from the submission of a SEND_ZC
     that reads it until that request's F_NOTIF, the kernel's packets may
     point into its pages. Until then it must not change, nor be unmapped:
-    `lent` counts the runs under way and the notifications that never came,
-    and close() unmaps only when it is 0 (else the pages stay until exit).
+    the kernel holds its own page references, so an unmap would not crash
+    it, but memory handed back can be handed out again and rewritten. `lent`
+    counts the runs under way and the notifications that never came, and
+    close() unmaps only when it is 0 (else the pages stay until exit).
     """
 
     def __init__(self, n: int, size: int):
@@ -1329,7 +1360,7 @@ class ReferenceSender:
         """(7) drain: wait for every result and notification still owed, at most seconds.
 
         What never came is counted as undrained and keeps the pool mapped
-        until exit (Pool.close), as the kernel may still send from it.
+        until exit (Pool.close): those buffers are still the kernel's.
         """
         until = time.perf_counter_ns() + int(seconds * 1e9)
         while self.owed and not hurry():
@@ -1349,9 +1380,9 @@ class ReferenceSender:
 # =============================================================================
 # 7. The same, in bulk
 #
-# The reference sender pays Python for every CQE, and a Python loop over a
-# send's two CQEs costs about what the kernel spends on the send itself. The
-# fast sender takes the same steps and changes what each one costs:
+# The reference sender pays Python for every request and every CQE (a prep, a
+# place, a call per CQE), which costs more than the kernel's ~2 us for the
+# send itself. The fast sender takes the same steps and changes what each costs:
 #
 #   (1) get SQEs             datagrams: nothing, every SQ slot already holds the
 #                            request; a stream: one slice copy of a prebuilt batch
@@ -1467,19 +1498,21 @@ class BulkSender:
     """Batches of `batch` sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
 
     The ring comes set up: the socket is its registered file 0 and, with
-    fixed, the buffer its registered buffer 0. buf has .addr; .period, the
-    length after which its bytes repeat (it is that much longer than size,
-    so a stream's send may start at any offset below it and the stream stays
-    one continuous pattern); and .lent, which begin() raises and drain()
-    settles, as Pool.lent. cmsg: a control message for every SENDMSG.
+    fixed, the buffer its registered buffer 0. buf (section 8's Payload) has
+    .addr; .period, the length after which its bytes repeat (it is that much
+    longer than size, so a stream's send may start at any offset below it
+    and the stream stays one continuous pattern); and .lent, which begin()
+    raises and drain() settles, as Pool.lent. r is the batch (the seed's
+    nr_reqs); flush waits for each batch's notifications before the next
+    (the seed's -f); cmsg is a control message for every SENDMSG.
     """
 
     def __init__(self, ring: Ring, buf, size: int, batch: int, zc: bool = True, fixed: bool = True,
                  sendmsg: bool = False, stream: bool = False, flush: bool = False,
-                 ask_usage: bool = False, cmsg: Optional[ctypes.Array] = None):
+                 report_usage: bool = False, cmsg: Optional[ctypes.Array] = None):
         self.ring, self.buf, self.size, self.r = ring, buf, size, batch
         self.zc, self.fixed, self.sendmsg, self.stream, self.flush = zc, fixed, sendmsg, stream, flush
-        self.report_usage, self.cmsg = ask_usage, cmsg     # IORING_SEND_ZC_REPORT_USAGE on each send
+        self.report_usage, self.cmsg = report_usage, cmsg     # IORING_SEND_ZC_REPORT_USAGE on each send
         self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
         self._batches: Dict[int, bytes] = {}
         self.seen: Dict[bytes, list] = {}
@@ -1500,8 +1533,7 @@ class BulkSender:
                 msg.msg_control, msg.msg_controllen = ctypes.addressof(self.cmsg), len(self.cmsg)
             self._msgs += [iov, msg]
             if not self.zc:
-                prep_rw(sqe, IORING_OP_SENDMSG, fd, ctypes.addressof(msg), 1, 0)
-                sqe.msg_flags = msg_flags
+                prep_sendmsg(sqe, fd, ctypes.addressof(msg), msg_flags)
             elif self.fixed:
                 prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), msg_flags, 0)
             else:
@@ -1523,6 +1555,8 @@ class BulkSender:
         j*size, and the requests are linked (IOSQE_IO_LINK), so each begins
         only after the one before it finished: a send that must wait for
         socket space would otherwise be overtaken and the stream reordered.
+        A link holds only with MSG_WAITALL (prep() sets it for a stream):
+        without it a short send is no error, and the chain goes on after it.
         """
         got = self._batches.get(phase)
         if got is None:
@@ -1542,7 +1576,7 @@ class BulkSender:
         self.books = SendBooks(deadline, on_tick, tick_ns,
                                time.perf_counter_ns() + tick_ns if tick_ns else deadline + 1)
         # Lent until drain() settles it: if anything raises before then, the
-        # buffer stays mapped (the kernel may still send from it).
+        # buffer stays mapped (it may still be the kernel's, as Pool's are).
         self.buf.lent += 1
         return self.books
 
@@ -1561,7 +1595,7 @@ class BulkSender:
         run_general() takes over). Written flat, every name bound to a local
         first: in CPython a local is an array slot, an attribute or a global
         a dictionary lookup, a call a new frame; each costs ~20-50 ns, against
-        ~0.5 us of kernel work for a 64 KB SEND_ZC.
+        ~2 us of kernel work for a 64 KB SEND_ZC.
         """
         ring, run, stream, r, size, zc = self.ring, self.books, self.stream, self.r, self.size, self.zc
         if stream:
@@ -1641,9 +1675,11 @@ class BulkSender:
                 sq_words[sq_tail_i] = sq_tail
                 inflight = r
                 placed += r
-                # min_complete r, not 0: before it returns io_uring_enter runs
-                # at most max(IO_LOCAL_TW_DEFAULT_MAX = 20, min_complete) task-
-                # work items, one per notification.
+                # min_complete r, not 0: with DEFER_TASKRUN the kernel runs
+                # the deferred task work (one item per notification) in
+                # passes of at most max(20, min_complete) items
+                # (IO_LOCAL_TW_DEFAULT_MAX, io_uring.c), so with 0 some of the
+                # batch's notifications would come a batch late.
                 if stream:
                     # A stream's send waits for socket space only the peer frees:
                     # bounded by ENTER_WAIT_NS (EXT_ARG), seven arguments.
@@ -1661,7 +1697,7 @@ class BulkSender:
                 waited = wait_owed(inflight or 1)
                 if not waited:
                     break
-                if waited is WAIT_CUT:              # a signal or the bound: look at the clock now
+                if waited == WAIT_CUT:              # a signal or the bound: look at the clock now
                     countdown = 1
             # (3) peek CQEs: from cq.head (ours) to cq.tail (the kernel's), one
             # slice of the mapping unless they wrap past its end.
@@ -1779,20 +1815,20 @@ class BulkSender:
         """
         run, ring, size = self.books, self.ring, self.size
         k = len(flags)
-        n_ok = flags.count(IORING_CQE_F_MORE if self.zc else 0)
+        n_results = flags.count(IORING_CQE_F_MORE if self.zc else 0)   # results with the good flags
         n_notif = flags.count(IORING_CQE_F_NOTIF)
-        clean = n_ok + n_notif == k
-        if clean and res_sum != n_ok * size:
+        clean = n_results + n_notif == k
+        if clean and res_sum != n_results * size:
             # Second look, still in bulk: take the copied notifications (all
             # of them on loopback and veth) out of the sum; if the results then
             # add up, the batch was whole all the same.
             n_copied = ring.peek_res(k).count(NOTIF_COPIED_RES)
-            clean = res_sum - n_copied * NOTIF_COPIED_RES == n_ok * size
+            clean = res_sum - n_copied * NOTIF_COPIED_RES == n_results * size
             run.copied += n_copied if clean else 0
         if clean:
-            run.whole += n_ok
+            run.whole += n_results
             run.notifs += n_notif
-            return n_ok, (n_ok - n_notif if self.zc else 0)
+            return n_results, (n_results - n_notif if self.zc else 0)
         t = judge_each(ring.peek_res(k), flags, size, self.zc)   # something went wrong: each CQE
         run.slow.add(t)
         if self.stream and t.short and not run.slow.error:
@@ -1813,7 +1849,7 @@ class BulkSender:
         # In flight: one batch, as in the seed, unless SQPOLL: its thread
         # submits on its own CPU, so we keep the SQ full and enter only to
         # sleep until half of what is in flight has completed (sleeping per
-        # batch cost it a third of its rate: 26.8 against 39.3 GB/s). Not a
+        # batch cost the SQ thread a third of its rate: README, "Speed"). Not a
         # stream: batches are not linked to each other, and the SQ thread cuts
         # a chain wherever its submission ends; nor -f, which waits per batch.
         ahead = ring.sq_entries - r if ring.sqpoll and not (stream or self.flush) else 0
@@ -5288,7 +5324,7 @@ def send_error(err: int, cfg: SendConfig) -> str:
     if err == errno.EOPNOTSUPP and cfg.zc:
         return f"{cfg.proto}: this socket does not support zero-copy send (EOPNOTSUPP): use --no-zc"
     if err == errno.EINVAL and cfg.sendmsg and cfg.fixed_buf:
-        return "SENDMSG_ZC with a registered buffer needs Linux 6.14+: add --no-fixed-buf"
+        return "SENDMSG_ZC with a registered buffer needs Linux 6.15+: add --no-fixed-buf"
     if err == errno.EIO and cfg.gso:
         return gso_eio_error()
     if err == errno.EINVAL and cfg.gso:
