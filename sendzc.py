@@ -4262,17 +4262,6 @@ class Sink:
     qdisc: str
 
 
-def sink_step(*args: str, who: str, refused: Optional[Callable[[str], str]] = None) -> str:
-    """Run one iproute2 command (it inherits our namespace): its output, or one line that ends the run."""
-    done = subprocess.run(args, capture_output=True, text=True)
-    if done.returncode:
-        if STOP.requested:            # Ctrl-C reached the command too: no fault of the command
-            raise Fatal("interrupted while making the private sink", 130)
-        why = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        raise Fatal(f"{who}: " + (refused(why) if refused else f"`{' '.join(args)}`: {why}"))
-    return done.stdout
-
-
 @contextmanager
 def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
                  hint: str = NO_SINK_HINT) -> Iterator[Sink]:
@@ -4282,11 +4271,22 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
     taken us home and every row's socket is closed, the kernel frees it with
     its ifb device. The sender without -D comes here too: who and hint name it.
     """
+    def step(*args: str, refused: Optional[Callable[[str], str]] = None) -> str:
+        """Run one iproute2 command (in our namespace): its output, or one line that ends the run."""
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode:
+            if STOP.requested:            # Ctrl-C reached the command too: no fault of the command
+                raise Fatal("interrupted while making the private sink", 130)
+            why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            raise Fatal(f"{who}: " + (refused(why) if refused else f"`{' '.join(args)}`: {why}"))
+        return done.stdout
+
     if shutil.which("ip") is None:
         raise Fatal(f"{who}: the private sink is made with iproute2's `ip`, which is not installed "
                     f"(apt install iproute2); {hint}")
-    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
+    with ExitStack() as stack:
+        home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        stack.callback(os.close, home)
         try:
             unshare(CLONE_NEWNET)
         except OSError as e:
@@ -4295,34 +4295,25 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
                 raise Fatal(f"{who}: the private sink (a network namespace with an ifb device) needs "
                             f"root: run {run}, {hint}") from None
             raise Fatal(f"{who}: unshare(CLONE_NEWNET) failed: {e.strerror}; {hint}") from None
-        try:
-            yield make_sink(qdisc, mtu, who, hint)
-        finally:
-            setns(home, CLONE_NEWNET)
-    finally:
-        os.close(home)
-
-
-def make_sink(qdisc: str, mtu: int, who: str, hint: str) -> Sink:
-    """Inside our new namespace: lo up, an ifb device with MTU mtu, its addresses, its qdisc."""
-    sink_step("ip", "link", "set", "lo", "up", who=who)
-    sink_step("ip", "link", "add", SINK_DEV, "type", "ifb", who=who, refused=lambda why: (
-        f"no ifb device here (`ip link add type ifb`: {why}): the private sink needs the ifb driver "
-        f"(CONFIG_IFB); {hint}"))
-    sink_step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up", who=who)
-    sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV, who=who)
-    # nodad: no duplicate address detection, so the address is usable at once.
-    # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
-    if mtu >= IPV6_MIN_MTU:
-        sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad", who=who)
-    if qdisc != KEEP_QDISC:
-        if shutil.which("tc") is None:
-            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
-                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
-        sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc, who=who)
-    # Report the qdisc the kernel says is there, not the one we asked for.
-    words = sink_step("ip", "-o", "link", "show", "dev", SINK_DEV, who=who).split()
-    return Sink(SINK_DEV, mtu, words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown")
+        stack.callback(setns, home, CLONE_NEWNET)
+        step("ip", "link", "set", "lo", "up")
+        step("ip", "link", "add", SINK_DEV, "type", "ifb", refused=lambda why: (
+            f"no ifb device here (`ip link add type ifb`: {why}): the private sink needs the ifb driver "
+            f"(CONFIG_IFB); {hint}"))
+        step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up")
+        step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV)
+        # nodad: no duplicate address detection, so the address is usable at once.
+        # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
+        if mtu >= IPV6_MIN_MTU:
+            step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad")
+        if qdisc != KEEP_QDISC:
+            if shutil.which("tc") is None:
+                raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
+                            f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
+            step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc)
+        # Report the qdisc the kernel says is there, not the one we asked for.
+        words = step("ip", "-o", "link", "show", "dev", SINK_DEV).split()
+        yield Sink(SINK_DEV, mtu, words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown")
 
 
 # --- Running the rows ----------------------------------------------------------
