@@ -4503,18 +4503,21 @@ def zc_mark(r: Result) -> str:
         return "-"                               # copies by design
     if r.zc_copied is None or not r.notifications:
         return "?"                               # the kernel cannot say (REPORT_USAGE: 6.2+)
-    if r.zc_copied:
-        return f"COPIED {100 * r.zc_copied / r.notifications:.0f}%"
-    return "yes"
-
-
-def on_cpu(r: Result) -> float:
-    """The share of the row's time this process spent on a CPU (user + sys over wall)."""
-    return (r.cpu_user_s + r.cpu_sys_s) / r.seconds
+    return f"COPIED {100 * r.zc_copied / r.notifications:.0f}%" if r.zc_copied else "yes"
 
 
 def row_state(r: Result) -> str:
     return " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+
+
+def cpu_mark(r: Result) -> str:
+    """ (on CPU n%) for a row that spent less than ON_CPU_MIN of its time on a CPU (user + sys over wall)."""
+    share = (r.cpu_user_s + r.cpu_sys_s) / r.seconds if r.seconds else 1.0
+    return f" (on CPU {share:.0%})" if share < ON_CPU_MIN else ""
+
+
+def or_dash(value: Optional[float], spec: str, unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
 
 
 def bar(r: Result, rows: List[Result]) -> str:
@@ -4522,25 +4525,15 @@ def bar(r: Result, rows: List[Result]) -> str:
     return "#" * round(BAR_WIDTH * r.mb_per_s / (max(x.mb_per_s for x in rows) or 1.0))
 
 
-TABLE_HEAD = (f"{'mode':<29} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} "
-              f"{'user s':>6} {'sys s':>6} {'CPU s/GB':>8} {'sys MB/s':>8} {'sys x':>6}  zc")
-
-
 def format_table(rows: List[Result]) -> List[str]:
     """One size's rows as the RFC's table, plus CPU, the zc mark and a bar scaled to the fastest."""
-    lines = [TABLE_HEAD]
-    for r in rows:
-        speedup = "-" if r.speedup is None else f"{r.speedup:.2f}x"
-        per_gb = "-" if r.cpu_s_per_gb is None else f"{r.cpu_s_per_gb:.3f}"
-        state = row_state(r)
-        if r.seconds and on_cpu(r) < ON_CPU_MIN:
-            state += f" (on CPU {on_cpu(r):.0%})"
-        sys_rate = "-" if r.mb_per_sys_s is None else f"{r.mb_per_sys_s:.0f}"
-        sys_x = "-" if r.sys_speedup is None else f"{r.sys_speedup:.2f}x"
-        lines.append(f"{MODE_LABELS[r.mode]:<29} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
-                     f"{speedup:>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} {per_gb:>8} {sys_rate:>8} "
-                     f"{sys_x:>6}  {zc_mark(r):<11} {bar(r, rows)}{state}")
-    return lines
+    return [f"{'mode':<29} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} {'user s':>6} {'sys s':>6} "
+            f"{'CPU s/GB':>8} {'sys MB/s':>8} {'sys x':>6}  zc"] + [
+        f"{MODE_LABELS[r.mode]:<29} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
+        f"{or_dash(r.speedup, '.2f', 'x'):>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} "
+        f"{or_dash(r.cpu_s_per_gb, '.3f'):>8} {or_dash(r.mb_per_sys_s, '.0f'):>8} "
+        f"{or_dash(r.sys_speedup, '.2f', 'x'):>6}  {zc_mark(r):<11} {bar(r, rows)}{row_state(r)}{cpu_mark(r)}"
+        for r in rows]
 
 
 def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
@@ -4578,7 +4571,7 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> Lis
         (enobufs, f"note: {enobufs} MSG_ZEROCOPY sends met ENOBUFS (unread completions filled "
                   f"net.core.optmem_max); each was retried after reading the error queue."),
         (eagain, f"note: {eagain} sends found the socket buffer full (EAGAIN) and waited."),
-        (any(r.seconds and on_cpu(r) < ON_CPU_MIN for r in results),
+        (any(map(cpu_mark, results)),
          f"note: rows marked (on CPU n%) ran on a CPU less than {ON_CPU_MIN:.0%} of "
          f"their time (other load on this host, or waiting for the receiver): their "
          f"MB/s understates them, their CPU s/GB does not."),
