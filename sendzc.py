@@ -4219,17 +4219,13 @@ SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]
 SWEEP_MODES = ("send_zc_fixed", "send_zc_fixed_sqpoll")
 KNEE_MARGIN = 0.95                   # the knee: the smallest batch within this much of its mode's best
 MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY",
-               "msg_zerocopy_poll": "MSG_ZEROCOPY, poll() per send",
-               "send": "io_uring SEND", "send_zc": "io_uring SEND_ZC",
-               "send_zc_fixed": "io_uring SEND_ZC fixed buf",
+               "msg_zerocopy_poll": "MSG_ZEROCOPY, poll() per send", "send": "io_uring SEND",
+               "send_zc": "io_uring SEND_ZC", "send_zc_fixed": "io_uring SEND_ZC fixed buf",
                "send_zc_fixed_flush": "io_uring SEND_ZC fixed -f",
                "send_zc_fixed_sqpoll": "io_uring SEND_ZC fixed + SQPOLL"}
-# Where zero-copy starts to pay: each zero-copy way against its copying twin,
-# and its name in the footer and in the chart.
-CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",), "io_uring SEND_ZC vs SEND",
-                                "io_uring SEND_ZC beats SEND"),
-                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",), "MSG_ZEROCOPY vs send(2)",
-                                    "MSG_ZEROCOPY beats send(2)")}
+# Where zero-copy starts to pay: each zero-copy way against its copying twin, and its name.
+CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",), "io_uring SEND_ZC vs SEND"),
+                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",), "MSG_ZEROCOPY vs send(2)")}
 # "Pays" means at least this much faster: a closer win is within the noise
 # between two rows of one run, and would move the crossover at random.
 CROSSOVER_MARGIN = 1.05
@@ -4335,7 +4331,6 @@ class BenchConfig:
     mtu: int                         # --mtu: the private sink's MTU
     sizes_given: bool                # --sizes was given (else a fragmenting path adds its largest datagram)
     path_mtu: Optional[int] = None   # the route's MTU to the destination, read after connect (UDP)
-    gso: int = 0                     # the segment size of the GSO tables (0: the path fragments nothing)
     groups: List[Tuple[int, int]] = field(default_factory=list)   # (size, gso) of each table
 
     def plan(self) -> List[Tuple[str, int]]:
@@ -4357,11 +4352,10 @@ class Progress:
         """Redraw the line; with a label, for the next row, whose clock starts now."""
         if label is not None:
             self.index, self.label, self.started = self.index + 1, label, time.monotonic()
-        if self.on:
-            this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
-            left = (self.rows - self.index - 1) * self.seconds + this_row
-            self.clear(f"sendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
-                       f"about {-(-left // 1):.0f} s left")
+        this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
+        left = (self.rows - self.index - 1) * self.seconds + this_row
+        self.clear(f"sendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
+                   f"about {-(-left // 1):.0f} s left")
 
     def clear(self, line: str = "") -> None:
         if self.on:
@@ -4374,22 +4368,18 @@ def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
 
     On such a path (bench --mtu 1500, or -D over an ordinary network) a size is
     measured fragmented (and so copied), and with UDP GSO at the largest
-    unfragmented datagram; without --sizes, that datagram size gets its own
-    table too: the three ways a 64 KB-a-send application can go on such a path.
+    unfragmented datagram, which without --sizes gets its own table too: the
+    three ways a 64 KB-a-send application can go on such a path.
     """
     if cfg.proto != "udp" or cfg.sweep or cfg.path_mtu is None:
         return [(size, 0) for size in cfg.sizes]
     fits = largest_datagram(cfg.path_mtu, cfg.family)
     if not cfg.sizes_given and max(cfg.sizes) > fits:
         cfg.sizes = sorted({fits, *cfg.sizes})
-    groups = []
     for size in cfg.sizes:
-        groups.append((size, 0))
         if size > fits:
             check_segments(size, fits, status=1)
-            cfg.gso = fits
-            groups.append((size, fits))
-    return groups
+    return [(size, gso) for size in cfg.sizes for gso in ((0, fits) if size > fits else (0,))]
 
 
 def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: int, payload: Payload,
@@ -4404,15 +4394,13 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
         stack.callback(sock.close)               # last: after the ring has let go of it
         if mode in SYSCALL_MODES:
             sender = SyscallSender(send_cfg, sock, payload, zerocopy=mode != "send_syscall",
-                                   poll_each=mode == "msg_zerocopy_poll")
+                                   poll_each=mode == BASELINE_MODE)
         else:
             sender = UringSender(send_cfg, sock, payload, stack)
-        ticks = None
-        if cfg.interval:
-            if not cfg.as_json:
-                progress.clear()
-                print(f"-- {label}", flush=True)
-            ticks = Intervals(cfg.interval, not cfg.as_json)
+        ticks = cfg.interval and Intervals(cfg.interval, not cfg.as_json)
+        if ticks and not cfg.as_json:
+            progress.clear()
+            print(f"-- {label}", flush=True)
 
         def on_tick(nbytes: int, requests: int) -> None:
             progress.clear()                     # an interval line replaces the progress line
@@ -4484,7 +4472,7 @@ def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
     with_gso = {r.size for r in results if r.gso}
     results = [r for r in results if r.gso or r.size not in with_gso]
     out: Dict[str, Optional[int]] = {}
-    for name, (zc_modes, copy_modes, _, _) in CROSSOVER_PAIRS.items():
+    for name, (zc_modes, copy_modes, _) in CROSSOVER_PAIRS.items():
         out[name] = None
         for size in sorted({r.size for r in results}, reverse=True):
             zc = [r.mb_per_s for r in results if r.size == size and r.mode in zc_modes]
@@ -4876,7 +4864,7 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
         for i, (pair, size) in enumerate(crossover(results).items()):
             if n == 0:      # words under the panel: inside, they would cover the points at the large sizes
                 where = "at no size measured" if size is None else f"from {size} B (dotted line)"
-                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {CROSSOVER_PAIRS[pair][3]} {where}",
+                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {CROSSOVER_PAIRS[pair][2].replace(' vs ', ' beats ')} {where}",
                          class_="crossover-label")
             if size is None:
                 svg.add("g", class_="crossover", data_pair=pair, data_size="none")
@@ -4997,7 +4985,7 @@ def bench_main(argv: List[str]) -> int:
         params = {"proto": cfg.proto, "family": family_name(cfg.family), "addr": dst, "port": cfg.port,
                   "sizes": cfg.sizes, "batches": cfg.batches, "seconds": cfg.seconds,
                   "interval": cfg.interval, "entries": BENCH_ENTRIES, "sweep": cfg.sweep,
-                  "mtu": cfg.path_mtu, "gso": cfg.gso or None,
+                  "mtu": cfg.path_mtu, "gso": max(gso for _, gso in cfg.groups) or None,
                   "sink": None if sink is None else {**vars(sink), "netns": "private"}}
         extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
         print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
