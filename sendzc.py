@@ -4549,9 +4549,8 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> Lis
              "CPU s/GB: (user + sys) per 2^30 bytes sent. zc: yes = every completion said zero-copy; "
              "COPIED = the kernel copied instead; ? = this kernel cannot say; - = a copying mode."]
     notes = [
-        (any(r.zc_copied for r in results),
-         "note: COPIED rows were not zero-copy: a receiver on this host (loopback, veth) "
-         "always copies, and so does a path whose MTU fragments the packet."),
+        (any(r.zc_copied for r in results), "note: COPIED rows were not zero-copy: a receiver on this host "
+         "(loopback, veth) always copies, and so does a path whose MTU fragments the packet."),
         (any(r.gso for r in results),
          "GSO tables: each send is one request that the kernel cuts into datagrams that "
          "fit the path (UDP_SEGMENT): no IP fragments, so zero-copy holds where the "
@@ -4573,12 +4572,8 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> Lis
     lines += [line for show, line in notes if show]
     if len(sizes) > 1 and complete:
         for name, size in crossover(results).items():
-            if size is None:
-                where = "not at any size measured"
-            elif size == min(sizes):
-                where = f"at every size measured (from {size} B; the crossover is at or below it)"
-            else:
-                where = f"from {size} B"
+            where = ("not at any size measured" if size is None else f"from {size} B" if size > min(sizes)
+                     else f"at every size measured (from {size} B; the crossover is at or below it)")
             lines.append(f"  {CROSSOVER_PAIRS[name][2]}: {where}")
     return lines
 
@@ -4652,10 +4647,8 @@ class Svg:
         self.parts: List[str] = []
 
     def add(self, tag: str, text: str = "", title: str = "", **attrs) -> None:
-        """<tag attrs>text</tag>; class_ is class, font_size font-size; title: the hover text.
-
-        A float is pixels, to 0.1 px; a row's value (data_*) is written as its JSON row has it.
-        """
+        """<tag attrs>text</tag>, title its hover text; class_ is class, font_size font-size. A float is
+        pixels, to 0.1 px; a row's value (data_*) is written as its JSON row has it."""
         a = "".join(f" {k.rstrip('_').replace('_', '-')}="
                     + quoteattr(f"{v:.1f}" if isinstance(v, float) and not k.startswith("data_") else str(v))
                     for k, v in attrs.items() if v is not None)
@@ -4767,10 +4760,8 @@ def svg_xaxis(svg: Svg, x: SvgAxis, top: float, bottom: float, label: str, ticks
 
 def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str, left: float, right: float,
               top: float, log: bool, title: str, xlabel: str, ylabel: str) -> Tuple[SvgAxis, SvgAxis]:
-    """A panel of a line per series through its points, x on a log scale; returns its axes.
-
-    Each point is a marker shaped by its zc verdict, carrying its row's data; a user share runs 0-100 %.
-    """
+    """A panel of a line per series through its points, x on a log scale; returns its axes. Each point
+    is a marker shaped by its zc verdict, carrying its row's data; a user share runs 0-100 %."""
     field, unit = SVG_PANELS[panel]
     values = [svg_value(r, field) for _, mine, _, _ in series for r in mine]
     xticks = sorted({x_of(r) for _, mine, _, _ in series for r in mine})
@@ -4802,10 +4793,8 @@ def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str,
 
 def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]],
                series: list = ()) -> float:
-    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom.
-
-    A chart of lines has its series first, then its markers.
-    """
+    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker; a chart of lines
+    has its series first, then its markers. Returns the bottom."""
     markers = [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
     entries = [("line", color, dash, name + (" (the baseline)" if mine[0].mode == BASELINE_MODE else ""))
                for name, mine, color, dash in series] + (markers if series else []) + entries
@@ -4864,8 +4853,8 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
         for i, (pair, size) in enumerate(crossover(results).items()):
             if n == 0:      # words under the panel: inside, they would cover the points at the large sizes
                 where = "at no size measured" if size is None else f"from {size} B (dotted line)"
-                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {CROSSOVER_PAIRS[pair][2].replace(' vs ', ' beats ')} {where}",
-                         class_="crossover-label")
+                beats = CROSSOVER_PAIRS[pair][2].replace(" vs ", " beats ")
+                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {beats} {where}", class_="crossover-label")
             if size is None:
                 svg.add("g", class_="crossover", data_pair=pair, data_size="none")
                 continue
@@ -4907,12 +4896,9 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
 
 def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str:
     """The whole chart: a title, the table's header lines, the panels of this form, a legend."""
-    if cfg.sweep:
-        title = "sendzc bench --sweep: io_uring SEND_ZC against the batch size, with and without SQPOLL"
-    elif len(cfg.sizes) > 1:
-        title = "sendzc bench: every way to send, against the payload size"
-    else:
-        title = f"sendzc bench: every way to send, {cfg.sizes[0]} B per send"
+    title = ("sendzc bench --sweep: io_uring SEND_ZC against the batch size, with and without SQPOLL"
+             if cfg.sweep else "sendzc bench: every way to send, against the payload size"
+             if len(cfg.sizes) > 1 else f"sendzc bench: every way to send, {cfg.sizes[0]} B per send")
     svg = Svg()
     svg.text(16, 28, title, font_size=17, font_weight="bold", class_="title")
     y = 50.0
@@ -4943,17 +4929,13 @@ def print_bench(cfg: BenchConfig, results: List[Result], complete: bool) -> None
     """The tables, one per size, headed by how the path carries it; then what the columns mean."""
     for size, gso in cfg.groups:
         rows = [r for r in results if r.size == size and (r.gso or 0) == gso]
-        n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
         if not rows:
             continue
-        if gso:
-            print(f"\n{size} B per send, UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} "
-                  f"datagrams per send")
-        elif n > 1 and not cfg.sweep:
-            print(f"\n{size} B per send, fragmented: {n} IP fragments each at MTU {cfg.path_mtu}")
-        else:
-            print(f"\n{size} B per send")
-        print("\n".join(format_sweep(rows) if cfg.sweep else format_table(rows)))
+        n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
+        how = (f", UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} datagrams per send" if gso
+               else f", fragmented: {n} IP fragments each at MTU {cfg.path_mtu}" if n > 1 and not cfg.sweep
+               else "")
+        print(f"\n{size} B per send{how}", *(format_sweep if cfg.sweep else format_table)(rows), sep="\n")
     if cfg.sweep:
         print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
@@ -4967,9 +4949,7 @@ def bench_main(argv: List[str]) -> int:
     a = bench_parser().parse_args(argv)
     cfg = bench_config(a)
     with ExitStack() as stack:
-        sink = None
-        if cfg.addr is None:
-            sink = stack.enter_context(private_sink(cfg.qdisc, cfg.mtu))
+        sink = stack.enter_context(private_sink(cfg.qdisc, cfg.mtu)) if cfg.addr is None else None
         dst = cfg.addr or (SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4)
         if cfg.proto == "udp":
             cfg.path_mtu = probe_path_mtu(cfg.family, dst, cfg.port)
@@ -5058,7 +5038,6 @@ def bench_parser() -> argparse.ArgumentParser:
 def bench_config(a: argparse.Namespace) -> BenchConfig:
     """Check bench's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
-    sizes_given = a.sizes is not None
     sizes = a.sizes or list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
     batches = a.batches or list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
     if a.addr is None and a.proto == "tcp":
@@ -5079,7 +5058,7 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
                        seconds=a.seconds or (SWEEP_SECONDS if a.sweep else BENCH_SECONDS),
                        interval=a.interval, as_json=a.json,
                        qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep, mtu=a.mtu or SINK_MTU,
-                       sizes_given=sizes_given)
+                       sizes_given=a.sizes is not None)
 
 
 TCP_NEEDS_A_PEER = ("tcp needs a peer that acknowledges, and the private sink drops everything: "
