@@ -4179,40 +4179,35 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
 # to send, each for -t seconds into the same sink, and how each compares with
 # MSG_ZEROCOPY, the baseline the RFC measured io_uring against.
 #
-# The sink. Sending to a NIC measures the NIC; sending over loopback or veth
-# measures the receiver's copy, and turns zero-copy back into a copy. The RFC
-# sent UDP to a dummy device, which drops every packet at the end of the whole
-# transmit path. This kernel may lack the dummy driver, but ifb does the same
-# for packets routed out of it: ifb_xmit() drops any packet that tc did not
-# redirect to it. So bench gives itself a network namespace of its own
-# (unshare(CLONE_NEWNET)) with an ifb device in it, MTU 65535 so that a 64 KB
-# datagram is one packet (at MTU 1500 it would be 45 fragments, and every
-# fragmented send is copied), and sends to a second address on its subnet,
-# which only the ifb route leads to. The root qdisc is noqueue, as on dummy:
-# ifb's default pfifo_fast queue costs every packet an enqueue and a dequeue
-# (15-18% of the rate at 64 KB). The namespace has no name and belongs to this
-# process alone: however the process ends (error, Ctrl-C, kill -9), the kernel
-# tears it down with the device in it.
+# The sink. Sending to a NIC measures the NIC; over loopback or veth, the
+# receiver's copy, which turns zero-copy back into a copy. The RFC sent UDP to
+# a dummy device, which drops every packet at the end of the whole transmit
+# path. This kernel may lack the dummy driver, but ifb does the same for packets
+# routed out of it: ifb_xmit() drops any that tc did not redirect to it. So
+# bench unshares a network namespace of its own with an ifb device in it, MTU
+# 65535 so that a 64 KB datagram is one packet (at 1500 it would be 45
+# fragments, and every fragmented send is copied), and sends to a second
+# address on its subnet. The root qdisc is noqueue, as on dummy: ifb's default
+# pfifo_fast costs every packet an enqueue and a dequeue (15-18% of the rate at
+# 64 KB). The namespace has no name: however the process ends (error, Ctrl-C,
+# kill -9), the kernel tears it down with the device in it.
 #
-# Each row is a fresh socket (and ring) sending for -t seconds; rates divide
-# by the measured time and CPU comes from getrusage(), so Python's own cost is
-# in every row: user time is this process outside the kernel (the interpreter,
-# ctypes, libc), sys time is the kernel's send path.
+# Each row is a fresh socket (and ring) sending for -t seconds; rates divide by
+# the measured time and CPU comes from getrusage(): user time is this process
+# outside the kernel (Python, ctypes, libc), sys time the kernel's send path.
 # =============================================================================
 
 BENCH_SECONDS = 3.0                  # per row; the default table (11 rows) takes ~35 s
 BENCH_SIZES = [SEED_MAX_PAYLOAD]     # the RFC's 65435 bytes
 BENCH_BATCHES = [1, 8]               # the RFC's nr_reqs values
 BENCH_ENTRIES = 512                  # SQ ring entries, as the seed's io_uring_queue_init(512)
-# speedup 1.00: MSG_ZEROCOPY sent as the kernel selftest msg_zerocopy.c
-# sends, poll() after every send: the baseline of the RFC's table.
+# speedup 1.00: MSG_ZEROCOPY, poll() after every send as the selftest msg_zerocopy.c: the RFC's baseline.
 BASELINE_MODE = "msg_zerocopy_poll"
 SYSCALL_MODES = ("send_syscall", "msg_zerocopy", "msg_zerocopy_poll")
 # ..._flush: -f, each batch waits for its own notifications (the RFC's @flush=true)
 URING_MODES = ("send", "send_zc", "send_zc_fixed", "send_zc_fixed_flush")
 COPY_MODES = ("send_syscall", "send")
-# --sweep: the io_uring zero-copy path alone, across batch sizes and sizes,
-# with and without SQPOLL, to find where batching stops paying on this host.
+# --sweep: the io_uring zero-copy path alone, with and without SQPOLL: where batching stops paying.
 SWEEP_SECONDS = 1.0
 SWEEP_SIZES = [1400, 4096, 16384, SEED_MAX_PAYLOAD]
 SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]
@@ -4226,15 +4221,13 @@ MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY"
 # Where zero-copy starts to pay: each zero-copy way against its copying twin, and its name.
 CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",), "io_uring SEND_ZC vs SEND"),
                    "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",), "MSG_ZEROCOPY vs send(2)")}
-# "Pays" means at least this much faster: a closer win is within the noise
-# between two rows of one run, and would move the crossover at random.
+# "Pays": at least this much faster; a closer win is within the noise between two rows, and random.
 CROSSOVER_MARGIN = 1.05
 BAR_WIDTH = 40                       # characters of the fastest row's bar
 CLEAR_EOL = "\033[K"                 # ANSI: erase to the end of the line (the progress line)
 PROGRESS_EVERY_S = 1.0               # how often the progress line counts down
-# A sender into the sink never waits, so a row that spent less of its time on
-# a CPU than this shared the CPU with someone else (or waited for a receiver):
-# its MB/s understates it, its CPU s/GB does not.
+# A sender into the sink never waits: a row on a CPU less of its time than this shared the CPU (or
+# waited for a receiver); its MB/s understates it, its CPU s/GB does not.
 ON_CPU_MIN = 0.9
 
 # The private sink: an ifb device and two addresses on it, in our own namespace.
@@ -4603,12 +4596,10 @@ def format_sweep(rows: List[Result]) -> List[str]:
 
 # --- The chart: --svg ------------------------------------------------------------
 #
-# The rows of the tables, drawn: one SVG file with nothing outside it (no
-# script, web font or style sheet), written as escaped text from the rows
-# alone: a mode this section has never heard of is one more bar or line. Each
-# bar and point carries its row's values in data-* attributes, exactly as its
-# JSON row has them, and in a <title>, which a browser shows on hover; so a
-# script, and the tests, can read the chart back and hold it against --json.
+# The rows of the tables, drawn: one SVG file with nothing outside it (no script,
+# web font or style sheet). Each bar and point carries its row's values in data-*
+# attributes, exactly as its JSON row has them, and in a <title> (a browser shows
+# it on hover), so a script, and the tests, can hold the chart against --json.
 #   one size   a bar per row, as the table's bars, coloured by the zc column
 #   --sizes    MB/s and CPU s/GB against the payload size, a line per row label
 #   --sweep    MB/s and the user share against the batch, a line per mode, per size
@@ -5004,15 +4995,14 @@ def bench_parser() -> argparse.ArgumentParser:
                            "(root) or to a receiver (-D).",
                epilog="`sudo python3 sendzc.py` with no arguments runs this with its defaults.")
     add_common(p)
-    p.add_argument("-D", dest="addr", metavar="ADDR",
-                   help="send to a receiver at ADDR (running `sendzc.py rx`) instead of the private "
-                        "sink; needs no root")
-    p.add_argument("-t", dest="seconds", type=positive_float, default=None,
+    p.add_argument("-D", dest="addr", metavar="ADDR", help="send to a receiver at ADDR (running "
+                   "`sendzc.py rx`) instead of the private sink; needs no root")
+    p.add_argument("-t", dest="seconds", type=positive_float,
                    help=f"seconds per row (default {BENCH_SECONDS:g})")
-    p.add_argument("-s", "--sizes", type=int_list, default=None, metavar="SIZES",
+    p.add_argument("-s", "--sizes", type=int_list, metavar="SIZES",
                    help=f"payload sizes, comma-separated, one table each, and where zero-copy starts "
                         f"to pay (default {','.join(map(str, BENCH_SIZES))})")
-    p.add_argument("--batches", type=int_list, default=None, metavar="NR_REQS",
+    p.add_argument("--batches", type=int_list, metavar="NR_REQS",
                    help=f"io_uring requests per io_uring_enter, comma-separated (default "
                         f"{','.join(map(str, BENCH_BATCHES))}, the RFC's)")
     p.add_argument("--sweep", action="store_true",
@@ -5023,15 +5013,14 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdisc", metavar="QDISC",
                    help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
                         f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
-    p.add_argument("--mtu", type=mtu_value, default=None,
+    p.add_argument("--mtu", type=mtu_value,
                    help=f"the private sink's MTU (default {SINK_MTU}); below a size, that size is "
                         f"measured again with UDP GSO, and without --sizes the largest unfragmented "
                         f"datagram gets a table too")
     p.add_argument("proto", nargs="?", type=protocol(*p.protocols), default="udp", metavar="{udp,tcp}",
                    help="what to send (default udp; tcp needs -D)")
-    p.add_argument("--svg", metavar="FILE", type=svg_file,
-                   help="also draw the results into FILE, an SVG chart a browser opens: bars for one "
-                        "size, lines against --sizes or the --sweep's batches")
+    p.add_argument("--svg", metavar="FILE", type=svg_file, help="also draw the results into FILE, an SVG "
+                   "chart a browser opens: bars for one size, lines against --sizes or the --sweep's batches")
     return p
 
 
@@ -5056,9 +5045,8 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
                          f"entries ({BENCH_ENTRIES}): keep every batch at {BENCH_ENTRIES} or less")
     return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=sizes, batches=batches,
                        seconds=a.seconds or (SWEEP_SECONDS if a.sweep else BENCH_SECONDS),
-                       interval=a.interval, as_json=a.json,
-                       qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep, mtu=a.mtu or SINK_MTU,
-                       sizes_given=a.sizes is not None)
+                       interval=a.interval, as_json=a.json, qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep,
+                       mtu=a.mtu or SINK_MTU, sizes_given=a.sizes is not None)
 
 
 TCP_NEEDS_A_PEER = ("tcp needs a peer that acknowledges, and the private sink drops everything: "
@@ -5067,12 +5055,10 @@ TCP_NEEDS_A_PEER = ("tcp needs a peer that acknowledges, and the private sink dr
 
 def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None:
     """--mtu belongs to the private sink: not with -D, and not below IPv6's minimum with -6."""
-    if mtu is None:
-        return
-    if addr is not None:
+    if mtu is not None and addr is not None:
         raise UsageError("--mtu with -D: --mtu sets the private sink's MTU, and -D sends over this "
                          "host's own path, whose MTU is its route's: drop one of the two")
-    if family == socket.AF_INET6 and mtu < IPV6_MIN_MTU:
+    if mtu is not None and family == socket.AF_INET6 and mtu < IPV6_MIN_MTU:
         raise UsageError(f"--mtu {mtu} with -6: IPv6 needs an MTU of {IPV6_MIN_MTU} or more: "
                          f"give --mtu {IPV6_MIN_MTU} or more, or send IPv4")
 
