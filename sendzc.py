@@ -4685,10 +4685,8 @@ class SvgAxis:
 
     def __call__(self, v: float) -> float:
         v = min(max(v, self.lo), self.hi)       # a 0 (a row that sent nothing) sits on the axis
-        if self.log:
-            t = math.log(v / self.lo) / math.log(self.hi / self.lo)
-        else:
-            t = (v - self.lo) / ((self.hi - self.lo) or 1)
+        t = (math.log(v / self.lo) / math.log(self.hi / self.lo) if self.log
+             else (v - self.lo) / ((self.hi - self.lo) or 1))
         return self.px0 + t * (self.px1 - self.px0)
 
     def ticks(self) -> List[float]:
@@ -4712,7 +4710,7 @@ def svg_zc(r: Result) -> Tuple[str, str, str]:
 
 def svg_name(r: Result) -> str:
     """A row's name in the chart: its mode as the table names it, its batch, and a GSO segment if any."""
-    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {r.gso} B" if r.gso else "")
+    return f"{MODE_LABELS[r.mode]}, batch {r.batch}" + (f", GSO {r.gso} B" if r.gso else "")
 
 
 def svg_value(r: Result, field: str) -> Optional[float]:
@@ -4863,7 +4861,7 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
     half = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
     xlabel = "batch: requests per io_uring_enter (log scale)"
     for size in dict.fromkeys(r.size for r in results):
-        series = svg_series([r for r in results if r.size == size], lambda r: MODE_LABELS.get(r.mode, r.mode))
+        series = svg_series([r for r in results if r.size == size], lambda r: MODE_LABELS[r.mode])
         x, y = svg_panel(svg, series, lambda r: r.batch, "mb", SVG_LEFT, SVG_LEFT + half - 40, top, False,
                          f"{size} B per send: throughput", xlabel, "MB/s")
         svg_panel(svg, series, lambda r: r.batch, "user", SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT, top,
@@ -4879,7 +4877,7 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
             svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {low.batch}", fill=color,
                      text_anchor="end" if right_half else "start", class_="knee-label", **SVG_HALO)
         top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
-    series = svg_series(results, lambda r: MODE_LABELS.get(r.mode, r.mode))
+    series = svg_series(results, lambda r: MODE_LABELS[r.mode])
     mark = ("line", "#555555", None, f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} "
                                      f"of the mode's best")
     return svg_legend(svg, top - 16, [mark], series)
