@@ -4254,12 +4254,9 @@ class Sink:
 @contextmanager
 def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
                  hint: str = NO_SINK_HINT) -> Iterator[Sink]:
-    """Enter a network namespace of our own holding an ifb sink; leave it on the way out.
-
-    Nothing else sees it (`ip netns` lists only named ones). Once setns(2) has
-    taken us home and every row's socket is closed, the kernel frees it with
-    its ifb device. The sender without -D comes here too: who and hint name it.
-    """
+    """Enter a network namespace of our own holding an ifb sink; leave it on the way out. Nothing else
+    sees it (`ip netns` lists only named ones); once setns(2) has taken us home and every row's socket
+    is closed, the kernel frees it with its device. The sender without -D comes here too (who, hint)."""
     def step(*args: str, refused: Optional[Callable[[str], str]] = None) -> str:
         """Run one iproute2 command (in our namespace): its output, or one line that ends the run."""
         done = subprocess.run(args, capture_output=True, text=True)
@@ -4357,13 +4354,9 @@ class Progress:
 
 
 def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
-    """(size, gso) of every table: each size as asked and, where the path fragments it, again with GSO.
-
-    On such a path (bench --mtu 1500, or -D over an ordinary network) a size is
-    measured fragmented (and so copied), and with UDP GSO at the largest
-    unfragmented datagram, which without --sizes gets its own table too: the
-    three ways a 64 KB-a-send application can go on such a path.
-    """
+    """(size, gso) of every table: each size as asked and, where the path fragments it (bench --mtu 1500,
+    -D over an ordinary network), again with UDP GSO at the largest unfragmented datagram, which without
+    --sizes gets its own table too: the three ways a 64 KB-a-send application can go on such a path."""
     if cfg.proto != "udp" or cfg.sweep or cfg.path_mtu is None:
         return [(size, 0) for size in cfg.sizes]
     fits = largest_datagram(cfg.path_mtu, cfg.family)
@@ -4457,10 +4450,9 @@ def set_speedups(results: List[Result]) -> None:
 def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
     """Per CROSSOVER_PAIRS: the smallest size from which zero-copy beats copying at every larger size.
 
-    Each side is its best row at that size (the best batch); beating means by
-    CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest size.
-    A size measured both fragmented and with GSO counts by its GSO rows: that
-    is how an application would send it on this path.
+    Each side is its best row (batch) at that size; beating means by CROSSOVER_MARGIN or more. None:
+    zero-copy did not win at the largest size. A size measured both fragmented and with GSO counts by
+    its GSO rows: that is how an application would send it on this path.
     """
     with_gso = {r.size for r in results if r.gso}
     results = [r for r in results if r.gso or r.size not in with_gso]
@@ -4609,8 +4601,6 @@ SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel,
 SVG_PANEL_HEIGHT, SVG_PANEL_GAP = 260, 110   # px: a line panel's plot; from it to the next (labels, title)
 SVG_BAR, SVG_BAR_GAP = 18, 6         # px: one bar, and the space under it
 SVG_BAR_LABELS, SVG_BAR_TEXT = 250, 210   # px: row labels left of the bars; figures after the longest
-# An axis runs from the least value / SVG_LOG_PAD to the most * SVG_LOG_PAD (log), or 0 to the most * 1.08.
-SVG_LOG_PAD, SVG_LINEAR_PAD = 1.3, 1.08
 # Told apart by most eyes, colour-blind ones too (Tableau 10, in its order).
 SVG_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7",
               "#edc948", "#e15759", "#bab0ac")
@@ -4677,11 +4667,11 @@ class SvgAxis:
 
     @classmethod
     def holding(cls, values: List[Optional[float]], log: bool, px0: float, px1: float) -> "SvgAxis":
-        """An axis that holds values: from 0 (linear), or padded both ways (log)."""
+        """An axis that holds values: from 0 to the most * 1.08 (linear), or padded by 1.3 both ways (log)."""
         positive = [v for v in values if v is not None and v > 0] or [1.0]
         if log:
-            return cls(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
-        return cls(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
+            return cls(min(positive) / 1.3, max(positive) * 1.3, True, px0, px1)
+        return cls(0.0, max(positive) * 1.08, False, px0, px1)
 
     def __call__(self, v: float) -> float:
         v = min(max(v, self.lo), self.hi)       # a 0 (a row that sent nothing) sits on the axis
@@ -4827,9 +4817,8 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
         speedup = "" if r.speedup is None else f" {r.speedup:.2f}x"
         svg.text(x(mb) + 6, plot_top + i * (SVG_BAR + SVG_BAR_GAP) + 13,
                  f"{mb:.0f} MB/s{speedup}  zc {zc_mark(r)}{row_state(r)}", class_="bar-value", **SVG_HALO)
-    legend = [("box", color, None, words) for color, _, words in SVG_ZC.values()]
-    legend.append(("line", SVG_BASELINE[0], SVG_BASELINE[1], "the MSG_ZEROCOPY baseline's rate"))
-    return svg_legend(svg, bottom + 64, legend)
+    return svg_legend(svg, bottom + 64, [("box", color, None, words) for color, _, words in SVG_ZC.values()]
+                      + [("line", *SVG_BASELINE, "the MSG_ZEROCOPY baseline's rate")])
 
 
 def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
@@ -4940,8 +4929,7 @@ def bench_main(argv: List[str]) -> int:
     with ExitStack() as stack:
         sink = stack.enter_context(private_sink(cfg.qdisc, cfg.mtu)) if cfg.addr is None else None
         dst = cfg.addr or (SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4)
-        if cfg.proto == "udp":
-            cfg.path_mtu = probe_path_mtu(cfg.family, dst, cfg.port)
+        cfg.path_mtu = probe_path_mtu(cfg.family, dst, cfg.port) if cfg.proto == "udp" else None
         cfg.groups = bench_groups(cfg)
         if not cfg.as_json:
             print("\n".join(bench_header(cfg, dst, sink)), flush=True)
