@@ -4288,8 +4288,7 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
             f"(CONFIG_IFB); {hint}"))
         step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up")
         step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV)
-        # nodad: no duplicate address detection, so the address is usable at once.
-        # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
+        # nodad: usable at once, no duplicate address detection. Below IPv6's minimum MTU: IPv4 only.
         if mtu >= IPV6_MIN_MTU:
             step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad")
         if qdisc != KEEP_QDISC:
@@ -4934,9 +4933,8 @@ def bench_main(argv: List[str]) -> int:
         if not cfg.as_json:
             print("\n".join(bench_header(cfg, dst, sink)), flush=True)
         results, failure = run_bench(cfg, dst)
-    # Back in our own namespace; nothing holds the private one any more: report.
-    # A crossover is a claim about every size: over a run that Ctrl-C or an
-    # error ended early, it would judge sizes never measured.
+    # Back home, nothing holds the private namespace any more: report. A crossover is a claim about
+    # every size: over a run that Ctrl-C or an error ended early, it would judge sizes never measured.
     complete = failure is None and not STOP.requested
     if cfg.as_json:
         params = {"proto": cfg.proto, "family": family_name(cfg.family), "addr": dst, "port": cfg.port,
