@@ -4215,66 +4215,55 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
 # to send, each for -t seconds into the same sink, and how each compares with
 # MSG_ZEROCOPY, the baseline the RFC measured io_uring against.
 #
-# The sink. Sending to a NIC measures the NIC; sending over loopback or veth
-# measures the receiver's copy, and turns zero-copy back into a copy. The RFC
-# sent UDP to a dummy device, which drops every packet at the end of the whole
-# transmit path. This kernel may lack the dummy driver, but ifb does the same
-# for packets routed out of it: ifb_xmit() drops any packet that tc did not
-# redirect to it. So bench gives itself a network namespace of its own
-# (unshare(CLONE_NEWNET)) with an ifb device in it, MTU 65535 so that a 64 KB
-# datagram is one packet (at MTU 1500 it would be 45 fragments, and every
-# fragmented send is copied), and sends to a second address on its subnet,
-# which only the ifb route leads to. The root qdisc is noqueue, as on dummy:
-# ifb's default pfifo_fast queue costs every packet an enqueue and a dequeue
-# (15-18% of the rate at 64 KB). The namespace has no name and belongs to this
-# process alone: however the process ends (error, Ctrl-C, kill -9), the kernel
-# tears it down with the device in it.
+# The sink. Sending to a NIC measures the NIC; over loopback or veth, the
+# receiver's copy, which turns zero-copy back into a copy. The RFC sent UDP to
+# a dummy device, which drops every packet at the end of the whole transmit
+# path. This kernel may lack the dummy driver, but ifb does the same for packets
+# routed out of it: ifb_xmit() drops any that tc did not redirect to it. So
+# bench unshares a network namespace of its own with an ifb device in it, MTU
+# 65535 so that a 64 KB datagram is one packet (at 1500 it would be 45
+# fragments, and every fragmented send is copied), and sends to a second
+# address on its subnet. The root qdisc is noqueue, as on dummy: ifb's default
+# pfifo_fast costs every packet an enqueue and a dequeue (15-18% of the rate at
+# 64 KB). The namespace has no name: however the process ends (error, Ctrl-C,
+# kill -9), the kernel tears it down with the device in it.
 #
-# Each row is a fresh socket (and ring) sending for -t seconds; rates divide
-# by the measured time and CPU comes from getrusage(), so Python's own cost is
-# in every row: user time is this process outside the kernel (the interpreter,
-# ctypes, libc), sys time is the kernel's send path.
+# Each row is a fresh socket (and ring) sending for -t seconds; rates divide by
+# the measured time and CPU comes from getrusage(): user time is this process
+# outside the kernel (Python, ctypes, libc), sys time the kernel's send path.
 # =============================================================================
 
 BENCH_SECONDS = 3.0                  # per row; the default table (11 rows) takes ~35 s
 BENCH_SIZES = [SEED_MAX_PAYLOAD]     # the RFC's 65435 bytes
 BENCH_BATCHES = [1, 8]               # the RFC's nr_reqs values
 BENCH_ENTRIES = 512                  # SQ ring entries, as the seed's io_uring_queue_init(512)
-# speedup 1.00: MSG_ZEROCOPY sent as the kernel selftest msg_zerocopy.c
-# sends, poll() after every send: the baseline of the RFC's table.
+# speedup 1.00: MSG_ZEROCOPY, poll() after every send as the selftest msg_zerocopy.c: the RFC's baseline.
 BASELINE_MODE = "msg_zerocopy_poll"
 SYSCALL_MODES = ("send_syscall", "msg_zerocopy", "msg_zerocopy_poll")
 # ..._flush: -f, each batch waits for its own notifications (the RFC's @flush=true)
 URING_MODES = ("send", "send_zc", "send_zc_fixed", "send_zc_fixed_flush")
 COPY_MODES = ("send_syscall", "send")
-# --sweep: the io_uring zero-copy path alone, across batch sizes and sizes,
-# with and without SQPOLL, to find where batching stops paying on this host.
+# --sweep: the io_uring zero-copy path alone, with and without SQPOLL: where batching stops paying.
 SWEEP_SECONDS = 1.0
 SWEEP_SIZES = [1400, 4096, 16384, SEED_MAX_PAYLOAD]
 SWEEP_BATCHES = [1, 2, 4, 8, 16, 32, 64]
 SWEEP_MODES = ("send_zc_fixed", "send_zc_fixed_sqpoll")
 KNEE_MARGIN = 0.95                   # the knee: the smallest batch within this much of its mode's best
 MODE_LABELS = {"send_syscall": "send(2)", "msg_zerocopy": "send(2) MSG_ZEROCOPY",
-               "msg_zerocopy_poll": "MSG_ZEROCOPY, poll() per send",
-               "send": "io_uring SEND", "send_zc": "io_uring SEND_ZC",
-               "send_zc_fixed": "io_uring SEND_ZC fixed buf",
+               "msg_zerocopy_poll": "MSG_ZEROCOPY, poll() per send", "send": "io_uring SEND",
+               "send_zc": "io_uring SEND_ZC", "send_zc_fixed": "io_uring SEND_ZC fixed buf",
                "send_zc_fixed_flush": "io_uring SEND_ZC fixed -f",
                "send_zc_fixed_sqpoll": "io_uring SEND_ZC fixed + SQPOLL"}
-# Where zero-copy starts to pay: each zero-copy way against its copying twin,
-# and its name in the footer and in the chart.
-CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",), "io_uring SEND_ZC vs SEND",
-                                "io_uring SEND_ZC beats SEND"),
-                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",), "MSG_ZEROCOPY vs send(2)",
-                                    "MSG_ZEROCOPY beats send(2)")}
-# "Pays" means at least this much faster: a closer win is within the noise
-# between two rows of one run, and would move the crossover at random.
+# Where zero-copy starts to pay: each zero-copy way against its copying twin, and its name.
+CROSSOVER_PAIRS = {"io_uring": (("send_zc", "send_zc_fixed"), ("send",), "io_uring SEND_ZC vs SEND"),
+                   "msg_zerocopy": (("msg_zerocopy",), ("send_syscall",), "MSG_ZEROCOPY vs send(2)")}
+# "Pays": at least this much faster; a closer win is within the noise between two rows, and random.
 CROSSOVER_MARGIN = 1.05
 BAR_WIDTH = 40                       # characters of the fastest row's bar
 CLEAR_EOL = "\033[K"                 # ANSI: erase to the end of the line (the progress line)
 PROGRESS_EVERY_S = 1.0               # how often the progress line counts down
-# A sender into the sink never waits, so a row that spent less of its time on
-# a CPU than this shared the CPU with someone else (or waited for a receiver):
-# its MB/s understates it, its CPU s/GB does not.
+# A sender into the sink never waits: a row on a CPU less of its time than this shared the CPU (or
+# waited for a receiver); its MB/s understates it, its CPU s/GB does not.
 ON_CPU_MIN = 0.9
 
 # The private sink: an ifb device and two addresses on it, in our own namespace.
@@ -4298,31 +4287,28 @@ class Sink:
     qdisc: str
 
 
-def sink_step(*args: str, who: str, refused: Optional[Callable[[str], str]] = None) -> str:
-    """Run one iproute2 command (it inherits our namespace): its output, or one line that ends the run."""
-    done = subprocess.run(args, capture_output=True, text=True)
-    if done.returncode:
-        if STOP.requested:            # Ctrl-C reached the command too: no fault of the command
-            raise Fatal("interrupted while making the private sink", 130)
-        why = (done.stderr.strip().splitlines() or ["failed"])[-1]
-        raise Fatal(f"{who}: " + (refused(why) if refused else f"`{' '.join(args)}`: {why}"))
-    return done.stdout
-
-
 @contextmanager
 def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
                  hint: str = NO_SINK_HINT) -> Iterator[Sink]:
-    """Enter a network namespace of our own holding an ifb sink; leave it on the way out.
+    """Enter a network namespace of our own holding an ifb sink; leave it on the way out. Nothing else
+    sees it (`ip netns` lists only named ones); once setns(2) has taken us home and every row's socket
+    is closed, the kernel frees it with its device. The sender without -D comes here too (who, hint)."""
+    def step(*args: str, refused: Optional[Callable[[str], str]] = None) -> str:
+        """Run one iproute2 command (in our namespace): its output, or one line that ends the run."""
+        done = subprocess.run(args, capture_output=True, text=True)
+        if done.returncode:
+            if STOP.requested:            # Ctrl-C reached the command too: no fault of the command
+                raise Fatal("interrupted while making the private sink", 130)
+            why = (done.stderr.strip().splitlines() or ["failed"])[-1]
+            raise Fatal(f"{who}: " + (refused(why) if refused else f"`{' '.join(args)}`: {why}"))
+        return done.stdout
 
-    Nothing else sees it (`ip netns` lists only named ones). Once setns(2) has
-    taken us home and every row's socket is closed, the kernel frees it with
-    its ifb device. The sender without -D comes here too: who and hint name it.
-    """
     if shutil.which("ip") is None:
         raise Fatal(f"{who}: the private sink is made with iproute2's `ip`, which is not installed "
                     f"(apt install iproute2); {hint}")
-    home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
+    with ExitStack() as stack:
+        home = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        stack.callback(os.close, home)
         try:
             unshare(CLONE_NEWNET)
         except OSError as e:
@@ -4331,34 +4317,24 @@ def private_sink(qdisc: str, mtu: int = SINK_MTU, who: str = "bench",
                 raise Fatal(f"{who}: the private sink (a network namespace with an ifb device) needs "
                             f"root: run {run}, {hint}") from None
             raise Fatal(f"{who}: unshare(CLONE_NEWNET) failed: {e.strerror}; {hint}") from None
-        try:
-            yield make_sink(qdisc, mtu, who, hint)
-        finally:
-            setns(home, CLONE_NEWNET)
-    finally:
-        os.close(home)
-
-
-def make_sink(qdisc: str, mtu: int, who: str, hint: str) -> Sink:
-    """Inside our new namespace: lo up, an ifb device with MTU mtu, its addresses, its qdisc."""
-    sink_step("ip", "link", "set", "lo", "up", who=who)
-    sink_step("ip", "link", "add", SINK_DEV, "type", "ifb", who=who, refused=lambda why: (
-        f"no ifb device here (`ip link add type ifb`: {why}): the private sink needs the ifb driver "
-        f"(CONFIG_IFB); {hint}"))
-    sink_step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up", who=who)
-    sink_step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV, who=who)
-    # nodad: no duplicate address detection, so the address is usable at once.
-    # (Below IPv6's minimum MTU the device takes no IPv6 address: IPv4 only.)
-    if mtu >= IPV6_MIN_MTU:
-        sink_step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad", who=who)
-    if qdisc != KEEP_QDISC:
-        if shutil.which("tc") is None:
-            raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
-                        f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
-        sink_step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc, who=who)
-    # Report the qdisc the kernel says is there, not the one we asked for.
-    words = sink_step("ip", "-o", "link", "show", "dev", SINK_DEV, who=who).split()
-    return Sink(SINK_DEV, mtu, words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown")
+        stack.callback(setns, home, CLONE_NEWNET)
+        step("ip", "link", "set", "lo", "up")
+        step("ip", "link", "add", SINK_DEV, "type", "ifb", refused=lambda why: (
+            f"no ifb device here (`ip link add type ifb`: {why}): the private sink needs the ifb driver "
+            f"(CONFIG_IFB); {hint}"))
+        step("ip", "link", "set", SINK_DEV, "mtu", str(mtu), "up")
+        step("ip", "addr", "add", SINK_NET4, "dev", SINK_DEV)
+        # nodad: usable at once, no duplicate address detection. Below IPv6's minimum MTU: IPv4 only.
+        if mtu >= IPV6_MIN_MTU:
+            step("ip", "-6", "addr", "add", SINK_NET6, "dev", SINK_DEV, "nodad")
+        if qdisc != KEEP_QDISC:
+            if shutil.which("tc") is None:
+                raise Fatal(f"bench: --qdisc {qdisc} needs iproute2's tc, which is not installed "
+                            f"(apt install iproute2), or pass --qdisc {KEEP_QDISC}")
+            step("tc", "qdisc", "replace", "dev", SINK_DEV, "root", qdisc)
+        # Report the qdisc the kernel says is there, not the one we asked for.
+        words = step("ip", "-o", "link", "show", "dev", SINK_DEV).split()
+        yield Sink(SINK_DEV, mtu, words[words.index("qdisc") + 1] if "qdisc" in words[:-1] else "unknown")
 
 
 # --- Running the rows ----------------------------------------------------------
@@ -4380,7 +4356,6 @@ class BenchConfig:
     mtu: int                         # --mtu: the private sink's MTU
     sizes_given: bool                # --sizes was given (else a fragmenting path adds its largest datagram)
     path_mtu: Optional[int] = None   # the route's MTU to the destination, read after connect (UDP)
-    gso: int = 0                     # the segment size of the GSO tables (0: the path fragments nothing)
     groups: List[Tuple[int, int]] = field(default_factory=list)   # (size, gso) of each table
 
     def plan(self) -> List[Tuple[str, int]]:
@@ -4402,11 +4377,10 @@ class Progress:
         """Redraw the line; with a label, for the next row, whose clock starts now."""
         if label is not None:
             self.index, self.label, self.started = self.index + 1, label, time.monotonic()
-        if self.on:
-            this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
-            left = (self.rows - self.index - 1) * self.seconds + this_row
-            self.clear(f"sendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
-                       f"about {-(-left // 1):.0f} s left")
+        this_row = max(0.0, self.seconds - (time.monotonic() - self.started))
+        left = (self.rows - self.index - 1) * self.seconds + this_row
+        self.clear(f"sendzc bench: row {self.index + 1} of {self.rows}, {self.label}: "
+                   f"about {-(-left // 1):.0f} s left")
 
     def clear(self, line: str = "") -> None:
         if self.on:
@@ -4415,26 +4389,18 @@ class Progress:
 
 
 def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
-    """(size, gso) of every table: each size as asked and, where the path fragments it, again with GSO.
-
-    On such a path (bench --mtu 1500, or -D over an ordinary network) a size is
-    measured fragmented (and so copied), and with UDP GSO at the largest
-    unfragmented datagram; without --sizes, that datagram size gets its own
-    table too: the three ways a 64 KB-a-send application can go on such a path.
-    """
+    """(size, gso) of every table: each size as asked and, where the path fragments it (bench --mtu 1500,
+    -D over an ordinary network), again with UDP GSO at the largest unfragmented datagram, which without
+    --sizes gets its own table too: the three ways a 64 KB-a-send application can go on such a path."""
     if cfg.proto != "udp" or cfg.sweep or cfg.path_mtu is None:
         return [(size, 0) for size in cfg.sizes]
     fits = largest_datagram(cfg.path_mtu, cfg.family)
     if not cfg.sizes_given and max(cfg.sizes) > fits:
         cfg.sizes = sorted({fits, *cfg.sizes})
-    groups = []
     for size in cfg.sizes:
-        groups.append((size, 0))
         if size > fits:
             check_segments(size, fits, status=1)
-            cfg.gso = fits
-            groups.append((size, fits))
-    return groups
+    return [(size, gso) for size in cfg.sizes for gso in ((0, fits) if size > fits else (0,))]
 
 
 def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: int, payload: Payload,
@@ -4449,15 +4415,13 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
         stack.callback(sock.close)               # last: after the ring has let go of it
         if mode in SYSCALL_MODES:
             sender = SyscallSender(send_cfg, sock, payload, zerocopy=mode != "send_syscall",
-                                   poll_each=mode == "msg_zerocopy_poll")
+                                   poll_each=mode == BASELINE_MODE)
         else:
             sender = UringSender(send_cfg, sock, payload, stack)
-        ticks = None
-        if cfg.interval:
-            if not cfg.as_json:
-                progress.clear()
-                print(f"-- {label}", flush=True)
-            ticks = Intervals(cfg.interval, not cfg.as_json)
+        ticks = cfg.interval and Intervals(cfg.interval, not cfg.as_json)
+        if ticks and not cfg.as_json:
+            progress.clear()
+            print(f"-- {label}", flush=True)
 
         def on_tick(nbytes: int, requests: int) -> None:
             progress.clear()                     # an interval line replaces the progress line
@@ -4521,15 +4485,14 @@ def set_speedups(results: List[Result]) -> None:
 def crossover(results: List[Result]) -> Dict[str, Optional[int]]:
     """Per CROSSOVER_PAIRS: the smallest size from which zero-copy beats copying at every larger size.
 
-    Each side is its best row at that size (the best batch); beating means by
-    CROSSOVER_MARGIN or more. None: zero-copy did not win at the largest size.
-    A size measured both fragmented and with GSO counts by its GSO rows: that
-    is how an application would send it on this path.
+    Each side is its best row (batch) at that size; beating means by CROSSOVER_MARGIN or more. None:
+    zero-copy did not win at the largest size. A size measured both fragmented and with GSO counts by
+    its GSO rows: that is how an application would send it on this path.
     """
     with_gso = {r.size for r in results if r.gso}
     results = [r for r in results if r.gso or r.size not in with_gso]
     out: Dict[str, Optional[int]] = {}
-    for name, (zc_modes, copy_modes, _, _) in CROSSOVER_PAIRS.items():
+    for name, (zc_modes, copy_modes, _) in CROSSOVER_PAIRS.items():
         out[name] = None
         for size in sorted({r.size for r in results}, reverse=True):
             zc = [r.mb_per_s for r in results if r.size == size and r.mode in zc_modes]
@@ -4548,18 +4511,21 @@ def zc_mark(r: Result) -> str:
         return "-"                               # copies by design
     if r.zc_copied is None or not r.notifications:
         return "?"                               # the kernel cannot say (REPORT_USAGE: 6.2+)
-    if r.zc_copied:
-        return f"COPIED {100 * r.zc_copied / r.notifications:.0f}%"
-    return "yes"
-
-
-def on_cpu(r: Result) -> float:
-    """The share of the row's time this process spent on a CPU (user + sys over wall)."""
-    return (r.cpu_user_s + r.cpu_sys_s) / r.seconds
+    return f"COPIED {100 * r.zc_copied / r.notifications:.0f}%" if r.zc_copied else "yes"
 
 
 def row_state(r: Result) -> str:
     return " (interrupted)" if r.interrupted else " (failed)" if r.error else ""
+
+
+def cpu_mark(r: Result) -> str:
+    """ (on CPU n%) for a row that spent less than ON_CPU_MIN of its time on a CPU (user + sys over wall)."""
+    share = (r.cpu_user_s + r.cpu_sys_s) / r.seconds if r.seconds else 1.0
+    return f" (on CPU {share:.0%})" if share < ON_CPU_MIN else ""
+
+
+def or_dash(value: Optional[float], spec: str, unit: str = "") -> str:
+    return "-" if value is None else format(value, spec) + unit
 
 
 def bar(r: Result, rows: List[Result]) -> str:
@@ -4567,25 +4533,15 @@ def bar(r: Result, rows: List[Result]) -> str:
     return "#" * round(BAR_WIDTH * r.mb_per_s / (max(x.mb_per_s for x in rows) or 1.0))
 
 
-TABLE_HEAD = (f"{'mode':<29} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} "
-              f"{'user s':>6} {'sys s':>6} {'CPU s/GB':>8} {'sys MB/s':>8} {'sys x':>6}  zc")
-
-
 def format_table(rows: List[Result]) -> List[str]:
     """One size's rows as the RFC's table, plus CPU, the zc mark and a bar scaled to the fastest."""
-    lines = [TABLE_HEAD]
-    for r in rows:
-        speedup = "-" if r.speedup is None else f"{r.speedup:.2f}x"
-        per_gb = "-" if r.cpu_s_per_gb is None else f"{r.cpu_s_per_gb:.3f}"
-        state = row_state(r)
-        if r.seconds and on_cpu(r) < ON_CPU_MIN:
-            state += f" (on CPU {on_cpu(r):.0%})"
-        sys_rate = "-" if r.mb_per_sys_s is None else f"{r.mb_per_sys_s:.0f}"
-        sys_x = "-" if r.sys_speedup is None else f"{r.sys_speedup:.2f}x"
-        lines.append(f"{MODE_LABELS[r.mode]:<29} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
-                     f"{speedup:>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} {per_gb:>8} {sys_rate:>8} "
-                     f"{sys_x:>6}  {zc_mark(r):<11} {bar(r, rows)}{state}")
-    return lines
+    return [f"{'mode':<29} {'batch':>5} {'MB/s':>8} {'Gbit/s':>7} {'speedup':>7} {'user s':>6} {'sys s':>6} "
+            f"{'CPU s/GB':>8} {'sys MB/s':>8} {'sys x':>6}  zc"] + [
+        f"{MODE_LABELS[r.mode]:<29} {r.batch:>5} {r.mb_per_s:>8.0f} {r.gbit_per_s:>7.2f} "
+        f"{or_dash(r.speedup, '.2f', 'x'):>7} {r.cpu_user_s:>6.2f} {r.cpu_sys_s:>6.2f} "
+        f"{or_dash(r.cpu_s_per_gb, '.3f'):>8} {or_dash(r.mb_per_sys_s, '.0f'):>8} "
+        f"{or_dash(r.sys_speedup, '.2f', 'x'):>6}  {zc_mark(r):<11} {bar(r, rows)}{row_state(r)}{cpu_mark(r)}"
+        for r in rows]
 
 
 def bench_header(cfg: BenchConfig, dst: str, sink: Optional[Sink]) -> List[str]:
@@ -4613,9 +4569,8 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> Lis
              "CPU s/GB: (user + sys) per 2^30 bytes sent. zc: yes = every completion said zero-copy; "
              "COPIED = the kernel copied instead; ? = this kernel cannot say; - = a copying mode."]
     notes = [
-        (any(r.zc_copied for r in results),
-         "note: COPIED rows were not zero-copy: a receiver on this host (loopback, veth) "
-         "always copies, and so does a path whose MTU fragments the packet."),
+        (any(r.zc_copied for r in results), "note: COPIED rows were not zero-copy: a receiver on this host "
+         "(loopback, veth) always copies, and so does a path whose MTU fragments the packet."),
         (any(r.gso for r in results),
          "GSO tables: each send is one request that the kernel cuts into datagrams that "
          "fit the path (UDP_SEGMENT): no IP fragments, so zero-copy holds where the "
@@ -4623,7 +4578,7 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> Lis
         (enobufs, f"note: {enobufs} MSG_ZEROCOPY sends met ENOBUFS (unread completions filled "
                   f"net.core.optmem_max); each was retried after reading the error queue."),
         (eagain, f"note: {eagain} sends found the socket buffer full (EAGAIN) and waited."),
-        (any(r.seconds and on_cpu(r) < ON_CPU_MIN for r in results),
+        (any(map(cpu_mark, results)),
          f"note: rows marked (on CPU n%) ran on a CPU less than {ON_CPU_MIN:.0%} of "
          f"their time (other load on this host, or waiting for the receiver): their "
          f"MB/s understates them, their CPU s/GB does not."),
@@ -4637,12 +4592,8 @@ def bench_footer(results: List[Result], sizes: List[int], complete: bool) -> Lis
     lines += [line for show, line in notes if show]
     if len(sizes) > 1 and complete:
         for name, size in crossover(results).items():
-            if size is None:
-                where = "not at any size measured"
-            elif size == min(sizes):
-                where = f"at every size measured (from {size} B; the crossover is at or below it)"
-            else:
-                where = f"from {size} B"
+            where = ("not at any size measured" if size is None else f"from {size} B" if size > min(sizes)
+                     else f"at every size measured (from {size} B; the crossover is at or below it)")
             lines.append(f"  {CROSSOVER_PAIRS[name][2]}: {where}")
     return lines
 
@@ -4672,12 +4623,10 @@ def format_sweep(rows: List[Result]) -> List[str]:
 
 # --- The chart: --svg ------------------------------------------------------------
 #
-# The rows of the tables, drawn: one SVG file with nothing outside it (no
-# script, web font or style sheet), written as escaped text from the rows
-# alone: a mode this section has never heard of is one more bar or line. Each
-# bar and point carries its row's values in data-* attributes, exactly as its
-# JSON row has them, and in a <title>, which a browser shows on hover; so a
-# script, and the tests, can read the chart back and hold it against --json.
+# The rows of the tables, drawn: one SVG file with nothing outside it (no script,
+# web font or style sheet). Each bar and point carries its row's values in data-*
+# attributes, exactly as its JSON row has them, and in a <title> (a browser shows
+# it on hover), so a script, and the tests, can hold the chart against --json.
 #   one size   a bar per row, as the table's bars, coloured by the zc column
 #   --sizes    MB/s and CPU s/GB against the payload size, a line per row label
 #   --sweep    MB/s and the user share against the batch, a line per mode, per size
@@ -4687,8 +4636,6 @@ SVG_LEFT, SVG_RIGHT = 80, 24         # px: room for tick labels left of a panel,
 SVG_PANEL_HEIGHT, SVG_PANEL_GAP = 260, 110   # px: a line panel's plot; from it to the next (labels, title)
 SVG_BAR, SVG_BAR_GAP = 18, 6         # px: one bar, and the space under it
 SVG_BAR_LABELS, SVG_BAR_TEXT = 250, 210   # px: row labels left of the bars; figures after the longest
-# An axis runs from the least value / SVG_LOG_PAD to the most * SVG_LOG_PAD (log), or 0 to the most * 1.08.
-SVG_LOG_PAD, SVG_LINEAR_PAD = 1.3, 1.08
 # Told apart by most eyes, colour-blind ones too (Tableau 10, in its order).
 SVG_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#b07aa1", "#76b7b2", "#9c755f", "#ff9da7",
               "#edc948", "#e15759", "#bab0ac")
@@ -4716,10 +4663,8 @@ class Svg:
         self.parts: List[str] = []
 
     def add(self, tag: str, text: str = "", title: str = "", **attrs) -> None:
-        """<tag attrs>text</tag>; class_ is class, font_size font-size; title: the hover text.
-
-        A float is pixels, to 0.1 px; a row's value (data_*) is written as its JSON row has it.
-        """
+        """<tag attrs>text</tag>, title its hover text; class_ is class, font_size font-size. A float is
+        pixels, to 0.1 px; a row's value (data_*) is written as its JSON row has it."""
         a = "".join(f" {k.rstrip('_').replace('_', '-')}="
                     + quoteattr(f"{v:.1f}" if isinstance(v, float) and not k.startswith("data_") else str(v))
                     for k, v in attrs.items() if v is not None)
@@ -4757,18 +4702,16 @@ class SvgAxis:
 
     @classmethod
     def holding(cls, values: List[Optional[float]], log: bool, px0: float, px1: float) -> "SvgAxis":
-        """An axis that holds values: from 0 (linear), or padded both ways (log)."""
+        """An axis that holds values: from 0 to the most * 1.08 (linear), or padded by 1.3 both ways (log)."""
         positive = [v for v in values if v is not None and v > 0] or [1.0]
         if log:
-            return cls(min(positive) / SVG_LOG_PAD, max(positive) * SVG_LOG_PAD, True, px0, px1)
-        return cls(0.0, max(positive) * SVG_LINEAR_PAD, False, px0, px1)
+            return cls(min(positive) / 1.3, max(positive) * 1.3, True, px0, px1)
+        return cls(0.0, max(positive) * 1.08, False, px0, px1)
 
     def __call__(self, v: float) -> float:
         v = min(max(v, self.lo), self.hi)       # a 0 (a row that sent nothing) sits on the axis
-        if self.log:
-            t = math.log(v / self.lo) / math.log(self.hi / self.lo)
-        else:
-            t = (v - self.lo) / ((self.hi - self.lo) or 1)
+        t = (math.log(v / self.lo) / math.log(self.hi / self.lo) if self.log
+             else (v - self.lo) / ((self.hi - self.lo) or 1))
         return self.px0 + t * (self.px1 - self.px0)
 
     def ticks(self) -> List[float]:
@@ -4792,7 +4735,7 @@ def svg_zc(r: Result) -> Tuple[str, str, str]:
 
 def svg_name(r: Result) -> str:
     """A row's name in the chart: its mode as the table names it, its batch, and a GSO segment if any."""
-    return f"{MODE_LABELS.get(r.mode, r.mode)}, batch {r.batch}" + (f", GSO {r.gso} B" if r.gso else "")
+    return f"{MODE_LABELS[r.mode]}, batch {r.batch}" + (f", GSO {r.gso} B" if r.gso else "")
 
 
 def svg_value(r: Result, field: str) -> Optional[float]:
@@ -4831,10 +4774,8 @@ def svg_xaxis(svg: Svg, x: SvgAxis, top: float, bottom: float, label: str, ticks
 
 def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str, left: float, right: float,
               top: float, log: bool, title: str, xlabel: str, ylabel: str) -> Tuple[SvgAxis, SvgAxis]:
-    """A panel of a line per series through its points, x on a log scale; returns its axes.
-
-    Each point is a marker shaped by its zc verdict, carrying its row's data; a user share runs 0-100 %.
-    """
+    """A panel of a line per series through its points, x on a log scale; returns its axes. Each point
+    is a marker shaped by its zc verdict, carrying its row's data; a user share runs 0-100 %."""
     field, unit = SVG_PANELS[panel]
     values = [svg_value(r, field) for _, mine, _, _ in series for r in mine]
     xticks = sorted({x_of(r) for _, mine, _, _ in series for r in mine})
@@ -4866,10 +4807,8 @@ def svg_panel(svg: Svg, series: list, x_of: Callable[[Result], int], panel: str,
 
 def svg_legend(svg: Svg, top: float, entries: List[Tuple[str, str, Optional[str], str]],
                series: list = ()) -> float:
-    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker. Returns the bottom.
-
-    A chart of lines has its series first, then its markers.
-    """
+    """(kind, colour or shape, dash, words) in two columns: kind line, box or marker; a chart of lines
+    has its series first, then its markers. Returns the bottom."""
     markers = [("marker", shape, None, f"marker: {words}") for _, shape, words in SVG_ZC.values()]
     entries = [("line", color, dash, name + (" (the baseline)" if mine[0].mode == BASELINE_MODE else ""))
                for name, mine, color, dash in series] + (markers if series else []) + entries
@@ -4913,9 +4852,8 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
         speedup = "" if r.speedup is None else f" {r.speedup:.2f}x"
         svg.text(x(mb) + 6, plot_top + i * (SVG_BAR + SVG_BAR_GAP) + 13,
                  f"{mb:.0f} MB/s{speedup}  zc {zc_mark(r)}{row_state(r)}", class_="bar-value", **SVG_HALO)
-    legend = [("box", color, None, words) for color, _, words in SVG_ZC.values()]
-    legend.append(("line", SVG_BASELINE[0], SVG_BASELINE[1], "the MSG_ZEROCOPY baseline's rate"))
-    return svg_legend(svg, bottom + 64, legend)
+    return svg_legend(svg, bottom + 64, [("box", color, None, words) for color, _, words in SVG_ZC.values()]
+                      + [("line", *SVG_BASELINE, "the MSG_ZEROCOPY baseline's rate")])
 
 
 def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
@@ -4928,8 +4866,8 @@ def svg_sizes(svg: Svg, top: float, results: List[Result]) -> float:
         for i, (pair, size) in enumerate(crossover(results).items()):
             if n == 0:      # words under the panel: inside, they would cover the points at the large sizes
                 where = "at no size measured" if size is None else f"from {size} B (dotted line)"
-                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {CROSSOVER_PAIRS[pair][3]} {where}",
-                         class_="crossover-label")
+                beats = CROSSOVER_PAIRS[pair][2].replace(" vs ", " beats ")
+                svg.text(x.px0, y.px0 + 54 + 15 * i, f"crossover: {beats} {where}", class_="crossover-label")
             if size is None:
                 svg.add("g", class_="crossover", data_pair=pair, data_size="none")
                 continue
@@ -4947,7 +4885,7 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
     half = (SVG_WIDTH - SVG_LEFT - SVG_RIGHT) / 2
     xlabel = "batch: requests per io_uring_enter (log scale)"
     for size in dict.fromkeys(r.size for r in results):
-        series = svg_series([r for r in results if r.size == size], lambda r: MODE_LABELS.get(r.mode, r.mode))
+        series = svg_series([r for r in results if r.size == size], lambda r: MODE_LABELS[r.mode])
         x, y = svg_panel(svg, series, lambda r: r.batch, "mb", SVG_LEFT, SVG_LEFT + half - 40, top, False,
                          f"{size} B per send: throughput", xlabel, "MB/s")
         svg_panel(svg, series, lambda r: r.batch, "user", SVG_LEFT + half + 40, SVG_WIDTH - SVG_RIGHT, top,
@@ -4963,7 +4901,7 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
             svg.text(cx + (-12 if right_half else 12), cy + 24, f"knee: batch {low.batch}", fill=color,
                      text_anchor="end" if right_half else "start", class_="knee-label", **SVG_HALO)
         top += SVG_PANEL_HEIGHT + SVG_PANEL_GAP
-    series = svg_series(results, lambda r: MODE_LABELS.get(r.mode, r.mode))
+    series = svg_series(results, lambda r: MODE_LABELS[r.mode])
     mark = ("line", "#555555", None, f"ring: the knee, the smallest batch within {1 - KNEE_MARGIN:.0%} "
                                      f"of the mode's best")
     return svg_legend(svg, top - 16, [mark], series)
@@ -4971,12 +4909,9 @@ def svg_sweep(svg: Svg, top: float, results: List[Result]) -> float:
 
 def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str:
     """The whole chart: a title, the table's header lines, the panels of this form, a legend."""
-    if cfg.sweep:
-        title = "sendzc bench --sweep: io_uring SEND_ZC against the batch size, with and without SQPOLL"
-    elif len(cfg.sizes) > 1:
-        title = "sendzc bench: every way to send, against the payload size"
-    else:
-        title = f"sendzc bench: every way to send, {cfg.sizes[0]} B per send"
+    title = ("sendzc bench --sweep: io_uring SEND_ZC against the batch size, with and without SQPOLL"
+             if cfg.sweep else "sendzc bench: every way to send, against the payload size"
+             if len(cfg.sizes) > 1 else f"sendzc bench: every way to send, {cfg.sizes[0]} B per send")
     svg = Svg()
     svg.text(16, 28, title, font_size=17, font_weight="bold", class_="title")
     y = 50.0
@@ -5007,17 +4942,13 @@ def print_bench(cfg: BenchConfig, results: List[Result], complete: bool) -> None
     """The tables, one per size, headed by how the path carries it; then what the columns mean."""
     for size, gso in cfg.groups:
         rows = [r for r in results if r.size == size and (r.gso or 0) == gso]
-        n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
         if not rows:
             continue
-        if gso:
-            print(f"\n{size} B per send, UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} "
-                  f"datagrams per send")
-        elif n > 1 and not cfg.sweep:
-            print(f"\n{size} B per send, fragmented: {n} IP fragments each at MTU {cfg.path_mtu}")
-        else:
-            print(f"\n{size} B per send")
-        print("\n".join(format_sweep(rows) if cfg.sweep else format_table(rows)))
+        n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
+        how = (f", UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} datagrams per send" if gso
+               else f", fragmented: {n} IP fragments each at MTU {cfg.path_mtu}" if n > 1 and not cfg.sweep
+               else "")
+        print(f"\n{size} B per send{how}", *(format_sweep if cfg.sweep else format_table)(rows), sep="\n")
     if cfg.sweep:
         print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
@@ -5031,25 +4962,21 @@ def bench_main(argv: List[str]) -> int:
     a = bench_parser().parse_args(argv)
     cfg = bench_config(a)
     with ExitStack() as stack:
-        sink = None
-        if cfg.addr is None:
-            sink = stack.enter_context(private_sink(cfg.qdisc, cfg.mtu))
+        sink = stack.enter_context(private_sink(cfg.qdisc, cfg.mtu)) if cfg.addr is None else None
         dst = cfg.addr or (SINK_DST6 if cfg.family == socket.AF_INET6 else SINK_DST4)
-        if cfg.proto == "udp":
-            cfg.path_mtu = probe_path_mtu(cfg.family, dst, cfg.port)
+        cfg.path_mtu = probe_path_mtu(cfg.family, dst, cfg.port) if cfg.proto == "udp" else None
         cfg.groups = bench_groups(cfg)
         if not cfg.as_json:
             print("\n".join(bench_header(cfg, dst, sink)), flush=True)
         results, failure = run_bench(cfg, dst)
-    # Back in our own namespace; nothing holds the private one any more: report.
-    # A crossover is a claim about every size: over a run that Ctrl-C or an
-    # error ended early, it would judge sizes never measured.
+    # Back home, nothing holds the private namespace any more: report. A crossover is a claim about
+    # every size: over a run that Ctrl-C or an error ended early, it would judge sizes never measured.
     complete = failure is None and not STOP.requested
     if cfg.as_json:
         params = {"proto": cfg.proto, "family": family_name(cfg.family), "addr": dst, "port": cfg.port,
                   "sizes": cfg.sizes, "batches": cfg.batches, "seconds": cfg.seconds,
                   "interval": cfg.interval, "entries": BENCH_ENTRIES, "sweep": cfg.sweep,
-                  "mtu": cfg.path_mtu, "gso": cfg.gso or None,
+                  "mtu": cfg.path_mtu, "gso": max(gso for _, gso in cfg.groups) or None,
                   "sink": None if sink is None else {**vars(sink), "netns": "private"}}
         extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
         print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
@@ -5088,15 +5015,14 @@ def bench_parser() -> argparse.ArgumentParser:
                            "(root) or to a receiver (-D).",
                epilog="`sudo python3 sendzc.py` with no arguments runs this with its defaults.")
     add_common(p)
-    p.add_argument("-D", dest="addr", metavar="ADDR",
-                   help="send to a receiver at ADDR (running `sendzc.py rx`) instead of the private "
-                        "sink; needs no root")
-    p.add_argument("-t", dest="seconds", type=positive_float, default=None,
+    p.add_argument("-D", dest="addr", metavar="ADDR", help="send to a receiver at ADDR (running "
+                   "`sendzc.py rx`) instead of the private sink; needs no root")
+    p.add_argument("-t", dest="seconds", type=positive_float,
                    help=f"seconds per row (default {BENCH_SECONDS:g})")
-    p.add_argument("-s", "--sizes", type=int_list, default=None, metavar="SIZES",
+    p.add_argument("-s", "--sizes", type=int_list, metavar="SIZES",
                    help=f"payload sizes, comma-separated, one table each, and where zero-copy starts "
                         f"to pay (default {','.join(map(str, BENCH_SIZES))})")
-    p.add_argument("--batches", type=int_list, default=None, metavar="NR_REQS",
+    p.add_argument("--batches", type=int_list, metavar="NR_REQS",
                    help=f"io_uring requests per io_uring_enter, comma-separated (default "
                         f"{','.join(map(str, BENCH_BATCHES))}, the RFC's)")
     p.add_argument("--sweep", action="store_true",
@@ -5107,22 +5033,20 @@ def bench_parser() -> argparse.ArgumentParser:
     p.add_argument("--qdisc", metavar="QDISC",
                    help=f"the sink's root qdisc (default {DEFAULT_QDISC}, as on a dummy device; "
                         f"'{KEEP_QDISC}' keeps the kernel's choice, net.core.default_qdisc)")
-    p.add_argument("--mtu", type=mtu_value, default=None,
+    p.add_argument("--mtu", type=mtu_value,
                    help=f"the private sink's MTU (default {SINK_MTU}); below a size, that size is "
                         f"measured again with UDP GSO, and without --sizes the largest unfragmented "
                         f"datagram gets a table too")
     p.add_argument("proto", nargs="?", type=protocol(*p.protocols), default="udp", metavar="{udp,tcp}",
                    help="what to send (default udp; tcp needs -D)")
-    p.add_argument("--svg", metavar="FILE", type=svg_file,
-                   help="also draw the results into FILE, an SVG chart a browser opens: bars for one "
-                        "size, lines against --sizes or the --sweep's batches")
+    p.add_argument("--svg", metavar="FILE", type=svg_file, help="also draw the results into FILE, an SVG "
+                   "chart a browser opens: bars for one size, lines against --sizes or the --sweep's batches")
     return p
 
 
 def bench_config(a: argparse.Namespace) -> BenchConfig:
     """Check bench's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
-    sizes_given = a.sizes is not None
     sizes = a.sizes or list(SWEEP_SIZES if a.sweep else BENCH_SIZES)
     batches = a.batches or list(SWEEP_BATCHES if a.sweep else BENCH_BATCHES)
     if a.addr is None and a.proto == "tcp":
@@ -5141,9 +5065,8 @@ def bench_config(a: argparse.Namespace) -> BenchConfig:
                          f"entries ({BENCH_ENTRIES}): keep every batch at {BENCH_ENTRIES} or less")
     return BenchConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, sizes=sizes, batches=batches,
                        seconds=a.seconds or (SWEEP_SECONDS if a.sweep else BENCH_SECONDS),
-                       interval=a.interval, as_json=a.json,
-                       qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep, mtu=a.mtu or SINK_MTU,
-                       sizes_given=sizes_given)
+                       interval=a.interval, as_json=a.json, qdisc=a.qdisc or DEFAULT_QDISC, sweep=a.sweep,
+                       mtu=a.mtu or SINK_MTU, sizes_given=a.sizes is not None)
 
 
 TCP_NEEDS_A_PEER = ("tcp needs a peer that acknowledges, and the private sink drops everything: "
@@ -5152,12 +5075,10 @@ TCP_NEEDS_A_PEER = ("tcp needs a peer that acknowledges, and the private sink dr
 
 def check_sink_mtu(mtu: Optional[int], addr: Optional[str], family: int) -> None:
     """--mtu belongs to the private sink: not with -D, and not below IPv6's minimum with -6."""
-    if mtu is None:
-        return
-    if addr is not None:
+    if mtu is not None and addr is not None:
         raise UsageError("--mtu with -D: --mtu sets the private sink's MTU, and -D sends over this "
                          "host's own path, whose MTU is its route's: drop one of the two")
-    if family == socket.AF_INET6 and mtu < IPV6_MIN_MTU:
+    if mtu is not None and family == socket.AF_INET6 and mtu < IPV6_MIN_MTU:
         raise UsageError(f"--mtu {mtu} with -6: IPv6 needs an MTU of {IPV6_MIN_MTU} or more: "
                          f"give --mtu {IPV6_MIN_MTU} or more, or send IPv4")
 
