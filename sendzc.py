@@ -5447,7 +5447,7 @@ class Parser(argparse.ArgumentParser):
 
     With options like -4 and -6, argparse reads "-t -1" as two options and says
     "expected one argument", hiding what is wrong with -1: parse_known_args()
-    glues such a value to its option ("-t=-1"). error() adds a fix to argparse's messages.
+    glues such a value to its option ("-t=-1").
     """
 
     def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
@@ -5477,12 +5477,10 @@ class Parser(argparse.ArgumentParser):
                 break
             takes_one = word in options and options[word].nargs is None      # a store: exactly one value
             value = next(words, None) if takes_one else None
-            if value is None:
-                glued.append(word)
-            elif value.startswith("-") and value not in options:
+            if value is not None and value.startswith("-") and value not in options:
                 glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
             else:
-                glued += [word, value]
+                glued += [word] if value is None else [word, value]
         self._bad_value = None
         return super().parse_known_args(glued, namespace)
 
@@ -5490,9 +5488,8 @@ class Parser(argparse.ArgumentParser):
         if self._bad_value:                    # a check said what is wrong and what to give
             raise UsageError(self._bad_value)
         if message.startswith("the following arguments are required:") and self.protocols:
-            example = " ".join(["python3", self.prog, *map(shlex.quote, self._argv), self.protocols[0]])
             raise UsageError(f"no protocol given: end the command with {or_list(self.protocols)}, "
-                             f"e.g. `{example}`")
+                             f"e.g. `{command([*self._argv, self.protocols[0]], self.prog)}`")
         if message.endswith(": expected one argument") and message.startswith("argument "):
             option = message[len("argument "):-len(": expected one argument")].split("/")[-1]
             raise UsageError(f"{option} needs a value: put it right after {option} "
@@ -5503,6 +5500,10 @@ class Parser(argparse.ArgumentParser):
 def or_list(words: Tuple[str, ...]) -> str:
     """'udp, tcp or raw'."""
     return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def command(argv: List[str], prog: str = "sendzc.py") -> str:
+    return " ".join(["python3", prog, *map(shlex.quote, argv)])
 
 
 def protocol(*names: str) -> Callable[[str], str]:
@@ -5653,6 +5654,14 @@ def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
                      f"but {flag} was given: drop {flag} (the address says which)")
 
 
+# What --pool cannot be combined with: the reference sender is SEND_ZC from
+# its own buffers over one ring, one CQE at a time, and nothing else.
+POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.sendmsg),
+                 ("-f", lambda a: a.flush), ("--trace", lambda a: a.trace),
+                 ("-n", lambda a: a.flows > 1), ("--sqpoll", lambda a: a.sqpoll),
+                 ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
+
+
 def sender_config(a: argparse.Namespace) -> SendConfig:
     """Check the sender's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
@@ -5683,42 +5692,27 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                          "sends without them: drop one of the two")
     if a.gso > 0:
         check_segments(a.size, a.gso)
-    check_pool_options(a)
-    return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
-                      batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
-                      flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
-                      sqpoll=a.sqpoll, flows=a.flows, gso=a.gso, mtu=a.mtu or SINK_MTU,
-                      pool=a.pool, break_contract=a.break_contract)
-
-
-# What --pool cannot be combined with: the reference sender is SEND_ZC from
-# its own buffers over one ring, one CQE at a time, and nothing else.
-POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.sendmsg),
-                 ("-f", lambda a: a.flush), ("--trace", lambda a: a.trace),
-                 ("-n", lambda a: a.flows > 1), ("--sqpoll", lambda a: a.sqpoll),
-                 ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
-
-
-def check_pool_options(a: argparse.Namespace) -> None:
-    """--pool and --break-contract against the other options; UsageError names the mistake."""
     if a.break_contract and not a.pool:
         raise UsageError("--break-contract without --pool: it breaks the reference sender's rule; "
                          "add --pool N")
-    if not a.pool:
-        return
-    for flag, given in POOL_EXCLUDES:
+    for flag, given in POOL_EXCLUDES if a.pool else ():
         if given(a):
             raise UsageError(f"--pool with {flag}: the reference sender sends SEND_ZC from its own "
                              f"buffers over one ring, one CQE at a time: drop {flag}")
     if a.pool > a.entries:
         raise UsageError(f"--pool {a.pool}: more buffers than the ring has entries ({a.entries}): "
                          f"raise --entries or lower --pool")
-    if a.size < STAMP.size:
+    if a.pool and a.size < STAMP.size:
         raise UsageError(f"--pool with -s {a.size}: every {STAMP.size} bytes of a pool request "
                          f"carry its stamp: give -s {STAMP.size} or more")
-    if a.proto == "raw":
+    if a.pool and a.proto == "raw":
         raise UsageError("--pool with raw: Linux sends zero-copy only from TCP and UDP sockets: "
                          "send udp or tcp")
+    return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
+                      batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
+                      flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
+                      sqpoll=a.sqpoll, flows=a.flows, gso=a.gso, mtu=a.mtu or SINK_MTU,
+                      pool=a.pool, break_contract=a.break_contract)
 
 
 def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
@@ -5748,10 +5742,9 @@ def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
 
 def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
     """The seed's main(): one sender (or -n N of them, or --pool's), one result."""
+    trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
     if cfg.flows > 1:
-        # Every flow's trace goes where a single run's goes: stderr under
-        # --json, so that stdout stays one JSON document.
-        flows, total = run_flows(cfg, sys.stderr if as_json else sys.stdout)
+        flows, total = run_flows(cfg, trace_out)
         return report_send(cfg, total, as_json, flows)
     if cfg.pool:
         return run_pool_sender(cfg, as_json)
@@ -5761,7 +5754,7 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         payload = Payload(cfg.size, cfg.gso)
         stack.callback(payload.close)           # after the ring (below) has let go of it
         sender = UringSender(cfg, sock, payload, stack)
-        sender.trace_out = sys.stderr if as_json else sys.stdout
+        sender.trace_out = trace_out
         ticks = Intervals(interval, not as_json) if interval else None
 
         def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
@@ -5794,14 +5787,11 @@ def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[
     return 130 if result.interrupted else 0
 
 
-SENDER_PARAMS = ("proto family addr port size batch zc fixed_buf sendmsg flush entries seconds flows "
-                 "sqpoll gso path_mtu sink pool break_contract").split()
-
-
 def sender_params(cfg: SendConfig) -> dict:
     """The sender's params in its --json document."""
-    params = {name: getattr(cfg, name) for name in SENDER_PARAMS}
-    return dict(params, family=family_name(cfg.family), gso=cfg.gso or None)
+    names = ("proto family addr port size batch zc fixed_buf sendmsg flush entries seconds flows "
+             "sqpoll gso path_mtu sink pool break_contract").split()
+    return dict({name: getattr(cfg, name) for name in names}, family=family_name(cfg.family), gso=cfg.gso or None)
 
 
 # --- --probe: what this kernel offers ----------------------------------------
@@ -5853,8 +5843,9 @@ def probe_main(argv: List[str]) -> int:
 
 def kernel_capabilities() -> dict:
     """What this kernel's io_uring offers (--probe's JSON object); what is missing, and why."""
+    missing: List[str] = []
     caps = {"kernel": platform.release(), "machine": platform.machine(),
-            "io_uring_disabled": read_io_uring_disabled(), "missing": []}
+            "io_uring_disabled": read_io_uring_disabled(), "missing": missing}
     # First, before any other ring: a closed ring's locked memory is given back
     # by a kernel worker a moment later, and would make the limit look lower.
     limits = zero_copy_limits()
@@ -5864,49 +5855,43 @@ def kernel_capabilities() -> dict:
         return dict(caps, missing=["io_uring_setup"],
                     setup_error=setup_error(e) if isinstance(e, OSError) else str(e))
     try:
-        return _ring_capabilities(caps, ring, limits)
+        with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
+            probe = ring.probe()
+            caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
+            caps["registered_ring_fd"] = ring.register_ring_fd()
+            for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
+                                   ("registered_buffers",
+                                    lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
+                try:
+                    register()
+                    caps[what] = True
+                except OSError as e:
+                    caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+                    missing.append(what.replace("_", " "))
+        caps["setup_flags"] = {}
+        for name, flag in PROBED_SETUP_FLAGS.items():
+            try:
+                Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
+                     attempts=(0,)).close()
+                caps["setup_flags"][name] = True
+            except OSError as e:
+                caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
+        try:
+            caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+        except OSError as e:    # its ring refused: ENOMEM, with little locked memory (see "limits")
+            if getattr(e, "syscall", None) in ("io_uring_register", "io_uring_enter"):
+                raise           # a seccomp filter: below
+            caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
+        if not probe.has(IORING_OP_SEND_ZC):
+            missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+        caps["newer"] = newer_features(probe)
     except OSError as e:
         # A ring, but io_uring_register or io_uring_enter refused (a seccomp
         # profile that allows only setup): what we learnt, and that line.
         if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
             raise
-        return dict(caps, missing=caps["missing"] + [e.syscall], setup_error=oserror_line(e))
-
-
-def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
-    """kernel_capabilities(), from the first ring on: register, enter, the setup flags."""
-    missing = caps["missing"]
-    with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
-        probe = ring.probe()
-        caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
-        caps["registered_ring_fd"] = ring.register_ring_fd()
-        for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
-                               ("registered_buffers",
-                                lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
-            try:
-                register()
-                caps[what] = True
-            except OSError as e:
-                caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
-                missing.append(what.replace("_", " "))
-    caps["setup_flags"] = {}
-    for name, flag in PROBED_SETUP_FLAGS.items():
-        try:
-            Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
-                 attempts=(0,)).close()
-            caps["setup_flags"][name] = True
-        except OSError as e:
-            caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
-    try:
-        caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
-    except OSError as e:        # its ring refused: ENOMEM, with little locked memory (see "limits")
-        if getattr(e, "syscall", None) in ("io_uring_register", "io_uring_enter"):
-            raise               # a seccomp filter: kernel_capabilities() says which call
-        caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
-    if not probe.has(IORING_OP_SEND_ZC):
-        missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
-    caps["newer"] = newer_features(probe)
+        return dict(caps, missing=missing + [e.syscall], setup_error=oserror_line(e))
     caps["limits"] = limits
     if not limits["memlock"]["ok"]:
         missing.append("locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)")
@@ -6299,10 +6284,6 @@ def dispatch(argv: List[str]) -> int:
     check_bench_options(argv, parser)
     a = parser.parse_args(argv)
     return send_main(sender_config(a), a.json, a.interval)
-
-
-def command(argv: List[str]) -> str:
-    return " ".join(["python3", "sendzc.py", *map(shlex.quote, argv)])
 
 
 def check_bench_options(argv: List[str], sender: argparse.ArgumentParser) -> None:
