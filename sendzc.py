@@ -5715,8 +5715,11 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                       pool=a.pool, break_contract=a.break_contract)
 
 
-def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The sender: with no -D, into the private sink bench makes; over UDP, the path's MTU first."""
+def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
+    """The seed's main(): one sender (or -n N of them, or --pool's), one result.
+
+    With no -D, into the private sink bench makes; over UDP, the path's MTU first.
+    """
     with ExitStack() as stack:
         if cfg.addr is None:
             hint = (f"or send to a receiver instead, with no private sink and no root: "
@@ -5737,18 +5740,12 @@ def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
             warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
             if warning:
                 print(f"sendzc: {warning}", file=sys.stderr, flush=True)
-        return run_sender(cfg, as_json, interval)
-
-
-def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The seed's main(): one sender (or -n N of them, or --pool's), one result."""
-    trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
-    if cfg.flows > 1:
-        flows, total = run_flows(cfg, trace_out)
-        return report_send(cfg, total, as_json, flows)
-    if cfg.pool:
-        return run_pool_sender(cfg, as_json)
-    with ExitStack() as stack:
+        trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
+        if cfg.flows > 1:
+            flows, total = run_flows(cfg, trace_out)
+            return report_send(cfg, total, as_json, flows)
+        if cfg.pool:
+            return run_pool_sender(cfg, as_json)
         sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
         stack.callback(sock.close)
         payload = Payload(cfg.size, cfg.gso)
@@ -5766,7 +5763,7 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         if ticks:                               # the last, partial interval
             on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
             result.intervals = ticks.rows
-    return report_send(cfg, result, as_json)
+        return report_send(cfg, result, as_json)
 
 
 def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[List[Result]] = None) -> int:
@@ -6066,7 +6063,6 @@ def memlock_room() -> dict:
     Without CAP_IPC_LOCK both count against the limit.
     """
     cfg = SendConfig()
-    value = memlock_limit()
     payload = Payload(cfg.size)
     need = f"{payload.length >> 10} KiB registered buffer and a ring of {cfg.entries} entries"
     fix = ("raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
@@ -6075,27 +6071,25 @@ def memlock_room() -> dict:
         with Ring(cfg.entries, cq_entries=4 * cfg.entries) as ring:
             ring.register_buffers([(payload.addr, payload.length)])
     except OSError as e:
-        if e.errno != errno.ENOMEM:
-            return limit(False, value, need, f"not asked: {e.strerror}", fix)
         step = "the ring" if getattr(e, "syscall", None) == "io_uring_setup" else "the registered buffer"
-        return limit(False, value, need, f"too low: {step} did not fit (ENOMEM)", fix)
+        ok, answer = False, (f"too low: {step} did not fit (ENOMEM)" if e.errno == errno.ENOMEM
+                             else f"not asked: {e.strerror}")
+    else:
+        ok, answer = True, ("not counted: this process has CAP_IPC_LOCK" if has_cap(CAP_IPC_LOCK)
+                            else "the ring and the registered buffer fit")
     finally:
         payload.close()
-    if has_cap(CAP_IPC_LOCK):
-        return limit(True, value, need, "not counted: this process has CAP_IPC_LOCK", fix)
-    return limit(True, value, need, "the ring and the registered buffer fit", fix)
+    return limit(ok, memlock_limit(), need, answer, fix)
 
 
 def optmem_room() -> dict:
     """net.core.optmem_max (this network namespace's) against MSG_ZEROCOPY_OPTMEM."""
     value = read_sysctl("net/core/optmem_max")
-    fix = f"`sysctl -w net.core.optmem_max={MSG_ZEROCOPY_OPTMEM}` as root"
-    if value is None:
-        return limit(False, None, MSG_ZEROCOPY_OPTMEM, "unreadable (/proc/sys/net/core/optmem_max)", fix)
-    if value < MSG_ZEROCOPY_OPTMEM:
-        return limit(False, value, MSG_ZEROCOPY_OPTMEM, "short: MSG_ZEROCOPY sends will meet ENOBUFS "
-                     "and wait for completions", fix)
-    return limit(True, value, MSG_ZEROCOPY_OPTMEM, "room for MSG_ZEROCOPY's completions", fix)
+    answer = ("unreadable (/proc/sys/net/core/optmem_max)" if value is None else
+              "short: MSG_ZEROCOPY sends will meet ENOBUFS and wait for completions"
+              if value < MSG_ZEROCOPY_OPTMEM else "room for MSG_ZEROCOPY's completions")
+    return limit(value is not None and value >= MSG_ZEROCOPY_OPTMEM, value, MSG_ZEROCOPY_OPTMEM, answer,
+                 f"`sysctl -w net.core.optmem_max={MSG_ZEROCOPY_OPTMEM}` as root")
 
 
 def udp_segment_room() -> dict:
@@ -6170,13 +6164,8 @@ def describe_capabilities(caps: dict) -> List[str]:
 #
 # SIGTERM (`timeout`, `kill`, a job scheduler) and SIGHUP (the terminal went
 # away) mean what Ctrl-C means: stop, and print what was measured. The exit
-# status says which: 130 for SIGINT, as a shell reports it, 128+N for
-# signal N otherwise (143, 129), as a shell reports a process it killed.
-STOP_SIGNALS = EARLY_SIGNALS
-
-
-def signal_status(signum: int) -> int:
-    return 130 if signum == signal.SIGINT else 128 + signum
+# status says which: 128+N for signal N, as a shell reports a process it
+# killed: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP.
 
 
 def signal_label(signum: int) -> str:
@@ -6215,44 +6204,46 @@ def main(argv: Optional[List[str]] = None) -> int:
     for usage, 1 for the system), Ctrl-C is 130 (SIGTERM, SIGHUP: 128+N),
     any other OSError one line naming the call and the errno (1); anything
     else is a bug in this file and keeps its traceback. The handlers of
-    STOP_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
+    EARLY_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
     STOP.signum = signal.SIGINT
     JSON_OUT.made = False
+
+    def refuse(line: str, status: int) -> int:
+        # Under --json, a run that ended before its document still makes one, saying why
+        # (params null: the options may not even parse): a pipeline into jq gets a document.
+        words = argv[:argv.index("--")] if "--" in argv else argv
+        if "--json" in words and not JSON_OUT.made:
+            print(json.dumps(json_doc(None, [], {"error": line}), indent=2), flush=True)
+        print(f"sendzc: {line}", file=sys.stderr)
+        return status
     # Ours until the last line is out: a signal while the report prints
     # sets STOP, which nothing reads any more, instead of killing it half-way.
-    previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, on_sigint) for signum in EARLY_SIGNALS}
     try:
         if _early_signals:                 # (see _signal_before_main)
             STOP.signum = _early_signals.pop()
             raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
         status = dispatch(argv)
     except Fatal as e:
-        json_refusal(argv, str(e))
-        print(f"sendzc: {e}", file=sys.stderr)
-        return signal_status(STOP.signum) if e.status == 130 else e.status
+        return refuse(str(e), 128 + STOP.signum if e.status == 130 else e.status)
     except KeyboardInterrupt:
-        line = ("interrupted three times: stopped at once, without waiting for notifications "
-                "or printing a result")
-        json_refusal(argv, line)
-        print(f"sendzc: {line}", file=sys.stderr)
-        return signal_status(STOP.signum)
+        return refuse("interrupted three times: stopped at once, without waiting for notifications "
+                      "or printing a result", 128 + STOP.signum)
     except OSError as e:
-        if e.errno != errno.EPIPE:             # (with stdout gone, the document could not go out)
-            json_refusal(argv, oserror_line(e))
-        print(f"sendzc: {oserror_line(e)}", file=sys.stderr)
         if e.errno == errno.EPIPE:
-            # stdout is a closed pipe: point it at /dev/null, or the interpreter's
-            # own flush at exit fails again and prints a second complaint.
+            # stdout is a closed pipe: no document can go out, and the interpreter's own
+            # flush at exit would fail again and complain twice: point stdout at /dev/null.
+            JSON_OUT.made = True
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return refuse(oserror_line(e), 1)
     else:
         if status == 130:
             print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
                   file=sys.stderr)
-            return signal_status(STOP.signum)
+            return 128 + STOP.signum
         return status
     finally:
         for signum, handler in previous.items():
@@ -6260,17 +6251,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             # which would report a start that is over: ignore signals instead,
             # for the moment left before exit.
             signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
-
-
-def json_refusal(argv: List[str], line: str) -> None:
-    """--json, and the run ended before it made its document: one that says why (rows empty).
-
-    A pipeline into jq gets a document whatever happened: a usage mistake, a
-    refusal at setup (params null: the options may not even parse), Ctrl-C.
-    """
-    words = argv[:argv.index("--")] if "--" in argv else argv
-    if "--json" in words and not JSON_OUT.made:
-        print(json.dumps(json_doc(None, [], {"error": line}), indent=2), flush=True)
 
 
 def dispatch(argv: List[str]) -> int:
@@ -6283,7 +6263,7 @@ def dispatch(argv: List[str]) -> int:
     parser = sender_parser()
     check_bench_options(argv, parser)
     a = parser.parse_args(argv)
-    return send_main(sender_config(a), a.json, a.interval)
+    return run_sender(sender_config(a), a.json, a.interval)
 
 
 def check_bench_options(argv: List[str], sender: argparse.ArgumentParser) -> None:
