@@ -5788,7 +5788,8 @@ def sender_params(cfg: SendConfig) -> dict:
     """The sender's params in its --json document."""
     names = ("proto family addr port size batch zc fixed_buf sendmsg flush entries seconds flows "
              "sqpoll gso path_mtu sink pool break_contract").split()
-    return dict({name: getattr(cfg, name) for name in names}, family=family_name(cfg.family), gso=cfg.gso or None)
+    return dict({name: getattr(cfg, name) for name in names},
+                family=family_name(cfg.family), gso=cfg.gso or None)
 
 
 # --- --probe: what this kernel offers ----------------------------------------
@@ -5961,17 +5962,11 @@ def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> msghd
 
 
 def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int, Ring], ctypes.Array]:
-    """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17).
-
-    liburing has no prep helper for it yet: the flag goes into sqe.ioprio by hand.
-    """
+    """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17)."""
     def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> ctypes.Array:
         iovs = (iovec * 2)(iovec(addr, 1), iovec(addr + 1, 1))    # one datagram from two pieces
-        if zc:
-            prep_send_zc(sqe, fd, ctypes.addressof(iovs), len(iovs), 0, IORING_SEND_VECTORIZED)
-        else:
-            prep_send(sqe, fd, ctypes.addressof(iovs), len(iovs), 0)
-            sqe.ioprio = IORING_SEND_VECTORIZED
+        prep_rw(sqe, IORING_OP_SEND_ZC if zc else IORING_OP_SEND, fd, ctypes.addressof(iovs), len(iovs), 0)
+        sqe.ioprio = IORING_SEND_VECTORIZED     # liburing has no prep helper for it yet: by hand
         return iovs
     return prep
 
@@ -5979,11 +5974,10 @@ def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int, Ring], ctypes.Arra
 def probe_send_bundle() -> dict:
     """SEND with IORING_RECVSEND_BUNDLE (6.10): one request sends every ready provided buffer.
 
-    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING, 5.19;
-    liburing's io_uring_setup_buf_ring()): a page of io_uring_buf entries, published
-    by moving its tail as io_uring_buf_ring_add() and _advance() do. Two 1-byte buffers
-    go out as one datagram. The tail is a plain store: the kernel reads it only in
-    the io_uring_enter that follows.
+    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING, 5.19; liburing's
+    io_uring_setup_buf_ring()): a page of io_uring_buf entries, published by moving its tail as
+    io_uring_buf_ring_add() and _advance() do, with a plain store: the kernel reads it only in the
+    io_uring_enter that follows. Two 1-byte buffers go out as one datagram.
     """
     def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> None:
         size = ctypes.sizeof(io_uring_buf)
@@ -6058,10 +6052,7 @@ def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
 
 
 def memlock_room() -> dict:
-    """RLIMIT_MEMLOCK against the default sender's ring and buffer, tried for real.
-
-    Without CAP_IPC_LOCK both count against the limit.
-    """
+    """RLIMIT_MEMLOCK, tried for real with the default sender's ring and buffer (unless CAP_IPC_LOCK)."""
     cfg = SendConfig()
     payload = Payload(cfg.size)
     need = f"{payload.length >> 10} KiB registered buffer and a ring of {cfg.entries} entries"
@@ -6200,11 +6191,10 @@ OSERROR_FIXES = {
 def main(argv: Optional[List[str]] = None) -> int:
     """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender.
 
-    Every way out is one line on stderr and a status: Fatal says its own (2
-    for usage, 1 for the system), Ctrl-C is 130 (SIGTERM, SIGHUP: 128+N),
-    any other OSError one line naming the call and the errno (1); anything
-    else is a bug in this file and keeps its traceback. The handlers of
-    EARLY_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
+    Every way out is one line on stderr and a status: Fatal says its own (2 for usage, 1 for
+    the system), a signal 128+N (Ctrl-C 130), any other OSError one line naming the call and
+    the errno (1); anything else is a bug in this file and keeps its traceback. The handlers
+    of EARLY_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
