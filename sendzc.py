@@ -6052,7 +6052,7 @@ def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
 
 
 def memlock_room() -> dict:
-    """RLIMIT_MEMLOCK, tried for real with the default sender's ring and buffer (unless CAP_IPC_LOCK)."""
+    """RLIMIT_MEMLOCK, which the default sender's ring and buffer count against without CAP_IPC_LOCK."""
     cfg = SendConfig()
     payload = Payload(cfg.size)
     need = f"{payload.length >> 10} KiB registered buffer and a ring of {cfg.entries} entries"
