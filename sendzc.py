@@ -5452,21 +5452,15 @@ class Parser(argparse.ArgumentParser):
 
     def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
         self.protocols = protocols                 # the words the positional proto accepts
-        self._bad_value: Optional[str] = None      # "OPTION VALUE: cause: fix", from a check
         super().__init__(*args, **kw)
 
-    def add_argument(self, *args, **kw):
-        action = super().add_argument(*args, **kw)
-        check, name = action.type, " ".join(action.option_strings[-1:])
-        if callable(check):
-            def checked(text: str):
-                try:
-                    return check(text)
-                except argparse.ArgumentTypeError as e:    # kept for error(), with option and value
-                    self._bad_value = f"{name} {text}: {e}" if name else str(e)
-                    raise
-            action.type = checked
-        return action
+    def _get_value(self, action: argparse.Action, text: str):
+        """argparse's one call of a type check (the same since 3.2): its refusal, with option and value."""
+        try:
+            return super()._get_value(action, text)
+        except argparse.ArgumentError as e:
+            name = " ".join(action.option_strings[-1:])
+            raise UsageError(f"{name} {text}: {e.message}" if name else e.message) from None
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -5481,12 +5475,9 @@ class Parser(argparse.ArgumentParser):
                 glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
             else:
                 glued += [word] if value is None else [word, value]
-        self._bad_value = None
         return super().parse_known_args(glued, namespace)
 
     def error(self, message: str):
-        if self._bad_value:                    # a check said what is wrong and what to give
-            raise UsageError(self._bad_value)
         if message.startswith("the following arguments are required:") and self.protocols:
             raise UsageError(f"no protocol given: end the command with {or_list(self.protocols)}, "
                              f"e.g. `{command([*self._argv, self.protocols[0]], self.prog)}`")
