@@ -5404,26 +5404,20 @@ class Parser(argparse.ArgumentParser):
 
     With options like -4 and -6, argparse reads "-t -1" as two options and says
     "expected one argument", hiding what is wrong with -1: parse_known_args()
-    glues such a value to its option ("-t=-1"). error() adds a fix to argparse's messages.
+    glues such a value to its option ("-t=-1").
     """
 
     def __init__(self, *args, protocols: Tuple[str, ...] = (), **kw):
         self.protocols = protocols                 # the words the positional proto accepts
-        self._bad_value: Optional[str] = None      # "OPTION VALUE: cause: fix", from a check
         super().__init__(*args, **kw)
 
-    def add_argument(self, *args, **kw):
-        action = super().add_argument(*args, **kw)
-        check, name = action.type, " ".join(action.option_strings[-1:])
-        if callable(check):
-            def checked(text: str):
-                try:
-                    return check(text)
-                except argparse.ArgumentTypeError as e:    # kept for error(), with option and value
-                    self._bad_value = f"{name} {text}: {e}" if name else str(e)
-                    raise
-            action.type = checked
-        return action
+    def _get_value(self, action: argparse.Action, text: str):
+        """argparse's one call of a type check (the same since 3.2): its refusal, with option and value."""
+        try:
+            return super()._get_value(action, text)
+        except argparse.ArgumentError as e:
+            name = " ".join(action.option_strings[-1:])
+            raise UsageError(f"{name} {text}: {e.message}" if name else e.message) from None
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -5434,22 +5428,16 @@ class Parser(argparse.ArgumentParser):
                 break
             takes_one = word in options and options[word].nargs is None      # a store: exactly one value
             value = next(words, None) if takes_one else None
-            if value is None:
-                glued.append(word)
-            elif value.startswith("-") and value not in options:
+            if value is not None and value.startswith("-") and value not in options:
                 glued.append(f"{word}={value}")    # -t -1 -> -t=-1: argparse keeps it a value
             else:
-                glued += [word, value]
-        self._bad_value = None
+                glued += [word] if value is None else [word, value]
         return super().parse_known_args(glued, namespace)
 
     def error(self, message: str):
-        if self._bad_value:                    # a check said what is wrong and what to give
-            raise UsageError(self._bad_value)
         if message.startswith("the following arguments are required:") and self.protocols:
-            example = " ".join(["python3", self.prog, *map(shlex.quote, self._argv), self.protocols[0]])
             raise UsageError(f"no protocol given: end the command with {or_list(self.protocols)}, "
-                             f"e.g. `{example}`")
+                             f"e.g. `{command([*self._argv, self.protocols[0]], self.prog)}`")
         if message.endswith(": expected one argument") and message.startswith("argument "):
             option = message[len("argument "):-len(": expected one argument")].split("/")[-1]
             raise UsageError(f"{option} needs a value: put it right after {option} "
@@ -5460,6 +5448,10 @@ class Parser(argparse.ArgumentParser):
 def or_list(words: Tuple[str, ...]) -> str:
     """'udp, tcp or raw'."""
     return ", ".join(words[:-1]) + f" or {words[-1]}" if len(words) > 1 else words[0]
+
+
+def command(argv: List[str], prog: str = "sendzc.py") -> str:
+    return " ".join(["python3", prog, *map(shlex.quote, argv)])
 
 
 def protocol(*names: str) -> Callable[[str], str]:
@@ -5610,6 +5602,14 @@ def pick_family(families: Optional[List[int]], addr: Optional[str]) -> int:
                      f"but {flag} was given: drop {flag} (the address says which)")
 
 
+# What --pool cannot be combined with: the reference sender is SEND_ZC from
+# its own buffers over one ring, one CQE at a time, and nothing else.
+POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.sendmsg),
+                 ("-f", lambda a: a.flush), ("--trace", lambda a: a.trace),
+                 ("-n", lambda a: a.flows > 1), ("--sqpoll", lambda a: a.sqpoll),
+                 ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
+
+
 def sender_config(a: argparse.Namespace) -> SendConfig:
     """Check the sender's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
@@ -5640,7 +5640,22 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                          "sends without them: drop one of the two")
     if a.gso > 0:
         check_segments(a.size, a.gso)
-    check_pool_options(a)
+    if a.break_contract and not a.pool:
+        raise UsageError("--break-contract without --pool: it breaks the reference sender's rule; "
+                         "add --pool N")
+    for flag, given in POOL_EXCLUDES if a.pool else ():
+        if given(a):
+            raise UsageError(f"--pool with {flag}: the reference sender sends SEND_ZC from its own "
+                             f"buffers over one ring, one CQE at a time: drop {flag}")
+    if a.pool > a.entries:
+        raise UsageError(f"--pool {a.pool}: more buffers than the ring has entries ({a.entries}): "
+                         f"raise --entries or lower --pool")
+    if a.pool and a.size < STAMP.size:
+        raise UsageError(f"--pool with -s {a.size}: every {STAMP.size} bytes of a pool request "
+                         f"carry its stamp: give -s {STAMP.size} or more")
+    if a.pool and a.proto == "raw":
+        raise UsageError("--pool with raw: Linux sends zero-copy only from TCP and UDP sockets: "
+                         "send udp or tcp")
     return SendConfig(proto=a.proto, family=family, addr=a.addr, port=a.port, size=a.size,
                       batch=a.batch, zc=a.zc, fixed_buf=a.fixed_buf and a.zc, sendmsg=a.sendmsg,
                       flush=a.flush, entries=a.entries, seconds=a.seconds, trace=a.trace,
@@ -5648,38 +5663,11 @@ def sender_config(a: argparse.Namespace) -> SendConfig:
                       pool=a.pool, break_contract=a.break_contract)
 
 
-# What --pool cannot be combined with: the reference sender is SEND_ZC from
-# its own buffers over one ring, one CQE at a time, and nothing else.
-POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.sendmsg),
-                 ("-f", lambda a: a.flush), ("--trace", lambda a: a.trace),
-                 ("-n", lambda a: a.flows > 1), ("--sqpoll", lambda a: a.sqpoll),
-                 ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
+def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
+    """The seed's main(): one sender (or -n N of them, or --pool's), one result.
 
-
-def check_pool_options(a: argparse.Namespace) -> None:
-    """--pool and --break-contract against the other options; UsageError names the mistake."""
-    if a.break_contract and not a.pool:
-        raise UsageError("--break-contract without --pool: it breaks the reference sender's rule; "
-                         "add --pool N")
-    if not a.pool:
-        return
-    for flag, given in POOL_EXCLUDES:
-        if given(a):
-            raise UsageError(f"--pool with {flag}: the reference sender sends SEND_ZC from its own "
-                             f"buffers over one ring, one CQE at a time: drop {flag}")
-    if a.pool > a.entries:
-        raise UsageError(f"--pool {a.pool}: more buffers than the ring has entries ({a.entries}): "
-                         f"raise --entries or lower --pool")
-    if a.size < STAMP.size:
-        raise UsageError(f"--pool with -s {a.size}: every {STAMP.size} bytes of a pool request "
-                         f"carry its stamp: give -s {STAMP.size} or more")
-    if a.proto == "raw":
-        raise UsageError("--pool with raw: Linux sends zero-copy only from TCP and UDP sockets: "
-                         "send udp or tcp")
-
-
-def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The sender: with no -D, into the private sink bench makes; over UDP, the path's MTU first."""
+    With no -D, into the private sink bench makes; over UDP, the path's MTU first.
+    """
     with ExitStack() as stack:
         if cfg.addr is None:
             hint = (f"or send to a receiver instead, with no private sink and no root: "
@@ -5700,25 +5688,18 @@ def send_main(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
             warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
             if warning:
                 print(f"sendzc: {warning}", file=sys.stderr, flush=True)
-        return run_sender(cfg, as_json, interval)
-
-
-def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int:
-    """The seed's main(): one sender (or -n N of them, or --pool's), one result."""
-    if cfg.flows > 1:
-        # Every flow's trace goes where a single run's goes: stderr under
-        # --json, so that stdout stays one JSON document.
-        flows, total = run_flows(cfg, sys.stderr if as_json else sys.stdout)
-        return report_send(cfg, total, as_json, flows)
-    if cfg.pool:
-        return run_pool_sender(cfg, as_json)
-    with ExitStack() as stack:
+        trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
+        if cfg.flows > 1:
+            flows, total = run_flows(cfg, trace_out)
+            return report_send(cfg, total, as_json, flows)
+        if cfg.pool:
+            return run_pool_sender(cfg, as_json)
         sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
         stack.callback(sock.close)
         payload = Payload(cfg.size, cfg.gso)
         stack.callback(payload.close)           # after the ring (below) has let go of it
         sender = UringSender(cfg, sock, payload, stack)
-        sender.trace_out = sys.stderr if as_json else sys.stdout
+        sender.trace_out = trace_out
         ticks = Intervals(interval, not as_json) if interval else None
 
         def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
@@ -5730,7 +5711,7 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
         if ticks:                               # the last, partial interval
             on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
             result.intervals = ticks.rows
-    return report_send(cfg, result, as_json)
+        return report_send(cfg, result, as_json)
 
 
 def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[List[Result]] = None) -> int:
@@ -5751,14 +5732,12 @@ def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[
     return 130 if result.interrupted else 0
 
 
-SENDER_PARAMS = ("proto family addr port size batch zc fixed_buf sendmsg flush entries seconds flows "
-                 "sqpoll gso path_mtu sink pool break_contract").split()
-
-
 def sender_params(cfg: SendConfig) -> dict:
     """The sender's params in its --json document."""
-    params = {name: getattr(cfg, name) for name in SENDER_PARAMS}
-    return dict(params, family=family_name(cfg.family), gso=cfg.gso or None)
+    names = ("proto family addr port size batch zc fixed_buf sendmsg flush entries seconds flows "
+             "sqpoll gso path_mtu sink pool break_contract").split()
+    return dict({name: getattr(cfg, name) for name in names},
+                family=family_name(cfg.family), gso=cfg.gso or None)
 
 
 # --- --probe: what this kernel offers ----------------------------------------
@@ -5810,8 +5789,9 @@ def probe_main(argv: List[str]) -> int:
 
 def kernel_capabilities() -> dict:
     """What this kernel's io_uring offers (--probe's JSON object); what is missing, and why."""
+    missing: List[str] = []
     caps = {"kernel": platform.release(), "machine": platform.machine(),
-            "io_uring_disabled": read_io_uring_disabled(), "missing": []}
+            "io_uring_disabled": read_io_uring_disabled(), "missing": missing}
     # First, before any other ring: a closed ring's locked memory is given back
     # by a kernel worker a moment later, and would make the limit look lower.
     limits = zero_copy_limits()
@@ -5821,49 +5801,43 @@ def kernel_capabilities() -> dict:
         return dict(caps, missing=["io_uring_setup"],
                     setup_error=setup_error(e) if isinstance(e, OSError) else str(e))
     try:
-        return _ring_capabilities(caps, ring, limits)
+        with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
+            probe = ring.probe()
+            caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
+            caps["registered_ring_fd"] = ring.register_ring_fd()
+            for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
+                                   ("registered_buffers",
+                                    lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
+                try:
+                    register()
+                    caps[what] = True
+                except OSError as e:
+                    caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+                    missing.append(what.replace("_", " "))
+        caps["setup_flags"] = {}
+        for name, flag in PROBED_SETUP_FLAGS.items():
+            try:
+                Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
+                     attempts=(0,)).close()
+                caps["setup_flags"][name] = True
+            except OSError as e:
+                caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
+        try:
+            caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
+        except OSError as e:    # its ring refused: ENOMEM, with little locked memory (see "limits")
+            if getattr(e, "syscall", None) in ("io_uring_register", "io_uring_enter"):
+                raise           # a seccomp filter: below
+            caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
+        if not probe.has(IORING_OP_SEND_ZC):
+            missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+        caps["newer"] = newer_features(probe)
     except OSError as e:
         # A ring, but io_uring_register or io_uring_enter refused (a seccomp
         # profile that allows only setup): what we learnt, and that line.
         if getattr(e, "syscall", None) not in ("io_uring_register", "io_uring_enter"):
             raise
-        return dict(caps, missing=caps["missing"] + [e.syscall], setup_error=oserror_line(e))
-
-
-def _ring_capabilities(caps: dict, ring: Ring, limits: dict) -> dict:
-    """kernel_capabilities(), from the first ring on: register, enter, the setup flags."""
-    missing = caps["missing"]
-    with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
-        probe = ring.probe()
-        caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
-        caps["registered_ring_fd"] = ring.register_ring_fd()
-        for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
-                               ("registered_buffers",
-                                lambda: ring.register_buffers([(probe_byte_addr(), 1)]))):
-            try:
-                register()
-                caps[what] = True
-            except OSError as e:
-                caps[what] = f"{errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
-                missing.append(what.replace("_", " "))
-    caps["setup_flags"] = {}
-    for name, flag in PROBED_SETUP_FLAGS.items():
-        try:
-            Ring(4, flags=flag, cq_entries=8 if flag == IORING_SETUP_CQSIZE else 0,
-                 attempts=(0,)).close()
-            caps["setup_flags"][name] = True
-        except OSError as e:
-            caps["setup_flags"][name] = e.errno != errno.EINVAL and errno.errorcode.get(e.errno)
-    try:
-        caps["send_zc_report_usage"] = probe.has(IORING_OP_SEND_ZC) and probe_report_usage()
-    except OSError as e:        # its ring refused: ENOMEM, with little locked memory (see "limits")
-        if getattr(e, "syscall", None) in ("io_uring_register", "io_uring_enter"):
-            raise               # a seccomp filter: kernel_capabilities() says which call
-        caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
-    if not probe.has(IORING_OP_SEND_ZC):
-        missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
-    caps["newer"] = newer_features(probe)
+        return dict(caps, missing=missing + [e.syscall], setup_error=oserror_line(e))
     caps["limits"] = limits
     if not limits["memlock"]["ok"]:
         missing.append("locked memory for the ring and its registered buffer (RLIMIT_MEMLOCK)")
@@ -5936,17 +5910,11 @@ def sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> msghd
 
 
 def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int, Ring], ctypes.Array]:
-    """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17).
-
-    liburing has no prep helper for it yet: the flag goes into sqe.ioprio by hand.
-    """
+    """A SEND or SEND_ZC with IORING_SEND_VECTORIZED: addr is an iovec array, len its count (6.17)."""
     def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> ctypes.Array:
         iovs = (iovec * 2)(iovec(addr, 1), iovec(addr + 1, 1))    # one datagram from two pieces
-        if zc:
-            prep_send_zc(sqe, fd, ctypes.addressof(iovs), len(iovs), 0, IORING_SEND_VECTORIZED)
-        else:
-            prep_send(sqe, fd, ctypes.addressof(iovs), len(iovs), 0)
-            sqe.ioprio = IORING_SEND_VECTORIZED
+        prep_rw(sqe, IORING_OP_SEND_ZC if zc else IORING_OP_SEND, fd, ctypes.addressof(iovs), len(iovs), 0)
+        sqe.ioprio = IORING_SEND_VECTORIZED     # liburing has no prep helper for it yet: by hand
         return iovs
     return prep
 
@@ -5954,11 +5922,10 @@ def vectorized(zc: bool) -> Callable[[io_uring_sqe, int, int, Ring], ctypes.Arra
 def probe_send_bundle() -> dict:
     """SEND with IORING_RECVSEND_BUNDLE (6.10): one request sends every ready provided buffer.
 
-    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING, 5.19;
-    liburing's io_uring_setup_buf_ring()): a page of io_uring_buf entries, published
-    by moving its tail as io_uring_buf_ring_add() and _advance() do. Two 1-byte buffers
-    go out as one datagram. The tail is a plain store: the kernel reads it only in
-    the io_uring_enter that follows.
+    The buffers come from a provided-buffer ring (IORING_REGISTER_PBUF_RING, 5.19; liburing's
+    io_uring_setup_buf_ring()): a page of io_uring_buf entries, published by moving its tail as
+    io_uring_buf_ring_add() and _advance() do, with a plain store: the kernel reads it only in the
+    io_uring_enter that follows. Two 1-byte buffers go out as one datagram.
     """
     def prep(sqe: io_uring_sqe, fd: int, addr: int, ring: Ring) -> None:
         size = ctypes.sizeof(io_uring_buf)
@@ -6033,12 +6000,8 @@ def limit(ok: bool, value, need, answer: str, fix: Optional[str]) -> dict:
 
 
 def memlock_room() -> dict:
-    """RLIMIT_MEMLOCK against the default sender's ring and buffer, tried for real.
-
-    Without CAP_IPC_LOCK both count against the limit.
-    """
+    """RLIMIT_MEMLOCK, which the default sender's ring and buffer count against without CAP_IPC_LOCK."""
     cfg = SendConfig()
-    value = memlock_limit()
     payload = Payload(cfg.size)
     need = f"{payload.length >> 10} KiB registered buffer and a ring of {cfg.entries} entries"
     fix = ("raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
@@ -6047,27 +6010,25 @@ def memlock_room() -> dict:
         with Ring(cfg.entries, cq_entries=4 * cfg.entries) as ring:
             ring.register_buffers([(payload.addr, payload.length)])
     except OSError as e:
-        if e.errno != errno.ENOMEM:
-            return limit(False, value, need, f"not asked: {e.strerror}", fix)
         step = "the ring" if getattr(e, "syscall", None) == "io_uring_setup" else "the registered buffer"
-        return limit(False, value, need, f"too low: {step} did not fit (ENOMEM)", fix)
+        ok, answer = False, (f"too low: {step} did not fit (ENOMEM)" if e.errno == errno.ENOMEM
+                             else f"not asked: {e.strerror}")
+    else:
+        ok, answer = True, ("not counted: this process has CAP_IPC_LOCK" if has_cap(CAP_IPC_LOCK)
+                            else "the ring and the registered buffer fit")
     finally:
         payload.close()
-    if has_cap(CAP_IPC_LOCK):
-        return limit(True, value, need, "not counted: this process has CAP_IPC_LOCK", fix)
-    return limit(True, value, need, "the ring and the registered buffer fit", fix)
+    return limit(ok, memlock_limit(), need, answer, fix)
 
 
 def optmem_room() -> dict:
     """net.core.optmem_max (this network namespace's) against MSG_ZEROCOPY_OPTMEM."""
     value = read_sysctl("net/core/optmem_max")
-    fix = f"`sysctl -w net.core.optmem_max={MSG_ZEROCOPY_OPTMEM}` as root"
-    if value is None:
-        return limit(False, None, MSG_ZEROCOPY_OPTMEM, "unreadable (/proc/sys/net/core/optmem_max)", fix)
-    if value < MSG_ZEROCOPY_OPTMEM:
-        return limit(False, value, MSG_ZEROCOPY_OPTMEM, "short: MSG_ZEROCOPY sends will meet ENOBUFS "
-                     "and wait for completions", fix)
-    return limit(True, value, MSG_ZEROCOPY_OPTMEM, "room for MSG_ZEROCOPY's completions", fix)
+    answer = ("unreadable (/proc/sys/net/core/optmem_max)" if value is None else
+              "short: MSG_ZEROCOPY sends will meet ENOBUFS and wait for completions"
+              if value < MSG_ZEROCOPY_OPTMEM else "room for MSG_ZEROCOPY's completions")
+    return limit(value is not None and value >= MSG_ZEROCOPY_OPTMEM, value, MSG_ZEROCOPY_OPTMEM, answer,
+                 f"`sysctl -w net.core.optmem_max={MSG_ZEROCOPY_OPTMEM}` as root")
 
 
 def udp_segment_room() -> dict:
@@ -6142,13 +6103,8 @@ def describe_capabilities(caps: dict) -> List[str]:
 #
 # SIGTERM (`timeout`, `kill`, a job scheduler) and SIGHUP (the terminal went
 # away) mean what Ctrl-C means: stop, and print what was measured. The exit
-# status says which: 130 for SIGINT, as a shell reports it, 128+N for
-# signal N otherwise (143, 129), as a shell reports a process it killed.
-STOP_SIGNALS = EARLY_SIGNALS
-
-
-def signal_status(signum: int) -> int:
-    return 130 if signum == signal.SIGINT else 128 + signum
+# status says which: 128+N for signal N, as a shell reports a process it
+# killed: 130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP.
 
 
 def signal_label(signum: int) -> str:
@@ -6183,48 +6139,49 @@ OSERROR_FIXES = {
 def main(argv: Optional[List[str]] = None) -> int:
     """Dispatch on the first word: rx, bench (or nothing), --probe, else the sender.
 
-    Every way out is one line on stderr and a status: Fatal says its own (2
-    for usage, 1 for the system), Ctrl-C is 130 (SIGTERM, SIGHUP: 128+N),
-    any other OSError one line naming the call and the errno (1); anything
-    else is a bug in this file and keeps its traceback. The handlers of
-    STOP_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
+    Every way out is one line on stderr and a status: Fatal says its own (2 for usage, 1 for
+    the system), a signal 128+N (Ctrl-C 130), any other OSError one line naming the call and
+    the errno (1); anything else is a bug in this file and keeps its traceback. The handlers
+    of EARLY_SIGNALS are ours only while main() runs: a caller (a test) gets its own back.
     """
     argv = sys.argv[1:] if argv is None else list(argv)
     STOP.requested = STOP.hurry = False
     STOP.signum = signal.SIGINT
     JSON_OUT.made = False
+
+    def refuse(line: str, status: int) -> int:
+        # Under --json, a run that ended before its document still makes one, saying why
+        # (params null: the options may not even parse): a pipeline into jq gets a document.
+        words = argv[:argv.index("--")] if "--" in argv else argv
+        if "--json" in words and not JSON_OUT.made:
+            print(json.dumps(json_doc(None, [], {"error": line}), indent=2), flush=True)
+        print(f"sendzc: {line}", file=sys.stderr)
+        return status
     # Ours until the last line is out: a signal while the report prints
     # sets STOP, which nothing reads any more, instead of killing it half-way.
-    previous = {signum: signal.signal(signum, on_sigint) for signum in STOP_SIGNALS}
+    previous = {signum: signal.signal(signum, on_sigint) for signum in EARLY_SIGNALS}
     try:
         if _early_signals:                 # (see _signal_before_main)
             STOP.signum = _early_signals.pop()
             raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
         status = dispatch(argv)
     except Fatal as e:
-        json_refusal(argv, str(e))
-        print(f"sendzc: {e}", file=sys.stderr)
-        return signal_status(STOP.signum) if e.status == 130 else e.status
+        return refuse(str(e), 128 + STOP.signum if e.status == 130 else e.status)
     except KeyboardInterrupt:
-        line = ("interrupted three times: stopped at once, without waiting for notifications "
-                "or printing a result")
-        json_refusal(argv, line)
-        print(f"sendzc: {line}", file=sys.stderr)
-        return signal_status(STOP.signum)
+        return refuse("interrupted three times: stopped at once, without waiting for notifications "
+                      "or printing a result", 128 + STOP.signum)
     except OSError as e:
-        if e.errno != errno.EPIPE:             # (with stdout gone, the document could not go out)
-            json_refusal(argv, oserror_line(e))
-        print(f"sendzc: {oserror_line(e)}", file=sys.stderr)
         if e.errno == errno.EPIPE:
-            # stdout is a closed pipe: point it at /dev/null, or the interpreter's
-            # own flush at exit fails again and prints a second complaint.
+            # stdout is a closed pipe: no document can go out, and the interpreter's own
+            # flush at exit would fail again and complain twice: point stdout at /dev/null.
+            JSON_OUT.made = True
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 1
+        return refuse(oserror_line(e), 1)
     else:
         if status == 130:
             print(f"sendzc: interrupted ({signal_label(STOP.signum)}): the result above is partial",
                   file=sys.stderr)
-            return signal_status(STOP.signum)
+            return 128 + STOP.signum
         return status
     finally:
         for signum, handler in previous.items():
@@ -6232,17 +6189,6 @@ def main(argv: Optional[List[str]] = None) -> int:
             # which would report a start that is over: ignore signals instead,
             # for the moment left before exit.
             signal.signal(signum, signal.SIG_IGN if handler is _signal_before_main else handler)
-
-
-def json_refusal(argv: List[str], line: str) -> None:
-    """--json, and the run ended before it made its document: one that says why (rows empty).
-
-    A pipeline into jq gets a document whatever happened: a usage mistake, a
-    refusal at setup (params null: the options may not even parse), Ctrl-C.
-    """
-    words = argv[:argv.index("--")] if "--" in argv else argv
-    if "--json" in words and not JSON_OUT.made:
-        print(json.dumps(json_doc(None, [], {"error": line}), indent=2), flush=True)
 
 
 def dispatch(argv: List[str]) -> int:
@@ -6255,11 +6201,7 @@ def dispatch(argv: List[str]) -> int:
     parser = sender_parser()
     check_bench_options(argv, parser)
     a = parser.parse_args(argv)
-    return send_main(sender_config(a), a.json, a.interval)
-
-
-def command(argv: List[str]) -> str:
-    return " ".join(["python3", "sendzc.py", *map(shlex.quote, argv)])
+    return run_sender(sender_config(a), a.json, a.interval)
 
 
 def check_bench_options(argv: List[str], sender: argparse.ArgumentParser) -> None:
