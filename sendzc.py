@@ -1948,9 +1948,8 @@ UDP_MAX_SEGMENTS = 128
 UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
 IP_MAXPACKET = 65535
 CLONE_NEWNET = 0x40000000                                  # <sched.h>
-# <linux/capability.h>: the capability to lock memory past RLIMIT_MEMLOCK. A
-# process without it has io_uring's rings, registered buffers and the pages
-# zero-copy sends pin counted against that limit; the ENOMEM lines name it.
+# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, rings, registered
+# buffers and pinned pages count against that limit; the ENOMEM lines name it.
 CAP_IPC_LOCK = 14
 
 
@@ -1994,15 +1993,10 @@ def setns(fd: int, nstype: int) -> None:
         _raise_errno("setns")
 
 
-class sockaddr(ctypes.Structure):
-    """struct sockaddr of <sys/socket.h>: here only ever AF_UNSPEC, for disconnect()."""
-    _fields_ = [("sa_family", ctypes.c_ushort), ("sa_data", ctypes.c_char * 14)]
-
-
 def disconnect(fd: int) -> None:
     """connect(2) to AF_UNSPEC (Python's cannot): a UDP socket forgets its peer, keeps its port."""
-    addr = sockaddr(socket.AF_UNSPEC)
-    if _libc.connect(ctypes.c_int(fd), ctypes.byref(addr), ctypes.c_uint(ctypes.sizeof(addr))) != 0:
+    addr = struct.pack("=H14x", socket.AF_UNSPEC)        # struct sockaddr: sa_family, sa_data[14]
+    if _libc.connect(ctypes.c_int(fd), addr, ctypes.c_uint(len(addr))) != 0:
         _raise_errno("connect")
 
 
@@ -2229,9 +2223,9 @@ class Intervals:
 # Above this share of a run's CPU in user space (Python), describe_result()
 # says how to lower it: a larger batch, or --sqpoll.
 PYTHON_SHARE_HINT = 0.15
-# ... and only for a run that kept its CPU busy at least this share of its
-# time: one that mostly waited (a paced path, a slow receiver) was not held
-# back by Python, and its few ms of CPU make any share meaningless.
+# ... and only for a run that sent and kept its CPU busy at least this share
+# of its time: one that mostly waited (a paced path, a slow receiver) was not
+# held back by Python, and its few ms of CPU make any share meaningless.
 BUSY_SHARE = 0.5
 
 
@@ -2266,9 +2260,6 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    # (Not for a run that sent nothing: its CPU went to setting up, not to
-    # sending; nor for one that spent most of its time waiting, for a slow
-    # path or receiver: Python's share did not limit it.)
     if (r.mode not in SYSCALL_MODES and r.pool is None and r.requests
             and cpu > BUSY_SHARE * r.seconds and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
@@ -2288,11 +2279,9 @@ def percentile(sorted_values: List[int], q: float) -> int:
 def lag_summary(lags_ns: List[int], pinned_max: int, r: "Result") -> dict:
     """The notification lag's JSON: min/p50/p99/max, the bytes pinned, the pool a server needs.
 
-    A request's lag runs from the io_uring_enter() that submitted it to the
-    reaping of its F_NOTIF: how long the kernel held its buffer. A server
-    sending at r's rate has rate x lag bytes lent at any moment, so a pool of
-    rate x p99 lag / buffer size buffers, rounded up, covers all but the
-    slowest 1% of notifications.
+    A lag runs from the io_uring_enter() that submitted a request to the reaping
+    of its F_NOTIF: how long the kernel held its buffer. At r's rate, rate x p99
+    lag / buffer size buffers cover all but the slowest 1% of notifications.
     """
     lags = sorted(lags_ns)
 
@@ -2330,11 +2319,10 @@ def describe_pool(r: "Result") -> List[str]:
 
 
 def json_doc(params: Optional[dict], results: list, extra: Optional[dict] = None) -> dict:
-    """The --json document; its caller prints it at once. error: the first row's, unless extra says.
+    """The --json document, printed at once; error: the first row's, unless extra says.
 
-    Made at most once a run: main() prints one of its own (rows empty) for a
-    run that ends before any (a refusal, a usage mistake), so that a --json
-    run always prints exactly one document.
+    At most once a run: main() prints one with no rows for a run that ends
+    before any (a refusal), so a --json run prints exactly one document.
     """
     JSON_OUT.made = True
     doc = {"tool": "sendzc", "version": VERSION, "kernel": platform.release(),
@@ -2384,10 +2372,9 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
                     "`setcap cap_net_raw+ep` on the python binary, or send udp") from None
     try:
         if proto != "tcp":
-            # Not for TCP: a fixed SO_SNDBUF turns off the kernel's send
-            # buffer autotuning (tcp_wmem), which grows the buffer with the
-            # connection's window; fixed at 2 MiB the sender waited for room
-            # and ran at ~0.6x liburing's send-zerocopy, which sets none.
+            # Not for TCP: a fixed SO_SNDBUF turns off send buffer autotuning
+            # (tcp_wmem); fixed at 2 MiB the sender waited for room and ran
+            # at ~0.6x liburing's send-zerocopy, which sets none.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         connect_bounded(sock, (addr, 0 if proto == "raw" else port))
     except BaseException as e:
@@ -2573,10 +2560,8 @@ class SendConfig:
 
     @property
     def mode(self) -> str:
-        if not self.zc:
-            return "sendmsg" if self.sendmsg else "send"
-        base = "sendmsg_zc" if self.sendmsg else "send_zc"
-        return base + ("_fixed" if self.fixed_buf else "")
+        return (("sendmsg" if self.sendmsg else "send") + ("_zc" if self.zc else "")
+                + ("_fixed" if self.zc and self.fixed_buf else ""))
 
 
 REQUIRED_OPS = {"send": (IORING_OP_SEND, "5.6"), "sendmsg": (IORING_OP_SENDMSG, "5.3"),
@@ -2730,14 +2715,11 @@ class UringSender(BulkSender):
         return result
 
     def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
-        """Send the first n requests slowly, saying aloud what each step does.
+        """Send the first n requests slowly (user_data = each one's number), saying aloud each step.
 
-        Each request is prepared on its own (user_data = its number), placed,
-        submitted, and every CQE it causes is printed, notification included:
-        a run of n sends followed from SQE to F_NOTIF. Returns the tally, which
-        run() adds to its totals (these are real sends), and the results and
-        notifications still outstanding if it had to stop early: at an error,
-        Ctrl-C, or the run's deadline (perf_counter_ns).
+        Returns the tally, which run() adds to its totals (these are real
+        sends), and the results and notifications still outstanding if it
+        stopped early: at an error, Ctrl-C, or the run's deadline.
         """
         cfg, ring = self.cfg, self.ring
         explained = set()
@@ -2756,10 +2738,8 @@ class UringSender(BulkSender):
         total = Tally()
         sqe = io_uring_sqe()
         seq = count = due = 0
-        # The trace is part of the timed run, and -t ends it as it ends the
-        # run: a peer that stops taking data must not hold it for ever, nor
-        # must Ctrl-C go unheard. What is still out then goes to run()'s
-        # drain, which waits DRAIN_SECONDS for it, as for any run.
+        # Part of the timed run, so -t ends it too: a peer that stops taking
+        # data must not hold it for ever, nor must Ctrl-C go unheard.
         late = False
         while seq < n and not total.error and not STOP.requested and not late:
             count = min(cfg.batch, n - seq)
@@ -2812,13 +2792,11 @@ class UringSender(BulkSender):
 def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     """-n N: N senders at once, each a fork()ed process with its own socket, payload and ring.
 
-    Processes, not threads (liburing's send-zerocopy -T): the GIL runs one
-    thread's Python at a time, so two flows in threads were slower than one
-    on two cores. Each child is in a process group of its own and the parent
-    relays each Ctrl-C, so a child hears it exactly once. All set up, then
-    get one common deadline (CLOCK_MONOTONIC is one clock for all). The
-    total's rate is all bytes over the first flow's start to the last one's
-    end; its CPU is the sum of the flows'.
+    Processes, not threads: the GIL runs one thread's Python at a time. Each
+    child is in a process group of its own and the parent relays each Ctrl-C,
+    so a child hears it exactly once. All set up, then get one common deadline
+    (CLOCK_MONOTONIC is one clock for all). The total's rate is all bytes over
+    the first flow's start to the last one's end; its CPU, the flows' sum.
     """
     out_r, out_w = os.pipe()              # children -> parent: ready, result, or a failure
     go_r, go_w = os.pipe()                # parent -> children: the common deadline
@@ -2935,8 +2913,8 @@ class WholeLines:
 def flow_message(fd: int, message: tuple) -> None:
     """One message to the parent: a length, then the pickle, in ONE write.
 
-    POSIX makes a pipe write of at most PIPE_BUF bytes atomic, so the children
-    share one pipe without interleaving. A result pickles to under 1 KB (no -i with -n).
+    POSIX makes a pipe write of at most PIPE_BUF bytes atomic, so the children share one
+    pipe without interleaving. A result pickles to under 1 KB (no -i with -n).
     """
     import pickle
     data = pickle.dumps(message)
@@ -3020,21 +2998,19 @@ def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
 
 # --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
 #
-# The kernel selftest msg_zerocopy.c calls send(2) in a loop, copying or with
-# MSG_ZEROCOPY. SyscallSender is that loop as a careful program writes it:
-# MSG_DONTWAIT sends, a poll() when the socket is full (counted as EAGAIN),
-# and MSG_ZEROCOPY completions read off the error queue "every couple of send
-# calls" (Documentation/networking/msg_zerocopy.rst).
+# The kernel selftest msg_zerocopy.c's send(2) loop, copying or with
+# MSG_ZEROCOPY, as a careful program writes it: MSG_DONTWAIT sends, a poll()
+# when the socket is full (counted as EAGAIN), completions read off the error
+# queue "every couple of send calls" (Documentation/networking/msg_zerocopy.rst).
 #
-# With SO_ZEROCOPY set, every send(MSG_ZEROCOPY) that moves data takes the
-# next number of a per-socket u32 counter. When the kernel lets go of its
-# pages it queues a sock_extended_err (ee_origin SO_EE_ORIGIN_ZEROCOPY) whose
-# [ee_info, ee_data] is the inclusive range of sends completed; a queued one
-# is extended rather than a new one queued, so one recvmsg(MSG_ERRQUEUE) often
-# covers many sends. ee_code SO_EE_CODE_ZEROCOPY_COPIED: the kernel copied
-# after all (a merged range keeps its first send's flag). Each notification
-# is charged to the socket's option memory (net.core.optmem_max): when that
-# is used up, send fails with ENOBUFS, and the remedy is to read the queue.
+# With SO_ZEROCOPY, every send(MSG_ZEROCOPY) that moves data takes the next
+# number of a per-socket u32 counter. When the kernel lets go of the pages it
+# queues a sock_extended_err (SO_EE_ORIGIN_ZEROCOPY) whose [ee_info, ee_data]
+# is the inclusive range of sends completed, extending a queued one rather
+# than adding one. ee_code SO_EE_CODE_ZEROCOPY_COPIED: the kernel copied after
+# all (a merged range keeps its first send's flag). Queued notifications are
+# charged to the socket's option memory (net.core.optmem_max): when it is used
+# up, send fails with ENOBUFS, and the remedy is to read the queue.
 
 SEND_BURST = 16         # send(2) calls between two looks at the clock and at STOP
 ZC_REAP_EVERY = 32      # MSG_ZEROCOPY sends between two reads of the error queue
@@ -3046,10 +3022,7 @@ RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_REC
 
 
 class ZerocopyCompletions:
-    """MSG_ZEROCOPY's bookkeeping, like do_recv_completion() in msg_zerocopy.c, and as strict.
-
-    Ranges count modulo 2**32; more completions than sends is a broken account, not rounded away.
-    """
+    """MSG_ZEROCOPY's bookkeeping, like do_recv_completion() in msg_zerocopy.c, and as strict."""
 
     def __init__(self):
         self.sent = 0          # sends that moved data: each took a number
@@ -3078,7 +3051,7 @@ class ZerocopyCompletions:
         return self.sent - self.completed
 
     def read(self, sock: socket.socket, sent: int) -> int:
-        """recvmsg(MSG_ERRQUEUE) until the queue is empty (EAGAIN: it never blocks), sent sends made.
+        """recvmsg(MSG_ERRQUEUE) until the queue is empty (it never blocks), sent sends made.
 
         Returns 0, or the errno of an error that is not a zero-copy completion
         (none is expected: we do not ask for IP_RECVERR).
@@ -3101,11 +3074,10 @@ class ZerocopyCompletions:
 
 
 class SyscallSender:
-    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY if asked; batch 1.
+    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY (and SO_ZEROCOPY) if asked.
 
-    With zerocopy the socket gets SO_ZEROCOPY (SEND_ZC needs none). poll_each
-    polls after every send as the selftest does (the RFC's baseline, two
-    syscalls a packet); without it poll() runs only when the socket is full.
+    poll_each polls after every send as the selftest does (the RFC's baseline,
+    two syscalls a packet); without it poll() runs only when the socket is full.
     """
 
     def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, zerocopy: bool,
@@ -3129,7 +3101,7 @@ class SyscallSender:
         """Send for cfg.seconds; return the totals, every completion reaped.
 
         A TCP send may move fewer bytes than asked: the next starts where the
-        stream stands, so the wire carries the pattern in order. UDP sends are all or nothing.
+        stream stands, so the wire carries the pattern in order.
         """
         cfg, sock, zc, poll_each = self.cfg, self.sock, self.zerocopy, self.poll_each
         size = cfg.size
