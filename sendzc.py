@@ -1915,12 +1915,10 @@ class BulkSender:
 # the kernel's own answers: bytes from CQE res (or send(2)'s return), CPU from
 # getrusage(), time from a monotonic clock, and whether the kernel copied.
 #
-# In this section, in order: the socket ABI the tool needs besides io_uring;
-# the payload; Result and how it is printed; sockets, the path MTU and UDP
-# GSO; the io_uring sender (section 7's BulkSender with a SendConfig, --trace
-# and a Result around it), -n flows, the reference sender's run, the one line
-# for each way a send can fail; then the two baselines, send(2) with and
-# without MSG_ZEROCOPY.
+# In order: the socket ABI besides io_uring; the payload; Result and how it is
+# printed; sockets, the path MTU and UDP GSO; the io_uring sender (section 7's
+# BulkSender with a SendConfig, --trace and a Result around it), -n flows, the
+# reference sender's run; then the baselines, send(2) with and without MSG_ZEROCOPY.
 # =============================================================================
 
 # --- The socket ABI the tool uses beside io_uring (values from the kernel UAPI,
@@ -2189,10 +2187,9 @@ class Intervals:
 
     def __init__(self, every_s: float, printing: bool, start_ns: int = 0):
         self.every_ns = int(every_s * 1e9)
-        # Enough decimals that an interval's two ends differ on the line: two
-        # for -i 0.1 and longer; below, microseconds and finer (-i 0.001: six),
-        # as an interval that catches up after a stall can be far shorter
-        # than -i. JSON keeps nanoseconds, so its rates agree with its times.
+        # Enough decimals that an interval's two ends differ: two for -i 0.1 and
+        # longer; below, six or more, as an interval that catches up after a
+        # stall can be far shorter than -i. JSON keeps nanoseconds.
         self.decimals = 2
         while every_s * 10 ** self.decimals < 10:
             self.decimals += 1
