@@ -1951,12 +1951,10 @@ class BulkSender:
 # the kernel's own answers: bytes from CQE res (or send(2)'s return), CPU from
 # getrusage(), time from a monotonic clock, and whether the kernel copied.
 #
-# In this section, in order: the socket ABI the tool needs besides io_uring;
-# the payload; Result and how it is printed; sockets, the path MTU and UDP
-# GSO; the io_uring sender (section 7's BulkSender with a SendConfig, --trace
-# and a Result around it), -n flows, the reference sender's run, the one line
-# for each way a send can fail; then the two baselines, send(2) with and
-# without MSG_ZEROCOPY.
+# In order: the socket ABI besides io_uring; the payload; Result and how it is
+# printed; sockets, the path MTU and UDP GSO; the io_uring sender (section 7's
+# BulkSender with a SendConfig, --trace and a Result around it), -n flows, the
+# reference sender's run; then the baselines, send(2) with and without MSG_ZEROCOPY.
 # =============================================================================
 
 # --- The socket ABI the tool uses beside io_uring (values from the kernel UAPI,
@@ -1984,9 +1982,8 @@ UDP_MAX_SEGMENTS = 128
 UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
 IP_MAXPACKET = 65535
 CLONE_NEWNET = 0x40000000                                  # <sched.h>
-# <linux/capability.h>: the capability to lock memory past RLIMIT_MEMLOCK. A
-# process without it has io_uring's rings, registered buffers and the pages
-# zero-copy sends pin counted against that limit; the ENOMEM lines name it.
+# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, rings, registered
+# buffers and pinned pages count against that limit; the ENOMEM lines name it.
 CAP_IPC_LOCK = 14
 
 
@@ -1997,11 +1994,7 @@ class sock_extended_err(ctypes.Structure):
 
 
 class tcp_info(ctypes.Structure):
-    """struct tcp_info from <linux/tcp.h>, up to tcpi_segs_in (4.2): what rx reads.
-
-    getsockopt(TCP_INFO) copies min(optlen, the kernel's size) bytes, so a
-    prefix of the struct is a valid question; newer fields are simply not asked for.
-    """
+    """struct tcp_info from <linux/tcp.h> up to tcpi_segs_in (4.2): getsockopt(TCP_INFO) takes a prefix."""
     _fields_ = [("tcpi_state", u8), ("tcpi_ca_state", u8), ("tcpi_retransmits", u8),
                 ("tcpi_probes", u8), ("tcpi_backoff", u8), ("tcpi_options", u8),
                 ("tcpi_snd_wscale", u8, 4), ("tcpi_rcv_wscale", u8, 4),
@@ -2034,20 +2027,10 @@ def setns(fd: int, nstype: int) -> None:
         _raise_errno("setns")
 
 
-class sockaddr(ctypes.Structure):
-    """struct sockaddr of <sys/socket.h>: here only ever AF_UNSPEC, for disconnect()."""
-    _fields_ = [("sa_family", ctypes.c_ushort), ("sa_data", ctypes.c_char * 14)]
-
-
 def disconnect(fd: int) -> None:
-    """connect(2) to AF_UNSPEC: a connected UDP socket forgets its peer (udp_disconnect()).
-
-    It keeps its port (bound by us, so SOCK_BINDPORT_LOCK holds it) and takes
-    datagrams from anyone again. Python's connect() has no way to say
-    AF_UNSPEC, hence libc's.
-    """
-    addr = sockaddr(socket.AF_UNSPEC)
-    if _libc.connect(ctypes.c_int(fd), ctypes.byref(addr), ctypes.c_uint(ctypes.sizeof(addr))) != 0:
+    """connect(2) to AF_UNSPEC (Python's cannot): a UDP socket forgets its peer, keeps its port."""
+    addr = struct.pack("=H14x", socket.AF_UNSPEC)        # struct sockaddr: sa_family, sa_data[14]
+    if _libc.connect(ctypes.c_int(fd), addr, ctypes.c_uint(len(addr))) != 0:
         _raise_errno("connect")
 
 
@@ -2114,25 +2097,21 @@ def max_payload(proto: str, family: int) -> int:
 class Payload:
     """The buffer every request sends from (BulkSender's buf): page-aligned, written once, then only read.
 
-    Written before the first send and never again, so every request may reuse
-    it while notifications are outstanding (section 7). It holds PATTERN_LEN
-    bytes more than a send, so a TCP write that starts at stream offset o
-    sends from address o % 26 and the stream stays one continuous pattern.
-    Never unmapped while the kernel may hold it: `lent` counts the runs under
-    way and the notifications that never came; close() unmaps only when it is
-    0, else the pages stay until exit (a later mmap() could otherwise be
-    handed the addresses the kernel still sends from).
+    Never written after the first send, so every request may reuse it while
+    notifications are outstanding (section 7). PATTERN_LEN bytes longer than a
+    send, so a TCP write at stream offset o sends from o % 26 and the stream
+    stays one pattern. `lent` counts runs under way and notifications that
+    never came; close() unmaps only at 0, else the pages stay until exit (a
+    later mmap() could be handed the addresses the kernel still sends from).
     """
 
     def __init__(self, size: int, segment: int = 0):
         self.size = size
         self.length = -(-(size + PATTERN_LEN) // PAGE) * PAGE
-        # An anonymous mapping is page-aligned by construction.
         self.map = mmap.mmap(-1, self.length, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_POPULATE)
-        # With UDP GSO (segment: the UDP_SEGMENT size) the kernel cuts each
-        # send into segment-byte datagrams, so the pattern restarts at 'a'
-        # every segment bytes: every datagram on the wire is one a receiver
-        # can check on its own, exactly as without GSO.
+        # UDP GSO (segment: the UDP_SEGMENT size) cuts each send into
+        # segment-byte datagrams, so the pattern restarts at 'a' every segment
+        # bytes: every datagram on the wire checks on its own, as without GSO.
         unit = pattern(segment) if segment else pattern(self.length)
         self.map[:] = (unit * -(-self.length // len(unit)))[:self.length]
         self.addr = _addr_of(self.map)
@@ -2195,13 +2174,7 @@ class Result(Rates):
 
     @property
     def mb_per_sys_s(self) -> Optional[float]:
-        """The kernel's own rate: MB per second of kernel CPU (sys), as if Python cost nothing.
-
-        What the measured rate would be if this process ran on a CPU the
-        whole time and spent all of it in the kernel, as a C sender nearly
-        does: user time (Python) and time off the CPU (other load, waiting)
-        are both left out. None when no kernel time was measured.
-        """
+        """MB per second of kernel CPU (sys): the rate if Python cost nothing, as a C sender's nearly is."""
         return (self.bytes / MIB) / self.cpu_sys_s if self.cpu_sys_s > 0 else None
 
     @property
@@ -2210,23 +2183,21 @@ class Result(Rates):
         return (self.cpu_user_s + self.cpu_sys_s) / (self.bytes / GIB) if self.bytes else None
 
     def row(self) -> dict:
-        """The JSON row (README documents every field)."""
-        return {"mode": self.mode, "proto": self.proto, "family": self.family,
-                "size": self.size, "batch": self.batch, "requests": self.requests,
-                "bytes": self.bytes, "notifications": self.notifications,
-                "eagain": self.eagain, "enobufs": self.enobufs, "seconds": round(self.seconds, 6),
-                "mb_per_s": round(self.mb_per_s, 1), "gbit_per_s": round(self.gbit_per_s, 3),
-                "speedup": None if self.speedup is None else round(self.speedup, 2),
-                "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
-                "cpu_s_per_gb": None if self.cpu_s_per_gb is None else round(self.cpu_s_per_gb, 4),
-                "zc_copied": self.zc_copied, "interrupted": self.interrupted,
-                "error": self.error, "undrained": self.undrained, "failed": self.failed,
-                "setup": self.setup, "gso": self.gso, "datagrams": self.datagrams,
-                "mb_per_sys_s": None if self.mb_per_sys_s is None else round(self.mb_per_sys_s, 1),
-                "sys_speedup": None if self.sys_speedup is None else round(self.sys_speedup, 2),
-                **({} if self.intervals is None else {"intervals": self.intervals}),
-                **({} if self.pool is None else {"pool": self.pool}),
-                **({} if self.notif_lag is None else {"notif_lag": self.notif_lag})}
+        """The JSON row (README documents every field): ROW_FIELDS in order, then those a run may add."""
+        row = {}
+        for name in ROW_FIELDS:
+            value, digits = getattr(self, name), ROW_DIGITS.get(name)
+            row[name] = value if digits is None or value is None else round(value, digits)
+        row.update((name, getattr(self, name)) for name in ("intervals", "pool", "notif_lag")
+                   if getattr(self, name) is not None)
+        return row
+
+
+ROW_FIELDS = ("mode proto family size batch requests bytes notifications eagain enobufs seconds mb_per_s "
+              "gbit_per_s speedup cpu_user_s cpu_sys_s cpu_s_per_gb zc_copied interrupted error undrained "
+              "failed setup gso datagrams mb_per_sys_s sys_speedup").split()
+ROW_DIGITS = {"seconds": 6, "mb_per_s": 1, "gbit_per_s": 3, "speedup": 2, "cpu_user_s": 3, "cpu_sys_s": 3,
+              "cpu_s_per_gb": 4, "mb_per_sys_s": 1, "sys_speedup": 2}
 
 
 class Meter:
@@ -2252,10 +2223,9 @@ class Intervals:
 
     def __init__(self, every_s: float, printing: bool, start_ns: int = 0):
         self.every_ns = int(every_s * 1e9)
-        # Enough decimals that an interval's two ends differ on the line: two
-        # for -i 0.1 and longer; below, microseconds and finer (-i 0.001: six),
-        # as an interval that catches up after a stall can be far shorter
-        # than -i. JSON keeps nanoseconds, so its rates agree with its times.
+        # Enough decimals that an interval's two ends differ: two for -i 0.1 and
+        # longer; below, six or more, as an interval that catches up after a
+        # stall can be far shorter than -i. JSON keeps nanoseconds.
         self.decimals = 2
         while every_s * 10 ** self.decimals < 10:
             self.decimals += 1
@@ -2286,9 +2256,9 @@ class Intervals:
 # Above this share of a run's CPU in user space (Python), describe_result()
 # says how to lower it: a larger batch, or --sqpoll.
 PYTHON_SHARE_HINT = 0.15
-# ... and only for a run that kept its CPU busy at least this share of its
-# time: one that mostly waited (a paced path, a slow receiver) was not held
-# back by Python, and its few ms of CPU make any share meaningless.
+# ... and only for a run that sent and kept its CPU busy at least this share
+# of its time: one that mostly waited (a paced path, a slow receiver) was not
+# held back by Python, and its few ms of CPU make any share meaningless.
 BUSY_SHARE = 0.5
 
 
@@ -2323,9 +2293,6 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    # (Not for a run that sent nothing: its CPU went to setting up, not to
-    # sending; nor for one that spent most of its time waiting, for a slow
-    # path or receiver: Python's share did not limit it.)
     if (r.mode not in SYSCALL_MODES and r.pool is None and r.requests
             and cpu > BUSY_SHARE * r.seconds and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
@@ -2345,11 +2312,9 @@ def percentile(sorted_values: List[int], q: float) -> int:
 def lag_summary(lags_ns: List[int], pinned_max: int, r: "Result") -> dict:
     """The notification lag's JSON: min/p50/p99/max, the bytes pinned, the pool a server needs.
 
-    A request's lag runs from the io_uring_enter() that submitted it to the
-    reaping of its F_NOTIF: how long the kernel held its buffer. A server
-    sending at r's rate has rate x lag bytes lent at any moment, so a pool of
-    rate x p99 lag / buffer size buffers, rounded up, covers all but the
-    slowest 1% of notifications.
+    A lag runs from the io_uring_enter() that submitted a request to the reaping
+    of its F_NOTIF: how long the kernel held its buffer. At r's rate, rate x p99
+    lag / buffer size buffers cover all but the slowest 1% of notifications.
     """
     lags = sorted(lags_ns)
 
@@ -2363,34 +2328,22 @@ def lag_summary(lags_ns: List[int], pinned_max: int, r: "Result") -> dict:
             "buffers_needed": needed}
 
 
-def pool_summary(t: "PoolTally", r: "Result", buffers: int, break_contract: bool) -> dict:
-    """--pool's JSON object: the pool, the rule kept or broken, and the lag of every request."""
-    return {"buffers": buffers, "break_contract": break_contract, "rewritten_early": t.broke,
-            **lag_summary(t.lags_ns, t.pinned_max, r)}
-
-
-def describe_lag(lag: dict, r: "Result", which: str, had: str) -> List[str]:
-    """The notification lag in words, and the pool size it asks for."""
-    if not lag["lag_ms"]:
-        return []
-    ms, n = lag["lag_ms"], lag["buffers_needed"]
-    return [f"notification lag (submission to F_NOTIF, {which}): min {ms['min']:.3f} ms, "
-            f"p50 {ms['p50']:.3f} ms, p99 {ms['p99']:.3f} ms, max {ms['max']:.3f} ms; "
-            f"at most {lag['pinned_max_bytes'] >> 10} KiB pinned in flight",
-            f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of {ms['p99']:.3f} ms, a zero-copy server "
-            f"needs {n} buffer{'s' if n != 1 else ''} of {r.size} B (rate x p99 lag / buffer size); {had}"]
-
-
 def describe_pool(r: "Result") -> List[str]:
-    """The lag lines: every request's with --pool (and the rule broken, if asked), else sampled."""
-    if r.pool is None:
-        if r.notif_lag is None:
-            return []
-        return describe_lag(r.notif_lag, r, f"sampled: the last request of {r.notif_lag['lag_samples']} "
-                            f"batches", "this run sent every request from one unchanging buffer")
-    p = r.pool
-    lines = describe_lag(p, r, f"all {p['lag_samples']} requests", f"this run had {p['buffers']}")
-    if p["break_contract"]:
+    """The notification lag and the pool it asks for: every request's with --pool, else a sample."""
+    p, lag = r.pool, r.pool or r.notif_lag
+    lines = []
+    if lag and lag["lag_ms"]:
+        ms, n = lag["lag_ms"], lag["buffers_needed"]
+        which, had = ((f"all {p['lag_samples']} requests", f"this run had {p['buffers']}") if p else
+                      (f"sampled: the last request of {lag['lag_samples']} batches",
+                       "this run sent every request from one unchanging buffer"))
+        lines = [f"notification lag (submission to F_NOTIF, {which}): min {ms['min']:.3f} ms, "
+                 f"p50 {ms['p50']:.3f} ms, p99 {ms['p99']:.3f} ms, max {ms['max']:.3f} ms; "
+                 f"at most {lag['pinned_max_bytes'] >> 10} KiB pinned in flight",
+                 f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of {ms['p99']:.3f} ms, a zero-copy server "
+                 f"needs {n} buffer{'s' if n != 1 else ''} of {r.size} B (rate x p99 lag / buffer size); "
+                 f"{had}"]
+    if p and p["break_contract"]:
         lines.append(f"warning: --break-contract: {p['rewritten_early']} buffers were rewritten as soon "
                      f"as their send's result (F_MORE) came, before their notification (F_NOTIF): "
                      f"the rule broken is \"a zero-copy buffer is the kernel's until its F_NOTIF\"; "
@@ -2398,16 +2351,11 @@ def describe_pool(r: "Result") -> List[str]:
     return lines
 
 
-def family_name_label(name: str) -> str:
-    return name.replace("ip", "IP")
-
-
 def json_doc(params: Optional[dict], results: list, extra: Optional[dict] = None) -> dict:
-    """The --json document; its caller prints it at once. error: the first row's, unless extra says.
+    """The --json document, printed at once; error: the first row's, unless extra says.
 
-    Made at most once a run: main() prints one of its own (rows empty) for a
-    run that ends before any (a refusal, a usage mistake), so that a --json
-    run always prints exactly one document.
+    At most once a run: main() prints one with no rows for a run that ends
+    before any (a refusal), so a --json run prints exactly one document.
     """
     JSON_OUT.made = True
     doc = {"tool": "sendzc", "version": VERSION, "kernel": platform.release(),
@@ -2417,12 +2365,9 @@ def json_doc(params: Optional[dict], results: list, extra: Optional[dict] = None
     return doc
 
 
-class _JsonOut:
-    """Whether this run has made its --json document (json_doc)."""
+class JSON_OUT:
+    """Whether this run has made its --json document (json_doc): a namespace, never instantiated."""
     made = False
-
-
-JSON_OUT = _JsonOut()
 
 
 # --- Sockets -----------------------------------------------------------------
@@ -2438,6 +2383,10 @@ def host_port(host: str, port: int) -> str:
 
 def family_name(family: int) -> str:
     return "ipv6" if family == socket.AF_INET6 else "ipv4"
+
+
+def family_name_label(name: str) -> str:
+    return name.replace("ip", "IP")
 
 
 # How long a TCP connect() may take. Linux itself gives up only after
@@ -2456,17 +2405,15 @@ def open_tx_socket(proto: str, family: int, addr: str, port: int) -> socket.sock
                     "`setcap cap_net_raw+ep` on the python binary, or send udp") from None
     try:
         if proto != "tcp":
-            # Not for TCP: a fixed SO_SNDBUF turns off the kernel's send
-            # buffer autotuning (tcp_wmem), which grows the buffer with the
-            # connection's window; fixed at 2 MiB the sender waited for room
-            # and ran at ~0.6x liburing's send-zerocopy, which sets none.
+            # Not for TCP: a fixed SO_SNDBUF turns off send buffer autotuning
+            # (tcp_wmem); fixed at 2 MiB the sender waited for room and ran
+            # at ~0.6x liburing's send-zerocopy, which sets none.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SNDBUF)
         connect_bounded(sock, (addr, 0 if proto == "raw" else port))
-    except OSError as e:
+    except BaseException as e:
         sock.close()
-        raise Fatal(connect_error(e, proto, addr, port)) from None
-    except Fatal:
-        sock.close()
+        if isinstance(e, OSError):
+            raise Fatal(connect_error(e, proto, addr, port)) from None
         raise
     return sock
 
@@ -2475,9 +2422,8 @@ def connect_bounded(sock: socket.socket, where: tuple) -> None:
     """connect(2), bounded by CONNECT_SECONDS and ended by Ctrl-C (socket.connect() is neither).
 
     A blocking connect() to a host that drops SYNs waits minutes, and Python
-    restarts it after a signal (PEP 475), so Ctrl-C would go unheard. So: a
-    non-blocking connect() (EINPROGRESS), then poll() for the answer,
-    POLL_MS at a time, looking at STOP in between. UDP and raw connect at once.
+    restarts it after a signal (PEP 475), so Ctrl-C would go unheard: connect
+    without blocking, then poll() POLL_MS at a time, looking at STOP between.
     """
     sock.setblocking(False)
     err = sock.connect_ex(where)
@@ -2504,21 +2450,17 @@ def connect_bounded(sock: socket.socket, where: tuple) -> None:
 # A datagram larger than the path's MTU leaves as IP fragments, and a
 # fragmented zero-copy send is copied: the UDP checksum of a fragmented
 # datagram covers every fragment, so no device can compute it, and the kernel
-# lends pages to a packet only when the device checksums it
-# (CHECKSUM_PARTIAL, in __ip_append_data()); otherwise it copies, and the
-# notification says so. A connected socket knows its path's MTU (IP_MTU,
-# IPV6_MTU: the route's, lowered by any path MTU discovery), so the sender
-# can say so before it sends.
+# lends pages only to a packet the device checksums (CHECKSUM_PARTIAL, in
+# __ip_append_data()). A connected socket knows its path's MTU (IP_MTU,
+# IPV6_MTU), so the sender can say so before it sends.
 #
-# UDP GSO (UDP_SEGMENT, 4.18) is the way out that keeps large sends: one send
-# of up to 64 KB, cut by the kernel into segment-byte datagrams, each its own
-# packet, each checksummed on its own, as late as the device allows. The
-# pages are still lent, not copied. UDP_SEGMENT as a socket option applies to
-# every send on the socket, SEND_ZC from a registered buffer included; the
-# same as a control message applies to one sendmsg() (SENDMSG_ZC here, as
-# QUIC stacks send). The kernel refuses a segment that does not fit the path
-# (EINVAL) and more than UDP_MAX_SEGMENTS of them in one send (EINVAL); on
-# some kernels a device that cannot checksum makes a GSO send fail with EIO.
+# UDP GSO (UDP_SEGMENT, 4.18) keeps large sends: the kernel cuts one send of
+# up to 64 KB into segment-byte datagrams, each checksummed on its own, and
+# the pages are still lent. As a socket option it applies to every send (SEND_ZC
+# included); as a control message, to one sendmsg() (SENDMSG_ZC, as QUIC
+# stacks send). A segment that does not fit the path, or more than
+# UDP_MAX_SEGMENTS of them, is EINVAL; on some kernels a device that cannot
+# checksum makes a GSO send fail with EIO.
 
 GSO_AUTO = -1           # --gso auto: the largest datagram that crosses the path unfragmented
 IPV6_FRAG_HEADER = 8    # <netinet/ip6.h>: struct ip6_frag, in every IPv6 fragment
@@ -2572,11 +2514,8 @@ def check_segments(size: int, segment: int, status: int = 2) -> None:
 
 
 def resolve_gso(gso: int, size: int, mtu: int, family: int) -> int:
-    """--gso's segment size on a path of this MTU: auto picks the largest unfragmented datagram.
-
-    A segment that does not fit the path, or too many of them, is refused
-    here in one line rather than by the kernel's EINVAL mid-run.
-    """
+    """--gso's segment size on a path of this MTU (auto: the largest unfragmented datagram), or one line
+    here rather than the kernel's EINVAL mid-run."""
     fits = largest_datagram(mtu, family)
     segment = fits if gso == GSO_AUTO else gso
     if segment > fits:
@@ -2654,10 +2593,8 @@ class SendConfig:
 
     @property
     def mode(self) -> str:
-        if not self.zc:
-            return "sendmsg" if self.sendmsg else "send"
-        base = "sendmsg_zc" if self.sendmsg else "send_zc"
-        return base + ("_fixed" if self.fixed_buf else "")
+        return (("sendmsg" if self.sendmsg else "send") + ("_zc" if self.zc else "")
+                + ("_fixed" if self.zc and self.fixed_buf else ""))
 
 
 REQUIRED_OPS = {"send": (IORING_OP_SEND, "5.6"), "sendmsg": (IORING_OP_SENDMSG, "5.3"),
@@ -2676,14 +2613,11 @@ def check_opcode(probe: Probe, mode: str) -> None:
 
 
 def probe_report_usage() -> bool:
-    """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel.
+    """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel, on a small ring of its own.
 
-    A SEND_ZC with the flag goes to one end of an AF_UNIX socketpair: a
-    kernel that knows the flag rejects the socket (-EOPNOTSUPP, unix sockets
-    do not do zero-copy); one that does not rejects the flag (-EINVAL) first.
-    No packet leaves. Both answers come with F_MORE and a notification. A
-    small ring of its own keeps the sender's ring untouched (its counters
-    start at 0, which makes --trace easier to follow).
+    A SEND_ZC with the flag to an AF_UNIX socketpair: a kernel that knows the
+    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), one
+    that does not rejects the flag (-EINVAL) first. Both post F_MORE, then a notification.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, Ring(2) as ring:
@@ -2733,12 +2667,13 @@ TRACE_EXPLAINED = {
 
 
 def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int]],
-              stack: ExitStack, **ring_args) -> Ring:
-    """A sender's ring, set up in the order liburing's example does; torn down by stack.
+              stack: ExitStack, **ring_args) -> Tuple[Ring, bool]:
+    """A sender's ring, set up in the order liburing's example does and torn down by stack; and
+    whether its SEND_ZC may ask IORING_SEND_ZC_REPORT_USAGE.
 
     The ring (CQ 4x the SQ), the socket as registered file 0, the buffers
     (addr, length) as registered buffers 0.. (none: no FIXED_BUF), the ring
-    fd registered. Each refusal is one line (Fatal).
+    fd registered. Each refusal is one line (Fatal), the probe's ring's too.
     """
     try:
         ring = Ring(cfg.entries, cq_entries=4 * cfg.entries, **ring_args)
@@ -2753,23 +2688,14 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
     except OSError as e:
         raise Fatal(register_error(e, sum(length for _, length in buffers))) from None
     ring.register_ring_fd()
-    return ring
-
-
-def report_usage() -> bool:
-    """probe_report_usage(), a refusal of its own small ring in one line (as refusable as the first)."""
     try:
-        return probe_report_usage()
+        return ring, cfg.zc and probe_report_usage()
     except OSError as e:
         raise Fatal(setup_error(e)) from None
 
 
 class UringSender(BulkSender):
-    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported.
-
-    Set up in the order liburing's example does (send_ring()); torn down in
-    reverse by the ExitStack it is given.
-    """
+    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported."""
 
     def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, stack: ExitStack):
         self.cfg = cfg
@@ -2784,12 +2710,11 @@ class UringSender(BulkSender):
         sqpoll = dict(flags=IORING_SETUP_SQPOLL, attempts=SQPOLL_ATTEMPTS,
                       sq_thread_idle=SQ_THREAD_IDLE_MS) if cfg.sqpoll else {}
         buffers = [(payload.addr, payload.length)] if cfg.fixed_buf and cfg.zc else []
-        ring = send_ring(cfg, sock, buffers, stack, **sqpoll)
+        ring, usage = send_ring(cfg, sock, buffers, stack, **sqpoll)
         super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf, cfg.sendmsg,
-                         cfg.proto == "tcp", cfg.flush, cfg.zc and report_usage(),
+                         cfg.proto == "tcp", cfg.flush, usage,
                          gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None)
         self.trace_out = sys.stdout
-        self.rusage_who = resource.RUSAGE_SELF
         self.deadline_ns: Optional[int] = None     # -n: the flows' common deadline (run_flows)
         self.started_ns = 0                        # perf_counter_ns when run() started
 
@@ -2798,7 +2723,7 @@ class UringSender(BulkSender):
         cfg = self.cfg
         result = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
                         setup=self.ring.setup_flags, gso=cfg.gso or None)
-        meter = Meter(self.rusage_who)
+        meter = Meter()
         self.started_ns = meter.t0    # -i: where the interval lines start counting
         run = self.begin(self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9), on_tick, tick_ns)
         if cfg.trace:                 # inside the timed run: the trace's sends count, so must its time
@@ -2823,14 +2748,11 @@ class UringSender(BulkSender):
         return result
 
     def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
-        """Send the first n requests slowly, saying aloud what each step does.
+        """Send the first n requests slowly (user_data = each one's number), saying aloud each step.
 
-        Each request is prepared on its own (user_data = its number), placed,
-        submitted, and every CQE it causes is printed, notification included:
-        a run of n sends followed from SQE to F_NOTIF. Returns the tally, which
-        run() adds to its totals (these are real sends), and the results and
-        notifications still outstanding if it had to stop early: at an error,
-        Ctrl-C, or the run's deadline (perf_counter_ns).
+        Returns the tally, which run() adds to its totals (these are real
+        sends), and the results and notifications still outstanding if it
+        stopped early: at an error, Ctrl-C, or the run's deadline.
         """
         cfg, ring = self.cfg, self.ring
         explained = set()
@@ -2849,10 +2771,8 @@ class UringSender(BulkSender):
         total = Tally()
         sqe = io_uring_sqe()
         seq = count = due = 0
-        # The trace is part of the timed run, and -t ends it as it ends the
-        # run: a peer that stops taking data must not hold it for ever, nor
-        # must Ctrl-C go unheard. What is still out then goes to run()'s
-        # drain, which waits DRAIN_SECONDS for it, as for any run.
+        # Part of the timed run, so -t ends it too: a peer that stops taking
+        # data must not hold it for ever, nor must Ctrl-C go unheard.
         late = False
         while seq < n and not total.error and not STOP.requested and not late:
             count = min(cfg.batch, n - seq)
@@ -2897,23 +2817,19 @@ class UringSender(BulkSender):
                 count -= t.results
                 wait = count + due          # here we do wait for the notifications
         total.due = 0
-        if total.error or STOP.requested or late:
-            # Whatever is still out goes to run(), whose drain waits for it.
-            return total, count, due
-        say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
-        return total, 0, 0
+        if not (total.error or STOP.requested or late):
+            say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
+        return total, count, due          # what is still out: run()'s drain waits for it
 
 
 def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     """-n N: N senders at once, each a fork()ed process with its own socket, payload and ring.
 
-    Processes, not threads (liburing's send-zerocopy -T): the GIL runs one
-    thread's Python at a time, so two flows in threads were slower than one
-    on two cores. Each child is in a process group of its own and the parent
-    relays each Ctrl-C, so a child hears it exactly once. All set up, then
-    get one common deadline (CLOCK_MONOTONIC is one clock for all). The
-    total's rate is all bytes over the first flow's start to the last one's
-    end; its CPU is the sum of the flows'.
+    Processes, not threads: the GIL runs one thread's Python at a time. Each
+    child is in a process group of its own and the parent relays each Ctrl-C,
+    so a child hears it exactly once. All set up, then get one common deadline
+    (CLOCK_MONOTONIC is one clock for all). The total's rate is all bytes over
+    the first flow's start to the last one's end; its CPU, the flows' sum.
     """
     out_r, out_w = os.pipe()              # children -> parent: ready, result, or a failure
     go_r, go_w = os.pipe()                # parent -> children: the common deadline
@@ -2936,13 +2852,12 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = FlowInbox(out_r, pids)
-        failed = [m for m in inbox.collect(cfg.flows) if m[0] == "fatal"]     # "ready" or "fatal"
-        if failed:
-            raise Fatal(*failed[0][2:])
-        deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-        os.write(go_w, struct.pack("q", deadline) * cfg.flows)   # 8 B a child: far below a pipe's room
-        done = inbox.collect(cfg.flows)   # a "result" or a "fatal" from each
+        inbox = flow_inbox(out_r, pids, cfg.flows)
+        done = next(inbox)                # "ready" or "fatal" from each
+        if all(m[0] == "ready" for m in done):
+            deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
+            os.write(go_w, struct.pack("q", deadline) * cfg.flows)   # 8 B a child: far below a pipe's room
+            done = next(inbox)            # "result" or "fatal" from each
         finished = True
     finally:
         for fd in (out_r, out_w, go_r, go_w):
@@ -2963,7 +2878,7 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
                    setup=results[0].setup, gso=cfg.gso or None)
     for name in ("requests", "bytes", "notifications", "eagain", "undrained", "failed",
                  "cpu_user_s", "cpu_sys_s"):
-        setattr(total, name, sum((getattr(r, name) for r in results), getattr(total, name)))
+        setattr(total, name, sum(getattr(r, name) for r in results))
     copied = [r.zc_copied for r in results if r.zc_copied is not None]
     total.zc_copied = sum(copied) if copied else None
     total.error = next((r.error for r in results if r.error), None)
@@ -3031,8 +2946,8 @@ class WholeLines:
 def flow_message(fd: int, message: tuple) -> None:
     """One message to the parent: a length, then the pickle, in ONE write.
 
-    POSIX makes a pipe write of at most PIPE_BUF bytes atomic, so the children
-    share one pipe without interleaving. A result pickles to under 1 KB (no -i with -n).
+    POSIX makes a pipe write of at most PIPE_BUF bytes atomic, so the children share one
+    pipe without interleaving. A result pickles to under 1 KB (no -i with -n).
     """
     import pickle
     data = pickle.dumps(message)
@@ -3041,48 +2956,39 @@ def flow_message(fd: int, message: tuple) -> None:
     os.write(fd, frame)
 
 
-class FlowInbox:
-    """The parent's end of run_flows()' pipe: messages in, Ctrl-C out to the children."""
-
-    def __init__(self, fd: int, pids: Dict[int, int]):
-        self.fd, self.pids = fd, pids
-        self.buf, self.relayed = b"", 0       # relayed: Ctrl-Cs passed on to the children so far
-        self.poller = select.poll()
-        self.poller.register(fd, select.POLLIN)
-
-    def collect(self, n: int) -> List[tuple]:
-        """Wait for n messages, one from each flow; relay Ctrl-C meanwhile."""
-        import pickle
-        got: List[tuple] = []
-        while True:
-            level = STOP.requested + STOP.hurry
-            while self.relayed < level:       # each Ctrl-C, once, to every child still running
-                self.relayed += 1
-                for pid in self.pids:
-                    try:
-                        os.kill(pid, signal.SIGINT)
-                    except ProcessLookupError:
-                        pass
-            while len(self.buf) >= 4:
-                size = struct.unpack_from("I", self.buf)[0]
-                if len(self.buf) < 4 + size:
-                    break
-                got.append(pickle.loads(self.buf[4:4 + size]))
-                self.buf = self.buf[4 + size:]
-            if len(got) >= n:
-                return got
-            if not self.poller.poll(POLL_MS):
-                continue
-            chunk = os.read(self.fd, 1 << 16)     # the pipe's whole default capacity
+def flow_inbox(fd: int, pids: Dict[int, int], n: int) -> Iterator[List[tuple]]:
+    """The parent's end of run_flows()' pipe: yields a message from each of the n flows, as often
+    as asked, and relays each Ctrl-C to the children meanwhile."""
+    import pickle
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    buf, relayed, got = b"", 0, []        # relayed: Ctrl-Cs passed on to the children so far
+    while True:
+        while relayed < STOP.requested + STOP.hurry:   # each Ctrl-C, once, to every child still running
+            relayed += 1
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGINT)
+                except ProcessLookupError:
+                    pass
+        while len(buf) >= 4 and len(buf) >= 4 + struct.unpack_from("I", buf)[0]:
+            size = struct.unpack_from("I", buf)[0]
+            got.append(pickle.loads(buf[4:4 + size]))
+            buf = buf[4 + size:]
+        if len(got) >= n:
+            yield got
+            got = []
+        elif poller.poll(POLL_MS):
+            chunk = os.read(fd, 1 << 16)      # the pipe's whole default capacity
             if not chunk:                     # every child has closed the pipe: some died mute
                 flow = min(set(range(n)) - {m[1] for m in got})
-                pid = next(p for p, i in self.pids.items() if i == flow)
-                del self.pids[pid]
+                pid = next(p for p, i in pids.items() if i == flow)
+                del pids[pid]
                 status = os.waitpid(pid, 0)[1]    # not long: it closed the pipe, so it has ended
                 how = (f"killed by {signal.Signals(os.WTERMSIG(status)).name}" if os.WIFSIGNALED(status)
                        else f"exit status {os.WEXITSTATUS(status)}")
                 raise Fatal(f"flow {flow} ended without a word ({how}): run it alone (without -n) to see why")
-            self.buf += chunk
+            buf += chunk
 
 
 def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count: int = 0) -> Result:
@@ -3092,8 +2998,8 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
     """
     pool = Pool(cfg.pool, cfg.size)
     stack.callback(pool.close)                  # after the ring (below) has let go of it
-    ring = send_ring(cfg, sock, pool.iovecs() if cfg.fixed_buf else [], stack)
-    zc_flags = IORING_SEND_ZC_REPORT_USAGE if report_usage() else 0
+    ring, usage = send_ring(cfg, sock, pool.iovecs() if cfg.fixed_buf else [], stack)
+    zc_flags = IORING_SEND_ZC_REPORT_USAGE if usage else 0
     sender = ReferenceSender(ring, pool, cfg.fixed_buf, cfg.proto == "tcp", zc_flags, cfg.break_contract)
     result = Result(cfg.mode, cfg.proto, cfg.size, cfg.pool, family_name(cfg.family),
                     setup=ring.setup_flags)
@@ -3109,7 +3015,8 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
     result.requests, result.bytes, result.eagain = t.requests, t.bytes, t.eagain
     result.notifications, result.failed, result.undrained = t.notifications, t.failed, t.undrained
     result.zc_copied = t.copied if zc_flags else None
-    result.pool = pool_summary(t, result, cfg.pool, cfg.break_contract)
+    result.pool = {"buffers": cfg.pool, "break_contract": cfg.break_contract, "rewritten_early": t.broke,
+                   **lag_summary(t.lags_ns, t.pinned_max, result)}
     result.error = run_error(cfg, result, t.error, None, waited, gave_up=stopped and STOP.hurry)
     return result
 
@@ -3124,21 +3031,19 @@ def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
 
 # --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
 #
-# The kernel selftest msg_zerocopy.c calls send(2) in a loop, copying or with
-# MSG_ZEROCOPY. SyscallSender is that loop as a careful program writes it:
-# MSG_DONTWAIT sends, a poll() when the socket is full (counted as EAGAIN),
-# and MSG_ZEROCOPY completions read off the error queue "every couple of send
-# calls" (Documentation/networking/msg_zerocopy.rst).
+# The kernel selftest msg_zerocopy.c's send(2) loop, copying or with
+# MSG_ZEROCOPY, as a careful program writes it: MSG_DONTWAIT sends, a poll()
+# when the socket is full (counted as EAGAIN), completions read off the error
+# queue "every couple of send calls" (Documentation/networking/msg_zerocopy.rst).
 #
-# With SO_ZEROCOPY set, every send(MSG_ZEROCOPY) that moves data takes the
-# next number of a per-socket u32 counter. When the kernel lets go of its
-# pages it queues a sock_extended_err (ee_origin SO_EE_ORIGIN_ZEROCOPY) whose
-# [ee_info, ee_data] is the inclusive range of sends completed; a queued one
-# is extended rather than a new one queued, so one recvmsg(MSG_ERRQUEUE) often
-# covers many sends. ee_code SO_EE_CODE_ZEROCOPY_COPIED: the kernel copied
-# after all (a merged range keeps its first send's flag). Each notification
-# is charged to the socket's option memory (net.core.optmem_max): when that
-# is used up, send fails with ENOBUFS, and the remedy is to read the queue.
+# With SO_ZEROCOPY, every send(MSG_ZEROCOPY) that moves data takes the next
+# number of a per-socket u32 counter. When the kernel lets go of the pages it
+# queues a sock_extended_err (SO_EE_ORIGIN_ZEROCOPY) whose [ee_info, ee_data]
+# is the inclusive range of sends completed, extending a queued one rather
+# than adding one. ee_code SO_EE_CODE_ZEROCOPY_COPIED: the kernel copied after
+# all (a merged range keeps its first send's flag). Queued notifications are
+# charged to the socket's option memory (net.core.optmem_max): when it is used
+# up, send fails with ENOBUFS, and the remedy is to read the queue.
 
 SEND_BURST = 16         # send(2) calls between two looks at the clock and at STOP
 ZC_REAP_EVERY = 32      # MSG_ZEROCOPY sends between two reads of the error queue
@@ -3150,10 +3055,7 @@ RECVERR_CMSGS = {(socket.IPPROTO_IP, IP_RECVERR), (socket.IPPROTO_IPV6, IPV6_REC
 
 
 class ZerocopyCompletions:
-    """MSG_ZEROCOPY's bookkeeping, like do_recv_completion() in msg_zerocopy.c, and as strict.
-
-    Ranges count modulo 2**32; more completions than sends is a broken account, not rounded away.
-    """
+    """MSG_ZEROCOPY's bookkeeping, like do_recv_completion() in msg_zerocopy.c, and as strict."""
 
     def __init__(self):
         self.sent = 0          # sends that moved data: each took a number
@@ -3182,7 +3084,7 @@ class ZerocopyCompletions:
         return self.sent - self.completed
 
     def read(self, sock: socket.socket, sent: int) -> int:
-        """recvmsg(MSG_ERRQUEUE) until the queue is empty (EAGAIN: it never blocks), sent sends made.
+        """recvmsg(MSG_ERRQUEUE) until the queue is empty (it never blocks), sent sends made.
 
         Returns 0, or the errno of an error that is not a zero-copy completion
         (none is expected: we do not ask for IP_RECVERR).
@@ -3205,11 +3107,10 @@ class ZerocopyCompletions:
 
 
 class SyscallSender:
-    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY if asked; batch 1.
+    """The selftest msg_zerocopy.c's do_tx(): send(2) in a loop, MSG_ZEROCOPY (and SO_ZEROCOPY) if asked.
 
-    With zerocopy the socket gets SO_ZEROCOPY (SEND_ZC needs none). poll_each
-    polls after every send as the selftest does (the RFC's baseline, two
-    syscalls a packet); without it poll() runs only when the socket is full.
+    poll_each polls after every send as the selftest does (the RFC's baseline,
+    two syscalls a packet); without it poll() runs only when the socket is full.
     """
 
     def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, zerocopy: bool,
@@ -3233,7 +3134,7 @@ class SyscallSender:
         """Send for cfg.seconds; return the totals, every completion reaped.
 
         A TCP send may move fewer bytes than asked: the next starts where the
-        stream stands, so the wire carries the pattern in order. UDP sends are all or nothing.
+        stream stands, so the wire carries the pattern in order.
         """
         cfg, sock, zc, poll_each = self.cfg, self.sock, self.zerocopy, self.poll_each
         size = cfg.size
