@@ -3531,20 +3531,25 @@ class RxResult(Rates):
 
 @dataclass
 class RxConfig:
-    """What `sendzc.py rx` was asked to do."""
+    """What `sendzc.py rx` was asked to do; the JSON params, in this order."""
     proto: str = "tcp"
     family: Optional[int] = None     # None: IPv6 and IPv4 on one socket
     port: int = DEFAULT_PORT
     seconds: Optional[float] = None  # -t; None: until the sender is done
     verify: bool = True
     uring: bool = True               # TCP through IORING_OP_RECV (else recv_into)
+    flows: int = 1                   # -n: a sender's TCP connections, each received in a thread
+    keep: bool = False               # --keep: sender after sender
     discard: bool = False            # --discard: receive with MSG_TRUNC, verify nothing
     pool: bool = False               # --pool: check a --pool sender's stamps (PoolVerifier)
+
+    def params(self) -> dict:
+        return {**vars(self), "family": "any" if self.family is None else family_name(self.family)}
 
 
 # --- Sockets -----------------------------------------------------------------
 
-def listen_for(cfg: RxConfig, senders: int, keep: bool = False) -> socket.socket:
+def listen_for(cfg: RxConfig) -> socket.socket:
     """bind() on every address (and listen(), for TCP), then say so: msg_zerocopy.c's do_setup_rx().
 
     With neither -4 nor -6, one IPv6 socket with IPV6_V6ONLY off takes both
@@ -3588,9 +3593,9 @@ def listen_for(cfg: RxConfig, senders: int, keep: bool = False) -> socket.socket
     # On stderr: stdout may be JSON.
     where = "IPv6 and IPv4" if family == socket.AF_INET6 and cfg.family is None \
         else family_name_label(family_name(family))
-    whom = "a sender" if senders == 1 else f"{senders} senders"
-    if keep:
-        whom = "senders, one after another" if senders == 1 else f"senders, {senders} at a time"
+    n = cfg.flows
+    whom = (("senders, one after another" if n == 1 else f"senders, {n} at a time") if cfg.keep
+            else "a sender" if n == 1 else f"{n} senders")
     print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
     return sock
@@ -3870,7 +3875,7 @@ def new_result(cfg: RxConfig) -> RxResult:
 
 def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> RxResult:
     """msg_zerocopy -r's do_rx(), with a check of every byte: one sender, counted and verified."""
-    with listen_for(cfg, 1) as sock:
+    with listen_for(cfg) as sock:
         return serve_one(cfg, sock, printing, interval)
 
 
@@ -3942,8 +3947,8 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             result.error = verifier.error_line(result)
 
 
-def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[RxResult], RxResult]:
-    """rx -n: up to flows connections, each received in its own thread (own buffer, ring, check).
+def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxResult]:
+    """rx -n: up to cfg.flows connections, each received in its own thread (own buffer, ring, check).
 
     A thread starts the moment its connection is accepted: a sender's first
     flow must not stall while its last one is still connecting; ctypes and
@@ -3953,7 +3958,6 @@ def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[Rx
     """
     import threading
     results: List[RxResult] = []
-    total = new_result(cfg)
     errors: List[BaseException] = []
     meter: Optional[Meter] = None
 
@@ -3965,41 +3969,40 @@ def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[Rx
 
     with ExitStack() as stack:
         threads = []
-        while len(results) < flows:
+        while len(results) < cfg.flows:
             got = until_stop(sock.accept)
             if got is None:                 # Ctrl-C before every sender came: end those that did
                 break
-            conn, addr = got
-            stack.callback(conn.close)      # after the threads are joined (below)
+            stack.callback(got[0].close)    # after the threads are joined (below)
             meter = meter or Meter()
             results.append(new_result(cfg))
-            results[-1].family, results[-1].peer = peer_name(addr)
-            threads.append(threading.Thread(target=flow, args=(results[-1], conn, addr),
-                                            name=f"rx{len(results) - 1}"))
+            threads.append(threading.Thread(target=flow, args=(results[-1], *got), name=f"rx{len(threads)}"))
             threads[-1].start()
         for t in threads:
             while t.is_alive():
                 t.join(RX_TICK_S)           # short joins: the main thread still sees Ctrl-C
     if errors:
         raise errors[0]
-    total.interrupted = STOP.requested
-    if not results:
-        return results, total
-    meter.stop(total)
-    add_up(total, results)
-    # One flow's refusal (io_uring off) is every flow's: name what was used, and why.
-    total.note = next((r.note for r in results if r.note), None)
-    start = min(r.started_ns or meter.t0 for r in results)
-    end = max((r.started_ns or meter.t0) + int(r.seconds * 1e9) for r in results)
-    total.seconds = (end - start) / 1e9
+    total = add_up(cfg, results)
+    if results:
+        meter.stop(total)
+        # One flow's refusal (io_uring off) is every flow's: name what was used, and why.
+        total.note = next((r.note for r in results if r.note), None)
+        start = min(r.started_ns for r in results)
+        total.seconds = (max(r.started_ns + int(r.seconds * 1e9) for r in results) - start) / 1e9
     return results, total
 
 
-def add_up(total: RxResult, results: List[RxResult]) -> None:
-    """Sum results into an empty total: bytes, counts, methods, the first error and mismatch, the verdict."""
+def add_up(cfg: RxConfig, results: List[RxResult]) -> RxResult:
+    """The total of results: counts, times and CPU summed, methods named, the first error and mismatch."""
+    total = new_result(cfg)
+    total.interrupted = STOP.requested
+    if not results:
+        return total
     total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
     total.method = " and ".join(sorted({r.method for r in results}))
-    for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped"):
+    for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped",
+                 "seconds", "cpu_user_s", "cpu_sys_s"):
         counts = [getattr(r, name) for r in results if getattr(r, name) is not None]
         if counts:              # else segments (UDP), datagrams and dropped (TCP) stay None
             setattr(total, name, sum(counts))
@@ -4007,6 +4010,7 @@ def add_up(total: RxResult, results: List[RxResult]) -> None:
     total.error = next((r.error for r in results if r.error), None)
     total.first_mismatch = next((r.first_mismatch for r in results if r.first_mismatch), None)
     total.verified = None if any(r.verified is None for r in results) else all(r.verified for r in results)
+    return total
 
 
 def describe_rx(r: RxResult) -> List[str]:
@@ -4080,21 +4084,18 @@ def rx_parser() -> "Parser":
 def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
-    cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port, seconds=a.seconds,
-                   verify=a.verify, uring=a.uring, discard=a.discard, pool=a.pool)
-    if a.flows > 1 and cfg.proto != "tcp":
-        raise UsageError(f"-n {a.flows} with udp: every UDP flow arrives on the one socket; "
+    cfg = RxConfig(a.proto, one_family(a.families), a.port, a.seconds, a.verify, a.uring, a.flows, a.keep,
+                   a.discard, a.pool)
+    if cfg.flows > 1 and cfg.proto != "tcp":
+        raise UsageError(f"-n {cfg.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
-    if a.flows > 1 and a.interval:
-        raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
-    params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
-              "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
-              "flows": a.flows, "keep": a.keep, "discard": cfg.discard, "pool": cfg.pool}
-    with listen_for(cfg, a.flows, a.keep) as sock:
-        if a.keep:
-            return serve_senders(cfg, sock, a, params)
+    if cfg.flows > 1 and a.interval:
+        raise UsageError(f"-i with -n {cfg.flows}: interval lines are per run; drop one of the two")
+    with listen_for(cfg) as sock:
+        if cfg.keep:
+            return serve_senders(cfg, sock, a)
         results, result = serve(cfg, sock, a)
-    report_rx(a, params, results, result)
+    report_rx(cfg, a, results, result)
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
         return 1
@@ -4103,28 +4104,28 @@ def rx_main(argv: List[str]) -> int:
 
 def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> Tuple[List[RxResult], RxResult]:
     """One sender (with -n: its flows): each flow's result, and the total (the one result, for one)."""
-    if a.flows > 1:
-        return serve_flows(cfg, sock, a.flows)
+    if cfg.flows > 1:
+        return serve_flows(cfg, sock)
     result = serve_one(cfg, sock, not a.json, a.interval)
     return [result], result
 
 
-def report_rx(a: argparse.Namespace, params: dict, results: List[RxResult], result: RxResult,
+def report_rx(cfg: RxConfig, a: argparse.Namespace, results: List[RxResult], result: RxResult,
               extra: Optional[dict] = None) -> None:
     """Print one sender's result: a JSON document (on one line with --keep), or the text lines."""
     if a.json:
-        doc = json_doc(params, results, extra)
-        if a.flows > 1:
+        doc = json_doc(cfg.params(), results, extra)
+        if cfg.flows > 1:
             doc["total"] = result.row()
-        print(json.dumps(doc) if a.keep else json.dumps(doc, indent=2), flush=True)
-    elif a.flows > 1:       # a line per flow that came (each was accepted, so has a peer), then the total
+        print(json.dumps(doc) if cfg.keep else json.dumps(doc, indent=2), flush=True)
+    elif cfg.flows > 1:     # a line per flow that came (each was accepted, so has a peer), then the total
         lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
         print("\n".join(lines + [f"total of {len(results)} flows:"] + describe_rx(result)), flush=True)
     else:
         print("\n".join(describe_rx(result)), flush=True)
 
 
-def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace, params: dict) -> int:
+def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> int:
     """--keep: serve sender after sender until Ctrl-C, then print the totals (exit 130).
 
     Each sender starts from nothing: its own result, buffer, ring and
@@ -4132,26 +4133,22 @@ def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace, par
     sender's failure (a reset, a wrong byte) is printed as it ends, and the
     receiver goes on to the next.
     """
-    total = new_result(cfg)
     served: List[RxResult] = []
     while not STOP.requested:
         results, result = serve(cfg, sock, a)
-        if not results or not result.peer:
+        if not result.peer:
             break                           # Ctrl-C while waiting for the next sender
         served.append(result)
         if not a.json:
             print(f"sender {len(served)}:", flush=True)
-        report_rx(a, params, results, result, {"sender": len(served)})
+        report_rx(cfg, a, results, result, {"sender": len(served)})
         if result.error:
             print(f"sendzc: {result.error}", file=sys.stderr, flush=True)
-    total.interrupted = True
-    if served:
-        add_up(total, served)
-        total.peer = f"{len(served)} senders"
-        for name in ("seconds", "cpu_user_s", "cpu_sys_s"):
-            setattr(total, name, sum(getattr(r, name) for r in served))
+    total = add_up(cfg, served)
+    total.interrupted, total.peer = True, f"{len(served)} senders" if served else ""
     if a.json:
-        print(json.dumps(json_doc(params, [], {"senders": len(served), "total": total.row()})), flush=True)
+        print(json.dumps(json_doc(cfg.params(), [], {"senders": len(served), "total": total.row()})),
+              flush=True)
     else:
         print(totals_line(total, served), flush=True)
     return 130
