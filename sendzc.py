@@ -3346,10 +3346,9 @@ def first_mismatch(data: memoryview, want: bytes, start: int = 0) -> int:
 class Verifier:
     """Checks received bytes against the pattern: one memcmp() per receive.
 
-    pattern.startswith(view[:k], phase) compares our buffer with the pattern
-    where both lie and ends in memcmp(): 43 GiB/s for a 1 MiB receive here,
-    where the stream runs at ~3 GiB/s. Slicing bytes would copy (under
-    1 GiB/s), and memoryview == compares item by item (0.57 GiB/s).
+    pattern.startswith(view[:k], phase) compares in place, in memcmp(), ten
+    times the stream's rate; a bytes slice would copy first, and memoryview ==
+    compares item by item: both slower than the stream.
     """
 
     def __init__(self, span: int):
@@ -3401,12 +3400,10 @@ class Verifier:
 class PoolVerifier(Verifier):
     """rx --pool: checks the stamps of a --pool sender (section 6) instead of the pattern.
 
-    UDP: every datagram must be one request's stamp() from end to end, no
-    request's twice; some may be lost or come out of order (UDP does not
-    keep order, nor does io_uring between sends in flight on one socket).
-    TCP: the stream must be stamp(0, size), stamp(1, size), ... in order. A
-    buffer rewritten before its notification shows as a later request's
-    stamp where an earlier one belongs (or a torn one, if caught mid-write).
+    UDP: each datagram one request's stamp() whole, no request twice, some
+    lost or out of order (neither UDP nor io_uring's sends in flight keep it).
+    TCP: stamp(0, size), stamp(1, size), ... in order. A buffer rewritten
+    before its notification shows as a later request's stamp, or a torn one.
     """
 
     def __init__(self, proto: str):
@@ -3553,10 +3550,9 @@ def listen_for(cfg: RxConfig) -> socket.socket:
     """bind() on every address (and listen(), for TCP), then say so: msg_zerocopy.c's do_setup_rx().
 
     With neither -4 nor -6, one IPv6 socket with IPV6_V6ONLY off takes both
-    families (an IPv4 sender shows as ::ffff:a.b.c.d); where IPv6 is absent,
-    IPv4 alone. SO_RCVTIMEO bounds every wait, so that Ctrl-C, -t and -i are
-    seen every RX_TICK_S; settimeout() would instead call poll() before every
-    receive, a second syscall each. An accepted socket inherits it.
+    families (IPv4 senders show as ::ffff:a.b.c.d), or IPv4 alone without IPv6.
+    SO_RCVTIMEO, which accepted sockets inherit, wakes every wait each RX_TICK_S
+    for Ctrl-C, -t and -i; settimeout() would add a poll() to every receive.
     """
     sock_type = SOCK_TYPES[cfg.proto][0]
     family = socket.AF_INET6 if cfg.family is None else cfg.family
@@ -3631,14 +3627,9 @@ def socket_drops(sock: socket.socket) -> Optional[int]:
 #
 # Three ways to receive, one interface: recv() returns how many bytes the
 # next receive put at the start of the buffer, 0 at the end of a TCP stream,
-# None when RX_TICK_S passed with nothing to read.
-#
-# TCP receives through io_uring because it measured faster over veth than
-# recv_into(2), by about a third (README, "Receive and verify"); why, we
-# have not pinned down. No faster, so not kept: IORING_OP_READ_FIXED into a
-# registered buffer, linked RECVs, MSG_WAITALL. recv_into stays, for UDP,
-# for --no-uring, and for a host whose io_uring is disabled
-# (kernel.io_uring_disabled, a seccomp profile): a receiver needs no io_uring.
+# None when RX_TICK_S passed with nothing to read. TCP receives through
+# io_uring, measured faster than recv_into(2) over veth (README, "Receive and
+# verify"); recv_into stays for UDP, --no-uring, and hosts without io_uring.
 
 class RxBuffer:
     """The receive buffer: page-aligned, written by the kernel, then read by us."""
@@ -3659,10 +3650,9 @@ class RxBuffer:
 class SocketReceiver:
     """socket.recv_into(): one recv(2) per receive; the kernel copies inside the call.
 
-    msg_flags MSG_TRUNC (--discard) makes TCP's recv drop the bytes in the
-    kernel and return how many (tcp_recvmsg() skips the copy), and UDP's
-    return a datagram's full length though it copies only nbytes of it (the
-    caller passes 1: recv_into's 0 means all).
+    MSG_TRUNC (--discard): TCP's recv drops the bytes uncopied and says how
+    many (tcp_recvmsg()); UDP's returns a datagram's full length, copying
+    nbytes of it (1: recv_into's 0 means all).
     """
 
     method = "recv_into"
@@ -3682,10 +3672,9 @@ class SocketReceiver:
 class GroReceiver:
     """UDP with UDP_GRO: recvmsg(2) with a control buffer, several datagrams per receive.
 
-    With UDP_GRO set, a run of datagrams from one sender, coalesced by GRO
-    (or one GSO packet over veth), comes as one receive, end to end, with a
-    control message giving the segment size: every datagram that long but
-    the last (udp_cmsg_recv()). SO_RXQ_OVFL adds the socket's drop count
+    Datagrams that GRO coalesced (or one GSO packet over veth) come as one
+    receive, end to end, with a cmsg giving the segment size: every datagram's
+    but the last's (udp_cmsg_recv()). SO_RXQ_OVFL adds the socket's drop count
     (sock_recv_drops()): packets the full buffer refused, a coalesced one once.
     """
 
@@ -3718,10 +3707,9 @@ class GroReceiver:
 class UringReceiver:
     """TCP through io_uring: one IORING_OP_RECV at a time into the buffer.
 
-    Set up as UringSender's ring is (registered file 0, registered ring fd);
-    one SQE, prepared once, is placed again for every receive. When data is
-    waiting, the kernel receives inline, inside the io_uring_enter() that
-    submits; otherwise we wait for the CQE, RX_TICK_S at a time.
+    Registered file 0 and ring fd, as UringSender's; one SQE, prepared once,
+    placed again for every receive. With data waiting, the kernel receives
+    inside the io_uring_enter() that submits; else we wait, RX_TICK_S at a time.
     """
 
     method = "io_uring RECV"
@@ -3762,11 +3750,8 @@ class UringReceiver:
         return res[0]
 
     def cancel(self) -> None:
-        """End a RECV still in flight: shut the socket's receive side, reap the CQE.
-
-        shutdown(SHUT_RD) makes the RECV complete with what is queued, or 0:
-        as final as liburing's io_uring_prep_cancel(), with no further opcode.
-        """
+        """End a RECV still in flight: shutdown(SHUT_RD) completes it (as final as
+        io_uring_prep_cancel(), with no further opcode); reap its CQE."""
         if not self.inflight:
             return
         try:
@@ -3805,17 +3790,16 @@ def open_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: Exit
 
 
 def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, result: RxResult,
-            ticks: Optional[Intervals]) -> None:
-    """The loop, from result.started_ns: receive, verify, count, until the end, -t, silence or Ctrl-C.
+            ticks: Optional[Intervals], meter: Meter) -> None:
+    """The loop, from meter.t0: receive, verify, count, until the end, -t, silence or Ctrl-C.
 
-    An -i interval ends only at a receive that brought data, so the
-    intervals stop at the last byte and never run backwards; a pause shows
-    as one longer interval at its lower rate.
+    An -i interval ends only at a receive that brought data, so intervals stop
+    at the last byte; a pause shows as one longer interval at its lower rate.
     """
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
     matches = verifier.matches if verifier else None
-    t0 = result.started_ns
+    t0 = result.started_ns = meter.t0
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
     tick_ns = ticks.every_ns if ticks else 0
@@ -3856,7 +3840,10 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
                 next_tick += tick_ns * ((now - next_tick) // tick_ns + 1)   # the first one after now
         if now >= deadline or STOP.requested:
             break
-    result.bytes, result.receives = nbytes, receives
+    if ticks and (nbytes > ticks.last[1] or not ticks.rows):      # the last, partial interval
+        ticks.report(last, nbytes, receives if stream else datagrams)
+    meter.stop(result)                  # CPU over the whole run, idle tail included
+    result.bytes, result.receives, result.intervals = nbytes, receives, ticks and ticks.rows
     if not stream:
         result.datagrams, result.gro_segment = datagrams, biggest or None
     # The rate runs to the last byte: not to the idle timeout that ended a UDP
@@ -3916,19 +3903,10 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
         # The socket's drop counter runs for as long as the socket lives (--keep
         # serves sender after sender on one UDP socket): count from here.
         drops_before = socket_drops(conn) if udp else None
+        result.method, (result.family, result.peer) = rx.method, peer_name(addr)
         meter = Meter(who)                  # from the connection, or the first datagram
-        result.method, result.started_ns = rx.method, meter.t0
-        result.family, result.peer = peer_name(addr)
         ticks = Intervals(interval, printing, meter.t0) if interval else None
-        receive(rx, buf, verifier, cfg, result, ticks)
-        seconds = result.seconds
-        meter.stop(result)                  # CPU over the whole run, idle tail included
-        result.seconds = seconds
-        if ticks:
-            if result.bytes > ticks.last[1] or not ticks.rows:    # the last, partial interval
-                ticks.report(meter.t0 + int(seconds * 1e9), result.bytes,
-                             result.datagrams if udp else result.receives)
-            result.intervals = ticks.rows
+        receive(rx, buf, verifier, cfg, result, ticks, meter)
         if udp:
             # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
             # it now, drops after the last datagram included.
@@ -3950,11 +3928,10 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
 def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxResult]:
     """rx -n: up to cfg.flows connections, each received in its own thread (own buffer, ring, check).
 
-    A thread starts the moment its connection is accepted: a sender's first
-    flow must not stall while its last one is still connecting; ctypes and
-    socket reads release the GIL while they wait. Returns each flow's result
-    (CPU from RUSAGE_THREAD) and their total (RUSAGE_SELF, from the first
-    accept), whose rate spans the first flow's start to the last one's end.
+    A thread starts at its accept, so a first flow never stalls while a last
+    one connects (ctypes and sockets release the GIL as they wait). Returns the
+    flows' results (RUSAGE_THREAD) and their total (RUSAGE_SELF, first accept
+    on), whose rate spans the first flow's start to the last one's end.
     """
     import threading
     results: List[RxResult] = []
@@ -4128,10 +4105,8 @@ def report_rx(cfg: RxConfig, a: argparse.Namespace, results: List[RxResult], res
 def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> int:
     """--keep: serve sender after sender until Ctrl-C, then print the totals (exit 130).
 
-    Each sender starts from nothing: its own result, buffer, ring and
-    Verifier (so its stream is checked from phase 0), its own drop count. A
-    sender's failure (a reset, a wrong byte) is printed as it ends, and the
-    receiver goes on to the next.
+    Each sender gets its own result, buffer, ring, Verifier (its stream is
+    checked from phase 0) and drop count; its failure is printed as it ends.
     """
     served: List[RxResult] = []
     while not STOP.requested:
