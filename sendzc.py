@@ -3357,24 +3357,21 @@ class Verifier:
         self.bad = 0                                 # receives (TCP) or datagrams (UDP) that failed
         self.first: Optional[dict] = None            # where the first one went wrong
         self.segment = 0                             # UDP_GRO: the segment size self.layout is for
-        self.layout = b""                            # that many-byte datagrams laid end to end
+        self.layout: Optional[bytes] = b""           # that many-byte datagrams laid end to end
 
     def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
         """Check one UDP receive of k bytes from datagram number index on: one, or (UDP_GRO) several."""
         step = segment if 0 < segment < k else k
-        if step < k and self.coalesced(view, k, step):
-            return
+        if step < k and self.layout is not None:     # all right? one memcmp() tells
+            if segment != self.segment or k > len(self.layout):
+                self.segment = segment
+                self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
+            if self.layout.startswith(view[:k]):
+                return
         for at in range(0, k, step or 1):       # count each wrong datagram, place the first
             n = min(step, k - at)
             if not self.matches(view[at:at + n], 0):
                 self.mismatch(view[at:], n, 0, 0, index + at // step)
-
-    def coalesced(self, view: memoryview, k: int, segment: int) -> bool:
-        """All of view[:k] right, in one memcmp() against datagrams of segment bytes end to end?"""
-        if segment != self.segment or k > len(self.layout):
-            self.segment = segment
-            self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
-        return self.layout.startswith(view[:k])
 
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
@@ -3416,6 +3413,7 @@ class PoolVerifier(Verifier):
         self.top = -1                 # UDP: the highest sequence number seen
         self.floor = 0                # UDP: below it, seen is forgotten (POOL_REORDER_WINDOW)
         self.why: Optional[dict] = None   # what the last failed check found
+        self.layout = None            # each datagram has its own stamp: check them one by one
 
     def datagram(self, data: memoryview, phase: int = 0) -> bool:
         """Is data one request's stamp, of a request not seen before? (phase: unused)"""
@@ -3459,9 +3457,6 @@ class PoolVerifier(Verifier):
         self.why = dict(offset=o + i, datagram=None, got=data[i], expected=want[start + i],
                         request=(o + i) // size)
         return False
-
-    def coalesced(self, view: memoryview, k: int, segment: int) -> bool:
-        return False                  # each datagram has its own stamp: check them one by one
 
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
@@ -3512,18 +3507,15 @@ class RxResult(Rates):
     discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
     started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
 
+    ROW = ("proto family peer method bytes receives datagrams dropped gro_segment segments seconds "
+           "mb_per_s gbit_per_s cpu_user_s cpu_sys_s verified mismatches first_mismatch interrupted "
+           "error note discard").split()      # the JSON row's fields, in order (README documents each)
+    DIGITS = {"seconds": 6, "mb_per_s": 1, "gbit_per_s": 3, "cpu_user_s": 3, "cpu_sys_s": 3}
+
     def row(self) -> dict:
-        """The JSON row (README documents every field)."""
-        return {"mode": "rx", "proto": self.proto, "family": self.family, "peer": self.peer,
-                "method": self.method, "bytes": self.bytes, "receives": self.receives,
-                "datagrams": self.datagrams, "dropped": self.dropped, "gro_segment": self.gro_segment,
-                "segments": self.segments, "seconds": round(self.seconds, 6),
-                "mb_per_s": round(self.mb_per_s, 1), "gbit_per_s": round(self.gbit_per_s, 3),
-                "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
-                "verified": self.verified, "mismatches": self.mismatches,
-                "first_mismatch": self.first_mismatch, "interrupted": self.interrupted,
-                "error": self.error, "note": self.note, "discard": self.discard,
-                **({} if self.intervals is None else {"intervals": self.intervals})}
+        row = {"mode": "rx", **{name: getattr(self, name) for name in self.ROW}}
+        row.update((name, round(row[name], digits)) for name, digits in self.DIGITS.items())
+        return row if self.intervals is None else {**row, "intervals": self.intervals}
 
 
 @dataclass
