@@ -3325,9 +3325,8 @@ NEVER = 1 << 63              # a deadline in perf_counter_ns that never comes
 GRO_SIZE = struct.Struct("@i")   # UDP_GRO's cmsg: int gso_size (udp_cmsg_recv())
 RXQ_OVFL = struct.Struct("@I")   # SO_RXQ_OVFL's cmsg: __u32, the socket's drops so far (sk_drops)
 RX_CMSG_SPACE = socket.CMSG_SPACE(GRO_SIZE.size) + socket.CMSG_SPACE(RXQ_OVFL.size)   # room for both
-# rx --pool, UDP: how far out of order a datagram may come (in requests) and
-# still be checked against every stamp seen; a pool's sends in flight are a
-# few, so one further behind is counted as one that came before.
+# rx --pool, UDP: how many requests out of order a datagram may come and still be checked
+# against every stamp seen; a pool has few sends in flight, so one further behind came before.
 POOL_REORDER_WINDOW = 1 << 16
 
 
@@ -3710,8 +3709,7 @@ class UringReceiver:
         self.sock, self.buf, self.inflight = sock, buf, False   # all that cancel() reads
         self.ring = ring = Ring(1)          # one RECV in flight at a time (see the contract above)
         stack.callback(ring.close)
-        # Runs before ring.close (a stack unwinds last-in first-out): a RECV
-        # still in flight writes into buf, so it must end before buf can go.
+        # Runs before ring.close (LIFO): a RECV in flight writes into buf, so it must end before buf goes.
         stack.callback(self.cancel)
         if not ring.probe().has(IORING_OP_RECV):
             raise OSError(errno.EOPNOTSUPP, "this kernel has no IORING_OP_RECV (needs Linux 5.6+)")
@@ -3838,8 +3836,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     result.bytes, result.receives, result.intervals = nbytes, receives, ticks and ticks.rows
     if not stream:
         result.datagrams, result.gro_segment = datagrams, biggest or None
-    # The rate runs to the last byte: not to the idle timeout that ended a UDP
-    # run, and not to a -t deadline that passed while nothing came.
+    # The rate runs to the last byte, not to UDP's idle timeout or a -t deadline that passed in silence.
     result.seconds = (last - t0) / 1e9
     result.interrupted = STOP.requested
 
@@ -3870,9 +3867,8 @@ def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Opti
         return result
     with ExitStack() as stack:
         if conn is sock:
-            # Only this sender, from now on: a connected UDP socket is given
-            # only the datagrams that come from the address it is connected to;
-            # then anyone again, for the next sender (--keep).
+            # Only this sender from now on (a connected UDP socket gets only its
+            # peer's datagrams); then anyone again, for the next sender (--keep).
             conn.connect(addr)
             stack.callback(disconnect, conn.fileno())
         else:
@@ -3892,16 +3888,14 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
         buf = RxBuffer(RX_BUF)
         stack.callback(buf.close)           # after the ring (open_receiver) has let go of it
         rx = open_receiver(cfg, conn, buf, stack, result)
-        # The socket's drop counter runs for as long as the socket lives (--keep
-        # serves sender after sender on one UDP socket): count from here.
+        # From here: the drop counter lives as long as the socket, which --keep reuses.
         drops_before = socket_drops(conn) if udp else None
         result.method, (result.family, result.peer) = rx.method, peer_name(addr)
         meter = Meter(who)                  # from the connection, or the first datagram
         ticks = Intervals(interval, printing, meter.t0) if interval else None
         receive(rx, buf, verifier, cfg, result, ticks, meter)
         if udp:
-            # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
-            # it now, drops after the last datagram included.
+            # SO_RXQ_OVFL told it at the last receive; SO_MEMINFO adds any drops since.
             drops_now = socket_drops(conn)
             if drops_now is not None and drops_before is not None:
                 result.dropped = max(drops_now, getattr(rx, "drops", 0)) - drops_before
