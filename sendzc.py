@@ -3919,33 +3919,25 @@ def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxR
     flows' results (RUSAGE_THREAD) and their total (RUSAGE_SELF, first accept
     on), whose rate spans the first flow's start to the last one's end.
     """
-    import threading
+    from concurrent.futures import ThreadPoolExecutor, wait
     results: List[RxResult] = []
-    errors: List[BaseException] = []
+    flows = []
     meter: Optional[Meter] = None
-
-    def flow(result: RxResult, conn: socket.socket, addr: tuple) -> None:
-        try:
-            receive_from(cfg, conn, addr, result, False, None, resource.RUSAGE_THREAD)
-        except BaseException as e:          # reported by the main thread, in one line
-            errors.append(e)
-
     with ExitStack() as stack:
-        threads = []
+        threads = stack.enter_context(ThreadPoolExecutor(cfg.flows, "rx"))
         while len(results) < cfg.flows:
             got = until_stop(sock.accept)
             if got is None:                 # Ctrl-C before every sender came: end those that did
                 break
-            stack.callback(got[0].close)    # after the threads are joined (below)
+            stack.callback(got[0].close)    # after every flow has ended (below)
             meter = meter or Meter()
             results.append(new_result(cfg))
-            threads.append(threading.Thread(target=flow, args=(results[-1], *got), name=f"rx{len(threads)}"))
-            threads[-1].start()
-        for t in threads:
-            while t.is_alive():
-                t.join(RX_TICK_S)           # short joins: the main thread still sees Ctrl-C
-    if errors:
-        raise errors[0]
+            flows.append(threads.submit(receive_from, cfg, *got, results[-1], False, None,
+                                        resource.RUSAGE_THREAD))
+        while wait(flows, RX_TICK_S).not_done:
+            pass                            # short waits: the main thread still sees Ctrl-C
+    for flow in flows:
+        flow.result()                       # a flow's exception, raised here: reported in one line
     total = add_up(cfg, results)
     if results:
         meter.stop(total)
