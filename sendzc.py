@@ -3726,12 +3726,11 @@ class UringReceiver:
             ring.place(self.sqe)
             self.inflight = True
             ring.submit_and_peek(0)         # the CQE is there now if the RECV completed inline
-        if not ring.cq_ready():
-            try:
-                if not ring.wait_cqes(1, RX_TICK_S):
-                    return None
-            except InterruptedError:
-                return None                 # a signal (Ctrl-C): the caller looks at STOP
+        try:
+            if not ring.cq_ready() and not ring.wait_cqes(1, RX_TICK_S):
+                return None
+        except InterruptedError:
+            return None                     # a signal (Ctrl-C): the caller looks at STOP
         res = ring.peek()[0]
         ring.cq_advance(len(res))
         self.inflight = False
@@ -3830,9 +3829,9 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
                 next_tick += tick_ns * ((now - next_tick) // tick_ns + 1)   # the first one after now
         if now >= deadline or STOP.requested:
             break
+    meter.stop(result)                  # CPU over the whole run, idle tail included
     if ticks and (nbytes > ticks.last[1] or not ticks.rows):      # the last, partial interval
         ticks.report(last, nbytes, receives if stream else datagrams)
-    meter.stop(result)                  # CPU over the whole run, idle tail included
     result.bytes, result.receives, result.intervals = nbytes, receives, ticks and ticks.rows
     if not stream:
         result.datagrams, result.gro_segment = datagrams, biggest or None
