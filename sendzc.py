@@ -3262,9 +3262,8 @@ NEVER = 1 << 63              # a deadline in perf_counter_ns that never comes
 GRO_SIZE = struct.Struct("@i")   # UDP_GRO's cmsg: int gso_size (udp_cmsg_recv())
 RXQ_OVFL = struct.Struct("@I")   # SO_RXQ_OVFL's cmsg: __u32, the socket's drops so far (sk_drops)
 RX_CMSG_SPACE = socket.CMSG_SPACE(GRO_SIZE.size) + socket.CMSG_SPACE(RXQ_OVFL.size)   # room for both
-# rx --pool, UDP: how far out of order a datagram may come (in requests) and
-# still be checked against every stamp seen; a pool's sends in flight are a
-# few, so one further behind is counted as one that came before.
+# rx --pool, UDP: how many requests out of order a datagram may come and still be checked
+# against every stamp seen; a pool has few sends in flight, so one further behind came before.
 POOL_REORDER_WINDOW = 1 << 16
 
 
@@ -3283,10 +3282,9 @@ def first_mismatch(data: memoryview, want: bytes, start: int = 0) -> int:
 class Verifier:
     """Checks received bytes against the pattern: one memcmp() per receive.
 
-    pattern.startswith(view[:k], phase) compares our buffer with the pattern
-    where both lie and ends in memcmp(): 43 GiB/s for a 1 MiB receive here,
-    where the stream runs at ~3 GiB/s. Slicing bytes would copy (under
-    1 GiB/s), and memoryview == compares item by item (0.57 GiB/s).
+    pattern.startswith(view[:k], phase) compares in place, in memcmp(), ten
+    times the stream's rate; a bytes slice would copy first, and memoryview ==
+    compares item by item: both slower than the stream.
     """
 
     def __init__(self, span: int):
@@ -3295,24 +3293,21 @@ class Verifier:
         self.bad = 0                                 # receives (TCP) or datagrams (UDP) that failed
         self.first: Optional[dict] = None            # where the first one went wrong
         self.segment = 0                             # UDP_GRO: the segment size self.layout is for
-        self.layout = b""                            # that many-byte datagrams laid end to end
+        self.layout: Optional[bytes] = b""           # that many-byte datagrams laid end to end
 
     def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
         """Check one UDP receive of k bytes from datagram number index on: one, or (UDP_GRO) several."""
         step = segment if 0 < segment < k else k
-        if step < k and self.coalesced(view, k, step):
-            return
+        if step < k and self.layout is not None:     # all right? one memcmp() tells
+            if segment != self.segment or k > len(self.layout):
+                self.segment = segment
+                self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
+            if self.layout.startswith(view[:k]):
+                return
         for at in range(0, k, step or 1):       # count each wrong datagram, place the first
             n = min(step, k - at)
             if not self.matches(view[at:at + n], 0):
                 self.mismatch(view[at:], n, 0, 0, index + at // step)
-
-    def coalesced(self, view: memoryview, k: int, segment: int) -> bool:
-        """All of view[:k] right, in one memcmp() against datagrams of segment bytes end to end?"""
-        if segment != self.segment or k > len(self.layout):
-            self.segment = segment
-            self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
-        return self.layout.startswith(view[:k])
 
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
@@ -3338,12 +3333,10 @@ class Verifier:
 class PoolVerifier(Verifier):
     """rx --pool: checks the stamps of a --pool sender (section 6) instead of the pattern.
 
-    UDP: every datagram must be one request's stamp() from end to end, no
-    request's twice; some may be lost or come out of order (UDP does not
-    keep order, nor does io_uring between sends in flight on one socket).
-    TCP: the stream must be stamp(0, size), stamp(1, size), ... in order. A
-    buffer rewritten before its notification shows as a later request's
-    stamp where an earlier one belongs (or a torn one, if caught mid-write).
+    UDP: each datagram one request's stamp() whole, no request twice, some
+    lost or out of order (neither UDP nor io_uring's sends in flight keep it).
+    TCP: stamp(0, size), stamp(1, size), ... in order. A buffer rewritten
+    before its notification shows as a later request's stamp, or a torn one.
     """
 
     def __init__(self, proto: str):
@@ -3356,6 +3349,7 @@ class PoolVerifier(Verifier):
         self.top = -1                 # UDP: the highest sequence number seen
         self.floor = 0                # UDP: below it, seen is forgotten (POOL_REORDER_WINDOW)
         self.why: Optional[dict] = None   # what the last failed check found
+        self.layout = None            # each datagram has its own stamp: check them one by one
 
     def datagram(self, data: memoryview, phase: int = 0) -> bool:
         """Is data one request's stamp, of a request not seen before? (phase: unused)"""
@@ -3399,9 +3393,6 @@ class PoolVerifier(Verifier):
         self.why = dict(offset=o + i, datagram=None, got=data[i], expected=want[start + i],
                         request=(o + i) // size)
         return False
-
-    def coalesced(self, view: memoryview, k: int, segment: int) -> bool:
-        return False                  # each datagram has its own stamp: check them one by one
 
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
@@ -3452,43 +3443,44 @@ class RxResult(Rates):
     discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
     started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
 
+    ROW = ("proto family peer method bytes receives datagrams dropped gro_segment segments seconds "
+           "mb_per_s gbit_per_s cpu_user_s cpu_sys_s verified mismatches first_mismatch interrupted "
+           "error note discard").split()      # the JSON row's fields, in order (README documents each)
+    DIGITS = {"seconds": 6, "mb_per_s": 1, "gbit_per_s": 3, "cpu_user_s": 3, "cpu_sys_s": 3}
+
     def row(self) -> dict:
-        """The JSON row (README documents every field)."""
-        return {"mode": "rx", "proto": self.proto, "family": self.family, "peer": self.peer,
-                "method": self.method, "bytes": self.bytes, "receives": self.receives,
-                "datagrams": self.datagrams, "dropped": self.dropped, "gro_segment": self.gro_segment,
-                "segments": self.segments, "seconds": round(self.seconds, 6),
-                "mb_per_s": round(self.mb_per_s, 1), "gbit_per_s": round(self.gbit_per_s, 3),
-                "cpu_user_s": round(self.cpu_user_s, 3), "cpu_sys_s": round(self.cpu_sys_s, 3),
-                "verified": self.verified, "mismatches": self.mismatches,
-                "first_mismatch": self.first_mismatch, "interrupted": self.interrupted,
-                "error": self.error, "note": self.note, "discard": self.discard,
-                **({} if self.intervals is None else {"intervals": self.intervals})}
+        row = {"mode": "rx", **{name: getattr(self, name) for name in self.ROW}}
+        row.update((name, round(row[name], digits)) for name, digits in self.DIGITS.items())
+        return row if self.intervals is None else {**row, "intervals": self.intervals}
 
 
 @dataclass
 class RxConfig:
-    """What `sendzc.py rx` was asked to do."""
+    """What `sendzc.py rx` was asked to do; the JSON params, in this order."""
     proto: str = "tcp"
     family: Optional[int] = None     # None: IPv6 and IPv4 on one socket
     port: int = DEFAULT_PORT
     seconds: Optional[float] = None  # -t; None: until the sender is done
     verify: bool = True
     uring: bool = True               # TCP through IORING_OP_RECV (else recv_into)
+    flows: int = 1                   # -n: a sender's TCP connections, each received in a thread
+    keep: bool = False               # --keep: sender after sender
     discard: bool = False            # --discard: receive with MSG_TRUNC, verify nothing
     pool: bool = False               # --pool: check a --pool sender's stamps (PoolVerifier)
+
+    def params(self) -> dict:
+        return {**vars(self), "family": "any" if self.family is None else family_name(self.family)}
 
 
 # --- Sockets -----------------------------------------------------------------
 
-def listen_for(cfg: RxConfig, senders: int, keep: bool = False) -> socket.socket:
+def listen_for(cfg: RxConfig) -> socket.socket:
     """bind() on every address (and listen(), for TCP), then say so: msg_zerocopy.c's do_setup_rx().
 
     With neither -4 nor -6, one IPv6 socket with IPV6_V6ONLY off takes both
-    families (an IPv4 sender shows as ::ffff:a.b.c.d); where IPv6 is absent,
-    IPv4 alone. SO_RCVTIMEO bounds every wait, so that Ctrl-C, -t and -i are
-    seen every RX_TICK_S; settimeout() would instead call poll() before every
-    receive, a second syscall each. An accepted socket inherits it.
+    families (IPv4 senders show as ::ffff:a.b.c.d), or IPv4 alone without IPv6.
+    SO_RCVTIMEO, which accepted sockets inherit, wakes every wait each RX_TICK_S
+    for Ctrl-C, -t and -i; settimeout() would add a poll() to every receive.
     """
     sock_type = SOCK_TYPES[cfg.proto][0]
     family = socket.AF_INET6 if cfg.family is None else cfg.family
@@ -3525,9 +3517,9 @@ def listen_for(cfg: RxConfig, senders: int, keep: bool = False) -> socket.socket
     # On stderr: stdout may be JSON.
     where = "IPv6 and IPv4" if family == socket.AF_INET6 and cfg.family is None \
         else family_name_label(family_name(family))
-    whom = "a sender" if senders == 1 else f"{senders} senders"
-    if keep:
-        whom = "senders, one after another" if senders == 1 else f"senders, {senders} at a time"
+    n = cfg.flows
+    whom = (("senders, one after another" if n == 1 else f"senders, {n} at a time") if cfg.keep
+            else "a sender" if n == 1 else f"{n} senders")
     print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
     return sock
@@ -3563,14 +3555,9 @@ def socket_drops(sock: socket.socket) -> Optional[int]:
 #
 # Three ways to receive, one interface: recv() returns how many bytes the
 # next receive put at the start of the buffer, 0 at the end of a TCP stream,
-# None when RX_TICK_S passed with nothing to read.
-#
-# TCP receives through io_uring because it measured faster over veth than
-# recv_into(2), by about a third (README, "Receive and verify"); why, we
-# have not pinned down. No faster, so not kept: IORING_OP_READ_FIXED into a
-# registered buffer, linked RECVs, MSG_WAITALL. recv_into stays, for UDP,
-# for --no-uring, and for a host whose io_uring is disabled
-# (kernel.io_uring_disabled, a seccomp profile): a receiver needs no io_uring.
+# None when RX_TICK_S passed with nothing to read. TCP receives through
+# io_uring, measured faster than recv_into(2) over veth (README, "Receive and
+# verify"); recv_into stays for UDP, --no-uring, and hosts without io_uring.
 
 class RxBuffer:
     """The receive buffer: page-aligned, written by the kernel, then read by us."""
@@ -3591,10 +3578,9 @@ class RxBuffer:
 class SocketReceiver:
     """socket.recv_into(): one recv(2) per receive; the kernel copies inside the call.
 
-    msg_flags MSG_TRUNC (--discard) makes TCP's recv drop the bytes in the
-    kernel and return how many (tcp_recvmsg() skips the copy), and UDP's
-    return a datagram's full length though it copies only nbytes of it (the
-    caller passes 1: recv_into's 0 means all).
+    MSG_TRUNC (--discard): TCP's recv drops the bytes uncopied and says how
+    many (tcp_recvmsg()); UDP's returns a datagram's full length, copying
+    nbytes of it (1: recv_into's 0 means all).
     """
 
     method = "recv_into"
@@ -3614,10 +3600,9 @@ class SocketReceiver:
 class GroReceiver:
     """UDP with UDP_GRO: recvmsg(2) with a control buffer, several datagrams per receive.
 
-    With UDP_GRO set, a run of datagrams from one sender, coalesced by GRO
-    (or one GSO packet over veth), comes as one receive, end to end, with a
-    control message giving the segment size: every datagram that long but
-    the last (udp_cmsg_recv()). SO_RXQ_OVFL adds the socket's drop count
+    Datagrams that GRO coalesced (or one GSO packet over veth) come as one
+    receive, end to end, with a cmsg giving the segment size: every datagram's
+    but the last's (udp_cmsg_recv()). SO_RXQ_OVFL adds the socket's drop count
     (sock_recv_drops()): packets the full buffer refused, a coalesced one once.
     """
 
@@ -3650,10 +3635,9 @@ class GroReceiver:
 class UringReceiver:
     """TCP through io_uring: one IORING_OP_RECV at a time into the buffer.
 
-    Set up as UringSender's ring is (registered file 0, registered ring fd);
-    one SQE, prepared once, is placed again for every receive. When data is
-    waiting, the kernel receives inline, inside the io_uring_enter() that
-    submits; otherwise we wait for the CQE, RX_TICK_S at a time.
+    Registered file 0 and ring fd, as UringSender's; one SQE, prepared once,
+    placed again for every receive. With data waiting, the kernel receives
+    inside the io_uring_enter() that submits; else we wait, RX_TICK_S at a time.
     """
 
     method = "io_uring RECV"
@@ -3662,8 +3646,7 @@ class UringReceiver:
         self.sock, self.buf, self.inflight = sock, buf, False   # all that cancel() reads
         self.ring = ring = Ring(1)          # one RECV in flight at a time (see the contract above)
         stack.callback(ring.close)
-        # Runs before ring.close (a stack unwinds last-in first-out): a RECV
-        # still in flight writes into buf, so it must end before buf can go.
+        # Runs before ring.close (LIFO): a RECV in flight writes into buf, so it must end before buf goes.
         stack.callback(self.cancel)
         if not ring.probe().has(IORING_OP_RECV):
             raise OSError(errno.EOPNOTSUPP, "this kernel has no IORING_OP_RECV (needs Linux 5.6+)")
@@ -3680,12 +3663,11 @@ class UringReceiver:
             ring.place(self.sqe)
             self.inflight = True
             ring.submit_and_peek(0)         # the CQE is there now if the RECV completed inline
-        if not ring.cq_ready():
-            try:
-                if not ring.wait_cqes(1, RX_TICK_S):
-                    return None
-            except InterruptedError:
-                return None                 # a signal (Ctrl-C): the caller looks at STOP
+        try:
+            if not ring.cq_ready() and not ring.wait_cqes(1, RX_TICK_S):
+                return None
+        except InterruptedError:
+            return None                     # a signal (Ctrl-C): the caller looks at STOP
         res = ring.peek()[0]
         ring.cq_advance(len(res))
         self.inflight = False
@@ -3694,11 +3676,8 @@ class UringReceiver:
         return res[0]
 
     def cancel(self) -> None:
-        """End a RECV still in flight: shut the socket's receive side, reap the CQE.
-
-        shutdown(SHUT_RD) makes the RECV complete with what is queued, or 0:
-        as final as liburing's io_uring_prep_cancel(), with no further opcode.
-        """
+        """End a RECV still in flight: shutdown(SHUT_RD) completes it (as final as
+        io_uring_prep_cancel(), with no further opcode); reap its CQE."""
         if not self.inflight:
             return
         try:
@@ -3737,17 +3716,16 @@ def open_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: Exit
 
 
 def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, result: RxResult,
-            ticks: Optional[Intervals]) -> None:
-    """The loop, from result.started_ns: receive, verify, count, until the end, -t, silence or Ctrl-C.
+            ticks: Optional[Intervals], meter: Meter) -> None:
+    """The loop, from meter.t0: receive, verify, count, until the end, -t, silence or Ctrl-C.
 
-    An -i interval ends only at a receive that brought data, so the
-    intervals stop at the last byte and never run backwards; a pause shows
-    as one longer interval at its lower rate.
+    An -i interval ends only at a receive that brought data, so intervals stop
+    at the last byte; a pause shows as one longer interval at its lower rate.
     """
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
     matches = verifier.matches if verifier else None
-    t0 = result.started_ns
+    t0 = result.started_ns = meter.t0
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
     tick_ns = ticks.every_ns if ticks else 0
@@ -3788,11 +3766,13 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
                 next_tick += tick_ns * ((now - next_tick) // tick_ns + 1)   # the first one after now
         if now >= deadline or STOP.requested:
             break
-    result.bytes, result.receives = nbytes, receives
+    meter.stop(result)                  # CPU over the whole run, idle tail included
+    if ticks and (nbytes > ticks.last[1] or not ticks.rows):      # the last, partial interval
+        ticks.report(last, nbytes, receives if stream else datagrams)
+    result.bytes, result.receives, result.intervals = nbytes, receives, ticks and ticks.rows
     if not stream:
         result.datagrams, result.gro_segment = datagrams, biggest or None
-    # The rate runs to the last byte: not to the idle timeout that ended a UDP
-    # run, and not to a -t deadline that passed while nothing came.
+    # The rate runs to the last byte, not to UDP's idle timeout or a -t deadline that passed in silence.
     result.seconds = (last - t0) / 1e9
     result.interrupted = STOP.requested
 
@@ -3807,7 +3787,7 @@ def new_result(cfg: RxConfig) -> RxResult:
 
 def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> RxResult:
     """msg_zerocopy -r's do_rx(), with a check of every byte: one sender, counted and verified."""
-    with listen_for(cfg, 1) as sock:
+    with listen_for(cfg) as sock:
         return serve_one(cfg, sock, printing, interval)
 
 
@@ -3823,9 +3803,8 @@ def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Opti
         return result
     with ExitStack() as stack:
         if conn is sock:
-            # Only this sender, from now on: a connected UDP socket is given
-            # only the datagrams that come from the address it is connected to;
-            # then anyone again, for the next sender (--keep).
+            # Only this sender from now on (a connected UDP socket gets only its
+            # peer's datagrams); then anyone again, for the next sender (--keep).
             conn.connect(addr)
             stack.callback(disconnect, conn.fileno())
         else:
@@ -3845,25 +3824,14 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
         buf = RxBuffer(RX_BUF)
         stack.callback(buf.close)           # after the ring (open_receiver) has let go of it
         rx = open_receiver(cfg, conn, buf, stack, result)
-        # The socket's drop counter runs for as long as the socket lives (--keep
-        # serves sender after sender on one UDP socket): count from here.
+        # From here: the drop counter lives as long as the socket, which --keep reuses.
         drops_before = socket_drops(conn) if udp else None
+        result.method, (result.family, result.peer) = rx.method, peer_name(addr)
         meter = Meter(who)                  # from the connection, or the first datagram
-        result.method, result.started_ns = rx.method, meter.t0
-        result.family, result.peer = peer_name(addr)
         ticks = Intervals(interval, printing, meter.t0) if interval else None
-        receive(rx, buf, verifier, cfg, result, ticks)
-        seconds = result.seconds
-        meter.stop(result)                  # CPU over the whole run, idle tail included
-        result.seconds = seconds
-        if ticks:
-            if result.bytes > ticks.last[1] or not ticks.rows:    # the last, partial interval
-                ticks.report(meter.t0 + int(seconds * 1e9), result.bytes,
-                             result.datagrams if udp else result.receives)
-            result.intervals = ticks.rows
+        receive(rx, buf, verifier, cfg, result, ticks, meter)
         if udp:
-            # SO_RXQ_OVFL told the count as of the last receive; SO_MEMINFO tells
-            # it now, drops after the last datagram included.
+            # SO_RXQ_OVFL told it at the last receive; SO_MEMINFO adds any drops since.
             drops_now = socket_drops(conn)
             if drops_now is not None and drops_before is not None:
                 result.dropped = max(drops_now, getattr(rx, "drops", 0)) - drops_before
@@ -3879,64 +3847,53 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             result.error = verifier.error_line(result)
 
 
-def serve_flows(cfg: RxConfig, sock: socket.socket, flows: int) -> Tuple[List[RxResult], RxResult]:
-    """rx -n: up to flows connections, each received in its own thread (own buffer, ring, check).
+def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxResult]:
+    """rx -n: up to cfg.flows connections, each received in its own thread (own buffer, ring, check).
 
-    A thread starts the moment its connection is accepted: a sender's first
-    flow must not stall while its last one is still connecting; ctypes and
-    socket reads release the GIL while they wait. Returns each flow's result
-    (CPU from RUSAGE_THREAD) and their total (RUSAGE_SELF, from the first
-    accept), whose rate spans the first flow's start to the last one's end.
+    A thread starts at its accept, so a first flow never stalls while a last
+    one connects (ctypes and sockets release the GIL as they wait). Returns the
+    flows' results (RUSAGE_THREAD) and their total (RUSAGE_SELF, first accept
+    on), whose rate spans the first flow's start to the last one's end.
     """
-    import threading
+    from concurrent.futures import ThreadPoolExecutor, wait
     results: List[RxResult] = []
-    total = new_result(cfg)
-    errors: List[BaseException] = []
+    flows = []
     meter: Optional[Meter] = None
-
-    def flow(result: RxResult, conn: socket.socket, addr: tuple) -> None:
-        try:
-            receive_from(cfg, conn, addr, result, False, None, resource.RUSAGE_THREAD)
-        except BaseException as e:          # reported by the main thread, in one line
-            errors.append(e)
-
     with ExitStack() as stack:
-        threads = []
-        while len(results) < flows:
+        threads = stack.enter_context(ThreadPoolExecutor(cfg.flows, "rx"))
+        while len(results) < cfg.flows:
             got = until_stop(sock.accept)
             if got is None:                 # Ctrl-C before every sender came: end those that did
                 break
-            conn, addr = got
-            stack.callback(conn.close)      # after the threads are joined (below)
+            stack.callback(got[0].close)    # after every flow has ended (below)
             meter = meter or Meter()
             results.append(new_result(cfg))
-            results[-1].family, results[-1].peer = peer_name(addr)
-            threads.append(threading.Thread(target=flow, args=(results[-1], conn, addr),
-                                            name=f"rx{len(results) - 1}"))
-            threads[-1].start()
-        for t in threads:
-            while t.is_alive():
-                t.join(RX_TICK_S)           # short joins: the main thread still sees Ctrl-C
-    if errors:
-        raise errors[0]
-    total.interrupted = STOP.requested
-    if not results:
-        return results, total
-    meter.stop(total)
-    add_up(total, results)
-    # One flow's refusal (io_uring off) is every flow's: name what was used, and why.
-    total.note = next((r.note for r in results if r.note), None)
-    start = min(r.started_ns or meter.t0 for r in results)
-    end = max((r.started_ns or meter.t0) + int(r.seconds * 1e9) for r in results)
-    total.seconds = (end - start) / 1e9
+            flows.append(threads.submit(receive_from, cfg, *got, results[-1], False, None,
+                                        resource.RUSAGE_THREAD))
+        while wait(flows, RX_TICK_S).not_done:
+            pass                            # short waits: the main thread still sees Ctrl-C
+    for flow in flows:
+        flow.result()                       # a flow's exception, raised here: reported in one line
+    total = add_up(cfg, results)
+    if results:
+        meter.stop(total)
+        # One flow's refusal (io_uring off) is every flow's: name what was used, and why.
+        total.note = next((r.note for r in results if r.note), None)
+        start = min(r.started_ns for r in results)
+        total.seconds = (max(r.started_ns + int(r.seconds * 1e9) for r in results) - start) / 1e9
     return results, total
 
 
-def add_up(total: RxResult, results: List[RxResult]) -> None:
-    """Sum results into an empty total: bytes, counts, methods, the first error and mismatch, the verdict."""
+def add_up(cfg: RxConfig, results: List[RxResult]) -> RxResult:
+    """The total of results: counts, times and CPU summed, methods named, the first error and mismatch."""
+    total = new_result(cfg)
+    total.interrupted = STOP.requested
+    if not results:
+        return total
     total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
     total.method = " and ".join(sorted({r.method for r in results}))
-    for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped"):
+    for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped",
+                 "seconds", "cpu_user_s", "cpu_sys_s"):
         counts = [getattr(r, name) for r in results if getattr(r, name) is not None]
         if counts:              # else segments (UDP), datagrams and dropped (TCP) stay None
             setattr(total, name, sum(counts))
@@ -3944,6 +3901,7 @@ def add_up(total: RxResult, results: List[RxResult]) -> None:
     total.error = next((r.error for r in results if r.error), None)
     total.first_mismatch = next((r.first_mismatch for r in results if r.first_mismatch), None)
     total.verified = None if any(r.verified is None for r in results) else all(r.verified for r in results)
+    return total
 
 
 def describe_rx(r: RxResult) -> List[str]:
@@ -4017,21 +3975,18 @@ def rx_parser() -> "Parser":
 def rx_main(argv: List[str]) -> int:
     """`sendzc.py rx [options] udp|tcp`."""
     a = rx_parser().parse_args(argv)
-    cfg = RxConfig(proto=a.proto, family=one_family(a.families), port=a.port, seconds=a.seconds,
-                   verify=a.verify, uring=a.uring, discard=a.discard, pool=a.pool)
-    if a.flows > 1 and cfg.proto != "tcp":
-        raise UsageError(f"-n {a.flows} with udp: every UDP flow arrives on the one socket; "
+    cfg = RxConfig(a.proto, one_family(a.families), a.port, a.seconds, a.verify, a.uring, a.flows, a.keep,
+                   a.discard, a.pool)
+    if cfg.flows > 1 and cfg.proto != "tcp":
+        raise UsageError(f"-n {cfg.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
-    if a.flows > 1 and a.interval:
-        raise UsageError(f"-i with -n {a.flows}: interval lines are per run; drop one of the two")
-    params = {"proto": cfg.proto, "family": "any" if cfg.family is None else family_name(cfg.family),
-              "port": cfg.port, "seconds": cfg.seconds, "verify": cfg.verify, "uring": cfg.uring,
-              "flows": a.flows, "keep": a.keep, "discard": cfg.discard, "pool": cfg.pool}
-    with listen_for(cfg, a.flows, a.keep) as sock:
-        if a.keep:
-            return serve_senders(cfg, sock, a, params)
+    if cfg.flows > 1 and a.interval:
+        raise UsageError(f"-i with -n {cfg.flows}: interval lines are per run; drop one of the two")
+    with listen_for(cfg) as sock:
+        if cfg.keep:
+            return serve_senders(cfg, sock, a)
         results, result = serve(cfg, sock, a)
-    report_rx(a, params, results, result)
+    report_rx(cfg, a, results, result)
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
         return 1
@@ -4040,55 +3995,49 @@ def rx_main(argv: List[str]) -> int:
 
 def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> Tuple[List[RxResult], RxResult]:
     """One sender (with -n: its flows): each flow's result, and the total (the one result, for one)."""
-    if a.flows > 1:
-        return serve_flows(cfg, sock, a.flows)
+    if cfg.flows > 1:
+        return serve_flows(cfg, sock)
     result = serve_one(cfg, sock, not a.json, a.interval)
     return [result], result
 
 
-def report_rx(a: argparse.Namespace, params: dict, results: List[RxResult], result: RxResult,
+def report_rx(cfg: RxConfig, a: argparse.Namespace, results: List[RxResult], result: RxResult,
               extra: Optional[dict] = None) -> None:
     """Print one sender's result: a JSON document (on one line with --keep), or the text lines."""
     if a.json:
-        doc = json_doc(params, results, extra)
-        if a.flows > 1:
+        doc = json_doc(cfg.params(), results, extra)
+        if cfg.flows > 1:
             doc["total"] = result.row()
-        print(json.dumps(doc) if a.keep else json.dumps(doc, indent=2), flush=True)
-    elif a.flows > 1:       # a line per flow that came (each was accepted, so has a peer), then the total
+        print(json.dumps(doc) if cfg.keep else json.dumps(doc, indent=2), flush=True)
+    elif cfg.flows > 1:     # a line per flow that came (each was accepted, so has a peer), then the total
         lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
         print("\n".join(lines + [f"total of {len(results)} flows:"] + describe_rx(result)), flush=True)
     else:
         print("\n".join(describe_rx(result)), flush=True)
 
 
-def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace, params: dict) -> int:
+def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> int:
     """--keep: serve sender after sender until Ctrl-C, then print the totals (exit 130).
 
-    Each sender starts from nothing: its own result, buffer, ring and
-    Verifier (so its stream is checked from phase 0), its own drop count. A
-    sender's failure (a reset, a wrong byte) is printed as it ends, and the
-    receiver goes on to the next.
+    Each sender gets its own result, buffer, ring, Verifier (its stream is
+    checked from phase 0) and drop count; its failure is printed as it ends.
     """
-    total = new_result(cfg)
     served: List[RxResult] = []
     while not STOP.requested:
         results, result = serve(cfg, sock, a)
-        if not results or not result.peer:
+        if not result.peer:
             break                           # Ctrl-C while waiting for the next sender
         served.append(result)
         if not a.json:
             print(f"sender {len(served)}:", flush=True)
-        report_rx(a, params, results, result, {"sender": len(served)})
+        report_rx(cfg, a, results, result, {"sender": len(served)})
         if result.error:
             print(f"sendzc: {result.error}", file=sys.stderr, flush=True)
-    total.interrupted = True
-    if served:
-        add_up(total, served)
-        total.peer = f"{len(served)} senders"
-        for name in ("seconds", "cpu_user_s", "cpu_sys_s"):
-            setattr(total, name, sum(getattr(r, name) for r in served))
+    total = add_up(cfg, served)
+    total.interrupted, total.peer = True, f"{len(served)} senders" if served else ""
     if a.json:
-        print(json.dumps(json_doc(params, [], {"senders": len(served), "total": total.row()})), flush=True)
+        print(json.dumps(json_doc(cfg.params(), [], {"senders": len(served), "total": total.row()})),
+              flush=True)
     else:
         print(totals_line(total, served), flush=True)
     return 130
