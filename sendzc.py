@@ -3782,7 +3782,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
 def new_result(cfg: RxConfig) -> RxResult:
     """An empty result, named for the method we mean to use until a sender comes."""
     method = (GroReceiver if cfg.proto == "udp" else UringReceiver if cfg.uring else SocketReceiver).method
-    return RxResult(cfg.proto, method, discard=cfg.discard)
+    return RxResult(cfg.proto, method, discard=cfg.discard, stamped=bool(cfg.pool))
 
 
 def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> RxResult:
@@ -3840,7 +3840,6 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             raw = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
             result.segments = tcp_info.from_buffer_copy(raw).tcpi_segs_in if len(raw) >= size else None
     if verifier:
-        result.stamped = cfg.pool
         result.verified = verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
         if verifier.bad and not result.error:

@@ -2640,6 +2640,19 @@ def test_the_fast_sender_samples_the_notification_lag(kw):
     assert sendzc.describe_result(r)[-1].startswith(f"pool: at {r.mb_per_s:.0f} MB/s and a p99 lag of ")
 
 
+def test_rx_flows_total_of_a_pool_run_names_the_stamps():
+    """rx -n N --pool: the total's verdict is about stamps, as each flow's is, not the pattern."""
+    cfg = sendzc.RxConfig(proto="tcp", flows=2, pool=True)
+    flows = [sendzc.new_result(cfg) for _ in range(2)]
+    for r in flows:
+        r.peer, r.family, r.bytes, r.receives, r.verified = "198.18.1.1:1", "ipv4", 1 << 20, 10, True
+    total = sendzc.add_up(cfg, flows)
+    assert "verified: every byte is its request's stamp, requests in order" in sendzc.describe_rx(total)
+    flows[1].verified, flows[1].mismatches = False, 3
+    total = sendzc.add_up(cfg, flows)
+    assert "verification FAILED: 3 of 20 receives differ from their requests' stamps" in sendzc.describe_rx(total)
+
+
 def test_sender_pool_json_matches_the_fields_readme_documents():
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
         rx.bind(("127.0.0.1", 0))
