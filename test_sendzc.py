@@ -1392,10 +1392,14 @@ def nobody():
         yield run
 
 
-# Installs a seccomp filter that answers io_uring_setup/enter/register with an
-# errno, as container runtimes' default profiles do, then execs the tool: the
-# filter survives exec (PR_SET_NO_NEW_PRIVS makes that allowed without root).
-SECCOMP_EXEC = textwrap.dedent("""
+def seccomp_script(rules: str, argv_from: int) -> str:
+    """A script that installs a seccomp filter (program: rules, after an architecture check) and
+    execs python with sys.argv[argv_from:]; the filter survives exec (PR_SET_NO_NEW_PRIVS makes
+    that allowed without root)."""
+    return SECCOMP_HEAD + textwrap.dedent(rules) + SECCOMP_TAIL.replace("ARGV_FROM", str(argv_from))
+
+
+SECCOMP_HEAD = textwrap.dedent("""
     import ctypes, errno, os, platform, sys
     libc = ctypes.CDLL(None, use_errno=True)
 
@@ -1408,20 +1412,16 @@ SECCOMP_EXEC = textwrap.dedent("""
 
     BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06     # BPF_LD|BPF_W|BPF_ABS, ...
     SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
-    AUDIT_ARCH = {"x86_64": 0xC000003E, "aarch64": 0xC00000B7}[platform.machine()]
+    AUDIT_ARCH, NR_SETSOCKOPT = {"x86_64": (0xC000003E, 54), "aarch64": (0xC00000B7, 208)}[platform.machine()]
     PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_NO_NEW_PRIVS = 22, 2, 38
-    err = getattr(errno, sys.argv[1])
-    program = [
+    ARCH_CHECK = [
         (BPF_LD_W_ABS, 0, 0, 4),                   # seccomp_data.arch
         (BPF_JEQ_K, 1, 0, AUDIT_ARCH),             # ours: go on; another ABI's numbers differ:
         (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),   # refuse it outright
-        (BPF_LD_W_ABS, 0, 0, 0),                   # seccomp_data.nr
-        (BPF_JEQ_K, 3, 0, 425),                    # io_uring_setup
-        (BPF_JEQ_K, 2, 0, 426),                    # io_uring_enter
-        (BPF_JEQ_K, 1, 0, 427),                    # io_uring_register
-        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
-        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | err),
     ]
+""")
+SECCOMP_TAIL = textwrap.dedent("""
+    program = ARCH_CHECK + program
     filters = (sock_filter * len(program))(*[sock_filter(*i) for i in program])
     prog = sock_fprog(len(program), filters)
     ulong = ctypes.c_ulong
@@ -1429,8 +1429,21 @@ SECCOMP_EXEC = textwrap.dedent("""
         sys.exit(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
     if libc.prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), ulong(0), ulong(0)) != 0:
         sys.exit(f"prctl(PR_SET_SECCOMP): {os.strerror(ctypes.get_errno())}")
-    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+    os.execv(sys.executable, [sys.executable, *sys.argv[ARGV_FROM:]])
 """)
+# Answers io_uring_setup/enter/register with an errno, as container runtimes'
+# default profiles do, then execs the tool.
+SECCOMP_EXEC = seccomp_script("""
+    err = getattr(errno, sys.argv[1])
+    program = [
+        (BPF_LD_W_ABS, 0, 0, 0),                   # seccomp_data.nr
+        (BPF_JEQ_K, 3, 0, 425),                    # io_uring_setup
+        (BPF_JEQ_K, 2, 0, 426),                    # io_uring_enter
+        (BPF_JEQ_K, 1, 0, 427),                    # io_uring_register
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
+        (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | err),
+    ]
+""", argv_from=2)
 
 
 def tool_under_seccomp(err_name, *args):
@@ -1934,26 +1947,9 @@ def test_gso_auto_on_a_tiny_mtu_is_too_many_segments():
 # Answers setsockopt(fd, SOL_UDP, UDP_SEGMENT, ...) with an errno and nothing
 # else, as a kernel before 4.18 would (it knows no UDP_SEGMENT): seccomp looks
 # at the call's level and optname (the low 32 bits of args[1] and args[2]).
-SECCOMP_SETSOCKOPT = textwrap.dedent("""
-    import ctypes, errno, os, platform, sys
-    libc = ctypes.CDLL(None, use_errno=True)
-
-    class sock_filter(ctypes.Structure):
-        _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8),
-                    ("k", ctypes.c_uint32)]
-
-    class sock_fprog(ctypes.Structure):
-        _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(sock_filter))]
-
-    BPF_LD_W_ABS, BPF_JEQ_K, BPF_RET_K = 0x20, 0x15, 0x06
-    SECCOMP_RET_KILL_PROCESS, SECCOMP_RET_ERRNO, SECCOMP_RET_ALLOW = 0x80000000, 0x00050000, 0x7FFF0000
-    AUDIT_ARCH, NR_SETSOCKOPT = {"x86_64": (0xC000003E, 54), "aarch64": (0xC00000B7, 208)}[platform.machine()]
-    PR_SET_SECCOMP, SECCOMP_MODE_FILTER, PR_SET_NO_NEW_PRIVS = 22, 2, 38
+SECCOMP_SETSOCKOPT = seccomp_script("""
     SOL_UDP, UDP_SEGMENT = 17, 103
     program = [
-        (BPF_LD_W_ABS, 0, 0, 4),                   # seccomp_data.arch
-        (BPF_JEQ_K, 1, 0, AUDIT_ARCH),
-        (BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
         (BPF_LD_W_ABS, 0, 0, 0),                   # seccomp_data.nr
         (BPF_JEQ_K, 0, 5, NR_SETSOCKOPT),
         (BPF_LD_W_ABS, 0, 0, 24),                  # args[1], low half: level
@@ -1963,15 +1959,7 @@ SECCOMP_SETSOCKOPT = textwrap.dedent("""
         (BPF_RET_K, 0, 0, SECCOMP_RET_ERRNO | errno.ENOPROTOOPT),
         (BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW),
     ]
-    filters = (sock_filter * len(program))(*[sock_filter(*i) for i in program])
-    prog = sock_fprog(len(program), filters)
-    ulong = ctypes.c_ulong
-    if libc.prctl(PR_SET_NO_NEW_PRIVS, ulong(1), ulong(0), ulong(0), ulong(0)) != 0:
-        sys.exit(f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(ctypes.get_errno())}")
-    if libc.prctl(PR_SET_SECCOMP, ulong(SECCOMP_MODE_FILTER), ctypes.byref(prog), ulong(0), ulong(0)) != 0:
-        sys.exit(f"prctl(PR_SET_SECCOMP): {os.strerror(ctypes.get_errno())}")
-    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
-""")
+""", argv_from=1)
 
 
 def test_a_kernel_without_udp_gso_is_refused_in_one_line():
