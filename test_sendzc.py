@@ -2544,14 +2544,19 @@ def test_a_full_submission_queue_is_refused_by_name():
         assert ring.cq_ready() == 4
 
 
-def test_a_kernel_without_the_features_ring_needs_is_refused_in_one_line(monkeypatch):
+def pretend_kernel_lacks(monkeypatch, feature):
+    """io_uring_setup() as on a kernel that does not report feature (an IORING_FEAT_* bit)."""
     real = sendzc.io_uring_setup
 
     def old_kernel(entries, params):
         fd = real(entries, params)
-        params.features &= ~sendzc.IORING_FEAT_EXT_ARG
+        params.features &= ~feature
         return fd
     monkeypatch.setattr(sendzc, "io_uring_setup", old_kernel)
+
+
+def test_a_kernel_without_the_features_ring_needs_is_refused_in_one_line(monkeypatch):
+    pretend_kernel_lacks(monkeypatch, sendzc.IORING_FEAT_EXT_ARG)
     fds = open_fds()
     with pytest.raises(sendzc.Fatal) as e:
         sendzc.Ring(4)
@@ -2863,13 +2868,7 @@ def test_the_sq_thread_is_woken_only_when_it_says_it_sleeps():
 
 
 def test_a_receiver_on_a_kernel_ring_does_not_support_falls_back_to_recv_into(monkeypatch):
-    real = sendzc.io_uring_setup
-
-    def old_kernel(entries, params):
-        fd = real(entries, params)
-        params.features &= ~sendzc.IORING_FEAT_SINGLE_MMAP
-        return fd
-    monkeypatch.setattr(sendzc, "io_uring_setup", old_kernel)
+    pretend_kernel_lacks(monkeypatch, sendzc.IORING_FEAT_SINGLE_MMAP)
     a, b = socket.socketpair()
     with a, b, contextlib.ExitStack() as stack:
         buf = sendzc.RxBuffer(4096)
