@@ -64,23 +64,28 @@ def netns():
         ip("netns", "del", name, check=False)
 
 
-def make_sink(ns):
-    """An ifb device with MTU 65535: every packet routed out of it is dropped."""
+def make_sink(ns, mtu=65535):
+    """An ifb device (MTU 65535 unless told): every packet routed out of it is dropped."""
     made = ip("-n", ns, "link", "add", "ifb0", "type", "ifb", check=False)
     if made.returncode:
         pytest.skip(f"no ifb device here: {made.stderr.strip()}")
-    ip("-n", ns, "link", "set", "ifb0", "mtu", "65535", "up")
+    ip("-n", ns, "link", "set", "ifb0", "mtu", str(mtu), "up")
     ip("-n", ns, "addr", "add", "198.18.0.1/24", "dev", "ifb0")
     ip("-n", ns, "addr", "add", "2001:2::1/64", "dev", "ifb0", "nodad")
 
 
-@pytest.fixture(scope="module")
-def sink():
+def sink_namespace(mtu=65535):
+    """A namespace holding a sink (make_sink), for a module-scoped fixture to yield from."""
     if not IS_ROOT or not HAVE_IP:
         pytest.skip("needs root and iproute2 to create network namespaces")
     with netns() as ns:
-        make_sink(ns)
+        make_sink(ns, mtu)
         yield ns
+
+
+@pytest.fixture(scope="module")
+def sink():
+    yield from sink_namespace()
 
 
 @pytest.fixture(scope="module")
@@ -1838,12 +1843,7 @@ FRAGMENTING = ("sendzc: warning: each 65435-byte datagram leaves as 45 IP fragme
 @pytest.fixture(scope="module")
 def sink1500():
     """A sink as above, but with the MTU of an ordinary network: a 64 KB datagram is 45 fragments."""
-    if not IS_ROOT or not HAVE_IP:
-        pytest.skip("needs root and iproute2 to create network namespaces")
-    with netns() as ns:
-        make_sink(ns)
-        ip("-n", ns, "link", "set", "ifb0", "mtu", "1500")
-        yield ns
+    yield from sink_namespace(1500)
 
 
 @pytest.mark.parametrize("opts", [[], ["--sendmsg"]], ids=["send_zc", "sendmsg_zc"])
