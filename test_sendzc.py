@@ -706,14 +706,17 @@ def test_speedup_is_against_the_poll_per_send_msg_zerocopy_row_of_the_same_size(
     assert [r.speedup for r in rows] == [1.0, 1.5, 1.2, 1.0, 2.44]
 
 
-def test_bench_without_root_says_so_and_points_at_d():
-    # Root without capabilities cannot unshare(CLONE_NEWNET), just as a user cannot.
+def tool_without_capabilities(*args):
+    """The tool as root with no capabilities (it cannot unshare(CLONE_NEWNET), just as a user cannot)."""
     setpriv = shutil.which("setpriv")
     if IS_ROOT and setpriv is None:
         pytest.skip("needs setpriv (util-linux) to drop root's capabilities")
     prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"] if IS_ROOT else []
-    p = subprocess.run(prefix + [sys.executable, TOOL, "bench", "-t", "0.1"],
-                       capture_output=True, text=True, timeout=30)
+    return subprocess.run(prefix + [sys.executable, TOOL, *args], capture_output=True, text=True, timeout=30)
+
+
+def test_bench_without_root_says_so_and_points_at_d():
+    p = tool_without_capabilities("bench", "-t", "0.1")
     assert p.returncode == 1 and p.stdout == ""
     assert len(p.stderr.splitlines()) == 1, p.stderr
     assert "needs root" in p.stderr and "bench -D ADDR" in p.stderr
@@ -2035,12 +2038,7 @@ def test_a_sender_into_the_private_sink_leaves_the_host_as_it_found_it(how):
 
 
 def test_a_sender_with_no_d_and_no_root_says_so_in_one_line():
-    setpriv = shutil.which("setpriv")
-    if IS_ROOT and setpriv is None:
-        pytest.skip("needs setpriv (util-linux) to drop root's capabilities")
-    prefix = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--"] if IS_ROOT else []
-    p = subprocess.run(prefix + [sys.executable, TOOL, "-t", "0.1", "udp"],
-                       capture_output=True, text=True, timeout=30)
+    p = tool_without_capabilities("-t", "0.1", "udp")
     assert (p.returncode, p.stdout) == (1, "")
     assert only_line(p) == readme_line("the private sink for a sender")
 
