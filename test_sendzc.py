@@ -928,16 +928,7 @@ def test_bench_sweep_runs_the_zero_copy_path_at_every_batch():
 
 def start_rx(*args, ns=None):
     """`sendzc.py rx --json ARGS` in the background, returned once it is listening."""
-    cmd = [sys.executable, TOOL, "rx", "--json", *map(str, args)]
-    if ns:
-        cmd = ["ip", "netns", "exec", ns] + cmd
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = p.stderr.readline()
-    if "waiting for" not in line:
-        p.kill()
-        out, err = p.communicate()
-        pytest.fail(f"rx did not start: {line}{err}")
-    return p
+    return start_rx_args("--json", *args, ns=ns)[0]
 
 
 def finish_rx(p, timeout=30):
@@ -2187,9 +2178,10 @@ def test_the_verifier_checks_each_coalesced_datagram(flips):
                            "expected": sendzc.PATTERN[at % 1472 % 26]}
 
 
-def start_rx_args(*args, prefix=(sys.executable, TOOL)):
+def start_rx_args(*args, ns=None, prefix=(sys.executable, TOOL)):
     """`sendzc.py rx ARGS` (no --json added), returned once it is listening, and its waiting line."""
-    p = subprocess.Popen([*prefix, "rx", *map(str, args)],
+    cmd = [*prefix, "rx", *map(str, args)]
+    p = subprocess.Popen(["ip", "netns", "exec", ns, *cmd] if ns else cmd,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     line = p.stderr.readline()
     if "waiting for" not in line:
