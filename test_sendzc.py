@@ -931,14 +931,30 @@ def start_rx(*args, ns=None):
     return start_rx_args("--json", *args, ns=ns)[0]
 
 
+@contextlib.contextmanager
+def reaped(proc):
+    """proc, killed and waited for on the way out if it is still running."""
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def ctrl_c(proc):
+    """SIGINT to a running tool: (stdout, stderr) once it has ended, with 130 and no traceback."""
+    proc.send_signal(signal.SIGINT)
+    with reaped(proc):
+        out, err = proc.communicate(timeout=10)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    return out, err
+
+
 def finish_rx(p, timeout=30):
     """Wait for rx to end: (exit status, its JSON document or None, its stderr)."""
-    try:
+    with reaped(p):
         out, err = p.communicate(timeout=timeout)
-    finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
     return p.returncode, (json.loads(out) if out.strip() else None), err
 
 
@@ -2197,18 +2213,12 @@ def test_rx_n_reads_each_flow_from_its_accept_and_ctrl_c_reports_the_flows_that_
     Ctrl-C then prints that flow, whole, and the total: no traceback, exit 130."""
     port = free_port()
     rx, _ = start_rx_args(*(["--json"] if as_json else []), "-4", "-p", port, "-n", "2", "tcp")
-    try:
+    with reaped(rx):
         with socket.create_connection(("127.0.0.1", port)) as s:
             s.settimeout(10)                   # an rx that does not read stalls this sendall
             s.sendall(sendzc.pattern(size))
         time.sleep(1)                          # rx reads the last bytes and the end of the stream
-        rx.send_signal(signal.SIGINT)
-        out, err = rx.communicate(timeout=10)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
-    assert rx.returncode == 130 and "Traceback" not in err, err
+        out, err = ctrl_c(rx)
     assert err.splitlines() == [readme_line("Ctrl-C")]
     if as_json:
         doc = json.loads(out)
@@ -2296,14 +2306,7 @@ def read_doc(rx):
 
 def stop_keep_rx(rx):
     """SIGINT: the totals document and exit 130."""
-    rx.send_signal(signal.SIGINT)
-    try:
-        out, err = rx.communicate(timeout=10)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
-    assert rx.returncode == 130 and "Traceback" not in err, err
+    out, err = ctrl_c(rx)
     assert err.splitlines() == [readme_line("Ctrl-C")]
     [line] = out.splitlines()
     return json.loads(line)
@@ -2312,17 +2315,13 @@ def stop_keep_rx(rx):
 def test_rx_keep_serves_two_tcp_senders_in_a_row_then_ctrl_c_prints_the_totals():
     port = free_port()
     rx = keep_rx("-4", "-p", port, "tcp")
-    try:
+    with reaped(rx):
         sent, got = [], []
         for _ in range(2):
             tx = tool_json("-D", "127.0.0.1", "-p", port, "-t", "0.3", "-s", "10000", "tcp")
             sent.append(tx["rows"][0]["bytes"])
             got.append(read_doc(rx))
         totals = stop_keep_rx(rx)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
     for n, (doc, nbytes) in enumerate(zip(got, sent), 1):
         check_against_readme(doc, "### The JSON document", options=["each rx `--keep`"])
         [row] = doc["rows"]
@@ -2342,7 +2341,7 @@ def test_rx_keep_serves_udp_senders_one_after_another_in_text():
     port = free_port(socket.SOCK_DGRAM)
     rx, line = start_rx_args("--keep", "-4", "-p", port, "udp")
     assert "waiting for senders, one after another" in line
-    try:
+    with reaped(rx):
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.connect(("127.0.0.1", port))
             for _ in range(100):
@@ -2351,13 +2350,7 @@ def test_rx_keep_serves_udp_senders_one_after_another_in_text():
         first = [rx.stdout.readline() for _ in range(4)]
         size = gso_send("127.0.0.1", port, 20)
         second = [rx.stdout.readline() for _ in range(4)]
-        rx.send_signal(signal.SIGINT)
-        out, err = rx.communicate(timeout=10)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
-    assert rx.returncode == 130 and "Traceback" not in err, err
+        out, err = ctrl_c(rx)
     assert first[0] == "sender 1:\n" and second[0] == "sender 2:\n"
     assert first[1].startswith("rx=100 datagrams (0 MB, 100000 bytes) from 127.0.0.1:"), first
     assert first[1].endswith("; 0 dropped by the full socket buffer\n")
@@ -2467,7 +2460,7 @@ def test_rx_keep_goes_on_after_a_failed_sender_and_the_next_starts_clean():
     right, passes: no mismatch, phase or count carries over. The totals say 1 of 2 failed."""
     port = free_port()
     rx = keep_rx("-4", "-p", port, "tcp")
-    try:
+    with reaped(rx):
         bad = subprocess.run([sys.executable, "-c", FLIPPER, HERE, "tcp", "127.0.0.1", str(port),
                               "1000003"], capture_output=True, text=True, timeout=30)
         assert bad.returncode == 0, bad.stderr
@@ -2478,10 +2471,6 @@ def test_rx_keep_goes_on_after_a_failed_sender_and_the_next_starts_clean():
             s.sendall(sendzc.pattern(777777))
         second = read_doc(rx)
         totals = stop_keep_rx(rx)
-    finally:
-        if rx.poll() is None:
-            rx.kill()
-            rx.wait()
     assert first["rows"][0]["verified"] is False and first["rows"][0]["mismatches"] == 1
     row = second["rows"][0]
     assert row["bytes"] == 777777 and row["verified"] is True and row["mismatches"] == 0
