@@ -951,6 +951,16 @@ def ctrl_c(proc):
     return out, err
 
 
+def interrupt_timed(proc, after_s):
+    """After after_s seconds, one SIGINT: (stdout, stderr, seconds the tool took to end after it)."""
+    with reaped(proc):
+        time.sleep(after_s)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=10)
+    return out, err, time.monotonic() - started
+
+
 def finish_rx(p, timeout=30):
     """Wait for rx to end: (exit status, its JSON document or None, its stderr)."""
     with reaped(p):
@@ -1789,16 +1799,9 @@ def test_ctrl_c_twice_stops_waiting_for_notifications():
         p = subprocess.Popen([sys.executable, TOOL, "-D", "127.0.0.1", "-p",
                               str(listener.getsockname()[1]), "-t", "30", "tcp"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(1.0)                        # stalled: sends wait in the kernel for room
-            p.send_signal(signal.SIGINT)           # ends the run; the drain waits ...
-            time.sleep(0.3)
-            started = time.monotonic()
-            p.send_signal(signal.SIGINT)           # ... no longer
-            out, err = p.communicate(timeout=10)
-            took = time.monotonic() - started
-        finally:
-            p.kill()
+        time.sleep(1.0)                            # stalled: sends wait in the kernel for room
+        p.send_signal(signal.SIGINT)               # ends the run; the drain waits ...
+        out, err, took = interrupt_timed(p, 0.3)   # ... no longer
     assert p.returncode == 130 and took < 2
     assert re.search(r"^warning: \d+ completions never came", out, re.M)
     assert err.splitlines() == [readme_line("Ctrl-C again")]
@@ -3291,14 +3294,7 @@ def test_ctrl_c_during_the_drain_cuts_it_short_and_keeps_the_error():
         p = subprocess.Popen([sys.executable, TOOL, "--json", "-D", "127.0.0.1", "-p", str(port),
                               "-t", "0.5", "tcp"],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        try:
-            time.sleep(1.5)                        # the run is over; the drain waits
-            started = time.monotonic()
-            p.send_signal(signal.SIGINT)
-            out, err = p.communicate(timeout=10)
-            took = time.monotonic() - started
-        finally:
-            p.kill()
+        out, err, took = interrupt_timed(p, 1.5)   # the run is over; the drain waits
     assert p.returncode == 1 and took < 2
     stalled = readme_pattern("TCP: the receiver stops reading, and Ctrl-C",
                              {**at(re.escape("127.0.0.1"), port), "1.2": r"([\d.]+)"})
@@ -3364,14 +3360,7 @@ def test_ctrl_c_ends_a_tcp_connect_into_silence(sink, bench):
            ["--json", "-D", SINK4, "-t", "0.2", "tcp"]
     p = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, *args],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        time.sleep(1.0)
-        started = time.monotonic()
-        p.send_signal(signal.SIGINT)
-        out, err = p.communicate(timeout=10)
-        took = time.monotonic() - started
-    finally:
-        p.kill()
+    out, err, took = interrupt_timed(p, 1.0)
     assert p.returncode == 130 and took < 1.5
     doc = json.loads(out)
     assert doc["rows"] == []
