@@ -1535,6 +1535,11 @@ def test_the_receiver_needs_no_io_uring_even_under_seccomp():
     rx = subprocess.Popen([sys.executable, "-c", SECCOMP_EXEC, "EPERM", TOOL, "rx", "--json", "-4",
                            "-p", str(port), "tcp"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert_rx_fell_back_to_recv_into(rx, port, "io_uring_setup")
+
+
+def assert_rx_fell_back_to_recv_into(rx, port, refused):
+    """rx (--json, tcp, on port) takes a sender whole through recv_into and names the refused call."""
     assert "waiting for a sender" in rx.stderr.readline()
     with socket.create_connection(("127.0.0.1", port)) as s:
         s.sendall(sendzc.pattern(100000))
@@ -1542,7 +1547,7 @@ def test_the_receiver_needs_no_io_uring_even_under_seccomp():
     assert status == 0, err
     row = doc["rows"][0]
     assert row["method"] == "recv_into" and row["bytes"] == 100000 and row["verified"] is True
-    assert row["note"].startswith("io_uring refused (io_uring_setup: EPERM")
+    assert row["note"].startswith(f"io_uring refused ({refused}: EPERM")
 
 
 # The one fake in this file: no kernel this suite runs on lacks SEND_ZC, so a
@@ -3519,14 +3524,7 @@ def test_probe_reports_a_filter_refusing_one_io_uring_call(call):
 def test_the_receiver_falls_back_when_one_io_uring_call_is_refused(call):
     port = free_port()
     rx = tool_with_only(call, "rx", "--json", "-4", "-p", port, "tcp")
-    assert "waiting for a sender" in rx.stderr.readline()
-    with socket.create_connection(("127.0.0.1", port)) as s:
-        s.sendall(sendzc.pattern(100000))
-    status, doc, err = finish_rx(rx)
-    assert status == 0, err
-    row = doc["rows"][0]
-    assert row["method"] == "recv_into" and row["bytes"] == 100000 and row["verified"] is True
-    assert row["note"].startswith(f"io_uring refused ({call}: EPERM")
+    assert_rx_fell_back_to_recv_into(rx, port, call)
 
 
 # --- an interrupted bench judges no crossover (item 11) ---------------------------
