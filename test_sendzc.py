@@ -117,6 +117,13 @@ def tool_json(*args, ns=None, **kw):
     return json.loads(p.stdout)
 
 
+def tool_json_to_loopback(*args):
+    """tool_json() of a sender to a UDP socket on loopback that nobody reads (-D and -p given)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        return tool_json("-D", "127.0.0.1", "-p", rx.getsockname()[1], *args)
+
+
 def kernel_at_least(major, minor):
     release = os.uname().release.split("-")[0].split(".")
     return (int(release[0]), int(release[1])) >= (major, minor)
@@ -813,10 +820,7 @@ def test_bench_json_matches_the_fields_readme_documents(bench_doc):
 
 
 def test_sender_json_matches_the_fields_readme_documents():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
-        rx.bind(("127.0.0.1", 0))
-        doc = tool_json("-D", "127.0.0.1", "-p", rx.getsockname()[1], "-t", "0.5", "-i", "0.2",
-                        "-s", "1400", "udp")
+    doc = tool_json_to_loopback("-t", "0.5", "-i", "0.2", "-s", "1400", "udp")
     check_against_readme(doc, "### The JSON document")
     assert len(doc["rows"]) == 1                              # a single send is one row
     check_against_readme(doc["rows"][0], "### A JSON row", options=["-i"])
@@ -2634,10 +2638,7 @@ def test_rx_flows_total_of_a_pool_run_names_the_stamps():
 
 
 def test_sender_pool_json_matches_the_fields_readme_documents():
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
-        rx.bind(("127.0.0.1", 0))
-        doc = tool_json("-D", "127.0.0.1", "-p", rx.getsockname()[1], "-t", "0.3", "-s", "1400",
-                        "--pool", "4", "udp")
+    doc = tool_json_to_loopback("-t", "0.3", "-s", "1400", "--pool", "4", "udp")
     check_against_readme(doc, "### The JSON document")
     row = doc["rows"][0]
     check_against_readme(row, "### A JSON row", options=["--pool"])
@@ -3702,11 +3703,8 @@ def test_hot_loop_counts_every_cqe_of_a_clean_run_into_the_sink(sink):
 
 def test_hot_loop_hands_odd_batches_to_the_bulk_judge():
     """Over loopback every notification says COPIED, so no batch is the clean one: the
-    bulk judge counts them, and the receiver's count matches the sender's."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
-        rx.bind(("127.0.0.1", 0))
-        row = tool_json("-D", "127.0.0.1", "-p", rx.getsockname()[1], "-t", "0.3", "-s", "1400",
-                        "udp")["rows"][0]
+    bulk judge counts them all the same, every send whole and every notification copied."""
+    row = tool_json_to_loopback("-t", "0.3", "-s", "1400", "udp")["rows"][0]
     assert row["error"] is None and row["requests"] > 0
     assert row["bytes"] == row["requests"] * 1400
     assert row["notifications"] == row["requests"] == row["zc_copied"]
