@@ -428,7 +428,8 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap 
 # InterruptedError, which the wait loops catch), and a refusal the user must
 # act on becomes Fatal: one line, naming the fix. Past this section only the
 # once-per-batch paths (Ring.submit_and_peek, BulkSender.run_hot) call
-# _syscall themselves, to save a Python frame, and raise the same OSError.
+# _syscall themselves, to save a Python frame, and make the same OSError
+# (syscall_error).
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
@@ -469,11 +470,15 @@ class UsageError(Fatal):
         super().__init__(message, 2)
 
 
-def _raise_errno(call: str) -> None:
-    err = ctypes.get_errno()
+def syscall_error(call: str, err: int) -> OSError:
+    """The OSError for errno err from call, naming the call (main()'s one line reads e.syscall)."""
     e = OSError(err, f"{call}: {errno.errorcode.get(err, err)}: {os.strerror(err)}")
-    e.syscall = call            # for the one line main() prints if nothing closer handles it
-    raise e
+    e.syscall = call
+    return e
+
+
+def _raise_errno(call: str) -> None:
+    raise syscall_error(call, ctypes.get_errno())
 
 
 def io_uring_setup(entries: int, params: io_uring_params) -> int:
@@ -1746,9 +1751,7 @@ class BulkSender:
         if ret < 0:
             err = ctypes.get_errno()
             if err not in (errno.EINTR, errno.ETIME):   # those two: run_general() goes on
-                run.entered = OSError(err, f"io_uring_enter: {errno.errorcode.get(err, err)}: "
-                                           f"{os.strerror(err)}")
-                run.entered.syscall = "io_uring_enter"
+                run.entered = syscall_error("io_uring_enter", err)
         return done
 
     def wait_owed(self, wait_nr: int):
@@ -1765,10 +1768,7 @@ class BulkSender:
         err = ctypes.get_errno()
         if err in (errno.EINTR, errno.ETIME):
             return WAIT_CUT
-        try:
-            _raise_errno("io_uring_enter")
-        except OSError as e:
-            self.books.entered = e
+        self.books.entered = syscall_error("io_uring_enter", err)
         return False
 
     def at_tick(self, now: int, hot_results: int) -> int:
@@ -3785,14 +3785,8 @@ def new_result(cfg: RxConfig) -> RxResult:
     return RxResult(cfg.proto, method, discard=cfg.discard, stamped=bool(cfg.pool))
 
 
-def run_receiver(cfg: RxConfig, printing: bool, interval: Optional[float]) -> RxResult:
-    """msg_zerocopy -r's do_rx(), with a check of every byte: one sender, counted and verified."""
-    with listen_for(cfg) as sock:
-        return serve_one(cfg, sock, printing, interval)
-
-
 def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Optional[float]) -> RxResult:
-    """Wait on sock for one sender, then receive from it."""
+    """msg_zerocopy -r's do_rx(), with a check of every byte: wait on sock for one sender, receive it."""
     result = new_result(cfg)
     if cfg.proto == "tcp":
         conn, addr = until_stop(sock.accept) or (None, None)
