@@ -1250,16 +1250,28 @@ def test_a_uring_receiver_refused_midway_tears_down_cleanly(monkeypatch):
         sendzc.UringReceiver(b, buf, stack)
 
 
-def test_without_io_uring_tcp_falls_back_to_recv_into_and_says_so(monkeypatch):
-    def refused(*args, **kw):
-        raise OSError(errno.EPERM, "io_uring_setup: EPERM: Operation not permitted")
-    monkeypatch.setattr(sendzc, "Ring", refused)
+def receive_once(cfg):
+    """rx in this process: listen, serve one sender, return its RxResult (nothing printed)."""
+    with sendzc.listen_for(cfg) as sock:
+        return sendzc.serve_one(cfg, sock, False, None)
+
+
+@contextlib.contextmanager
+def tcp_receiver_on_a_socketpair():
+    """open_receiver() for a TCP rx on one end of a socketpair: (the other end, the receiver, its result)."""
     a, b = socket.socketpair()
     with a, b, contextlib.ExitStack() as stack:
         buf = sendzc.RxBuffer(4096)
         stack.callback(buf.close)
         result = sendzc.RxResult("tcp", "")
-        rx = sendzc.open_receiver(sendzc.RxConfig(), b, buf, stack, result)
+        yield a, sendzc.open_receiver(sendzc.RxConfig(), b, buf, stack, result), result
+
+
+def test_without_io_uring_tcp_falls_back_to_recv_into_and_says_so(monkeypatch):
+    def refused(*args, **kw):
+        raise OSError(errno.EPERM, "io_uring_setup: EPERM: Operation not permitted")
+    monkeypatch.setattr(sendzc, "Ring", refused)
+    with tcp_receiver_on_a_socketpair() as (a, rx, result):
         assert isinstance(rx, sendzc.SocketReceiver) and "EPERM" in result.note
         a.sendall(b"abc")
         assert rx.recv() == 3
@@ -1280,7 +1292,7 @@ def test_a_whole_receive_releases_every_fd_and_mapping():
                     time.sleep(0.01)
         t = threading.Thread(target=sender)
         t.start()
-        result = sendzc.run_receiver(cfg, False, None)
+        result = receive_once(cfg)
         t.join()
         assert result.bytes == 1 << 20 and result.verified is True
     once()                                            # warm up imports and caches
@@ -2457,7 +2469,7 @@ def test_a_whole_udp_gro_receive_releases_every_fd_and_mapping():
             gso_send("127.0.0.1", port, 5)
         t = threading.Thread(target=sender)
         t.start()
-        result = sendzc.run_receiver(cfg, False, None)
+        result = receive_once(cfg)
         t.join()
         assert result.datagrams == 5 * GSO_SEGS and result.verified is True
         assert result.method == "recvmsg UDP_GRO" and result.gro_segment == GSO_SEG
@@ -2686,16 +2698,22 @@ def tbf_pair():
 POOL_SIZE = {"udp": 1400, "tcp": 65435}     # UDP below veth's MTU: a fragmented datagram is copied
 
 
-@pytest.mark.parametrize("proto", ["udp", "tcp"])
-def test_pool_keeps_the_contract_and_rx_verifies_every_stamp(tbf_pair, proto):
+def pool_run_over_tbf(tbf_pair, proto, *options):
+    """`--pool 4` (and options) into `rx --pool` over the tbf veth: (the sender's process, finish_rx())."""
     txns, rxns = tbf_pair
     port = 8100 + next(_names)
     rx = start_rx("-4", "-p", port, "--pool", proto, ns=rxns)
-    tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "1", "-s", POOL_SIZE[proto],
-                   "--pool", "4", proto, ns=txns)
-    status, doc, err = finish_rx(rx)
+    tx = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "1", "-s", POOL_SIZE[proto],
+              "--pool", "4", *options, proto, ns=txns)
+    return tx, finish_rx(rx)
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_pool_keeps_the_contract_and_rx_verifies_every_stamp(tbf_pair, proto):
+    tx, (status, doc, err) = pool_run_over_tbf(tbf_pair, proto, "--json")
+    assert tx.returncode == 0, tx.stderr
     assert status == 0, err
-    sent, got = tx["rows"][0], doc["rows"][0]
+    sent, got = json.loads(tx.stdout)["rows"][0], doc["rows"][0]
     assert sent["error"] is None and sent["undrained"] == 0
     assert sent["notifications"] == sent["requests"] > 0 and sent["pool"]["rewritten_early"] == 0
     assert got["verified"] is True and got["mismatches"] == 0
@@ -2705,12 +2723,7 @@ def test_pool_keeps_the_contract_and_rx_verifies_every_stamp(tbf_pair, proto):
 
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_break_contract_is_caught_by_rx_at_its_offset(tbf_pair, proto):
-    txns, rxns = tbf_pair
-    port = 8100 + next(_names)
-    rx = start_rx("-4", "-p", port, "--pool", proto, ns=rxns)
-    tx = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "1", "-s", POOL_SIZE[proto],
-              "--pool", "4", "--break-contract", proto, ns=txns)
-    status, doc, err = finish_rx(rx)
+    tx, (status, doc, err) = pool_run_over_tbf(tbf_pair, proto, "--break-contract")
     assert tx.returncode == 0, tx.stderr
     broke = re.search(r"^warning: --break-contract: (\d+) buffers were rewritten as soon as their "
                       r"send's result \(F_MORE\) came, before their notification \(F_NOTIF\): the "
@@ -2857,12 +2870,7 @@ def test_the_sq_thread_is_woken_only_when_it_says_it_sleeps():
 
 def test_a_receiver_on_a_kernel_ring_does_not_support_falls_back_to_recv_into(monkeypatch):
     pretend_kernel_lacks(monkeypatch, sendzc.IORING_FEAT_SINGLE_MMAP)
-    a, b = socket.socketpair()
-    with a, b, contextlib.ExitStack() as stack:
-        buf = sendzc.RxBuffer(4096)
-        stack.callback(buf.close)
-        result = sendzc.RxResult("tcp", "")
-        rx = sendzc.open_receiver(sendzc.RxConfig(), b, buf, stack, result)
+    with tcp_receiver_on_a_socketpair() as (a, rx, result):
         assert isinstance(rx, sendzc.SocketReceiver)
         assert result.note == (f"io_uring refused (io_uring: this kernel ({os.uname().release}) lacks "
                                f"SINGLE_MMAP (Linux 5.11+): use a newer kernel): received with "
