@@ -2254,7 +2254,7 @@ class Intervals:
 
 
 # Above this share of a run's CPU in user space (Python), describe_result()
-# says how to lower it: a larger batch, or --sqpoll.
+# says how to lower it: a larger batch, or --sqpoll (x86-64 only).
 PYTHON_SHARE_HINT = 0.15
 # ... and only for a run that sent and kept its CPU busy at least this share
 # of its time: one that mostly waited (a paced path, a slow receiver) was not
@@ -2285,7 +2285,8 @@ def describe_result(r: Result) -> List[str]:
         else:
             lines.append(f"zero-copy: all {r.notifications} notifications report zero-copy (REPORT_USAGE)")
     elif r.mode.endswith(("zc", "zc_fixed")) and r.notifications:
-        lines.append("zero-copy: this kernel cannot say whether it copied (REPORT_USAGE needs 6.2+)")
+        lines.append("zero-copy: this kernel cannot say whether it copied: its SEND_ZC refuses "
+                     "REPORT_USAGE (Linux 6.2+, and stable series that took it); judge by the CPU it cost")
     if r.failed and r.notifications:
         # txc > tx: a zero-copy send that fails (or is cancelled because the
         # one linked before it failed) still posts its notification.
@@ -2295,8 +2296,10 @@ def describe_result(r: Result) -> List[str]:
     cpu = r.cpu_user_s + r.cpu_sys_s
     if (r.mode not in SYSCALL_MODES and r.pool is None and r.requests
             and cpu > BUSY_SHARE * r.seconds and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
+        # --sqpoll only where the file allows it (x86-64): arm64 6.1 was told to try it, and refused it.
+        sqpoll = ", or --sqpoll," if platform.machine() == "x86_64" else ""
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
-                     f"a larger -r, or --sqpoll, leaves more to the kernel "
+                     f"a larger -r{sqpoll} leaves more to the kernel "
                      f"(`sendzc.py bench --sweep` shows where batching stops paying)")
     if r.undrained:
         lines.append(f"warning: {r.undrained} completions never came (waited {DRAIN_SECONDS:g} s): "
@@ -2602,22 +2605,43 @@ REQUIRED_OPS = {"send": (IORING_OP_SEND, "5.6"), "sendmsg": (IORING_OP_SENDMSG, 
 
 
 def check_opcode(probe: Probe, mode: str) -> None:
-    """Refuse, in one line, a mode whose opcode this kernel lacks."""
+    """Refuse, in one line, a mode whose opcode this kernel lacks.
+
+    SEND_ZC first, for --sendmsg too: a kernel without it (before 6.0; Debian's 5.10
+    showed it) lacks SENDMSG_ZC as well, and "drop --sendmsg" would send it to an
+    opcode it does not have either. The copying twin (--no-zc) is there since 5.6.
+    """
     base = mode.replace("_fixed", "")
-    op, since = REQUIRED_OPS[base]
-    if not probe.has(op):
-        fix = {"send_zc": "use --no-zc (IORING_OP_SEND, which copies), or a newer kernel",
-               "sendmsg_zc": "drop --sendmsg (IORING_OP_SEND_ZC), or use a newer kernel"}
-        raise Fatal(f"this kernel ({platform.release()}) has no {OPCODE_NAMES[op]} "
-                    f"(Linux {since}+): {fix.get(base, 'use a newer kernel')}")
+    copying = base.replace("_zc", "")
+    for need in (("send_zc", base) if base != copying else (base,)):
+        op, since = REQUIRED_OPS[need]
+        if not probe.has(op):
+            fix = {"send_zc": f"use --no-zc ({OPCODE_NAMES[REQUIRED_OPS[copying][0]]}, which copies), "
+                              f"or a newer kernel",
+                   "sendmsg_zc": "drop --sendmsg (IORING_OP_SEND_ZC), or use a newer kernel"}
+            raise Fatal(f"this kernel ({platform.release()}) has no {OPCODE_NAMES[op]} "
+                        f"(Linux {since}+): {fix.get(need, 'use a newer kernel')}")
+
+
+def kernel_opcodes() -> Probe:
+    """IORING_REGISTER_PROBE's answer, from a small ring of its own: what a run may ask for."""
+    try:
+        with Ring(2, attempts=(0,)) as ring:
+            return ring.probe()
+    except OSError as e:
+        raise Fatal(setup_error(e)) from None
 
 
 def probe_report_usage() -> bool:
     """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel, on a small ring of its own.
 
-    A SEND_ZC with the flag to an AF_UNIX socketpair: a kernel that knows the
-    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), one
-    that does not rejects the flag (-EINVAL) first. Both post F_MORE, then a notification.
+    Asked, never read from the version: stable series took it too (Debian 12's
+    6.1.192 answers it). A SEND_ZC with the flag to an AF_UNIX socketpair: a
+    kernel that knows the flag gets as far as the socket and rejects it
+    (-EOPNOTSUPP: no zero-copy on unix sockets); one that does not (6.0, and 6.1
+    before its stable series took the flag) rejects the flag while preparing the
+    request: -EINVAL *without* F_MORE, and no notification ever comes. So wait
+    for a notification only when F_MORE promises one.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, Ring(2) as ring:
@@ -2694,6 +2718,14 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
         raise Fatal(setup_error(e)) from None
 
 
+def check_sqpoll(cfg: SendConfig) -> None:
+    """Refuse --sqpoll off x86-64 in one line."""
+    if cfg.sqpoll and platform.machine() != "x86_64":
+        raise Fatal("--sqpoll is x86-64 only: the SQ thread reads our tail concurrently, and "
+                    "ordering the SQE stores before it needs a store barrier Python cannot "
+                    "issue on arm64; run without --sqpoll")
+
+
 class UringSender(BulkSender):
     """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported."""
 
@@ -2703,10 +2735,7 @@ class UringSender(BulkSender):
         # option it is; SENDMSG_ZC carries it per request, as QUIC stacks do.
         if cfg.gso and not cfg.sendmsg:
             set_udp_segment(sock, cfg.gso)
-        if cfg.sqpoll and platform.machine() != "x86_64":
-            raise Fatal("--sqpoll is x86-64 only: the SQ thread reads our tail concurrently, and "
-                        "ordering the SQE stores before it needs a store barrier Python cannot "
-                        "issue on arm64; run without --sqpoll")
+        check_sqpoll(cfg)
         sqpoll = dict(flags=IORING_SETUP_SQPOLL, attempts=SQPOLL_ATTEMPTS,
                       sq_thread_idle=SQ_THREAD_IDLE_MS) if cfg.sqpoll else {}
         buffers = [(payload.addr, payload.length)] if cfg.fixed_buf and cfg.zc else []
@@ -4200,6 +4229,7 @@ class BenchConfig:
     sizes_given: bool                # --sizes was given (else a fragmenting path adds its largest datagram)
     path_mtu: Optional[int] = None   # the route's MTU to the destination, read after connect (UDP)
     groups: List[Tuple[int, int]] = field(default_factory=list)   # (size, gso) of each table
+    lacking: Dict[str, str] = field(default_factory=dict)   # mode -> what this kernel lacks for it
 
     def plan(self) -> List[Tuple[str, int]]:
         """(mode, batch) of every row of one size's table, in the RFC's order."""
@@ -4284,10 +4314,29 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
     return result
 
 
+def lacking_modes(modes: List[str]) -> Dict[str, str]:
+    """mode -> "needs 6.0" for each io_uring row whose opcode this kernel lacks: bench measures the rest.
+
+    Debian's 5.10 has send(2), MSG_ZEROCOPY and io_uring SEND but no SEND_ZC: its
+    comparison is those rows, and one line each for the rest, not a refusal.
+    """
+    uring = [m for m in modes if m not in SYSCALL_MODES]
+    if not uring:
+        return {}
+    probe = kernel_opcodes()
+    out = {}
+    for mode in uring:
+        op, since = REQUIRED_OPS["send" if mode == "send" else "send_zc"]
+        if not probe.has(op):
+            out[mode] = f"needs {since} ({OPCODE_NAMES[op]})"
+    return out
+
+
 def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
     """Every row of every table until done, an error or Ctrl-C: the rows, and why the run stopped early
     (None if it did not, or if Ctrl-C stopped it: the rows say interrupted)."""
-    plan = cfg.plan()
+    cfg.lacking = lacking_modes([m for m, _ in cfg.plan()])
+    plan = [(m, b) for m, b in cfg.plan() if m not in cfg.lacking]
     progress = Progress(len(plan) * len(cfg.groups), cfg.seconds)
     results: List[Result] = []
     failure = None
@@ -4785,13 +4834,17 @@ def print_bench(cfg: BenchConfig, results: List[Result], complete: bool) -> None
     """The tables, one per size, headed by how the path carries it; then what the columns mean."""
     for size, gso in cfg.groups:
         rows = [r for r in results if r.size == size and (r.gso or 0) == gso]
-        if not rows:
+        if not rows and not cfg.lacking:
             continue
         n = ip_fragments(size, cfg.path_mtu, cfg.family) if cfg.path_mtu and cfg.proto == "udp" else 1
         how = (f", UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} datagrams per send" if gso
                else f", fragmented: {n} IP fragments each at MTU {cfg.path_mtu}" if n > 1 and not cfg.sweep
                else "")
-        print(f"\n{size} B per send{how}", *(format_sweep if cfg.sweep else format_table)(rows), sep="\n")
+        print(f"\n{size} B per send{how}", *((format_sweep if cfg.sweep else format_table)(rows) if rows else []),
+              sep="\n")
+        for mode, batch in cfg.plan():
+            if mode in cfg.lacking:
+                print(f"{MODE_LABELS[mode]:<29} {batch:>5}  not run: {cfg.lacking[mode]}")
     if cfg.sweep:
         print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
@@ -4822,6 +4875,9 @@ def bench_main(argv: List[str]) -> int:
                   "mtu": cfg.path_mtu, "gso": max(gso for _, gso in cfg.groups) or None,
                   "sink": None if sink is None else {**vars(sink), "netns": "private"}}
         extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
+        if cfg.lacking:         # the rows this kernel cannot run, and what each needs
+            extra["not_run"] = [{"mode": m, "batch": b, "needs": cfg.lacking[m]}
+                                for m, b in cfg.plan() if m in cfg.lacking]
         print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
     else:
         print_bench(cfg, results, complete)
@@ -5511,6 +5567,14 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
 
     With no -D, into the private sink bench makes; over UDP, the path's MTU first.
     """
+    # Before the sink and before connecting: a receiver must see no run that cannot send
+    # (Debian's 5.10 connected first, and its rx reported a verified run of 0 bytes). UDP's
+    # connect() sends nothing, so only TCP asks a ring of its own: the ring memory of a closed
+    # ring comes back a moment later, and a user with little locked memory would miss it.
+    check_sqpoll(cfg)
+    if cfg.proto == "tcp":
+        check_opcode(kernel_opcodes(), cfg.mode)
+    plain_buffer_for_sendmsg(cfg)
     with ExitStack() as stack:
         if cfg.addr is None:
             hint = (f"or send to a receiver instead, with no private sink and no root: "
@@ -5555,6 +5619,23 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
             on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
             result.intervals = ticks.rows
         return report_send(cfg, result, as_json)
+
+
+def plain_buffer_for_sendmsg(cfg: SendConfig) -> None:
+    """--sendmsg from a plain buffer where this kernel refuses a registered one, said in one line.
+
+    SENDMSG_ZC takes its iovecs from a registered buffer only since 6.15; 6.1 to 6.14 (Debian
+    12's 6.1 showed it) answer EINVAL. SENDMSG_ZC itself is there since 6.1, so the run goes
+    on as --no-fixed-buf would: the kernel pins the pages at each send instead.
+    """
+    if not (cfg.sendmsg and cfg.zc and cfg.fixed_buf):
+        return
+    asked = probe_send("6.15", "SENDMSG_ZC from a registered buffer", sendmsg_zc_fixed)
+    if not asked["supported"] and asked["answer"].startswith("EINVAL"):
+        cfg.fixed_buf = False
+        print(f"sendzc: note: --sendmsg sends from a plain buffer (as --no-fixed-buf): this kernel "
+              f"({platform.release()}) refuses SENDMSG_ZC from a registered buffer ({asked['answer']}; "
+              f"Linux 6.15+)", file=sys.stderr, flush=True)
 
 
 def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[List[Result]] = None) -> int:
@@ -5610,8 +5691,14 @@ MSG_ZEROCOPY_OPTMEM = 131072
 PROT_NONE = 0                                             # <sys/mman.h>
 
 
+NO_SEND_ZC = "IORING_OP_SEND_ZC (Linux 6.0+)"     # --probe's "missing" entry for a kernel before 6.0
+
+
 def probe_main(argv: List[str]) -> int:
-    """`sendzc.py --probe [--json]`: the kernel's answers; exit 1 naming what is missing."""
+    """`sendzc.py --probe [--json]`: the kernel's answers; exit 1 naming what is missing and fixable.
+
+    A kernel without SEND_ZC is reported, with exit 0: only a newer kernel brings it.
+    """
     p = Parser(prog="sendzc.py --probe", description="Ask this kernel what io_uring offers.")
     p.add_argument("--probe", action="store_true", required=True)
     p.add_argument("--json", action="store_true", help="print one JSON document")
@@ -5623,7 +5710,9 @@ def probe_main(argv: List[str]) -> int:
                           "host": socket.gethostname(), "probe": caps}, indent=2))
     else:
         print("\n".join(describe_capabilities(caps)))
-    if caps["missing"]:
+    # No SEND_ZC alone is a report, not a refusal (Debian's 5.10 showed it): the
+    # kernel answered every question, and --no-zc and bench still run there.
+    if caps["missing"] and caps["missing"] != [NO_SEND_ZC]:
         print(f"sendzc: missing: {', '.join(caps['missing'])}"
               + (f" ({caps['setup_error']})" if "setup_error" in caps else ""), file=sys.stderr)
         return 1
@@ -5673,7 +5762,7 @@ def kernel_capabilities() -> dict:
                 raise           # a seccomp filter: below
             caps["send_zc_report_usage"] = f"not asked: {errno.errorcode.get(e.errno, e.errno)}"
         if not probe.has(IORING_OP_SEND_ZC):
-            missing.append("IORING_OP_SEND_ZC (Linux 6.0+)")
+            missing.append(NO_SEND_ZC)
         caps["newer"] = newer_features(probe)
     except OSError as e:
         # A ring, but io_uring_register or io_uring_enter refused (a seccomp
@@ -5937,8 +6026,13 @@ def describe_capabilities(caps: dict) -> List[str]:
         lines.append(f"  {titles.get(key, key)}: {'ok' if row['ok'] else 'SHORT'}: {row['answer']}")
         if row["fix"]:
             lines.append(f"    fix: {row['fix']}")
-    lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
-                                else "missing " + ", ".join(caps["missing"])))
+    if caps["missing"] == [NO_SEND_ZC]:
+        lines.append(f"verdict: no zero-copy send on this kernel: missing {NO_SEND_ZC}; what runs here: "
+                     f"--no-zc (IORING_OP_SEND, which copies), and bench's send(2), MSG_ZEROCOPY and "
+                     f"io_uring SEND rows")
+    else:
+        lines.append("verdict: " + ("everything the zero-copy sender needs is here" if not caps["missing"]
+                                    else "missing " + ", ".join(caps["missing"])))
     return lines
 
 

@@ -1573,17 +1573,22 @@ def probe_without(*ops):
                         supported=frozenset(range(sendzc.IORING_OP_SENDMSG_ZC + 1)) - set(ops))
 
 
-@pytest.mark.parametrize("mode,case,release", [
-    ("send_zc_fixed", "an older kernel without SEND_ZC", "5.19.0"),
-    ("sendmsg_zc", "... without SENDMSG_ZC", "6.0.0"),
+BEFORE_6_0 = (sendzc.IORING_OP_SEND_ZC, sendzc.IORING_OP_SENDMSG_ZC)     # 5.19, or Debian's 5.10
+
+
+@pytest.mark.parametrize("mode,lacks,case,release", [
+    ("send_zc_fixed", BEFORE_6_0, "an older kernel without SEND_ZC", "5.19.0"),
+    ("sendmsg_zc", (sendzc.IORING_OP_SENDMSG_ZC,), "... without SENDMSG_ZC", "6.0.0"),
+    # SEND_ZC is named first: "drop --sendmsg" would send 5.10 to an opcode it lacks too
+    ("sendmsg_zc", BEFORE_6_0, "... without either, with `--sendmsg`", "5.10.0"),
 ])
-def test_an_opcode_missing_on_an_older_kernel(mode, case, release):
-    probe = probe_without(sendzc.IORING_OP_SEND_ZC, sendzc.IORING_OP_SENDMSG_ZC)   # a 5.19 kernel
+def test_an_opcode_missing_on_an_older_kernel(mode, lacks, case, release):
+    probe = probe_without(*lacks)
     with pytest.raises(sendzc.Fatal) as e:
         sendzc.check_opcode(probe, mode)
     assert e.value.status == 1
     assert f"sendzc: {e.value}" == readme_line(case, {release: os.uname().release})
-    sendzc.check_opcode(probe, "send")              # ... and SEND is there: --no-zc works
+    sendzc.check_opcode(probe, mode.replace("_zc", "").replace("_fixed", ""))   # the copying twin: --no-zc works
 
 
 def test_an_opcode_missing_ends_the_sender_in_one_line_and_leaks_nothing(capsys, monkeypatch):
@@ -1597,6 +1602,71 @@ def test_an_opcode_missing_ends_the_sender_in_one_line_and_leaks_nothing(capsys,
         assert (open_fds(), mappings()) == (fds, maps)
     assert (status, out) == (1, "")
     assert err == [readme_line("an older kernel without SEND_ZC", {"5.19.0": os.uname().release})]
+
+
+def test_a_tcp_sender_without_send_zc_refuses_before_it_connects(capsys, monkeypatch):
+    """Debian's 5.10: the sender connected, then found SEND_ZC missing, and rx reported a
+    verified run of 0 bytes. The opcode is checked first: the receiver sees no connection."""
+    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(*BEFORE_6_0))
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(0.2)
+        status, out, err = main_in_process(capsys, "-D", "127.0.0.1", "-p", listener.getsockname()[1],
+                                           "-t", "0.2", "tcp")
+        with pytest.raises(socket.timeout):
+            listener.accept()[0].close()                 # nobody ever connected
+    assert (status, out) == (1, "")
+    assert err == [readme_line("an older kernel without SEND_ZC", {"5.19.0": os.uname().release})]
+
+
+def test_probe_reports_a_kernel_without_send_zc_and_exits_0(capsys, monkeypatch):
+    """Debian's 5.10: --probe answers every question; no SEND_ZC is its verdict, not a refusal."""
+    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(*BEFORE_6_0))
+    status, out, err = main_in_process(capsys, "--probe")
+    assert (status, err) == (0, [])
+    assert "opcodes: NOP yes  SENDMSG yes  SEND yes  RECV yes  SEND_ZC no  SENDMSG_ZC no" in out
+    assert out.splitlines()[-1] == (
+        "verdict: no zero-copy send on this kernel: missing IORING_OP_SEND_ZC (Linux 6.0+); what runs "
+        "here: --no-zc (IORING_OP_SEND, which copies), and bench's send(2), MSG_ZEROCOPY and io_uring SEND rows")
+    status, out, err = main_in_process(capsys, "--probe", "--json")
+    assert (status, err) == (0, [])
+    assert json.loads(out)["probe"]["missing"] == ["IORING_OP_SEND_ZC (Linux 6.0+)"]
+
+
+def test_bench_without_send_zc_measures_the_rest_and_names_what_it_lacks(capsys, monkeypatch):
+    """Debian's 5.10: bench measured three rows, then died at the first SEND_ZC row with no table."""
+    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(*BEFORE_6_0))
+    with udp_sink_socket() as port:
+        status, out, err = main_in_process(capsys, "bench", "-D", "127.0.0.1", "-p", port, "-t", "0.1")
+        doc_status, doc, _ = main_in_process(capsys, "bench", "-D", "127.0.0.1", "-p", port, "-t", "0.1",
+                                             "--json")
+    assert (status, err) == (0, [])
+    rows = [line.split("  ")[0].strip() for line in out.splitlines() if re.match(r"(send\(2\)|MSG_|io_uring)", line)]
+    assert rows == ["send(2)", "send(2) MSG_ZEROCOPY", "MSG_ZEROCOPY, poll() per send", "io_uring SEND",
+                    "io_uring SEND", "io_uring SEND_ZC", "io_uring SEND_ZC", "io_uring SEND_ZC fixed buf",
+                    "io_uring SEND_ZC fixed buf", "io_uring SEND_ZC fixed -f", "io_uring SEND_ZC fixed -f"]
+    assert out.count("not run: needs 6.0 (IORING_OP_SEND_ZC)") == 6
+    doc = json.loads(doc)
+    assert doc_status == 0 and doc["error"] is None
+    assert [r["mode"] for r in doc["rows"]] == ["send_syscall", "msg_zerocopy", "msg_zerocopy_poll", "send", "send"]
+    assert all(r["bytes"] > 0 for r in doc["rows"])
+    assert {(n["mode"], n["batch"]) for n in doc["not_run"]} == {
+        (m, b) for m in ("send_zc", "send_zc_fixed", "send_zc_fixed_flush") for b in (1, 8)}
+
+
+def test_sendmsg_sends_from_a_plain_buffer_where_a_registered_one_is_refused(capsys, monkeypatch):
+    """Debian 12's 6.1 refuses SENDMSG_ZC from a registered buffer (6.15+): --sendmsg ran only with
+    --no-fixed-buf. Now it runs as that, and says so in one line."""
+    refused = sendzc.feature("6.15", False, "EINVAL: this kernel does not know SENDMSG_ZC from a registered buffer")
+    monkeypatch.setattr(sendzc, "probe_send", lambda *a, **kw: refused)
+    with udp_sink_socket() as port:
+        status, out, err = main_in_process(capsys, "-D", "127.0.0.1", "-p", port, "-t", "0.2", "--sendmsg",
+                                           "--json", "udp")
+    assert status == 0
+    assert err == [f"sendzc: note: --sendmsg sends from a plain buffer (as --no-fixed-buf): this kernel "
+                   f"({os.uname().release}) refuses SENDMSG_ZC from a registered buffer (EINVAL: this kernel "
+                   f"does not know SENDMSG_ZC from a registered buffer; Linux 6.15+)"]
+    row = json.loads(out)["rows"][0]
+    assert row["mode"] == "sendmsg_zc" and row["bytes"] > 0 and row["error"] is None
 
 
 def test_the_private_sink_refuses_nobody(nobody):
@@ -3811,7 +3881,7 @@ def test_a_usage_mistake_is_one_line_and_status_2(case):
         assert p.stdout == ""
 
 
-def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy():
+def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy(monkeypatch):
     """A run paced by its path (a token bucket, a slow receiver) used a few ms of CPU in a
     second: its 'share' says nothing, and 'a larger -r' would not help. One that was busy gets it."""
     def notes(user, sys_s):
@@ -3823,3 +3893,7 @@ def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy():
                                "leaves more to the kernel (`sendzc.py bench --sweep` shows where "
                                "batching stops paying)"]
     assert notes(0.1, 0.9) == []                           # busy, but Python under 15%
+    # arm64 refuses --sqpoll: Debian's arm64 6.1 was told to try it; there the note names -r alone
+    monkeypatch.setattr(sendzc.platform, "machine", lambda: "aarch64")
+    assert notes(0.4, 0.6) == ["note: Python took 40% of the CPU at batch 8: a larger -r leaves more to "
+                               "the kernel (`sendzc.py bench --sweep` shows where batching stops paying)"]
