@@ -4402,7 +4402,7 @@ def zc_mark(r: Result) -> str:
     if r.mode in COPY_MODES:
         return "-"                               # copies by design
     if r.zc_copied is None or not r.notifications:
-        return "?"                               # the kernel cannot say (REPORT_USAGE: 6.2+)
+        return "?"                               # the kernel cannot say (no REPORT_USAGE: before 6.2)
     return f"COPIED {100 * r.zc_copied / r.notifications:.0f}%" if r.zc_copied else "yes"
 
 
@@ -5215,7 +5215,10 @@ def zerocopy_enobufs_error() -> str:
     Completions are charged to option memory (net.core.optmem_max, per
     namespace since 6.9) and, without CAP_IPC_LOCK, pages to RLIMIT_MEMLOCK.
     """
-    cause = f"net.core.optmem_max = {read_sysctl('net/core/optmem_max')}"
+    value = read_sysctl("net/core/optmem_max")
+    # Absent in a namespace before 6.9 (Debian's 6.1 showed it): there the host's one value counts.
+    cause = (f"net.core.optmem_max = {value}" if value is not None else
+             "net.core.optmem_max (the host's: before 6.9 a network namespace has none of its own)")
     fix = "raise it (e.g. `sysctl -w net.core.optmem_max=131072`)"
     if not has_cap(CAP_IPC_LOCK):
         cause += f" or the locked-memory limit (`ulimit -l`: {memlock_limit()})"
@@ -5954,7 +5957,7 @@ def memlock_room() -> dict:
 
 
 def optmem_room() -> dict:
-    """net.core.optmem_max (this network namespace's) against MSG_ZEROCOPY_OPTMEM."""
+    """net.core.optmem_max (this network namespace's since 6.9, the host's before) against MSG_ZEROCOPY_OPTMEM."""
     value = read_sysctl("net/core/optmem_max")
     answer = ("unreadable (/proc/sys/net/core/optmem_max)" if value is None else
               "short: MSG_ZEROCOPY sends will meet ENOBUFS and wait for completions"
