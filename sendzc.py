@@ -4219,7 +4219,7 @@ class BenchConfig:
     sizes_given: bool                # --sizes was given (else a fragmenting path adds its largest datagram)
     path_mtu: Optional[int] = None   # the route's MTU to the destination, read after connect (UDP)
     groups: List[Tuple[int, int]] = field(default_factory=list)   # (size, gso) of each table
-    lacking: Dict[str, str] = field(default_factory=dict)   # mode -> what this kernel lacks for it
+    lacking: Dict[str, str] = field(default_factory=dict)   # mode -> the release it needs (lacking_modes)
 
     def plan(self) -> List[Tuple[str, int]]:
         """(mode, batch) of every row of one size's table, in the RFC's order."""
@@ -4305,7 +4305,7 @@ def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: i
 
 
 def lacking_modes(modes: List[str]) -> Dict[str, str]:
-    """mode -> "needs 6.0" for each io_uring row whose opcode this kernel lacks: bench measures the rest.
+    """mode -> "6.0 (IORING_OP_SEND_ZC)": what each io_uring row whose opcode this kernel lacks needs.
 
     Debian's 5.10 has send(2), MSG_ZEROCOPY and io_uring SEND but no SEND_ZC: its
     comparison is those rows, and one line each for the rest, not a refusal.
@@ -4318,7 +4318,7 @@ def lacking_modes(modes: List[str]) -> Dict[str, str]:
     for mode in uring:
         op, since = REQUIRED_OPS["send" if mode == "send" else "send_zc"]
         if not probe.has(op):
-            out[mode] = f"needs {since} ({OPCODE_NAMES[op]})"
+            out[mode] = f"{since} ({OPCODE_NAMES[op]})"
     return out
 
 
@@ -4830,11 +4830,11 @@ def print_bench(cfg: BenchConfig, results: List[Result], complete: bool) -> None
         how = (f", UDP GSO: {gso}-byte segments, {segments_per_send(size, gso)} datagrams per send" if gso
                else f", fragmented: {n} IP fragments each at MTU {cfg.path_mtu}" if n > 1 and not cfg.sweep
                else "")
-        print(f"\n{size} B per send{how}", *((format_sweep if cfg.sweep else format_table)(rows) if rows else []),
-              sep="\n")
+        table = (format_sweep if cfg.sweep else format_table)(rows) if rows else []
+        print(f"\n{size} B per send{how}", *table, sep="\n")
         for mode, batch in cfg.plan():
             if mode in cfg.lacking:
-                print(f"{MODE_LABELS[mode]:<29} {batch:>5}  not run: {cfg.lacking[mode]}")
+                print(f"{MODE_LABELS[mode]:<29} {batch:>5}  not run: needs {cfg.lacking[mode]}")
     if cfg.sweep:
         print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
@@ -5996,7 +5996,7 @@ def memlock_room() -> dict:
 
 
 def optmem_room() -> dict:
-    """net.core.optmem_max (this network namespace's since 6.9, the host's before) against MSG_ZEROCOPY_OPTMEM."""
+    """net.core.optmem_max (this namespace's since 6.9, the host's before) against MSG_ZEROCOPY_OPTMEM."""
     value = read_sysctl("net/core/optmem_max")
     answer = ("unreadable (/proc/sys/net/core/optmem_max)" if value is None else
               "short: MSG_ZEROCOPY sends will meet ENOBUFS and wait for completions"
