@@ -3975,6 +3975,10 @@ def rx_main(argv: List[str]) -> int:
                          f"-n is for tcp, one connection a flow")
     if cfg.flows > 1 and a.interval:
         raise UsageError(f"-i with -n {cfg.flows}: interval lines are per run; drop one of the two")
+    for flag, given in (("--discard", cfg.discard), ("--no-verify", not cfg.verify)):
+        if cfg.pool and given:
+            raise UsageError(f"--pool with {flag}: --pool checks the stamps, and {flag} checks "
+                             f"nothing: drop one of the two")
     with listen_for(cfg) as sock:
         if cfg.keep:
             return serve_senders(cfg, sock, a)
@@ -4774,6 +4778,8 @@ def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str
 
 def svg_file(text: str) -> str:
     """--svg FILE: a path in a directory that exists, checked before a run that may take minutes."""
+    if not text:
+        raise argparse.ArgumentTypeError("no file name: give a FILE to write the chart to, such as chart.svg")
     where = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(where):
         raise argparse.ArgumentTypeError(f"no directory {where} to write it in: give a FILE in "
@@ -5260,7 +5266,8 @@ class Parser(argparse.ArgumentParser):
             return super()._get_value(action, text)
         except argparse.ArgumentError as e:
             name = " ".join(action.option_strings[-1:])
-            raise UsageError(f"{name} {text}: {e.message}" if name else e.message) from None
+            shown = text or "''"                  # --svg "": the empty word, visible
+            raise UsageError(f"{name} {shown}: {e.message}" if name else e.message) from None
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -5311,6 +5318,8 @@ def number(convert: Callable[[str], object], fits: Callable[[object], bool],
     """An argparse type: convert(text), which fits() must accept; each refusal says what to give."""
     def check(text: str):
         try:
+            if not text.isascii() or "_" in text:   # int() and float() take ٠-٩, ８, 1_000 too
+                raise ValueError(text)
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(not_a_number) from None
@@ -5335,6 +5344,11 @@ non_negative_int = at_least(0)
 positive_float = number(float, lambda value: 0 < value < float("inf"),
                         "not a number: give seconds above 0, e.g. 0.5",
                         "not a positive number of seconds: give seconds above 0, e.g. 0.5")
+# -i: below a millisecond, an interval is mostly the clock's and print()'s own cost.
+MIN_INTERVAL_S = 0.001
+interval_seconds = number(float, lambda value: MIN_INTERVAL_S <= value < float("inf"),
+                          "not a number: give seconds above 0, e.g. 0.5",
+                          f"too short an interval: give {MIN_INTERVAL_S:g} seconds or more")
 port_number = number(whole, lambda value: 1 <= value <= 65535, "not a port number: give one from 1 to 65535",
                      "no such port: give one from 1 to 65535")
 
@@ -5359,7 +5373,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", dest="port", type=port_number, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("-i", dest="interval", type=positive_float, metavar="SECS",
+    p.add_argument("-i", dest="interval", type=interval_seconds, metavar="SECS",
                    help="report every SECS seconds during the run, as iperf3 does")
 
 
