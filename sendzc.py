@@ -3288,23 +3288,30 @@ class Verifier:
     """
 
     def __init__(self, span: int):
+        self.span = span
         self.pattern = pattern(span + PATTERN_LEN)   # a receive of span bytes from any phase
         self.matches = self.pattern.startswith       # matches(view[:k], phase) -> bool
+        self.period = PATTERN_LEN                    # TCP: byte o is pattern[o % period]; see restarted()
         self.bad = 0                                 # receives (TCP) or datagrams (UDP) that failed
         self.first: Optional[dict] = None            # where the first one went wrong
+        self.other = ""                              # what the data are instead: "stamps", "pattern", ""
+        self.compared = 0                            # UDP: datagrams compared (an empty one has no byte)
         self.segment = 0                             # UDP_GRO: the segment size self.layout is for
         self.layout: Optional[bytes] = b""           # that many-byte datagrams laid end to end
 
     def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
         """Check one UDP receive of k bytes from datagram number index on: one, or (UDP_GRO) several."""
         step = segment if 0 < segment < k else k
+        if not k:
+            return                                   # an empty datagram: nothing to compare
+        self.compared += -(-k // step)
         if step < k and self.layout is not None:     # all right? one memcmp() tells
             if segment != self.segment or k > len(self.layout):
                 self.segment = segment
                 self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
             if self.layout.startswith(view[:k]):
                 return
-        for at in range(0, k, step or 1):       # count each wrong datagram, place the first
+        for at in range(0, k, step):            # count each wrong datagram, place the first
             n = min(step, k - at)
             if not self.matches(view[at:at + n], 0):
                 self.mismatch(view[at:], n, 0, 0, index + at // step)
@@ -3312,22 +3319,65 @@ class Verifier:
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
         """Count a receive that failed; describe the first in full."""
+        if self.first is None and datagram is None and self.restarted(view, k, phase, offset):
+            phase = offset % self.period             # the same receive, checked on the new terms
+            if self.matches(view[:k], phase):
+                return
         self.bad += 1
         if self.first is None:
             i = first_mismatch(view[:k], self.pattern, phase)
             self.first = {"offset": offset + i, "datagram": datagram,
                           "got": view[i], "expected": self.pattern[phase + i]}
+            udp = datagram is not None
+            self.other = "stamps" if (udp or offset + i == 0) and is_stamped(view[:k], udp) else ""
+
+    def restarted(self, view: memoryview, k: int, phase: int, offset: int) -> bool:
+        """Does the stream start the pattern again where it first differs? Then it repeats there.
+
+        The seed's send-zc.c and liburing's send-zerocopy send every request from
+        the start of one buffer, so their TCP stream is the pattern's first S bytes
+        again and again (S: their -s). From here on every byte is checked on those
+        terms, pattern[o % S % 26]: a real mismatch later keeps its line. It takes
+        the bytes from there to the next restart (or the receive's end) to be sure.
+        """
+        i = first_mismatch(view[:k], self.pattern, phase)
+        size = offset + i                            # where the first send ended
+        if self.period != PATTERN_LEN or not 0 < size <= TCP_MAX_WRITE or view[i] != PATTERN[0]:
+            return False
+        if not self.pattern.startswith(view[i:i + min(k - i, size)]):
+            return False
+        layout = pattern(size) * ((self.span + size) // size + 2)   # a receive of span from any phase
+        self.period, self.pattern, self.matches = size, layout, layout.startswith
+        return True
+
+    def unverified(self, r: "RxResult") -> Optional[str]:
+        """Why no byte was compared, or None: a verdict speaks only of bytes it compared."""
+        if r.proto == "tcp":
+            return None if r.bytes else "the connection brought no data"
+        return None if self.compared else f"all {r.datagrams} datagrams were empty"
 
     def error_line(self, r: "RxResult") -> str:
         """One line for a failed verification: where, what, and what it means."""
+        if self.other == "stamps":
+            return ("rx: verification failed: the data are --pool stamps, not the pattern: the sender "
+                    "runs with --pool N: start rx with --pool")
         f = r.first_mismatch
         where = (f"stream byte {f['offset']}" if f["datagram"] is None
                  else f"byte {f['offset']} of datagram {f['datagram']} (both counted from 0)")
         count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
-        return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern has "
+        restart = f" (restarted every {self.period} bytes)" if self.period != PATTERN_LEN else ""
+        return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern{restart} has "
                 f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {count} "
                 f"differ): the data changed after the sender handed it over, as when a zero-copy "
                 f"buffer is rewritten before its notification")
+
+
+def is_stamped(data: memoryview, whole: bool) -> bool:
+    """Do data begin with a --pool stamp (of a request of their own length, if whole)?"""
+    if len(data) < STAMP.size:
+        return False
+    size = STAMP.unpack_from(data)[1]
+    return STAMP.size <= size <= TCP_MAX_WRITE and (size == len(data) or not whole)
 
 
 class PoolVerifier(Verifier):
@@ -3337,6 +3387,8 @@ class PoolVerifier(Verifier):
     lost or out of order (neither UDP nor io_uring's sends in flight keep it).
     TCP: stamp(0, size), stamp(1, size), ... in order. A buffer rewritten
     before its notification shows as a later request's stamp, or a torn one.
+    Data that carry no stamp at all are named as such (the plain pattern: a
+    sender without --pool), never as some request's.
     """
 
     def __init__(self, proto: str):
@@ -3351,11 +3403,21 @@ class PoolVerifier(Verifier):
         self.why: Optional[dict] = None   # what the last failed check found
         self.layout = None            # each datagram has its own stamp: check them one by one
 
+    def unstamped(self, data: memoryview, n: Optional[int]) -> bool:
+        """data (a datagram, or the stream's start) carry no stamp: say so, and what they are."""
+        if self.first is None:
+            self.other = "pattern" if data and pattern(len(data)) == data else ""
+        self.why = dict(offset=0, datagram=n, got=data[0] if data else None, expected=None,
+                        request=None, length=len(data))
+        return False
+
     def datagram(self, data: memoryview, phase: int = 0) -> bool:
         """Is data one request's stamp, of a request not seen before? (phase: unused)"""
         n, self.checked = self.checked, self.checked + 1
-        seq = STAMP.unpack_from(data)[0] if len(data) >= STAMP.size else -1
-        want = stamp(max(seq, 0), len(data))
+        if not is_stamped(data, True):
+            return self.unstamped(data, n)
+        seq = STAMP.unpack_from(data)[0]
+        want = stamp(seq, len(data))
         if not want.startswith(data):             # same length: equal, compared in place
             i = first_mismatch(data, want)
             self.why = dict(offset=i, datagram=n, got=data[i], expected=want[i], request=seq)
@@ -3373,14 +3435,17 @@ class PoolVerifier(Verifier):
 
     def stream(self, data: memoryview, phase: int = 0) -> bool:
         """Are data the stream's next bytes, the requests' stamps in order? (phase: unused)"""
+        if self.size < 0:
+            return False                          # the stream began with no stamp: all of it fails
         if not self.size:
             self.head += bytes(data)
             if len(self.head) < STAMP.size:
                 return True                       # checked once a whole stamp is here
             size = STAMP.unpack_from(self.head)[1]
-            # Not a --pool stream (the pattern, say): check against 16-byte requests,
-            # which fails at once and cheaply, rather than build a stamp of any size.
-            self.size = size if STAMP.size <= size <= TCP_MAX_WRITE else STAMP.size
+            if not STAMP.size <= size <= TCP_MAX_WRITE:   # not a --pool stream: no request to name
+                self.size, head, self.head = -1, memoryview(self.head), b""
+                return self.unstamped(head[:STAMP.size], None)
+            self.size = size
             data, self.head = memoryview(self.head), b""
         o, k, size = self.checked, len(data), self.size
         self.checked += k
@@ -3399,9 +3464,27 @@ class PoolVerifier(Verifier):
         self.bad += 1
         self.first = self.first or self.why
 
+    def unverified(self, r: "RxResult") -> Optional[str]:
+        if r.proto == "tcp" and r.bytes and not self.checked and self.size >= 0:
+            return (f"the stream ended after {r.bytes} bytes, short of one {STAMP.size}-byte "
+                    f"--pool stamp")
+        return super().unverified(r)
+
     def error_line(self, r: "RxResult") -> str:
         f = r.first_mismatch
         count = "receives" if r.proto == "tcp" else "datagrams"
+        tally = f"({r.mismatches} of {r.receives} {count} differ)"
+        if self.other == "pattern":
+            return ("rx: --pool verification failed: the data are the plain pattern, not --pool stamps: "
+                    "the sender runs without --pool: start rx without --pool")
+        if "length" in f:
+            n = f"{f['length']} byte{'s' if f['length'] != 1 else ''}"
+            where = (f"the stream's first {STAMP.size} bytes are no request's stamp" if f["datagram"] is None
+                     else f"datagram {f['datagram']} ({n}) is shorter than one {STAMP.size}-byte stamp"
+                     if f["length"] < STAMP.size else
+                     f"datagram {f['datagram']} ({n}) begins with no stamp of a request that long")
+            return (f"rx: --pool verification failed: {where} {tally}: neither a --pool sender's "
+                    f"stamps nor the plain pattern: check what sends to this port")
         if "previous" in f:
             before = (f"datagram {f['previous']} carried already" if f["previous"] is not None else
                       f"is more than {POOL_REORDER_WINDOW} requests behind the newest")
@@ -3411,9 +3494,8 @@ class PoolVerifier(Verifier):
             at = (f"stream byte {f['offset']}" if f["datagram"] is None
                   else f"byte {f['offset']} of datagram {f['datagram']}")
             where = f"{at} is {f['got']:#04x} where request {f['request']}'s stamp has {f['expected']:#04x}"
-        return (f"rx: --pool verification failed: {where} ({r.mismatches} of {r.receives} {count} "
-                f"differ): a buffer was rewritten while the kernel still held it, before its "
-                f"notification (F_NOTIF)")
+        return (f"rx: --pool verification failed: {where} {tally}: a buffer was rewritten while "
+                f"the kernel still held it, before its notification (F_NOTIF)")
 
 
 @dataclass
@@ -3432,13 +3514,16 @@ class RxResult(Rates):
     seconds: float = 0.0             # measured: connection (TCP) or first datagram (UDP) to last byte
     cpu_user_s: float = 0.0
     cpu_sys_s: float = 0.0
-    verified: Optional[bool] = None  # every byte was the pattern; None: --no-verify
+    verified: Optional[bool] = None  # every byte was the pattern; None: --no-verify, or nothing compared
     mismatches: int = 0              # receives (TCP) or datagrams (UDP) with a wrong byte
     first_mismatch: Optional[dict] = None
     interrupted: bool = False
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
     stamped: bool = False            # rx --pool: checked against a --pool sender's stamps (not in JSON)
+    unverified: Optional[str] = None     # why no byte was compared (not in JSON: verified null, error)
+    compared: int = 0                # UDP: datagrams compared, the empty ones not (not in JSON)
+    period: int = PATTERN_LEN        # TCP: the sender restarts its pattern every period bytes (not in JSON)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
     discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
     started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
@@ -3725,6 +3810,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
     matches = verifier.matches if verifier else None
+    period = verifier.period if verifier else PATTERN_LEN
     t0 = result.started_ns = meter.t0
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
@@ -3745,9 +3831,10 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
         elif stream:
             if not k:
                 break                   # TCP: 0 bytes is the end of the stream
-            phase = nbytes % PATTERN_LEN
+            phase = nbytes % period
             if matches is not None and not matches(view[:k], phase):
                 verifier.mismatch(view, k, phase, nbytes, None)
+                matches, period = verifier.matches, verifier.period   # (Verifier.restarted)
         else:                           # a datagram, or (UDP_GRO) several; an empty one still counts
             segment = rx.segment
             if verifier is not None:
@@ -3834,10 +3921,14 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             raw = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
             result.segments = tcp_info.from_buffer_copy(raw).tcpi_segs_in if len(raw) >= size else None
     if verifier:
-        result.verified = verifier.bad == 0
+        result.unverified = None if verifier.bad else verifier.unverified(result)
+        result.verified = None if result.unverified else verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
+        result.compared, result.period = verifier.compared, verifier.period
         if verifier.bad and not result.error:
             result.error = verifier.error_line(result)
+        elif result.unverified and not result.error and not result.interrupted:
+            result.error = nothing_to_verify(result)
 
 
 def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxResult]:
@@ -3886,14 +3977,18 @@ def add_up(cfg: RxConfig, results: List[RxResult]) -> RxResult:
     total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
     total.method = " and ".join(sorted({r.method for r in results}))
     for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped",
-                 "seconds", "cpu_user_s", "cpu_sys_s"):
+                 "seconds", "cpu_user_s", "cpu_sys_s", "compared"):
         counts = [getattr(r, name) for r in results if getattr(r, name) is not None]
         if counts:              # else segments (UDP), datagrams and dropped (TCP) stay None
             setattr(total, name, sum(counts))
     total.gro_segment = max((r.gro_segment for r in results if r.gro_segment), default=None)
     total.error = next((r.error for r in results if r.error), None)
     total.first_mismatch = next((r.first_mismatch for r in results if r.first_mismatch), None)
-    total.verified = None if any(r.verified is None for r in results) else all(r.verified for r in results)
+    verdicts = [r.verified for r in results]
+    total.verified = False if False in verdicts else None if None in verdicts else True
+    unverified = sum(1 for r in results if r.unverified)
+    total.unverified = f"{unverified} of {len(results)} had nothing to verify" if unverified else None
+    total.period = next((r.period for r in results if r.period != PATTERN_LEN), PATTERN_LEN)
     return total
 
 
@@ -3920,18 +4015,29 @@ def describe_rx(r: RxResult) -> List[str]:
         lines.append("verification: off (--discard: MSG_TRUNC receives, the kernel dropped the data "
                      "without copying it to us)")
     elif r.verified is None:
-        lines.append("verification: off (--no-verify)")
+        lines.append(f"not verified: {r.unverified}" if r.unverified else "verification: off (--no-verify)")
     elif r.verified and r.stamped:
         lines.append("verified: every byte is its request's stamp, requests in order" if tcp else
-                     f"verified: all {r.datagrams} datagrams are one request's stamp each, no request twice")
+                     f"verified: all {r.compared} datagrams are one request's stamp each, no request "
+                     f"twice{empty_ones(r)}")
+    elif r.verified and tcp and r.period != PATTERN_LEN:
+        lines.append(f"verified: every byte is the sender's pattern, restarted every {r.period} bytes "
+                     f"(each send from the start of its buffer, as the seed's send-zc.c and liburing's "
+                     f"send-zerocopy send)")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if tcp
-                     else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
+                     else f"verified: all {r.compared} datagrams are the sender's pattern, intact{empty_ones(r)}")
     else:
         count = f"{r.receives} receives" if tcp else f"{r.datagrams} datagrams"
         want = "their requests' stamps" if r.stamped else "the pattern"
         lines.append(f"verification FAILED: {r.mismatches} of {count} differ from {want}")
     return lines
+
+
+def empty_ones(r: RxResult) -> str:
+    """UDP: the empty datagrams a verdict did not compare, if any came."""
+    n = (r.datagrams or 0) - r.compared
+    return f" ({n} empty datagram{'s' if n != 1 else ''}, nothing to compare)" if n > 0 else ""
 
 
 def rx_parser() -> "Parser":
@@ -4046,11 +4152,12 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
     counted = f", {total.datagrams} datagrams" if total.datagrams is not None else ""
     if total.discard:
         verdict = "not verified (--discard)"
-    elif total.verified is None:
+    elif total.verified is None and not total.unverified:
         verdict = "not verified (--no-verify)" if n else "nothing to verify"
     else:
-        failed = sum(1 for r in served if not r.verified)
-        verdict = "every one verified" if not failed else f"verification FAILED for {failed} of {n}"
+        failed = sum(1 for r in served if r.verified is False)
+        verdict = ("every one verified" if total.verified else f"verification FAILED for {failed} of {n}"
+                   if failed else f"not verified: {total.unverified}")
     return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
             f"{counted}; {verdict}")
 
@@ -5185,6 +5292,14 @@ def bind_error(e: OSError, cfg: RxConfig) -> str:
     if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and cfg.family == socket.AF_INET6:
         return f"rx: IPv6 is not available on this host ({errno.errorcode[e.errno]}): use -4"
     return f"rx: bind to port {cfg.port} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+def nothing_to_verify(r: RxResult) -> str:
+    """rx: a sender came, but no byte of it could be compared (Verifier.unverified): not a pass."""
+    fix = ("send datagrams that carry data (sendzc.py sends -s 1 or more)" if r.proto == "udp" else
+           "see the sender's own line for why it sent nothing, and run it again" if not r.bytes else
+           f"send with `sendzc.py --pool N tcp`, whose requests are {STAMP.size} bytes or more")
+    return f"rx: nothing to verify: {r.unverified}: {fix}"
 
 
 def recv_error(e: OSError, nbytes: int) -> str:

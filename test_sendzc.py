@@ -3823,3 +3823,149 @@ def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy():
                                "leaves more to the kernel (`sendzc.py bench --sweep` shows where "
                                "batching stops paying)"]
     assert notes(0.1, 0.9) == []                           # busy, but Python under 15%
+
+
+# =============================================================================
+# HARDEN (issue 22 items 1, 2, 4, 6, 7; issue 19 item 4)
+# =============================================================================
+
+def send_tcp(port, data, chunk=0):
+    """A plain socket that writes data (in chunks of chunk bytes, each one send) to rx, then closes."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for at in range(0, len(data), chunk or len(data) or 1):
+            s.sendall(data[at:at + (chunk or len(data))])
+
+
+def send_udp(port, datagrams):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for d in datagrams:
+            s.sendto(d, ("127.0.0.1", port))
+            time.sleep(0.002)                # rx's socket buffer is large; this only keeps order plain
+
+
+def rx_against(rx_args, proto, data, as_json=True):
+    """rx ARGS proto on loopback, fed data (bytes for tcp, a list of datagrams for udp) by a plain
+    socket: (status, stdout, stderr)."""
+    port = free_port(socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    rx, _ = start_rx_args(*(["--json"] if as_json else []), "-4", "-p", port, *rx_args, proto)
+    with reaped(rx):
+        send_tcp(port, data) if proto == "tcp" else send_udp(port, data)
+        out, err = rx.communicate(timeout=30)
+    return rx.returncode, out, err
+
+
+NOTHING_TO_VERIFY = {                   # 22.1: what each sender brought, and README's row for it
+    "tcp-no-data": ([], "tcp", b"", "rx: a TCP connection that brings no data"),
+    "pool-tcp-no-data": (["--pool"], "tcp", b"", "rx: a TCP connection that brings no data"),
+    "pool-tcp-15-bytes": (["--pool"], "tcp", b"\xff" * 15, "rx --pool tcp: a stream shorter than one stamp"),
+    "udp-20-empty": ([], "udp", [b""] * 20, "rx: UDP datagrams that are all empty"),
+    "pool-udp-20-empty": (["--pool"], "udp", [b""] * 20, "rx: UDP datagrams that are all empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOTHING_TO_VERIFY))
+def test_rx_says_verified_only_about_bytes_it_compared(case):
+    rx_args, proto, data, row = NOTHING_TO_VERIFY[case]
+    status, out, err = rx_against(rx_args, proto, data)
+    example = "15" if "15" in case else "20" if "20" in case else None
+    line = readme_line(row, {example: len(data)} if example else {})
+    assert (status, one_line(err)) == (1, line)
+    got = json.loads(out)["rows"][0]
+    assert got["verified"] is None and got["mismatches"] == 0 and got["bytes"] == len(data if proto == "tcp" else b"".join(data))
+    assert f"sendzc: {got['error']}" == line
+    status, out, err = rx_against(rx_args, proto, data, as_json=False)
+    assert status == 1 and not [l for l in out.splitlines() if l.startswith("verified")], out
+    assert out.splitlines()[-1].startswith("not verified: ")
+
+
+def test_rx_udp_verdict_counts_only_the_datagrams_it_compared():
+    status, out, err = rx_against([], "udp", [b""] * 2 + [sendzc.pattern(1000)] * 3, as_json=False)
+    assert status == 0, err
+    assert out.splitlines()[-1] == ("verified: all 3 datagrams are the sender's pattern, intact "
+                                    "(2 empty datagrams, nothing to compare)")
+
+
+OTHER_MODE = {                          # 22.6: data of the other mode, or of neither
+    "pool-stamps-into-rx-tcp": ([], "tcp", b"".join(sendzc.stamp(q, 1400) for q in range(50)),
+                                "rx: a `--pool` sender into `rx` without `--pool`"),
+    "pool-stamps-into-rx-udp": ([], "udp", [sendzc.stamp(q, 1400) for q in range(5)],
+                                "rx: a `--pool` sender into `rx` without `--pool`"),
+    "pattern-into-rx-pool-tcp": (["--pool"], "tcp", sendzc.pattern(100000), "rx --pool: a sender without `--pool`"),
+    "pattern-into-rx-pool-udp": (["--pool"], "udp", [sendzc.pattern(1000)] * 5,
+                                 "rx --pool: a sender without `--pool`"),
+    "random-into-rx-pool-udp": (["--pool"], "udp", [os.urandom(1000) for _ in range(5)],
+                                "rx --pool: a datagram that is neither"),
+    "one-byte-into-rx-pool-udp": (["--pool"], "udp", [b"\xff"], "rx --pool: a datagram shorter than one stamp"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_MODE))
+def test_rx_names_the_other_modes_data_and_no_bogus_request(case):
+    rx_args, proto, data, row = OTHER_MODE[case]
+    status, out, err = rx_against(rx_args, proto, data)
+    assert (status, one_line(err)) == (1, readme_line(row))
+    first = json.loads(out)["rows"][0]["first_mismatch"]
+    if "--pool" in rx_args and proto == "udp":
+        assert first["request"] is None          # no request number made up from random bytes
+        assert first["length"] == len(data[0])
+
+
+def restarting_stream(size, sends, flip=None):
+    """What the seed's send-zc.c sends over TCP: pattern(size) from the buffer's start, each send."""
+    data = bytearray(sendzc.pattern(size) * sends)
+    if flip is not None:
+        data[flip] ^= 0x20
+    return bytes(data)
+
+
+@pytest.mark.parametrize("size", [65435, 1000, 7])
+def test_the_verifier_checks_a_restarting_stream_whatever_the_receive_boundaries(size):
+    """19.4, in process: receives of 7777 bytes cut the sends anywhere; every byte is still checked."""
+    def check(stream):
+        v = sendzc.Verifier(sendzc.RX_BUF)
+        view, nbytes = memoryview(stream), 0
+        for at in range(0, len(stream), 7777):          # as receive() calls it
+            k = min(7777, len(stream) - at)
+            phase = nbytes % v.period
+            if not v.matches(view[at:at + k], phase):
+                v.mismatch(view[at:], k, phase, nbytes, None)
+            nbytes += k
+        return v
+    v = check(restarting_stream(size, 40))
+    assert (v.bad, v.period) == (0, size)
+    flip = size * 30 + size // 2
+    v = check(restarting_stream(size, 40, flip))
+    assert v.bad == 1 and v.first["offset"] == flip and v.period == size
+
+
+def test_rx_verifies_a_tcp_stream_that_restarts_the_pattern_at_each_send():
+    """19.4: each request sent from the buffer's start (a Python stand-in for the seed's C sender)."""
+    size, sends = 65435, 40
+    port = free_port()
+    rx, _ = start_rx_args("-4", "-p", port, "tcp")
+    with reaped(rx):
+        send_tcp(port, restarting_stream(size, sends), size)
+        out, err = rx.communicate(timeout=30)
+    assert rx.returncode == 0, err
+    assert f"({size * sends >> 20} MB, {size * sends} bytes)" in out.splitlines()[0]
+    assert out.splitlines()[-1] == (
+        f"verified: every byte is the sender's pattern, restarted every {size} bytes (each send from "
+        f"the start of its buffer, as the seed's send-zc.c and liburing's send-zerocopy send)")
+
+
+@pytest.mark.parametrize("restarts", [False, True], ids=["stream", "restarting"])
+def test_a_real_mismatch_keeps_its_line_in_either_stream(restarts):
+    size, flip = 65435, 65435 * 7 + 100
+    data = restarting_stream(size, 20, flip) if restarts else bytearray(sendzc.pattern(size * 20))
+    if not restarts:
+        data[flip] ^= 0x20
+    status, out, err = rx_against([], "tcp", bytes(data))
+    row = json.loads(out)["rows"][0]
+    want = (sendzc.pattern(size) * 20 if restarts else sendzc.pattern(size * 20))[flip]
+    restart = f" (restarted every {size} bytes)" if restarts else ""
+    assert status == 1 and row["first_mismatch"]["offset"] == flip
+    assert one_line(err) == (
+        f"sendzc: rx: verification failed: stream byte {flip} is {want ^ 0x20:#04x} where the "
+        f"pattern{restart} has {want:#04x} {chr(want)!r} (1 of {row['receives']} receives differ): the "
+        f"data changed after the sender handed it over, as when a zero-copy buffer is rewritten "
+        f"before its notification")
