@@ -4934,21 +4934,38 @@ def bench_main(argv: List[str]) -> int:
                   "interval": cfg.interval, "entries": BENCH_ENTRIES, "sweep": cfg.sweep,
                   "mtu": cfg.path_mtu, "gso": max(gso for _, gso in cfg.groups) or None,
                   "sink": None if sink is None else {**vars(sink), "netns": "private"}}
+    # The chart first (also after Ctrl-C or a failed row: the rows so far), so that the
+    # JSON document's error can be its failure too.
+    unwritten = write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results)) if a.svg else None
+    if cfg.as_json:
         extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
-        print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
+        print(json.dumps(json_doc(params, results, {**extra, "error": failure or unwritten}), indent=2))
     else:
         print_bench(cfg, results, complete)
-    if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
-        chart = bench_svg(cfg, bench_header(cfg, dst, sink), results)
-        try:
-            with open(a.svg, "w", encoding="utf-8") as f:
-                f.write(chart)
-        except OSError as e:    # a read-only place, a full disk: one line, exit 1
-            raise Fatal(f"--svg {a.svg}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
-                        f"{e.strerror}): give a FILE you may write, or drop --svg") from None
-    if failure:
-        raise Fatal(failure)
+    if failure or unwritten:
+        raise Fatal(failure or unwritten)
     return 130 if STOP.requested else 0
+
+
+def write_svg(path: str, chart: str) -> Optional[str]:
+    """Write the chart whole or not at all: to a temporary name beside path, renamed on success
+    (rename(2) is atomic). None, or the line that says why it could not be written."""
+    where, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(where, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(chart)
+        os.replace(temporary, path)
+    except OSError as e:        # a read-only place, a full disk: one line, exit 1
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass                # never made (EACCES), or gone already
+        fix = ("free some space there, or give a FILE elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "give a FILE you may write, or drop --svg")
+        return (f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
+                f"{e.strerror}): {fix}")
+    return None
 
 
 def int_list(text: str) -> List[int]:

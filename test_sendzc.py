@@ -3969,3 +3969,33 @@ def test_a_real_mismatch_keeps_its_line_in_either_stream(restarts):
         f"pattern{restart} has {want:#04x} {chr(want)!r} (1 of {row['receives']} receives differ): the "
         f"data changed after the sender handed it over, as when a zero-copy buffer is rewritten "
         f"before its notification")
+
+
+FULL_DISK = """
+import json, os, subprocess, sys
+where, tool = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "sztfull", where], check=True)
+p = subprocess.run([sys.executable, tool, "bench", "--json", "-t", "0.05", "--batches", "8",
+                    "--svg", os.path.join(where, "chart.svg")], capture_output=True, text=True)
+print(json.dumps({"status": p.returncode, "out": p.stdout, "err": p.stderr, "files": os.listdir(where)}))
+"""
+
+
+@needs_root
+def test_svg_on_a_full_filesystem_leaves_no_file_and_json_names_the_error(tmp_path):
+    """22.4: a one-page tmpfs, mounted in a mount namespace of the test's own (gone with it)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to make a private mount namespace")
+    full = tmp_path / "full"
+    full.mkdir()
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", FULL_DISK,
+                        str(full), TOOL], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    if got["status"] == 1 and "no ifb device" in got["err"]:
+        pytest.skip(got["err"].strip())
+    line = readme_line("a full filesystem under `bench --svg FILE`", {"/mnt/full": full})
+    assert got["status"] == 1 and got["err"].splitlines() == [line]
+    assert json.loads(got["out"])["error"] == line[len("sendzc: "):]
+    assert got["files"] == []                  # no chart, and no temporary left behind
+    assert os.listdir(full) == []              # (outside the namespace, the tmpfs never was)
