@@ -2839,7 +2839,12 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     finished = False
     try:
         for i in range(cfg.flows):
-            pid = os.fork()
+            if STOP.requested:            # Ctrl-C, SIGTERM: fork no more; those forked run and report
+                break
+            try:
+                pid = os.fork()
+            except BlockingIOError:       # EAGAIN: RLIMIT_NPROC, or the cgroup's pids.max
+                raise Fatal(fork_error(cfg.flows, i)) from None
             if pid == 0:                  # the child: never returns
                 os.close(out_r)
                 os.close(go_w)
@@ -2852,11 +2857,13 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = flow_inbox(out_r, pids, cfg.flows)
+        if not pids:
+            raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
+        inbox = flow_inbox(out_r, pids, len(pids))
         done = next(inbox)                # "ready" or "fatal" from each
         if all(m[0] == "ready" for m in done):
             deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-            os.write(go_w, struct.pack("q", deadline) * cfg.flows)   # 8 B a child: far below a pipe's room
+            os.write(go_w, struct.pack("q", deadline) * len(pids))   # 8 B a child: far below a pipe's room
             done = next(inbox)            # "result" or "fatal" from each
         finished = True
     finally:
@@ -4076,6 +4083,7 @@ def rx_main(argv: List[str]) -> int:
     a = rx_parser().parse_args(argv)
     cfg = RxConfig(a.proto, one_family(a.families), a.port, a.seconds, a.verify, a.uring, a.flows, a.keep,
                    a.discard, a.pool)
+    check_flows(cfg.flows, rx=True)
     if cfg.flows > 1 and cfg.proto != "tcp":
         raise UsageError(f"-n {cfg.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
@@ -5311,6 +5319,14 @@ def bind_error(e: OSError, cfg: RxConfig) -> str:
     return f"rx: bind to port {cfg.port} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
+def fork_error(flows: int, i: int) -> str:
+    """-n: fork() answered EAGAIN for flow i: this user (or its cgroup) runs no more processes."""
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    have = "unlimited" if nproc == resource.RLIM_INFINITY else nproc
+    return (f"-n {flows}: fork() refused flow {i} (EAGAIN): this user may run no more processes "
+            f"(`ulimit -u`: {have}, or the cgroup's pids.max): lower -n, or raise `ulimit -u`")
+
+
 def nothing_to_verify(r: RxResult) -> str:
     """rx: a sender came, but no byte of it could be compared (Verifier.unverified): not a pass."""
     fix = ("send datagrams that carry data (sendzc.py sends -s 1 or more)" if r.proto == "udp" else
@@ -5599,9 +5615,35 @@ POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.send
                  ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
 
 
+# -n: how many flows a host runs at once. Each is a process (the sender) or a thread (rx)
+# that wants a CPU: past a few dozen per CPU they only share it (iperf3 -P stops at 128).
+FLOWS_PER_CPU = 64
+RX_FDS_PER_FLOW = 2          # rx -n: a flow's connection and its ring
+RX_FDS_SPARE = 32            # rx: the listener, stdio, and what Python opens itself
+
+
+def check_flows(flows: int, rx: bool) -> None:
+    """-n above what this host runs at once is a usage mistake, named with the limit that binds:
+    its CPUs; `ulimit -u` (RLIMIT_NPROC, which counts threads too; root passes it); rx's `ulimit -n`."""
+    cpus = len(os.sched_getaffinity(0))
+    limits = [(FLOWS_PER_CPU * cpus, f"{FLOWS_PER_CPU} per CPU, {cpus} CPU{'s' if cpus != 1 else ''}", "")]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if nproc != resource.RLIM_INFINITY and os.getuid() != 0:
+        limits.append((nproc, f"`ulimit -u` {nproc}", ", or raise `ulimit -u`"))
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if rx and nofile != resource.RLIM_INFINITY:
+        limits.append((max(1, (nofile - RX_FDS_SPARE) // RX_FDS_PER_FLOW),
+                       f"`ulimit -n` {nofile}, {RX_FDS_PER_FLOW} per flow", ", or raise `ulimit -n`"))
+    limit, why, fix = min(limits)
+    if flows > limit:
+        raise UsageError(f"-n {flows}: more flows than this host runs at once ({limit}: {why}): "
+                         f"give -n {limit} or less{fix}")
+
+
 def sender_config(a: argparse.Namespace) -> SendConfig:
     """Check the sender's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
+    check_flows(a.flows, rx=False)
     if a.sink and a.addr is not None:
         raise UsageError("--sink with -D: --sink sends into the private sink, -D to a receiver: "
                          "drop one of the two")

@@ -1338,7 +1338,11 @@ def readme_rows():
 README_ROWS = readme_rows()
 USAGE_MISTAKES = {m["case"]: (shlex.split(m["args"]), line)
                   for case, (line, status) in README_ROWS.items() if status == "2"
-                  for m in [USAGE_CASE.fullmatch(case)]}
+                  for m in [USAGE_CASE.fullmatch(case)] if m}
+# A usage row whose line holds this host's own numbers (-n's limit) does not end in its
+# command: it is not run as written, and a test of its own pins it as a runtime row's.
+PINNED_USAGE = {case for case, (_, status) in README_ROWS.items()
+                if status == "2" and not USAGE_CASE.fullmatch(case)}
 
 
 def readme_cases(key):
@@ -1380,7 +1384,7 @@ def test_every_runtime_row_of_the_readme_is_pinned_by_a_test():
         strings = {n.value for n in ast.walk(ast.parse(f.read()))
                    if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     named = {cases[0] for cases in map(readme_cases, strings) if len(cases) == 1}
-    assert {case for case, (_, status) in README_ROWS.items() if status != "2"} - named == set()
+    assert ({case for case, (_, status) in README_ROWS.items() if status != "2"} | PINNED_USAGE) - named == set()
 
 
 # --- children that cannot do what root can ------------------------------------
@@ -3999,3 +4003,78 @@ def test_svg_on_a_full_filesystem_leaves_no_file_and_json_names_the_error(tmp_pa
     assert json.loads(got["out"])["error"] == line[len("sendzc: "):]
     assert got["files"] == []                  # no chart, and no temporary left behind
     assert os.listdir(full) == []              # (outside the namespace, the tmpfs never was)
+
+
+def test_n_above_what_the_host_runs_is_a_usage_line_naming_the_limit():
+    """22.2: checked before anything forks (a limit of 64 flows per CPU this process may use)."""
+    cpus = len(os.sched_getaffinity(0))
+    limit = 64 * cpus
+    line = readme_line("-n above what this host runs at once",
+                       {"99999999": limit + 1, "128": limit, "2 CPUs": f"{cpus} CPU{'s' if cpus != 1 else ''}"})
+    for args in (["-D", "127.0.0.1", "-n", limit + 1, "udp"], ["rx", "-n", limit + 1, "tcp"]):
+        p = tool(*args, timeout=20)
+        assert (p.returncode, only_line(p), p.stdout) == (2, line, "")
+
+
+# A user of the tests' own, with no process of its own yet: RLIMIT_NPROC counts a user's
+# processes everywhere on the host, so the user nobody (which other tests use) would not do.
+FRESH_UID = 64123
+
+
+def as_fresh_user(args, nproc):
+    """The tool as FRESH_UID with RLIMIT_NPROC nproc (set in that child alone), to a UDP socket here."""
+    import tempfile
+    if not IS_ROOT:
+        pytest.skip("needs root to become another user")
+    if NOBODY_PYTHON is None:
+        pytest.skip("no Python interpreter that any user may run")
+    with tempfile.TemporaryDirectory() as d, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        os.chmod(d, 0o755)
+        copy = os.path.join(d, "sendzc.py")
+        shutil.copy(TOOL, copy)
+        os.chmod(copy, 0o644)
+        rx.bind(("127.0.0.1", 0))
+
+        def become():
+            import resource
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            os.setgroups([])
+            os.setgid(FRESH_UID)
+            os.setuid(FRESH_UID)
+        return subprocess.run([NOBODY_PYTHON, "-I", copy, "-D", "127.0.0.1", "-p", str(rx.getsockname()[1]),
+                               *map(str, args), "udp"], cwd=d, capture_output=True, text=True, timeout=60,
+                              preexec_fn=become, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_n_fork_eagain_says_lower_n_or_raise_ulimit_u():
+    """22.2: ulimit -u 6 and -n 6: the parent and five flows fill it, the sixth fork is refused."""
+    p = as_fresh_user(["-n", 6, "-t", 0.2, "-s", 1400], nproc=6)
+    assert (p.returncode, only_line(p)) == (1, readme_line("`-n`: fork() refused (EAGAIN)"))
+    assert subprocess.run(["pgrep", "-u", str(FRESH_UID)], capture_output=True).stdout == b""
+    p = as_fresh_user(["-n", 7, "-t", 0.2], nproc=6)
+    assert (p.returncode, only_line(p)) == (2, "sendzc: -n 7: more flows than this host runs at once "
+                                               "(6: `ulimit -u` 6): give -n 6 or less, or raise `ulimit -u`")
+
+
+def test_n_stops_forking_at_the_first_sigterm_and_reaps_what_it_forked():
+    """22.2: SIGTERM as the first flow appears: far fewer than -n flows, each one reported, none left."""
+    flows = 60
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        p = subprocess.Popen([sys.executable, TOOL, "--json", "-D", "127.0.0.1", "-p", str(rx.getsockname()[1]),
+                              "-n", str(flows), "-t", "5", "-s", "1400", "udp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with reaped(p):
+            deadline = time.monotonic() + 20
+            while not children_of(p.pid) and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            p.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            out, err = p.communicate(timeout=30)
+            took = time.monotonic() - sent
+    assert p.returncode == 143, err
+    assert err.splitlines() == [readme_line("`-n`: a signal while the flows are forked")]
+    rows = json.loads(out)["rows"]
+    assert 1 <= len(rows) < flows and took < 5             # not every flow forked, nor run to -t
+    assert all(r["interrupted"] for r in rows) or json.loads(out)["total"]["interrupted"]
+    assert children_of(p.pid) == []
