@@ -3577,24 +3577,26 @@ FUZZ_SEED = 13
 FUZZ_RUNS = 40
 
 
-def fuzz_command(rng):
+def fuzz_command(rng, svg_dir="."):
     """(argv, send SIGINT after this many seconds or None)."""
     def some(*options):
         return [w for o in options if rng.random() < 0.3 for w in o]
 
     t = rng.choice(["0.05", "0.1", "0.2"])
-    common = some(["--json"], ["-i", rng.choice(["0.05", "0.001"])]) + \
+    common = some(["--json"], ["-i", rng.choice(["0.05", "0.001", "1e-300"])]) + \
         (["-p", str(rng.choice([8000, 9100]))] if rng.random() < 0.3 else [])
     form = rng.choices(["send", "rx", "bench", "probe"], weights=[6, 1, 2, 1])[0]
     if form == "probe":
         return ["--probe", *some(["--json"])], None
     if form == "rx":                               # no sender: only Ctrl-C ends it
         proto = rng.choice(["udp", "tcp"])
-        return ["rx", *common, *some(["-t", t], ["--no-verify"], ["--no-uring"], ["-4"], ["-6"]), proto], \
+        return ["rx", *common, *some(["-t", t], ["--no-verify"], ["--no-uring"], ["-4"], ["-6"], ["--pool"],
+                                     ["--keep"], ["--discard"], ["-n", rng.choice(["2", "99999999"])]), proto], \
             rng.uniform(0.2, 0.6)
     if form == "bench":
         argv = ["bench", "-t", t, "--batches", rng.choice(["1", "1,8"]), *common,
-                *some(["--sizes", "1400,65435"], ["--sweep"], ["--qdisc", rng.choice(["fq", "bogus"])])]
+                *some(["--sizes", "1400,65435"], ["--sweep"], ["--qdisc", rng.choice(["fq", "bogus"])],
+                      ["--svg", rng.choice([os.path.join(svg_dir, "fuzz.svg"), ""])])]
         if rng.random() < 0.3 and "--qdisc" not in argv:
             argv += ["-D", SINK4]
         return argv, rng.choice([None, None, rng.uniform(0.1, 1.0)])
@@ -3607,9 +3609,10 @@ def fuzz_command(rng):
     argv = ["-D", addr, "-t", t, *common,
             *some(["-s", rng.choice(["1", "1400", "65435", "70000"])], ["-r", rng.choice(["1", "8", "64", "1024"])],
                   ["-f"], ["--no-zc"], ["--no-fixed-buf"], ["--sendmsg"], ["--entries", rng.choice(["8", "100", "512"])],
-                  ["--trace", "2"], ["--sqpoll"], ["-4"], ["-6"]), proto]
+                  ["--trace", "2"], ["--sqpoll"], ["-4"], ["-6"], ["--gso", rng.choice(["1472", "auto", "١٤٧٢"])],
+                  ["--pool", rng.choice(["4", "1024"])]), proto]
     if "-i" not in argv and rng.random() < 0.2:
-        argv[-1:-1] = ["-n", "2"]
+        argv[-1:-1] = ["-n", rng.choice(["2", "3", "99999999"])]
     if "-n" in argv and "--json" in argv and "--trace" in argv:
         argv.remove("--trace")                     # item 6 (another change): -n's --trace goes to stdout
         argv.remove("2")
@@ -3635,12 +3638,12 @@ def wait_until_running(p, timeout=10):
         time.sleep(0.002)
 
 
-def test_fuzz_command_lines_end_cleanly(sink):
+def test_fuzz_command_lines_end_cleanly(sink, tmp_path):
     """No traceback, a status in {0, 1, 2, 130}, and with --json exactly one JSON document."""
     import random
     rng = random.Random(FUZZ_SEED)
     for run in range(FUZZ_RUNS):
-        argv, stop = fuzz_command(rng)
+        argv, stop = fuzz_command(rng, str(tmp_path))
         what = f"seed {FUZZ_SEED}, run {run}: sendzc.py {' '.join(argv)} (SIGINT after {stop})"
         p = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, *argv],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -4078,3 +4081,52 @@ def test_n_stops_forking_at_the_first_sigterm_and_reaps_what_it_forked():
     assert 1 <= len(rows) < flows and took < 5             # not every flow forked, nor run to -t
     assert all(r["interrupted"] for r in rows) or json.loads(out)["total"]["interrupted"]
     assert children_of(p.pid) == []
+
+
+# --- the fuzz test's other half: what garbage and empty senders get from every rx mode ---------
+
+FUZZ_RX_MODES = [[], ["--pool"], ["-n", "2"], ["--pool", "-n", "2"], ["--keep"], ["--pool", "--keep"]]
+
+
+def fuzz_payload(rng, kind, proto):
+    """One sender's data: bytes (tcp) or datagrams (udp), none of it the pattern or a stamp."""
+    def garbage(n):
+        return bytes([0xFF]) + bytes(rng.randrange(256) for _ in range(n - 1))   # not 'a', no stamp
+    if kind == "empty":
+        return b"" if proto == "tcp" else [b""] * rng.randrange(1, 20)
+    if kind == "short":
+        return garbage(rng.randrange(1, 16)) if proto == "tcp" else [garbage(rng.randrange(1, 16))]
+    return garbage(rng.randrange(16, 5000)) if proto == "tcp" else \
+        [garbage(rng.randrange(1, 2000)) for _ in range(rng.randrange(1, 6))]
+
+
+def test_fuzz_garbage_and_empty_senders_are_never_verified():
+    """Every rx mode, fed empty, too short or garbage senders (seeded): no row and no text line
+    says "verified" about them, no traceback, status 1 (--keep: 130 at the Ctrl-C that ends it)."""
+    import random
+    rng = random.Random(FUZZ_SEED)
+    for proto, mode, kind in itertools.product(["tcp", "udp"], FUZZ_RX_MODES, ["empty", "short", "garbage"]):
+        if "-n" in mode and proto == "udp":
+            continue
+        as_json = rng.random() < 0.5
+        what = f"seed {FUZZ_SEED}: {kind} into rx {' '.join(mode)} {proto} ({'json' if as_json else 'text'})"
+        port = free_port(socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        rx, _ = start_rx_args(*(["--json"] if as_json else []), "-4", "-p", port, *mode, proto)
+        with reaped(rx):
+            for _ in range(2 if "-n" in mode else 1):
+                data = fuzz_payload(rng, kind, proto)
+                send_tcp(port, data) if proto == "tcp" else send_udp(port, data)
+            if "--keep" in mode:
+                time.sleep(sendzc.RX_UDP_IDLE_S + 0.5 if proto == "udp" else 0.5)   # that sender is done
+                rx.send_signal(signal.SIGINT)
+            out, err = rx.communicate(timeout=30)
+        assert "Traceback" not in err, f"{what}\n{err}"
+        assert rx.returncode == (130 if "--keep" in mode else 1), f"{what}: status {rx.returncode}\n{err}"
+        if as_json:
+            docs = [json.loads(line) for line in out.splitlines() if line.strip()] if "--keep" in mode \
+                else [json.loads(out)]
+            rows = [r for d in docs for r in d["rows"]] + [d["total"] for d in docs if "total" in d]
+            assert rows and not any(r["verified"] for r in rows), f"{what}\n{out}"
+        else:
+            said = [l for l in out.splitlines() if l.startswith("verified") or "every one verified" in l]
+            assert said == [], f"{what}\n{out}"
