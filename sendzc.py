@@ -2839,12 +2839,9 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     finished = False
     try:
         for i in range(cfg.flows):
-            if STOP.requested:            # Ctrl-C, SIGTERM: fork no more; those forked run and report
+            pid = fork_flow(cfg, i)
+            if pid < 0:
                 break
-            try:
-                pid = os.fork()
-            except BlockingIOError:       # EAGAIN: RLIMIT_NPROC, or the cgroup's pids.max
-                raise Fatal(fork_error(cfg.flows, i)) from None
             if pid == 0:                  # the child: never returns
                 os.close(out_r)
                 os.close(go_w)
@@ -2857,8 +2854,6 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        if not pids:
-            raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
         inbox = flow_inbox(out_r, pids, len(pids))
         done = next(inbox)                # "ready" or "fatal" from each
         if all(m[0] == "ready" for m in done):
@@ -2892,6 +2887,18 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     total.seconds = (max(m[4] for m in done) - min(m[3] for m in done)) / 1e9
     total.interrupted = STOP.requested or any(r.interrupted for r in results)
     return results, total
+
+
+def fork_flow(cfg: SendConfig, i: int) -> int:
+    """fork() for flow i, unless a signal came (Ctrl-C, SIGTERM: those forked run and report)."""
+    if STOP.requested:
+        if i:
+            return -1
+        raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
+    try:
+        return os.fork()
+    except BlockingIOError:               # EAGAIN: RLIMIT_NPROC, or the cgroup's pids.max
+        raise Fatal(fork_error(cfg.flows, i)) from None
 
 
 def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> None:
@@ -3298,7 +3305,14 @@ class Verifier:
         self.span = span
         self.pattern = pattern(span + PATTERN_LEN)   # a receive of span bytes from any phase
         self.matches = self.pattern.startswith       # matches(view[:k], phase) -> bool
-        self.period = PATTERN_LEN                    # TCP: byte o is pattern[o % period]; see restarted()
+        self.period = PATTERN_LEN                    # TCP: byte o is pattern[(o - shift) % period]
+        self.shift = 0                               # (restarted(), pieces())
+        self.size = 0                                # TCP: the sender's send size, once restarted() saw it
+        self.base = self.pattern                     # the pattern that runs on
+        self.sends: bytes = b""                      # the pattern restarted every size bytes
+        self.pending = [0] * PATTERN_LEN             # sends cut short, by the phase where they stopped
+        self.cuts = 0                                # sends that came in pieces (pieces())
+        self.anchored = False                        # pieces(): at a known offset of a send, not a rest
         self.bad = 0                                 # receives (TCP) or datagrams (UDP) that failed
         self.first: Optional[dict] = None            # where the first one went wrong
         self.other = ""                              # what the data are instead: "stamps", "pattern", ""
@@ -3326,10 +3340,11 @@ class Verifier:
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
         """Count a receive that failed; describe the first in full."""
-        if self.first is None and datagram is None and self.restarted(view, k, phase, offset):
-            phase = offset % self.period             # the same receive, checked on the new terms
-            if self.matches(view[:k], phase):
-                return
+        if datagram is None and not self.size and self.first is None and self.restarted(view, k, phase, offset):
+            phase = offset % self.size               # the same receive, on the new terms
+        if datagram is None and self.size:
+            self.bad += not self.pieces(view, k, phase, offset)
+            return
         self.bad += 1
         if self.first is None:
             i = first_mismatch(view[:k], self.pattern, phase)
@@ -3345,17 +3360,64 @@ class Verifier:
         the start of one buffer, so their TCP stream is the pattern's first S bytes
         again and again (S: their -s). From here on every byte is checked on those
         terms, pattern[o % S % 26]: a real mismatch later keeps its line. It takes
-        the bytes from there to the next restart (or the receive's end) to be sure.
+        a run of the pattern from 'a' there (26 bytes, or S, or to the receive's end) to
+        be sure; pieces() then checks the whole receive on the new terms.
         """
         i = first_mismatch(view[:k], self.pattern, phase)
         size = offset + i                            # where the first send ended
-        if self.period != PATTERN_LEN or not 0 < size <= TCP_MAX_WRITE or view[i] != PATTERN[0]:
+        if self.size or not 0 < size <= TCP_MAX_WRITE or view[i] != PATTERN[0]:
             return False
-        if not self.pattern.startswith(view[i:i + min(k - i, size)]):
+        if not self.pattern.startswith(view[i:i + min(k - i, PATTERN_LEN, size)]):
             return False
-        layout = pattern(size) * ((self.span + size) // size + 2)   # a receive of span from any phase
-        self.period, self.pattern, self.matches = size, layout, layout.startswith
+        self.size, self.anchored = size, True
+        self.sends = pattern(size) * ((self.span + size) // size + 2)   # a receive of span from any phase
         return True
+
+    def pieces(self, view: memoryview, k: int, phase: int, offset: int) -> bool:
+        """On restarted() terms, a receive the one memcmp() refused: read it as pieces of sends.
+
+        Several sends in flight on one TCP socket (liburing's send-zerocopy -n 8:
+        "submit batching >1 with TCP sockets will cause data reordering") may cut
+        a send short and send its rest after other sends. So a piece may begin
+        with 'a' (a new send) or at the phase where a cut send stopped; a rest's
+        place in its send is known only mod 26, so it is checked as the pattern
+        running on until the next piece. False, placing self.first, at a byte
+        that neither continues its piece nor begins one.
+        """
+        size, at, ok = self.size, 0, True
+        anchored, cur = self.anchored, phase         # cur: the send's offset, or (a rest) the phase
+        while True:
+            want = self.sends if anchored else self.base
+            rest = view[at:k]
+            at += len(rest) if want.startswith(rest, cur) else first_mismatch(rest, want, cur)
+            cur = (at - (k - len(rest)) + cur) % (size if anchored else PATTERN_LEN)
+            if at == k:
+                break
+            got, stop = view[at] - PATTERN[0], cur % PATTERN_LEN
+            if anchored and cur == 0 and got == size % PATTERN_LEN:
+                anchored, cur = False, got           # a cut the pattern hid: its send's rest runs on
+                continue
+            if not (anchored and cur == 0 or not anchored and stop == size % PATTERN_LEN and got == 0):
+                self.pending[stop] += 1              # this piece's send stopped short of its end
+            if got == 0:
+                anchored, cur = True, 0              # a new send
+            elif 0 < got < PATTERN_LEN and self.pending[got]:
+                self.pending[got] -= 1               # the rest of a send cut there
+                self.cuts += 1
+                anchored, cur = False, got
+            else:
+                if self.first is None:
+                    self.first = {"offset": offset + at, "datagram": None, "got": view[at],
+                                  "expected": want[cur]}
+                ok, at = False, at + 1               # on, from the next byte as if it were right
+                cur = (cur + 1) % (size if anchored else PATTERN_LEN)
+                if at == k:
+                    break
+        self.anchored, self.period = anchored, size if anchored else PATTERN_LEN
+        self.pattern = self.sends if anchored else self.base
+        self.matches = self.pattern.startswith
+        self.shift = (offset + k - cur) % self.period
+        return ok
 
     def unverified(self, r: "RxResult") -> Optional[str]:
         """Why no byte was compared, or None: a verdict speaks only of bytes it compared."""
@@ -3372,7 +3434,7 @@ class Verifier:
         where = (f"stream byte {f['offset']}" if f["datagram"] is None
                  else f"byte {f['offset']} of datagram {f['datagram']} (both counted from 0)")
         count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
-        restart = f" (restarted every {self.period} bytes)" if self.period != PATTERN_LEN else ""
+        restart = f" (restarted every {self.size} bytes)" if self.size else ""
         return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern{restart} has "
                 f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {count} "
                 f"differ): the data changed after the sender handed it over, as when a zero-copy "
@@ -3530,7 +3592,8 @@ class RxResult(Rates):
     stamped: bool = False            # rx --pool: checked against a --pool sender's stamps (not in JSON)
     unverified: Optional[str] = None     # why no byte was compared (not in JSON: verified null, error)
     compared: int = 0                # UDP: datagrams compared, the empty ones not (not in JSON)
-    period: int = PATTERN_LEN        # TCP: the sender restarts its pattern every period bytes (not in JSON)
+    period: int = 0                  # TCP: the sender restarts its pattern every period bytes (not in JSON)
+    cuts: int = 0                    # ... and this many of its sends came in pieces (not in JSON)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
     discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
     started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
@@ -3817,7 +3880,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
     matches = verifier.matches if verifier else None
-    period = verifier.period if verifier else PATTERN_LEN
+    period, shift = (verifier.period, verifier.shift) if verifier else (PATTERN_LEN, 0)
     t0 = result.started_ns = meter.t0
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
@@ -3838,10 +3901,10 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
         elif stream:
             if not k:
                 break                   # TCP: 0 bytes is the end of the stream
-            phase = nbytes % period
+            phase = (nbytes - shift) % period
             if matches is not None and not matches(view[:k], phase):
                 verifier.mismatch(view, k, phase, nbytes, None)
-                matches, period = verifier.matches, verifier.period   # (Verifier.restarted)
+                matches, period, shift = verifier.matches, verifier.period, verifier.shift   # (pieces())
         else:                           # a datagram, or (UDP_GRO) several; an empty one still counts
             segment = rx.segment
             if verifier is not None:
@@ -3931,7 +3994,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
         result.unverified = None if verifier.bad else verifier.unverified(result)
         result.verified = None if result.unverified else verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
-        result.compared, result.period = verifier.compared, verifier.period
+        result.compared, result.period, result.cuts = verifier.compared, verifier.size, verifier.cuts
         if verifier.bad and not result.error:
             result.error = verifier.error_line(result)
         elif result.unverified and not result.error and not result.interrupted:
@@ -3995,7 +4058,8 @@ def add_up(cfg: RxConfig, results: List[RxResult]) -> RxResult:
     total.verified = False if False in verdicts else None if None in verdicts else True
     unverified = sum(1 for r in results if r.unverified)
     total.unverified = f"{unverified} of {len(results)} had nothing to verify" if unverified else None
-    total.period = next((r.period for r in results if r.period != PATTERN_LEN), PATTERN_LEN)
+    total.period = next((r.period for r in results if r.period), 0)
+    total.cuts = sum(r.cuts for r in results)
     return total
 
 
@@ -4027,10 +4091,12 @@ def describe_rx(r: RxResult) -> List[str]:
         lines.append("verified: every byte is its request's stamp, requests in order" if tcp else
                      f"verified: all {r.compared} datagrams are one request's stamp each, no request "
                      f"twice{empty_ones(r)}")
-    elif r.verified and tcp and r.period != PATTERN_LEN:
+    elif r.verified and tcp and r.period:
+        cut = (f"; {r.cuts} sends came in pieces, the rest of each after other sends (several sends in "
+               f"flight on one TCP socket)" if r.cuts else "")
         lines.append(f"verified: every byte is the sender's pattern, restarted every {r.period} bytes "
                      f"(each send from the start of its buffer, as the seed's send-zc.c and liburing's "
-                     f"send-zerocopy send)")
+                     f"send-zerocopy send){cut}")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if tcp
                      else f"verified: all {r.compared} datagrams are the sender's pattern, intact{empty_ones(r)}")
