@@ -2850,15 +2850,15 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
             done = next(inbox)            # "result" or "fatal" from each
         finished = True
     finally:
+        for pid in pids if not finished else ():   # leaving by an exception (fork's EAGAIN, a
+            try:                                    # third Ctrl-C): before the pipes close, so
+                os.kill(pid, signal.SIGKILL)        # no child writes into a closed one
+            except ProcessLookupError:
+                pass                      # (the kernel tears down its ring and sends)
         for fd in (out_r, out_w, go_r, go_w):
             if fd >= 0:
                 os.close(fd)              # a child still waiting for go reads EOF and leaves
         for pid in list(pids):
-            if not finished:              # leaving by an exception (a third Ctrl-C, say)
-                try:
-                    os.kill(pid, signal.SIGKILL)    # the kernel tears down its ring and sends
-                except ProcessLookupError:
-                    pass
             os.waitpid(pid, 0)            # every child reported (or was killed): reap it
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
