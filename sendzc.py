@@ -5616,7 +5616,8 @@ def sender_parser() -> Parser:
     p.add_argument("--trace", type=non_negative_int, default=0, metavar="N",
                    help="print the SQEs and CQEs of the first N requests")
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
-                   help="parallel flows, each with its own process, socket and ring")
+                   help=f"parallel flows, each with its own process, socket and ring (at most "
+                        f"{FLOWS_PER_CPU} per CPU, and `ulimit -u`)")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
     p.add_argument("--gso", type=gso_size, default=0, metavar="SEG|auto",
