@@ -3244,7 +3244,9 @@ class SyscallSender:
 #
 #   TCP  byte o of the stream is PATTERN[o % 26]. Where one receive ends and
 #        the next begins is the network's choice, so a receive of k bytes at
-#        stream offset o must equal the pattern from phase o % 26 on.
+#        stream offset o must equal the pattern from phase o % 26 on. (A
+#        sender that sends each request from its buffer's start, as the seed's
+#        send-zc.c does, restarts it every send: Verifier.restarted() sees it.)
 #   UDP  every datagram is the pattern from its first byte ('a'), also
 #        when UDP_GRO brings several in one receive (GroReceiver).
 #
