@@ -2157,7 +2157,7 @@ def describe_result(r: Result) -> List[str]:
             lines.append(f"zero-copy: all {r.notifications} notifications report zero-copy (REPORT_USAGE)")
     elif r.mode.endswith(("zc", "zc_fixed")) and r.notifications:
         lines.append("zero-copy: this kernel cannot say whether it copied: its SEND_ZC refuses "
-                     "REPORT_USAGE (Linux 6.2+, and stable series that took it); judge by the CPU it cost")
+                     "REPORT_USAGE (Linux 6.2+, and the stable series that took it)")
     if r.failed and r.notifications:
         # txc > tx: a zero-copy send that fails (or is cancelled because the
         # one linked before it failed) still posts its notification.
