@@ -3927,6 +3927,16 @@ def test_a_usage_mistake_is_one_line_and_status_2(case):
         assert p.stdout == ""
 
 
+def test_a_kernel_without_report_usage_says_it_cannot_tell_whether_it_copied():
+    """6.0, and 6.1 before its stable series took REPORT_USAGE: nothing is called zero-copy unshown."""
+    r = sendzc.Result("send_zc_fixed", "udp", 65435, 8, requests=800, bytes=800 * 65435, seconds=1.0,
+                      notifications=800, zc_copied=None)
+    zc = [line for line in sendzc.describe_result(r) if line.startswith("zero-copy")]
+    assert zc == ["zero-copy: this kernel cannot say whether it copied: its SEND_ZC refuses REPORT_USAGE "
+                  "(Linux 6.2+, and the stable series that took it)"]
+    assert sendzc.zc_mark(r) == "?"
+
+
 def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy(monkeypatch):
     """A run paced by its path (a token bucket, a slow receiver) used a few ms of CPU in a
     second: its 'share' says nothing, and 'a larger -r' would not help. One that was busy gets it."""
