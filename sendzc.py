@@ -1812,6 +1812,54 @@ class BulkSender:
         return run
 
 
+# --- Part I in one request: a first zero-copy send you can run ----------------
+
+def first_send(dest: Tuple[str, int], size: int = 4096,
+               say: Callable[[str], None] = print) -> List[Tuple[int, int]]:
+    """One SEND_ZC over UDP, from a plain buffer and the socket's own fd: its CQEs, judged.
+
+    What sections 1 to 6 taught, with nothing registered and nothing in bulk;
+    `sendzc.py --first-send` runs it (section 12). Returns each CQE's (res, flags).
+    No SO_ZEROCOPY: send(2)'s MSG_ZEROCOPY needs that socket option, but a
+    SEND_ZC hands the socket its own notification (msg_ubuf, io_send_zc()),
+    which __ip_append_data() takes without looking at the option. And never
+    -EAGAIN: without MSG_DONTWAIT in msg_flags, a send the socket cannot take
+    yet is parked until the socket is writable (io_arm_poll_handler()) and
+    retried; only with it does the result carry -EAGAIN (REQ_F_NOWAIT).
+    """
+    data = ctypes.create_string_buffer((b"zero-copy!" * (size // 10 + 1))[:size], size)   # plain memory
+    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+    cqes: List[Tuple[int, int]] = []
+    with socket.socket(family, socket.SOCK_DGRAM) as sock, Ring(4) as ring:
+        sock.connect(dest)
+        sqe = io_uring_sqe()
+        prep_send_zc(sqe, sock.fileno(), ctypes.addressof(data), size, 0, IORING_SEND_ZC_REPORT_USAGE)
+        sqe.user_data = 1
+        ring.place(bytes(sqe))
+        say(f"SEND_ZC of {size} bytes to {dest[0]} port {dest[1]}: one SQE, one io_uring_enter")
+        owed = 1                                   # CQEs still to come: the result, for now
+        while owed and ring.wait_cqes(1, 1.0):     # submits, then waits (a second at most)
+            cqe = ring.peek_cqe()
+            while cqe is not None:
+                _, res, flags = cqe
+                ring.cqe_seen()
+                cqes.append((res, flags))
+                owed -= 1
+                if notif(flags):                   # (5) the kernel let go of the buffer
+                    say(f"notification: the buffer is ours again; the kernel "
+                        + ("copied (REPORT_USAGE): the receiver is on this host, or the path "
+                           "fragments" if copied(res) else "sent it zero-copy (REPORT_USAGE)"))
+                elif res < 0:                      # (4) a result: bytes or -errno
+                    say(f"result: -{errno.errorcode.get(-res, res)}: {os.strerror(-res)}")
+                else:
+                    say(f"result: {res} bytes sent")
+                if more(flags):                    # a notification follows: the buffer stays lent
+                    owed += 1
+                    say("  F_MORE: the kernel still holds the buffer; a notification will follow")
+                cqe = ring.peek_cqe()
+    return cqes
+
+
 # =============================================================================
 # 8. The senders
 #
@@ -5368,7 +5416,11 @@ def sender_parser() -> Parser:
                       "                                `sendzc.py` alone runs it with its defaults\n"
                       "  sendzc.py rx [options] udp|tcp  receive and verify "
                       "(see `sendzc.py rx --help`)\n"
-                      "  sendzc.py --probe             what this kernel's io_uring offers")
+                      "  sendzc.py --probe             what this kernel's io_uring offers\n"
+                      "  sendzc.py --first-send        one SEND_ZC, its result and notification "
+                      "explained (Part I's\n"
+                      "                                first_send(); the private sink as root, "
+                      "else loopback)")
     add_common(p)
     p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
     p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
@@ -5666,6 +5718,34 @@ def probe_main(argv: List[str]) -> int:
               + (f" ({caps['setup_error']})" if "setup_error" in caps else ""), file=sys.stderr)
         return 1
     return 0
+
+
+def first_send_main(argv: List[str]) -> int:
+    """`sendzc.py --first-send`: Part I's first_send(), into the private sink as root, else over loopback."""
+    p = Parser(prog="sendzc.py --first-send",
+               description="One SEND_ZC and its two CQEs, explained: Part I's first_send().")
+    p.add_argument("--first-send", action="store_true", required=True)
+    p.parse_args(argv)
+    with ExitStack() as stack:
+        if os.geteuid() == 0:
+            stack.enter_context(private_sink(DEFAULT_QDISC, who="--first-send", hint=FIRST_SEND_HINT))
+            dest = (SINK_DST4, DEFAULT_PORT)
+            print(f"into the private sink ({SINK_DEV} in a namespace of our own, which drops every packet)")
+        else:
+            rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            rx.bind(("127.0.0.1", 0))            # a receiver that never reads: no ICMP refusal
+            dest = rx.getsockname()
+            print("over loopback (no root, so no private sink): the receiver is on this host, "
+                  "so the kernel copies, and the notification says so")
+        cqes = first_send(dest)
+    flags = [f for _, f in cqes]
+    if len(cqes) != 2 or not more(flags[0]) or not notif(flags[1]) or cqes[0][0] != 4096:
+        raise Fatal(f"the first send did not end in a whole result and its notification: "
+                    f"(res, flags) = {cqes}; `sendzc.py --probe` says what this kernel lacks")
+    return 0
+
+
+FIRST_SEND_HINT = "or run it without root: it sends over loopback instead"
 
 
 def kernel_capabilities() -> dict:
@@ -6091,6 +6171,8 @@ def dispatch(argv: List[str]) -> int:
         return bench_main(argv[1:])
     if "--probe" in argv:
         return probe_main(argv)
+    if "--first-send" in argv:
+        return first_send_main(argv)
     parser = sender_parser()
     check_bench_options(argv, parser)
     a = parser.parse_args(argv)

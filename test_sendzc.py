@@ -321,6 +321,37 @@ def test_wait_with_a_timeout_returns_false_when_nothing_comes():
             assert ring.wait_cqes(1, 0.01) is False
 
 
+def test_first_send_over_loopback_posts_its_result_then_its_notification():
+    """Part I's first_send(): one SEND_ZC, a whole result with F_MORE, then one F_NOTIF that says it copied."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        said = []
+        cqes = sendzc.first_send(rx.getsockname(), 4096, said.append)
+        assert rx.recv(65536) == (b"zero-copy!" * 410)[:4096]       # the bytes arrived as sent
+    (res, flags), (notif_res, notif_flags) = cqes
+    assert (res, flags) == (4096, sendzc.IORING_CQE_F_MORE)
+    assert notif_flags == sendzc.IORING_CQE_F_NOTIF
+    assert sendzc.copied(notif_res)                                    # loopback: the kernel copies
+    assert said[1:] == ["result: 4096 bytes sent",
+                        "  F_MORE: the kernel still holds the buffer; a notification will follow",
+                        "notification: the buffer is ours again; the kernel copied (REPORT_USAGE): "
+                        "the receiver is on this host, or the path fragments"]
+
+
+def test_first_send_from_the_command_line_into_the_sink_and_as_nobody_over_loopback(nobody):
+    """`--first-send`: root sends into the private sink, zero-copy; nobody over loopback, copied."""
+    p = tool("--first-send")
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert p.stdout.splitlines()[0].startswith("into the private sink")
+    assert p.stdout.splitlines()[-1] == ("notification: the buffer is ours again; "
+                                         "the kernel sent it zero-copy (REPORT_USAGE)")
+    p = nobody("--first-send")
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert p.stdout.splitlines()[0].startswith("over loopback (no root")
+    assert "result: 4096 bytes sent" in p.stdout.splitlines()
+    assert p.stdout.splitlines()[-1].startswith("notification: the buffer is ours again; the kernel copied")
+
+
 def test_send_zc_to_a_unix_socket_still_posts_f_more_then_a_notification():
     """The two-CQE contract holds even for a refused send: count on F_MORE, not on res."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
