@@ -77,6 +77,7 @@ import argparse
 import collections
 import ctypes
 import errno
+import functools
 import json
 import linecache
 import math
@@ -107,15 +108,22 @@ VERSION = "0.1.0"
 # from <linux/io_uring.h> (kernel 6.18) and must never be guessed. Each opcode
 # and flag is tagged with the kernel release that brought it, because on an
 # older kernel it is simply absent: setup answers EINVAL, an SQE answers
-# -EINVAL in its CQE, and the probe in section 3 says which is which.
+# -EINVAL in its CQE (IORING_REGISTER_PROBE asks which are there: section 8).
 # =============================================================================
 
 # --- io_uring_setup() flags: io_uring_params.flags --------------------------
+# Two words they use. A request often completes where the kernel cannot post
+# its CQE (in an interrupt, on another CPU): it queues the rest as *task
+# work*, to run in the submitting task's own context. To make that task run
+# it at once, the kernel interrupts the CPU the task is on: an *IPI*
+# (inter-processor interrupt). COOP_TASKRUN skips the IPI: the work waits
+# until the task next enters the kernel. DEFER_TASKRUN waits longer: only
+# an io_uring_enter() that waits for CQEs (GETEVENTS) runs it.
 IORING_SETUP_SQPOLL = 1 << 1          # 5.1  a kernel thread polls the SQ
 IORING_SETUP_CQSIZE = 1 << 3          # 5.5  io_uring_params.cq_entries is ours
-IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 no IPI to run completion work
+IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 task work without an IPI
 IORING_SETUP_SINGLE_ISSUER = 1 << 12  # 6.0  only one task submits
-IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  completion work runs in io_uring_enter
+IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  task work runs only in io_uring_enter(GETEVENTS)
 IORING_SETUP_NO_SQARRAY = 1 << 16     # 6.6  no SQ index array: slot i is SQE i
 
 # --- enum io_uring_op: the opcodes this file uses, by the release that added them
@@ -133,7 +141,7 @@ IOSQE_IO_LINK = 1 << 2      # the next SQE starts only after this one completes
 # --- send flags, in io_uring_sqe.ioprio for SEND/SENDMSG and their _ZC forms
 IORING_RECVSEND_POLL_FIRST = 1 << 0
 IORING_RECVSEND_FIXED_BUF = 1 << 2     # 6.0  sqe.buf_index names a registered buffer
-IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it copied
+IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it avoided the copy
 # cqe.res of a notification when REPORT_USAGE was asked: "a flag, all other
 # bits reserved". Bit 31 of a signed 32-bit res: it reads as a negative number.
 IORING_NOTIF_USAGE_ZC_COPIED = 1 << 31
@@ -151,10 +159,8 @@ IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
 def more(flags: int) -> bool:
     """F_MORE: this request will post another CQE (a zero-copy send's notification).
 
-    A result without it owes no notification, with one exception: a linked
-    SEND_ZC cancelled because the request before it failed completes with
-    -ECANCELED and flags 0, and its notification still comes (section 7's
-    judge_each). Both CQEs of a request carry its user_data.
+    A result without it owes no notification: the kernel refused the send
+    before it took the pages. Both CQEs of a request carry its user_data.
     """
     return bool(flags & IORING_CQE_F_MORE)
 
@@ -165,7 +171,12 @@ def notif(flags: int) -> bool:
 
 
 def copied(res: int) -> bool:
-    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the kernel copied after all."""
+    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the send was not zero-copy.
+
+    The kernel copied, or never used the pages at all: a send that failed, or
+    whose bytes all went by copy (a fragmented datagram), sets it too
+    (io_notif_tw_complete(): zc_copied || !zc_used).
+    """
     return bool(res & IORING_NOTIF_USAGE_ZC_COPIED)
 
 
@@ -197,11 +208,9 @@ IORING_REGISTER_BUFFERS = 0
 IORING_UNREGISTER_BUFFERS = 1
 IORING_REGISTER_FILES = 2
 IORING_UNREGISTER_FILES = 3
-IORING_REGISTER_PROBE = 8          # 5.6
 IORING_REGISTER_RING_FDS = 20      # 5.18
 IORING_UNREGISTER_RING_FDS = 21
 
-IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
 
 
 def _names(prefix: str) -> Dict[int, str]:
@@ -313,16 +322,6 @@ class io_uring_cqe(ctypes.Structure):
     _fields_ = [("user_data", u64), ("res", s32), ("flags", u32), ("big_cqe", u64 * 0)]
 
 
-class io_uring_probe_op(ctypes.Structure):
-    _fields_ = [("op", u8), ("resv", u8), ("flags", u16), ("resv2", u32)]
-
-
-class io_uring_probe(ctypes.Structure):
-    """Header of IORING_REGISTER_PROBE's answer; ops[] follows (see Probe)."""
-    _fields_ = [("last_op", u8), ("ops_len", u8), ("resv", u16), ("resv2", u32 * 3),
-                ("ops", io_uring_probe_op * 0)]
-
-
 class io_uring_rsrc_update(ctypes.Structure):
     """Argument of IORING_REGISTER_RING_FDS: offset -1 lets the kernel pick a slot."""
     _fields_ = [("offset", u32), ("resv", u32), ("data", u64)]
@@ -338,24 +337,17 @@ class kernel_timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_int64)]
 
 
-# Plain socket structs, from <sys/uio.h> and <sys/socket.h>: what SENDMSG reads.
+# A plain socket struct, from <sys/uio.h>: what registered buffers are described by.
 class iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", u32),
-                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
 
 
 def _check_layout():
     """Fail at import, loudly, if a declaration above drifted from the kernel's."""
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
-             io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
+             io_uring_sqe: 64, io_uring_cqe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
-             iovec: 16, msghdr: 56}
+             iovec: 16}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
     offsets = {io_uring_sqe: dict(opcode=0, flags=1, ioprio=2, fd=4, off=8, addr=16, len=24,
@@ -455,7 +447,9 @@ def io_uring_setup(entries: int, params: io_uring_params) -> int:
     EINVAL  a flag this kernel does not know (or bad sizes)
     EPERM   io_uring disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp
     ENOSYS  kernel built without io_uring, or a filter pretending so
-    ENOMEM  out of memory, or the rings pass RLIMIT_MEMLOCK (users without CAP_IPC_LOCK)
+    ENOMEM  out of memory; or, for a user without CAP_IPC_LOCK, the rings pass RLIMIT_MEMLOCK
+            (before 5.12, and again since 6.14, whose io_create_region() counts their pages;
+            5.12 to 6.13 charge them to the memory cgroup instead)
     EMFILE  out of file descriptors
     """
     if NR_io_uring_setup is None:
@@ -524,7 +518,7 @@ def _addr_of(buf) -> int:
 #   sq.head   kernel (advances as it consumes SQEs; we read it for free space)
 #   cq.tail   kernel (advances as it posts CQEs; we read it to reap)
 #   cq.head   we     (tells the kernel which CQE slots are free again)
-#   sq.flags, cq.overflow    kernel (NEED_WAKEUP; CQEs it could not post)
+#   sq.flags, cq.overflow    kernel (NEED_WAKEUP, CQ_OVERFLOW; CQEs it dropped)
 #   SQE slots from sq.head to sq.tail    the kernel's to read until sq.head passes
 #   CQE slots from cq.head to cq.tail    ours to read until we move cq.head
 #
@@ -552,17 +546,6 @@ def _addr_of(buf) -> int:
 #    memoryview cast("I"): one machine load or store, never torn (what C's
 #    READ_ONCE and WRITE_ONCE ask for).
 # =============================================================================
-
-@dataclass
-class Probe:
-    """What IORING_REGISTER_PROBE says the kernel supports (io_uring_get_probe)."""
-    last_op: int
-    supported: frozenset
-
-    def has(self, op: int) -> bool:
-        """Like liburing's io_uring_opcode_supported()."""
-        return op in self.supported
-
 
 # The longest one io_uring_enter() of a send loop waits before it comes back
 # to look at the clock and at Ctrl-C: a send the kernel never completes (a TCP
@@ -744,15 +727,6 @@ class Ring:
                              ctypes.byref(done), 1)
         return True
 
-    def probe(self) -> Probe:
-        """io_uring_get_probe_ring(): which opcodes does this kernel support?"""
-        n_ops = 256
-        buf = (ctypes.c_uint8 * (ctypes.sizeof(io_uring_probe) + n_ops * ctypes.sizeof(io_uring_probe_op)))()
-        io_uring_register(self.fd, IORING_REGISTER_PROBE, ctypes.byref(buf), n_ops)
-        head = io_uring_probe.from_buffer(buf)
-        ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
-        return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
-
 # =============================================================================
 # 4. Submit, reap (still class Ring)
 #
@@ -809,7 +783,7 @@ class Ring:
         """io_uring_submit_and_wait(): publish sq.tail, submit, wait for wait_nr CQEs, in one syscall.
 
         IORING_ENTER_GETEVENTS always: with DEFER_TASKRUN it is what runs the
-        completion work that posts CQEs, so even wait_nr 0 collects what finished.
+        task work that posts CQEs, so even wait_nr 0 collects what finished.
         Unbounded, unlike every other wait here: only the probes use it, on rings
         without SQPOLL, for requests that complete at once.
         """
@@ -921,34 +895,6 @@ class Ring:
                              wait_nr, self._peek_flags, self._wait_ref, self._wait_size))
         return self._peek_bulk(self._cq_words[self._cq_tail_i])
 
-    def sqpoll_submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
-        """submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
-
-        The kernel's SQ thread, on another CPU, watches sq.tail and submits
-        whatever we place; we store the tail and read the CQ ring, and enter
-        only to sleep until wait_nr CQEs are ready, or to wake the thread
-        (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
-
-        Memory ordering, the part C gets from barriers: the thread reads our
-        tail concurrently, so the SQE bytes must be visible before the tail.
-        x86-64 keeps stores in order and loads in order (TSO), so writing the
-        SQEs then the tail is enough there, and the CQEs we read after cq.tail
-        are those it covers; arm64 needs a release and an acquire Python cannot
-        issue, which is why --sqpoll is x86-64 only. A store then a load (the
-        tail, then NEED_WAKEUP) may still pass each other even on x86: the
-        thread could fall asleep without seeing our tail; then no CQE comes,
-        we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
-        """
-        self._sq_words[self._sq_tail_i] = self.sq_tail
-        tail = self._cq_words[self._cq_tail_i]
-        short = (tail - self.cq_head) & U32 < wait_nr
-        if short or self._sq_words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
-            check_enter(_syscall(NR_io_uring_enter, self.enter_fd, 0, wait_nr if short else 0,
-                                 self._peek_flags | IORING_ENTER_SQ_WAKEUP,
-                                 self._wait_ref, self._wait_size))     # bounded, as submit_and_peek's
-            tail = self._cq_words[self._cq_tail_i]
-        return self._peek_bulk(tail)
-
     def _peek_bulk(self, tail: int) -> Tuple[List[int], int]:
         """The flags of the CQEs from cq_head up to tail, and the sum of their res.
 
@@ -1051,37 +997,6 @@ def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_f
     prep_send_zc(sqe, fd, addr, length, msg_flags, zc_flags)
     sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
     sqe.buf_index = buf_index
-
-
-def prep_sendmsg(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
-    """io_uring_prep_sendmsg(): sendmsg(2) as a request, msg_addr a struct msghdr; the kernel copies."""
-    prep_rw(sqe, IORING_OP_SENDMSG, fd, msg_addr, 1, 0)
-    sqe.msg_flags = msg_flags
-
-
-def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
-    """io_uring_prep_sendmsg_zc(): prep_sendmsg() with the zero-copy opcode; two CQEs follow."""
-    prep_sendmsg(sqe, fd, msg_addr, msg_flags)
-    sqe.opcode = IORING_OP_SENDMSG_ZC
-
-
-def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
-                          buf_index: int) -> None:
-    """io_uring_prep_sendmsg_zc_fixed() (6.15): the iovecs lie in a registered buffer."""
-    prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
-    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
-    sqe.buf_index = buf_index
-
-
-def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
-    """io_uring_prep_recv(): recv(2) as a request; res is the bytes copied to addr, 0 at EOF.
-
-    No _fixed twin: the kernel refuses IORING_RECVSEND_FIXED_BUF on RECV
-    (-EINVAL on 6.18), and a receive, being a copy into our pages, has no
-    per-request pinning for a registered buffer to save.
-    """
-    prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
-    sqe.msg_flags = msg_flags
 
 
 # =============================================================================
@@ -1905,9 +1820,18 @@ UDP_MAX_SEGMENTS = 128
 UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
 IP_MAXPACKET = 65535
 CLONE_NEWNET = 0x40000000                                  # <sched.h>
-# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, rings, registered
-# buffers and pinned pages count against that limit; the ENOMEM lines name it.
+# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, registered
+# buffers and a SEND_ZC's pinned pages count against that limit, and so do the rings
+# before 5.12 and since 6.14 (section 2, io_uring_setup); the ENOMEM lines name it.
 CAP_IPC_LOCK = 14
+
+
+# <sys/socket.h>: what SENDMSG and SENDMSG_ZC read.
+class msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", u32),
+                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
 
 
 class sock_extended_err(ctypes.Structure):
@@ -1933,7 +1857,7 @@ class tcp_info(ctypes.Structure):
         ("tcpi_bytes_received", u64), ("tcpi_segs_out", u32), ("tcpi_segs_in", u32)]
 
 
-assert (ctypes.sizeof(sock_extended_err), ctypes.sizeof(tcp_info)) == (16, 144)
+assert (ctypes.sizeof(msghdr), ctypes.sizeof(sock_extended_err), ctypes.sizeof(tcp_info)) == (56, 16, 144)
 assert (tcp_info.tcpi_rto.offset, tcp_info.tcpi_total_retrans.offset, tcp_info.tcpi_pacing_rate.offset,
         tcp_info.tcpi_bytes_received.offset, tcp_info.tcpi_segs_in.offset) == (8, 100, 104, 128, 140)
 
@@ -2187,6 +2111,8 @@ BUSY_SHARE = 0.5
 
 def describe_result(r: Result) -> List[str]:
     """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
+    # nr EAGAIN is always 0 for an io_uring row: without MSG_DONTWAIT a send the
+    # socket cannot take yet is polled and retried, never failed (first_send()).
     lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
     rate = r.requests / r.seconds if r.seconds else 0.0
     lines.append(f"{r.proto} {family_name_label(r.family)} {r.size} B {r.mode} batch {r.batch}: "
@@ -2520,6 +2446,45 @@ class SendConfig:
                 + ("_fixed" if self.zc and self.fixed_buf else ""))
 
 
+# --- Which opcodes this kernel has: IORING_REGISTER_PROBE (5.6), from <linux/io_uring.h>
+IORING_REGISTER_PROBE = 8
+IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
+
+
+class io_uring_probe_op(ctypes.Structure):
+    _fields_ = [("op", u8), ("resv", u8), ("flags", u16), ("resv2", u32)]
+
+
+class io_uring_probe(ctypes.Structure):
+    """Header of IORING_REGISTER_PROBE's answer; ops[] follows (see Probe)."""
+    _fields_ = [("last_op", u8), ("ops_len", u8), ("resv", u16), ("resv2", u32 * 3),
+                ("ops", io_uring_probe_op * 0)]
+
+
+assert (ctypes.sizeof(io_uring_probe_op), ctypes.sizeof(io_uring_probe)) == (8, 16)
+
+
+@dataclass
+class Probe:
+    """What IORING_REGISTER_PROBE says the kernel supports (io_uring_get_probe)."""
+    last_op: int
+    supported: frozenset
+
+    def has(self, op: int) -> bool:
+        """Like liburing's io_uring_opcode_supported()."""
+        return op in self.supported
+
+
+def get_probe(ring: Ring) -> Probe:
+    """io_uring_get_probe_ring(): which opcodes does this kernel support?"""
+    n_ops = 256
+    buf = (ctypes.c_uint8 * (ctypes.sizeof(io_uring_probe) + n_ops * ctypes.sizeof(io_uring_probe_op)))()
+    io_uring_register(ring.fd, IORING_REGISTER_PROBE, ctypes.byref(buf), n_ops)
+    head = io_uring_probe.from_buffer(buf)
+    ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
+    return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
+
+
 REQUIRED_OPS = {"send": (IORING_OP_SEND, "5.6"), "sendmsg": (IORING_OP_SENDMSG, "5.3"),
                 "send_zc": (IORING_OP_SEND_ZC, "6.0"), "sendmsg_zc": (IORING_OP_SENDMSG_ZC, "6.1")}
 
@@ -2539,8 +2504,10 @@ def probe_report_usage() -> bool:
     """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel, on a small ring of its own.
 
     A SEND_ZC with the flag to an AF_UNIX socketpair: a kernel that knows the
-    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), one
-    that does not rejects the flag (-EINVAL) first. Both post F_MORE, then a notification.
+    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), with
+    F_MORE and then a notification; one that does not (6.0, 6.1) rejects the
+    flag (-EINVAL) without F_MORE and posts no notification: io_send_zc_prep()
+    checked the flags before it allocated one.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, Ring(2, attempts=SETUP_ATTEMPTS) as ring:
@@ -2580,7 +2547,8 @@ TRACE_EXPLAINED = {
     "notif": ["F_NOTIF: the notification. The kernel has let go of the buffer (the last",
               "packet that pointed at it was freed): now it may be changed or reused. With",
               "REPORT_USAGE, res 0 means the pages really went out zero-copy; bit 31",
-              "(IORING_NOTIF_USAGE_ZC_COPIED, reads as negative) means the kernel copied."],
+              "(IORING_NOTIF_USAGE_ZC_COPIED, reads as negative) means they did not: the",
+              "kernel copied, or the send never used them (it failed, or was all copied)."],
     "done": ["No F_MORE: a copying SEND. The data was copied at submission, so the buffer",
              "was free again before this CQE was even posted; no notification follows."],
     "error": ["res < 0 is -errno: the send failed. A zero-copy send may still set F_MORE,",
@@ -2638,7 +2606,7 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
     except OSError as e:
         raise Fatal(setup_error(e)) from None
     stack.callback(ring.close)
-    check_opcode(ring.probe(), cfg.mode)
+    check_opcode(get_probe(ring), cfg.mode)
     try:
         ring.register_files([sock.fileno()])
         if buffers:
@@ -2650,6 +2618,57 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
         return ring, cfg.zc and probe_report_usage()
     except OSError as e:
         raise Fatal(setup_error(e)) from None
+
+
+# --sqpoll's submit and peek: the SQ thread submits, we mostly only read the rings.
+def sqpoll_submit_and_peek(ring: Ring, wait_nr: int) -> Tuple[List[int], int]:
+    """Ring.submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
+
+    The kernel's SQ thread, on another CPU, watches sq.tail and submits
+    whatever we place; we store the tail and read the CQ ring, and enter
+    only to sleep until wait_nr CQEs are ready, or to wake the thread
+    (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
+
+    Memory ordering, the part C gets from barriers: the thread reads our
+    tail concurrently, so the SQE bytes must be visible before the tail.
+    x86-64 keeps stores in order and loads in order (TSO), so writing the
+    SQEs then the tail is enough there, and the CQEs we read after cq.tail
+    are those it covers; arm64 needs a release and an acquire Python cannot
+    issue, which is why --sqpoll is x86-64 only. A store then a load (the
+    tail, then NEED_WAKEUP) may still pass each other even on x86: the
+    thread could fall asleep without seeing our tail; then no CQE comes,
+    we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
+    """
+    ring._sq_words[ring._sq_tail_i] = ring.sq_tail
+    tail = ring._cq_words[ring._cq_tail_i]
+    short = (tail - ring.cq_head) & U32 < wait_nr
+    if short or ring._sq_words[ring._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
+        check_enter(_syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr if short else 0,
+                             ring._peek_flags | IORING_ENTER_SQ_WAKEUP,
+                             ring._wait_ref, ring._wait_size))     # bounded, as submit_and_peek's
+        tail = ring._cq_words[ring._cq_tail_i]
+    return ring._peek_bulk(tail)
+
+
+# liburing's SENDMSG preps (section 5's kind), for --sendmsg.
+def prep_sendmsg(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg(): sendmsg(2) as a request, msg_addr a struct msghdr; the kernel copies."""
+    prep_rw(sqe, IORING_OP_SENDMSG, fd, msg_addr, 1, 0)
+    sqe.msg_flags = msg_flags
+
+
+def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg_zc(): prep_sendmsg() with the zero-copy opcode; two CQEs follow."""
+    prep_sendmsg(sqe, fd, msg_addr, msg_flags)
+    sqe.opcode = IORING_OP_SENDMSG_ZC
+
+
+def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
+                          buf_index: int) -> None:
+    """io_uring_prep_sendmsg_zc_fixed() (6.15): the iovecs lie in a registered buffer."""
+    prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
+    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
+    sqe.buf_index = buf_index
 
 
 # What a batch costs (README, "Speed", has the measurements): Python spends ~1.5 us
@@ -2753,7 +2772,7 @@ class UringSender(BulkSender):
         ring, books, per_batch, size = self.ring, self.books, self.per_batch, self.size
         if books.entered is not None or books.slow.error:
             return
-        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
+        submit_and_peek = functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll else ring.submit_and_peek
         # In flight: one batch, as in the seed, unless SQPOLL: its thread
         # submits on its own CPU, so we keep the SQ full and enter only to
         # sleep until half of what is in flight has completed (sleeping per
@@ -3709,6 +3728,18 @@ class GroReceiver:
         return k
 
 
+# liburing's RECV prep (section 5's kind), for the receiver below.
+def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
+    """io_uring_prep_recv(): recv(2) as a request; res is the bytes copied to addr, 0 at EOF.
+
+    No _fixed twin: the kernel refuses IORING_RECVSEND_FIXED_BUF on RECV
+    (-EINVAL on 6.18), and a receive, being a copy into our pages, has no
+    per-request pinning for a registered buffer to save.
+    """
+    prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
+    sqe.msg_flags = msg_flags
+
+
 class UringReceiver:
     """TCP through io_uring: one IORING_OP_RECV at a time into the buffer.
 
@@ -3726,7 +3757,7 @@ class UringReceiver:
         stack.callback(ring.close)
         # Runs before ring.close (LIFO): a RECV in flight writes into buf, so it must end before buf goes.
         stack.callback(self.cancel)
-        if not ring.probe().has(IORING_OP_RECV):
+        if not get_probe(ring).has(IORING_OP_RECV):
             raise OSError(errno.EOPNOTSUPP, "this kernel has no IORING_OP_RECV (needs Linux 5.6+)")
         ring.register_files([sock.fileno()])
         ring.register_ring_fd()
@@ -5075,8 +5106,8 @@ def setup_error(e: OSError) -> str:
         return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
                 "CONFIG_IO_URING): use one that has it")
     if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
-        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again on
-        # newer kernels (6.18 does): a user without CAP_IPC_LOCK meets it first.
+        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again since
+        # 6.14 (io_create_region()): a user without CAP_IPC_LOCK meets it first.
         return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
                 f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
     return oserror_line(e)
@@ -5106,7 +5137,7 @@ def check_io_uring() -> None:
     io_uring_setup and refuse only _register or _enter, and only calling each tells.
     """
     with Ring(1, attempts=SETUP_ATTEMPTS) as ring:
-        ring.probe()                                   # io_uring_register
+        get_probe(ring)                                   # io_uring_register
         sqe = io_uring_sqe()
         prep_nop(sqe)
         ring.place(bytes(sqe))
@@ -5811,7 +5842,7 @@ def kernel_capabilities() -> dict:
     try:
         with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
-            probe = ring.probe()
+            probe = get_probe(ring)
             caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
             caps["registered_ring_fd"] = ring.register_ring_fd()
             for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),

@@ -306,7 +306,7 @@ def test_bulk_peek_agrees_with_peek_one_by_one():
 
 def test_probe_reports_the_opcodes_this_kernel_has():
     with sendzc.Ring(4) as ring:
-        probe = ring.probe()
+        probe = sendzc.get_probe(ring)
     assert probe.has(sendzc.IORING_OP_NOP) and probe.has(sendzc.IORING_OP_SEND)
     if kernel_at_least(6, 0):
         assert probe.has(sendzc.IORING_OP_SEND_ZC)
@@ -1655,7 +1655,7 @@ def test_an_opcode_missing_on_an_older_kernel(mode, case, release):
 
 def test_an_opcode_missing_ends_the_sender_in_one_line_and_leaks_nothing(capsys, monkeypatch):
     # (the same fake, through main(): the ring is real, only its probe answer is not)
-    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(sendzc.IORING_OP_SEND_ZC))
+    monkeypatch.setattr(sendzc, "get_probe", lambda ring: probe_without(sendzc.IORING_OP_SEND_ZC))
     with udp_sink_socket() as port:
         args = ("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
         main_in_process(capsys, *args)                      # warm up imports and caches
@@ -3186,7 +3186,7 @@ def test_probe_leaks_nothing():
     sendzc.zero_copy_limits()
     fds, maps = open_fds(), mappings()
     with sendzc.Ring(4) as ring:
-        probe = ring.probe()
+        probe = sendzc.get_probe(ring)
     sendzc.newer_features(probe)
     sendzc.zero_copy_limits()
     assert (open_fds(), mappings()) == (fds, maps)
