@@ -6,6 +6,7 @@
     python3 sendzc.py -4 -D 10.0.0.2 udp    send to a receiver on another box ...
     python3 sendzc.py rx udp                ... which runs this, and checks every byte
     python3 sendzc.py --probe               what this kernel's io_uring offers
+    python3 sendzc.py --first-send          one zero-copy send, its two CQEs explained
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
@@ -18,8 +19,9 @@ II, sections 8 to 12, is the tool built on it; nothing in Part I calls into Part
   4. Submit, reap      placing SQEs and judging CQEs, one by one and in bulk
   5. Preparing SQEs    the io_uring_prep_* helpers of liburing
   6. One CQE at a time a zero-copy sender over a pool of buffers, every CQE judged
-  7. The same, in bulk that sender made fast: batches in, CQEs judged by the batch
-  8. The senders       the tool's sender: payload, results, sockets, flows, failures
+  7. A first send      Part I in one request: one SEND_ZC to run, its CQEs judged
+  8. The senders       the fast sender (section 6 in bulk), and around it the
+                       tool's: payload, results, sockets, flows, failures
   9. The receiver      rx: counts and verifies what a sender sends
  10. The benchmark     the private sink and the table of every way to send
  11. Failures          the one line for each refusal and fault, and what it looks at
@@ -389,8 +391,8 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap 
 # InterruptedError, which the wait loops catch), and a refusal the user must
 # act on becomes Fatal: one line, naming the fix. Past this section only the
 # once-per-batch paths (Ring.submit_and_peek, BulkSender.run_hot) call
-# _syscall themselves, to save a Python frame, and make the same OSError
-# (syscall_error).
+# _syscall themselves, to save a Python frame; every io_uring_enter's answer
+# goes through check_enter() all the same.
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
@@ -597,10 +599,28 @@ class Ring:
             raise Fatal(f"io_uring: this kernel ({platform.release()}) lacks "
                         f"{flag_names(missing, FEAT_NAMES, 'IORING_FEAT_')} (Linux 5.11+): "
                         f"use a newer kernel")
+        self._map_rings(p)
+        self.sq_tail = 0            # our copy of sq.tail (we own it)
+        self.cq_head = 0            # our copy of cq.head (we own it)
+        self.enter_fd = self.fd     # a registered index after register_ring_fd()
+        self.enter_flags = 0
+        # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
+        # argument whose timespec is ENTER_WAIT_NS, built once and passed by
+        # reference on every batch.
+        self._wait_ts = kernel_timespec(*divmod(ENTER_WAIT_NS, 10**9))
+        self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
+        self._wait_ref = ctypes.byref(self._wait_arg)
+        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
+        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
+        self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
+        self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
 
-        # Map the regions, sized as liburing's io_uring_mmap() does: the SQ
-        # ring's words and index array and the CQ ring with its CQEs share one
-        # mapping, sized for the larger.
+    def _map_rings(self, p: io_uring_params) -> None:
+        """Like liburing's io_uring_mmap(): map the regions, find each ring word, check the kernel's promises.
+
+        The SQ ring's words and index array and the CQ ring with its CQEs
+        share one mapping (IORING_FEAT_SINGLE_MMAP), sized for the larger.
+        """
         sq_off, cq_off = p.sq_off, p.cq_off
         sq_size = sq_off.array + p.sq_entries * U32_SIZE if sq_off.array else 0
         cq_size = cq_off.cqes + p.cq_entries * CQE_SIZE
@@ -647,21 +667,6 @@ class Ring:
             array_i = sq_off.array // U32_SIZE
             sq_words[array_i:array_i + self.sq_entries] = memoryview(
                 struct.pack(f"{self.sq_entries}I", *range(self.sq_entries))).cast("I")
-
-        self.sq_tail = 0            # our copy of sq.tail (we own it)
-        self.cq_head = 0            # our copy of cq.head (we own it)
-        self.enter_fd = self.fd     # a registered index after register_ring_fd()
-        self.enter_flags = 0
-        # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
-        # argument whose timespec is ENTER_WAIT_NS, built once and passed by
-        # reference on every batch.
-        self._wait_ts = kernel_timespec(*divmod(ENTER_WAIT_NS, 10**9))
-        self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
-        self._wait_ref = ctypes.byref(self._wait_arg)
-        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
-        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
-        self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
-        self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
 
     def _map(self, size: int, offset: int) -> mmap.mmap:
         # MAP_POPULATE: fault the pages in now rather than on first touch.
@@ -732,7 +737,8 @@ class Ring:
 #
 # First the calls a C program makes with liburing, one SQE and one CQE at a
 # time: place SQEs, submit and wait, peek a CQE, mark it seen. Section 6's
-# reference sender is built from these. Then the same in bulk, for section 7.
+# reference sender is built from these. Then the same in bulk, for the tool's
+# fast sender (section 8).
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -861,7 +867,7 @@ class Ring:
         them back (io_account_cq_overflow()). Held-back ones are cq_held_back, not counted here."""
         return self._cq_words[self._cq_overflow_i]
 
-    # --- in bulk: what section 7's fast sender uses -----------------------------
+    # --- in bulk: what section 8's fast sender uses -----------------------------
     # Python pays per bytecode, the kernel per syscall, so a fast sender pays
     # both per *batch*: a batch of SQEs is one slice copy into the SQE array,
     # one store of sq.tail and one io_uring_enter that both submits and waits;
@@ -932,7 +938,7 @@ class Ring:
         return [self._cqe_user_data[(self.cq_head + k) & self.cq_mask] for k in range(n)]
 
     def cqe_bytes(self, n: int, head: int) -> bytes:
-        """The raw CQEs from counter head on, n of them, the wraparound joined (section 7's hot loop)."""
+        """The raw CQEs from counter head on, n of them, the wraparound joined (section 8's hot loop)."""
         m, start = self._cq_map, self.cqe_start
         return b"".join(m[start + (a << CQE_SHIFT):start + (b << CQE_SHIFT)]
                         for a, b in ring_slices(head, n, self.cq_entries))
@@ -942,7 +948,7 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     """The (start, stop) slot ranges of count entries from counter head: the wraparound in one place.
 
     An entry's slot is its counter & mask, and a run that passes the end of
-    the array goes on at slot 0. place() and section 7's hot loop, which run once per
+    the array goes on at slot 0. place() and section 8's hot loop, which run once per
     batch, write the same arithmetic inline.
     """
     i = head & (entries - 1)
@@ -1004,7 +1010,7 @@ def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_f
 #
 # Sections 3 to 5 put together the plain way: a sender that owns a small pool
 # of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
-# it. The fast sender of section 7 (BulkSender) takes the same steps in
+# it. The fast sender of section 8 (BulkSender) takes the same steps in
 # bulk, and both number them alike:
 #
 #   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
@@ -1292,9 +1298,66 @@ class ReferenceSender:
 
 
 # =============================================================================
-# 7. The same, in bulk
+# 7. A first zero-copy send
 #
-# The reference sender pays Python for every request and every CQE (a prep, a
+# Part I in one request, to run: `sendzc.py --first-send`. A UDP socket, a
+# ring, one SEND_ZC from plain memory on the socket's own fd, and its two
+# CQEs judged with more(), notif() and copied(): nothing registered, no
+# batch; section 6's steps, once. Part II makes the same steps fast (the
+# fast sender opens section 8) and measures them.
+# =============================================================================
+
+def first_send(dest: Tuple[str, int], size: int = 4096,
+               say: Callable[[str], None] = print) -> List[Tuple[int, int]]:
+    """One SEND_ZC over UDP, from a plain buffer and the socket's own fd: its CQEs, judged.
+
+    What sections 1 to 6 taught, with nothing registered and nothing in bulk;
+    `sendzc.py --first-send` runs it (section 12). Returns each CQE's (res, flags).
+    No SO_ZEROCOPY: send(2)'s MSG_ZEROCOPY needs that socket option, but a
+    SEND_ZC hands the socket its own notification (msg_ubuf, io_send_zc()),
+    which __ip_append_data() takes without looking at the option. And never
+    -EAGAIN: without MSG_DONTWAIT in msg_flags, a send the socket cannot take
+    yet is parked until the socket is writable (io_arm_poll_handler()) and
+    retried; only with it does the result carry -EAGAIN (REQ_F_NOWAIT).
+    """
+    data = ctypes.create_string_buffer((b"zero-copy!" * (size // 10 + 1))[:size], size)   # plain memory
+    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+    cqes: List[Tuple[int, int]] = []
+    with socket.socket(family, socket.SOCK_DGRAM) as sock, Ring(4) as ring:
+        sock.connect(dest)
+        sqe = io_uring_sqe()
+        prep_send_zc(sqe, sock.fileno(), ctypes.addressof(data), size, 0, IORING_SEND_ZC_REPORT_USAGE)
+        sqe.user_data = 1
+        ring.place(bytes(sqe))
+        say(f"SEND_ZC of {size} bytes to {dest[0]} port {dest[1]}: one SQE, one io_uring_enter")
+        owed = 1                                   # CQEs still to come: the result, for now
+        while owed and ring.wait_cqes(1, 1.0):     # submits, then waits (a second at most)
+            cqe = ring.peek_cqe()
+            while cqe is not None:
+                _, res, flags = cqe
+                ring.cqe_seen()
+                cqes.append((res, flags))
+                owed -= 1
+                if notif(flags):                   # (5) the kernel let go of the buffer
+                    say(f"notification: the buffer is ours again; the kernel "
+                        + ("copied (REPORT_USAGE): the receiver is on this host, or the path "
+                           "fragments" if copied(res) else "sent it zero-copy (REPORT_USAGE)"))
+                elif res < 0:                      # (4) a result: bytes or -errno
+                    say(f"result: -{errno.errorcode.get(-res, res)}: {os.strerror(-res)}")
+                else:
+                    say(f"result: {res} bytes sent")
+                if more(flags):                    # a notification follows: the buffer stays lent
+                    owed += 1
+                    say("  F_MORE: the kernel still holds the buffer; a notification will follow")
+                cqe = ring.peek_cqe()
+    return cqes
+
+
+# =============================================================================
+# 8. The senders
+#
+# First the fast sender, BulkSender: section 6's steps, in bulk. The
+# reference sender pays Python for every request and every CQE (a prep, a
 # place, a call per CQE), which costs more than the kernel's ~2 us for the
 # send itself. The fast sender takes the same steps and changes what each costs:
 #
@@ -1313,6 +1376,8 @@ class ReferenceSender:
 # is judged as a whole; only a batch that is not clean is looked at closer
 # (judge_odd, judge), and only one where something went wrong is walked CQE by
 # CQE (judge_each, section 6's judging with counters instead of buffers).
+#
+# Then what every sender needs around it ("Around the senders", below).
 # =============================================================================
 
 class StopRequest:
@@ -1387,7 +1452,7 @@ class BulkSender:
     """Batches of per_batch sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
 
     The ring comes set up: the socket is its registered file 0 and, with
-    fixed, the buffer its registered buffer 0. buf (section 8's Payload) has
+    fixed, the buffer its registered buffer 0. buf (Payload, below) has
     .addr; .period, the length after which its bytes repeat (it is that much
     longer than size, so a stream's send may start at any offset below it
     and the stream stays one continuous pattern); and .lent, which begin()
@@ -1401,7 +1466,7 @@ class BulkSender:
         self.zc, self.fixed, self.stream, self.report_usage = zc, fixed, stream, report_usage
         self.stop = stop or StopRequest()     # whoever owns the signals sets it
         # The syscall() the hot loop enters through (a subclass may pass one
-        # that keeps the GIL: section 8).
+        # that keeps the GIL: UringSender, below).
         self.syscall = _syscall
         self._batches: Dict[int, bytes] = {}
         self.seen: Dict[bytes, KnownBatch] = {}
@@ -1458,7 +1523,7 @@ class BulkSender:
 
     def send(self) -> None:
         """(1)-(6) until the deadline, a stop request or an error (the tool's UringSender goes on
-        in a general loop where the hot loop hands over: section 8)."""
+        in a general loop where the hot loop hands over: below)."""
         self.run_hot()
 
     def run_hot(self) -> bool:
@@ -1472,7 +1537,7 @@ class BulkSender:
         own, reached only when a check fails: a batch never judged before
         (judge_odd), the clock passing a tick or the deadline (at_tick),
         results still owed (wait_owed), an io_uring_enter that did not submit
-        the batch (False: the tool's general loop takes over, section 8).
+        the batch (False: UringSender.run_general() takes over).
         """
         ring, books, stream, size, zc = self.ring, self.books, self.stream, self.size, self.zc
         per_batch = self.per_batch
@@ -1643,7 +1708,7 @@ class BulkSender:
         return True
 
     def at_tick(self, now: int, hot_results: int) -> int:
-        """The hot loop looked at the clock, the stop request and sq.flags: 0 ends the run, else the next look."""
+        """The hot loop's look at the clock, the stop request and sq.flags: 0 ends the run, else the next."""
         books = self.books
         books.held_back = books.held_back or self.ring.cq_held_back
         if now >= books.deadline or self.stop.requested or books.held_back:
@@ -1732,56 +1797,7 @@ class BulkSender:
         return books
 
 
-# --- Part I in one request: a first zero-copy send you can run ----------------
-
-def first_send(dest: Tuple[str, int], size: int = 4096,
-               say: Callable[[str], None] = print) -> List[Tuple[int, int]]:
-    """One SEND_ZC over UDP, from a plain buffer and the socket's own fd: its CQEs, judged.
-
-    What sections 1 to 6 taught, with nothing registered and nothing in bulk;
-    `sendzc.py --first-send` runs it (section 12). Returns each CQE's (res, flags).
-    No SO_ZEROCOPY: send(2)'s MSG_ZEROCOPY needs that socket option, but a
-    SEND_ZC hands the socket its own notification (msg_ubuf, io_send_zc()),
-    which __ip_append_data() takes without looking at the option. And never
-    -EAGAIN: without MSG_DONTWAIT in msg_flags, a send the socket cannot take
-    yet is parked until the socket is writable (io_arm_poll_handler()) and
-    retried; only with it does the result carry -EAGAIN (REQ_F_NOWAIT).
-    """
-    data = ctypes.create_string_buffer((b"zero-copy!" * (size // 10 + 1))[:size], size)   # plain memory
-    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
-    cqes: List[Tuple[int, int]] = []
-    with socket.socket(family, socket.SOCK_DGRAM) as sock, Ring(4) as ring:
-        sock.connect(dest)
-        sqe = io_uring_sqe()
-        prep_send_zc(sqe, sock.fileno(), ctypes.addressof(data), size, 0, IORING_SEND_ZC_REPORT_USAGE)
-        sqe.user_data = 1
-        ring.place(bytes(sqe))
-        say(f"SEND_ZC of {size} bytes to {dest[0]} port {dest[1]}: one SQE, one io_uring_enter")
-        owed = 1                                   # CQEs still to come: the result, for now
-        while owed and ring.wait_cqes(1, 1.0):     # submits, then waits (a second at most)
-            cqe = ring.peek_cqe()
-            while cqe is not None:
-                _, res, flags = cqe
-                ring.cqe_seen()
-                cqes.append((res, flags))
-                owed -= 1
-                if notif(flags):                   # (5) the kernel let go of the buffer
-                    say(f"notification: the buffer is ours again; the kernel "
-                        + ("copied (REPORT_USAGE): the receiver is on this host, or the path "
-                           "fragments" if copied(res) else "sent it zero-copy (REPORT_USAGE)"))
-                elif res < 0:                      # (4) a result: bytes or -errno
-                    say(f"result: -{errno.errorcode.get(-res, res)}: {os.strerror(-res)}")
-                else:
-                    say(f"result: {res} bytes sent")
-                if more(flags):                    # a notification follows: the buffer stays lent
-                    owed += 1
-                    say("  F_MORE: the kernel still holds the buffer; a notification will follow")
-                cqe = ring.peek_cqe()
-    return cqes
-
-
-# =============================================================================
-# 8. The senders
+# --- Around the senders --------------------------------------------------------
 #
 # Every sender sends the same bytes: the seed's pattern, byte i = 'a' + i % 26,
 # from one preallocated page-aligned buffer. Each returns a Result built from
@@ -1789,11 +1805,10 @@ def first_send(dest: Tuple[str, int], size: int = 4096,
 # getrusage(), time from a monotonic clock, and whether the kernel copied.
 #
 # In order: the socket ABI besides io_uring; the payload; Result and how it is
-# printed; sockets, the path MTU and UDP GSO; the io_uring sender (section 7's
-# BulkSender with a SendConfig, a general loop for SQPOLL and -f, --trace and a
-# Result around it), -n flows, the
-# reference sender's run; then the baselines, send(2) with and without MSG_ZEROCOPY.
-# =============================================================================
+# printed; sockets, the path MTU and UDP GSO; the io_uring sender (BulkSender
+# with a SendConfig, a general loop for SQPOLL and -f, --trace and a Result
+# around it), -n flows, the reference sender's run; then the baselines,
+# send(2) with and without MSG_ZEROCOPY.
 
 # --- The socket ABI the tool uses beside io_uring (values from the kernel UAPI,
 # for what Python's socket module may lack)
@@ -1945,7 +1960,7 @@ class Payload:
     """The buffer every request sends from (BulkSender's buf): page-aligned, written once, then only read.
 
     Never written after the first send, so every request may reuse it while
-    notifications are outstanding (section 7). PATTERN_LEN bytes longer than a
+    notifications are outstanding (BulkSender, above). PATTERN_LEN bytes longer than a
     send, so a TCP write at stream offset o sends from o % 26 and the stream
     stays one pattern. `lent` counts runs under way and notifications that
     never came; close() unmaps only at 0, else the pages stay until exit (a
@@ -2553,7 +2568,7 @@ TRACE_EXPLAINED = {
              "was free again before this CQE was even posted; no notification follows."],
     "error": ["res < 0 is -errno: the send failed. A zero-copy send may still set F_MORE,",
               "and then its notification still comes."],
-    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 7)."],
+    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 8)."],
 }
 
 
@@ -2676,7 +2691,7 @@ def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: 
 # of it); the kernel ~2 us on each 64 KB SEND_ZC. So Python's share is ~9% of
 # a batch of 8 and ~2% of a batch of 64 (bench --sweep measures it on any host).
 class UringSender(BulkSender):
-    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported.
+    """The seed's do_tx(): BulkSender, set up from a SendConfig, traced and reported.
 
     Beside the hot loop, a general loop (run_general) for what it does not
     take: SQPOLL, -f, and whatever the hot loop hands over.
@@ -2772,7 +2787,8 @@ class UringSender(BulkSender):
         ring, books, per_batch, size = self.ring, self.books, self.per_batch, self.size
         if books.entered is not None or books.slow.error:
             return
-        submit_and_peek = functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll else ring.submit_and_peek
+        submit_and_peek = (functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll
+                           else ring.submit_and_peek)
         # In flight: one batch, as in the seed, unless SQPOLL: its thread
         # submits on its own CPU, so we keep the SQ full and enter only to
         # sleep until half of what is in flight has completed (sleeping per
@@ -2782,7 +2798,8 @@ class UringSender(BulkSender):
         ahead = ring.sq_entries - per_batch if ring.sqpoll and not (self.stream or self.flush) else 0
         due_max = 0 if self.flush else ring.cq_entries - 2 * (ahead + per_batch)   # as in run_hot()
         clock, deadline, stop, slow = time.perf_counter_ns, books.deadline, self.stop, books.slow
-        judge, peek_res, cq_advance, place_batches = self.judge, ring.peek_res, ring.cq_advance, self.place_batches
+        judge, peek_res, cq_advance = self.judge, ring.peek_res, ring.cq_advance
+        place_batches = self.place_batches
         inflight, due, placed = books.inflight, books.due, books.placed
         sample_t = sample_target = 0          # the lag sample under way, as in run_hot()
         while True:

@@ -143,12 +143,11 @@ def mappings():
 # =============================================================================
 
 def sendzc_parts():
-    """sendzc.py's top-level statements as (Part I, Part II), split at the first banner after Part I's last section."""
+    """sendzc.py's top-level statements as (Part I, Part II), split at section 8's banner."""
     import ast
     with open(TOOL) as f:
         src = f.read()
-    last = re.search(r"^# \d+\. The same, in bulk$", src, re.M)
-    part_two = re.compile(r"^# =+\n# \d+\. ", re.M).search(src, last.end())
+    part_two = re.search(r"^# =+\n# 8\. ", src, re.M)
     boundary = src[:part_two.start()].count("\n") + 1
     body = ast.parse(src).body
     return [n for n in body if n.lineno < boundary], [n for n in body if n.lineno >= boundary]
