@@ -390,7 +390,7 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap 
 # becomes an OSError that names the syscall (OSError(EINTR, ...) is an
 # InterruptedError, which the wait loops catch), and a refusal the user must
 # act on becomes Fatal: one line, naming the fix. Past this section only the
-# once-per-batch paths (Ring.submit_and_peek, BulkSender.run_hot) call
+# once-per-batch paths (Ring.submit_and_peek, and section 8's hot loop) call
 # _syscall themselves, to save a Python frame; every io_uring_enter's answer
 # goes through check_enter() all the same.
 # =============================================================================
