@@ -2531,7 +2531,7 @@ def kernel_opcodes() -> Probe:
     """IORING_REGISTER_PROBE's answer, from a small ring of its own: what a run may ask for."""
     try:
         with Ring(2, attempts=(0,)) as ring:
-            return ring.probe()
+            return get_probe(ring)
     except OSError as e:
         raise Fatal(setup_error(e)) from None
 

@@ -1708,7 +1708,7 @@ def test_an_opcode_missing_ends_the_sender_in_one_line_and_leaks_nothing(capsys,
 def test_a_tcp_sender_without_send_zc_refuses_before_it_connects(capsys, monkeypatch):
     """Debian's 5.10: the sender connected, then found SEND_ZC missing, and rx reported a
     verified run of 0 bytes. The opcode is checked first: the receiver sees no connection."""
-    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(*BEFORE_6_0))
+    monkeypatch.setattr(sendzc, "get_probe", lambda ring: probe_without(*BEFORE_6_0))
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(0.2)
         status, out, err = main_in_process(capsys, "-D", "127.0.0.1", "-p", listener.getsockname()[1],
@@ -1721,7 +1721,7 @@ def test_a_tcp_sender_without_send_zc_refuses_before_it_connects(capsys, monkeyp
 
 def test_probe_reports_a_kernel_without_send_zc_and_exits_0(capsys, monkeypatch):
     """Debian's 5.10: --probe answers every question; no SEND_ZC is its verdict, not a refusal."""
-    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(*BEFORE_6_0))
+    monkeypatch.setattr(sendzc, "get_probe", lambda ring: probe_without(*BEFORE_6_0))
     status, out, err = main_in_process(capsys, "--probe")
     assert (status, err) == (0, [])
     assert "opcodes: NOP yes  SENDMSG yes  SEND yes  RECV yes  SEND_ZC no  SENDMSG_ZC no" in out
@@ -1736,7 +1736,7 @@ def test_probe_reports_a_kernel_without_send_zc_and_exits_0(capsys, monkeypatch)
 
 def test_bench_without_send_zc_measures_the_rest_and_names_what_it_lacks(capsys, monkeypatch):
     """Debian's 5.10: bench measured three rows, then died at the first SEND_ZC row with no table."""
-    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(*BEFORE_6_0))
+    monkeypatch.setattr(sendzc, "get_probe", lambda ring: probe_without(*BEFORE_6_0))
     with udp_sink_socket() as port:
         status, out, err = main_in_process(capsys, "bench", "-D", "127.0.0.1", "-p", port, "-t", "0.1")
         doc_status, doc, _ = main_in_process(capsys, "bench", "-D", "127.0.0.1", "-p", port, "-t", "0.1",
