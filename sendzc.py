@@ -4199,7 +4199,7 @@ def control_message(line: bytes, *kinds: str) -> dict:
     try:
         msg = json.loads(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError):
-        raise ControlError(f"sent {shown(line[:40])}, which is not JSON") from None
+        raise ControlError(f"sent {shown(line[:40].decode('utf-8', 'replace'))}, which is not JSON") from None
     if not isinstance(msg, dict) or msg.get("control") != "sendzc":
         raise ControlError(f"sent JSON that is not sendzc's control message ({shown(msg)})")
     if msg.get("version") != CONTROL_VERSION:
@@ -4257,6 +4257,9 @@ def open_control(cfg: SendConfig) -> ControlLink:
     try:
         sock.settimeout(CONTROL_WAIT_S)
         sock.connect((cfg.addr, cfg.port))
+        # Blocking again: io_uring sends on it as on any socket if it must carry the
+        # data (O_NONBLOCK off), and read_line() waits in poll(), not in recv().
+        sock.settimeout(None)
         sock.sendall(control_line("hello", **control_hello(cfg)))
         reply = control_message(read_line(sock, deadline), "ready", "busy", "refused")
     except (OSError, ControlError) as e:
@@ -4278,13 +4281,14 @@ def control_fallback(cfg: SendConfig, link: ControlLink, sock: socket.socket, e:
     alone = "this report is the sender's alone"
     connected = isinstance(e, ControlError) and not e.gone and not e.other_version
     if cfg.proto == "tcp" and connected:  # it took the connection, then said nothing (or no sendzc)
-        sock.settimeout(None)             # blocking again: io_uring sends on it as on any (O_NONBLOCK off)
         link.sock = cfg.data_sock = sock
-        return (f"{link.where} {e} in answer to sendzc's control line (not `sendzc.py rx`?): "
-                f"the data went to it after that line; {alone}")
+        hello = len(control_line("hello", **control_hello(cfg)))
+        return (f"the receiver at {link.where} {e} on sendzc's control connection (not `sendzc.py rx`?): "
+                f"the data went over that connection, after the {hello}-byte hello line; {alone}")
     sock.close()
     if isinstance(e, ControlError):
-        return f"the receiver at {link.where} {e} (not `sendzc.py rx`?): {alone}"
+        return (f"the receiver at {link.where} {e}" + ("" if e.other_version else
+                " on sendzc's control connection (not `sendzc.py rx`?)") + f": {alone}")
     if cfg.proto == "tcp":
         return None                       # the data connection meets the same refusal, and names it
     if e.errno == errno.ECONNREFUSED:
