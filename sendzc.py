@@ -3522,6 +3522,11 @@ def listen_for(cfg: RxConfig) -> socket.socket:
     except OSError as e:
         sock.close()
         raise Fatal(bind_error(e, cfg)) from None
+    return sock
+
+
+def say_waiting(cfg: RxConfig, family: int) -> None:
+    """rx's first line, once it listens (and has its control listener): what it waits for."""
     # On stderr: stdout may be JSON.
     where = "IPv6 and IPv4" if family == socket.AF_INET6 and cfg.family is None \
         else family_name_label(family_name(family))
@@ -3530,7 +3535,6 @@ def listen_for(cfg: RxConfig) -> socket.socket:
             else "a sender" if n == 1 else f"{n} senders")
     print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
-    return sock
 
 
 def peer_name(addr: tuple) -> Tuple[str, str]:
@@ -3996,6 +4000,7 @@ def rx_main(argv: List[str]) -> int:
         ctl = control_listener(cfg, sock) if cfg.proto == "udp" else None
         if ctl is not None:
             stack.enter_context(ctl)
+        say_waiting(cfg, sock.family)
         if cfg.keep:
             return serve_senders(cfg, sock, a, ctl)
         results, result = serve(cfg, sock, a, ctl)

@@ -4141,15 +4141,15 @@ def test_rx_keep_udp_serves_the_next_sender_at_once_and_turns_a_simultaneous_one
     port = 8100 + next(_names)
     rx, _ = start_rx_args("--keep", "--json", "-4", "-p", port, "udp", ns=rxns)
     with reaped(rx):
-        first = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "udp", ns=txns)
-        second = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "udp", ns=txns)   # right after
+        first = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "-s", "1400", "udp", ns=txns)
+        second = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "-s", "1400", "udp", ns=txns)   # right after
         docs = [read_doc(rx), read_doc(rx)]
         long_run = subprocess.Popen(["ip", "netns", "exec", txns, sys.executable, TOOL, "-4", "-D", PAIR4[1],
-                                     "-p", str(port), "-t", "2", "--json", "udp"],
+                                     "-p", str(port), "-t", "2", "-s", "1400", "--json", "udp"],
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         with reaped(long_run):
             time.sleep(1)
-            turned = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "udp", ns=txns)
+            turned = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "-s", "1400", "udp", ns=txns)
             out, _ = long_run.communicate(timeout=20)
         docs.append(read_doc(rx))
         stop_keep_rx_err = ctrl_c(rx)[1]
