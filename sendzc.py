@@ -4482,8 +4482,9 @@ def check_hello(cfg: RxConfig, hello: dict) -> RxConfig:
     if data not in ("pattern", "stamps"):
         raise ControlError(f"sends data {shown(data)}, neither the pattern nor --pool stamps")
     if type(flows) is not int or not 1 <= flows <= (1 if proto == "udp" else CONTROL_MAX_FLOWS):
-        takes = "one" if proto == "udp" else f"1 to {CONTROL_MAX_FLOWS}"
-        raise ControlError(f"announces {shown(flows)} flows", refusal=f"rx {proto} takes {takes} flows")
+        takes = ("one flow (every UDP flow arrives on its one socket): drop -n" if proto == "udp"
+                 else f"1 to {CONTROL_MAX_FLOWS} flows")
+        raise ControlError(f"announces {shown(flows)} flows", refusal=f"`sendzc.py rx {proto}` takes {takes}")
     return replace(cfg, pool=data == "stamps", flows=flows)
 
 
