@@ -4200,3 +4200,36 @@ def test_a_failed_check_at_the_receiver_fails_the_sender(pair):
     sent.receiver = sendzc.joined(sent, msg, f"{PAIR4[1]}:{port}")
     assert sendzc.receiver_failure(sent) == f"the receiver at {PAIR4[1]}:{port} says: {doc['rows'][0]['error']}"
     assert status == 1
+
+
+@pytest.mark.parametrize("behaviour", ["plain", "silent", "huge"])
+def test_the_sender_leaves_no_fd_or_thread_whatever_the_control_peer_does(capsys, behaviour):
+    fds, threads = open_fds(), threading.active_count()     # before the peer (its fds are this process's)
+    peer = FakeControlPeer(behaviour) if behaviour != "plain" else None
+    s, port = plain_udp_receiver() if peer is None else (None, peer.port)
+    try:
+        status, out, err = main_in_process(capsys, "-D", "127.0.0.1", "-p", port, "-t", "0.2", "-s", "1000", "udp")
+    finally:
+        peer.close() if peer else s.close()
+    assert (open_fds(), threading.active_count()) == (fds, threads)
+    assert status == 0 and err == [] and out.splitlines()[-1].startswith("note: ")
+
+
+def test_rx_leaves_no_fd_or_thread_after_a_controlled_sender_and_one_turned_away(capsys):
+    """rx udp in this process (its doorman thread, control listener and connections), a sender
+    and a second one during the first: afterwards only what was open before."""
+    port = free_port()
+    later = [subprocess.Popen(["sh", "-c", f"sleep {delay}; exec {sys.executable} {TOOL} -D 127.0.0.1 "
+                                           f"-p {port} -t {t} -s 1000 udp"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for delay, t in ((1, 1.5), (1.8, 0.2))]
+    fds, threads = open_fds(), threading.active_count()
+    try:
+        status, out, err = main_in_process(capsys, "rx", "-p", port, "udp")
+        assert (open_fds(), threading.active_count()) == (fds, threads)
+    finally:
+        results = [p.communicate(timeout=30) for p in later]
+    assert status == 0 and out.splitlines()[-1].startswith("verified: all ")
+    assert later[0].returncode == 0 and results[0][0].splitlines()[-1].startswith("receiver: ")
+    assert later[1].returncode == 1 and "is busy with another sender" in results[1][1]
+    assert any(line.startswith("rx: turned away the sender at 127.0.0.1:") for line in err)
