@@ -4233,3 +4233,38 @@ def test_rx_leaves_no_fd_or_thread_after_a_controlled_sender_and_one_turned_away
     assert later[0].returncode == 0 and results[0][0].splitlines()[-1].startswith("receiver: ")
     assert later[1].returncode == 1 and "is busy with another sender" in results[1][1]
     assert any(line.startswith("rx: turned away the sender at 127.0.0.1:") for line in err)
+
+
+def test_tcp_bytes_missing_at_the_receiver_fail_the_sender_in_one_line():
+    """A receiver whose result says fewer bytes than were sent (here a fake one that says so):
+    exit 1, the line says how many, and the JSON document's error is that line."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+
+    def short_receiver():
+        ctl, _ = listener.accept()
+        with ctl:
+            sendzc.read_line(ctl, time.monotonic() + 5)
+            ctl.sendall(sendzc.control_line("ready"))
+            data, _ = listener.accept()
+            with data:
+                got = sum(iter(lambda: len(data.recv(1 << 20)), 0))
+            sendzc.read_line(ctl, time.monotonic() + 5)
+            ctl.sendall(sendzc.control_line("result", bytes=got - 1000, datagrams=None, dropped=None,
+                                            verified=True, mismatches=0, seconds=0.2, cpu_user_s=0.01,
+                                            cpu_sys_s=0.02, error=None))
+    fake = threading.Thread(target=short_receiver)
+    fake.start()
+    try:
+        p = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.2", "-s", "1000", "tcp")
+    finally:
+        fake.join(20)
+        listener.close()
+    doc = json.loads(p.stdout)
+    sent = doc["rows"][0]["bytes"]
+    line = (f"the receiver at 127.0.0.1:{port} got {sent - 1000} of the {sent} bytes sent: "
+            f"1000 never arrived over TCP")
+    assert p.returncode == 1 and only_line(p) == f"sendzc: {line}" and doc["error"] == line
+    assert doc["rows"][0]["receiver"]["missing"] == 1000
