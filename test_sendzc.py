@@ -2756,9 +2756,10 @@ def test_pool_keeps_the_contract_and_rx_verifies_every_stamp(tbf_pair, proto):
 def test_break_contract_is_caught_by_rx_at_its_offset(tbf_pair, proto):
     tx, (status, doc, err) = pool_run_over_tbf(tbf_pair, proto, "--break-contract")
     # The sender hears rx's verdict over the control connection, and fails with rx's line.
-    assert tx.returncode == 1 and re.fullmatch(
-        rf"sendzc: the receiver at {re.escape(PAIR4[1])}:\d+ says: {re.escape(doc['rows'][0]['error'])}",
-        only_line(tx)), tx.stderr
+    said = readme_pattern("the receiver's check failed", {"10.0.0.2": re.escape(PAIR4[1]), "8000": r"\d+",
+                                                         "rx: verification failed: ...":
+                                                         re.escape(doc["rows"][0]["error"])})
+    assert tx.returncode == 1 and said.fullmatch(only_line(tx)), tx.stderr
     broke = re.search(r"^warning: --break-contract: (\d+) buffers were rewritten as soon as their "
                       r"send's result \(F_MORE\) came, before their notification \(F_NOTIF\): the "
                       r"rule broken is \"a zero-copy buffer is the kernel's until its F_NOTIF\"",
@@ -4193,9 +4194,9 @@ def test_rx_keep_udp_serves_the_next_sender_at_once_and_turns_a_simultaneous_one
         got = sent["rows"][0]["receiver"]
         assert got["datagrams"] == doc["rows"][0]["datagrams"] > 0 and got["verified"] is True
     assert turned.returncode == 1 and turned.stdout == ""
-    assert re.fullmatch(rf"sendzc: the receiver at {re.escape(PAIR4[1])}:{port} is busy with another sender "
-                        rf"\({re.escape(PAIR4[0])}:\d+\): `sendzc\.py rx` serves one at a time: start this "
-                        rf"one when that one is done", only_line(turned)), turned.stderr
+    busy = readme_pattern("the receiver is busy", {"10.0.0.2": re.escape(PAIR4[1]), "8000": str(port),
+                                                   "10.0.0.3:41234": re.escape(PAIR4[0]) + r":\d+"})
+    assert busy.fullmatch(only_line(turned)), turned.stderr
     assert re.search(rf"^rx: turned away the sender at {re.escape(PAIR4[0])}:\d+: busy with "
                      rf"{re.escape(PAIR4[0])}:\d+ \(one sender at a time\)$", stop_keep_rx_err, re.M)
 
@@ -4295,7 +4296,44 @@ def test_tcp_bytes_missing_at_the_receiver_fail_the_sender_in_one_line():
         listener.close()
     doc = json.loads(p.stdout)
     sent = doc["rows"][0]["bytes"]
-    line = (f"the receiver at 127.0.0.1:{port} got {sent - 1000} of the {sent} bytes sent: "
-            f"1000 never arrived over TCP")
-    assert p.returncode == 1 and only_line(p) == f"sendzc: {line}" and doc["error"] == line
+    line = readme_line("TCP bytes missing at the receiver", {**at("127.0.0.1", port), "4213489520": sent - 1000,
+                                                             "4213490520": sent, "1000": 1000})
+    assert p.returncode == 1 and only_line(p) == line and doc["error"] == line[len("sendzc: "):]
     assert doc["rows"][0]["receiver"]["missing"] == 1000
+
+
+def test_a_receiver_that_refuses_the_run_ends_it_before_any_data():
+    """-n 2 udp into rx udp: every UDP flow would arrive on rx's one socket; rx says no at the hello."""
+    port = free_port()
+    rx = start_rx("-p", port, "udp")
+    with reaped(rx):
+        p = tool("-D", "127.0.0.1", "-p", port, "-n", "2", "-t", "0.3", "udp")
+        ctrl_c(rx)
+    assert p.returncode == 1 and p.stdout == ""
+    assert only_line(p) == readme_line("the receiver refuses the run", at("127.0.0.1", port))
+
+
+def test_a_receiver_whose_result_never_comes_fails_the_run_in_one_line():
+    """rx said ready, took the data, then closed the control connection without a result."""
+    s, port = plain_udp_receiver()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen(1)
+
+    def ready_then_gone():
+        conn, _ = listener.accept()
+        with conn:
+            sendzc.read_line(conn, time.monotonic() + 5)
+            conn.sendall(sendzc.control_line("ready"))
+            sendzc.read_line(conn, time.monotonic() + 10)      # "done": and then nothing but a close
+    fake = threading.Thread(target=ready_then_gone)
+    fake.start()
+    try:
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.2", "-s", "1000", "udp")
+    finally:
+        fake.join(20)
+        listener.close()
+        s.close()
+    line = readme_line("the receiver's result never comes", at("127.0.0.1", port))
+    assert p.returncode == 1 and only_line(p) == line
+    assert p.stdout.splitlines()[-1] == "note: " + line[len("sendzc: "):]
