@@ -4355,7 +4355,9 @@ def describe_receiver(r: Result) -> List[str]:
     mb = f"{g['bytes'] >> 20} MB"
     if g["datagrams"] is not None:
         share = f"{100 * g['lost'] / r.datagrams:.2f}%" if r.datagrams else "-"
-        drops = "" if g["dropped"] is None else f", {g['dropped']} dropped by its full socket buffer"
+        # SO_RXQ_OVFL counts packets: a GSO packet that GRO kept whole (veth) is dropped, and counted, once.
+        once = f", a GSO packet of up to {segments_per_send(r.size, r.gso)} once" if r.gso else ""
+        drops = "" if g["dropped"] is None else f", {g['dropped']} packets dropped by its full socket buffer{once}"
         what = f"{g['datagrams']} of {r.datagrams} datagrams ({mb}), {g['lost']} lost ({share}{drops})"
     else:
         missing = f", {g['missing']} missing" if g["missing"] else ""
@@ -4487,7 +4489,9 @@ def greet(cfg: RxConfig, conn: socket.socket, addr: tuple) -> Optional[Arrival]:
     try:
         hello = control_message(read_line(conn, time.monotonic() + CONTROL_READ_S), "hello")
         mine = check_hello(cfg, hello)
-        if select.select([conn], [], [], 0)[0]:
+        if mine.proto == "tcp" and select.select([conn], [], [], 0)[0]:
+            if not opening_byte(conn):
+                raise ControlError("closed the control connection after its hello", gone=True)
             return Arrival(mine, None, (conn, addr))
         send_control(conn, "ready")
     except ControlError as e:
