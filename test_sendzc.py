@@ -4337,3 +4337,26 @@ def test_a_receiver_whose_result_never_comes_fails_the_run_in_one_line():
     line = readme_line("the receiver's result never comes", at("127.0.0.1", port))
     assert p.returncode == 1 and only_line(p) == line
     assert p.stdout.splitlines()[-1] == "note: " + line[len("sendzc: "):]
+
+
+def test_rx_keep_tcp_busy_a_second_sender_falls_back_and_is_served_next_verified():
+    """rx --keep tcp answers nobody while it serves a sender: a second one's hello waits unanswered,
+    so it sends its stream on that connection, after the hello; rx serves it next, checked from
+    the byte after the line."""
+    port = free_port()
+    rx = keep_rx("-p", port, "tcp")
+    with reaped(rx):
+        first = subprocess.Popen([sys.executable, TOOL, "--json", "-D", "127.0.0.1", "-p", str(port),
+                                  "-t", "1.5", "-s", "1000", "tcp"], stdout=subprocess.PIPE, text=True)
+        with reaped(first):
+            time.sleep(0.7)
+            second = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.3", "-s", "1000", "tcp")
+            first_doc = json.loads(first.communicate(timeout=20)[0])
+        docs = [read_doc(rx), read_doc(rx)]
+        stop_keep_rx(rx)
+    assert first.returncode == 0 and first_doc["rows"][0]["receiver"]["verified"] is True
+    sent = json.loads(second.stdout)["rows"][0]
+    assert second.returncode == 0 and "receiver" not in sent
+    assert "the data went over that connection, after the" in sent["receiver_note"]
+    got = docs[1]["rows"][0]
+    assert got["bytes"] == sent["bytes"] > 0 and got["verified"] is True
