@@ -4109,6 +4109,10 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
 # CONTROL_WAIT_S; the sender says so in one note and runs as before. Over TCP
 # that connection is already accepted, and a receiver that accepts only one
 # (msg_zerocopy -r) has taken it: so it carries the data, after the hello line.
+# rx, for its part, serves a sender that sends no hello (the seed's C sender)
+# as ever; a TCP connection silent for CONTROL_READ_S is such a sender too.
+# While it serves one UDP sender, rx answers every other hello "busy"
+# (turning_away()): that sender's datagrams would be refused anyway.
 
 CONTROL_VERSION = 1
 CONTROL_LINE_MAX = 1 << 16   # bytes in one message: a result with 1,000 flows' shares fits
