@@ -3904,6 +3904,7 @@ def test_udp_joined_report_accounts_for_every_datagram_sent(pair):
     assert got["dropped"] == rx["dropped"] is not None and got["dropped"] <= got["lost"]
     assert same_cpu(got, rx) and got["cpu_user_s"] + got["cpu_sys_s"] > 0
     assert got["mb_per_cpu_s"] > 0 and got["at"] == f"{PAIR4[1]}:{doc['params']['port']}"
+    check_against_readme(got, "### The receiver in a JSON row")
 
 
 def test_tcp_joined_report_has_every_byte_verified(pair):
@@ -3912,6 +3913,7 @@ def test_tcp_joined_report_has_every_byte_verified(pair):
     assert got["bytes"] == sent["bytes"] == rx["bytes"] > 0 and got["missing"] == 0
     assert got["verified"] is True and got["datagrams"] is None and got["lost"] is None
     assert same_cpu(got, rx)
+    check_against_readme(got, "### The receiver in a JSON row")
 
 
 def test_udp_gso_joined_counts_segments_and_rx_coalesces_them(pair):
@@ -4356,15 +4358,15 @@ def test_rx_keep_tcp_busy_a_second_sender_falls_back_and_is_served_next_verified
     port = free_port()
     rx = keep_rx("-p", port, "tcp")
     with reaped(rx):
-        first = subprocess.Popen([sys.executable, TOOL, "--json", "-D", "127.0.0.1", "-p", str(port),
+        first = subprocess.Popen([sys.executable, TOOL, "-D", "127.0.0.1", "-p", str(port), "-i", "0.2",
                                   "-t", "1.5", "-s", "1000", "tcp"], stdout=subprocess.PIPE, text=True)
         with reaped(first):
-            time.sleep(0.7)
+            assert first.stdout.readline().startswith("[")      # an interval line: rx is busy with it
             second = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.3", "-s", "1000", "tcp")
-            first_doc = json.loads(first.communicate(timeout=20)[0])
+            first_out = first.communicate(timeout=20)[0]
         docs = [read_doc(rx), read_doc(rx)]
         stop_keep_rx(rx)
-    assert first.returncode == 0 and first_doc["rows"][0]["receiver"]["verified"] is True
+    assert first.returncode == 0 and ", verified; cpu: " in first_out.splitlines()[-1]
     sent = json.loads(second.stdout)["rows"][0]
     assert second.returncode == 0 and "receiver" not in sent
     assert "the data went over that connection, after the" in sent["receiver_note"]
