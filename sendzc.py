@@ -6,6 +6,7 @@
     python3 sendzc.py -4 -D 10.0.0.2 udp    send to a receiver on another box ...
     python3 sendzc.py rx udp                ... which runs this, and checks every byte
     python3 sendzc.py --probe               what this kernel's io_uring offers
+    python3 sendzc.py --first-send          one zero-copy send, its two CQEs explained
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
@@ -18,8 +19,9 @@ II, sections 8 to 12, is the tool built on it; nothing in Part I calls into Part
   4. Submit, reap      placing SQEs and judging CQEs, one by one and in bulk
   5. Preparing SQEs    the io_uring_prep_* helpers of liburing
   6. One CQE at a time a zero-copy sender over a pool of buffers, every CQE judged
-  7. The same, in bulk that sender made fast: batches in, CQEs judged by the batch
-  8. The senders       the tool's sender: payload, results, sockets, flows, failures
+  7. A first send      Part I in one request: one SEND_ZC to run, its CQEs judged
+  8. The senders       the fast sender (section 6 in bulk), and around it the
+                       tool's: payload, results, sockets, flows, failures
   9. The receiver      rx: counts and verifies what a sender sends
  10. The benchmark     the private sink and the table of every way to send
  11. Failures          the one line for each refusal and fault, and what it looks at
@@ -74,8 +76,10 @@ if __name__ == "__main__":
         signal.signal(_signum, _signal_before_main)
 
 import argparse
+import collections
 import ctypes
 import errno
+import functools
 import json
 import linecache
 import math
@@ -107,15 +111,22 @@ VERSION = "0.1.0"
 # from <linux/io_uring.h> (kernel 6.18) and must never be guessed. Each opcode
 # and flag is tagged with the kernel release that brought it, because on an
 # older kernel it is simply absent: setup answers EINVAL, an SQE answers
-# -EINVAL in its CQE, and the probe in section 3 says which is which.
+# -EINVAL in its CQE (IORING_REGISTER_PROBE asks which are there: section 8).
 # =============================================================================
 
 # --- io_uring_setup() flags: io_uring_params.flags --------------------------
+# Two words they use. A request often completes where the kernel cannot post
+# its CQE (in an interrupt, on another CPU): it queues the rest as *task
+# work*, to run in the submitting task's own context. To make that task run
+# it at once, the kernel interrupts the CPU the task is on: an *IPI*
+# (inter-processor interrupt). COOP_TASKRUN skips the IPI: the work waits
+# until the task next enters the kernel. DEFER_TASKRUN waits longer: only
+# an io_uring_enter() that waits for CQEs (GETEVENTS) runs it.
 IORING_SETUP_SQPOLL = 1 << 1          # 5.1  a kernel thread polls the SQ
 IORING_SETUP_CQSIZE = 1 << 3          # 5.5  io_uring_params.cq_entries is ours
-IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 no IPI to run completion work
+IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 task work without an IPI
 IORING_SETUP_SINGLE_ISSUER = 1 << 12  # 6.0  only one task submits
-IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  completion work runs in io_uring_enter
+IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  task work runs only in io_uring_enter(GETEVENTS)
 IORING_SETUP_NO_SQARRAY = 1 << 16     # 6.6  no SQ index array: slot i is SQE i
 
 # --- enum io_uring_op: the opcodes this file uses, by the release that added them
@@ -133,7 +144,7 @@ IOSQE_IO_LINK = 1 << 2      # the next SQE starts only after this one completes
 # --- send flags, in io_uring_sqe.ioprio for SEND/SENDMSG and their _ZC forms
 IORING_RECVSEND_POLL_FIRST = 1 << 0
 IORING_RECVSEND_FIXED_BUF = 1 << 2     # 6.0  sqe.buf_index names a registered buffer
-IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it copied
+IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it avoided the copy
 # cqe.res of a notification when REPORT_USAGE was asked: "a flag, all other
 # bits reserved". Bit 31 of a signed 32-bit res: it reads as a negative number.
 IORING_NOTIF_USAGE_ZC_COPIED = 1 << 31
@@ -151,10 +162,8 @@ IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
 def more(flags: int) -> bool:
     """F_MORE: this request will post another CQE (a zero-copy send's notification).
 
-    A result without it owes no notification, with one exception: a linked
-    SEND_ZC cancelled because the request before it failed completes with
-    -ECANCELED and flags 0, and its notification still comes (section 7's
-    judge_each). Both CQEs of a request carry its user_data.
+    A result without it owes no notification: the kernel refused the send
+    before it took the pages. Both CQEs of a request carry its user_data.
     """
     return bool(flags & IORING_CQE_F_MORE)
 
@@ -165,7 +174,12 @@ def notif(flags: int) -> bool:
 
 
 def copied(res: int) -> bool:
-    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the kernel copied after all."""
+    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the send was not zero-copy.
+
+    The kernel copied, or never used the pages at all: a send that failed, or
+    whose bytes all went by copy (a fragmented datagram), sets it too
+    (io_notif_tw_complete(): zc_copied || !zc_used).
+    """
     return bool(res & IORING_NOTIF_USAGE_ZC_COPIED)
 
 
@@ -176,6 +190,7 @@ IORING_OFF_SQES = 0x10000000
 
 # --- sq_ring flags (the word at sq_off.flags, written by the kernel) ---------
 IORING_SQ_NEED_WAKEUP = 1 << 0   # SQPOLL thread sleeps: io_uring_enter must wake it
+IORING_SQ_CQ_OVERFLOW = 1 << 1   # CQEs are held back for want of room in the CQ ring
 
 # --- io_uring_enter() flags ---------------------------------------------------
 IORING_ENTER_GETEVENTS = 1 << 0       # wait for min_complete CQEs
@@ -196,11 +211,9 @@ IORING_REGISTER_BUFFERS = 0
 IORING_UNREGISTER_BUFFERS = 1
 IORING_REGISTER_FILES = 2
 IORING_UNREGISTER_FILES = 3
-IORING_REGISTER_PROBE = 8          # 5.6
 IORING_REGISTER_RING_FDS = 20      # 5.18
 IORING_UNREGISTER_RING_FDS = 21
 
-IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
 
 
 def _names(prefix: str) -> Dict[int, str]:
@@ -312,16 +325,6 @@ class io_uring_cqe(ctypes.Structure):
     _fields_ = [("user_data", u64), ("res", s32), ("flags", u32), ("big_cqe", u64 * 0)]
 
 
-class io_uring_probe_op(ctypes.Structure):
-    _fields_ = [("op", u8), ("resv", u8), ("flags", u16), ("resv2", u32)]
-
-
-class io_uring_probe(ctypes.Structure):
-    """Header of IORING_REGISTER_PROBE's answer; ops[] follows (see Probe)."""
-    _fields_ = [("last_op", u8), ("ops_len", u8), ("resv", u16), ("resv2", u32 * 3),
-                ("ops", io_uring_probe_op * 0)]
-
-
 class io_uring_rsrc_update(ctypes.Structure):
     """Argument of IORING_REGISTER_RING_FDS: offset -1 lets the kernel pick a slot."""
     _fields_ = [("offset", u32), ("resv", u32), ("data", u64)]
@@ -337,24 +340,17 @@ class kernel_timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_int64)]
 
 
-# Plain socket structs, from <sys/uio.h> and <sys/socket.h>: what SENDMSG reads.
+# A plain socket struct, from <sys/uio.h>: what registered buffers are described by.
 class iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", u32),
-                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
 
 
 def _check_layout():
     """Fail at import, loudly, if a declaration above drifted from the kernel's."""
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
-             io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
+             io_uring_sqe: 64, io_uring_cqe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
-             iovec: 16, msghdr: 56}
+             iovec: 16}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
     offsets = {io_uring_sqe: dict(opcode=0, flags=1, ioprio=2, fd=4, off=8, addr=16, len=24,
@@ -395,9 +391,9 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap 
 # becomes an OSError that names the syscall (OSError(EINTR, ...) is an
 # InterruptedError, which the wait loops catch), and a refusal the user must
 # act on becomes Fatal: one line, naming the fix. Past this section only the
-# once-per-batch paths (Ring.submit_and_peek, BulkSender.run_hot) call
-# _syscall themselves, to save a Python frame, and make the same OSError
-# (syscall_error).
+# once-per-batch paths (Ring.submit_and_peek, and section 8's hot loop) call
+# _syscall themselves, to save a Python frame; every io_uring_enter's answer
+# goes through check_enter() all the same.
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
@@ -438,13 +434,25 @@ def _raise_errno(call: str) -> None:
     raise syscall_error(call, ctypes.get_errno())
 
 
+def check_enter(ret: int) -> int:
+    """io_uring_enter's answer: ret, the SQEs it consumed; or the OSError naming it and its errno.
+
+    Every io_uring_enter in this file is judged here, the hot loop's too.
+    """
+    if ret < 0:
+        _raise_errno("io_uring_enter")
+    return ret
+
+
 def io_uring_setup(entries: int, params: io_uring_params) -> int:
     """io_uring_setup(2): make a ring; returns its fd and fills params.
 
     EINVAL  a flag this kernel does not know (or bad sizes)
     EPERM   io_uring disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp
     ENOSYS  kernel built without io_uring, or a filter pretending so
-    ENOMEM  out of memory, or the rings pass RLIMIT_MEMLOCK (users without CAP_IPC_LOCK)
+    ENOMEM  out of memory; or, for a user without CAP_IPC_LOCK, the rings pass RLIMIT_MEMLOCK
+            (before 5.12, and again since 6.14, whose io_create_region() counts their pages;
+            5.12 to 6.13 charge them to the memory cgroup instead)
     EMFILE  out of file descriptors
     """
     if NR_io_uring_setup is None:
@@ -468,10 +476,7 @@ def io_uring_enter(fd: int, to_submit: int, min_complete: int, flags: int,
     EBADR   CQEs were dropped even with IORING_FEAT_NODROP (no memory to hold the overflow)
     EFAULT  an argument points outside our memory
     """
-    ret = _syscall(NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz)
-    if ret < 0:
-        _raise_errno("io_uring_enter")
-    return ret
+    return check_enter(_syscall(NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz))
 
 
 def io_uring_register(fd: int, opcode: int, arg, nr_args: int) -> int:
@@ -516,7 +521,7 @@ def _addr_of(buf) -> int:
 #   sq.head   kernel (advances as it consumes SQEs; we read it for free space)
 #   cq.tail   kernel (advances as it posts CQEs; we read it to reap)
 #   cq.head   we     (tells the kernel which CQE slots are free again)
-#   sq.flags, cq.overflow    kernel (NEED_WAKEUP; CQEs it could not post)
+#   sq.flags, cq.overflow    kernel (NEED_WAKEUP, CQ_OVERFLOW; CQEs it dropped)
 #   SQE slots from sq.head to sq.tail    the kernel's to read until sq.head passes
 #   CQE slots from cq.head to cq.tail    ours to read until we move cq.head
 #
@@ -544,17 +549,6 @@ def _addr_of(buf) -> int:
 #    memoryview cast("I"): one machine load or store, never torn (what C's
 #    READ_ONCE and WRITE_ONCE ask for).
 # =============================================================================
-
-@dataclass
-class Probe:
-    """What IORING_REGISTER_PROBE says the kernel supports (io_uring_get_probe)."""
-    last_op: int
-    supported: frozenset
-
-    def has(self, op: int) -> bool:
-        """Like liburing's io_uring_opcode_supported()."""
-        return op in self.supported
-
 
 # The longest one io_uring_enter() of a send loop waits before it comes back
 # to look at the clock and at Ctrl-C: a send the kernel never completes (a TCP
@@ -606,10 +600,28 @@ class Ring:
             raise Fatal(f"io_uring: this kernel ({platform.release()}) lacks "
                         f"{flag_names(missing, FEAT_NAMES, 'IORING_FEAT_')} (Linux 5.11+): "
                         f"use a newer kernel")
+        self._map_rings(p)
+        self.sq_tail = 0            # our copy of sq.tail (we own it)
+        self.cq_head = 0            # our copy of cq.head (we own it)
+        self.enter_fd = self.fd     # a registered index after register_ring_fd()
+        self.enter_flags = 0
+        # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
+        # argument whose timespec is ENTER_WAIT_NS, built once and passed by
+        # reference on every batch.
+        self._wait_ts = kernel_timespec(*divmod(ENTER_WAIT_NS, 10**9))
+        self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
+        self._wait_ref = ctypes.byref(self._wait_arg)
+        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
+        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
+        self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
+        self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
 
-        # Map the regions, sized as liburing's io_uring_mmap() does: the SQ
-        # ring's words and index array and the CQ ring with its CQEs share one
-        # mapping, sized for the larger.
+    def _map_rings(self, p: io_uring_params) -> None:
+        """Like liburing's io_uring_mmap(): map the regions, find each ring word, check the kernel's promises.
+
+        The SQ ring's words and index array and the CQ ring with its CQEs
+        share one mapping (IORING_FEAT_SINGLE_MMAP), sized for the larger.
+        """
         sq_off, cq_off = p.sq_off, p.cq_off
         sq_size = sq_off.array + p.sq_entries * U32_SIZE if sq_off.array else 0
         cq_size = cq_off.cqes + p.cq_entries * CQE_SIZE
@@ -656,21 +668,6 @@ class Ring:
             array_i = sq_off.array // U32_SIZE
             sq_words[array_i:array_i + self.sq_entries] = memoryview(
                 struct.pack(f"{self.sq_entries}I", *range(self.sq_entries))).cast("I")
-
-        self.sq_tail = 0            # our copy of sq.tail (we own it)
-        self.cq_head = 0            # our copy of cq.head (we own it)
-        self.enter_fd = self.fd     # a registered index after register_ring_fd()
-        self.enter_flags = 0
-        # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
-        # argument whose timespec is ENTER_WAIT_NS, built once and passed by
-        # reference on every batch.
-        self._wait_ts = kernel_timespec(*divmod(ENTER_WAIT_NS, 10**9))
-        self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
-        self._wait_ref = ctypes.byref(self._wait_arg)
-        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
-        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
-        self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
-        self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
 
     def _map(self, size: int, offset: int) -> mmap.mmap:
         # MAP_POPULATE: fault the pages in now rather than on first touch.
@@ -736,21 +733,13 @@ class Ring:
                              ctypes.byref(done), 1)
         return True
 
-    def probe(self) -> Probe:
-        """io_uring_get_probe_ring(): which opcodes does this kernel support?"""
-        n_ops = 256
-        buf = (ctypes.c_uint8 * (ctypes.sizeof(io_uring_probe) + n_ops * ctypes.sizeof(io_uring_probe_op)))()
-        io_uring_register(self.fd, IORING_REGISTER_PROBE, ctypes.byref(buf), n_ops)
-        head = io_uring_probe.from_buffer(buf)
-        ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
-        return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
-
 # =============================================================================
 # 4. Submit, reap (still class Ring)
 #
 # First the calls a C program makes with liburing, one SQE and one CQE at a
 # time: place SQEs, submit and wait, peek a CQE, mark it seen. Section 6's
-# reference sender is built from these. Then the same in bulk, for section 7.
+# reference sender is built from these. Then the same in bulk, for the tool's
+# fast sender (section 8).
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -801,7 +790,7 @@ class Ring:
         """io_uring_submit_and_wait(): publish sq.tail, submit, wait for wait_nr CQEs, in one syscall.
 
         IORING_ENTER_GETEVENTS always: with DEFER_TASKRUN it is what runs the
-        completion work that posts CQEs, so even wait_nr 0 collects what finished.
+        task work that posts CQEs, so even wait_nr 0 collects what finished.
         Unbounded, unlike every other wait here: only the probes use it, on rings
         without SQPOLL, for requests that complete at once.
         """
@@ -862,11 +851,24 @@ class Ring:
         return self._cq_words[self._cq_tail_i]
 
     @property
-    def cq_overflow(self) -> int:
-        """CQEs the kernel could not post for want of room (with FEAT_NODROP: held back, not lost)."""
+    def cq_held_back(self) -> bool:
+        """IORING_SQ_CQ_OVERFLOW in sq.flags: CQEs are waiting in the kernel for room in the CQ.
+
+        With IORING_FEAT_NODROP (5.5) a CQE with no free slot is kept on a
+        kernel list, not lost, and posted by a later io_uring_enter once we
+        free slots (io_cqring_event_overflow(), __io_cqring_overflow_flush()).
+        Every loop here sizes its CQ so that this never happens; when it does,
+        the run ends saying so, as tokio's and Zig's rings look at it too.
+        """
+        return bool(self._sq_words[self._sq_flags_i] & IORING_SQ_CQ_OVERFLOW)
+
+    @property
+    def cq_dropped(self) -> int:
+        """The CQ ring's overflow word: CQEs the kernel *dropped*, with no memory even to hold
+        them back (io_account_cq_overflow()). Held-back ones are cq_held_back, not counted here."""
         return self._cq_words[self._cq_overflow_i]
 
-    # --- in bulk: what section 7's fast sender uses -----------------------------
+    # --- in bulk: what section 8's fast sender uses -----------------------------
     # Python pays per bytecode, the kernel per syscall, so a fast sender pays
     # both per *batch*: a batch of SQEs is one slice copy into the SQE array,
     # one store of sq.tail and one io_uring_enter that both submits and waits;
@@ -896,41 +898,9 @@ class Ring:
         """
         words, tail = self._sq_words, self.sq_tail
         words[self._sq_tail_i] = tail                       # see "Memory ordering" above
-        ret = _syscall(NR_io_uring_enter, self.enter_fd, (tail - words[self._sq_head_i]) & U32,
-                       wait_nr, self._peek_flags, self._wait_ref, self._wait_size)
-        if ret < 0:
-            _raise_errno("io_uring_enter")
+        check_enter(_syscall(NR_io_uring_enter, self.enter_fd, (tail - words[self._sq_head_i]) & U32,
+                             wait_nr, self._peek_flags, self._wait_ref, self._wait_size))
         return self._peek_bulk(self._cq_words[self._cq_tail_i])
-
-    def sqpoll_submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
-        """submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
-
-        The kernel's SQ thread, on another CPU, watches sq.tail and submits
-        whatever we place; we store the tail and read the CQ ring, and enter
-        only to sleep until wait_nr CQEs are ready, or to wake the thread
-        (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
-
-        Memory ordering, the part C gets from barriers: the thread reads our
-        tail concurrently, so the SQE bytes must be visible before the tail.
-        x86-64 keeps stores in order and loads in order (TSO), so writing the
-        SQEs then the tail is enough there, and the CQEs we read after cq.tail
-        are those it covers; arm64 needs a release and an acquire Python cannot
-        issue, which is why --sqpoll is x86-64 only. A store then a load (the
-        tail, then NEED_WAKEUP) may still pass each other even on x86: the
-        thread could fall asleep without seeing our tail; then no CQE comes,
-        we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
-        """
-        self._sq_words[self._sq_tail_i] = self.sq_tail
-        tail = self._cq_words[self._cq_tail_i]
-        short = (tail - self.cq_head) & U32 < wait_nr
-        if short or self._sq_words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
-            ret = _syscall(NR_io_uring_enter, self.enter_fd, 0, wait_nr if short else 0,
-                           self._peek_flags | IORING_ENTER_SQ_WAKEUP,
-                           self._wait_ref, self._wait_size)     # bounded, as submit_and_peek's
-            if ret < 0:
-                _raise_errno("io_uring_enter")
-            tail = self._cq_words[self._cq_tail_i]
-        return self._peek_bulk(tail)
 
     def _peek_bulk(self, tail: int) -> Tuple[List[int], int]:
         """The flags of the CQEs from cq_head up to tail, and the sum of their res.
@@ -969,7 +939,7 @@ class Ring:
         return [self._cqe_user_data[(self.cq_head + k) & self.cq_mask] for k in range(n)]
 
     def cqe_bytes(self, n: int, head: int) -> bytes:
-        """The raw CQEs from counter head on, n of them, the wraparound joined (section 7's hot loop)."""
+        """The raw CQEs from counter head on, n of them, the wraparound joined (section 8's hot loop)."""
         m, start = self._cq_map, self.cqe_start
         return b"".join(m[start + (a << CQE_SHIFT):start + (b << CQE_SHIFT)]
                         for a, b in ring_slices(head, n, self.cq_entries))
@@ -979,7 +949,7 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     """The (start, stop) slot ranges of count entries from counter head: the wraparound in one place.
 
     An entry's slot is its counter & mask, and a run that passes the end of
-    the array goes on at slot 0. place() and section 7's hot loop, which run once per
+    the array goes on at slot 0. place() and section 8's hot loop, which run once per
     batch, write the same arithmetic inline.
     """
     i = head & (entries - 1)
@@ -1036,43 +1006,12 @@ def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_f
     sqe.buf_index = buf_index
 
 
-def prep_sendmsg(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
-    """io_uring_prep_sendmsg(): sendmsg(2) as a request, msg_addr a struct msghdr; the kernel copies."""
-    prep_rw(sqe, IORING_OP_SENDMSG, fd, msg_addr, 1, 0)
-    sqe.msg_flags = msg_flags
-
-
-def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
-    """io_uring_prep_sendmsg_zc(): prep_sendmsg() with the zero-copy opcode; two CQEs follow."""
-    prep_sendmsg(sqe, fd, msg_addr, msg_flags)
-    sqe.opcode = IORING_OP_SENDMSG_ZC
-
-
-def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
-                          buf_index: int) -> None:
-    """io_uring_prep_sendmsg_zc_fixed() (6.15): the iovecs lie in a registered buffer."""
-    prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
-    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
-    sqe.buf_index = buf_index
-
-
-def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
-    """io_uring_prep_recv(): recv(2) as a request; res is the bytes copied to addr, 0 at EOF.
-
-    No _fixed twin: the kernel refuses IORING_RECVSEND_FIXED_BUF on RECV
-    (-EINVAL on 6.18), and a receive, being a copy into our pages, has no
-    per-request pinning for a registered buffer to save.
-    """
-    prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
-    sqe.msg_flags = msg_flags
-
-
 # =============================================================================
 # 6. A zero-copy send, one CQE at a time
 #
 # Sections 3 to 5 put together the plain way: a sender that owns a small pool
 # of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
-# it. The fast sender of section 7 (BulkSender) takes the same steps in
+# it. The fast sender of section 8 (BulkSender) takes the same steps in
 # bulk, and both number them alike:
 #
 #   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
@@ -1165,19 +1104,68 @@ class Pool:
 
 
 @dataclass
-class PoolTally:
-    """What a reference run's CQEs said, one by one."""
-    requests: int = 0        # results with res >= 0
-    bytes: int = 0           # the sum of those res
-    notifications: int = 0   # F_NOTIF CQEs
-    copied: int = 0          # ... that said the kernel copied (REPORT_USAGE)
-    eagain: int = 0          # results -EAGAIN
-    failed: int = 0          # results with any other -errno
-    error: int = 0           # the first of those errnos
-    undrained: int = 0       # notifications still owed after the drain
-    broke: int = 0           # buffers rewritten before their F_NOTIF (--break-contract)
-    pinned_max: int = 0      # the most bytes the kernel held at once (requests owing a notification)
-    lags_ns: List[int] = field(default_factory=list)   # per request: submission to its F_NOTIF
+class Tally:
+    """What CQEs said, judged one by one: (4) results and (5) notifications, counted."""
+    results: int = 0      # result CQEs, whatever their res
+    ok: int = 0           # ... of which res >= 0
+    bytes: int = 0        # the sum of those res
+    notifs: int = 0       # F_NOTIF CQEs
+    due: int = 0          # results with F_MORE minus notifications: notifications still owed
+    eagain: int = 0       # results -EAGAIN (only with MSG_DONTWAIT: first_send() says why)
+    copied: int = 0       # notifications that said the kernel copied (REPORT_USAGE)
+    short: int = 0        # good results of fewer bytes than asked
+    failed: int = 0       # results with any other -errno
+    error: int = 0        # the first of those errnos
+
+    def judge(self, res: int, flags: int, size: int) -> None:
+        """(4) a result: bytes sent or -errno, F_MORE if a notification is owed; (5) a notification.
+
+        Strict, as the kernel selftest is: a notification with F_MORE is a bug.
+        """
+        if notif(flags):
+            assert not more(flags), "a notification CQE with F_MORE set"
+            self.notifs += 1
+            self.due -= 1
+            self.copied += copied(res)
+            return
+        self.results += 1
+        self.due += more(flags)           # refused before the kernel took the pages: no F_MORE
+        if res >= 0:
+            self.ok += 1
+            self.bytes += res
+            self.short += res != size
+        elif res == -errno.EAGAIN:
+            self.eagain += 1
+        else:
+            self.failed += 1
+            self.error = self.error or -res
+
+    def add(self, t: "Tally") -> None:
+        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(t, name))
+        self.error = self.error or t.error
+
+
+def drain_owed(owed: Callable[[], int], wait_and_reap: Callable[[float], None], seconds: float,
+               hurry: Callable[[], bool]) -> float:
+    """(7) drain: while owed(), wait_and_reap(seconds left), at most seconds or until hurry().
+
+    Bounded: a TCP peer that stopped acknowledging could hold a send's pages
+    for minutes. A signal (InterruptedError) only makes it look at hurry()
+    again. Returns the seconds it waited. What never came is still the
+    kernel's: its buffer stays mapped until exit. Every drain in this file is this loop.
+    """
+    start = time.perf_counter_ns()
+    until = start + int(seconds * 1e9)
+    while owed() and not hurry():
+        left = (until - time.perf_counter_ns()) / 1e9
+        if left <= 0:
+            break
+        try:
+            wait_and_reap(left)
+        except InterruptedError:
+            continue
+    return (time.perf_counter_ns() - start) / 1e9
 
 
 class ReferenceSender:
@@ -1196,12 +1184,16 @@ class ReferenceSender:
         # MSG_WAITALL: io_uring retries a partial stream send until it is whole.
         self.msg_flags = socket.MSG_WAITALL if stream else 0
         self.sqe = io_uring_sqe()
-        self.free = list(range(pool.n))    # buffers the kernel does not hold
+        self.free = collections.deque(range(pool.n))    # buffers the kernel does not hold
         self.owed: Dict[int, int] = {}     # sequence number -> submission time: notification owed
         self.placed: List[int] = []        # placed, not yet submitted
         self.results_owed = 0              # submitted, result CQE not yet seen
         self.seq = 0                       # the next request's sequence number
-        self.tally = PoolTally()
+        self.tally = Tally()
+        self.broke = 0                     # buffers rewritten before their F_NOTIF (--break-contract)
+        self.held_back = False             # the kernel held CQEs back for want of CQ room
+        self.pinned_max = 0                # the most bytes the kernel held at once
+        self.lags_ns: List[int] = []       # per request: submission to its F_NOTIF
 
     def send(self, buf: int) -> None:
         """(1) get SQEs: stamp free buffer buf with the next sequence number; prep and place a SEND_ZC.
@@ -1223,78 +1215,71 @@ class ReferenceSender:
         self.seq += 1
         self.results_owed += 1
 
-    def submit_and_wait(self) -> None:
-        """(2) submit and wait: io_uring_submit_and_wait_timeout(ring, 1, ENTER_WAIT_NS).
+    def submit_and_wait(self, seconds: float) -> None:
+        """(2) submit and wait: io_uring_submit_and_wait_timeout(ring, 1, seconds), then reap.
 
-        Bounded, so that the caller sees the clock and Ctrl-C even when
+        Bounded, so that the caller sees the clock and a stop even when
         nothing completes (a TCP peer that stopped reading).
         """
         now = time.perf_counter_ns()
         for seq in self.placed:                           # the lag runs from here
             self.owed[seq] = now
         self.placed.clear()
-        self.tally.pinned_max = max(self.tally.pinned_max, len(self.owed) * self.pool.size)
-        try:
-            self.ring.wait_cqes(1, ENTER_WAIT_NS / 1e9)
-        except InterruptedError:
-            pass                                          # a signal: the caller looks at why
+        self.pinned_max = max(self.pinned_max, len(self.owed) * self.pool.size)
+        self.ring.wait_cqes(1, seconds)
+        self.reap()
 
     def reap(self) -> None:
         """(3) peek CQEs, (4)/(5) judge each, (6) advance: io_uring_peek_cqe() + io_uring_cqe_seen()."""
-        ring = self.ring
+        ring, size = self.ring, self.pool.size
         cqe = ring.peek_cqe()
         while cqe is not None:
             user_data, res, flags = cqe
-            seq, buf = unpack_user_data(user_data)
-            if notif(flags):
-                self.notification(seq, buf, res)
-            else:
-                self.result(seq, buf, res, flags)
             ring.cqe_seen()                   # the CQE is copied out: its slot is the kernel's
+            seq, buf = unpack_user_data(user_data)
+            self.tally.judge(res, flags, size)
+            if notif(flags):
+                self.notification(seq, buf)
+            else:
+                self.result(seq, buf, flags)
             cqe = ring.peek_cqe()
+        # The CQ had no room for some CQEs (FEAT_NODROP: the kernel holds them
+        # and posts them as we make room): more in flight than the CQ holds.
+        self.held_back = self.held_back or ring.cq_held_back
 
-    def result(self, seq: int, buf: int, res: int, flags: int) -> None:
-        """(4) judge a result: res is the bytes sent, or -errno; F_MORE: a notification is owed."""
-        t = self.tally
+    def result(self, seq: int, buf: int, flags: int) -> None:
+        """(4) after a result: without F_MORE its buffer is free at once; with it, at its notification."""
         self.results_owed -= 1
-        if res >= 0:
-            t.requests += 1
-            t.bytes += res
-        elif res == -errno.EAGAIN:
-            t.eagain += 1
-        else:
-            t.failed += 1
-            t.error = t.error or -res
         if not more(flags):               # refused before the kernel took the pages: free now
             del self.owed[seq]
             self.free.append(buf)
         elif self.break_contract:         # WRONG, on purpose: the kernel may still read buf
-            t.broke += 1
+            self.broke += 1
             self.free.append(buf)
 
-    def notification(self, seq: int, buf: int, res: int) -> None:
-        """(5) judge a notification: the kernel has let go of buffer buf; it is free again."""
-        t = self.tally
+    def notification(self, seq: int, buf: int) -> None:
+        """(5) after a notification: the kernel has let go of buffer buf; it is free again."""
         assert seq in self.owed, "a notification that matches no request"
-        t.lags_ns.append(time.perf_counter_ns() - self.owed.pop(seq))
-        t.notifications += 1
-        t.copied += copied(res)
+        self.lags_ns.append(time.perf_counter_ns() - self.owed.pop(seq))
         if not self.break_contract:
             self.free.append(buf)
 
-    def run(self, count: int, deadline_ns: int, stop: Callable[[], bool]) -> PoolTally:
+    def run(self, count: int, deadline_ns: int, stop: Callable[[], bool]) -> Tally:
         """Send until count requests (0: no limit), deadline_ns or stop(); not drained yet.
 
         The pool is lent from here until drain() settles it.
         """
         self.pool.lent += 1
-        while not (self.tally.error or stop() or time.perf_counter_ns() >= deadline_ns):
-            if count and self.seq >= count and not self.results_owed:
+        while not (self.tally.error or self.held_back or stop()):
+            left = deadline_ns - time.perf_counter_ns()
+            if left <= 0 or (count and self.seq >= count and not self.results_owed):
                 break
             while self.may_send(count):
-                self.send(self.free.pop(0))                                   # (1)
-            self.submit_and_wait()                                            # (2)
-            self.reap()                                                       # (3)-(6)
+                self.send(self.free.popleft())                                # (1)
+            try:                                                              # (2)-(6)
+                self.submit_and_wait(min(ENTER_WAIT_NS, left) / 1e9)
+            except InterruptedError:
+                pass                                      # a signal: the loop looks at stop()
         return self.tally
 
     def may_send(self, count: int) -> bool:
@@ -1302,31 +1287,78 @@ class ReferenceSender:
         left = not count or self.seq < count
         return bool(self.free) and left and not (self.stream and self.results_owed)
 
-    def drain(self, seconds: float, hurry: Callable[[], bool]) -> PoolTally:
-        """(7) drain: wait for every result and notification still owed, at most seconds.
+    def drain(self, seconds: float, hurry: Callable[[], bool]) -> float:
+        """(7) drain: every result and notification still owed, at most seconds; the seconds waited.
 
-        What never came is counted as undrained and keeps the pool mapped
-        until exit (Pool.close): those buffers are still the kernel's.
+        What never came (len(self.owed)) keeps the pool mapped until exit
+        (Pool.close): those buffers are still the kernel's.
         """
-        until = time.perf_counter_ns() + int(seconds * 1e9)
-        while self.owed and not hurry():
-            left = (until - time.perf_counter_ns()) / 1e9
-            if left <= 0:
-                break
-            try:
-                self.ring.wait_cqes(1, left)              # submits what is placed, too
-            except InterruptedError:
-                continue                                  # Ctrl-C: the loop looks at hurry()
-            self.reap()
-        self.tally.undrained = len(self.owed)
-        self.pool.lent += self.tally.undrained - 1        # settled: only what never came stays lent
-        return self.tally
+        waited = drain_owed(lambda: self.owed, self.submit_and_wait, seconds, hurry)
+        self.pool.lent += len(self.owed) - 1              # settled: only what never came stays lent
+        return waited
 
 
 # =============================================================================
-# 7. The same, in bulk
+# 7. A first zero-copy send
 #
-# The reference sender pays Python for every request and every CQE (a prep, a
+# Part I in one request, to run: `sendzc.py --first-send`. A UDP socket, a
+# ring, one SEND_ZC from plain memory on the socket's own fd, and its two
+# CQEs judged with more(), notif() and copied(): nothing registered, no
+# batch; section 6's steps, once. Part II makes the same steps fast (the
+# fast sender opens section 8) and measures them.
+# =============================================================================
+
+def first_send(dest: Tuple[str, int], size: int = 4096,
+               say: Callable[[str], None] = print) -> List[Tuple[int, int]]:
+    """One SEND_ZC over UDP, from a plain buffer and the socket's own fd: its CQEs, judged.
+
+    What sections 1 to 6 taught, with nothing registered and nothing in bulk;
+    `sendzc.py --first-send` runs it (section 12). Returns each CQE's (res, flags).
+    No SO_ZEROCOPY: send(2)'s MSG_ZEROCOPY needs that socket option, but a
+    SEND_ZC hands the socket its own notification (msg_ubuf, io_send_zc()),
+    which __ip_append_data() takes without looking at the option. And never
+    -EAGAIN: without MSG_DONTWAIT in msg_flags, a send the socket cannot take
+    yet is parked until the socket is writable (io_arm_poll_handler()) and
+    retried; only with it does the result carry -EAGAIN (REQ_F_NOWAIT).
+    """
+    data = ctypes.create_string_buffer((b"zero-copy!" * (size // 10 + 1))[:size], size)   # plain memory
+    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+    cqes: List[Tuple[int, int]] = []
+    with socket.socket(family, socket.SOCK_DGRAM) as sock, Ring(4) as ring:
+        sock.connect(dest)
+        sqe = io_uring_sqe()
+        prep_send_zc(sqe, sock.fileno(), ctypes.addressof(data), size, 0, IORING_SEND_ZC_REPORT_USAGE)
+        sqe.user_data = 1
+        ring.place(bytes(sqe))
+        say(f"SEND_ZC of {size} bytes to {dest[0]} port {dest[1]}: one SQE, one io_uring_enter")
+        owed = 1                                   # CQEs still to come: the result, for now
+        while owed and ring.wait_cqes(1, 1.0):     # submits, then waits (a second at most)
+            cqe = ring.peek_cqe()
+            while cqe is not None:
+                _, res, flags = cqe
+                ring.cqe_seen()
+                cqes.append((res, flags))
+                owed -= 1
+                if notif(flags):                   # (5) the kernel let go of the buffer
+                    say(f"notification: the buffer is ours again; the kernel "
+                        + ("copied (REPORT_USAGE): the receiver is on this host, or the path "
+                           "fragments" if copied(res) else "sent it zero-copy (REPORT_USAGE)"))
+                elif res < 0:                      # (4) a result: bytes or -errno
+                    say(f"result: -{errno.errorcode.get(-res, res)}: {os.strerror(-res)}")
+                else:
+                    say(f"result: {res} bytes sent")
+                if more(flags):                    # a notification follows: the buffer stays lent
+                    owed += 1
+                    say("  F_MORE: the kernel still holds the buffer; a notification will follow")
+                cqe = ring.peek_cqe()
+    return cqes
+
+
+# =============================================================================
+# 8. The senders
+#
+# First the fast sender, BulkSender: section 6's steps, in bulk. The
+# reference sender pays Python for every request and every CQE (a prep, a
 # place, a call per CQE), which costs more than the kernel's ~2 us for the
 # send itself. The fast sender takes the same steps and changes what each costs:
 #
@@ -1345,6 +1377,8 @@ class ReferenceSender:
 # is judged as a whole; only a batch that is not clean is looked at closer
 # (judge_odd, judge), and only one where something went wrong is walked CQE by
 # CQE (judge_each, section 6's judging with counters instead of buffers).
+#
+# Then what every sender needs around it ("Around the senders", below).
 # =============================================================================
 
 class StopRequest:
@@ -1355,56 +1389,23 @@ class StopRequest:
         self.hurry = False       # stop waiting for notifications too
 
 
-@dataclass
-class Tally:
-    """What CQEs said, judged one by one (the slow path)."""
-    results: int = 0      # result CQEs, whatever their res
-    ok: int = 0           # ... of which res >= 0
-    bytes: int = 0
-    notifs: int = 0
-    due: int = 0          # F_MORE results minus notifications
-    eagain: int = 0
-    copied: int = 0
-    short: int = 0
-    failed: int = 0       # results with res < 0 other than EAGAIN, cancelled ones included
-    error: int = 0        # first errno other than EAGAIN and ECANCELED
-
-    def add(self, t: "Tally") -> None:
-        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short", "failed"):
-            setattr(self, name, getattr(self, name) + getattr(t, name))
-        self.error = self.error or t.error
-
-
 def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) -> Tally:
     """(4)+(5) one CQE at a time, as section 6's reap() does: errors, EAGAIN, copies, odd flags.
 
-    Strict, as the kernel selftest is: a notification with F_MORE is a bug.
-    One exception, seen on 6.18 when a TCP peer goes away: a zero-copy
-    request cancelled because the one linked before it failed completes with
-    -ECANCELED and no F_MORE (io_req_tw_fail_links() sets flags 0), yet its
-    notification still comes (io_send_zc_cleanup() flushes it).
+    Plus what links bring, seen on 6.18 when a TCP peer goes away: a
+    zero-copy request cancelled because the one linked before it failed
+    completes with -ECANCELED and flags 0 (io_req_tw_fail_links()), no
+    F_MORE, yet its notification still comes (io_send_zc_cleanup() flushes
+    it). ECANCELED is no cause of its own: the error is the failed request's.
     """
     t = Tally()
     for r, f in zip(res, flags):
-        if notif(f):
-            assert not more(f), "a notification CQE with F_MORE set"
-            t.notifs += 1
-            t.due -= 1
-            t.copied += copied(r)
-            continue
-        t.results += 1
-        if more(f) or (zc and r == -errno.ECANCELED):
-            t.due += 1               # a notification follows, whatever res says
-        if r >= 0:
-            t.ok += 1
-            t.bytes += r
-            t.short += r != size
-        elif r == -errno.EAGAIN:
-            t.eagain += 1
-        else:
+        if r == -errno.ECANCELED and not notif(f):
+            t.results += 1
             t.failed += 1
-            if r != -errno.ECANCELED and not t.error:
-                t.error = -r         # ECANCELED is no cause: the request before it in its link failed
+            t.due += zc              # a zero-copy one's notification follows all the same
+        else:
+            t.judge(r, f, size)
     return t
 
 
@@ -1423,47 +1424,53 @@ class SendBooks:
     placed: int = 0       # requests placed: a stream's batch starts at offset placed*size
     slow: Tally = field(default_factory=Tally)   # everything else, judged one by one
     entered: Optional[OSError] = None            # io_uring_enter failed: the run ends with that
+    held_back: bool = False  # the kernel held CQEs back for want of CQ room: the run ends with that
     stopped: bool = False  # a stop had ended the run before the drain began
     waited: float = 0.0    # seconds the drain waited
     lags_ns: List[int] = field(default_factory=list)   # sampled: submission to the F_NOTIF that settles it
     pinned_max: int = 0    # the most bytes the kernel held when a sample began
 
 
+class KnownBatch:
+    """A batch's CQE bytes judged once (judge_odd), and what they added: `seen`'s values."""
+    __slots__ = ("times", "results", "owed", "whole", "notifs", "copied")
+
+    def __init__(self, results: int, owed: int, whole: int, notifs: int, copied: int):
+        self.times = 0              # how often the hot loop met these bytes again
+        self.results, self.owed = results, owed     # results they hold, notifications they leave owed
+        self.whole, self.notifs, self.copied = whole, notifs, copied   # what judging them added
+
+
 # The hot loop looks at the clock (and at the stop request) once per this many batches,
 # as liburing's send-zerocopy does once per 16: a clock read costs about as
 # much Python as the rest of a batch.
 CLOCK_EVERY = 16
-WAIT_DONE, WAIT_CUT = 1, 2    # wait_owed(): CQEs may be ready / a signal or the bound cut it short
 SEEN_MAX = 256                # distinct odd batches the hot loop remembers (memory stays flat)
 HOT_USER_DATA = 0             # every hot request's user_data: alike, so a clean batch is known by its bytes
 
 
 class BulkSender:
-    """Batches of `batch` sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
+    """Batches of per_batch sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
 
     The ring comes set up: the socket is its registered file 0 and, with
-    fixed, the buffer its registered buffer 0. buf (section 8's Payload) has
+    fixed, the buffer its registered buffer 0. buf (Payload, below) has
     .addr; .period, the length after which its bytes repeat (it is that much
     longer than size, so a stream's send may start at any offset below it
     and the stream stays one continuous pattern); and .lent, which begin()
-    raises and drain() settles, as Pool.lent. r is the batch (the seed's
-    nr_reqs); cmsg is a control message for every SENDMSG.
+    raises and drain() settles, as Pool.lent. per_batch is the seed's nr_reqs.
     """
 
-    def __init__(self, ring: Ring, buf, size: int, batch: int, zc: bool = True, fixed: bool = True,
-                 sendmsg: bool = False, stream: bool = False,
-                 report_usage: bool = False, cmsg: Optional[ctypes.Array] = None,
+    def __init__(self, ring: Ring, buf, size: int, per_batch: int, zc: bool = True,
+                 fixed: bool = True, stream: bool = False, report_usage: bool = False,
                  stop: Optional[StopRequest] = None):
-        self.ring, self.buf, self.size, self.r = ring, buf, size, batch
+        self.ring, self.buf, self.size, self.per_batch = ring, buf, size, per_batch
+        self.zc, self.fixed, self.stream, self.report_usage = zc, fixed, stream, report_usage
         self.stop = stop or StopRequest()     # whoever owns the signals sets it
         # The syscall() the hot loop enters through (a subclass may pass one
-        # that keeps the GIL: section 8).
+        # that keeps the GIL: UringSender, below).
         self.syscall = _syscall
-        self.zc, self.fixed, self.sendmsg, self.stream = zc, fixed, sendmsg, stream
-        self.report_usage, self.cmsg = report_usage, cmsg     # IORING_SEND_ZC_REPORT_USAGE on each send
-        self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
         self._batches: Dict[int, bytes] = {}
-        self.seen: Dict[bytes, list] = {}
+        self.seen: Dict[bytes, KnownBatch] = {}
 
     # --- (1) building SQEs ----------------------------------------------------
     def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
@@ -1474,20 +1481,7 @@ class BulkSender:
         msg_flags = socket.MSG_WAITALL if self.stream else 0
         zc_flags = IORING_SEND_ZC_REPORT_USAGE if self.report_usage else 0
         fd = 0                                    # index 0 of the registered files
-        if self.sendmsg:
-            iov = iovec(addr, size)
-            msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
-            if self.cmsg is not None:
-                msg.msg_control, msg.msg_controllen = ctypes.addressof(self.cmsg), len(self.cmsg)
-            self._msgs += [iov, msg]
-            if not self.zc:
-                prep_sendmsg(sqe, fd, ctypes.addressof(msg), msg_flags)
-            elif self.fixed:
-                prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), msg_flags, 0)
-            else:
-                prep_sendmsg_zc(sqe, fd, ctypes.addressof(msg), msg_flags)
-            sqe.ioprio |= zc_flags if self.zc else 0
-        elif not self.zc:
+        if not self.zc:
             prep_send(sqe, fd, addr, size, msg_flags)
         elif self.fixed:
             prep_send_zc_fixed(sqe, fd, addr, size, msg_flags, zc_flags, 0)
@@ -1496,7 +1490,7 @@ class BulkSender:
         sqe.flags |= IOSQE_FIXED_FILE
         sqe.user_data = user_data
 
-    def batch(self, phase: int) -> bytes:
+    def batch_sqes(self, phase: int) -> bytes:
         """The bytes of one batch of SQEs, built once per starting offset.
 
         Datagrams always start at 0. A stream's request j starts at phase +
@@ -1509,9 +1503,9 @@ class BulkSender:
         got = self._batches.get(phase)
         if got is None:
             sqe, parts = io_uring_sqe(), []
-            for j in range(self.r):
+            for j in range(self.per_batch):
                 self.prep(sqe, (phase + j * self.size) % self.buf.period if self.stream else 0, j)
-                if self.stream and j < self.r - 1:
+                if self.stream and j < self.per_batch - 1:
                     sqe.flags |= IOSQE_IO_LINK
                 parts.append(bytes(sqe))
             got = self._batches[phase] = b"".join(parts)
@@ -1530,63 +1524,66 @@ class BulkSender:
 
     def send(self) -> None:
         """(1)-(6) until the deadline, a stop request or an error (the tool's UringSender goes on
-        in a general loop where the hot loop hands over: section 8)."""
+        in a general loop where the hot loop hands over: below)."""
         self.run_hot()
 
     def run_hot(self) -> bool:
         """The hot loop: one batch in flight, every batch judged in bulk; False hands over.
 
-        Everything off the common path is a method of its own, reached only
-        when a check fails: a batch never judged before (judge_odd), the clock
-        passing a tick or the deadline (at_tick), results still owed
-        (wait_owed), an io_uring_enter that did not submit the batch (False:
-        the tool's general loop takes over, section 8). Written flat, every name bound to a local
-        first: in CPython a local is an array slot, an attribute or a global
-        a dictionary lookup, a call a new frame; each costs ~20-50 ns, against
-        ~2 us of kernel work for a 64 KB SEND_ZC.
+        Longer than any other function here, on purpose: it is the tool's
+        speed, written flat, every name bound to a local first. In CPython a
+        local is an array slot, an attribute or a global a dictionary lookup,
+        a call a new frame; each costs ~20-50 ns, against ~2 us of kernel work
+        for a 64 KB SEND_ZC. Everything off the common path is a method of its
+        own, reached only when a check fails: a batch never judged before
+        (judge_odd), the clock passing a tick or the deadline (at_tick),
+        results still owed (wait_owed), an io_uring_enter that did not submit
+        the batch (False: UringSender.run_general() takes over).
         """
-        ring, run, stream, r, size, zc = self.ring, self.books, self.stream, self.r, self.size, self.zc
+        ring, books, stream, size, zc = self.ring, self.books, self.stream, self.size, self.zc
+        per_batch = self.per_batch
         if stream:
             # (1) for a stream: the batch of every starting offset, built once.
             period = self.buf.period
-            by_phase = [self.batch(p) for p in range(period)]
-            phase, step = run.placed * size % period, r * size % period
+            by_phase = [self.batch_sqes(p) for p in range(period)]
+            phase, step = books.placed * size % period, per_batch * size % period
         else:
             # (1) for datagrams, once for the whole run: the kernel only reads
-            # SQEs, so once every slot holds the request, claiming r slots is
-            # moving our tail by r.
+            # SQEs, so once every slot holds the request, claiming n slots is
+            # moving our tail by n.
             sqe = io_uring_sqe()
             self.prep(sqe, 0, HOT_USER_DATA)
             ring.fill_sqes(bytes(sqe))
             by_phase, phase, step, period = [], 0, 0, 1
-        # A clean datagram batch's CQEs, byte for byte: r results of size bytes
-        # (F_MORE if zero-copy), then the r notifications that say the kernel
-        # let go without copying (res 0). With DEFER_TASKRUN that is also their
-        # order: results are posted at the end of submission, notifications by
-        # the task work io_uring_enter runs before it returns. Other batches
-        # are looked up in `seen` (a stream's come in a handful of orders).
-        one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if self.zc else 0))
+        # A clean datagram batch's CQEs, byte for byte: per_batch results of
+        # size bytes (F_MORE if zero-copy), then their notifications saying
+        # the kernel let go without copying (res 0). With DEFER_TASKRUN that
+        # is their order when the enter returns: results are posted as the
+        # submission ends, notifications by the task work (section 3) the
+        # enter runs before it returns. Other batches are looked up in
+        # `seen` (a stream's come in a handful of orders).
+        one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if zc else 0))
         one_notif = bytes(io_uring_cqe(HOT_USER_DATA, 0, IORING_CQE_F_NOTIF))
-        clean = None if stream else one_result * r + (one_notif * r if self.zc else b"")
-        seen = self.seen          # CQE bytes -> [times seen, results, owed, whole, notifs, copied]
+        clean = None if stream else one_result * per_batch + (one_notif * per_batch if zc else b"")
+        seen = self.seen
 
         syscall, enter, enter_fd, u32 = self.syscall, NR_io_uring_enter, ring.enter_fd, U32
-        enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags
         wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
         wait_owed, judge_odd, seen_get = self.wait_owed, self.judge_odd, seen.get
         sq_words, sq_tail_i, sq_mask, sq_entries = ring._sq_words, ring._sq_tail_i, ring.sq_mask, ring.sq_entries
-        sqes = ring._sqes
+        sq_flags_i, sqes = ring._sq_flags_i, ring._sqes
         cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
         cq_map, cqe_start, cqe_end = ring._cq_map, ring.cqe_start, ring.cqe_end
-        cq_mask, clock, stop = ring.cq_mask, time.perf_counter_ns, self.stop
+        cq_mask, clock, stop, held_back = ring.cq_mask, time.perf_counter_ns, self.stop, IORING_SQ_CQ_OVERFLOW
         sq_tail, cq_head = ring.sq_tail, ring.cq_head
-        inflight, due = run.inflight, run.due
-        lags_append, sample_t, sample_due = run.lags_ns.append, 0, 0    # the lag sample under way
+        inflight, due = books.inflight, books.due
+        lags_append, sample_t, sample_due = books.lags_ns.append, 0, 0    # the lag sample under way
         # The CQ never overflows: before the next reap the kernel can post a
         # result and a notification for each request in flight, plus every
-        # notification still due, so `due` may not pass what that leaves.
-        room = ring.cq_entries - 2 * r
-        check_at = min(run.deadline, run.next_tick)    # the clock's next reason to stop
+        # notification still due, so a batch goes in only while `due` is at
+        # most what that leaves.
+        due_max = ring.cq_entries - 2 * per_batch
+        check_at = min(books.deadline, books.next_tick)    # the clock's next reason to stop
         batches = placed = ret = 0      # clean datagram batches; requests placed; the last enter's answer
         done = True                     # False: hand over to a general loop
         countdown = 1                   # batches until the next look at the clock and at the stop request
@@ -1596,8 +1593,9 @@ class BulkSender:
             if not countdown:
                 countdown = CLOCK_EVERY
                 now = clock()
-                if now >= check_at or stop.requested:   # the deadline, a stop request, or a tick
-                    check_at = self.at_tick(now, batches * r)
+                # The deadline, a stop request, a tick, or CQEs held back (IORING_SQ_CQ_OVERFLOW)
+                if now >= check_at or stop.requested or sq_words[sq_flags_i] & held_back:
+                    check_at = self.at_tick(now, batches * per_batch)
                     if not check_at:
                         break
                 elif zc and not sample_t and not inflight:
@@ -1605,48 +1603,44 @@ class BulkSender:
                     # notifications owed now and its own have all come (a
                     # socket's come in order). One in CLOCK_EVERY batches.
                     sample_t, sample_due = now, due
-                    run.pinned_max = max(run.pinned_max, (r + due) * size)
-            if not inflight and due <= room:
+                    books.pinned_max = max(books.pinned_max, (per_batch + due) * size)
+            if not inflight and due <= due_max:
                 if stream:
                     # (1) get SQEs: the batch that starts where the stream stands.
                     slot = sq_tail & sq_mask
-                    if slot + r <= sq_entries:
-                        sqes[slot << SQE_SHIFT:(slot + r) << SQE_SHIFT] = by_phase[phase]
+                    if slot + per_batch <= sq_entries:
+                        sqes[slot << SQE_SHIFT:(slot + per_batch) << SQE_SHIFT] = by_phase[phase]
                     else:                           # it wraps: place() splits it
                         ring.sq_tail = sq_tail
                         ring.place(by_phase[phase])
                     phase = (phase + step) % period
-                sq_tail = (sq_tail + r) & u32       # (1) claim r slots; a u32 counter wraps at 2**32
+                sq_tail = (sq_tail + per_batch) & u32   # (1) claim the slots; a u32 counter wraps at 2**32
                 # (2) submit and wait: a plain store of the tail, which the
                 # kernel reads inside the io_uring_enter below, on this thread
                 # (section 3, "Memory ordering").
                 sq_words[sq_tail_i] = sq_tail
-                inflight = r
-                placed += r
-                # min_complete r, not 0: with DEFER_TASKRUN the kernel runs
-                # the deferred task work (one item per notification) in
-                # passes of at most max(20, min_complete) items
-                # (IO_LOCAL_TW_DEFAULT_MAX, io_uring.c), so with 0 some of the
-                # batch's notifications would come a batch late.
-                if stream:
-                    # A stream's send waits for socket space only the peer frees:
-                    # bounded by ENTER_WAIT_NS (EXT_ARG), seven arguments.
-                    ret = syscall(enter, enter_fd, r, r, wait_flags, wait_ref, wait_size)
-                else:
-                    # A datagram completes inside its submission or once the
-                    # device took or dropped the packets ahead of it: no peer
-                    # can hold it, so five arguments (each one more costs
-                    # ~30 ns). A signal still ends the wait (EINTR).
-                    ret = syscall(enter, enter_fd, r, r, enter_flags)
-                if ret != r:                        # an error, or a short submit
+                inflight = per_batch
+                placed += per_batch
+                # min_complete per_batch, not 0: with DEFER_TASKRUN the enter
+                # runs the batch's task work before it returns, so its
+                # notifications come with it (since 6.13 in passes of at most
+                # max(20, min_complete) items, IO_LOCAL_TW_DEFAULT_MAX: with
+                # 0 some would come a batch late). Bounded by ENTER_WAIT_NS
+                # (EXT_ARG), datagrams too: a shaping qdisc holds a send until
+                # the socket has room again (5 Mbit/s tbf: a batch of 256 x
+                # 1400 B takes 0.57 s). When the bound cuts the wait, the
+                # enter still answers per_batch (it submitted them all), and
+                # the batch is judged odd: results are still owed.
+                ret = syscall(enter, enter_fd, per_batch, per_batch, wait_flags, wait_ref, wait_size)
+                if ret != per_batch:                # an error, or a short submit
                     done = False
                     break
             else:                                   # results, or CQ room, still owed
-                waited = wait_owed(inflight or 1)
-                if not waited:
-                    break
-                if waited == WAIT_CUT:              # a signal or the bound: look at the clock now
+                if countdown != CLOCK_EVERY:        # -t: look at the clock before each wait
                     countdown = 1
+                    continue
+                if not wait_owed(inflight or 1):
+                    break
             # (3) peek CQEs: from cq.head (ours) to cq.tail (the kernel's), one
             # slice of the mapping unless they wrap past its end.
             k = (cq_words[cq_tail_i] - cq_head) & u32
@@ -1657,20 +1651,19 @@ class BulkSender:
             # or one seen whole before?
             if cqes == clean:
                 batches += 1
-                inflight -= r
+                inflight -= per_batch
             else:
                 known = seen_get(cqes)
                 if known is not None:
-                    known[0] += 1
-                    inflight -= known[1]
-                    due += known[2]
-                else:                               # judge_odd() reads the ring's and books' copies
-                    ring.cq_head, run.inflight, run.due = cq_head, inflight, due
-                    results, owed = judge_odd(cqes)
-                    inflight -= results
-                    due += owed
+                    known.times += 1
+                    inflight -= known.results
+                    due += known.owed
+                else:
+                    known = judge_odd(cqes)
+                    inflight -= known.results
+                    due += known.owed
                     assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-                    if run.slow.error:
+                    if books.slow.error:
                         cq_head = (cq_head + k) & u32
                         cq_words[cq_head_i] = cq_head
                         break
@@ -1684,79 +1677,82 @@ class BulkSender:
 
         # Hand over: a general loop, the drain and the result read these.
         ring.sq_tail, ring.cq_head = sq_tail, cq_head
-        run.inflight, run.due, run.placed = inflight, due, run.placed + placed
-        run.whole += batches * r
-        run.notifs += batches * r if self.zc else 0
-        for times, _, _, whole, notifs, n_copied in seen.values():
-            run.whole += times * whole
-            run.notifs += times * notifs
-            run.copied += times * n_copied
+        books.inflight, books.due, books.placed = inflight, due, books.placed + placed
+        books.whole += batches * per_batch
+        books.notifs += batches * per_batch if zc else 0
+        for known in seen.values():
+            books.whole += known.times * known.whole
+            books.notifs += known.times * known.notifs
+            books.copied += known.times * known.copied
+            known.times = 0
         if ret < 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EINTR, errno.ETIME):   # those two: a general loop may go on
-                run.entered = syscall_error("io_uring_enter", err)
+            try:
+                check_enter(ret)
+            except OSError as e:
+                if e.errno not in (errno.EINTR, errno.ETIME):   # those two: a general loop may go on
+                    books.entered = e
         return done
 
-    def wait_owed(self, wait_nr: int):
-        """(2) without a submit: io_uring_wait_cqes() bounded by ENTER_WAIT_NS.
+    def wait_owed(self, wait_nr: int) -> bool:
+        """(2) without a submit: io_uring_wait_cqes() bounded by ENTER_WAIT_NS; False: enter failed for good.
 
-        WAIT_DONE; WAIT_CUT when a signal (EINTR) or the bound (ETIME) ended
-        it; False when io_uring_enter failed for good (books.entered says why).
+        A signal (EINTR) or the bound (ETIME) only sends the caller back to
+        its clock; any other error ends the run (books.entered says why).
         """
         ring = self.ring
-        ret = self.syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags,
-                           ring._wait_ref, ring._wait_size)
-        if ret >= 0:
-            return WAIT_DONE
-        err = ctypes.get_errno()
-        if err in (errno.EINTR, errno.ETIME):
-            return WAIT_CUT
-        self.books.entered = syscall_error("io_uring_enter", err)
-        return False
+        try:
+            io_uring_enter(ring.enter_fd, 0, wait_nr, ring._peek_flags, ring._wait_ref, ring._wait_size)
+        except OSError as e:
+            if e.errno not in (errno.EINTR, errno.ETIME):
+                self.books.entered = e
+                return False
+        return True
 
     def at_tick(self, now: int, hot_results: int) -> int:
-        """The clock or a stop request stopped the hot loop: 0 ends the run, else the next time to look."""
-        run = self.books
-        if now >= run.deadline or self.stop.requested:
+        """The hot loop's look at the clock, the stop request and sq.flags: 0 ends the run, else the next."""
+        books = self.books
+        books.held_back = books.held_back or self.ring.cq_held_back
+        if now >= books.deadline or self.stop.requested or books.held_back:
             return 0
-        whole = run.whole + hot_results + sum(v[0] * v[3] for v in self.seen.values())
-        run.on_tick(whole * self.size + run.slow.bytes, whole + run.slow.ok)
-        run.next_tick += run.tick_ns
-        return min(run.deadline, run.next_tick)
+        whole = books.whole + hot_results + sum(k.times * k.whole for k in self.seen.values())
+        books.on_tick(whole * self.size + books.slow.bytes, whole + books.slow.ok)
+        books.next_tick += books.tick_ns
+        return min(books.deadline, books.next_tick)
 
-    def judge_odd(self, cqes: bytes) -> Tuple[int, int]:
-        """(4)+(5) for a batch the hot loop has not seen: (results, notifications owed).
+    def judge_odd(self, cqes: bytes) -> KnownBatch:
+        """(4)+(5) for CQE bytes the hot loop has not seen: what they hold and add, as a KnownBatch.
 
         Still in bulk: the flags column and the sum of the res column, read
-        off strided casts of the bytes. A batch judged whole goes into `seen`
-        with what it added, so the same bytes next time cost one lookup.
+        off strided casts of the bytes. A batch judged whole goes into `seen`,
+        so the same bytes next time cost one lookup.
         """
-        run = self.books
-        before = (run.whole, run.notifs, run.copied, run.slow.results)
+        books = self.books
+        before = (books.whole, books.notifs, books.copied, books.slow.results)
         view = memoryview(cqes)
         try:
             words = CQE_SIZE // U32_SIZE
             flags = view.cast("I")[io_uring_cqe.flags.offset // U32_SIZE::words].tolist()
-            res = view.cast("i")[io_uring_cqe.res.offset // U32_SIZE::words]
-            results, owed = self.judge(flags, sum(res))
+            res = view.cast("i")[io_uring_cqe.res.offset // U32_SIZE::words].tolist()
         finally:
             view.release()
-        if run.slow.results == before[3] and len(self.seen) < SEEN_MAX:
-            self.seen[cqes] = [0, results, owed, run.whole - before[0], run.notifs - before[1],
-                               run.copied - before[2]]
-        return results, owed
+        results, owed = self.judge(flags, sum(res), lambda k: res)
+        known = KnownBatch(results, owed, books.whole - before[0], books.notifs - before[1],
+                           books.copied - before[2])
+        if books.slow.results == before[3] and len(self.seen) < SEEN_MAX:
+            self.seen[cqes] = known          # whole: the same bytes will mean the same again
+        return known
 
-    def judge(self, flags: List[int], res_sum: int) -> Tuple[int, int]:
-        """(4)+(5) the CQEs from cq.head on, in bulk: (results, notifications they leave owed).
+    def judge(self, flags: List[int], res_sum: int,
+              peek_res: Callable[[int], List[int]]) -> Tuple[int, int]:
+        """(4)+(5) k CQEs in bulk: (results, notifications they leave owed); peek_res(k): their res.
 
         If every CQE is a good result or a notification and the results add
         up to exactly size each, every send was whole and every notification
         said zero-copy: no send returns more than size, and a notification's
         res is 0, or bit 31 (copied) which reads as negative. An error, EAGAIN,
-        a short send or a copy makes the sum fall short. The CQEs stay in the
-        ring for the caller to advance past.
+        a short send or a copy makes the sum fall short.
         """
-        run, ring, size = self.books, self.ring, self.size
+        books, size = self.books, self.size
         k = len(flags)
         n_results = flags.count(IORING_CQE_F_MORE if self.zc else 0)   # results with the good flags
         n_notif = flags.count(IORING_CQE_F_NOTIF)
@@ -1765,56 +1761,44 @@ class BulkSender:
             # Second look, still in bulk: take the copied notifications (all
             # of them on loopback and veth) out of the sum; if the results then
             # add up, the batch was whole all the same.
-            n_copied = ring.peek_res(k).count(NOTIF_COPIED_RES)
+            n_copied = peek_res(k).count(NOTIF_COPIED_RES)
             clean = res_sum - n_copied * NOTIF_COPIED_RES == n_results * size
-            run.copied += n_copied if clean else 0
+            books.copied += n_copied if clean else 0
         if clean:
-            run.whole += n_results
-            run.notifs += n_notif
+            books.whole += n_results
+            books.notifs += n_notif
             return n_results, (n_results - n_notif if self.zc else 0)
-        t = judge_each(ring.peek_res(k), flags, size, self.zc)   # something went wrong: each CQE
-        run.slow.add(t)
-        if self.stream and t.short and not run.slow.error:
-            run.slow.error = errno.EIO    # a short stream write: the stream would tear
+        t = judge_each(peek_res(k), flags, size, self.zc)   # something went wrong: each CQE
+        books.slow.add(t)
+        if self.stream and t.short and not books.slow.error:
+            books.slow.error = errno.EIO    # a short stream write (a reset): the stream would tear
         return t.results, t.due
 
     def drain(self, seconds: float) -> SendBooks:
-        """(7) drain: every result and notification still owed, before the buffer may go.
+        """(7) drain: every result and notification still owed, at most seconds (drain_owed()).
 
-        Bounded by seconds: a TCP peer that stopped acknowledging could hold
-        the pages for minutes. A stop that ended the run leaves the drain its
-        time (stop.hurry cuts it); one that comes while it waits cuts it.
-        What never came stays lent, so the buffer stays mapped until exit.
+        A stop that ended the run leaves the drain its time (stop.hurry cuts
+        it); one that comes while it waits cuts it.
         """
-        ring, run, stop = self.ring, self.books, self.stop
-        clock = time.perf_counter_ns
-        stopped = run.stopped = stop.requested
-        drain_from = clock()
-        drain_until = drain_from + int(seconds * 1e9)
-        while run.inflight or run.due:
-            left = (drain_until - clock()) / 1e9
-            if left <= 0 or stop.hurry or (stop.requested and not stopped):
-                break
-            try:
-                ring.wait_cqes(1, left)
-            except InterruptedError:
-                continue
-            res, fl = ring.peek()
-            if fl:
-                ring.cq_advance(len(fl))
-                t = judge_each(res, fl, self.size, self.zc)
-                run.slow.add(t)
-                run.inflight -= t.results
-                run.due += t.due
-                if self.stream and t.short and not run.slow.error:
-                    run.slow.error = errno.EIO    # as in judge(): a reset cut a send short
-        run.waited = (clock() - drain_from) / 1e9
-        self.buf.lent += run.due + run.inflight - 1   # settled: only what never came stays lent
-        return run
+        ring, books, stop = self.ring, self.books, self.stop
+        stopped = books.stopped = stop.requested
+
+        def wait_and_reap(left: float) -> None:
+            ring.wait_cqes(1, left)
+            res, flags = ring.peek()
+            ring.cq_advance(len(flags))
+            results, owed = self.judge(flags, sum(res), lambda k: res)
+            books.inflight -= results
+            books.due += owed
+            books.held_back = books.held_back or ring.cq_held_back
+
+        books.waited = drain_owed(lambda: books.inflight or books.due, wait_and_reap, seconds,
+                                  lambda: stop.hurry or (stop.requested and not stopped))
+        self.buf.lent += books.due + books.inflight - 1   # settled: only what never came stays lent
+        return books
 
 
-# =============================================================================
-# 8. The senders
+# --- Around the senders --------------------------------------------------------
 #
 # Every sender sends the same bytes: the seed's pattern, byte i = 'a' + i % 26,
 # from one preallocated page-aligned buffer. Each returns a Result built from
@@ -1822,11 +1806,10 @@ class BulkSender:
 # getrusage(), time from a monotonic clock, and whether the kernel copied.
 #
 # In order: the socket ABI besides io_uring; the payload; Result and how it is
-# printed; sockets, the path MTU and UDP GSO; the io_uring sender (section 7's
-# BulkSender with a SendConfig, a general loop for SQPOLL and -f, --trace and a
-# Result around it), -n flows, the
-# reference sender's run; then the baselines, send(2) with and without MSG_ZEROCOPY.
-# =============================================================================
+# printed; sockets, the path MTU and UDP GSO; the io_uring sender (BulkSender
+# with a SendConfig, a general loop for SQPOLL and -f, --trace and a Result
+# around it), -n flows, the reference sender's run; then the baselines,
+# send(2) with and without MSG_ZEROCOPY.
 
 # --- The socket ABI the tool uses beside io_uring (values from the kernel UAPI,
 # for what Python's socket module may lack)
@@ -1853,9 +1836,18 @@ UDP_MAX_SEGMENTS = 128
 UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
 IP_MAXPACKET = 65535
 CLONE_NEWNET = 0x40000000                                  # <sched.h>
-# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, rings, registered
-# buffers and pinned pages count against that limit; the ENOMEM lines name it.
+# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, registered
+# buffers and a SEND_ZC's pinned pages count against that limit, and so do the rings
+# before 5.12 and since 6.14 (section 2, io_uring_setup); the ENOMEM lines name it.
 CAP_IPC_LOCK = 14
+
+
+# <sys/socket.h>: what SENDMSG and SENDMSG_ZC read.
+class msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", u32),
+                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
 
 
 class sock_extended_err(ctypes.Structure):
@@ -1881,7 +1873,7 @@ class tcp_info(ctypes.Structure):
         ("tcpi_bytes_received", u64), ("tcpi_segs_out", u32), ("tcpi_segs_in", u32)]
 
 
-assert (ctypes.sizeof(sock_extended_err), ctypes.sizeof(tcp_info)) == (16, 144)
+assert (ctypes.sizeof(msghdr), ctypes.sizeof(sock_extended_err), ctypes.sizeof(tcp_info)) == (56, 16, 144)
 assert (tcp_info.tcpi_rto.offset, tcp_info.tcpi_total_retrans.offset, tcp_info.tcpi_pacing_rate.offset,
         tcp_info.tcpi_bytes_received.offset, tcp_info.tcpi_segs_in.offset) == (8, 100, 104, 128, 140)
 
@@ -1969,7 +1961,7 @@ class Payload:
     """The buffer every request sends from (BulkSender's buf): page-aligned, written once, then only read.
 
     Never written after the first send, so every request may reuse it while
-    notifications are outstanding (section 7). PATTERN_LEN bytes longer than a
+    notifications are outstanding (BulkSender, above). PATTERN_LEN bytes longer than a
     send, so a TCP write at stream offset o sends from o % 26 and the stream
     stays one pattern. `lent` counts runs under way and notifications that
     never came; close() unmaps only at 0, else the pages stay until exit (a
@@ -2138,6 +2130,8 @@ BUSY_SHARE = 0.5
 
 def describe_result(r: Result) -> List[str]:
     """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
+    # nr EAGAIN is always 0 for an io_uring row: without MSG_DONTWAIT a send the
+    # socket cannot take yet is polled and retried, never failed (first_send()).
     lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
     rate = r.requests / r.seconds if r.seconds else 0.0
     lines.append(f"{r.proto} {family_name_label(r.family)} {r.size} B {r.mode} batch {r.batch}: "
@@ -2474,6 +2468,45 @@ class SendConfig:
                 + ("_fixed" if self.zc and self.fixed_buf else ""))
 
 
+# --- Which opcodes this kernel has: IORING_REGISTER_PROBE (5.6), from <linux/io_uring.h>
+IORING_REGISTER_PROBE = 8
+IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
+
+
+class io_uring_probe_op(ctypes.Structure):
+    _fields_ = [("op", u8), ("resv", u8), ("flags", u16), ("resv2", u32)]
+
+
+class io_uring_probe(ctypes.Structure):
+    """Header of IORING_REGISTER_PROBE's answer; ops[] follows (see Probe)."""
+    _fields_ = [("last_op", u8), ("ops_len", u8), ("resv", u16), ("resv2", u32 * 3),
+                ("ops", io_uring_probe_op * 0)]
+
+
+assert (ctypes.sizeof(io_uring_probe_op), ctypes.sizeof(io_uring_probe)) == (8, 16)
+
+
+@dataclass
+class Probe:
+    """What IORING_REGISTER_PROBE says the kernel supports (io_uring_get_probe)."""
+    last_op: int
+    supported: frozenset
+
+    def has(self, op: int) -> bool:
+        """Like liburing's io_uring_opcode_supported()."""
+        return op in self.supported
+
+
+def get_probe(ring: Ring) -> Probe:
+    """io_uring_get_probe_ring(): which opcodes does this kernel support?"""
+    n_ops = 256
+    buf = (ctypes.c_uint8 * (ctypes.sizeof(io_uring_probe) + n_ops * ctypes.sizeof(io_uring_probe_op)))()
+    io_uring_register(ring.fd, IORING_REGISTER_PROBE, ctypes.byref(buf), n_ops)
+    head = io_uring_probe.from_buffer(buf)
+    ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
+    return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
+
+
 REQUIRED_OPS = {"send": (IORING_OP_SEND, "5.6"), "sendmsg": (IORING_OP_SENDMSG, "5.3"),
                 "send_zc": (IORING_OP_SEND_ZC, "6.0"), "sendmsg_zc": (IORING_OP_SENDMSG_ZC, "6.1")}
 
@@ -2493,8 +2526,10 @@ def probe_report_usage() -> bool:
     """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel, on a small ring of its own.
 
     A SEND_ZC with the flag to an AF_UNIX socketpair: a kernel that knows the
-    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), one
-    that does not rejects the flag (-EINVAL) first. Both post F_MORE, then a notification.
+    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), with
+    F_MORE and then a notification; one that does not (6.0, 6.1) rejects the
+    flag (-EINVAL) without F_MORE and posts no notification: io_send_zc_prep()
+    checked the flags before it allocated one.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, Ring(2, attempts=SETUP_ATTEMPTS) as ring:
@@ -2534,12 +2569,13 @@ TRACE_EXPLAINED = {
     "notif": ["F_NOTIF: the notification. The kernel has let go of the buffer (the last",
               "packet that pointed at it was freed): now it may be changed or reused. With",
               "REPORT_USAGE, res 0 means the pages really went out zero-copy; bit 31",
-              "(IORING_NOTIF_USAGE_ZC_COPIED, reads as negative) means the kernel copied."],
+              "(IORING_NOTIF_USAGE_ZC_COPIED, reads as negative) means they did not: the",
+              "kernel copied, or the send never used them (it failed, or was all copied)."],
     "done": ["No F_MORE: a copying SEND. The data was copied at submission, so the buffer",
              "was free again before this CQE was even posted; no notification follows."],
     "error": ["res < 0 is -errno: the send failed. A zero-copy send may still set F_MORE,",
               "and then its notification still comes."],
-    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 7)."],
+    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 8)."],
 }
 
 
@@ -2572,22 +2608,27 @@ _syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
 _syscall_gil.restype = ctypes.c_long
 
 
+# A sender's CQ ring holds this many CQEs per SQ entry: room for a result and a
+# notification of every request in flight, and for notifications that lag.
+CQ_ENTRIES_PER_SQ = 4
+
+
 def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int]],
               stack: ExitStack, **ring_args) -> Tuple[Ring, bool]:
     """A sender's ring, set up in the order liburing's example does and torn down by stack; and
     whether its SEND_ZC may ask IORING_SEND_ZC_REPORT_USAGE.
 
-    The ring (CQ 4x the SQ), the socket as registered file 0, the buffers
+    The ring (CQ CQ_ENTRIES_PER_SQ times the SQ), the socket as registered file 0, the buffers
     (addr, length) as registered buffers 0.. (none: no FIXED_BUF), the ring
     fd registered. Each refusal is one line (Fatal), the probe's ring's too.
     """
     ring_args.setdefault("attempts", SETUP_ATTEMPTS)
     try:
-        ring = Ring(cfg.entries, cq_entries=4 * cfg.entries, **ring_args)
+        ring = Ring(cfg.entries, cq_entries=CQ_ENTRIES_PER_SQ * cfg.entries, **ring_args)
     except OSError as e:
         raise Fatal(setup_error(e)) from None
     stack.callback(ring.close)
-    check_opcode(ring.probe(), cfg.mode)
+    check_opcode(get_probe(ring), cfg.mode)
     try:
         ring.register_files([sock.fileno()])
         if buffers:
@@ -2601,12 +2642,63 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
         raise Fatal(setup_error(e)) from None
 
 
+# --sqpoll's submit and peek: the SQ thread submits, we mostly only read the rings.
+def sqpoll_submit_and_peek(ring: Ring, wait_nr: int) -> Tuple[List[int], int]:
+    """Ring.submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
+
+    The kernel's SQ thread, on another CPU, watches sq.tail and submits
+    whatever we place; we store the tail and read the CQ ring, and enter
+    only to sleep until wait_nr CQEs are ready, or to wake the thread
+    (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
+
+    Memory ordering, the part C gets from barriers: the thread reads our
+    tail concurrently, so the SQE bytes must be visible before the tail.
+    x86-64 keeps stores in order and loads in order (TSO), so writing the
+    SQEs then the tail is enough there, and the CQEs we read after cq.tail
+    are those it covers; arm64 needs a release and an acquire Python cannot
+    issue, which is why --sqpoll is x86-64 only. A store then a load (the
+    tail, then NEED_WAKEUP) may still pass each other even on x86: the
+    thread could fall asleep without seeing our tail; then no CQE comes,
+    we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
+    """
+    ring._sq_words[ring._sq_tail_i] = ring.sq_tail
+    tail = ring._cq_words[ring._cq_tail_i]
+    short = (tail - ring.cq_head) & U32 < wait_nr
+    if short or ring._sq_words[ring._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
+        check_enter(_syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr if short else 0,
+                             ring._peek_flags | IORING_ENTER_SQ_WAKEUP,
+                             ring._wait_ref, ring._wait_size))     # bounded, as submit_and_peek's
+        tail = ring._cq_words[ring._cq_tail_i]
+    return ring._peek_bulk(tail)
+
+
+# liburing's SENDMSG preps (section 5's kind), for --sendmsg.
+def prep_sendmsg(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg(): sendmsg(2) as a request, msg_addr a struct msghdr; the kernel copies."""
+    prep_rw(sqe, IORING_OP_SENDMSG, fd, msg_addr, 1, 0)
+    sqe.msg_flags = msg_flags
+
+
+def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg_zc(): prep_sendmsg() with the zero-copy opcode; two CQEs follow."""
+    prep_sendmsg(sqe, fd, msg_addr, msg_flags)
+    sqe.opcode = IORING_OP_SENDMSG_ZC
+
+
+def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
+                          buf_index: int) -> None:
+    """io_uring_prep_sendmsg_zc_fixed() (6.15): the iovecs lie in a registered buffer."""
+    prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
+    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
+    sqe.buf_index = buf_index
+
+
 # What a batch costs (README, "Speed", has the measurements): Python spends ~1.5 us
 # on a batch, whatever its size (a ctypes call into io_uring_enter is a third
 # of it); the kernel ~2 us on each 64 KB SEND_ZC. So Python's share is ~9% of
 # a batch of 8 and ~2% of a batch of 64 (bench --sweep measures it on any host).
 class UringSender(BulkSender):
-    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported.
+    """The seed's do_tx(): BulkSender, set up from a SendConfig, traced and reported.
 
     Beside the hot loop, a general loop (run_general) for what it does not
     take: SQPOLL, -f, and whatever the hot loop hands over.
@@ -2626,10 +2718,13 @@ class UringSender(BulkSender):
                       sq_thread_idle=SQ_THREAD_IDLE_MS) if cfg.sqpoll else {}
         buffers = [(payload.addr, payload.length)] if cfg.fixed_buf and cfg.zc else []
         ring, usage = send_ring(cfg, sock, buffers, stack, **sqpoll)
-        super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf, cfg.sendmsg,
-                         cfg.proto == "tcp", usage,
-                         gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None, STOP)
+        # --sendmsg: SENDMSG_ZC; cmsg, a control message for every request (--gso).
+        self.sendmsg, self.cmsg = cfg.sendmsg, gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None
+        self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
+        super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf,
+                         cfg.proto == "tcp", usage, STOP)
         self.flush = cfg.flush      # -f: each batch waits for its notifications (run_general)
+        self.run_of_batches: Optional[memoryview] = None     # place_batches() builds it
         self.syscall = _syscall_gil                # see above
         self.trace_out = sys.stdout
         self.deadline_ns: Optional[int] = None     # -n: the flows' common deadline (run_flows)
@@ -2642,27 +2737,47 @@ class UringSender(BulkSender):
                         setup=self.ring.setup_flags, gso=cfg.gso or None)
         meter = Meter()
         self.started_ns = meter.t0    # -i: where the interval lines start counting
-        run = self.begin(self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9), on_tick, tick_ns)
+        books = self.begin(self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9), on_tick, tick_ns)
         if cfg.trace:                 # inside the timed run: the trace's sends count, so must its time
-            run.slow, run.inflight, run.due = self.trace(cfg.trace, self.trace_out, run.deadline)
-            run.placed = run.slow.results + run.inflight
+            books.slow, books.inflight, books.due = self.trace(cfg.trace, self.trace_out, books.deadline)
+            books.placed = books.slow.results + books.inflight
         self.send()
         meter.stop(result)            # the rate covers sending; the drain is not timed
         self.drain(DRAIN_SECONDS)
-        slow = run.slow
-        result.requests = run.whole + slow.ok
-        result.bytes = run.whole * cfg.size + slow.bytes
+        slow = books.slow
+        result.requests = books.whole + slow.ok
+        result.bytes = books.whole * cfg.size + slow.bytes
         result.eagain, result.failed = slow.eagain, slow.failed
-        result.notifications = run.notifs + slow.notifs
-        result.undrained = run.due + run.inflight
+        result.notifications = books.notifs + slow.notifs
+        result.undrained = books.due + books.inflight
         if self.report_usage:
-            result.zc_copied = run.copied + slow.copied
-        if run.lags_ns:
-            result.notif_lag = lag_summary(run.lags_ns, run.pinned_max, result)
+            result.zc_copied = books.copied + slow.copied
+        if books.lags_ns:
+            result.notif_lag = lag_summary(books.lags_ns, books.pinned_max, result)
         result.interrupted = STOP.requested       # during the run, or during the drain
-        result.error = run_error(cfg, result, slow.error, run.entered, run.waited,
-                                 gave_up=run.stopped and STOP.hurry)
+        result.error = run_error(cfg, result, slow.error, books.entered, books.waited,
+                                 gave_up=books.stopped and STOP.hurry, held_back=books.held_back)
         return result
+
+    def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
+        """BulkSender.prep(), rewritten as a SENDMSG(_ZC) with --sendmsg: a msghdr that may carry cmsg."""
+        super().prep(sqe, phase, user_data)
+        if not self.sendmsg:
+            return
+        iov = iovec(sqe.addr, sqe.len)
+        msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
+        if self.cmsg is not None:
+            msg.msg_control, msg.msg_controllen = ctypes.addressof(self.cmsg), len(self.cmsg)
+        self._msgs += [iov, msg]
+        msg_flags, usage, flags = sqe.msg_flags, sqe.ioprio & IORING_SEND_ZC_REPORT_USAGE, sqe.flags
+        if not self.zc:
+            prep_sendmsg(sqe, 0, ctypes.addressof(msg), msg_flags)
+        elif self.fixed:
+            prep_sendmsg_zc_fixed(sqe, 0, ctypes.addressof(msg), msg_flags, 0)
+        else:
+            prep_sendmsg_zc(sqe, 0, ctypes.addressof(msg), msg_flags)
+        sqe.ioprio |= usage
+        sqe.flags, sqe.user_data = flags, user_data
 
     def send(self) -> None:
         """(1)-(6) until the deadline, STOP or an error: the hot loop if it can, else the general one."""
@@ -2672,75 +2787,83 @@ class UringSender(BulkSender):
     def run_general(self) -> None:
         """The loop for what the hot loop does not take: SQPOLL, -f, and its hand-overs.
 
-        Per batch: one place(), one submit_and_peek() (submit, wait, then the
-        ready CQEs' flags and res sum), judge(), one cq_advance().
+        Per batch: the clock, one place(), one submit_and_peek() (submit, wait
+        at most ENTER_WAIT_NS, then the ready CQEs' flags and res sum),
+        judge(), one cq_advance(), a look at sq.flags.
         """
-        ring, run, r, size, stream = self.ring, self.books, self.r, self.size, self.stream
-        if run.entered is not None or run.slow.error:
+        ring, books, per_batch, size = self.ring, self.books, self.per_batch, self.size
+        if books.entered is not None or books.slow.error:
             return
-        place, cq_advance = ring.place, ring.cq_advance
-        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
+        submit_and_peek = (functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll
+                           else ring.submit_and_peek)
         # In flight: one batch, as in the seed, unless SQPOLL: its thread
         # submits on its own CPU, so we keep the SQ full and enter only to
         # sleep until half of what is in flight has completed (sleeping per
         # batch cost the SQ thread a third of its rate: README, "Speed"). Not a
         # stream: batches are not linked to each other, and the SQ thread cuts
         # a chain wherever its submission ends; nor -f, which waits per batch.
-        ahead = ring.sq_entries - r if ring.sqpoll and not (stream or self.flush) else 0
-        room = 0 if self.flush else ring.cq_entries - 2 * (ahead + r)   # as in run_hot()
-        clock, deadline, stop = time.perf_counter_ns, run.deadline, self.stop
-        run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))   # datagram batches are alike
-        judge, slow, batch = self.judge, run.slow, self.batch
-        inflight, due, placed = run.inflight, run.due, run.placed
+        ahead = ring.sq_entries - per_batch if ring.sqpoll and not (self.stream or self.flush) else 0
+        due_max = 0 if self.flush else ring.cq_entries - 2 * (ahead + per_batch)   # as in run_hot()
+        clock, deadline, stop, slow = time.perf_counter_ns, books.deadline, self.stop, books.slow
+        judge, peek_res, cq_advance = self.judge, ring.peek_res, ring.cq_advance
+        place_batches = self.place_batches
+        inflight, due, placed = books.inflight, books.due, books.placed
         sample_t = sample_target = 0          # the lag sample under way, as in run_hot()
         while True:
+            now = clock()                     # -t: before every (bounded) wait
+            if now >= deadline or stop.requested or slow.error or books.held_back:
+                break
             if inflight <= ahead:
-                now = clock()
-                if now >= deadline or stop.requested or slow.error:
-                    break
-                if now >= run.next_tick:
-                    run.on_tick(run.whole * size + slow.bytes, run.whole + slow.ok)
-                    run.next_tick += run.tick_ns
-                if due <= room:
-                    if stream:                  # (1) the batch starts where the last one ended
-                        place(batch(placed * size % self.buf.period))
-                        inflight += r
-                        placed += r
-                    else:                       # (1) as many batches as fit, in one slice copy
-                        # ... and as the SQ has room for: the SQ thread commits
-                        # sq.head after its whole submission.
-                        n = min((ahead - inflight) // r * r + r, ring.sq_space_left() // r * r)
-                        if n:
-                            place(run_of_batches[:n << SQE_SHIFT])
-                            inflight += n
-                            placed += n
-                        elif not inflight:
-                            continue            # nothing to wait for: the head is on its way
+                if now >= books.next_tick:
+                    books.on_tick(books.whole * size + slow.bytes, books.whole + slow.ok)
+                    books.next_tick += books.tick_ns
+                if due <= due_max:
+                    n = place_batches(inflight, placed, ahead)      # (1)
+                    inflight, placed = inflight + n, placed + n
+                    if not inflight:
+                        continue            # nothing to wait for: the head is on its way
                 if self.zc and not sample_t and inflight:
                     # (5) time the newest request: until the notifications of
                     # every request placed so far have come (in order).
-                    sample_t, sample_target = now, run.notifs + slow.notifs + due + inflight
-                    run.pinned_max = max(run.pinned_max, (due + inflight) * size)
+                    sample_t, sample_target = now, books.notifs + slow.notifs + due + inflight
+                    books.pinned_max = max(books.pinned_max, (due + inflight) * size)
             try:                                # (2) submit and wait, (3) peek CQEs
                 flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
             except OSError as e:
                 # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed with no CQE:
-                # a TCP peer that stopped reading): look at the clock and the stop request.
+                # a TCP peer that stopped reading): look at the clock again.
                 if e.errno not in (errno.EINTR, errno.ETIME):
-                    run.entered = e
-                    break
-                if stop.requested or clock() >= deadline:
+                    books.entered = e
                     break
                 continue
-            results, owed = judge(flags, res_sum)     # (4), (5)
+            results, owed = judge(flags, res_sum, peek_res)      # (4), (5)
             inflight -= results
             due += owed
-            cq_advance(len(flags))                    # (6)
-            if sample_t and run.notifs + slow.notifs >= sample_target:
-                run.lags_ns.append(clock() - sample_t)
+            cq_advance(len(flags))                              # (6)
+            books.held_back = ring.cq_held_back
+            if sample_t and books.notifs + slow.notifs >= sample_target:
+                books.lags_ns.append(clock() - sample_t)
                 sample_t = 0
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-        run.inflight, run.due, run.placed = inflight, due, placed
+        books.inflight, books.due, books.placed = inflight, due, placed
+
+    def place_batches(self, inflight: int, placed: int, ahead: int) -> int:
+        """(1) for run_general(): a stream's next batch, or as many datagram batches as fit; how many requests.
+
+        Datagram batches are alike, so several go in one slice copy, as many
+        as keep `ahead` in flight and the SQ has room for (the SQ thread
+        commits sq.head only after its whole submission).
+        """
+        ring, per_batch = self.ring, self.per_batch
+        if self.stream:                     # the batch starts where the last one ended
+            ring.place(self.batch_sqes(placed * self.size % self.buf.period))
+            return per_batch
+        if self.run_of_batches is None:
+            self.run_of_batches = memoryview(self.batch_sqes(0) * (ring.sq_entries // per_batch))
+        n = min((ahead - inflight) // per_batch * per_batch + per_batch,
+                ring.sq_space_left() // per_batch * per_batch)
+        ring.place(self.run_of_batches[:n << SQE_SHIFT])
+        return n
 
     def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
         """Send the first n requests slowly (user_data = each one's number), saying aloud each step.
@@ -2769,7 +2892,7 @@ class UringSender(BulkSender):
         # Part of the timed run, so -t ends it too: a peer that stops taking
         # data must not hold it for ever, nor must Ctrl-C go unheard.
         late = False
-        while seq < n and not total.error and not STOP.requested and not late:
+        while seq < n and not total.error and not STOP.requested and not late and not self.books.held_back:
             count = min(cfg.batch, n - seq)
             for j in range(count):
                 seq += 1
@@ -2806,6 +2929,7 @@ class UringSender(BulkSender):
                     say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
                                                     user_data[k], res[k], flags[k]))
                 ring.cq_advance(ready)
+                self.books.held_back = self.books.held_back or ring.cq_held_back
                 t = judge_each(res, flags, cfg.size, cfg.zc)
                 total.add(t)
                 due += t.due
@@ -2834,7 +2958,9 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     finished = False
     try:
         for i in range(cfg.flows):
-            pid = os.fork()
+            pid = fork_flow(cfg, i)
+            if pid < 0:
+                break
             if pid == 0:                  # the child: never returns
                 os.close(out_r)
                 os.close(go_w)
@@ -2847,23 +2973,23 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = flow_inbox(out_r, pids, cfg.flows)
+        inbox = flow_inbox(out_r, pids, len(pids))
         done = next(inbox)                # "ready" or "fatal" from each
         if all(m[0] == "ready" for m in done):
             deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-            os.write(go_w, struct.pack("q", deadline) * cfg.flows)   # 8 B a child: far below a pipe's room
+            os.write(go_w, struct.pack("q", deadline) * len(pids))   # 8 B a child: far below a pipe's room
             done = next(inbox)            # "result" or "fatal" from each
         finished = True
     finally:
+        for pid in pids if not finished else ():   # leaving by an exception (fork's EAGAIN, a
+            try:                                    # third Ctrl-C): before the pipes close, so
+                os.kill(pid, signal.SIGKILL)        # no child writes into a closed one
+            except ProcessLookupError:
+                pass                      # (the kernel tears down its ring and sends)
         for fd in (out_r, out_w, go_r, go_w):
             if fd >= 0:
                 os.close(fd)              # a child still waiting for go reads EOF and leaves
         for pid in list(pids):
-            if not finished:              # leaving by an exception (a third Ctrl-C, say)
-                try:
-                    os.kill(pid, signal.SIGKILL)    # the kernel tears down its ring and sends
-                except ProcessLookupError:
-                    pass
             os.waitpid(pid, 0)            # every child reported (or was killed): reap it
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
@@ -2880,6 +3006,18 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     total.seconds = (max(m[4] for m in done) - min(m[3] for m in done)) / 1e9
     total.interrupted = STOP.requested or any(r.interrupted for r in results)
     return results, total
+
+
+def fork_flow(cfg: SendConfig, i: int) -> int:
+    """fork() for flow i, unless a signal came (Ctrl-C, SIGTERM: those forked run and report)."""
+    if STOP.requested:
+        if i:
+            return -1
+        raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
+    try:
+        return os.fork()
+    except BlockingIOError:               # EAGAIN: RLIMIT_NPROC, or the cgroup's pids.max
+        raise Fatal(fork_error(cfg.flows, i)) from None
 
 
 def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> None:
@@ -3004,16 +3142,15 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
                    lambda: STOP.requested)
     stopped = STOP.requested
     meter.stop(result)                          # the rate covers sending; the drain is not timed
-    drain_from = time.perf_counter_ns()
-    sender.drain(DRAIN_SECONDS, lambda: STOP.hurry)
-    waited = (time.perf_counter_ns() - drain_from) / 1e9
+    waited = sender.drain(DRAIN_SECONDS, lambda: STOP.hurry)
     result.interrupted = STOP.requested
-    result.requests, result.bytes, result.eagain = t.requests, t.bytes, t.eagain
-    result.notifications, result.failed, result.undrained = t.notifications, t.failed, t.undrained
+    result.requests, result.bytes, result.eagain = t.ok, t.bytes, t.eagain
+    result.notifications, result.failed, result.undrained = t.notifs, t.failed, len(sender.owed)
     result.zc_copied = t.copied if zc_flags else None
-    result.pool = {"buffers": cfg.pool, "break_contract": cfg.break_contract, "rewritten_early": t.broke,
-                   **lag_summary(t.lags_ns, t.pinned_max, result)}
-    result.error = run_error(cfg, result, t.error, None, waited, gave_up=stopped and STOP.hurry)
+    result.pool = {"buffers": cfg.pool, "break_contract": cfg.break_contract,
+                   "rewritten_early": sender.broke, **lag_summary(sender.lags_ns, sender.pinned_max, result)}
+    result.error = run_error(cfg, result, t.error, None, waited, gave_up=stopped and STOP.hurry,
+                             held_back=sender.held_back)
     return result
 
 
@@ -3135,8 +3272,8 @@ class SyscallSender:
         flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
         whole = memoryview(self.payload.map)
         views = [whole[p:p + size] for p in range(PATTERN_LEN if cfg.proto == "tcp" else 1)]
-        room = select.poll()           # wakes when the send buffer has space (or an error is queued)
-        room.register(sock, select.POLLOUT)
+        writable = select.poll()       # wakes when the send buffer has space (or an error is queued)
+        writable.register(sock, select.POLLOUT)
         errq = select.poll()           # wakes when a notification is queued
         errq.register(sock, select.POLLERR)
         done = self.completions
@@ -3165,7 +3302,7 @@ class SyscallSender:
                             nbytes += send(views[nbytes % nviews], flags)
                             sends += 1
                             if poll_each:
-                                room.poll(POLL_MS)
+                                writable.poll(POLL_MS)
                     else:
                         for _ in burst:
                             nbytes += send(view, flags)
@@ -3174,7 +3311,7 @@ class SyscallSender:
                     eagain += 1
                     if zc:
                         error = done.read(sock, sends)
-                    room.poll(POLL_MS)
+                    writable.poll(POLL_MS)
                 except OSError as e:
                     if not (zc and e.errno == errno.ENOBUFS):
                         error = e.errno
@@ -3196,14 +3333,16 @@ class SyscallSender:
             result.interrupted = STOP.requested
             meter.stop(result)          # the rate covers sending; the drain below is not timed
             done.sent = sends
-            # Every completion before the buffer may go; bounded, as UringSender's
-            # drain is: a TCP peer that stopped reading could hold the pages for minutes.
-            drain_from = clock()
-            drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
-            while zc and done.outstanding and clock() < drain_until and not STOP.hurry:
-                errq.poll(POLL_MS)
-                error = error or done.read(sock, sends)
-            waited = (clock() - drain_from) / 1e9
+            # Every completion before the buffer may go, in section 6's drain_owed():
+            # bounded, as a TCP peer that stopped reading could hold the pages for minutes.
+            read_errors = []
+
+            def wait_and_read(left: float) -> None:
+                errq.poll(min(POLL_MS, left * 1000))
+                read_errors.append(done.read(sock, sends))
+            waited = drain_owed(lambda: zc and done.outstanding, wait_and_read, DRAIN_SECONDS,
+                                lambda: STOP.hurry)
+            error = error or next((e for e in read_errors if e), 0)
             self.payload.lent += done.outstanding - 1      # settled: only what never came stays
         finally:
             for v in views:
@@ -3236,7 +3375,9 @@ class SyscallSender:
 #
 #   TCP  byte o of the stream is PATTERN[o % 26]. Where one receive ends and
 #        the next begins is the network's choice, so a receive of k bytes at
-#        stream offset o must equal the pattern from phase o % 26 on.
+#        stream offset o must equal the pattern from phase o % 26 on. (A
+#        sender that sends each request from its buffer's start, as the seed's
+#        send-zc.c does, restarts it every send: Verifier.restarted() sees it.)
 #   UDP  every datagram is the pattern from its first byte ('a'), also
 #        when UDP_GRO brings several in one receive (GroReceiver).
 #
@@ -3282,23 +3423,37 @@ class Verifier:
     """
 
     def __init__(self, span: int):
+        self.span = span
         self.pattern = pattern(span + PATTERN_LEN)   # a receive of span bytes from any phase
         self.matches = self.pattern.startswith       # matches(view[:k], phase) -> bool
+        self.period = PATTERN_LEN                    # TCP: byte o is pattern[(o - shift) % period]
+        self.shift = 0                               # (restarted(), pieces())
+        self.size = 0                                # TCP: the sender's send size, once restarted() saw it
+        self.base = self.pattern                     # the pattern that runs on
+        self.sends: bytes = b""                      # the pattern restarted every size bytes
+        self.pending = [0] * PATTERN_LEN             # sends cut short, by the phase where they stopped
+        self.cuts = 0                                # sends that came in pieces (pieces())
+        self.anchored = False                        # pieces(): at a known offset of a send, not a rest
         self.bad = 0                                 # receives (TCP) or datagrams (UDP) that failed
         self.first: Optional[dict] = None            # where the first one went wrong
+        self.other = ""                              # what the data are instead: "stamps", "pattern", ""
+        self.compared = 0                            # UDP: datagrams compared (an empty one has no byte)
         self.segment = 0                             # UDP_GRO: the segment size self.layout is for
         self.layout: Optional[bytes] = b""           # that many-byte datagrams laid end to end
 
     def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
         """Check one UDP receive of k bytes from datagram number index on: one, or (UDP_GRO) several."""
         step = segment if 0 < segment < k else k
+        if not k:
+            return                                   # an empty datagram: nothing to compare
+        self.compared += -(-k // step)
         if step < k and self.layout is not None:     # all right? one memcmp() tells
             if segment != self.segment or k > len(self.layout):
                 self.segment = segment
                 self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
             if self.layout.startswith(view[:k]):
                 return
-        for at in range(0, k, step or 1):       # count each wrong datagram, place the first
+        for at in range(0, k, step):            # count each wrong datagram, place the first
             n = min(step, k - at)
             if not self.matches(view[at:at + n], 0):
                 self.mismatch(view[at:], n, 0, 0, index + at // step)
@@ -3306,22 +3461,113 @@ class Verifier:
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
         """Count a receive that failed; describe the first in full."""
+        if datagram is None and not self.size and self.first is None and self.restarted(view, k, phase, offset):
+            phase = offset % self.size               # the same receive, on the new terms
+        if datagram is None and self.size:
+            self.bad += not self.pieces(view, k, phase, offset)
+            return
         self.bad += 1
         if self.first is None:
             i = first_mismatch(view[:k], self.pattern, phase)
             self.first = {"offset": offset + i, "datagram": datagram,
                           "got": view[i], "expected": self.pattern[phase + i]}
+            udp = datagram is not None
+            self.other = "stamps" if (udp or offset + i == 0) and is_stamped(view[:k], udp) else ""
+
+    def restarted(self, view: memoryview, k: int, phase: int, offset: int) -> bool:
+        """Does the stream start the pattern again where it first differs? Then it repeats there.
+
+        The seed's send-zc.c and liburing's send-zerocopy send every request from
+        the start of one buffer, so their TCP stream is the pattern's first S bytes
+        again and again (S: their -s). From here on every byte is checked on those
+        terms, pattern[o % S % 26]: a real mismatch later keeps its line. It takes
+        a run of the pattern from 'a' there (26 bytes, or S, or to the receive's end) to
+        be sure; pieces() then checks the whole receive on the new terms.
+        """
+        i = first_mismatch(view[:k], self.pattern, phase)
+        size = offset + i                            # where the first send ended
+        if self.size or not 0 < size <= TCP_MAX_WRITE or view[i] != PATTERN[0]:
+            return False
+        if not self.pattern.startswith(view[i:i + min(k - i, PATTERN_LEN, size)]):
+            return False
+        self.size, self.anchored = size, True
+        self.sends = pattern(size) * ((self.span + size) // size + 2)   # a receive of span from any phase
+        return True
+
+    def pieces(self, view: memoryview, k: int, phase: int, offset: int) -> bool:
+        """On restarted() terms, a receive the one memcmp() refused: read it as pieces of sends.
+
+        Several sends in flight on one TCP socket (liburing's send-zerocopy -n 8:
+        "submit batching >1 with TCP sockets will cause data reordering") may cut
+        a send short and send its rest after other sends. So a piece may begin
+        with 'a' (a new send) or at the phase where a cut send stopped; a rest's
+        place in its send is known only mod 26, so it is checked as the pattern
+        running on until the next piece. False, placing self.first, at a byte
+        that neither continues its piece nor begins one.
+        """
+        size, at, ok = self.size, 0, True
+        anchored, cur = self.anchored, phase         # cur: the send's offset, or (a rest) the phase
+        while True:
+            want = self.sends if anchored else self.base
+            rest = view[at:k]
+            at += len(rest) if want.startswith(rest, cur) else first_mismatch(rest, want, cur)
+            cur = (at - (k - len(rest)) + cur) % (size if anchored else PATTERN_LEN)
+            if at == k:
+                break
+            got, stop = view[at] - PATTERN[0], cur % PATTERN_LEN
+            if anchored and cur == 0 and got == size % PATTERN_LEN:
+                anchored, cur = False, got           # a cut the pattern hid: its send's rest runs on
+                continue
+            if not (anchored and cur == 0 or not anchored and stop == size % PATTERN_LEN and got == 0):
+                self.pending[stop] += 1              # this piece's send stopped short of its end
+            if got == 0:
+                anchored, cur = True, 0              # a new send
+            elif 0 < got < PATTERN_LEN and self.pending[got]:
+                self.pending[got] -= 1               # the rest of a send cut there
+                self.cuts += 1
+                anchored, cur = False, got
+            else:
+                if self.first is None:
+                    self.first = {"offset": offset + at, "datagram": None, "got": view[at],
+                                  "expected": want[cur]}
+                ok, at = False, at + 1               # on, from the next byte as if it were right
+                cur = (cur + 1) % (size if anchored else PATTERN_LEN)
+                if at == k:
+                    break
+        self.anchored, self.period = anchored, size if anchored else PATTERN_LEN
+        self.pattern = self.sends if anchored else self.base
+        self.matches = self.pattern.startswith
+        self.shift = (offset + k - cur) % self.period
+        return ok
+
+    def unverified(self, r: "RxResult") -> Optional[str]:
+        """Why no byte was compared, or None: a verdict speaks only of bytes it compared."""
+        if r.proto == "tcp":
+            return None if r.bytes else "the connection brought no data"
+        return None if self.compared else f"all {r.datagrams} datagrams were empty"
 
     def error_line(self, r: "RxResult") -> str:
         """One line for a failed verification: where, what, and what it means."""
+        if self.other == "stamps":
+            return ("rx: verification failed: the data are --pool stamps, not the pattern: the sender "
+                    "runs with --pool N: start rx with --pool")
         f = r.first_mismatch
         where = (f"stream byte {f['offset']}" if f["datagram"] is None
                  else f"byte {f['offset']} of datagram {f['datagram']} (both counted from 0)")
         count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
-        return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern has "
+        restart = f" (restarted every {self.size} bytes)" if self.size else ""
+        return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern{restart} has "
                 f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {count} "
                 f"differ): the data changed after the sender handed it over, as when a zero-copy "
                 f"buffer is rewritten before its notification")
+
+
+def is_stamped(data: memoryview, whole: bool) -> bool:
+    """Do data begin with a --pool stamp (of a request of their own length, if whole)?"""
+    if len(data) < STAMP.size:
+        return False
+    size = STAMP.unpack_from(data)[1]
+    return STAMP.size <= size <= TCP_MAX_WRITE and (size == len(data) or not whole)
 
 
 class PoolVerifier(Verifier):
@@ -3331,6 +3577,8 @@ class PoolVerifier(Verifier):
     lost or out of order (neither UDP nor io_uring's sends in flight keep it).
     TCP: stamp(0, size), stamp(1, size), ... in order. A buffer rewritten
     before its notification shows as a later request's stamp, or a torn one.
+    Data that carry no stamp at all are named as such (the plain pattern: a
+    sender without --pool), never as some request's.
     """
 
     def __init__(self, proto: str):
@@ -3345,11 +3593,21 @@ class PoolVerifier(Verifier):
         self.why: Optional[dict] = None   # what the last failed check found
         self.layout = None            # each datagram has its own stamp: check them one by one
 
+    def unstamped(self, data: memoryview, n: Optional[int]) -> bool:
+        """data (a datagram, or the stream's start) carry no stamp: say so, and what they are."""
+        if self.first is None:
+            self.other = "pattern" if data and pattern(len(data)) == data else ""
+        self.why = dict(offset=0, datagram=n, got=data[0] if data else None, expected=None,
+                        request=None, length=len(data))
+        return False
+
     def datagram(self, data: memoryview, phase: int = 0) -> bool:
         """Is data one request's stamp, of a request not seen before? (phase: unused)"""
         n, self.checked = self.checked, self.checked + 1
-        seq = STAMP.unpack_from(data)[0] if len(data) >= STAMP.size else -1
-        want = stamp(max(seq, 0), len(data))
+        if not is_stamped(data, True):
+            return self.unstamped(data, n)
+        seq = STAMP.unpack_from(data)[0]
+        want = stamp(seq, len(data))
         if not want.startswith(data):             # same length: equal, compared in place
             i = first_mismatch(data, want)
             self.why = dict(offset=i, datagram=n, got=data[i], expected=want[i], request=seq)
@@ -3367,14 +3625,17 @@ class PoolVerifier(Verifier):
 
     def stream(self, data: memoryview, phase: int = 0) -> bool:
         """Are data the stream's next bytes, the requests' stamps in order? (phase: unused)"""
+        if self.size < 0:
+            return False                          # the stream began with no stamp: all of it fails
         if not self.size:
             self.head += bytes(data)
             if len(self.head) < STAMP.size:
                 return True                       # checked once a whole stamp is here
             size = STAMP.unpack_from(self.head)[1]
-            # Not a --pool stream (the pattern, say): check against 16-byte requests,
-            # which fails at once and cheaply, rather than build a stamp of any size.
-            self.size = size if STAMP.size <= size <= TCP_MAX_WRITE else STAMP.size
+            if not STAMP.size <= size <= TCP_MAX_WRITE:   # not a --pool stream: no request to name
+                self.size, head, self.head = -1, memoryview(self.head), b""
+                return self.unstamped(head[:STAMP.size], None)
+            self.size = size
             data, self.head = memoryview(self.head), b""
         o, k, size = self.checked, len(data), self.size
         self.checked += k
@@ -3393,9 +3654,27 @@ class PoolVerifier(Verifier):
         self.bad += 1
         self.first = self.first or self.why
 
+    def unverified(self, r: "RxResult") -> Optional[str]:
+        if r.proto == "tcp" and r.bytes and not self.checked and self.size >= 0:
+            return (f"the stream ended after {r.bytes} bytes, short of one {STAMP.size}-byte "
+                    f"--pool stamp")
+        return super().unverified(r)
+
     def error_line(self, r: "RxResult") -> str:
         f = r.first_mismatch
         count = "receives" if r.proto == "tcp" else "datagrams"
+        tally = f"({r.mismatches} of {r.receives} {count} differ)"
+        if self.other == "pattern":
+            return ("rx: --pool verification failed: the data are the plain pattern, not --pool stamps: "
+                    "the sender runs without --pool: start rx without --pool")
+        if "length" in f:
+            n = f"{f['length']} byte{'s' if f['length'] != 1 else ''}"
+            where = (f"the stream's first {STAMP.size} bytes are no request's stamp" if f["datagram"] is None
+                     else f"datagram {f['datagram']} ({n}) is shorter than one {STAMP.size}-byte stamp"
+                     if f["length"] < STAMP.size else
+                     f"datagram {f['datagram']} ({n}) begins with no stamp of a request that long")
+            return (f"rx: --pool verification failed: {where} {tally}: neither a --pool sender's "
+                    f"stamps nor the plain pattern: check what sends to this port")
         if "previous" in f:
             before = (f"datagram {f['previous']} carried already" if f["previous"] is not None else
                       f"is more than {POOL_REORDER_WINDOW} requests behind the newest")
@@ -3405,9 +3684,8 @@ class PoolVerifier(Verifier):
             at = (f"stream byte {f['offset']}" if f["datagram"] is None
                   else f"byte {f['offset']} of datagram {f['datagram']}")
             where = f"{at} is {f['got']:#04x} where request {f['request']}'s stamp has {f['expected']:#04x}"
-        return (f"rx: --pool verification failed: {where} ({r.mismatches} of {r.receives} {count} "
-                f"differ): a buffer was rewritten while the kernel still held it, before its "
-                f"notification (F_NOTIF)")
+        return (f"rx: --pool verification failed: {where} {tally}: a buffer was rewritten while "
+                f"the kernel still held it, before its notification (F_NOTIF)")
 
 
 @dataclass
@@ -3426,13 +3704,17 @@ class RxResult(Rates):
     seconds: float = 0.0             # measured: connection (TCP) or first datagram (UDP) to last byte
     cpu_user_s: float = 0.0
     cpu_sys_s: float = 0.0
-    verified: Optional[bool] = None  # every byte was the pattern; None: --no-verify
+    verified: Optional[bool] = None  # every byte was the pattern; None: --no-verify, or nothing compared
     mismatches: int = 0              # receives (TCP) or datagrams (UDP) with a wrong byte
     first_mismatch: Optional[dict] = None
     interrupted: bool = False
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
     stamped: bool = False            # rx --pool: checked against a --pool sender's stamps (not in JSON)
+    unverified: Optional[str] = None     # why no byte was compared (not in JSON: verified null, error)
+    compared: int = 0                # UDP: datagrams compared, the empty ones not (not in JSON)
+    period: int = 0                  # TCP: the sender restarts its pattern every period bytes (not in JSON)
+    cuts: int = 0                    # ... and this many of its sends came in pieces (not in JSON)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
     discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
     started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
@@ -3632,6 +3914,18 @@ class GroReceiver:
         return k
 
 
+# liburing's RECV prep (section 5's kind), for the receiver below.
+def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
+    """io_uring_prep_recv(): recv(2) as a request; res is the bytes copied to addr, 0 at EOF.
+
+    No _fixed twin: the kernel refuses IORING_RECVSEND_FIXED_BUF on RECV
+    (-EINVAL on 6.18), and a receive, being a copy into our pages, has no
+    per-request pinning for a registered buffer to save.
+    """
+    prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
+    sqe.msg_flags = msg_flags
+
+
 class UringReceiver:
     """TCP through io_uring: one IORING_OP_RECV at a time into the buffer.
 
@@ -3649,7 +3943,7 @@ class UringReceiver:
         stack.callback(ring.close)
         # Runs before ring.close (LIFO): a RECV in flight writes into buf, so it must end before buf goes.
         stack.callback(self.cancel)
-        if not ring.probe().has(IORING_OP_RECV):
+        if not get_probe(ring).has(IORING_OP_RECV):
             raise OSError(errno.EOPNOTSUPP, "this kernel has no IORING_OP_RECV (needs Linux 5.6+)")
         ring.register_files([sock.fileno()])
         ring.register_ring_fd()
@@ -3685,14 +3979,11 @@ class UringReceiver:
             self.sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass                # ENOTCONN: the peer reset it, and the RECV has ended already
-        until = time.monotonic() + DRAIN_SECONDS
-        while self.inflight and not STOP.hurry and time.monotonic() < until:
-            try:
-                if self.ring.wait_cqes(1, until - time.monotonic()):
-                    self.ring.cq_advance(len(self.ring.peek()[0]))
-                    self.inflight = False
-            except InterruptedError:
-                continue        # Ctrl-C again: the loop looks at STOP.hurry
+        def wait_and_reap(left: float) -> None:
+            if self.ring.wait_cqes(1, left):
+                self.ring.cq_advance(len(self.ring.peek()[0]))
+                self.inflight = False
+        drain_owed(lambda: self.inflight, wait_and_reap, DRAIN_SECONDS, lambda: STOP.hurry)
         if self.inflight:       # the kernel may still write into buf: never unmap it under a RECV
             self.buf.lent = True
 
@@ -3729,6 +4020,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
     matches = verifier.matches if verifier else None
+    period, shift = (verifier.period, verifier.shift) if verifier else (PATTERN_LEN, 0)
     t0 = result.started_ns = meter.t0
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
@@ -3749,9 +4041,10 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
         elif stream:
             if not k:
                 break                   # TCP: 0 bytes is the end of the stream
-            phase = nbytes % PATTERN_LEN
+            phase = (nbytes - shift) % period
             if matches is not None and not matches(view[:k], phase):
                 verifier.mismatch(view, k, phase, nbytes, None)
+                matches, period, shift = verifier.matches, verifier.period, verifier.shift   # (pieces())
         else:                           # a datagram, or (UDP_GRO) several; an empty one still counts
             segment = rx.segment
             if verifier is not None:
@@ -3843,10 +4136,14 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             raw = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
             result.segments = tcp_info.from_buffer_copy(raw).tcpi_segs_in if len(raw) >= size else None
     if verifier:
-        result.verified = verifier.bad == 0
+        result.unverified = None if verifier.bad else verifier.unverified(result)
+        result.verified = None if result.unverified else verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
+        result.compared, result.period, result.cuts = verifier.compared, verifier.size, verifier.cuts
         if verifier.bad and not result.error:
             result.error = verifier.error_line(result)
+        elif result.unverified and not result.error and not result.interrupted:
+            result.error = nothing_to_verify(result)
 
 
 def serve_flows(cfg: RxConfig, sock: socket.socket, first: Optional[tuple] = None) -> Tuple[List[RxResult], RxResult]:
@@ -3895,14 +4192,19 @@ def add_up(cfg: RxConfig, results: List[RxResult]) -> RxResult:
     total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
     total.method = " and ".join(sorted({r.method for r in results}))
     for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped",
-                 "seconds", "cpu_user_s", "cpu_sys_s"):
+                 "seconds", "cpu_user_s", "cpu_sys_s", "compared"):
         counts = [getattr(r, name) for r in results if getattr(r, name) is not None]
         if counts:              # else segments (UDP), datagrams and dropped (TCP) stay None
             setattr(total, name, sum(counts))
     total.gro_segment = max((r.gro_segment for r in results if r.gro_segment), default=None)
     total.error = next((r.error for r in results if r.error), None)
     total.first_mismatch = next((r.first_mismatch for r in results if r.first_mismatch), None)
-    total.verified = None if any(r.verified is None for r in results) else all(r.verified for r in results)
+    verdicts = [r.verified for r in results]
+    total.verified = False if False in verdicts else None if None in verdicts else True
+    unverified = sum(1 for r in results if r.unverified)
+    total.unverified = f"{unverified} of {len(results)} had nothing to verify" if unverified else None
+    total.period = next((r.period for r in results if r.period), 0)
+    total.cuts = sum(r.cuts for r in results)
     return total
 
 
@@ -3929,18 +4231,31 @@ def describe_rx(r: RxResult) -> List[str]:
         lines.append("verification: off (--discard: MSG_TRUNC receives, the kernel dropped the data "
                      "without copying it to us)")
     elif r.verified is None:
-        lines.append("verification: off (--no-verify)")
+        lines.append(f"not verified: {r.unverified}" if r.unverified else "verification: off (--no-verify)")
     elif r.verified and r.stamped:
         lines.append("verified: every byte is its request's stamp, requests in order" if tcp else
-                     f"verified: all {r.datagrams} datagrams are one request's stamp each, no request twice")
+                     f"verified: all {r.compared} datagrams are one request's stamp each, no request "
+                     f"twice{empty_ones(r)}")
+    elif r.verified and tcp and r.period:
+        cut = (f"; {r.cuts} sends came in pieces, the rest of each after other sends (several sends in "
+               f"flight on one TCP socket)" if r.cuts else "")
+        lines.append(f"verified: every byte is the sender's pattern, restarted every {r.period} bytes "
+                     f"(each send from the start of its buffer, as the seed's send-zc.c and liburing's "
+                     f"send-zerocopy send){cut}")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if tcp
-                     else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
+                     else f"verified: all {r.compared} datagrams are the sender's pattern, intact{empty_ones(r)}")
     else:
         count = f"{r.receives} receives" if tcp else f"{r.datagrams} datagrams"
         want = "their requests' stamps" if r.stamped else "the pattern"
         lines.append(f"verification FAILED: {r.mismatches} of {count} differ from {want}")
     return lines
+
+
+def empty_ones(r: RxResult) -> str:
+    """UDP: the empty datagrams a verdict did not compare, if any came."""
+    n = (r.datagrams or 0) - r.compared
+    return f" ({n} empty datagram{'s' if n != 1 else ''}, nothing to compare)" if n > 0 else ""
 
 
 def rx_parser() -> "Parser":
@@ -3979,11 +4294,16 @@ def rx_main(argv: List[str]) -> int:
     a = rx_parser().parse_args(argv)
     cfg = RxConfig(a.proto, one_family(a.families), a.port, a.seconds, a.verify, a.uring, a.flows, a.keep,
                    a.discard, a.pool)
+    check_flows(cfg.flows, rx=True)
     if cfg.flows > 1 and cfg.proto != "tcp":
         raise UsageError(f"-n {cfg.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
     if cfg.flows > 1 and a.interval:
         raise UsageError(f"-i with -n {cfg.flows}: interval lines are per run; drop one of the two")
+    for flag, given in (("--discard", cfg.discard), ("--no-verify", not cfg.verify)):
+        if cfg.pool and given:
+            raise UsageError(f"--pool with {flag}: --pool checks the stamps, and {flag} checks "
+                             f"nothing: drop one of the two")
     with ExitStack() as stack:
         sock = stack.enter_context(listen_for(cfg))
         ctl = control_listener(cfg, sock) if cfg.proto == "udp" else None
@@ -4077,11 +4397,12 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
     counted = f", {total.datagrams} datagrams" if total.datagrams is not None else ""
     if total.discard:
         verdict = "not verified (--discard)"
-    elif total.verified is None:
+    elif total.verified is None and not total.unverified:
         verdict = "not verified (--no-verify)" if n else "nothing to verify"
     else:
-        failed = sum(1 for r in served if not r.verified)
-        verdict = "every one verified" if not failed else f"verification FAILED for {failed} of {n}"
+        failed = sum(1 for r in served if r.verified is False)
+        verdict = ("every one verified" if total.verified else f"verification FAILED for {failed} of {n}"
+                   if failed else f"not verified: {total.unverified}")
     return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
             f"{counted}; {verdict}")
 
@@ -4480,6 +4801,10 @@ def check_hello(cfg: RxConfig, hello: dict) -> RxConfig:
         takes = ("one flow (every UDP flow arrives on its one socket): drop -n" if proto == "udp"
                  else f"1 to {CONTROL_MAX_FLOWS} flows")
         raise ControlError(f"announces {shown(flows)} flows", refusal=f"`sendzc.py rx {proto}` takes {takes}")
+    try:
+        check_flows(flows, rx=True)     # what this host runs at once, as rx's own -n is held to
+    except UsageError as e:
+        raise ControlError(f"announces {flows} flows", refusal=f"on its host, {e}") from None
     return replace(cfg, pool=data == "stamps", flows=flows)
 
 
@@ -5330,6 +5655,8 @@ def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str
 
 def svg_file(text: str) -> str:
     """--svg FILE: a path in a directory that exists, checked before a run that may take minutes."""
+    if not text:
+        raise argparse.ArgumentTypeError("no file name: give a FILE to write the chart to, such as chart.svg")
     where = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(where):
         raise argparse.ArgumentTypeError(f"no directory {where} to write it in: give a FILE in "
@@ -5377,21 +5704,38 @@ def bench_main(argv: List[str]) -> int:
                   "interval": cfg.interval, "entries": BENCH_ENTRIES, "sweep": cfg.sweep,
                   "mtu": cfg.path_mtu, "gso": max(gso for _, gso in cfg.groups) or None,
                   "sink": None if sink is None else {**vars(sink), "netns": "private"}}
+    # The chart first (also after Ctrl-C or a failed row: the rows so far), so that the
+    # JSON document's error can be its failure too.
+    unwritten = write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results)) if a.svg else None
+    if cfg.as_json:
         extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
-        print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
+        print(json.dumps(json_doc(params, results, {**extra, "error": failure or unwritten}), indent=2))
     else:
         print_bench(cfg, results, complete)
-    if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
-        chart = bench_svg(cfg, bench_header(cfg, dst, sink), results)
-        try:
-            with open(a.svg, "w", encoding="utf-8") as f:
-                f.write(chart)
-        except OSError as e:    # a read-only place, a full disk: one line, exit 1
-            raise Fatal(f"--svg {a.svg}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
-                        f"{e.strerror}): give a FILE you may write, or drop --svg") from None
-    if failure:
-        raise Fatal(failure)
+    if failure or unwritten:
+        raise Fatal(failure or unwritten)
     return 130 if STOP.requested else 0
+
+
+def write_svg(path: str, chart: str) -> Optional[str]:
+    """Write the chart whole or not at all: to a temporary name beside path, renamed on success
+    (rename(2) is atomic). None, or the line that says why it could not be written."""
+    where, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(where, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(chart)
+        os.replace(temporary, path)
+    except OSError as e:        # a read-only place, a full disk: one line, exit 1
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass                # never made (EACCES), or gone already
+        fix = ("free some space there, or give a FILE elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "give a FILE you may write, or drop --svg")
+        return (f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
+                f"{e.strerror}): {fix}")
+    return None
 
 
 def int_list(text: str) -> List[int]:
@@ -5556,8 +5900,8 @@ def setup_error(e: OSError) -> str:
         return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
                 "CONFIG_IO_URING): use one that has it")
     if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
-        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again on
-        # newer kernels (6.18 does): a user without CAP_IPC_LOCK meets it first.
+        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again since
+        # 6.14 (io_create_region()): a user without CAP_IPC_LOCK meets it first.
         return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
                 f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
     return oserror_line(e)
@@ -5587,7 +5931,7 @@ def check_io_uring() -> None:
     io_uring_setup and refuse only _register or _enter, and only calling each tells.
     """
     with Ring(1, attempts=SETUP_ATTEMPTS) as ring:
-        ring.probe()                                   # io_uring_register
+        get_probe(ring)                                   # io_uring_register
         sqe = io_uring_sqe()
         prep_nop(sqe)
         ring.place(bytes(sqe))
@@ -5659,14 +6003,17 @@ def send_error(err: int, cfg: SendConfig) -> str:
 
 
 def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSError],
-              waited: float, gave_up: bool) -> Optional[str]:
+              waited: float, gave_up: bool, held_back: bool = False) -> Optional[str]:
     """The one line a finished run (fast or reference sender) ends with, or None.
 
     err: the first send's errno; entered: a failed io_uring_enter; waited: the
-    drain's wait; gave_up: Ctrl-C twice, so missing completions are no error.
+    drain's wait; gave_up: Ctrl-C twice, so missing completions are no error;
+    held_back: the kernel held CQEs back for want of CQ room (Ring.cq_held_back).
     Failed sends are data that never left, whatever else the run says; one with
     no errno of its own (only -ECANCELED links) was the stream breaking.
     """
+    if held_back:
+        return CQ_HELD_BACK_LINE
     if result.failed and not err:
         err = errno.EIO if cfg.proto == "tcp" else errno.ECANCELED
     if err:
@@ -5678,6 +6025,12 @@ def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSErr
     if not result.requests and not result.interrupted:
         return nothing_sent_error(cfg)
     return None
+
+
+# The CQ ring is sized (CQ_ENTRIES_PER_SQ) and filled so that this cannot happen: a bug if it does.
+CQ_HELD_BACK_LINE = ("io_uring: the kernel held CQEs back for want of room in the CQ ring "
+                     "(IORING_SQ_CQ_OVERFLOW in sq.flags), so the run ended there: sendzc sizes its "
+                     "ring so that this never happens; please report it, with the command line")
 
 
 def undrained_error(cfg: SendConfig, waited: float) -> str:
@@ -5735,6 +6088,22 @@ def bind_error(e: OSError, cfg: RxConfig) -> str:
     if e.errno in (errno.EAFNOSUPPORT, errno.EADDRNOTAVAIL) and cfg.family == socket.AF_INET6:
         return f"rx: IPv6 is not available on this host ({errno.errorcode[e.errno]}): use -4"
     return f"rx: bind to port {cfg.port} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
+
+
+def fork_error(flows: int, i: int) -> str:
+    """-n: fork() answered EAGAIN for flow i: this user (or its cgroup) runs no more processes."""
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    have = "unlimited" if nproc == resource.RLIM_INFINITY else nproc
+    return (f"-n {flows}: fork() refused flow {i} (EAGAIN): this user may run no more processes "
+            f"(`ulimit -u`: {have}, or the cgroup's pids.max): lower -n, or raise `ulimit -u`")
+
+
+def nothing_to_verify(r: RxResult) -> str:
+    """rx: a sender came, but no byte of it could be compared (Verifier.unverified): not a pass."""
+    fix = ("send datagrams that carry data (sendzc.py sends -s 1 or more)" if r.proto == "udp" else
+           "see the sender's own line for why it sent nothing, and run it again" if not r.bytes else
+           f"send with `sendzc.py --pool N tcp`, whose requests are {STAMP.size} bytes or more")
+    return f"rx: nothing to verify: {r.unverified}: {fix}"
 
 
 def recv_error(e: OSError, nbytes: int) -> str:
@@ -5821,7 +6190,8 @@ class Parser(argparse.ArgumentParser):
             return super()._get_value(action, text)
         except argparse.ArgumentError as e:
             name = " ".join(action.option_strings[-1:])
-            raise UsageError(f"{name} {text}: {e.message}" if name else e.message) from None
+            shown = text or "''"                  # --svg "": the empty word, visible
+            raise UsageError(f"{name} {shown}: {e.message}" if name else e.message) from None
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -5872,6 +6242,8 @@ def number(convert: Callable[[str], object], fits: Callable[[object], bool],
     """An argparse type: convert(text), which fits() must accept; each refusal says what to give."""
     def check(text: str):
         try:
+            if not text.isascii() or "_" in text:   # int() and float() take ٠-٩, ８, 1_000 too
+                raise ValueError(text)
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(not_a_number) from None
@@ -5896,6 +6268,11 @@ non_negative_int = at_least(0)
 positive_float = number(float, lambda value: 0 < value < float("inf"),
                         "not a number: give seconds above 0, e.g. 0.5",
                         "not a positive number of seconds: give seconds above 0, e.g. 0.5")
+# -i: below a millisecond, an interval is mostly the clock's and print()'s own cost.
+MIN_INTERVAL_S = 0.001
+interval_seconds = number(float, lambda value: MIN_INTERVAL_S <= value < float("inf"),
+                          "not a number: give seconds above 0, e.g. 0.5",
+                          f"too short an interval: give {MIN_INTERVAL_S:g} seconds or more")
 port_number = number(whole, lambda value: 1 <= value <= 65535, "not a port number: give one from 1 to 65535",
                      "no such port: give one from 1 to 65535")
 
@@ -5920,7 +6297,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", dest="port", type=port_number, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("-i", dest="interval", type=positive_float, metavar="SECS",
+    p.add_argument("-i", dest="interval", type=interval_seconds, metavar="SECS",
                    help="report every SECS seconds during the run, as iperf3 does")
 
 
@@ -5935,7 +6312,11 @@ def sender_parser() -> Parser:
                       "                                `sendzc.py` alone runs it with its defaults\n"
                       "  sendzc.py rx [options] udp|tcp  receive and verify "
                       "(see `sendzc.py rx --help`)\n"
-                      "  sendzc.py --probe             what this kernel's io_uring offers")
+                      "  sendzc.py --probe             what this kernel's io_uring offers\n"
+                      "  sendzc.py --first-send        one SEND_ZC, its result and notification "
+                      "explained (Part I's\n"
+                      "                                first_send(); the private sink as root, "
+                      "else loopback)")
     add_common(p)
     p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
     p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
@@ -5955,7 +6336,8 @@ def sender_parser() -> Parser:
     p.add_argument("--trace", type=non_negative_int, default=0, metavar="N",
                    help="print the SQEs and CQEs of the first N requests")
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
-                   help="parallel flows, each with its own process, socket and ring")
+                   help=f"parallel flows, each with its own process, socket and ring (at most "
+                        f"{FLOWS_PER_CPU} per CPU, and `ulimit -u`)")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
     p.add_argument("--gso", type=gso_size, default=0, metavar="SEG|auto",
@@ -6014,9 +6396,35 @@ POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.send
                  ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
 
 
+# -n: how many flows a host runs at once. Each is a process (the sender) or a thread (rx)
+# that wants a CPU: past a few dozen per CPU they only share it (iperf3 -P stops at 128).
+FLOWS_PER_CPU = 64
+RX_FDS_PER_FLOW = 2          # rx -n: a flow's connection and its ring
+RX_FDS_SPARE = 32            # rx: the listener, stdio, and what Python opens itself
+
+
+def check_flows(flows: int, rx: bool) -> None:
+    """-n above what this host runs at once is a usage mistake, named with the limit that binds:
+    its CPUs; `ulimit -u` (RLIMIT_NPROC, which counts threads too; root passes it); rx's `ulimit -n`."""
+    cpus = len(os.sched_getaffinity(0))
+    limits = [(FLOWS_PER_CPU * cpus, f"{FLOWS_PER_CPU} per CPU, {cpus} CPU{'s' if cpus != 1 else ''}", "")]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if nproc != resource.RLIM_INFINITY and os.getuid() != 0:
+        limits.append((nproc, f"`ulimit -u` {nproc}", ", or raise `ulimit -u`"))
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if rx and nofile != resource.RLIM_INFINITY:
+        limits.append((max(1, (nofile - RX_FDS_SPARE) // RX_FDS_PER_FLOW),
+                       f"`ulimit -n` {nofile}, {RX_FDS_PER_FLOW} per flow", ", or raise `ulimit -n`"))
+    limit, why, fix = min(limits)
+    if flows > limit:
+        raise UsageError(f"-n {flows}: more flows than this host runs at once ({limit}: {why}): "
+                         f"give -n {limit} or less{fix}")
+
+
 def sender_config(a: argparse.Namespace) -> SendConfig:
     """Check the sender's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
+    check_flows(a.flows, rx=False)
     if a.sink and a.addr is not None:
         raise UsageError("--sink with -D: --sink sends into the private sink, -D to a receiver: "
                          "drop one of the two")
@@ -6249,6 +6657,34 @@ def probe_main(argv: List[str]) -> int:
     return 0
 
 
+def first_send_main(argv: List[str]) -> int:
+    """`sendzc.py --first-send`: Part I's first_send(), into the private sink as root, else over loopback."""
+    p = Parser(prog="sendzc.py --first-send",
+               description="One SEND_ZC and its two CQEs, explained: Part I's first_send().")
+    p.add_argument("--first-send", action="store_true", required=True)
+    p.parse_args(argv)
+    with ExitStack() as stack:
+        if os.geteuid() == 0:
+            stack.enter_context(private_sink(DEFAULT_QDISC, who="--first-send", hint=FIRST_SEND_HINT))
+            dest = (SINK_DST4, DEFAULT_PORT)
+            print(f"into the private sink ({SINK_DEV} in a namespace of our own, which drops every packet)")
+        else:
+            rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            rx.bind(("127.0.0.1", 0))            # a receiver that never reads: no ICMP refusal
+            dest = rx.getsockname()
+            print("over loopback (no root, so no private sink): the receiver is on this host, "
+                  "so the kernel copies, and the notification says so")
+        cqes = first_send(dest)
+    flags = [f for _, f in cqes]
+    if len(cqes) != 2 or not more(flags[0]) or not notif(flags[1]) or cqes[0][0] != 4096:
+        raise Fatal(f"the first send did not end in a whole result and its notification: "
+                    f"(res, flags) = {cqes}; `sendzc.py --probe` says what this kernel lacks")
+    return 0
+
+
+FIRST_SEND_HINT = "or run it without root: it sends over loopback instead"
+
+
 def kernel_capabilities() -> dict:
     """What this kernel's io_uring offers (--probe's JSON object); what is missing, and why."""
     missing: List[str] = []
@@ -6265,7 +6701,7 @@ def kernel_capabilities() -> dict:
     try:
         with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
-            probe = ring.probe()
+            probe = get_probe(ring)
             caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
             caps["registered_ring_fd"] = ring.register_ring_fd()
             for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
@@ -6469,7 +6905,7 @@ def memlock_room() -> dict:
     fix = ("raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
            "/etc/security/limits.conf, LimitMEMLOCK= for a service; or run as root")
     try:
-        with Ring(cfg.entries, cq_entries=4 * cfg.entries, attempts=SETUP_ATTEMPTS) as ring:
+        with Ring(cfg.entries, cq_entries=CQ_ENTRIES_PER_SQ * cfg.entries, attempts=SETUP_ATTEMPTS) as ring:
             ring.register_buffers([(payload.addr, payload.length)])
     except OSError as e:
         step = "the ring" if getattr(e, "syscall", None) == "io_uring_setup" else "the registered buffer"
@@ -6672,6 +7108,8 @@ def dispatch(argv: List[str]) -> int:
         return bench_main(argv[1:])
     if "--probe" in argv:
         return probe_main(argv)
+    if "--first-send" in argv:
+        return first_send_main(argv)
     parser = sender_parser()
     check_bench_options(argv, parser)
     a = parser.parse_args(argv)
