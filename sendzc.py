@@ -4681,8 +4681,10 @@ def describe_receiver(r: Result) -> List[str]:
     if g["datagrams"] is not None:
         share = f"{100 * g['lost'] / r.datagrams:.2f}%" if r.datagrams else "-"
         # SO_RXQ_OVFL counts packets: a GSO packet that GRO kept whole (veth) is dropped, and counted, once.
-        once = f", a GSO packet of up to {segments_per_send(r.size, r.gso)} once" if r.gso else ""
-        drops = "" if g["dropped"] is None else f", {g['dropped']} packets dropped by its full socket buffer{once}"
+        drops = ("" if g["dropped"] is None else
+                 f"; its full socket buffer dropped {g['dropped']} GSO packets of up to "
+                 f"{segments_per_send(r.size, r.gso)} datagrams" if r.gso else
+                 f"; {g['dropped']} dropped by its full socket buffer")
         what = f"{g['datagrams']} of {r.datagrams} datagrams ({mb}), {g['lost']} lost ({share}{drops})"
     else:
         missing = f", {g['missing']} missing" if g["missing"] else ""

@@ -4389,7 +4389,7 @@ def test_the_text_report_ends_with_the_receivers_line(pair):
     lost = sent - got["datagrams"]
     assert re.fullmatch(
         rf"receiver: {got['datagrams']} of {sent} datagrams \({got['bytes'] >> 20} MB\), {lost} lost "
-        rf"\({100 * lost / sent:.2f}%, {got['dropped']} packets dropped by its full socket buffer\), verified; "
+        rf"\({100 * lost / sent:.2f}%; {got['dropped']} dropped by its full socket buffer\), verified; "
         rf"cpu: sender user \d+\.\d\d s sys \d+\.\d\d s, (\d+|-) MB per CPU-second; "
         rf"receiver user {got['cpu_user_s']:.2f} s sys {got['cpu_sys_s']:.2f} s, (\d+|-) MB per CPU-second",
         last), last
