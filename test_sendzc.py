@@ -360,6 +360,28 @@ def test_first_send_from_the_command_line_into_the_sink_and_as_nobody_over_loopb
                          "0 CQEs still owed"]
 
 
+
+def test_a_buffer_still_lent_to_the_kernel_stays_mapped_after_close_and_collection():
+    """Pool.close() and Payload.close() with notifications owed: the pages stay mapped until exit.
+
+    A collected mmap unmaps itself, so close() must keep it referenced.
+    """
+    def mapped(addr):
+        with open("/proc/self/maps") as f:
+            return any(int(lo, 16) <= addr < int(hi, 16)
+                       for lo, hi in (line.split()[0].split("-") for line in f))
+    for buf in (sendzc.Pool(1, 4096), sendzc.Payload(4096)):
+        addr, buf.lent = buf.addr, 1
+        buf.close()
+        del buf
+        assert mapped(addr)
+        sendzc.STILL_LENT.pop().close()                    # the test's own: unmapped now
+        assert not mapped(addr)
+    buf = sendzc.Pool(1, 4096)
+    addr = buf.addr
+    buf.close()                                           # nothing lent: unmapped at once
+    assert not mapped(addr)
+
 def test_first_sends_in_bulk_over_loopback_one_notification_per_request_every_byte_received():
     """Part I's bulk_send(): count*size bytes in the results, one notification per F_MORE, none owed.
 
