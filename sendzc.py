@@ -1311,9 +1311,9 @@ class ReferenceSender:
 # ring, one SEND_ZC from plain memory on the socket's own fd, and its two
 # CQEs judged with more(), notif() and copied(); nothing registered; section
 # 6's steps, once. Then the same in bulk (bulk_send): a batch of SQEs per
-# io_uring_enter, and every CQE that is ready reaped in one pass. That is
-# where io_uring's speed comes from: the syscall, not the request, is what
-# costs, so a batch of N pays it once instead of N times.
+# io_uring_enter, and every CQE that is ready reaped in one pass. The kernel's
+# work per send stays; what a batch of N saves is the syscall's own cost (and
+# from Python, a ctypes call), paid once instead of N times.
 # =============================================================================
 
 def first_send(dest: Tuple[str, int], size: int = 4096,
