@@ -3431,7 +3431,9 @@ class SyscallSender:
             waited = drain_owed(lambda: zc and done.outstanding, wait_and_read, DRAIN_SECONDS,
                                 lambda: STOP.hurry)
             error = error or next((e for e in read_errors if e), 0)
-            self.payload.lent += done.outstanding - 1      # settled: only what never came stays
+            # Settled: only what never came stays lent (send(2) without MSG_ZEROCOPY copies:
+            # nothing is owed, though `outstanding` counts every send then).
+            self.payload.lent += (done.outstanding if zc else 0) - 1
         finally:
             for v in views:
                 v.release()             # the mmap cannot close while a view exports it
@@ -3937,6 +3939,8 @@ class RxBuffer:
         self.view.release()         # the view must go before the mapping can
         if not self.lent:           # else left mapped until exit, as Payload does
             self.map.close()
+        else:
+            STILL_LENT.append(self.map)
 
 
 class SocketReceiver:
