@@ -2979,43 +2979,64 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     sys.stderr.flush()
     finished = False
     try:
-        for i in range(cfg.flows):
-            pid = fork_flow(cfg, i)
-            if pid < 0:
-                break
-            if pid == 0:                  # the child: never returns
-                os.close(out_r)
-                os.close(go_w)
-                flow_child(i, cfg, trace_out or sys.stdout, out_w, go_r)
-            try:
-                os.setpgid(pid, pid)      # as the child does itself: whichever runs first
-            except OSError:
-                pass                      # the child has already done it
-            pids[pid] = i
+        fork_flows(cfg, trace_out or sys.stdout, pids, (out_r, go_w), (out_w, go_r))
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = flow_inbox(out_r, pids, len(pids))
-        done = next(inbox)                # "ready" or "fatal" from each
-        if all(m[0] == "ready" for m in done):
-            deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-            os.write(go_w, struct.pack("q", deadline) * len(pids))   # 8 B a child: far below a pipe's room
-            done = next(inbox)            # "result" or "fatal" from each
+        done = start_flows_together(cfg, flow_inbox(out_r, pids, len(pids)), go_w, len(pids))
         finished = True
     finally:
-        for pid in pids if not finished else ():   # leaving by an exception (fork's EAGAIN, a
-            try:                                    # third Ctrl-C): before the pipes close, so
-                os.kill(pid, signal.SIGKILL)        # no child writes into a closed one
-            except ProcessLookupError:
-                pass                      # (the kernel tears down its ring and sends)
-        for fd in (out_r, out_w, go_r, go_w):
-            if fd >= 0:
-                os.close(fd)              # a child still waiting for go reads EOF and leaves
-        for pid in list(pids):
-            os.waitpid(pid, 0)            # every child reported (or was killed): reap it
+        end_flows(pids, (out_r, out_w, go_r, go_w), kill=not finished)
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
         raise Fatal(*failed[0][2:])
+    return sum_flows(cfg, done)
+
+
+def fork_flows(cfg: SendConfig, trace_out, pids: Dict[int, int], parent_ends: Tuple[int, int],
+               child_ends: Tuple[int, int]) -> None:
+    """fork() a child per flow into pids, each in a process group of its own (fewer if a signal came)."""
+    for i in range(cfg.flows):
+        pid = fork_flow(cfg, i)
+        if pid < 0:
+            break
+        if pid == 0:                      # the child: never returns
+            for fd in parent_ends:
+                os.close(fd)
+            flow_child(i, cfg, trace_out, *child_ends)
+        try:
+            os.setpgid(pid, pid)          # as the child does itself: whichever runs first
+        except OSError:
+            pass                          # the child has already done it
+        pids[pid] = i
+
+
+def start_flows_together(cfg: SendConfig, inbox: Iterator[List[tuple]], go_w: int, n: int) -> List[tuple]:
+    """Once all n flows are ready, one deadline for all; each flow's last message ("result" or "fatal")."""
+    done = next(inbox)                    # "ready" or "fatal" from each
+    if all(m[0] == "ready" for m in done):
+        deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
+        os.write(go_w, struct.pack("q", deadline) * n)   # 8 B a child: far below a pipe's room
+        done = next(inbox)                # "result" or "fatal" from each
+    return done
+
+
+def end_flows(pids: Dict[int, int], fds: Tuple[int, ...], kill: bool) -> None:
+    """run_flows()' teardown, on every path: kill the children if it failed, close the pipes, reap each child."""
+    for pid in pids if kill else ():      # leaving by an exception (fork's EAGAIN, a
+        try:                              # third Ctrl-C): before the pipes close, so
+            os.kill(pid, signal.SIGKILL)  # no child writes into a closed one
+        except ProcessLookupError:
+            pass                          # (the kernel tears down its ring and sends)
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)                  # a child still waiting for go reads EOF and leaves
+    for pid in list(pids):
+        os.waitpid(pid, 0)                # every child reported (or was killed): reap it
+
+
+def sum_flows(cfg: SendConfig, done: List[tuple]) -> Tuple[List[Result], Result]:
+    """The flows' results in flow order, and their total: counts and CPU summed, time first start to last end."""
     results = [m[2] for m in sorted(done, key=lambda m: m[1])]
     total = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
                    setup=results[0].setup, gso=cfg.gso or None)
