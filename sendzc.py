@@ -2666,6 +2666,28 @@ TRACE_EXPLAINED = {
 }
 
 
+class TraceVoice:
+    """--trace's voice: each kind of step explained once, before its first line, then only shown."""
+
+    def __init__(self, out, ring: Ring):
+        self.out, self.ring = out, ring
+        self.explained = set()            # the kinds whose words were printed already
+
+    def say(self, kind: str, line: str) -> None:
+        """One trace line, after TRACE_EXPLAINED's words for its kind if this is the first of it."""
+        if kind not in self.explained:
+            self.explained.add(kind)
+            for text in TRACE_EXPLAINED[kind]:
+                print(f"#   {text}", file=self.out)
+        print(f"trace: {line}", file=self.out)
+
+    def rings(self) -> str:
+        """The four ring words as they stand: what io_uring_enter() moves, seen from our side."""
+        ring = self.ring
+        return (f"sq head={ring.sq_head} tail={ring.sq_tail} "
+                f"cq head={ring.cq_head} tail={ring.cq_tail}")
+
+
 # --- What the tool's senders ask of Part I's Ring and BulkSender
 # Setup flags to try, best first. EINVAL from io_uring_setup means "a flag I
 # do not know": drop to the next set, as liburing's callers do by hand.
@@ -2959,73 +2981,80 @@ class UringSender(BulkSender):
         sends), and the results and notifications still outstanding if it
         stopped early: at an error, Ctrl-C, or the run's deadline.
         """
-        cfg, ring = self.cfg, self.ring
-        explained = set()
-
-        def say(kind: str, line: str) -> None:
-            if kind not in explained:
-                explained.add(kind)
-                for text in TRACE_EXPLAINED[kind]:
-                    print(f"#   {text}", file=out)
-            print(f"trace: {line}", file=out)
-
-        def rings() -> str:
-            return (f"sq head={ring.sq_head} tail={ring.sq_tail} "
-                    f"cq head={ring.cq_head} tail={ring.cq_tail}")
-
+        voice = TraceVoice(out, self.ring)
         total = Tally()
-        sqe = io_uring_sqe()
         seq = count = due = 0
         # Part of the timed run, so -t ends it too: a peer that stops taking
         # data must not hold it for ever, nor must Ctrl-C go unheard.
         late = False
         while seq < n and not total.error and not STOP.requested and not late and not self.books.held_back:
-            count = min(cfg.batch, n - seq)
-            for j in range(count):
-                seq += 1
-                phase = (total.bytes + j * cfg.size) % PATTERN_LEN if self.stream else 0
-                self.prep(sqe, phase, seq)
-                if self.stream and j < count - 1:
-                    sqe.flags |= IOSQE_IO_LINK
-                slot = ring.sq_tail & ring.sq_mask
-                ring.place(bytes(sqe))
-                say("sqe", "SQE " + describe_sqe(slot, sqe))
-            due = 0
-            wait = count
-            while wait:
-                left = (deadline - time.perf_counter_ns()) / 1e9
-                if STOP.requested:
-                    break
-                if left <= 0:                     # -t: run()'s drain waits for the rest
-                    late = True
-                    break
-                say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
-                             f"min_complete={wait}) before: {rings()}")
-                try:
-                    ring.wait_cqes(wait, left)    # submits too; EXT_ARG bounds the wait
-                except InterruptedError:
-                    continue                      # Ctrl-C: the loop looks at STOP
-                ready = ring.cq_ready()
-                say("entered", f"  returned; after: {rings()} ({ready} CQEs ready)")
-                user_data = ring.peek_user_data(ready)
-                res, flags = ring.peek()
-                for k in range(ready):
-                    kind = ("notif" if flags[k] & IORING_CQE_F_NOTIF else
-                            "error" if res[k] < 0 else
-                            "more" if flags[k] & IORING_CQE_F_MORE else "done")
-                    say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
-                                                    user_data[k], res[k], flags[k]))
-                ring.cq_advance(ready)
-                self.books.held_back = self.books.held_back or ring.cq_held_back
-                t = judge_each(res, flags, cfg.size, cfg.zc)
-                total.add(t)
-                due += t.due
-                count -= t.results
-                wait = count + due          # here we do wait for the notifications
+            count = min(self.cfg.batch, n - seq)
+            seq = self.trace_place(seq, count, total.bytes, voice)
+            count, due, late = self.trace_reap(count, deadline, total, voice)
         total.due = 0
         if not (total.error or STOP.requested or late):
-            say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
+            voice.say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
         return total, count, due          # what is still out: run()'s drain waits for it
+
+    def trace_place(self, seq: int, count: int, sent: int, voice: "TraceVoice") -> int:
+        """(1) for trace(): count SQEs one by one, each shown as the kernel will read it; the last seq.
+
+        A stream's batch is linked (IOSQE_IO_LINK) so its sends reach the
+        socket in order; each starts where the bytes before it ended.
+        """
+        cfg, ring = self.cfg, self.ring
+        sqe = io_uring_sqe()
+        for j in range(count):
+            seq += 1
+            phase = (sent + j * cfg.size) % PATTERN_LEN if self.stream else 0
+            self.prep(sqe, phase, seq)
+            if self.stream and j < count - 1:
+                sqe.flags |= IOSQE_IO_LINK
+            slot = ring.sq_tail & ring.sq_mask
+            ring.place(bytes(sqe))
+            voice.say("sqe", "SQE " + describe_sqe(slot, sqe))
+        return seq
+
+    def trace_reap(self, count: int, deadline: int, total: Tally, voice: "TraceVoice") -> Tuple[int, int, bool]:
+        """(2)+(3) for trace(): enter until the batch's results and notifications are all in, showing each CQE.
+
+        Like io_uring_submit_and_wait() then io_uring_for_each_cqe(), aloud.
+        Adds what came to total; returns the results and notifications still
+        out, and whether the run's deadline came first.
+        """
+        cfg, ring = self.cfg, self.ring
+        due = 0
+        wait = count
+        while wait:
+            left = (deadline - time.perf_counter_ns()) / 1e9
+            if STOP.requested:
+                break
+            if left <= 0:                     # -t: run()'s drain waits for the rest
+                return count, due, True
+            voice.say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
+                               f"min_complete={wait}) before: {voice.rings()}")
+            try:
+                ring.wait_cqes(wait, left)    # submits too; EXT_ARG bounds the wait
+            except InterruptedError:
+                continue                      # Ctrl-C: the loop looks at STOP
+            ready = ring.cq_ready()
+            voice.say("entered", f"  returned; after: {voice.rings()} ({ready} CQEs ready)")
+            user_data = ring.peek_user_data(ready)
+            res, flags = ring.peek()
+            for k in range(ready):
+                kind = ("notif" if flags[k] & IORING_CQE_F_NOTIF else
+                        "error" if res[k] < 0 else
+                        "more" if flags[k] & IORING_CQE_F_MORE else "done")
+                voice.say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
+                                                      user_data[k], res[k], flags[k]))
+            ring.cq_advance(ready)
+            self.books.held_back = self.books.held_back or ring.cq_held_back
+            t = judge_each(res, flags, cfg.size, cfg.zc)
+            total.add(t)
+            due += t.due
+            count -= t.results
+            wait = count + due          # here we do wait for the notifications
+        return count, due, False
 
 
 def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
@@ -3044,43 +3073,64 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     sys.stderr.flush()
     finished = False
     try:
-        for i in range(cfg.flows):
-            pid = fork_flow(cfg, i)
-            if pid < 0:
-                break
-            if pid == 0:                  # the child: never returns
-                os.close(out_r)
-                os.close(go_w)
-                flow_child(i, cfg, trace_out or sys.stdout, out_w, go_r)
-            try:
-                os.setpgid(pid, pid)      # as the child does itself: whichever runs first
-            except OSError:
-                pass                      # the child has already done it
-            pids[pid] = i
+        fork_flows(cfg, trace_out or sys.stdout, pids, (out_r, go_w), (out_w, go_r))
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = flow_inbox(out_r, pids, len(pids))
-        done = next(inbox)                # "ready" or "fatal" from each
-        if all(m[0] == "ready" for m in done):
-            deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-            os.write(go_w, struct.pack("q", deadline) * len(pids))   # 8 B a child: far below a pipe's room
-            done = next(inbox)            # "result" or "fatal" from each
+        done = start_flows_together(cfg, flow_inbox(out_r, pids, len(pids)), go_w, len(pids))
         finished = True
     finally:
-        for pid in pids if not finished else ():   # leaving by an exception (fork's EAGAIN, a
-            try:                                    # third Ctrl-C): before the pipes close, so
-                os.kill(pid, signal.SIGKILL)        # no child writes into a closed one
-            except ProcessLookupError:
-                pass                      # (the kernel tears down its ring and sends)
-        for fd in (out_r, out_w, go_r, go_w):
-            if fd >= 0:
-                os.close(fd)              # a child still waiting for go reads EOF and leaves
-        for pid in list(pids):
-            os.waitpid(pid, 0)            # every child reported (or was killed): reap it
+        end_flows(pids, (out_r, out_w, go_r, go_w), kill=not finished)
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
         raise Fatal(*failed[0][2:])
+    return sum_flows(cfg, done)
+
+
+def fork_flows(cfg: SendConfig, trace_out, pids: Dict[int, int], parent_ends: Tuple[int, int],
+               child_ends: Tuple[int, int]) -> None:
+    """fork() a child per flow into pids, each in a process group of its own (fewer if a signal came)."""
+    for i in range(cfg.flows):
+        pid = fork_flow(cfg, i)
+        if pid < 0:
+            break
+        if pid == 0:                      # the child: never returns
+            for fd in parent_ends:
+                os.close(fd)
+            flow_child(i, cfg, trace_out, *child_ends)
+        try:
+            os.setpgid(pid, pid)          # as the child does itself: whichever runs first
+        except OSError:
+            pass                          # the child has already done it
+        pids[pid] = i
+
+
+def start_flows_together(cfg: SendConfig, inbox: Iterator[List[tuple]], go_w: int, n: int) -> List[tuple]:
+    """Once all n flows are ready, one deadline for all; each flow's last message ("result" or "fatal")."""
+    done = next(inbox)                    # "ready" or "fatal" from each
+    if all(m[0] == "ready" for m in done):
+        deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
+        os.write(go_w, struct.pack("q", deadline) * n)   # 8 B a child: far below a pipe's room
+        done = next(inbox)                # "result" or "fatal" from each
+    return done
+
+
+def end_flows(pids: Dict[int, int], fds: Tuple[int, ...], kill: bool) -> None:
+    """run_flows()' teardown, on every path: kill the children if it failed, close the pipes, reap each child."""
+    for pid in pids if kill else ():      # leaving by an exception (fork's EAGAIN, a
+        try:                              # third Ctrl-C): before the pipes close, so
+            os.kill(pid, signal.SIGKILL)  # no child writes into a closed one
+        except ProcessLookupError:
+            pass                          # (the kernel tears down its ring and sends)
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)                  # a child still waiting for go reads EOF and leaves
+    for pid in list(pids):
+        os.waitpid(pid, 0)                # every child reported (or was killed): reap it
+
+
+def sum_flows(cfg: SendConfig, done: List[tuple]) -> Tuple[List[Result], Result]:
+    """The flows' results in flow order, and their total: counts and CPU summed, time first start to last end."""
     results = [m[2] for m in sorted(done, key=lambda m: m[1])]
     total = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
                    setup=results[0].setup, gso=cfg.gso or None)
