@@ -4907,8 +4907,9 @@ def rx_summary(cfg: RxConfig, results: List[RxResult], total: RxResult) -> dict:
                   else "nothing to verify" if total.verified is None else None)
     return dict(bytes=total.bytes, datagrams=total.datagrams, dropped=total.dropped, verified=total.verified,
                 unverified=unverified, mismatches=total.mismatches, error=total.error,
-                seconds=round(total.seconds, 6), cpu_user_s=round(total.cpu_user_s, 3),
-                cpu_sys_s=round(total.cpu_sys_s, 3), interrupted=total.interrupted,
+                # (to the microsecond: the sender's text rounds as rx's own lines do)
+                seconds=round(total.seconds, 6), cpu_user_s=round(total.cpu_user_s, 6),
+                cpu_sys_s=round(total.cpu_sys_s, 6), interrupted=total.interrupted,
                 flows=[r.bytes for r in results] if len(results) > 1 else None)
 
 
