@@ -4159,11 +4159,9 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
             ticks: Optional[Intervals], meter: Meter, ended: Optional[Callable[[], bool]] = None) -> None:
     """The loop, from meter.t0: receive, verify, count, until the end, -t, silence or Ctrl-C.
 
-    ended (UDP, a sender on the control connection): asked at each pause
-    (RX_TICK_S without data) whether the sender has said it is done.
-
     An -i interval ends only at a receive that brought data, so intervals stop
     at the last byte; a pause shows as one longer interval at its lower rate.
+    ended (UDP: ControlPeer.ended) is asked at each pause: has the sender said it is done?
     """
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
