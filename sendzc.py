@@ -6,7 +6,7 @@
     python3 sendzc.py -4 -D 10.0.0.2 udp    send to a receiver on another box ...
     python3 sendzc.py rx udp                ... which runs this, and checks every byte
     python3 sendzc.py --probe               what this kernel's io_uring offers
-    python3 sendzc.py --first-send          one zero-copy send, its two CQEs explained
+    python3 sendzc.py --first-send          one zero-copy send explained, then in bulk
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
@@ -19,9 +19,10 @@ II, sections 8 to 12, is the tool built on it; nothing in Part I calls into Part
   4. Submit, reap      placing SQEs and judging CQEs, one by one and in bulk
   5. Preparing SQEs    the io_uring_prep_* helpers of liburing
   6. One CQE at a time a zero-copy sender over a pool of buffers, every CQE judged
-  7. A first send      Part I in one request: one SEND_ZC to run, its CQEs judged
-  8. The senders       the fast sender (section 6 in bulk), and around it the
-                       tool's: payload, results, sockets, flows, failures
+  7. Run it           one SEND_ZC and its two CQEs judged; then the same in bulk
+  8. The senders       the fast sender (section 7's bulk send made fast), and
+                       around it the tool's: payload, results, sockets, flows,
+                       failures
   9. The receiver      rx: counts and verifies what a sender sends
  10. The benchmark     the private sink and the table of every way to send
  11. Failures          the one line for each refusal and fault, and what it looks at
@@ -94,9 +95,10 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, closing, contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
@@ -738,8 +740,8 @@ class Ring:
 #
 # First the calls a C program makes with liburing, one SQE and one CQE at a
 # time: place SQEs, submit and wait, peek a CQE, mark it seen. Section 6's
-# reference sender is built from these. Then the same in bulk, for the tool's
-# fast sender (section 8).
+# reference sender is built from these. Then the same in bulk, for section
+# 7's bulk send and the tool's fast sender (section 8).
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -868,7 +870,7 @@ class Ring:
         them back (io_account_cq_overflow()). Held-back ones are cq_held_back, not counted here."""
         return self._cq_words[self._cq_overflow_i]
 
-    # --- in bulk: what section 8's fast sender uses -----------------------------
+    # --- in bulk: what section 7's bulk send and section 8's fast sender use ----
     # Python pays per bytecode, the kernel per syscall, so a fast sender pays
     # both per *batch*: a batch of SQEs is one slice copy into the SQE array,
     # one store of sq.tail and one io_uring_enter that both submits and waits;
@@ -1011,8 +1013,8 @@ def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_f
 #
 # Sections 3 to 5 put together the plain way: a sender that owns a small pool
 # of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
-# it. The fast sender of section 8 (BulkSender) takes the same steps in
-# bulk, and both number them alike:
+# it. Section 7 takes the same steps in bulk (bulk_send), and section 8's
+# fast sender (BulkSender) makes them fast; all three number them alike:
 #
 #   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
 #   (2) submit and wait      one io_uring_enter(): publish sq.tail, wait for a CQE
@@ -1101,6 +1103,12 @@ class Pool:
     def close(self) -> None:
         if not self.lent:
             self.map.close()
+        else:                             # a collected mmap unmaps itself: keep it referenced
+            STILL_LENT.append(self.map)
+
+
+# Buffers the kernel may still send from, kept until exit (Pool.close).
+STILL_LENT: List[mmap.mmap] = []
 
 
 @dataclass
@@ -1299,13 +1307,15 @@ class ReferenceSender:
 
 
 # =============================================================================
-# 7. A first zero-copy send
+# 7. Run it: a first zero-copy send, then the same in bulk
 #
-# Part I in one request, to run: `sendzc.py --first-send`. A UDP socket, a
+# Part I to run: `sendzc.py --first-send`. First one request: a UDP socket, a
 # ring, one SEND_ZC from plain memory on the socket's own fd, and its two
-# CQEs judged with more(), notif() and copied(): nothing registered, no
-# batch; section 6's steps, once. Part II makes the same steps fast (the
-# fast sender opens section 8) and measures them.
+# CQEs judged with more(), notif() and copied(); nothing registered; section
+# 6's steps, once. Then the same in bulk (bulk_send): a batch of SQEs per
+# io_uring_enter, and every CQE that is ready reaped in one pass. The kernel's
+# work per send stays; what a batch of N saves is the syscall's own cost (and
+# from Python, a ctypes call), paid once instead of N times.
 # =============================================================================
 
 def first_send(dest: Tuple[str, int], size: int = 4096,
@@ -1354,13 +1364,94 @@ def first_send(dest: Tuple[str, int], size: int = 4096,
     return cqes
 
 
+def reap_all(ring: Ring, tally: Tally, size: int) -> int:
+    """(3) peek every ready CQE in one pass, (6) advance, (4)+(5) judge each; how many.
+
+    Like liburing's io_uring_peek_batch_cqe() + io_uring_cq_advance(): one
+    read of cq.tail, the ready CQEs' res and flags as two lists (section 4's
+    peek(), wraparound and all), and one store of cq.head for all of them.
+    """
+    res, flags = ring.peek()
+    ring.cq_advance(len(res))             # copied out: the slots are the kernel's again
+    for r, f in zip(res, flags):
+        tally.judge(r, f, size)           # more(): a notification owed; notif(), copied()
+    return len(res)
+
+
+def bulk_send(dest: Tuple[str, int], count: int = 64, batch: int = 8, size: int = 4096,
+              say: Callable[[str], None] = print,
+              stop: Callable[[], bool] = lambda: False) -> Tuple[Tally, int]:
+    """first_send() in bulk: count SEND_ZC requests over UDP, up to batch per io_uring_enter.
+
+    Like liburing's examples/send-zerocopy.c with nothing registered. Every
+    request sends the same buffer, which never changes, so a request may go
+    while earlier ones still owe notifications (a buffer whose data changes
+    waits for its own: section 6's pool); only the socket's close and the
+    buffer's unmap wait for all of them, (7). stop() ends it early.
+    Returns section 6's Tally of what the CQEs said, and the enters it took.
+    """
+    tally, placed, enters = Tally(), 0, 0
+    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+
+    def owed() -> int:
+        """CQEs the kernel may still post: two per request without its result, then one per
+        F_MORE until its notification (tally.due, the notifications owed)."""
+        return 2 * (placed - tally.results) + tally.due
+
+    def submit_and_reap(wait_nr: int, seconds: float) -> bool:
+        """(2) one io_uring_enter submits every placed SQE and waits; (3)-(6) reap_all(). False: none came."""
+        nonlocal enters
+        enters += 1
+        try:
+            came = ring.wait_cqes(wait_nr, seconds)
+        except InterruptedError:                     # a signal: the loop looks at stop()
+            came = True
+        return reap_all(ring, tally, size) > 0 or came
+
+    # Section 6's Pool, of one buffer: its close() unmaps it only when nothing is owed.
+    # A CQ of 4 x batch: two CQEs per request of a batch, while the last batch's
+    # notifications may still be on their way. Closed in reverse: ring, socket, buffer.
+    with closing(Pool(1, size)) as pool, socket.socket(family, socket.SOCK_DGRAM) as sock, \
+            Ring(batch, cq_entries=4 * batch) as ring:
+        pool.write(0, (b"zero-copy!" * (size // 10 + 1))[:size])
+        pool.lent = 1                                # the kernel's from the first submit
+        sock.connect(dest)
+        sqe = io_uring_sqe()
+        prep_send_zc(sqe, sock.fileno(), pool.addr, size, 0, IORING_SEND_ZC_REPORT_USAGE)
+        say(f"then the same in bulk: {count} SEND_ZC of {size} bytes, {batch} per io_uring_enter")
+        while placed < count and not (tally.error or stop()):
+            # (1) get SQEs: the same SQE n times, one copy into the ring; no
+            # more than the CQ has room for, or the kernel holds CQEs back.
+            n = min(batch, count - placed, ring.sq_space_left(), (ring.cq_entries - owed()) // 2)
+            ring.place(bytes(sqe) * n)
+            placed += n
+            if not submit_and_reap(max(n, 1), 1.0):
+                break                                # nothing in a second: (7) says what is owed
+        drain_owed(owed, lambda s: submit_and_reap(1, s), 1.0, lambda: False)     # (7) drain
+        pool.lent = 1 if owed() else 0               # what never came keeps the buffer mapped
+    say(f"  {enters} io_uring_enter for {placed} requests: {tally.results} results, {tally.bytes} bytes sent"
+        + (f"; the first error: -{errno.errorcode.get(tally.error, tally.error)}" if tally.error else ""))
+    say(f"  {tally.notifs} notifications for {tally.notifs + tally.due} results with F_MORE "
+        f"({tally.copied} said the kernel copied); {owed()} CQEs still owed")
+    return tally, enters
+
+
+# Section 8's BulkSender, the tool's sender, is this loop made fast, in the
+# same steps (1) to (7): the buffer and the socket registered once (no page
+# pinning nor file lookup per request); Python's work paid per batch, not per
+# request (the SQ filled once, a batch's CQEs compared as one bytes object);
+# -t kept however slowly the path drains; and the odd CQE (an error, a short
+# send, a copy) found without judging every CQE one by one.
+
+
 # =============================================================================
 # 8. The senders
 #
-# First the fast sender, BulkSender: section 6's steps, in bulk. The
+# First the fast sender, BulkSender: section 7's bulk send made fast. The
 # reference sender pays Python for every request and every CQE (a prep, a
-# place, a call per CQE), which costs more than the kernel's ~2 us for the
-# send itself. The fast sender takes the same steps and changes what each costs:
+# place, a call per CQE), bulk_send for every CQE (a judge() each), which
+# costs more than the kernel's ~2 us for the send itself. The fast sender
+# takes the same steps and changes what each costs:
 #
 #   (1) get SQEs             datagrams: nothing, every SQ slot already holds the
 #                            request; a stream: one slice copy of a prebuilt batch
@@ -1368,7 +1459,7 @@ def first_send(dest: Tuple[str, int], size: int = 4096,
 #   (3) peek CQEs            one slice of the CQ mapping: the batch's CQE bytes
 #   (4)+(5) judge            one bytes comparison with the clean batch, or one lookup
 #   (6) advance CQ           one store of cq.head
-#   (7) drain                as in 6: every owed notification before the buffer goes
+#   (7) drain                as in 6 and 7: every owed notification before the buffer goes
 #
 # It sends from one buffer that is written once and never again, so no write
 # can race the kernel's reads: every request may reuse it while notifications
@@ -1451,6 +1542,8 @@ HOT_USER_DATA = 0             # every hot request's user_data: alike, so a clean
 
 class BulkSender:
     """Batches of per_batch sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
+
+    Section 7's bulk_send() made fast, in the same steps (1) to (7).
 
     The ring comes set up: the socket is its registered file 0 and, with
     fixed, the buffer its registered buffer 0. buf (Payload, below) has
@@ -1985,6 +2078,8 @@ class Payload:
         """munmap(), unless the kernel may still be sending from these pages."""
         if not self.lent:
             self.map.close()
+        else:
+            STILL_LENT.append(self.map)     # as Pool.close(): kept referenced, so never unmapped
 
 
 class Rates:
@@ -2027,6 +2122,9 @@ class Result(Rates):
     pool: Optional[dict] = None              # --pool: pool_summary() of this run
     notif_lag: Optional[dict] = None         # the fast sender's sampled lag_summary()
     sys_speedup: Optional[float] = None      # bench: mb_per_sys_s over the baseline row's
+    receiver: Optional[dict] = None          # rx's result, over the control connection (joined())
+    receiver_note: Optional[str] = None      # why the report is the sender's alone, if it is
+    receiver_missing: bool = False           # rx said ready, then its result never came: exit 1
 
     @property
     def datagrams(self) -> Optional[int]:
@@ -2051,8 +2149,8 @@ class Result(Rates):
         for name in ROW_FIELDS:
             value, digits = getattr(self, name), ROW_DIGITS.get(name)
             row[name] = value if digits is None or value is None else round(value, digits)
-        row.update((name, getattr(self, name)) for name in ("intervals", "pool", "notif_lag")
-                   if getattr(self, name) is not None)
+        row.update((name, getattr(self, name)) for name in ("intervals", "pool", "notif_lag", "receiver",
+                                                            "receiver_note") if getattr(self, name) is not None)
         return row
 
 
@@ -2458,6 +2556,9 @@ class SendConfig:
     sink: Optional[dict] = None  # no -D: the private sink it sends into (Sink's fields)
     pool: int = 0                # --pool N: the reference sender (section 6) from N buffers
     break_contract: bool = False  # --break-contract: ... rewriting each at its result, too early
+    # TCP: the control connection a receiver took without answering (not sendzc
+    # rx: msg_zerocopy -r accepts one connection only): the data goes over it.
+    data_sock: Optional[socket.socket] = None
 
     @property
     def mode(self) -> str:
@@ -2593,6 +2694,28 @@ TRACE_EXPLAINED = {
               "and then its notification still comes."],
     "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 8)."],
 }
+
+
+class TraceVoice:
+    """--trace's voice: each kind of step explained once, before its first line, then only shown."""
+
+    def __init__(self, out, ring: Ring):
+        self.out, self.ring = out, ring
+        self.explained = set()            # the kinds whose words were printed already
+
+    def say(self, kind: str, line: str) -> None:
+        """One trace line, after TRACE_EXPLAINED's words for its kind if this is the first of it."""
+        if kind not in self.explained:
+            self.explained.add(kind)
+            for text in TRACE_EXPLAINED[kind]:
+                print(f"#   {text}", file=self.out)
+        print(f"trace: {line}", file=self.out)
+
+    def rings(self) -> str:
+        """The four ring words as they stand: what io_uring_enter() moves, seen from our side."""
+        ring = self.ring
+        return (f"sq head={ring.sq_head} tail={ring.sq_tail} "
+                f"cq head={ring.cq_head} tail={ring.cq_tail}")
 
 
 # --- What the tool's senders ask of Part I's Ring and BulkSender
@@ -2893,73 +3016,80 @@ class UringSender(BulkSender):
         sends), and the results and notifications still outstanding if it
         stopped early: at an error, Ctrl-C, or the run's deadline.
         """
-        cfg, ring = self.cfg, self.ring
-        explained = set()
-
-        def say(kind: str, line: str) -> None:
-            if kind not in explained:
-                explained.add(kind)
-                for text in TRACE_EXPLAINED[kind]:
-                    print(f"#   {text}", file=out)
-            print(f"trace: {line}", file=out)
-
-        def rings() -> str:
-            return (f"sq head={ring.sq_head} tail={ring.sq_tail} "
-                    f"cq head={ring.cq_head} tail={ring.cq_tail}")
-
+        voice = TraceVoice(out, self.ring)
         total = Tally()
-        sqe = io_uring_sqe()
         seq = count = due = 0
         # Part of the timed run, so -t ends it too: a peer that stops taking
         # data must not hold it for ever, nor must Ctrl-C go unheard.
         late = False
         while seq < n and not total.error and not STOP.requested and not late and not self.books.held_back:
-            count = min(cfg.batch, n - seq)
-            for j in range(count):
-                seq += 1
-                phase = (total.bytes + j * cfg.size) % PATTERN_LEN if self.stream else 0
-                self.prep(sqe, phase, seq)
-                if self.stream and j < count - 1:
-                    sqe.flags |= IOSQE_IO_LINK
-                slot = ring.sq_tail & ring.sq_mask
-                ring.place(bytes(sqe))
-                say("sqe", "SQE " + describe_sqe(slot, sqe))
-            due = 0
-            wait = count
-            while wait:
-                left = (deadline - time.perf_counter_ns()) / 1e9
-                if STOP.requested:
-                    break
-                if left <= 0:                     # -t: run()'s drain waits for the rest
-                    late = True
-                    break
-                say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
-                             f"min_complete={wait}) before: {rings()}")
-                try:
-                    ring.wait_cqes(wait, left)    # submits too; EXT_ARG bounds the wait
-                except InterruptedError:
-                    continue                      # Ctrl-C: the loop looks at STOP
-                ready = ring.cq_ready()
-                say("entered", f"  returned; after: {rings()} ({ready} CQEs ready)")
-                user_data = ring.peek_user_data(ready)
-                res, flags = ring.peek()
-                for k in range(ready):
-                    kind = ("notif" if flags[k] & IORING_CQE_F_NOTIF else
-                            "error" if res[k] < 0 else
-                            "more" if flags[k] & IORING_CQE_F_MORE else "done")
-                    say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
-                                                    user_data[k], res[k], flags[k]))
-                ring.cq_advance(ready)
-                self.books.held_back = self.books.held_back or ring.cq_held_back
-                t = judge_each(res, flags, cfg.size, cfg.zc)
-                total.add(t)
-                due += t.due
-                count -= t.results
-                wait = count + due          # here we do wait for the notifications
+            count = min(self.cfg.batch, n - seq)
+            seq = self.trace_place(seq, count, total.bytes, voice)
+            count, due, late = self.trace_reap(count, deadline, total, voice)
         total.due = 0
         if not (total.error or STOP.requested or late):
-            say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
+            voice.say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
         return total, count, due          # what is still out: run()'s drain waits for it
+
+    def trace_place(self, seq: int, count: int, sent: int, voice: "TraceVoice") -> int:
+        """(1) for trace(): count SQEs one by one, each shown as the kernel will read it; the last seq.
+
+        A stream's batch is linked (IOSQE_IO_LINK) so its sends reach the
+        socket in order; each starts where the bytes before it ended.
+        """
+        cfg, ring = self.cfg, self.ring
+        sqe = io_uring_sqe()
+        for j in range(count):
+            seq += 1
+            phase = (sent + j * cfg.size) % PATTERN_LEN if self.stream else 0
+            self.prep(sqe, phase, seq)
+            if self.stream and j < count - 1:
+                sqe.flags |= IOSQE_IO_LINK
+            slot = ring.sq_tail & ring.sq_mask
+            ring.place(bytes(sqe))
+            voice.say("sqe", "SQE " + describe_sqe(slot, sqe))
+        return seq
+
+    def trace_reap(self, count: int, deadline: int, total: Tally, voice: "TraceVoice") -> Tuple[int, int, bool]:
+        """(2)+(3) for trace(): enter until the batch's results and notifications are all in, showing each CQE.
+
+        Like io_uring_submit_and_wait() then io_uring_for_each_cqe(), aloud.
+        Adds what came to total; returns the results and notifications still
+        out, and whether the run's deadline came first.
+        """
+        cfg, ring = self.cfg, self.ring
+        due = 0
+        wait = count
+        while wait:
+            left = (deadline - time.perf_counter_ns()) / 1e9
+            if STOP.requested:
+                break
+            if left <= 0:                     # -t: run()'s drain waits for the rest
+                return count, due, True
+            voice.say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
+                               f"min_complete={wait}) before: {voice.rings()}")
+            try:
+                ring.wait_cqes(wait, left)    # submits too; EXT_ARG bounds the wait
+            except InterruptedError:
+                continue                      # Ctrl-C: the loop looks at STOP
+            ready = ring.cq_ready()
+            voice.say("entered", f"  returned; after: {voice.rings()} ({ready} CQEs ready)")
+            user_data = ring.peek_user_data(ready)
+            res, flags = ring.peek()
+            for k in range(ready):
+                kind = ("notif" if flags[k] & IORING_CQE_F_NOTIF else
+                        "error" if res[k] < 0 else
+                        "more" if flags[k] & IORING_CQE_F_MORE else "done")
+                voice.say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
+                                                      user_data[k], res[k], flags[k]))
+            ring.cq_advance(ready)
+            self.books.held_back = self.books.held_back or ring.cq_held_back
+            t = judge_each(res, flags, cfg.size, cfg.zc)
+            total.add(t)
+            due += t.due
+            count -= t.results
+            wait = count + due          # here we do wait for the notifications
+        return count, due, False
 
 
 def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
@@ -2978,43 +3108,64 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     sys.stderr.flush()
     finished = False
     try:
-        for i in range(cfg.flows):
-            pid = fork_flow(cfg, i)
-            if pid < 0:
-                break
-            if pid == 0:                  # the child: never returns
-                os.close(out_r)
-                os.close(go_w)
-                flow_child(i, cfg, trace_out or sys.stdout, out_w, go_r)
-            try:
-                os.setpgid(pid, pid)      # as the child does itself: whichever runs first
-            except OSError:
-                pass                      # the child has already done it
-            pids[pid] = i
+        fork_flows(cfg, trace_out or sys.stdout, pids, (out_r, go_w), (out_w, go_r))
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = flow_inbox(out_r, pids, len(pids))
-        done = next(inbox)                # "ready" or "fatal" from each
-        if all(m[0] == "ready" for m in done):
-            deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-            os.write(go_w, struct.pack("q", deadline) * len(pids))   # 8 B a child: far below a pipe's room
-            done = next(inbox)            # "result" or "fatal" from each
+        done = start_flows_together(cfg, flow_inbox(out_r, pids, len(pids)), go_w, len(pids))
         finished = True
     finally:
-        for pid in pids if not finished else ():   # leaving by an exception (fork's EAGAIN, a
-            try:                                    # third Ctrl-C): before the pipes close, so
-                os.kill(pid, signal.SIGKILL)        # no child writes into a closed one
-            except ProcessLookupError:
-                pass                      # (the kernel tears down its ring and sends)
-        for fd in (out_r, out_w, go_r, go_w):
-            if fd >= 0:
-                os.close(fd)              # a child still waiting for go reads EOF and leaves
-        for pid in list(pids):
-            os.waitpid(pid, 0)            # every child reported (or was killed): reap it
+        end_flows(pids, (out_r, out_w, go_r, go_w), kill=not finished)
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
         raise Fatal(*failed[0][2:])
+    return sum_flows(cfg, done)
+
+
+def fork_flows(cfg: SendConfig, trace_out, pids: Dict[int, int], parent_ends: Tuple[int, int],
+               child_ends: Tuple[int, int]) -> None:
+    """fork() a child per flow into pids, each in a process group of its own (fewer if a signal came)."""
+    for i in range(cfg.flows):
+        pid = fork_flow(cfg, i)
+        if pid < 0:
+            break
+        if pid == 0:                      # the child: never returns
+            for fd in parent_ends:
+                os.close(fd)
+            flow_child(i, cfg, trace_out, *child_ends)
+        try:
+            os.setpgid(pid, pid)          # as the child does itself: whichever runs first
+        except OSError:
+            pass                          # the child has already done it
+        pids[pid] = i
+
+
+def start_flows_together(cfg: SendConfig, inbox: Iterator[List[tuple]], go_w: int, n: int) -> List[tuple]:
+    """Once all n flows are ready, one deadline for all; each flow's last message ("result" or "fatal")."""
+    done = next(inbox)                    # "ready" or "fatal" from each
+    if all(m[0] == "ready" for m in done):
+        deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
+        os.write(go_w, struct.pack("q", deadline) * n)   # 8 B a child: far below a pipe's room
+        done = next(inbox)                # "result" or "fatal" from each
+    return done
+
+
+def end_flows(pids: Dict[int, int], fds: Tuple[int, ...], kill: bool) -> None:
+    """run_flows()' teardown, on every path: kill the children if it failed, close the pipes, reap each child."""
+    for pid in pids if kill else ():      # leaving by an exception (fork's EAGAIN, a
+        try:                              # third Ctrl-C): before the pipes close, so
+            os.kill(pid, signal.SIGKILL)  # no child writes into a closed one
+        except ProcessLookupError:
+            pass                          # (the kernel tears down its ring and sends)
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)                  # a child still waiting for go reads EOF and leaves
+    for pid in list(pids):
+        os.waitpid(pid, 0)                # every child reported (or was killed): reap it
+
+
+def sum_flows(cfg: SendConfig, done: List[tuple]) -> Tuple[List[Result], Result]:
+    """The flows' results in flow order, and their total: counts and CPU summed, time first start to last end."""
     results = [m[2] for m in sorted(done, key=lambda m: m[1])]
     total = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
                    setup=results[0].setup, gso=cfg.gso or None)
@@ -3048,7 +3199,8 @@ def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> N
         try:
             os.setpgid(0, 0)              # out of the terminal's group: Ctrl-C comes via the parent
             with ExitStack() as stack:
-                sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
+                sock = stack.enter_context(tx_socket(cfg) if i == 0 else
+                                           open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
                 payload = Payload(cfg.size, cfg.gso)
                 stack.callback(payload.close)
                 sender = UringSender(cfg, sock, payload, stack)
@@ -3174,12 +3326,10 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
     return result
 
 
-def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
-    """`sendzc.py --pool N ...`: one reference run, printed as run_sender() prints a fast one."""
-    with ExitStack() as stack:
-        sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
-        result = run_reference(cfg, sock, stack)
-    return report_send(cfg, result, as_json)
+def tx_socket(cfg: SendConfig) -> socket.socket:
+    """open_tx_socket(), or the control connection a receiver took without a word (cfg.data_sock)."""
+    sock, cfg.data_sock = cfg.data_sock, None
+    return sock or open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
 
 
 # --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
@@ -3365,7 +3515,9 @@ class SyscallSender:
             waited = drain_owed(lambda: zc and done.outstanding, wait_and_read, DRAIN_SECONDS,
                                 lambda: STOP.hurry)
             error = error or next((e for e in read_errors if e), 0)
-            self.payload.lent += done.outstanding - 1      # settled: only what never came stays
+            # Settled: only what never came stays lent (send(2) without MSG_ZEROCOPY copies:
+            # nothing is owed, though `outstanding` counts every send then).
+            self.payload.lent += (done.outstanding if zc else 0) - 1
         finally:
             for v in views:
                 v.release()             # the mmap cannot close while a view exports it
@@ -3808,10 +3960,17 @@ def listen_for(cfg: RxConfig) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg.port))
         if cfg.proto == "tcp":
-            sock.listen(1)
+            # Room for every flow a sender connects at once (-n), its control
+            # connection first: listen(1) overflowed at rx -n 64 and took 37.
+            sock.listen(socket.SOMAXCONN)
     except OSError as e:
         sock.close()
         raise Fatal(bind_error(e, cfg)) from None
+    return sock
+
+
+def say_waiting(cfg: RxConfig, family: int) -> None:
+    """rx's first line, once it listens (and has its control listener): what it waits for."""
     # On stderr: stdout may be JSON.
     where = "IPv6 and IPv4" if family == socket.AF_INET6 and cfg.family is None \
         else family_name_label(family_name(family))
@@ -3820,7 +3979,6 @@ def listen_for(cfg: RxConfig) -> socket.socket:
             else "a sender" if n == 1 else f"{n} senders")
     print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
-    return sock
 
 
 def peer_name(addr: tuple) -> Tuple[str, str]:
@@ -3871,6 +4029,8 @@ class RxBuffer:
         self.view.release()         # the view must go before the mapping can
         if not self.lent:           # else left mapped until exit, as Payload does
             self.map.close()
+        else:
+            STILL_LENT.append(self.map)
 
 
 class SocketReceiver:
@@ -4024,11 +4184,12 @@ def open_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: Exit
 
 
 def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, result: RxResult,
-            ticks: Optional[Intervals], meter: Meter) -> None:
+            ticks: Optional[Intervals], meter: Meter, ended: Optional[Callable[[], bool]] = None) -> None:
     """The loop, from meter.t0: receive, verify, count, until the end, -t, silence or Ctrl-C.
 
     An -i interval ends only at a receive that brought data, so intervals stop
     at the last byte; a pause shows as one longer interval at its lower rate.
+    ended (UDP: ControlPeer.ended) is asked at each pause: has the sender said it is done?
     """
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
@@ -4049,8 +4210,8 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
             break
         now = clock()
         if k is None:                   # nothing for RX_TICK_S
-            if now - last >= idle_ns:
-                break                   # UDP: the sender has gone quiet
+            if now - last >= idle_ns or (ended is not None and ended()):
+                break                   # UDP: the sender has gone quiet, or said it is done
         elif stream:
             if not k:
                 break                   # TCP: 0 bytes is the end of the stream
@@ -4095,13 +4256,17 @@ def new_result(cfg: RxConfig) -> RxResult:
     return RxResult(cfg.proto, method, discard=cfg.discard, stamped=bool(cfg.pool))
 
 
-def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Optional[float]) -> RxResult:
-    """msg_zerocopy -r's do_rx(), with a check of every byte: wait on sock for one sender, receive it."""
+def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Optional[float],
+              first: Optional[tuple] = None, ended: Optional[Callable[[], bool]] = None) -> RxResult:
+    """msg_zerocopy -r's do_rx(), with a check of every byte: wait on sock for one sender, receive it.
+
+    first: the sender next_*_sender() found (TCP: (conn, addr); UDP: addr); ended: see receive().
+    """
     result = new_result(cfg)
     if cfg.proto == "tcp":
-        conn, addr = until_stop(sock.accept) or (None, None)
+        conn, addr = first or until_stop(sock.accept) or (None, None)
     else:                               # the first datagram's sender; the datagram stays queued
-        conn, addr = sock, until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+        conn, addr = sock, first or until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
     if addr is None:                    # Ctrl-C came first
         result.interrupted = True
         return result
@@ -4113,12 +4278,13 @@ def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Opti
             stack.callback(disconnect, conn.fileno())
         else:
             stack.enter_context(conn)
-        receive_from(cfg, conn, addr, result, printing, interval)
+        receive_from(cfg, conn, addr, result, printing, interval, ended=ended)
     return result
 
 
 def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResult, printing: bool,
-                 interval: Optional[float], who: int = resource.RUSAGE_SELF) -> None:
+                 interval: Optional[float], who: int = resource.RUSAGE_SELF,
+                 ended: Optional[Callable[[], bool]] = None) -> None:
     """Receive from one sender into result, with a buffer, ring and check of its own: counted, timed."""
     udp = cfg.proto == "udp"
     verifier = None
@@ -4133,7 +4299,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
         result.method, (result.family, result.peer) = rx.method, peer_name(addr)
         meter = Meter(who)                  # from the connection, or the first datagram
         ticks = Intervals(interval, printing, meter.t0) if interval else None
-        receive(rx, buf, verifier, cfg, result, ticks, meter)
+        receive(rx, buf, verifier, cfg, result, ticks, meter, ended)
         if udp:
             # SO_RXQ_OVFL told it at the last receive; SO_MEMINFO adds any drops since.
             drops_now = socket_drops(conn)
@@ -4154,7 +4320,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             result.error = nothing_to_verify(result)
 
 
-def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxResult]:
+def serve_flows(cfg: RxConfig, sock: socket.socket, first: Optional[tuple] = None) -> Tuple[List[RxResult], RxResult]:
     """rx -n: up to cfg.flows connections, each received in its own thread (own buffer, ring, check).
 
     A thread starts at its accept, so a first flow never stalls while a last
@@ -4169,7 +4335,7 @@ def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxR
     with ExitStack() as stack:
         threads = stack.enter_context(ThreadPoolExecutor(cfg.flows, "rx"))
         while len(results) < cfg.flows:
-            got = until_stop(sock.accept)
+            got, first = first or until_stop(sock.accept), None     # first: accepted already
             if got is None:                 # Ctrl-C before every sender came: end those that did
                 break
             stack.callback(got[0].close)    # after every flow has ended (below)
@@ -4312,10 +4478,15 @@ def rx_main(argv: List[str]) -> int:
         if cfg.pool and given:
             raise UsageError(f"--pool with {flag}: --pool checks the stamps, and {flag} checks "
                              f"nothing: drop one of the two")
-    with listen_for(cfg) as sock:
+    with ExitStack() as stack:
+        sock = stack.enter_context(listen_for(cfg))
+        ctl = control_listener(cfg, sock) if cfg.proto == "udp" else None
+        if ctl is not None:
+            stack.enter_context(ctl)
+        say_waiting(cfg, sock.family)
         if cfg.keep:
-            return serve_senders(cfg, sock, a)
-        results, result = serve(cfg, sock, a)
+            return serve_senders(cfg, sock, a, ctl)
+        results, result = serve(cfg, sock, a, ctl)
     report_rx(cfg, a, results, result)
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
@@ -4323,30 +4494,51 @@ def rx_main(argv: List[str]) -> int:
     return 130 if result.interrupted else 0
 
 
-def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> Tuple[List[RxResult], RxResult]:
-    """One sender (with -n: its flows): each flow's result, and the total (the one result, for one)."""
-    if cfg.flows > 1:
-        return serve_flows(cfg, sock)
-    result = serve_one(cfg, sock, not a.json, a.interval)
-    return [result], result
+def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace,
+          ctl: Optional[socket.socket] = None) -> Tuple[List[RxResult], RxResult]:
+    """One sender (with -n: its flows): each flow's result, and the total (the one result, for one).
+
+    A sender on the control connection says what comes (its -n, the pattern
+    or --pool stamps) and gets the result back; one that does not speak it
+    is received as rx's options say. ctl: rx udp's TCP control listener.
+    """
+    arrival = next_tcp_sender(cfg, sock) if cfg.proto == "tcp" else next_udp_sender(cfg, sock, ctl)
+    if arrival is None:                 # Ctrl-C came first
+        result = new_result(cfg)
+        result.interrupted = True
+        return [result], result
+    mine, control = arrival.cfg, arrival.control
+    if mine.flows > 1:
+        results, result = serve_flows(mine, sock, arrival.first)
+    else:
+        udp = mine.proto == "udp"       # (ctl is rx udp's; arrival.first its first datagram's source)
+        with turning_away(ctl if udp else None, peer_name(arrival.first)[1] if udp else ""):
+            result = serve_one(mine, sock, not a.json, a.interval, arrival.first,
+                               control.ended if control and udp else None)
+        results = [result]
+    if control is not None:
+        control.report(mine, results, result)
+    return results, result
 
 
 def report_rx(cfg: RxConfig, a: argparse.Namespace, results: List[RxResult], result: RxResult,
               extra: Optional[dict] = None) -> None:
     """Print one sender's result: a JSON document (on one line with --keep), or the text lines."""
+    flows = cfg.flows > 1 or len(results) > 1     # (a sender's hello may ask for more flows than -n)
     if a.json:
         doc = json_doc(cfg.params(), results, extra)
-        if cfg.flows > 1:
+        if flows:
             doc["total"] = result.row()
         print(json.dumps(doc) if cfg.keep else json.dumps(doc, indent=2), flush=True)
-    elif cfg.flows > 1:     # a line per flow that came (each was accepted, so has a peer), then the total
+    elif flows:     # a line per flow that came (each was accepted, so has a peer), then the total
         lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
         print("\n".join(lines + [f"total of {len(results)} flows:"] + describe_rx(result)), flush=True)
     else:
         print("\n".join(describe_rx(result)), flush=True)
 
 
-def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> int:
+def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace,
+                  ctl: Optional[socket.socket] = None) -> int:
     """--keep: serve sender after sender until Ctrl-C, then print the totals (exit 130).
 
     Each sender gets its own result, buffer, ring, Verifier (its stream is
@@ -4354,7 +4546,7 @@ def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> 
     """
     served: List[RxResult] = []
     while not STOP.requested:
-        results, result = serve(cfg, sock, a)
+        results, result = serve(cfg, sock, a, ctl)
         if not result.peer:
             break                           # Ctrl-C while waiting for the next sender
         served.append(result)
@@ -4387,6 +4579,534 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
                    if failed else f"not verified: {total.unverified}")
     return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
             f"{counted}; {verdict}")
+
+
+# --- The control connection: one report from both ends ------------------------
+#
+# The sender's lines say what it handed its kernel; what arrived is known on
+# the other box. So the sender and rx talk, as iperf3's client and server do,
+# over a control connection: TCP to the data port's number. For UDP data rx
+# listens on that TCP port beside its UDP socket; for TCP data the one
+# listening socket takes both, and a control connection is told from a data
+# connection by its first byte, '{' (a data stream opens with the pattern's
+# 'a', or request 0's stamp: 0x00). Each message is one line of JSON,
+# parsed by json and nothing else, at most CONTROL_LINE_MAX bytes, every wait
+# for one bounded in time:
+#
+#   sender -> rx   hello: proto, family, size, gso, data ("pattern" or "stamps"), flows, seconds
+#   rx -> sender   ready (or busy: serving another sender; or refused: why)
+#                  ... the data: datagrams to the UDP port, or `flows` TCP connections ...
+#   sender -> rx   done: what it sent (UDP: rx stops at the next pause, not RX_UDP_IDLE_S later)
+#   rx -> sender   result: bytes, datagrams, drops, verdict, CPU (rx_summary())
+#
+# A peer that does not speak it (msg_zerocopy -r, socat, a plain socket)
+# refuses the TCP port (a UDP receiver) or leaves the hello unanswered for
+# CONTROL_WAIT_S; the sender says so in one note and runs as before. Over TCP
+# that connection is already accepted, and a receiver that accepts only one
+# (msg_zerocopy -r) has taken it: so it carries the data, after the hello line.
+# rx, for its part, serves a sender that sends no hello (the seed's C sender)
+# as ever; a TCP connection silent for CONTROL_READ_S is such a sender too.
+# While it serves one UDP sender, rx answers every other hello "busy"
+# (turning_away()): that sender's datagrams would be refused anyway.
+
+CONTROL_VERSION = 1
+CONTROL_LINE_MAX = 1 << 16   # bytes in one message: a result with 1,000 flows' shares fits
+CONTROL_WAIT_S = 0.5         # sender: connect + hello + ready; more than a round trip on any path but a satellite's
+CONTROL_READ_S = 2.0         # rx: the longest a new connection may take to say its first line
+CONTROL_RESULT_S = 3.0       # sender: from "done" to rx's result (rx ends UDP at its next RX_TICK_S pause)
+CONTROL_MAX_FLOWS = 4096     # rx: the most flows a hello may announce
+
+
+class ControlError(Exception):
+    """The peer broke the control protocol: what it did, in words for a note line.
+
+    gone: the connection closed or reset; other_version: a sendzc of another
+    version; refusal: rx's reason to refuse this sender, in words for it.
+    """
+
+    def __init__(self, words: str, gone: bool = False, other_version: bool = False,
+                 refusal: Optional[str] = None):
+        super().__init__(words)
+        self.gone, self.other_version, self.refusal = gone, other_version, refusal
+
+
+def control_line(kind: str, **fields) -> bytes:
+    """One message: a JSON object on one line, with the protocol's name and version."""
+    line = json.dumps({"control": "sendzc", "version": CONTROL_VERSION, "type": kind, **fields},
+                      separators=(",", ":")).encode() + b"\n"
+    assert len(line) <= CONTROL_LINE_MAX, "a control message must fit CONTROL_LINE_MAX"
+    return line
+
+
+def send_control(sock: socket.socket, kind: str, **fields) -> None:
+    """Send one message; a peer that has gone is the caller's ControlError."""
+    try:
+        sock.sendall(control_line(kind, **fields))
+    except OSError as e:
+        raise ControlError(f"closed the control connection ({errno.errorcode.get(e.errno, e)})",
+                           gone=True) from None
+
+
+def read_line(sock: socket.socket, deadline: float) -> bytes:
+    """One line (without its newline), by deadline (time.monotonic()); never a byte past it.
+
+    Peeks first and takes only up to the newline: what follows on a TCP data
+    connection that began with a hello is data. A line longer than
+    CONTROL_LINE_MAX is refused after that many bytes, whatever its length.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while True:
+        try:
+            data = sock.recv(CONTROL_LINE_MAX, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        except OSError as e:
+            raise ControlError(f"reset the control connection ({errno.errorcode.get(e.errno, e)})",
+                               gone=True) from None
+        if data is not None:
+            end = data.find(b"\n")
+            if end >= 0:
+                return sock.recv(end + 1)[:end]
+            if len(data) >= CONTROL_LINE_MAX:
+                raise ControlError(f"sent a line longer than {CONTROL_LINE_MAX} bytes")
+            if not data:
+                raise ControlError("closed the control connection", gone=True)
+        left = deadline - time.monotonic()
+        if left <= 0 or STOP.hurry:
+            raise ControlError("sent half a line, then nothing" if data else "said nothing in time")
+        if data:                          # part of a line: poll() would say "readable" at once
+            time.sleep(min(left, 0.01))
+        else:
+            poller.poll(max(1, int(min(left, RX_TICK_S) * 1000)))
+
+
+def shown(value) -> str:
+    """A peer's value, quoted and cut short, for a line of ours (it is data, never trusted)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def control_message(line: bytes, *kinds: str) -> dict:
+    """The message a line holds, if it is one of kinds in this version; else ControlError."""
+    try:
+        msg = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ControlError(f"sent {shown(line[:40].decode('utf-8', 'replace'))}, which is not JSON") from None
+    if not isinstance(msg, dict) or msg.get("control") != "sendzc":
+        raise ControlError(f"sent JSON that is not sendzc's control message ({shown(msg)})")
+    if msg.get("version") != CONTROL_VERSION:
+        raise ControlError(f"speaks control version {shown(msg.get('version'))}, this sendzc "
+                           f"{CONTROL_VERSION}: run the same sendzc.py on both hosts", other_version=True)
+    if msg.get("type") not in kinds:
+        raise ControlError(f"sent {shown(msg.get('type'))} where {or_list(kinds)} belongs")
+    return msg
+
+
+def count_field(msg: dict, name: str, optional: bool = False):
+    """msg[name], if it is a count (an int >= 0) or, when optional, None; else ControlError."""
+    value = msg.get(name)
+    if value is None and optional:
+        return None
+    if type(value) is not int or value < 0:
+        raise ControlError(f"sent {name} = {shown(value)}, not a count")
+    return value
+
+
+# The sender's end.
+
+class ControlLink:
+    """The sender's end of the control connection: open_control() makes it, finish_control() ends it.
+
+    ready: rx said ready, and owes us its result. note: why this report will
+    be the sender's alone (one line), when it will.
+    """
+
+    def __init__(self, cfg: SendConfig):
+        self.proto, self.port, self.where = cfg.proto, cfg.port, host_port(cfg.addr, cfg.port)
+        self.sock: Optional[socket.socket] = None
+        self.ready = False
+        self.note: Optional[str] = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def control_hello(cfg: SendConfig) -> dict:
+    """What is coming, for rx to receive and check it as sent."""
+    return dict(proto=cfg.proto, family=family_name(cfg.family), size=cfg.size, gso=cfg.gso or None,
+                data="stamps" if cfg.pool else "pattern", flows=cfg.flows, seconds=cfg.seconds)
+
+
+def open_control(cfg: SendConfig) -> ControlLink:
+    """Say hello to rx on the data port's number over TCP; CONTROL_WAIT_S at most for its answer."""
+    link = ControlLink(cfg)
+    if cfg.sink is not None or cfg.proto == "raw":
+        return link                       # bench's sink drops everything: nobody to ask
+    deadline = time.monotonic() + CONTROL_WAIT_S
+    sock = socket.socket(cfg.family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONTROL_WAIT_S)
+        sock.connect((cfg.addr, cfg.port))
+        # Blocking again: io_uring sends on it as on any socket if it must carry the
+        # data (O_NONBLOCK off), and read_line() waits in poll(), not in recv().
+        sock.settimeout(None)
+        sock.sendall(control_line("hello", **control_hello(cfg)))
+        reply = control_message(read_line(sock, deadline), "ready", "busy", "refused")
+    except (OSError, ControlError) as e:
+        link.note = control_fallback(cfg, link, sock, e)
+        return link
+    if reply["type"] != "ready":
+        sock.close()
+        if reply["type"] == "busy":
+            raise Fatal(f"the receiver at {link.where} is busy with another sender "
+                        f"({printable(reply.get('serving'))}): `sendzc.py rx` serves one at a time: "
+                        f"start this one when that one is done")
+        raise Fatal(f"the receiver at {link.where} refused this run: {printable(reply.get('why'))}")
+    link.sock, link.ready = sock, True
+    return link
+
+
+def control_fallback(cfg: SendConfig, link: ControlLink, sock: socket.socket, e: Exception) -> Optional[str]:
+    """No ready came: the note that says so; over TCP, a connection the peer took carries the data."""
+    alone = "this report is the sender's alone"
+    connected = isinstance(e, ControlError) and not e.gone and not e.other_version
+    if cfg.proto == "tcp" and connected:  # it took the connection, then said nothing (or no sendzc)
+        link.sock = cfg.data_sock = sock
+        hello = len(control_line("hello", **control_hello(cfg)))
+        return (f"the receiver at {link.where} {e} on sendzc's control connection (not `sendzc.py rx`?): "
+                f"the data went over that connection, after the {hello}-byte hello line; {alone}")
+    sock.close()
+    if isinstance(e, ControlError):
+        return (f"the receiver at {link.where} {e}" + ("" if e.other_version else
+                " on sendzc's control connection (not `sendzc.py rx`?)") + f": {alone}")
+    if cfg.proto == "tcp":
+        return None                       # the data connection meets the same refusal, and names it
+    if e.errno == errno.ECONNREFUSED:
+        return f"no sendzc rx at {link.where} (TCP port {cfg.port} refused the control connection): {alone}"
+    why = "in time" if isinstance(e, socket.timeout) else f"({errno.errorcode.get(e.errno, e)})"
+    return f"no sendzc rx answered at {link.where} (TCP port {cfg.port}) {why}: {alone}"
+
+
+def printable(value) -> str:
+    """A peer's words (a str) for a line of ours: printable characters only, cut short."""
+    if not isinstance(value, str):
+        return shown(value)
+    text = "".join(c for c in value[:300] if c.isprintable())
+    return text if len(value) <= 300 else text + "..."
+
+
+def finish_control(link: ControlLink, result: Result) -> None:
+    """After the run: tell rx what was sent, and join its result (result.receiver) or say why not."""
+    result.receiver_note = link.note
+    try:
+        if link.ready:
+            send_control(link.sock, "done", bytes=result.bytes, datagrams=result.datagrams,
+                         requests=result.requests)
+            msg = control_message(read_line(link.sock, time.monotonic() + CONTROL_RESULT_S), "result")
+            result.receiver = joined(result, msg, link.where)
+    except ControlError as e:
+        result.receiver_note = f"the receiver's result is missing: rx at {link.where} {e} (did it stop?)"
+        result.receiver_missing = True
+    finally:
+        link.close()
+
+
+def seconds_field(msg: dict, name: str) -> float:
+    value = msg.get(name)
+    if type(value) not in (int, float) or not 0 <= value < 1e9:
+        raise ControlError(f"sent {name} = {shown(value)}, not a time in seconds")
+    return float(value)
+
+
+def joined(sent: Result, msg: dict, where: str) -> dict:
+    """rows[0].receiver: rx's result, checked field by field, beside what was sent."""
+    got, datagrams = count_field(msg, "bytes"), count_field(msg, "datagrams", True)
+    verified = msg.get("verified")
+    flows = msg.get("flows")
+    if verified not in (True, False, None):
+        raise ControlError(f"sent verified = {shown(verified)}, not true, false or null")
+    if flows is not None and (not isinstance(flows, list) or len(flows) > CONTROL_MAX_FLOWS):
+        raise ControlError(f"sent flows = {shown(flows)}, not a list of counts")
+    r = {"at": where, "bytes": got, "datagrams": datagrams, "lost": None, "missing": None,
+         "dropped": count_field(msg, "dropped", True), "verified": verified,
+         "unverified": printable(msg["unverified"]) if msg.get("unverified") else None,
+         "mismatches": count_field(msg, "mismatches"), "seconds": seconds_field(msg, "seconds"),
+         "cpu_user_s": seconds_field(msg, "cpu_user_s"), "cpu_sys_s": seconds_field(msg, "cpu_sys_s"),
+         "error": printable(msg["error"]) if msg.get("error") else None,
+         "flows": [count_field({"flow": b}, "flow") for b in flows] if flows else None}
+    cpu = r["cpu_user_s"] + r["cpu_sys_s"]
+    r["mb_per_cpu_s"] = round(got / MIB / cpu, 1) if cpu > 0 else None
+    if sent.proto == "udp" and datagrams is not None:
+        r["lost"] = sent.datagrams - datagrams
+    elif sent.proto == "tcp":
+        r["missing"] = sent.bytes - got
+    return r
+
+
+def describe_receiver(r: Result) -> List[str]:
+    """The joined report's line: what the receiver got, its verdict, each host's CPU."""
+    g = r.receiver
+    if g is None:
+        return [f"note: {r.receiver_note}"] if r.receiver_note else []
+    mb = f"{g['bytes'] >> 20} MB"
+    if g["datagrams"] is not None:
+        share = f"{100 * g['lost'] / r.datagrams:.2f}%" if r.datagrams else "-"
+        # SO_RXQ_OVFL counts packets: a GSO packet that GRO kept whole (veth) is dropped, and counted, once.
+        drops = ("" if g["dropped"] is None else
+                 f"; its full socket buffer dropped {g['dropped']} GSO packets of up to "
+                 f"{segments_per_send(r.size, r.gso)} datagrams" if r.gso else
+                 f"; {g['dropped']} dropped by its full socket buffer")
+        what = f"{g['datagrams']} of {r.datagrams} datagrams ({mb}), {g['lost']} lost ({share}{drops})"
+    else:
+        missing = f", {g['missing']} missing" if g["missing"] else ""
+        what = f"{g['bytes']} of {r.bytes} bytes ({mb}){missing}"
+    if g["flows"]:
+        what += f" in {len(g['flows'])} flows (" + ", ".join(f"{b >> 20}" for b in g["flows"]) + " MB)"
+    verdict = ("verified" if g["verified"] else f"not verified ({g['unverified'] or 'rx did not check'})"
+               if g["verified"] is None else f"verification FAILED ({g['mismatches']} differ)")
+
+    def cpu(user: float, sys_: float, nbytes: int) -> str:
+        rate = f"{nbytes / MIB / (user + sys_):.0f}" if user + sys_ > 0 else "-"
+        return f"user {user:.2f} s sys {sys_:.2f} s, {rate} MB per CPU-second"
+    return [f"receiver: {what}, {verdict}; cpu: sender {cpu(r.cpu_user_s, r.cpu_sys_s, r.bytes)}; "
+            f"receiver {cpu(g['cpu_user_s'], g['cpu_sys_s'], g['bytes'])}"]
+
+
+def receiver_failure(r: Result) -> Optional[str]:
+    """Why the joined run fails (exit 1): rx's check failed, TCP bytes went missing, or its result did."""
+    g = r.receiver
+    if r.receiver_missing:
+        return r.receiver_note
+    if g is None:
+        return None
+    if g["verified"] is False:
+        return f"the receiver at {g['at']} says: {g['error'] or 'verification failed'}"
+    if g["missing"]:
+        return (f"the receiver at {g['at']} got {g['bytes']} of the {r.bytes} bytes sent: "
+                f"{g['missing']} never arrived over TCP")
+    return None
+
+
+# rx's end.
+
+class ControlPeer:
+    """rx's end of one sender's control connection, from its hello to the result sent back."""
+
+    def __init__(self, conn: socket.socket, addr: tuple, hello: dict):
+        self.conn, self.peer, self.hello = conn, peer_name(addr)[1], hello
+        self.done: Optional[dict] = None    # the sender's "done", once read
+        self.gone: Optional[str] = None     # how the control connection broke, if it did
+
+    def ended(self) -> bool:
+        """receive()'s question at each pause in the data: has the sender said done (or gone)?"""
+        if self.done is None and self.gone is None and select.select([self.conn], [], [], 0)[0]:
+            try:
+                self.done = control_message(read_line(self.conn, time.monotonic() + CONTROL_READ_S), "done")
+            except ControlError as e:
+                self.gone = str(e)
+        return self.done is not None or self.gone is not None
+
+    def report(self, cfg: RxConfig, results: List[RxResult], total: RxResult) -> None:
+        """Send the result, close; a sender gone by now is one line on stderr, not a failure of rx."""
+        try:
+            if self.gone is None:
+                send_control(self.conn, "result", **rx_summary(cfg, results, total))
+        except ControlError as e:
+            self.gone = str(e)
+        finally:
+            self.conn.close()
+        if self.gone is not None:
+            rx_note(f"the sender at {self.peer} {self.gone}: its report lacks this side")
+
+
+def rx_note(line: str) -> None:
+    """One line of rx's on stderr (stdout may be JSON)."""
+    print(f"rx: {line}", file=sys.stderr, flush=True)
+
+
+def rx_summary(cfg: RxConfig, results: List[RxResult], total: RxResult) -> dict:
+    """What the sender's joined report needs of rx's result: counts, verdict, CPU (getrusage)."""
+    unverified = ("--discard" if cfg.discard else "--no-verify" if not cfg.verify
+                  else "nothing to verify" if total.verified is None else None)
+    return dict(bytes=total.bytes, datagrams=total.datagrams, dropped=total.dropped, verified=total.verified,
+                unverified=unverified, mismatches=total.mismatches, error=total.error,
+                # (to the microsecond: the sender's text rounds as rx's own lines do)
+                seconds=round(total.seconds, 6), cpu_user_s=round(total.cpu_user_s, 6),
+                cpu_sys_s=round(total.cpu_sys_s, 6), interrupted=total.interrupted,
+                flows=[r.bytes for r in results] if len(results) > 1 else None)
+
+
+@dataclass
+class Arrival:
+    """The next sender, as next_sender() found it: the config to serve it with, its control
+    connection (None: a sender that does not speak it), its first connection or datagram's source."""
+    cfg: RxConfig
+    control: Optional[ControlPeer] = None
+    first: Optional[tuple] = None       # TCP: (conn, addr); UDP: the first datagram's addr
+
+
+def control_listener(cfg: RxConfig, sock: socket.socket) -> Optional[socket.socket]:
+    """rx udp: a TCP socket on the data port's number, for the control connections; None if refused."""
+    ctl = socket.socket(sock.family, socket.SOCK_STREAM)
+    try:
+        if sock.family == socket.AF_INET6:
+            ctl.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(cfg.family is not None))
+        ctl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ctl.bind(sock.getsockname()[:2])
+        ctl.listen(socket.SOMAXCONN)
+    except OSError as e:
+        ctl.close()
+        rx_note(f"no control connection on TCP port {cfg.port} ({errno.errorcode.get(e.errno, e)}): "
+                f"senders will report their own side alone")
+        return None
+    return ctl
+
+
+def check_hello(cfg: RxConfig, hello: dict) -> RxConfig:
+    """The config this sender's hello asks for (its data and flows), or ControlError saying why not."""
+    proto, data, flows = hello.get("proto"), hello.get("data"), hello.get("flows")
+    if proto != cfg.proto:
+        raise ControlError(f"sends {shown(proto)}, and this is `sendzc.py rx {cfg.proto}`",
+                           refusal=f"it is `sendzc.py rx {cfg.proto}`: start `sendzc.py rx {proto}` there"
+                           if proto in ("udp", "tcp") else f"it receives {cfg.proto}")
+    if data not in ("pattern", "stamps"):
+        raise ControlError(f"sends data {shown(data)}, neither the pattern nor --pool stamps")
+    if type(flows) is not int or not 1 <= flows <= (1 if proto == "udp" else CONTROL_MAX_FLOWS):
+        takes = ("one flow (every UDP flow arrives on its one socket): drop -n" if proto == "udp"
+                 else f"1 to {CONTROL_MAX_FLOWS} flows")
+        raise ControlError(f"announces {shown(flows)} flows", refusal=f"`sendzc.py rx {proto}` takes {takes}")
+    try:
+        check_flows(flows, rx=True)     # what this host runs at once, as rx's own -n is held to
+    except UsageError as e:
+        raise ControlError(f"announces {flows} flows", refusal=f"on its host, {e}") from None
+    return replace(cfg, pool=data == "stamps", flows=flows)
+
+
+def greet(cfg: RxConfig, conn: socket.socket, addr: tuple) -> Optional[Arrival]:
+    """A connection that opened with '{': its hello, answered. None (closed, said on stderr) if bad.
+
+    A hello followed at once by data is a sender that gave up waiting for our
+    ready (we were busy): it sends its stream on this connection (ControlLink).
+    """
+    peer = peer_name(addr)[1]
+    try:
+        hello = control_message(read_line(conn, time.monotonic() + CONTROL_READ_S), "hello")
+        mine = check_hello(cfg, hello)
+        if mine.proto == "tcp" and select.select([conn], [], [], 0)[0]:
+            if not opening_byte(conn):
+                raise ControlError("closed the control connection after its hello", gone=True)
+            return Arrival(mine, None, (conn, addr))
+        send_control(conn, "ready")
+    except ControlError as e:
+        if e.refusal or e.other_version:
+            with suppress(ControlError):
+                send_control(conn, "refused", why=e.refusal or f"it speaks control version {CONTROL_VERSION}: "
+                                                               f"run the same sendzc.py on both hosts")
+        conn.close()
+        rx_note(f"the sender at {peer} {e}: closed its control connection")
+        return None
+    return Arrival(mine, ControlPeer(conn, addr, hello))
+
+
+def opening_byte(conn: socket.socket) -> bytes:
+    """A new TCP connection's first byte, peeked (b"" at once-closed, or silent for CONTROL_READ_S)."""
+    if not select.select([conn], [], [], CONTROL_READ_S)[0]:
+        return b""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return b""                  # reset already: receive() says so as for any sender
+
+
+def next_tcp_sender(cfg: RxConfig, sock: socket.socket) -> Optional[Arrival]:
+    """The next TCP sender: a control connection's hello, answered, or a data connection that
+    does not speak it (the seed's C sender, socat): served as ever. None on Ctrl-C."""
+    while True:
+        got = until_stop(sock.accept)
+        if got is None:
+            return None
+        if opening_byte(got[0]) != b"{":
+            return Arrival(cfg, None, got)
+        arrival = greet(cfg, *got)
+        if arrival is not None:
+            return arrival
+
+
+def next_udp_sender(cfg: RxConfig, sock: socket.socket, ctl: Optional[socket.socket]) -> Optional[Arrival]:
+    """The next UDP sender: its first datagram (the seed's C sender), or a control connection's
+    hello, then that sender's first datagram. None on Ctrl-C."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if ctl is not None:
+        poller.register(ctl, select.POLLIN)
+    while not STOP.requested:
+        ready = {fd for fd, _ in poller.poll(int(RX_TICK_S * 1000))}
+        if sock.fileno() in ready:
+            addr = until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+            return addr and Arrival(cfg, None, addr)
+        if ctl is not None and ctl.fileno() in ready:
+            conn, addr = ctl.accept()
+            arrival = greet(cfg, conn, addr)
+            if arrival is not None and first_datagram(sock, arrival):
+                return arrival
+    return None
+
+
+def first_datagram(sock: socket.socket, arrival: Arrival) -> bool:
+    """Wait for a greeted sender's first datagram (arrival.first); False if it left first."""
+    control = arrival.control
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(control.conn, select.POLLIN)
+    while not STOP.requested:
+        ready = {fd for fd, _ in poller.poll(int(RX_TICK_S * 1000))}
+        if sock.fileno() in ready:
+            arrival.first = until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+            return arrival.first is not None
+        if control.conn.fileno() in ready and control.ended():
+            rx_note(f"the sender at {control.peer} ended before its first datagram came")
+            break
+    control.report(arrival.cfg, [], new_result(arrival.cfg))
+    return False
+
+
+@contextmanager
+def turning_away(ctl: Optional[socket.socket], serving: str) -> Iterator[None]:
+    """rx udp: while one sender is served, a thread answers every other one's hello "busy".
+
+    Its data would be refused anyway: a connected UDP socket takes only its
+    peer's datagrams, and the kernel answers the others' with an ICMP port
+    unreachable (ECONNREFUSED at the sender). Better the sender hear why.
+    """
+    if ctl is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def doorman() -> None:
+        while not stop.is_set():
+            if not select.select([ctl], [], [], RX_TICK_S)[0]:
+                continue
+            try:
+                conn, addr = ctl.accept()
+            except OSError:
+                continue
+            with conn:
+                with suppress(ControlError):
+                    control_message(read_line(conn, time.monotonic() + CONTROL_WAIT_S), "hello")
+                    send_control(conn, "busy", serving=serving)
+            rx_note(f"turned away the sender at {peer_name(addr)[1]}: busy with {serving} "
+                    f"(one sender at a time)")
+    door = threading.Thread(target=doorman, name="rx-door", daemon=True)
+    door.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        door.join()
 
 
 # =============================================================================
@@ -5801,9 +6521,10 @@ def sender_parser() -> Parser:
                       "(see `sendzc.py rx --help`)\n"
                       "  sendzc.py --probe             what this kernel's io_uring offers\n"
                       "  sendzc.py --first-send        one SEND_ZC, its result and notification "
-                      "explained (Part I's\n"
-                      "                                first_send(); the private sink as root, "
-                      "else loopback)")
+                      "explained, then the\n"
+                      "                                same in bulk (Part I's section 7; the private "
+                      "sink as root,\n"
+                      "                                else loopback; see `sendzc.py --first-send --help`)")
     add_common(p)
     p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
     p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
@@ -5995,30 +6716,39 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
             warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
             if warning:
                 print(f"sendzc: {warning}", file=sys.stderr, flush=True)
-        trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
-        if cfg.flows > 1:
-            flows, total = run_flows(cfg, trace_out)
-            return report_send(cfg, total, as_json, flows)
-        if cfg.pool:
-            return run_pool_sender(cfg, as_json)
-        sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
-        stack.callback(sock.close)
-        payload = Payload(cfg.size, cfg.gso)
-        stack.callback(payload.close)           # after the ring (below) has let go of it
-        sender = UringSender(cfg, sock, payload, stack)
-        sender.trace_out = trace_out
-        ticks = Intervals(interval, not as_json) if interval else None
+        link = open_control(cfg)
+        stack.callback(link.close)
+        with ExitStack() as data:       # the data's sockets, closed before rx's result is asked for (TCP: EOF)
+            flows, result = send_data(cfg, data, as_json, interval)
+        finish_control(link, result)
+        return report_send(cfg, result, as_json, flows)
 
-        def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
-            # Intervals count from the run's own start, as result.seconds
-            # does: the last one, which ends there, cannot end before it began.
-            ticks.start_ns = sender.started_ns
-            ticks.report(now_ns or time.perf_counter_ns(), nbytes, requests)
-        result = sender.run(on_tick=on_tick if ticks else None, tick_ns=int((interval or 0) * 1e9))
-        if ticks:                               # the last, partial interval
-            on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
-            result.intervals = ticks.rows
-        return report_send(cfg, result, as_json)
+
+def send_data(cfg: SendConfig, stack: ExitStack, as_json: bool,
+              interval: Optional[float]) -> Tuple[Optional[List[Result]], Result]:
+    """The run itself: -n N flows (their results and total), --pool's reference sender, or the fast one."""
+    trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
+    if cfg.flows > 1:
+        return run_flows(cfg, trace_out)
+    sock = stack.enter_context(tx_socket(cfg))
+    if cfg.pool:
+        return None, run_reference(cfg, sock, stack)
+    payload = Payload(cfg.size, cfg.gso)
+    stack.callback(payload.close)           # after the ring (below) has let go of it
+    sender = UringSender(cfg, sock, payload, stack)
+    sender.trace_out = trace_out
+    ticks = Intervals(interval, not as_json) if interval else None
+
+    def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
+        # Intervals count from the run's own start, as result.seconds
+        # does: the last one, which ends there, cannot end before it began.
+        ticks.start_ns = sender.started_ns
+        ticks.report(now_ns or time.perf_counter_ns(), nbytes, requests)
+    result = sender.run(on_tick=on_tick if ticks else None, tick_ns=int((interval or 0) * 1e9))
+    if ticks:                               # the last, partial interval
+        on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
+        result.intervals = ticks.rows
+    return None, result
 
 
 def plain_buffer_for_sendmsg(cfg: SendConfig) -> None:
@@ -6039,19 +6769,24 @@ def plain_buffer_for_sendmsg(cfg: SendConfig) -> None:
 
 
 def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[List[Result]] = None) -> int:
-    """Print a sender's result (after each flow's, when result is their total), its error; the status."""
+    """Print a sender's result (after each flow's, when result is their total), then the receiver's
+    (describe_receiver), then its error or the receiver's failure; the status."""
+    if flows:                               # rows[0].receiver: the receiver's whole result
+        flows[0].receiver, flows[0].receiver_note = result.receiver, result.receiver_note
+    failure = result.error or receiver_failure(result)
     if as_json:
+        extra = {"total": result.row()} if flows else {}
         print(json.dumps(json_doc(sender_params(cfg), flows or [result],
-                                  {"total": result.row()} if flows else None), indent=2))
+                                  {**extra, "error": failure} if failure else extra), indent=2))
     else:
         for i, r in enumerate(flows or []):
             print(f"flow {i}: " + describe_result(r)[1])
         if flows:
             print(f"total of {len(flows)} flows:")
         if flows or result.requests or not result.error:   # a run refused at its first send has none
-            print("\n".join(describe_result(result)))
-    if result.error:
-        print(f"sendzc: {result.error}", file=sys.stderr)
+            print("\n".join(describe_result(result) + describe_receiver(result)))
+    if failure:
+        print(f"sendzc: {failure}", file=sys.stderr)
         return 1
     return 130 if result.interrupted else 0
 
@@ -6164,28 +6899,53 @@ def probe_main(argv: List[str]) -> int:
 
 
 def first_send_main(argv: List[str]) -> int:
-    """`sendzc.py --first-send`: Part I's first_send(), into the private sink as root, else over loopback."""
+    """`sendzc.py --first-send`: Part I's first_send(), then bulk_send(); into the private sink
+    as root, else over loopback."""
     p = Parser(prog="sendzc.py --first-send",
-               description="One SEND_ZC and its two CQEs, explained: Part I's first_send().")
+               description="One SEND_ZC and its two CQEs, explained: Part I's first_send(); "
+                           "then the same in bulk, bulk_send(), as root into the private sink, "
+                           "else over loopback.")
     p.add_argument("--first-send", action="store_true", required=True)
-    p.parse_args(argv)
+    p.add_argument("--count", type=positive_int, default=64,
+                   help="requests of the bulk send (default 64)")
+    p.add_argument("-r", dest="batch", type=first_send_batch, default=8, metavar="NR_REQS",
+                   help=f"requests per io_uring_enter in the bulk send (default 8, at most {MAX_ENTRIES})")
+    a = p.parse_args(argv)
     with ExitStack() as stack:
-        if os.geteuid() == 0:
-            stack.enter_context(private_sink(DEFAULT_QDISC, who="--first-send", hint=FIRST_SEND_HINT))
-            dest = (SINK_DST4, DEFAULT_PORT)
-            print(f"into the private sink ({SINK_DEV} in a namespace of our own, which drops every packet)")
-        else:
-            rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            rx.bind(("127.0.0.1", 0))            # a receiver that never reads: no ICMP refusal
-            dest = rx.getsockname()
-            print("over loopback (no root, so no private sink): the receiver is on this host, "
-                  "so the kernel copies, and the notification says so")
+        dest = first_send_destination(stack)
         cqes = first_send(dest)
-    flags = [f for _, f in cqes]
-    if len(cqes) != 2 or not more(flags[0]) or not notif(flags[1]) or cqes[0][0] != 4096:
-        raise Fatal(f"the first send did not end in a whole result and its notification: "
-                    f"(res, flags) = {cqes}; `sendzc.py --probe` says what this kernel lacks")
+        flags = [f for _, f in cqes]
+        if len(cqes) != 2 or not more(flags[0]) or not notif(flags[1]) or cqes[0][0] != 4096:
+            raise Fatal(f"the first send did not end in a whole result and its notification: "
+                        f"(res, flags) = {cqes}; `sendzc.py --probe` says what this kernel lacks")
+        tally, _ = bulk_send(dest, a.count, a.batch, stop=lambda: STOP.requested)
+    if STOP.requested:
+        return 130
+    if tally.error:
+        raise Fatal(f"the bulk send failed: {os.strerror(tally.error)} "
+                    f"({errno.errorcode.get(tally.error, tally.error)}) in a result CQE")
+    if (tally.ok, tally.bytes, tally.notifs, tally.due) != (a.count, a.count * 4096, a.count, 0):
+        raise Fatal(f"the bulk send did not end in {a.count} whole results and as many "
+                    f"notifications: {tally}; `sendzc.py --probe` says what this kernel lacks")
     return 0
+
+
+first_send_batch = number(whole, lambda value: 1 <= value <= MAX_ENTRIES,
+                          f"not a whole number: give one from 1 to {MAX_ENTRIES}",
+                          f"out of range: give a whole number from 1 to {MAX_ENTRIES}")
+
+
+def first_send_destination(stack: ExitStack) -> Tuple[str, int]:
+    """Where --first-send sends: the private sink as root (zero-copy), else a loopback socket (copied)."""
+    if os.geteuid() == 0:
+        stack.enter_context(private_sink(DEFAULT_QDISC, who="--first-send", hint=FIRST_SEND_HINT))
+        print(f"into the private sink ({SINK_DEV} in a namespace of our own, which drops every packet)")
+        return SINK_DST4, DEFAULT_PORT
+    rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    rx.bind(("127.0.0.1", 0))            # a receiver that never reads: no ICMP refusal
+    print("over loopback (no root, so no private sink): the receiver is on this host, "
+          "so the kernel copies, and the notifications say so")
+    return rx.getsockname()
 
 
 FIRST_SEND_HINT = "or run it without root: it sends over loopback instead"
