@@ -1856,7 +1856,12 @@ def test_raw_refuses_nobody_without_cap_net_raw(nobody):
 MEMLOCK = 16 << 10
 
 
+RINGS_CHARGED = kernel_at_least(6, 14) or not kernel_at_least(5, 12)   # ring memory against RLIMIT_MEMLOCK
+
+
 def test_locked_memory_too_low_for_the_ring(nobody):
+    if not RINGS_CHARGED:               # Debian's 6.1: the ring fits any limit, the buffer does not
+        pytest.skip("rings count against RLIMIT_MEMLOCK before 5.12 and since 6.14, not on this kernel")
     with udp_sink_socket() as port:
         p = nobody("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp", memlock=MEMLOCK)
     assert (p.returncode, p.stdout) == (1, "")
@@ -3380,6 +3385,8 @@ MEMLOCK_FIX = ("    fix: raise it: `ulimit -l 1024` (or more) in the shell that 
 
 
 def test_probe_as_a_user_with_little_locked_memory_says_how_to_raise_it(nobody):
+    if not RINGS_CHARGED:               # Debian's 6.1 answered "the registered buffer did not fit"
+        pytest.skip("rings count against RLIMIT_MEMLOCK before 5.12 and since 6.14, not on this kernel")
     p = nobody("--probe", "--json", memlock=MEMLOCK)
     doc = json.loads(p.stdout)
     memlock = doc["probe"]["limits"]["memlock"]
