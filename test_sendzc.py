@@ -713,6 +713,23 @@ def test_speedup_is_against_the_poll_per_send_msg_zerocopy_row_of_the_same_size(
     assert [r.speedup for r in rows] == [1.0, 1.5, 1.2, 1.0, 2.44]
 
 
+def test_the_tables_speedup_is_the_kernels_rate_and_mb_s_x_keeps_pythons_share():
+    # The RFC's pair: SEND_ZC's kernel rate 2.3x the baseline's, as with the C tools; the Python
+    # baseline spent a fifth of its CPU outside the kernel, SEND_ZC at batch 8 a tenth.
+    base, zc = result("msg_zerocopy_poll", 65435, 1000), result("send_zc_fixed", 65435, 2587.5)
+    base.cpu_user_s, base.cpu_sys_s = 0.2, 0.8
+    zc.cpu_user_s, zc.cpu_sys_s = 0.1, 0.9
+    sendzc.set_speedups([base, zc])
+    header, _, row = sendzc.format_table([base, zc])
+    names = ("batch", "MB/s", "Gbit/s", "speedup", "user s", "sys s", "CPU s/GB", "sys MB/s", "MB/s x", "zc")
+    assert header.split()[1:] == "batch MB/s Gbit/s speedup user s sys s CPU s/GB sys MB/s MB/s x zc".split()
+    columns = dict(zip(names, row[len(sendzc.MODE_LABELS["send_zc_fixed"]):].split()))
+    assert columns["speedup"] == "2.30x"          # (2587.5 / 0.9) / (1000 / 0.8)
+    assert columns["MB/s x"] == "2.59x"           # 2587.5 / 1000: Python's share of the baseline in it
+    assert any("speedup: sys MB/s over the MSG_ZEROCOPY" in line
+               for line in sendzc.bench_footer([base, zc], [65435], True))
+
+
 def tool_without_capabilities(*args):
     """The tool as root with no capabilities (it cannot unshare(CLONE_NEWNET), just as a user cannot)."""
     setpriv = shutil.which("setpriv")
