@@ -4708,7 +4708,7 @@ def svg_bars(svg: Svg, top: float, rows: List[Result]) -> float:
                      class_="baseline-label")
     for i, r in enumerate(rows):
         mb = svg_value(r, "mb_per_s")
-        speedup = "" if r.speedup is None else f" {r.speedup:.2f}x"
+        speedup = "" if r.sys_speedup is None else f" {r.sys_speedup:.2f}x"     # the table's speedup
         svg.text(x(mb) + 6, plot_top + i * (SVG_BAR + SVG_BAR_GAP) + 13,
                  f"{mb:.0f} MB/s{speedup}  zc {zc_mark(r)}{row_state(r)}", class_="bar-value", **SVG_HALO)
     return svg_legend(svg, bottom + 64, [("box", color, None, words) for color, _, words in SVG_ZC.values()]
