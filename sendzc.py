@@ -112,7 +112,6 @@ VERSION = "0.1.0"
 # --- io_uring_setup() flags: io_uring_params.flags --------------------------
 IORING_SETUP_SQPOLL = 1 << 1          # 5.1  a kernel thread polls the SQ
 IORING_SETUP_CQSIZE = 1 << 3          # 5.5  io_uring_params.cq_entries is ours
-IORING_SETUP_CQE32 = 1 << 11          # 5.19 32-byte CQEs (zero-copy receive needs them; --probe only)
 IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 no IPI to run completion work
 IORING_SETUP_SINGLE_ISSUER = 1 << 12  # 6.0  only one task submits
 IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  completion work runs in io_uring_enter
@@ -125,19 +124,15 @@ IORING_OP_SEND = 26         # 5.6
 IORING_OP_RECV = 27         # 5.6
 IORING_OP_SEND_ZC = 47      # 6.0  (the 2021 RFC's opcode 40 is IORING_OP_MSG_RING today)
 IORING_OP_SENDMSG_ZC = 48   # 6.1
-IORING_OP_RECV_ZC = 58      # 6.15 zero-copy receive into a registered area (--probe only)
 
 # --- io_uring_sqe.flags: IOSQE_* -------------------------------------------
 IOSQE_FIXED_FILE = 1 << 0   # sqe.fd is an index into the registered file table
 IOSQE_IO_LINK = 1 << 2      # the next SQE starts only after this one completes
-IOSQE_BUFFER_SELECT = 1 << 5  # take the buffer from the provided-buffer group sqe.buf_group
 
 # --- send flags, in io_uring_sqe.ioprio for SEND/SENDMSG and their _ZC forms
 IORING_RECVSEND_POLL_FIRST = 1 << 0
 IORING_RECVSEND_FIXED_BUF = 1 << 2     # 6.0  sqe.buf_index names a registered buffer
 IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it copied
-IORING_RECVSEND_BUNDLE = 1 << 4        # 6.10 SEND (not SEND_ZC): every ready provided buffer at once
-IORING_SEND_VECTORIZED = 1 << 5        # 6.17 SEND, SEND_ZC: sqe.addr is an iovec array, len its count
 # cqe.res of a notification when REPORT_USAGE was asked: "a flag, all other
 # bits reserved". Bit 31 of a signed 32-bit res: it reads as a negative number.
 IORING_NOTIF_USAGE_ZC_COPIED = 1 << 31
@@ -187,25 +182,11 @@ IORING_ENTER_SQ_WAKEUP = 1 << 1       # wake the SQPOLL thread (when it asked: N
 IORING_ENTER_EXT_ARG = 1 << 3         # 5.11 arg is struct io_uring_getevents_arg
 IORING_ENTER_REGISTERED_RING = 1 << 4  # 5.18 fd is a registered ring index
 
-# --- io_uring_params.features: IORING_FEAT_*, every one the kernel may report
-IORING_FEAT_SINGLE_MMAP = 1 << 0
-IORING_FEAT_NODROP = 1 << 1
-IORING_FEAT_SUBMIT_STABLE = 1 << 2
-IORING_FEAT_RW_CUR_POS = 1 << 3
-IORING_FEAT_CUR_PERSONALITY = 1 << 4
-IORING_FEAT_FAST_POLL = 1 << 5
-IORING_FEAT_POLL_32BITS = 1 << 6
-IORING_FEAT_SQPOLL_NONFIXED = 1 << 7
-IORING_FEAT_EXT_ARG = 1 << 8
-IORING_FEAT_NATIVE_WORKERS = 1 << 9
-IORING_FEAT_RSRC_TAGS = 1 << 10
-IORING_FEAT_CQE_SKIP = 1 << 11
-IORING_FEAT_LINKED_FILE = 1 << 12
-IORING_FEAT_REG_REG_RING = 1 << 13
-IORING_FEAT_RECVSEND_BUNDLE = 1 << 14
-IORING_FEAT_MIN_TIMEOUT = 1 << 15
-IORING_FEAT_RW_ATTR = 1 << 16
-IORING_FEAT_NO_IOWAIT = 1 << 17
+# --- io_uring_params.features: IORING_FEAT_*, the ones this file relies on
+# (--probe reports the others: section 12)
+IORING_FEAT_SINGLE_MMAP = 1 << 0     # 5.4  one mapping for both rings
+IORING_FEAT_NODROP = 1 << 1          # 5.5  a CQE without room is held back, not dropped
+IORING_FEAT_EXT_ARG = 1 << 8         # 5.11 io_uring_enter takes a timeout
 # What Ring requires of every kernel (see Ring._setup: we do not support older ones).
 REQUIRED_FEATURES = IORING_FEAT_SINGLE_MMAP | IORING_FEAT_EXT_ARG
 
@@ -217,8 +198,6 @@ IORING_UNREGISTER_FILES = 3
 IORING_REGISTER_PROBE = 8          # 5.6
 IORING_REGISTER_RING_FDS = 20      # 5.18
 IORING_UNREGISTER_RING_FDS = 21
-IORING_REGISTER_PBUF_RING = 22     # 5.19 a ring of provided buffers (what SEND bundles send from)
-IORING_REGISTER_ZCRX_IFQ = 32      # 6.15 a NIC's receive queue, for IORING_OP_RECV_ZC
 
 IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
 
@@ -347,17 +326,6 @@ class io_uring_rsrc_update(ctypes.Structure):
     _fields_ = [("offset", u32), ("resv", u32), ("data", u64)]
 
 
-class io_uring_buf(ctypes.Structure):
-    """One provided buffer in a buffer ring; bufs[0].resv is the ring's tail (a u16)."""
-    _fields_ = [("addr", u64), ("len", u32), ("bid", u16), ("resv", u16)]
-
-
-class io_uring_buf_reg(ctypes.Structure):
-    """Argument of IORING_REGISTER_PBUF_RING: where the ring is, how long, its group id."""
-    _fields_ = [("ring_addr", u64), ("ring_entries", u32), ("bgid", u16), ("flags", u16),
-                ("resv", u64 * 3)]
-
-
 class io_uring_getevents_arg(ctypes.Structure):
     """IORING_ENTER_EXT_ARG's argument: here only for a timeout on waiting."""
     _fields_ = [("sigmask", u64), ("sigmask_sz", u32), ("min_wait_usec", u32), ("ts", u64)]
@@ -385,7 +353,6 @@ def _check_layout():
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
              io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
-             io_uring_buf: 16, io_uring_buf_reg: 40,
              iovec: 16, msghdr: 56}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
@@ -449,12 +416,6 @@ _syscall.restype = ctypes.c_long
 # writes only 4 bytes of the 8-byte slot the kernel reads as a size_t; so
 # that argument is always a ctypes.c_size_t.
 _SIZE_0 = ctypes.c_size_t(0)
-# The same syscall() without letting go of the GIL: CDLL releases and retakes
-# it around every call (~60 ns), which pays only if another thread of ours has
-# Python to run meanwhile. Section 7's hot loop has none (the tool runs one
-# ring per process), and a signal still interrupts a wait (EINTR).
-_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
-_syscall_gil.restype = ctypes.c_long
 
 
 class Fatal(Exception):
@@ -463,11 +424,6 @@ class Fatal(Exception):
     def __init__(self, message: str, status: int = 1):
         super().__init__(message)
         self.status = status
-
-
-class UsageError(Fatal):
-    def __init__(self, message: str):
-        super().__init__(message, 2)
 
 
 def syscall_error(call: str, err: int) -> OSError:
@@ -599,27 +555,10 @@ class Probe:
         return op in self.supported
 
 
-# Setup flags to try, best first. EINVAL from io_uring_setup means "a flag I
-# do not know": drop to the next set, as liburing's callers do by hand.
-SETUP_ATTEMPTS = (
-    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_NO_SQARRAY,  # 6.6
-    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,                            # 6.1
-    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,                             # 6.0
-    IORING_SETUP_COOP_TASKRUN,                                                          # 5.19
-    0,
-)
-# With SQPOLL the kernel's thread is the only submitter, so SINGLE_ISSUER
-# holds; DEFER_TASKRUN does not combine with it (no task of ours to defer to).
-SQPOLL_ATTEMPTS = (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_NO_SQARRAY, IORING_SETUP_SINGLE_ISSUER, 0)
-SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do before it sleeps
 # The longest one io_uring_enter() of a send loop waits before it comes back
 # to look at the clock and at Ctrl-C: a send the kernel never completes (a TCP
 # peer that stopped reading) must not hold the run past its deadline.
 ENTER_WAIT_NS = 100_000_000
-# The longest a sender waits after its run for the notifications still owed
-# (the drain). A TCP peer that stopped acknowledging could hold them for
-# minutes; past this the buffer stays mapped until exit instead.
-DRAIN_SECONDS = 5.0
 
 
 class SubmissionQueueFull(Exception):
@@ -631,10 +570,13 @@ class Ring:
 
     Like liburing's struct io_uring; __init__ is io_uring_queue_init_params()
     and close() is io_uring_queue_exit(). Use it as a context manager.
+    attempts: setup flags to add to flags, tried in turn, best first: EINVAL
+    from io_uring_setup means "a flag I do not know", so the next set is
+    tried, as liburing's callers do by hand (the tool's ladders: section 8).
     """
 
     def __init__(self, entries: int, cq_entries: int = 0, flags: int = 0,
-                 attempts: Tuple[int, ...] = SETUP_ATTEMPTS, sq_thread_idle: int = 0):
+                 attempts: Tuple[int, ...] = (0,), sq_thread_idle: int = 0):
         self._stack = ExitStack()
         try:
             self._setup(entries, cq_entries, flags, attempts, sq_thread_idle)
@@ -805,18 +747,9 @@ class Ring:
 # =============================================================================
 # 4. Submit, reap (still class Ring)
 #
-# Python pays per bytecode, the kernel per syscall, so both are paid per
-# *batch*: a batch of SQEs is one slice copy into the SQE array, one store of
-# sq.tail and one io_uring_enter that both submits and waits; the CQEs that
-# came back are judged by the list of their flags and the sum of their res,
-# with list.count and sum looping in C. The reference sender of section 6
-# reads one CQE at a time instead, with peek_cqe() and cqe_seen(), as a C
-# program with liburing would.
-#
-# What it costs (README, "Speed", has the measurements): Python spends ~1.5 us
-# on a batch, whatever its size (a ctypes call into io_uring_enter is a third
-# of it); the kernel ~2 us on each 64 KB SEND_ZC. So Python's share is ~9% of
-# a batch of 8 and ~2% of a batch of 64 (bench --sweep measures it on any host).
+# First the calls a C program makes with liburing, one SQE and one CQE at a
+# time: place SQEs, submit and wait, peek a CQE, mark it seen. Section 6's
+# reference sender is built from these. Then the same in bulk, for section 7.
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -844,15 +777,6 @@ class Ring:
             self._sqes[i << SQE_SHIFT:] = sqes[:first << SQE_SHIFT]
             self._sqes[:(n - first) << SQE_SHIFT] = sqes[first << SQE_SHIFT:]
         self.sq_tail = (self.sq_tail + n) & U32
-
-    def fill_sqes(self, sqe: bytes) -> None:
-        """Write one SQE into every slot of the SQ array (no liburing twin).
-
-        For a run whose requests are all the same SQE: the kernel only reads
-        SQEs (it copies what it needs at submission), so once every slot holds
-        it, getting and preparing the next n SQEs is moving our sq_tail by n.
-        """
-        self._sqes[:] = sqe * self.sq_entries
 
     def _flush_sq(self) -> Tuple[int, int]:
         """liburing's __io_uring_flush_sq(): publish sq.tail; what to submit, and enter flags.
@@ -897,6 +821,65 @@ class Ring:
                 return False
             raise
         return True
+
+    def cq_ready(self) -> int:
+        """io_uring_cq_ready(): CQEs posted and not yet reaped (cq.tail is the kernel's)."""
+        return (self._cq_words[self._cq_tail_i] - self.cq_head) & U32
+
+    def peek_cqe(self) -> Optional[Tuple[int, int, int]]:
+        """io_uring_peek_cqe(): the next ready CQE as (user_data, res, flags), or None.
+
+        cq.tail is the kernel's: read it first, then the CQE it covers
+        ("Memory ordering"). The CQE stays in its slot until cqe_seen(). Unlike
+        liburing's, it never enters the kernel to flush overflowed CQEs or task
+        work: callers wait_cqes() first.
+        """
+        if self._cq_words[self._cq_tail_i] == self.cq_head:
+            return None
+        i = self.cq_head & self.cq_mask
+        return self._cqe_user_data[i], self._cqe_res[i], self._cqe_flags[i]
+
+    def cqe_seen(self) -> None:
+        """io_uring_cqe_seen(): done with the CQE peek_cqe() returned; its slot is the kernel's."""
+        self.cq_advance(1)
+
+    def cq_advance(self, n: int) -> None:
+        """io_uring_cq_advance(): hand n CQE slots back to the kernel.
+
+        Ordering: our reads of those CQEs are done (peek copied them into
+        lists) before this store tells the kernel it may reuse the slots.
+        """
+        self.cq_head = (self.cq_head + n) & U32
+        self._cq_words[self._cq_head_i] = self.cq_head
+
+    @property
+    def sq_head(self) -> int:
+        return self._sq_words[self._sq_head_i]
+
+    @property
+    def cq_tail(self) -> int:
+        return self._cq_words[self._cq_tail_i]
+
+    @property
+    def cq_overflow(self) -> int:
+        """CQEs the kernel could not post for want of room (with FEAT_NODROP: held back, not lost)."""
+        return self._cq_words[self._cq_overflow_i]
+
+    # --- in bulk: what section 7's fast sender uses -----------------------------
+    # Python pays per bytecode, the kernel per syscall, so a fast sender pays
+    # both per *batch*: a batch of SQEs is one slice copy into the SQE array,
+    # one store of sq.tail and one io_uring_enter that both submits and waits;
+    # the CQEs that came back are judged by the list of their flags and the sum
+    # of their res, with list.count and sum looping in C.
+
+    def fill_sqes(self, sqe: bytes) -> None:
+        """Write one SQE into every slot of the SQ array (no liburing twin).
+
+        For a run whose requests are all the same SQE: the kernel only reads
+        SQEs (it copies what it needs at submission), so once every slot holds
+        it, getting and preparing the next n SQEs is moving our sq_tail by n.
+        """
+        self._sqes[:] = sqe * self.sq_entries
 
     def submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
         """io_uring_submit_and_wait_timeout(), then io_uring_peek_batch_cqe() in bulk.
@@ -961,10 +944,6 @@ class Ring:
         end -= self.cq_entries                              # wrapped: tail part, then head part
         return flags[i:].tolist() + flags[:end].tolist(), sum(res[i:]) + sum(res[:end])
 
-    def cq_ready(self) -> int:
-        """io_uring_cq_ready(): CQEs posted and not yet reaped (cq.tail is the kernel's)."""
-        return (self._cq_words[self._cq_tail_i] - self.cq_head) & U32
-
     def peek(self) -> Tuple[List[int], List[int]]:
         """io_uring_peek_batch_cqe(), as two lists: every ready CQE's res and flags.
 
@@ -988,50 +967,11 @@ class Ring:
         """The user_data of the next n ready CQEs (for tracing; off the fast path)."""
         return [self._cqe_user_data[(self.cq_head + k) & self.cq_mask] for k in range(n)]
 
-    def peek_cqe(self) -> Optional[Tuple[int, int, int]]:
-        """io_uring_peek_cqe(): the next ready CQE as (user_data, res, flags), or None.
-
-        cq.tail is the kernel's: read it first, then the CQE it covers
-        ("Memory ordering"). The CQE stays in its slot until cqe_seen(). Unlike
-        liburing's, it never enters the kernel to flush overflowed CQEs or task
-        work: callers wait_cqes() first.
-        """
-        if self._cq_words[self._cq_tail_i] == self.cq_head:
-            return None
-        i = self.cq_head & self.cq_mask
-        return self._cqe_user_data[i], self._cqe_res[i], self._cqe_flags[i]
-
-    def cqe_seen(self) -> None:
-        """io_uring_cqe_seen(): done with the CQE peek_cqe() returned; its slot is the kernel's."""
-        self.cq_advance(1)
-
-    def cq_advance(self, n: int) -> None:
-        """io_uring_cq_advance(): hand n CQE slots back to the kernel.
-
-        Ordering: our reads of those CQEs are done (peek copied them into
-        lists) before this store tells the kernel it may reuse the slots.
-        """
-        self.cq_head = (self.cq_head + n) & U32
-        self._cq_words[self._cq_head_i] = self.cq_head
-
     def cqe_bytes(self, n: int, head: int) -> bytes:
         """The raw CQEs from counter head on, n of them, the wraparound joined (section 7's hot loop)."""
         m, start = self._cq_map, self.cqe_start
         return b"".join(m[start + (a << CQE_SHIFT):start + (b << CQE_SHIFT)]
                         for a, b in ring_slices(head, n, self.cq_entries))
-
-    @property
-    def sq_head(self) -> int:
-        return self._sq_words[self._sq_head_i]
-
-    @property
-    def cq_tail(self) -> int:
-        return self._cq_words[self._cq_tail_i]
-
-    @property
-    def cq_overflow(self) -> int:
-        """CQEs the kernel could not post for want of room (with FEAT_NODROP: held back, not lost)."""
-        return self._cq_words[self._cq_overflow_i]
 
 
 def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
@@ -1406,14 +1346,12 @@ class ReferenceSender:
 # CQE (judge_each, section 6's judging with counters instead of buffers).
 # =============================================================================
 
-class _Stop:
-    """A request to stop, set by the signal handlers (section 12); every loop reads it once per batch."""
-    requested = False    # Ctrl-C once: end the run, drain, print the partial result
-    hurry = False        # Ctrl-C twice: stop waiting for notifications too
-    signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
+class StopRequest:
+    """A request to end a run early, set from outside the loop (a signal handler); read once per batch."""
 
-
-STOP = _Stop()
+    def __init__(self):
+        self.requested = False   # end the run, drain, report what was done
+        self.hurry = False       # stop waiting for notifications too
 
 
 @dataclass
@@ -1490,7 +1428,7 @@ class SendBooks:
     pinned_max: int = 0    # the most bytes the kernel held when a sample began
 
 
-# The hot loop looks at the clock (and at STOP) once per this many batches,
+# The hot loop looks at the clock (and at the stop request) once per this many batches,
 # as liburing's send-zerocopy does once per 16: a clock read costs about as
 # much Python as the rest of a batch.
 CLOCK_EVERY = 16
@@ -1508,15 +1446,19 @@ class BulkSender:
     longer than size, so a stream's send may start at any offset below it
     and the stream stays one continuous pattern); and .lent, which begin()
     raises and drain() settles, as Pool.lent. r is the batch (the seed's
-    nr_reqs); flush waits for each batch's notifications before the next
-    (the seed's -f); cmsg is a control message for every SENDMSG.
+    nr_reqs); cmsg is a control message for every SENDMSG.
     """
 
     def __init__(self, ring: Ring, buf, size: int, batch: int, zc: bool = True, fixed: bool = True,
-                 sendmsg: bool = False, stream: bool = False, flush: bool = False,
-                 report_usage: bool = False, cmsg: Optional[ctypes.Array] = None):
+                 sendmsg: bool = False, stream: bool = False,
+                 report_usage: bool = False, cmsg: Optional[ctypes.Array] = None,
+                 stop: Optional[StopRequest] = None):
         self.ring, self.buf, self.size, self.r = ring, buf, size, batch
-        self.zc, self.fixed, self.sendmsg, self.stream, self.flush = zc, fixed, sendmsg, stream, flush
+        self.stop = stop or StopRequest()     # whoever owns the signals sets it
+        # The syscall() the hot loop enters through (a subclass may pass one
+        # that keeps the GIL: section 8).
+        self.syscall = _syscall
+        self.zc, self.fixed, self.sendmsg, self.stream = zc, fixed, sendmsg, stream
         self.report_usage, self.cmsg = report_usage, cmsg     # IORING_SEND_ZC_REPORT_USAGE on each send
         self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
         self._batches: Dict[int, bytes] = {}
@@ -1586,9 +1528,9 @@ class BulkSender:
         return self.books
 
     def send(self) -> None:
-        """(1)-(6) until the deadline, STOP or an error: the hot loop if it can, else the general one."""
-        if self.flush or self.ring.sqpoll or not self.run_hot():
-            self.run_general()
+        """(1)-(6) until the deadline, a stop request or an error (the tool's UringSender goes on
+        in a general loop where the hot loop hands over: section 8)."""
+        self.run_hot()
 
     def run_hot(self) -> bool:
         """The hot loop: one batch in flight, every batch judged in bulk; False hands over.
@@ -1597,7 +1539,7 @@ class BulkSender:
         when a check fails: a batch never judged before (judge_odd), the clock
         passing a tick or the deadline (at_tick), results still owed
         (wait_owed), an io_uring_enter that did not submit the batch (False:
-        run_general() takes over). Written flat, every name bound to a local
+        the tool's general loop takes over, section 8). Written flat, every name bound to a local
         first: in CPython a local is an array slot, an attribute or a global
         a dictionary lookup, a call a new frame; each costs ~20-50 ns, against
         ~2 us of kernel work for a 64 KB SEND_ZC.
@@ -1627,7 +1569,7 @@ class BulkSender:
         clean = None if stream else one_result * r + (one_notif * r if self.zc else b"")
         seen = self.seen          # CQE bytes -> [times seen, results, owed, whole, notifs, copied]
 
-        syscall, enter, enter_fd, u32 = _syscall_gil, NR_io_uring_enter, ring.enter_fd, U32
+        syscall, enter, enter_fd, u32 = self.syscall, NR_io_uring_enter, ring.enter_fd, U32
         enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags
         wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
         wait_owed, judge_odd, seen_get = self.wait_owed, self.judge_odd, seen.get
@@ -1635,7 +1577,7 @@ class BulkSender:
         sqes = ring._sqes
         cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
         cq_map, cqe_start, cqe_end = ring._cq_map, ring.cqe_start, ring.cqe_end
-        cq_mask, clock, stop = ring.cq_mask, time.perf_counter_ns, STOP
+        cq_mask, clock, stop = ring.cq_mask, time.perf_counter_ns, self.stop
         sq_tail, cq_head = ring.sq_tail, ring.cq_head
         inflight, due = run.inflight, run.due
         lags_append, sample_t, sample_due = run.lags_ns.append, 0, 0    # the lag sample under way
@@ -1645,15 +1587,15 @@ class BulkSender:
         room = ring.cq_entries - 2 * r
         check_at = min(run.deadline, run.next_tick)    # the clock's next reason to stop
         batches = placed = ret = 0      # clean datagram batches; requests placed; the last enter's answer
-        done = True                     # False: hand over to run_general()
-        countdown = 1                   # batches until the next look at the clock and at STOP
+        done = True                     # False: hand over to a general loop
+        countdown = 1                   # batches until the next look at the clock and at the stop request
 
         while True:
             countdown -= 1
             if not countdown:
                 countdown = CLOCK_EVERY
                 now = clock()
-                if now >= check_at or stop.requested:   # the deadline, STOP, or a tick
+                if now >= check_at or stop.requested:   # the deadline, a stop request, or a tick
                     check_at = self.at_tick(now, batches * r)
                     if not check_at:
                         break
@@ -1739,7 +1681,7 @@ class BulkSender:
                 lags_append(clock() - sample_t)
                 sample_t = 0
 
-        # Hand over: the general loop, the drain and the result read these.
+        # Hand over: a general loop, the drain and the result read these.
         ring.sq_tail, ring.cq_head = sq_tail, cq_head
         run.inflight, run.due, run.placed = inflight, due, run.placed + placed
         run.whole += batches * r
@@ -1750,7 +1692,7 @@ class BulkSender:
             run.copied += times * n_copied
         if ret < 0:
             err = ctypes.get_errno()
-            if err not in (errno.EINTR, errno.ETIME):   # those two: run_general() goes on
+            if err not in (errno.EINTR, errno.ETIME):   # those two: a general loop may go on
                 run.entered = syscall_error("io_uring_enter", err)
         return done
 
@@ -1761,7 +1703,7 @@ class BulkSender:
         it; False when io_uring_enter failed for good (books.entered says why).
         """
         ring = self.ring
-        ret = _syscall_gil(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags,
+        ret = self.syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags,
                            ring._wait_ref, ring._wait_size)
         if ret >= 0:
             return WAIT_DONE
@@ -1772,9 +1714,9 @@ class BulkSender:
         return False
 
     def at_tick(self, now: int, hot_results: int) -> int:
-        """The clock or STOP stopped the hot loop: 0 ends the run, else the next time to look."""
+        """The clock or a stop request stopped the hot loop: 0 ends the run, else the next time to look."""
         run = self.books
-        if now >= run.deadline or STOP.requested:
+        if now >= run.deadline or self.stop.requested:
             return 0
         whole = run.whole + hot_results + sum(v[0] * v[3] for v in self.seen.values())
         run.on_tick(whole * self.size + run.slow.bytes, whole + run.slow.ok)
@@ -1835,95 +1777,22 @@ class BulkSender:
             run.slow.error = errno.EIO    # a short stream write: the stream would tear
         return t.results, t.due
 
-    def run_general(self) -> None:
-        """The loop for what the hot loop does not take: SQPOLL, -f, and its hand-overs.
-
-        Per batch: one place(), one submit_and_peek() (submit, wait, then the
-        ready CQEs' flags and res sum), judge(), one cq_advance().
-        """
-        ring, run, r, size, stream = self.ring, self.books, self.r, self.size, self.stream
-        if run.entered is not None or run.slow.error:
-            return
-        place, cq_advance = ring.place, ring.cq_advance
-        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
-        # In flight: one batch, as in the seed, unless SQPOLL: its thread
-        # submits on its own CPU, so we keep the SQ full and enter only to
-        # sleep until half of what is in flight has completed (sleeping per
-        # batch cost the SQ thread a third of its rate: README, "Speed"). Not a
-        # stream: batches are not linked to each other, and the SQ thread cuts
-        # a chain wherever its submission ends; nor -f, which waits per batch.
-        ahead = ring.sq_entries - r if ring.sqpoll and not (stream or self.flush) else 0
-        room = 0 if self.flush else ring.cq_entries - 2 * (ahead + r)   # as in run_hot()
-        clock, deadline = time.perf_counter_ns, run.deadline
-        run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))   # datagram batches are alike
-        judge, slow, batch = self.judge, run.slow, self.batch
-        inflight, due, placed = run.inflight, run.due, run.placed
-        sample_t = sample_target = 0          # the lag sample under way, as in run_hot()
-        while True:
-            if inflight <= ahead:
-                now = clock()
-                if now >= deadline or STOP.requested or slow.error:
-                    break
-                if now >= run.next_tick:
-                    run.on_tick(run.whole * size + slow.bytes, run.whole + slow.ok)
-                    run.next_tick += run.tick_ns
-                if due <= room:
-                    if stream:                  # (1) the batch starts where the last one ended
-                        place(batch(placed * size % self.buf.period))
-                        inflight += r
-                        placed += r
-                    else:                       # (1) as many batches as fit, in one slice copy
-                        # ... and as the SQ has room for: the SQ thread commits
-                        # sq.head after its whole submission.
-                        n = min((ahead - inflight) // r * r + r, ring.sq_space_left() // r * r)
-                        if n:
-                            place(run_of_batches[:n << SQE_SHIFT])
-                            inflight += n
-                            placed += n
-                        elif not inflight:
-                            continue            # nothing to wait for: the head is on its way
-                if self.zc and not sample_t and inflight:
-                    # (5) time the newest request: until the notifications of
-                    # every request placed so far have come (in order).
-                    sample_t, sample_target = now, run.notifs + slow.notifs + due + inflight
-                    run.pinned_max = max(run.pinned_max, (due + inflight) * size)
-            try:                                # (2) submit and wait, (3) peek CQEs
-                flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
-            except OSError as e:
-                # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed with no CQE:
-                # a TCP peer that stopped reading): look at the clock and STOP.
-                if e.errno not in (errno.EINTR, errno.ETIME):
-                    run.entered = e
-                    break
-                if STOP.requested or clock() >= deadline:
-                    break
-                continue
-            results, owed = judge(flags, res_sum)     # (4), (5)
-            inflight -= results
-            due += owed
-            cq_advance(len(flags))                    # (6)
-            if sample_t and run.notifs + slow.notifs >= sample_target:
-                run.lags_ns.append(clock() - sample_t)
-                sample_t = 0
-            assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-        run.inflight, run.due, run.placed = inflight, due, placed
-
-    def drain(self) -> SendBooks:
+    def drain(self, seconds: float) -> SendBooks:
         """(7) drain: every result and notification still owed, before the buffer may go.
 
-        Bounded by DRAIN_SECONDS: a TCP peer that stopped acknowledging could
-        hold the pages for minutes. A stop that ended the run leaves the drain
-        its time (STOP.hurry cuts it); one that comes while it waits cuts it.
+        Bounded by seconds: a TCP peer that stopped acknowledging could hold
+        the pages for minutes. A stop that ended the run leaves the drain its
+        time (stop.hurry cuts it); one that comes while it waits cuts it.
         What never came stays lent, so the buffer stays mapped until exit.
         """
-        ring, run = self.ring, self.books
+        ring, run, stop = self.ring, self.books, self.stop
         clock = time.perf_counter_ns
-        stopped = run.stopped = STOP.requested
+        stopped = run.stopped = stop.requested
         drain_from = clock()
-        drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
+        drain_until = drain_from + int(seconds * 1e9)
         while run.inflight or run.due:
             left = (drain_until - clock()) / 1e9
-            if left <= 0 or STOP.hurry or (STOP.requested and not stopped):
+            if left <= 0 or stop.hurry or (stop.requested and not stopped):
                 break
             try:
                 ring.wait_cqes(1, left)
@@ -1953,7 +1822,8 @@ class BulkSender:
 #
 # In order: the socket ABI besides io_uring; the payload; Result and how it is
 # printed; sockets, the path MTU and UDP GSO; the io_uring sender (section 7's
-# BulkSender with a SendConfig, --trace and a Result around it), -n flows, the
+# BulkSender with a SendConfig, a general loop for SQPOLL and -f, --trace and a
+# Result around it), -n flows, the
 # reference sender's run; then the baselines, send(2) with and without MSG_ZEROCOPY.
 # =============================================================================
 
@@ -2620,7 +2490,7 @@ def probe_report_usage() -> bool:
     that does not rejects the flag (-EINVAL) first. Both post F_MORE, then a notification.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
-    with a, b, Ring(2) as ring:
+    with a, b, Ring(2, attempts=SETUP_ATTEMPTS) as ring:
         sqe = io_uring_sqe()
         prep_send_zc(sqe, a.fileno(), probe_byte_addr(), 1, 0, IORING_SEND_ZC_REPORT_USAGE)
         ring.place(bytes(sqe))
@@ -2666,6 +2536,35 @@ TRACE_EXPLAINED = {
 }
 
 
+# --- What the tool's senders ask of Part I's Ring and BulkSender
+# Setup flags to try, best first. EINVAL from io_uring_setup means "a flag I
+# do not know": drop to the next set, as liburing's callers do by hand.
+SETUP_ATTEMPTS = (
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN | IORING_SETUP_NO_SQARRAY,  # 6.6
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,                            # 6.1
+    IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_COOP_TASKRUN,                             # 6.0
+    IORING_SETUP_COOP_TASKRUN,                                                          # 5.19
+    0,
+)
+# With SQPOLL the kernel's thread is the only submitter, so SINGLE_ISSUER
+# holds; DEFER_TASKRUN does not combine with it (no task of ours to defer to).
+SQPOLL_ATTEMPTS = (IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_NO_SQARRAY, IORING_SETUP_SINGLE_ISSUER, 0)
+SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do before it sleeps
+
+# The longest a sender waits after its run for the notifications still owed
+# (the drain). A TCP peer that stopped acknowledging could hold them for
+# minutes; past this the buffer stays mapped until exit instead.
+DRAIN_SECONDS = 5.0
+
+# The same syscall() without letting go of the GIL: CDLL releases and retakes
+# it around every call (~60 ns), which pays only if another thread of ours has
+# Python to run meanwhile. The tool's hot loop has none (it runs one ring per
+# process), and a signal still interrupts a wait (EINTR): UringSender hands
+# it to BulkSender as the syscall() its hot loop enters through.
+_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
+_syscall_gil.restype = ctypes.c_long
+
+
 def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int]],
               stack: ExitStack, **ring_args) -> Tuple[Ring, bool]:
     """A sender's ring, set up in the order liburing's example does and torn down by stack; and
@@ -2675,6 +2574,7 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
     (addr, length) as registered buffers 0.. (none: no FIXED_BUF), the ring
     fd registered. Each refusal is one line (Fatal), the probe's ring's too.
     """
+    ring_args.setdefault("attempts", SETUP_ATTEMPTS)
     try:
         ring = Ring(cfg.entries, cq_entries=4 * cfg.entries, **ring_args)
     except OSError as e:
@@ -2694,8 +2594,16 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
         raise Fatal(setup_error(e)) from None
 
 
+# What a batch costs (README, "Speed", has the measurements): Python spends ~1.5 us
+# on a batch, whatever its size (a ctypes call into io_uring_enter is a third
+# of it); the kernel ~2 us on each 64 KB SEND_ZC. So Python's share is ~9% of
+# a batch of 8 and ~2% of a batch of 64 (bench --sweep measures it on any host).
 class UringSender(BulkSender):
-    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported."""
+    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported.
+
+    Beside the hot loop, a general loop (run_general) for what it does not
+    take: SQPOLL, -f, and whatever the hot loop hands over.
+    """
 
     def __init__(self, cfg: SendConfig, sock: socket.socket, payload: Payload, stack: ExitStack):
         self.cfg = cfg
@@ -2712,8 +2620,10 @@ class UringSender(BulkSender):
         buffers = [(payload.addr, payload.length)] if cfg.fixed_buf and cfg.zc else []
         ring, usage = send_ring(cfg, sock, buffers, stack, **sqpoll)
         super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf, cfg.sendmsg,
-                         cfg.proto == "tcp", cfg.flush, usage,
-                         gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None)
+                         cfg.proto == "tcp", usage,
+                         gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None, STOP)
+        self.flush = cfg.flush      # -f: each batch waits for its notifications (run_general)
+        self.syscall = _syscall_gil                # see above
         self.trace_out = sys.stdout
         self.deadline_ns: Optional[int] = None     # -n: the flows' common deadline (run_flows)
         self.started_ns = 0                        # perf_counter_ns when run() started
@@ -2731,7 +2641,7 @@ class UringSender(BulkSender):
             run.placed = run.slow.results + run.inflight
         self.send()
         meter.stop(result)            # the rate covers sending; the drain is not timed
-        self.drain()
+        self.drain(DRAIN_SECONDS)
         slow = run.slow
         result.requests = run.whole + slow.ok
         result.bytes = run.whole * cfg.size + slow.bytes
@@ -2746,6 +2656,84 @@ class UringSender(BulkSender):
         result.error = run_error(cfg, result, slow.error, run.entered, run.waited,
                                  gave_up=run.stopped and STOP.hurry)
         return result
+
+    def send(self) -> None:
+        """(1)-(6) until the deadline, STOP or an error: the hot loop if it can, else the general one."""
+        if self.flush or self.ring.sqpoll or not self.run_hot():
+            self.run_general()
+
+    def run_general(self) -> None:
+        """The loop for what the hot loop does not take: SQPOLL, -f, and its hand-overs.
+
+        Per batch: one place(), one submit_and_peek() (submit, wait, then the
+        ready CQEs' flags and res sum), judge(), one cq_advance().
+        """
+        ring, run, r, size, stream = self.ring, self.books, self.r, self.size, self.stream
+        if run.entered is not None or run.slow.error:
+            return
+        place, cq_advance = ring.place, ring.cq_advance
+        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
+        # In flight: one batch, as in the seed, unless SQPOLL: its thread
+        # submits on its own CPU, so we keep the SQ full and enter only to
+        # sleep until half of what is in flight has completed (sleeping per
+        # batch cost the SQ thread a third of its rate: README, "Speed"). Not a
+        # stream: batches are not linked to each other, and the SQ thread cuts
+        # a chain wherever its submission ends; nor -f, which waits per batch.
+        ahead = ring.sq_entries - r if ring.sqpoll and not (stream or self.flush) else 0
+        room = 0 if self.flush else ring.cq_entries - 2 * (ahead + r)   # as in run_hot()
+        clock, deadline, stop = time.perf_counter_ns, run.deadline, self.stop
+        run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))   # datagram batches are alike
+        judge, slow, batch = self.judge, run.slow, self.batch
+        inflight, due, placed = run.inflight, run.due, run.placed
+        sample_t = sample_target = 0          # the lag sample under way, as in run_hot()
+        while True:
+            if inflight <= ahead:
+                now = clock()
+                if now >= deadline or stop.requested or slow.error:
+                    break
+                if now >= run.next_tick:
+                    run.on_tick(run.whole * size + slow.bytes, run.whole + slow.ok)
+                    run.next_tick += run.tick_ns
+                if due <= room:
+                    if stream:                  # (1) the batch starts where the last one ended
+                        place(batch(placed * size % self.buf.period))
+                        inflight += r
+                        placed += r
+                    else:                       # (1) as many batches as fit, in one slice copy
+                        # ... and as the SQ has room for: the SQ thread commits
+                        # sq.head after its whole submission.
+                        n = min((ahead - inflight) // r * r + r, ring.sq_space_left() // r * r)
+                        if n:
+                            place(run_of_batches[:n << SQE_SHIFT])
+                            inflight += n
+                            placed += n
+                        elif not inflight:
+                            continue            # nothing to wait for: the head is on its way
+                if self.zc and not sample_t and inflight:
+                    # (5) time the newest request: until the notifications of
+                    # every request placed so far have come (in order).
+                    sample_t, sample_target = now, run.notifs + slow.notifs + due + inflight
+                    run.pinned_max = max(run.pinned_max, (due + inflight) * size)
+            try:                                # (2) submit and wait, (3) peek CQEs
+                flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
+            except OSError as e:
+                # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed with no CQE:
+                # a TCP peer that stopped reading): look at the clock and the stop request.
+                if e.errno not in (errno.EINTR, errno.ETIME):
+                    run.entered = e
+                    break
+                if stop.requested or clock() >= deadline:
+                    break
+                continue
+            results, owed = judge(flags, res_sum)     # (4), (5)
+            inflight -= results
+            due += owed
+            cq_advance(len(flags))                    # (6)
+            if sample_t and run.notifs + slow.notifs >= sample_target:
+                run.lags_ns.append(clock() - sample_t)
+                sample_t = 0
+            assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
+        run.inflight, run.due, run.placed = inflight, due, placed
 
     def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
         """Send the first n requests slowly (user_data = each one's number), saying aloud each step.
@@ -3655,7 +3643,8 @@ class UringReceiver:
 
     def __init__(self, sock: socket.socket, buf: RxBuffer, stack: ExitStack, msg_flags: int = 0):
         self.sock, self.buf, self.inflight = sock, buf, False   # all that cancel() reads
-        self.ring = ring = Ring(1)          # one RECV in flight at a time (see the contract above)
+        # One RECV in flight at a time (see the contract above).
+        self.ring = ring = Ring(1, attempts=SETUP_ATTEMPTS)
         stack.callback(ring.close)
         # Runs before ring.close (LIFO): a RECV in flight writes into buf, so it must end before buf goes.
         stack.callback(self.cancel)
@@ -5046,7 +5035,7 @@ def check_io_uring() -> None:
     For the receiver, which can do without io_uring: a seccomp profile may allow
     io_uring_setup and refuse only _register or _enter, and only calling each tells.
     """
-    with Ring(1) as ring:
+    with Ring(1, attempts=SETUP_ATTEMPTS) as ring:
         ring.probe()                                   # io_uring_register
         sqe = io_uring_sqe()
         prep_nop(sqe)
@@ -5257,6 +5246,11 @@ def read_io_uring_disabled() -> Optional[int]:
 # Every failure ends in one line on stderr and a non-zero status: 2 for a
 # mistake on the command line, 1 for a refusal by the system, 130 for Ctrl-C.
 # =============================================================================
+
+class UsageError(Fatal):
+    def __init__(self, message: str):
+        super().__init__(message, 2)
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but every usage mistake is one line, `cause: fix`, and exit status 2.
@@ -5609,6 +5603,50 @@ def sender_params(cfg: SendConfig) -> dict:
 # that reads the datagram back: "yes" means the bytes arrived as sent. (A
 # kernel that does not know a flag refuses with -EINVAL before sending.)
 
+# The io_uring ABI only --probe asks about (from <linux/io_uring.h>, 6.18):
+# the newer sends and zero-copy receive, which the tool reports but never uses.
+IORING_SETUP_CQE32 = 1 << 11          # 5.19 32-byte CQEs (zero-copy receive needs them)
+IORING_OP_RECV_ZC = 58                # 6.15 zero-copy receive into a registered area
+IOSQE_BUFFER_SELECT = 1 << 5          # take the buffer from the provided-buffer group sqe.buf_group
+IORING_RECVSEND_BUNDLE = 1 << 4       # 6.10 SEND (not SEND_ZC): every ready provided buffer at once
+IORING_SEND_VECTORIZED = 1 << 5       # 6.17 SEND, SEND_ZC: sqe.addr is an iovec array, len its count
+IORING_REGISTER_PBUF_RING = 22        # 5.19 a ring of provided buffers (what SEND bundles send from)
+IORING_REGISTER_ZCRX_IFQ = 32         # 6.15 a NIC's receive queue, for IORING_OP_RECV_ZC
+# The features section 1 left out: --probe reports every one the kernel sets.
+IORING_FEAT_SUBMIT_STABLE = 1 << 2
+IORING_FEAT_RW_CUR_POS = 1 << 3
+IORING_FEAT_CUR_PERSONALITY = 1 << 4
+IORING_FEAT_FAST_POLL = 1 << 5
+IORING_FEAT_POLL_32BITS = 1 << 6
+IORING_FEAT_SQPOLL_NONFIXED = 1 << 7
+IORING_FEAT_NATIVE_WORKERS = 1 << 9
+IORING_FEAT_RSRC_TAGS = 1 << 10
+IORING_FEAT_CQE_SKIP = 1 << 11
+IORING_FEAT_LINKED_FILE = 1 << 12
+IORING_FEAT_REG_REG_RING = 1 << 13
+IORING_FEAT_RECVSEND_BUNDLE = 1 << 14
+IORING_FEAT_MIN_TIMEOUT = 1 << 15
+IORING_FEAT_RW_ATTR = 1 << 16
+IORING_FEAT_NO_IOWAIT = 1 << 17
+for _table, _prefix in ((OPCODE_NAMES, "IORING_OP_"), (SETUP_NAMES, "IORING_SETUP_"),
+                        (FEAT_NAMES, "IORING_FEAT_"), (SQE_FLAG_NAMES, "IOSQE_"),
+                        (SEND_FLAG_NAMES, "IORING_RECVSEND_"), (SEND_FLAG_NAMES, "IORING_SEND_")):
+    _table.update(_names(_prefix))      # the names section 1 gave, and these
+
+
+class io_uring_buf(ctypes.Structure):
+    """One provided buffer in a buffer ring; bufs[0].resv is the ring's tail (a u16)."""
+    _fields_ = [("addr", u64), ("len", u32), ("bid", u16), ("resv", u16)]
+
+
+class io_uring_buf_reg(ctypes.Structure):
+    """Argument of IORING_REGISTER_PBUF_RING: where the ring is, how long, its group id."""
+    _fields_ = [("ring_addr", u64), ("ring_entries", u32), ("bgid", u16), ("flags", u16),
+                ("resv", u64 * 3)]
+
+
+assert (ctypes.sizeof(io_uring_buf), ctypes.sizeof(io_uring_buf_reg)) == (16, 40)
+
 PROBED_SETUP_FLAGS = {"SINGLE_ISSUER": IORING_SETUP_SINGLE_ISSUER,
                       "DEFER_TASKRUN": IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN,
                       "COOP_TASKRUN": IORING_SETUP_COOP_TASKRUN, "NO_SQARRAY": IORING_SETUP_NO_SQARRAY,
@@ -5732,7 +5770,7 @@ def probe_send(since: str, what: str, prep: Callable[[io_uring_sqe, int, int, Ri
     """
     data = ctypes.create_string_buffer(PROBE_DATA, len(PROBE_DATA))
     try:
-        with loopback_udp() as (tx, rx), Ring(4) as ring:
+        with loopback_udp() as (tx, rx), Ring(4, attempts=SETUP_ATTEMPTS) as ring:
             sqe = io_uring_sqe()
             keep = prep(sqe, tx.fileno(), ctypes.addressof(data), ring)    # held until the CQEs are in
             ring.place(bytes(sqe))
@@ -5866,7 +5904,7 @@ def memlock_room() -> dict:
     fix = ("raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
            "/etc/security/limits.conf, LimitMEMLOCK= for a service; or run as root")
     try:
-        with Ring(cfg.entries, cq_entries=4 * cfg.entries) as ring:
+        with Ring(cfg.entries, cq_entries=4 * cfg.entries, attempts=SETUP_ATTEMPTS) as ring:
             ring.register_buffers([(payload.addr, payload.length)])
     except OSError as e:
         step = "the ring" if getattr(e, "syscall", None) == "io_uring_setup" else "the registered buffer"
@@ -5968,6 +6006,18 @@ def describe_capabilities(caps: dict) -> List[str]:
 
 def signal_label(signum: int) -> str:
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+class _Stop(StopRequest):
+    """The tool's stop request, set by the signal handlers below; every loop reads it once per batch.
+
+    requested: Ctrl-C once: end the run, drain, print the partial result.
+    hurry: Ctrl-C twice: stop waiting for notifications too.
+    """
+    signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
+
+
+STOP = _Stop()
 
 
 def on_sigint(signum, frame):

@@ -797,6 +797,37 @@ def test_bench_json_has_every_row_and_the_baseline_is_one(bench_doc):
     assert bench_doc["params"]["sink"]["mtu"] == 65535
 
 
+def readme_comparison_tables():
+    """Every comparison table README shows: (its header line, its row lines), as the tool printed them."""
+    with open(os.path.join(HERE, "README.md")) as f:
+        lines = f.read().splitlines()
+    return [(line, list(itertools.takewhile(lambda l: l and not l.startswith("```"), lines[n + 1:])))
+            for n, line in enumerate(lines) if re.match(r"mode\s+batch\s", line)]
+
+
+def test_readme_comparison_table_matches_the_tool():
+    """README's example tables have exactly the columns and rows the tool prints today: the header
+    from format_table() itself, the rows from the default bench's plan (no run needed), so a row or
+    column added to either side and not the other fails here; the baseline row reads 1.00x twice,
+    and README's "N rows of S s" is the default run's."""
+    header = sendzc.format_table([])[0]
+    cfg = sendzc.bench_config(sendzc.bench_parser().parse_args([]))
+    rows = [(sendzc.MODE_LABELS[mode], batch) for mode, batch in cfg.plan()]
+    tables = readme_comparison_tables()
+    assert tables, "README shows no comparison table"
+    for head, lines in tables:
+        assert head == header, f"README's columns:\n{head}\nthe tool's:\n{header}"
+        found = [re.match(r"(.+?)\s+(\d+)\s", line) for line in lines]
+        assert all(found), f"a line of README's table is no row: {lines}"
+        labels = [(m.group(1), int(m.group(2))) for m in found]
+        assert labels == rows, f"README's rows: {labels}\nthe tool's: {rows}"
+        baseline = lines[rows.index((sendzc.MODE_LABELS[sendzc.BASELINE_MODE], 1))].split()
+        assert baseline.count("1.00x") == 2, f"the baseline row, speedup and sys x: {baseline}"
+    with open(os.path.join(HERE, "README.md")) as f:
+        said = re.findall(r"(\d+) rows of (\S+) s\b", f.read())
+    assert said and set(said) == {(str(len(rows)), f"{cfg.seconds:g}")}, said
+
+
 def readme_table(heading):
     """{field: (type, present)} from the README table under heading."""
     with open(os.path.join(HERE, "README.md")) as f:
