@@ -2840,7 +2840,9 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     finished = False
     try:
         for i in range(cfg.flows):
-            pid = os.fork()
+            pid = fork_flow(cfg, i)
+            if pid < 0:
+                break
             if pid == 0:                  # the child: never returns
                 os.close(out_r)
                 os.close(go_w)
@@ -2853,23 +2855,23 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = flow_inbox(out_r, pids, cfg.flows)
+        inbox = flow_inbox(out_r, pids, len(pids))
         done = next(inbox)                # "ready" or "fatal" from each
         if all(m[0] == "ready" for m in done):
             deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-            os.write(go_w, struct.pack("q", deadline) * cfg.flows)   # 8 B a child: far below a pipe's room
+            os.write(go_w, struct.pack("q", deadline) * len(pids))   # 8 B a child: far below a pipe's room
             done = next(inbox)            # "result" or "fatal" from each
         finished = True
     finally:
+        for pid in pids if not finished else ():   # leaving by an exception (fork's EAGAIN, a
+            try:                                    # third Ctrl-C): before the pipes close, so
+                os.kill(pid, signal.SIGKILL)        # no child writes into a closed one
+            except ProcessLookupError:
+                pass                      # (the kernel tears down its ring and sends)
         for fd in (out_r, out_w, go_r, go_w):
             if fd >= 0:
                 os.close(fd)              # a child still waiting for go reads EOF and leaves
         for pid in list(pids):
-            if not finished:              # leaving by an exception (a third Ctrl-C, say)
-                try:
-                    os.kill(pid, signal.SIGKILL)    # the kernel tears down its ring and sends
-                except ProcessLookupError:
-                    pass
             os.waitpid(pid, 0)            # every child reported (or was killed): reap it
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
@@ -2886,6 +2888,18 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     total.seconds = (max(m[4] for m in done) - min(m[3] for m in done)) / 1e9
     total.interrupted = STOP.requested or any(r.interrupted for r in results)
     return results, total
+
+
+def fork_flow(cfg: SendConfig, i: int) -> int:
+    """fork() for flow i, unless a signal came (Ctrl-C, SIGTERM: those forked run and report)."""
+    if STOP.requested:
+        if i:
+            return -1
+        raise Fatal(f"interrupted ({signal_label(STOP.signum)}) while starting: nothing was sent", 130)
+    try:
+        return os.fork()
+    except BlockingIOError:               # EAGAIN: RLIMIT_NPROC, or the cgroup's pids.max
+        raise Fatal(fork_error(cfg.flows, i)) from None
 
 
 def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> None:
@@ -3254,7 +3268,9 @@ class SyscallSender:
 #
 #   TCP  byte o of the stream is PATTERN[o % 26]. Where one receive ends and
 #        the next begins is the network's choice, so a receive of k bytes at
-#        stream offset o must equal the pattern from phase o % 26 on.
+#        stream offset o must equal the pattern from phase o % 26 on. (A
+#        sender that sends each request from its buffer's start, as the seed's
+#        send-zc.c does, restarts it every send: Verifier.restarted() sees it.)
 #   UDP  every datagram is the pattern from its first byte ('a'), also
 #        when UDP_GRO brings several in one receive (GroReceiver).
 #
@@ -3300,23 +3316,37 @@ class Verifier:
     """
 
     def __init__(self, span: int):
+        self.span = span
         self.pattern = pattern(span + PATTERN_LEN)   # a receive of span bytes from any phase
         self.matches = self.pattern.startswith       # matches(view[:k], phase) -> bool
+        self.period = PATTERN_LEN                    # TCP: byte o is pattern[(o - shift) % period]
+        self.shift = 0                               # (restarted(), pieces())
+        self.size = 0                                # TCP: the sender's send size, once restarted() saw it
+        self.base = self.pattern                     # the pattern that runs on
+        self.sends: bytes = b""                      # the pattern restarted every size bytes
+        self.pending = [0] * PATTERN_LEN             # sends cut short, by the phase where they stopped
+        self.cuts = 0                                # sends that came in pieces (pieces())
+        self.anchored = False                        # pieces(): at a known offset of a send, not a rest
         self.bad = 0                                 # receives (TCP) or datagrams (UDP) that failed
         self.first: Optional[dict] = None            # where the first one went wrong
+        self.other = ""                              # what the data are instead: "stamps", "pattern", ""
+        self.compared = 0                            # UDP: datagrams compared (an empty one has no byte)
         self.segment = 0                             # UDP_GRO: the segment size self.layout is for
         self.layout: Optional[bytes] = b""           # that many-byte datagrams laid end to end
 
     def datagrams(self, view: memoryview, k: int, segment: int, index: int) -> None:
         """Check one UDP receive of k bytes from datagram number index on: one, or (UDP_GRO) several."""
         step = segment if 0 < segment < k else k
+        if not k:
+            return                                   # an empty datagram: nothing to compare
+        self.compared += -(-k // step)
         if step < k and self.layout is not None:     # all right? one memcmp() tells
             if segment != self.segment or k > len(self.layout):
                 self.segment = segment
                 self.layout = pattern(segment) * (max(k, IP_MAXPACKET) // segment + 1)
             if self.layout.startswith(view[:k]):
                 return
-        for at in range(0, k, step or 1):       # count each wrong datagram, place the first
+        for at in range(0, k, step):            # count each wrong datagram, place the first
             n = min(step, k - at)
             if not self.matches(view[at:at + n], 0):
                 self.mismatch(view[at:], n, 0, 0, index + at // step)
@@ -3324,22 +3354,113 @@ class Verifier:
     def mismatch(self, view: memoryview, k: int, phase: int, offset: int,
                  datagram: Optional[int]) -> None:
         """Count a receive that failed; describe the first in full."""
+        if datagram is None and not self.size and self.first is None and self.restarted(view, k, phase, offset):
+            phase = offset % self.size               # the same receive, on the new terms
+        if datagram is None and self.size:
+            self.bad += not self.pieces(view, k, phase, offset)
+            return
         self.bad += 1
         if self.first is None:
             i = first_mismatch(view[:k], self.pattern, phase)
             self.first = {"offset": offset + i, "datagram": datagram,
                           "got": view[i], "expected": self.pattern[phase + i]}
+            udp = datagram is not None
+            self.other = "stamps" if (udp or offset + i == 0) and is_stamped(view[:k], udp) else ""
+
+    def restarted(self, view: memoryview, k: int, phase: int, offset: int) -> bool:
+        """Does the stream start the pattern again where it first differs? Then it repeats there.
+
+        The seed's send-zc.c and liburing's send-zerocopy send every request from
+        the start of one buffer, so their TCP stream is the pattern's first S bytes
+        again and again (S: their -s). From here on every byte is checked on those
+        terms, pattern[o % S % 26]: a real mismatch later keeps its line. It takes
+        a run of the pattern from 'a' there (26 bytes, or S, or to the receive's end) to
+        be sure; pieces() then checks the whole receive on the new terms.
+        """
+        i = first_mismatch(view[:k], self.pattern, phase)
+        size = offset + i                            # where the first send ended
+        if self.size or not 0 < size <= TCP_MAX_WRITE or view[i] != PATTERN[0]:
+            return False
+        if not self.pattern.startswith(view[i:i + min(k - i, PATTERN_LEN, size)]):
+            return False
+        self.size, self.anchored = size, True
+        self.sends = pattern(size) * ((self.span + size) // size + 2)   # a receive of span from any phase
+        return True
+
+    def pieces(self, view: memoryview, k: int, phase: int, offset: int) -> bool:
+        """On restarted() terms, a receive the one memcmp() refused: read it as pieces of sends.
+
+        Several sends in flight on one TCP socket (liburing's send-zerocopy -n 8:
+        "submit batching >1 with TCP sockets will cause data reordering") may cut
+        a send short and send its rest after other sends. So a piece may begin
+        with 'a' (a new send) or at the phase where a cut send stopped; a rest's
+        place in its send is known only mod 26, so it is checked as the pattern
+        running on until the next piece. False, placing self.first, at a byte
+        that neither continues its piece nor begins one.
+        """
+        size, at, ok = self.size, 0, True
+        anchored, cur = self.anchored, phase         # cur: the send's offset, or (a rest) the phase
+        while True:
+            want = self.sends if anchored else self.base
+            rest = view[at:k]
+            at += len(rest) if want.startswith(rest, cur) else first_mismatch(rest, want, cur)
+            cur = (at - (k - len(rest)) + cur) % (size if anchored else PATTERN_LEN)
+            if at == k:
+                break
+            got, stop = view[at] - PATTERN[0], cur % PATTERN_LEN
+            if anchored and cur == 0 and got == size % PATTERN_LEN:
+                anchored, cur = False, got           # a cut the pattern hid: its send's rest runs on
+                continue
+            if not (anchored and cur == 0 or not anchored and stop == size % PATTERN_LEN and got == 0):
+                self.pending[stop] += 1              # this piece's send stopped short of its end
+            if got == 0:
+                anchored, cur = True, 0              # a new send
+            elif 0 < got < PATTERN_LEN and self.pending[got]:
+                self.pending[got] -= 1               # the rest of a send cut there
+                self.cuts += 1
+                anchored, cur = False, got
+            else:
+                if self.first is None:
+                    self.first = {"offset": offset + at, "datagram": None, "got": view[at],
+                                  "expected": want[cur]}
+                ok, at = False, at + 1               # on, from the next byte as if it were right
+                cur = (cur + 1) % (size if anchored else PATTERN_LEN)
+                if at == k:
+                    break
+        self.anchored, self.period = anchored, size if anchored else PATTERN_LEN
+        self.pattern = self.sends if anchored else self.base
+        self.matches = self.pattern.startswith
+        self.shift = (offset + k - cur) % self.period
+        return ok
+
+    def unverified(self, r: "RxResult") -> Optional[str]:
+        """Why no byte was compared, or None: a verdict speaks only of bytes it compared."""
+        if r.proto == "tcp":
+            return None if r.bytes else "the connection brought no data"
+        return None if self.compared else f"all {r.datagrams} datagrams were empty"
 
     def error_line(self, r: "RxResult") -> str:
         """One line for a failed verification: where, what, and what it means."""
+        if self.other == "stamps":
+            return ("rx: verification failed: the data are --pool stamps, not the pattern: the sender "
+                    "runs with --pool N: start rx with --pool")
         f = r.first_mismatch
         where = (f"stream byte {f['offset']}" if f["datagram"] is None
                  else f"byte {f['offset']} of datagram {f['datagram']} (both counted from 0)")
         count = f"{r.receives} receives" if r.proto == "tcp" else f"{r.datagrams} datagrams"
-        return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern has "
+        restart = f" (restarted every {self.size} bytes)" if self.size else ""
+        return (f"rx: verification failed: {where} is {f['got']:#04x} where the pattern{restart} has "
                 f"{f['expected']:#04x} {chr(f['expected'])!r} ({r.mismatches} of {count} "
                 f"differ): the data changed after the sender handed it over, as when a zero-copy "
                 f"buffer is rewritten before its notification")
+
+
+def is_stamped(data: memoryview, whole: bool) -> bool:
+    """Do data begin with a --pool stamp (of a request of their own length, if whole)?"""
+    if len(data) < STAMP.size:
+        return False
+    size = STAMP.unpack_from(data)[1]
+    return STAMP.size <= size <= TCP_MAX_WRITE and (size == len(data) or not whole)
 
 
 class PoolVerifier(Verifier):
@@ -3349,6 +3470,8 @@ class PoolVerifier(Verifier):
     lost or out of order (neither UDP nor io_uring's sends in flight keep it).
     TCP: stamp(0, size), stamp(1, size), ... in order. A buffer rewritten
     before its notification shows as a later request's stamp, or a torn one.
+    Data that carry no stamp at all are named as such (the plain pattern: a
+    sender without --pool), never as some request's.
     """
 
     def __init__(self, proto: str):
@@ -3363,11 +3486,21 @@ class PoolVerifier(Verifier):
         self.why: Optional[dict] = None   # what the last failed check found
         self.layout = None            # each datagram has its own stamp: check them one by one
 
+    def unstamped(self, data: memoryview, n: Optional[int]) -> bool:
+        """data (a datagram, or the stream's start) carry no stamp: say so, and what they are."""
+        if self.first is None:
+            self.other = "pattern" if data and pattern(len(data)) == data else ""
+        self.why = dict(offset=0, datagram=n, got=data[0] if data else None, expected=None,
+                        request=None, length=len(data))
+        return False
+
     def datagram(self, data: memoryview, phase: int = 0) -> bool:
         """Is data one request's stamp, of a request not seen before? (phase: unused)"""
         n, self.checked = self.checked, self.checked + 1
-        seq = STAMP.unpack_from(data)[0] if len(data) >= STAMP.size else -1
-        want = stamp(max(seq, 0), len(data))
+        if not is_stamped(data, True):
+            return self.unstamped(data, n)
+        seq = STAMP.unpack_from(data)[0]
+        want = stamp(seq, len(data))
         if not want.startswith(data):             # same length: equal, compared in place
             i = first_mismatch(data, want)
             self.why = dict(offset=i, datagram=n, got=data[i], expected=want[i], request=seq)
@@ -3385,14 +3518,17 @@ class PoolVerifier(Verifier):
 
     def stream(self, data: memoryview, phase: int = 0) -> bool:
         """Are data the stream's next bytes, the requests' stamps in order? (phase: unused)"""
+        if self.size < 0:
+            return False                          # the stream began with no stamp: all of it fails
         if not self.size:
             self.head += bytes(data)
             if len(self.head) < STAMP.size:
                 return True                       # checked once a whole stamp is here
             size = STAMP.unpack_from(self.head)[1]
-            # Not a --pool stream (the pattern, say): check against 16-byte requests,
-            # which fails at once and cheaply, rather than build a stamp of any size.
-            self.size = size if STAMP.size <= size <= TCP_MAX_WRITE else STAMP.size
+            if not STAMP.size <= size <= TCP_MAX_WRITE:   # not a --pool stream: no request to name
+                self.size, head, self.head = -1, memoryview(self.head), b""
+                return self.unstamped(head[:STAMP.size], None)
+            self.size = size
             data, self.head = memoryview(self.head), b""
         o, k, size = self.checked, len(data), self.size
         self.checked += k
@@ -3411,9 +3547,27 @@ class PoolVerifier(Verifier):
         self.bad += 1
         self.first = self.first or self.why
 
+    def unverified(self, r: "RxResult") -> Optional[str]:
+        if r.proto == "tcp" and r.bytes and not self.checked and self.size >= 0:
+            return (f"the stream ended after {r.bytes} bytes, short of one {STAMP.size}-byte "
+                    f"--pool stamp")
+        return super().unverified(r)
+
     def error_line(self, r: "RxResult") -> str:
         f = r.first_mismatch
         count = "receives" if r.proto == "tcp" else "datagrams"
+        tally = f"({r.mismatches} of {r.receives} {count} differ)"
+        if self.other == "pattern":
+            return ("rx: --pool verification failed: the data are the plain pattern, not --pool stamps: "
+                    "the sender runs without --pool: start rx without --pool")
+        if "length" in f:
+            n = f"{f['length']} byte{'s' if f['length'] != 1 else ''}"
+            where = (f"the stream's first {STAMP.size} bytes are no request's stamp" if f["datagram"] is None
+                     else f"datagram {f['datagram']} ({n}) is shorter than one {STAMP.size}-byte stamp"
+                     if f["length"] < STAMP.size else
+                     f"datagram {f['datagram']} ({n}) begins with no stamp of a request that long")
+            return (f"rx: --pool verification failed: {where} {tally}: neither a --pool sender's "
+                    f"stamps nor the plain pattern: check what sends to this port")
         if "previous" in f:
             before = (f"datagram {f['previous']} carried already" if f["previous"] is not None else
                       f"is more than {POOL_REORDER_WINDOW} requests behind the newest")
@@ -3423,9 +3577,8 @@ class PoolVerifier(Verifier):
             at = (f"stream byte {f['offset']}" if f["datagram"] is None
                   else f"byte {f['offset']} of datagram {f['datagram']}")
             where = f"{at} is {f['got']:#04x} where request {f['request']}'s stamp has {f['expected']:#04x}"
-        return (f"rx: --pool verification failed: {where} ({r.mismatches} of {r.receives} {count} "
-                f"differ): a buffer was rewritten while the kernel still held it, before its "
-                f"notification (F_NOTIF)")
+        return (f"rx: --pool verification failed: {where} {tally}: a buffer was rewritten while "
+                f"the kernel still held it, before its notification (F_NOTIF)")
 
 
 @dataclass
@@ -3444,13 +3597,17 @@ class RxResult(Rates):
     seconds: float = 0.0             # measured: connection (TCP) or first datagram (UDP) to last byte
     cpu_user_s: float = 0.0
     cpu_sys_s: float = 0.0
-    verified: Optional[bool] = None  # every byte was the pattern; None: --no-verify
+    verified: Optional[bool] = None  # every byte was the pattern; None: --no-verify, or nothing compared
     mismatches: int = 0              # receives (TCP) or datagrams (UDP) with a wrong byte
     first_mismatch: Optional[dict] = None
     interrupted: bool = False
     error: Optional[str] = None
     note: Optional[str] = None       # why the method is not the default one
     stamped: bool = False            # rx --pool: checked against a --pool sender's stamps (not in JSON)
+    unverified: Optional[str] = None     # why no byte was compared (not in JSON: verified null, error)
+    compared: int = 0                # UDP: datagrams compared, the empty ones not (not in JSON)
+    period: int = 0                  # TCP: the sender restarts its pattern every period bytes (not in JSON)
+    cuts: int = 0                    # ... and this many of its sends came in pieces (not in JSON)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
     discard: bool = False            # --discard: MSG_TRUNC, nothing copied to us, nothing verified
     started_ns: int = 0              # perf_counter_ns when it began: -n's total spans the flows
@@ -3738,6 +3895,7 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
     matches = verifier.matches if verifier else None
+    period, shift = (verifier.period, verifier.shift) if verifier else (PATTERN_LEN, 0)
     t0 = result.started_ns = meter.t0
     deadline = t0 + int(cfg.seconds * 1e9) if cfg.seconds else NEVER
     idle_ns = NEVER if stream else int(RX_UDP_IDLE_S * 1e9)
@@ -3758,9 +3916,10 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
         elif stream:
             if not k:
                 break                   # TCP: 0 bytes is the end of the stream
-            phase = nbytes % PATTERN_LEN
+            phase = (nbytes - shift) % period
             if matches is not None and not matches(view[:k], phase):
                 verifier.mismatch(view, k, phase, nbytes, None)
+                matches, period, shift = verifier.matches, verifier.period, verifier.shift   # (pieces())
         else:                           # a datagram, or (UDP_GRO) several; an empty one still counts
             segment = rx.segment
             if verifier is not None:
@@ -3847,10 +4006,14 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             raw = conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, size)
             result.segments = tcp_info.from_buffer_copy(raw).tcpi_segs_in if len(raw) >= size else None
     if verifier:
-        result.verified = verifier.bad == 0
+        result.unverified = None if verifier.bad else verifier.unverified(result)
+        result.verified = None if result.unverified else verifier.bad == 0
         result.mismatches, result.first_mismatch = verifier.bad, verifier.first
+        result.compared, result.period, result.cuts = verifier.compared, verifier.size, verifier.cuts
         if verifier.bad and not result.error:
             result.error = verifier.error_line(result)
+        elif result.unverified and not result.error and not result.interrupted:
+            result.error = nothing_to_verify(result)
 
 
 def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxResult]:
@@ -3899,14 +4062,19 @@ def add_up(cfg: RxConfig, results: List[RxResult]) -> RxResult:
     total.family, total.peer = results[0].family, ", ".join(r.peer for r in results)
     total.method = " and ".join(sorted({r.method for r in results}))
     for name in ("bytes", "receives", "mismatches", "segments", "datagrams", "dropped",
-                 "seconds", "cpu_user_s", "cpu_sys_s"):
+                 "seconds", "cpu_user_s", "cpu_sys_s", "compared"):
         counts = [getattr(r, name) for r in results if getattr(r, name) is not None]
         if counts:              # else segments (UDP), datagrams and dropped (TCP) stay None
             setattr(total, name, sum(counts))
     total.gro_segment = max((r.gro_segment for r in results if r.gro_segment), default=None)
     total.error = next((r.error for r in results if r.error), None)
     total.first_mismatch = next((r.first_mismatch for r in results if r.first_mismatch), None)
-    total.verified = None if any(r.verified is None for r in results) else all(r.verified for r in results)
+    verdicts = [r.verified for r in results]
+    total.verified = False if False in verdicts else None if None in verdicts else True
+    unverified = sum(1 for r in results if r.unverified)
+    total.unverified = f"{unverified} of {len(results)} had nothing to verify" if unverified else None
+    total.period = next((r.period for r in results if r.period), 0)
+    total.cuts = sum(r.cuts for r in results)
     return total
 
 
@@ -3933,18 +4101,31 @@ def describe_rx(r: RxResult) -> List[str]:
         lines.append("verification: off (--discard: MSG_TRUNC receives, the kernel dropped the data "
                      "without copying it to us)")
     elif r.verified is None:
-        lines.append("verification: off (--no-verify)")
+        lines.append(f"not verified: {r.unverified}" if r.unverified else "verification: off (--no-verify)")
     elif r.verified and r.stamped:
         lines.append("verified: every byte is its request's stamp, requests in order" if tcp else
-                     f"verified: all {r.datagrams} datagrams are one request's stamp each, no request twice")
+                     f"verified: all {r.compared} datagrams are one request's stamp each, no request "
+                     f"twice{empty_ones(r)}")
+    elif r.verified and tcp and r.period:
+        cut = (f"; {r.cuts} sends came in pieces, the rest of each after other sends (several sends in "
+               f"flight on one TCP socket)" if r.cuts else "")
+        lines.append(f"verified: every byte is the sender's pattern, restarted every {r.period} bytes "
+                     f"(each send from the start of its buffer, as the seed's send-zc.c and liburing's "
+                     f"send-zerocopy send){cut}")
     elif r.verified:
         lines.append("verified: every byte is the sender's pattern, in stream order" if tcp
-                     else f"verified: all {r.datagrams} datagrams are the sender's pattern, intact")
+                     else f"verified: all {r.compared} datagrams are the sender's pattern, intact{empty_ones(r)}")
     else:
         count = f"{r.receives} receives" if tcp else f"{r.datagrams} datagrams"
         want = "their requests' stamps" if r.stamped else "the pattern"
         lines.append(f"verification FAILED: {r.mismatches} of {count} differ from {want}")
     return lines
+
+
+def empty_ones(r: RxResult) -> str:
+    """UDP: the empty datagrams a verdict did not compare, if any came."""
+    n = (r.datagrams or 0) - r.compared
+    return f" ({n} empty datagram{'s' if n != 1 else ''}, nothing to compare)" if n > 0 else ""
 
 
 def rx_parser() -> "Parser":
@@ -3983,11 +4164,16 @@ def rx_main(argv: List[str]) -> int:
     a = rx_parser().parse_args(argv)
     cfg = RxConfig(a.proto, one_family(a.families), a.port, a.seconds, a.verify, a.uring, a.flows, a.keep,
                    a.discard, a.pool)
+    check_flows(cfg.flows, rx=True)
     if cfg.flows > 1 and cfg.proto != "tcp":
         raise UsageError(f"-n {cfg.flows} with udp: every UDP flow arrives on the one socket; "
                          f"-n is for tcp, one connection a flow")
     if cfg.flows > 1 and a.interval:
         raise UsageError(f"-i with -n {cfg.flows}: interval lines are per run; drop one of the two")
+    for flag, given in (("--discard", cfg.discard), ("--no-verify", not cfg.verify)):
+        if cfg.pool and given:
+            raise UsageError(f"--pool with {flag}: --pool checks the stamps, and {flag} checks "
+                             f"nothing: drop one of the two")
     with listen_for(cfg) as sock:
         if cfg.keep:
             return serve_senders(cfg, sock, a)
@@ -4055,11 +4241,12 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
     counted = f", {total.datagrams} datagrams" if total.datagrams is not None else ""
     if total.discard:
         verdict = "not verified (--discard)"
-    elif total.verified is None:
+    elif total.verified is None and not total.unverified:
         verdict = "not verified (--no-verify)" if n else "nothing to verify"
     else:
-        failed = sum(1 for r in served if not r.verified)
-        verdict = "every one verified" if not failed else f"verification FAILED for {failed} of {n}"
+        failed = sum(1 for r in served if r.verified is False)
+        verdict = ("every one verified" if total.verified else f"verification FAILED for {failed} of {n}"
+                   if failed else f"not verified: {total.unverified}")
     return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
             f"{counted}; {verdict}")
 
@@ -4792,6 +4979,8 @@ def bench_svg(cfg: BenchConfig, header: List[str], results: List[Result]) -> str
 
 def svg_file(text: str) -> str:
     """--svg FILE: a path in a directory that exists, checked before a run that may take minutes."""
+    if not text:
+        raise argparse.ArgumentTypeError("no file name: give a FILE to write the chart to, such as chart.svg")
     where = os.path.dirname(os.path.abspath(text))
     if not os.path.isdir(where):
         raise argparse.ArgumentTypeError(f"no directory {where} to write it in: give a FILE in "
@@ -4839,21 +5028,38 @@ def bench_main(argv: List[str]) -> int:
                   "interval": cfg.interval, "entries": BENCH_ENTRIES, "sweep": cfg.sweep,
                   "mtu": cfg.path_mtu, "gso": max(gso for _, gso in cfg.groups) or None,
                   "sink": None if sink is None else {**vars(sink), "netns": "private"}}
+    # The chart first (also after Ctrl-C or a failed row: the rows so far), so that the
+    # JSON document's error can be its failure too.
+    unwritten = write_svg(a.svg, bench_svg(cfg, bench_header(cfg, dst, sink), results)) if a.svg else None
+    if cfg.as_json:
         extra = {"crossover": crossover(results) if complete else None} if len(cfg.sizes) > 1 else {}
-        print(json.dumps(json_doc(params, results, {**extra, "error": failure}), indent=2))
+        print(json.dumps(json_doc(params, results, {**extra, "error": failure or unwritten}), indent=2))
     else:
         print_bench(cfg, results, complete)
-    if a.svg:       # also after Ctrl-C or a failed row: the rows so far, as the table has them
-        chart = bench_svg(cfg, bench_header(cfg, dst, sink), results)
-        try:
-            with open(a.svg, "w", encoding="utf-8") as f:
-                f.write(chart)
-        except OSError as e:    # a read-only place, a full disk: one line, exit 1
-            raise Fatal(f"--svg {a.svg}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
-                        f"{e.strerror}): give a FILE you may write, or drop --svg") from None
-    if failure:
-        raise Fatal(failure)
+    if failure or unwritten:
+        raise Fatal(failure or unwritten)
     return 130 if STOP.requested else 0
+
+
+def write_svg(path: str, chart: str) -> Optional[str]:
+    """Write the chart whole or not at all: to a temporary name beside path, renamed on success
+    (rename(2) is atomic). None, or the line that says why it could not be written."""
+    where, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(where, f".{name}.{os.getpid()}.tmp")
+    try:
+        with open(temporary, "w", encoding="utf-8") as f:
+            f.write(chart)
+        os.replace(temporary, path)
+    except OSError as e:        # a read-only place, a full disk: one line, exit 1
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass                # never made (EACCES), or gone already
+        fix = ("free some space there, or give a FILE elsewhere" if e.errno in (errno.ENOSPC, errno.EDQUOT)
+               else "give a FILE you may write, or drop --svg")
+        return (f"--svg {path}: cannot write the chart ({errno.errorcode.get(e.errno, e.errno)}: "
+                f"{e.strerror}): {fix}")
+    return None
 
 
 def int_list(text: str) -> List[int]:
@@ -5199,6 +5405,22 @@ def bind_error(e: OSError, cfg: RxConfig) -> str:
     return f"rx: bind to port {cfg.port} failed: {errno.errorcode.get(e.errno, e.errno)}: {e.strerror}"
 
 
+def fork_error(flows: int, i: int) -> str:
+    """-n: fork() answered EAGAIN for flow i: this user (or its cgroup) runs no more processes."""
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    have = "unlimited" if nproc == resource.RLIM_INFINITY else nproc
+    return (f"-n {flows}: fork() refused flow {i} (EAGAIN): this user may run no more processes "
+            f"(`ulimit -u`: {have}, or the cgroup's pids.max): lower -n, or raise `ulimit -u`")
+
+
+def nothing_to_verify(r: RxResult) -> str:
+    """rx: a sender came, but no byte of it could be compared (Verifier.unverified): not a pass."""
+    fix = ("send datagrams that carry data (sendzc.py sends -s 1 or more)" if r.proto == "udp" else
+           "see the sender's own line for why it sent nothing, and run it again" if not r.bytes else
+           f"send with `sendzc.py --pool N tcp`, whose requests are {STAMP.size} bytes or more")
+    return f"rx: nothing to verify: {r.unverified}: {fix}"
+
+
 def recv_error(e: OSError, nbytes: int) -> str:
     """One line for a receive that failed."""
     if e.errno in (errno.ECONNRESET, errno.EPIPE):
@@ -5283,7 +5505,8 @@ class Parser(argparse.ArgumentParser):
             return super()._get_value(action, text)
         except argparse.ArgumentError as e:
             name = " ".join(action.option_strings[-1:])
-            raise UsageError(f"{name} {text}: {e.message}" if name else e.message) from None
+            shown = text or "''"                  # --svg "": the empty word, visible
+            raise UsageError(f"{name} {shown}: {e.message}" if name else e.message) from None
 
     def parse_known_args(self, args=None, namespace=None):
         self._argv = list(sys.argv[1:] if args is None else args)
@@ -5334,6 +5557,8 @@ def number(convert: Callable[[str], object], fits: Callable[[object], bool],
     """An argparse type: convert(text), which fits() must accept; each refusal says what to give."""
     def check(text: str):
         try:
+            if not text.isascii() or "_" in text:   # int() and float() take ٠-٩, ８, 1_000 too
+                raise ValueError(text)
             value = convert(text)
         except ValueError:
             raise argparse.ArgumentTypeError(not_a_number) from None
@@ -5358,6 +5583,11 @@ non_negative_int = at_least(0)
 positive_float = number(float, lambda value: 0 < value < float("inf"),
                         "not a number: give seconds above 0, e.g. 0.5",
                         "not a positive number of seconds: give seconds above 0, e.g. 0.5")
+# -i: below a millisecond, an interval is mostly the clock's and print()'s own cost.
+MIN_INTERVAL_S = 0.001
+interval_seconds = number(float, lambda value: MIN_INTERVAL_S <= value < float("inf"),
+                          "not a number: give seconds above 0, e.g. 0.5",
+                          f"too short an interval: give {MIN_INTERVAL_S:g} seconds or more")
 port_number = number(whole, lambda value: 1 <= value <= 65535, "not a port number: give one from 1 to 65535",
                      "no such port: give one from 1 to 65535")
 
@@ -5382,7 +5612,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("-p", dest="port", type=port_number, default=DEFAULT_PORT,
                    help=f"port (default {DEFAULT_PORT})")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of text")
-    p.add_argument("-i", dest="interval", type=positive_float, metavar="SECS",
+    p.add_argument("-i", dest="interval", type=interval_seconds, metavar="SECS",
                    help="report every SECS seconds during the run, as iperf3 does")
 
 
@@ -5417,7 +5647,8 @@ def sender_parser() -> Parser:
     p.add_argument("--trace", type=non_negative_int, default=0, metavar="N",
                    help="print the SQEs and CQEs of the first N requests")
     p.add_argument("-n", dest="flows", type=positive_int, default=1, metavar="FLOWS",
-                   help="parallel flows, each with its own process, socket and ring")
+                   help=f"parallel flows, each with its own process, socket and ring (at most "
+                        f"{FLOWS_PER_CPU} per CPU, and `ulimit -u`)")
     p.add_argument("--sqpoll", action="store_true",
                    help="let a kernel thread submit (IORING_SETUP_SQPOLL; x86-64)")
     p.add_argument("--gso", type=gso_size, default=0, metavar="SEG|auto",
@@ -5476,9 +5707,35 @@ POOL_EXCLUDES = (("--no-zc", lambda a: not a.zc), ("--sendmsg", lambda a: a.send
                  ("-i", lambda a: a.interval), ("--gso", lambda a: a.gso))
 
 
+# -n: how many flows a host runs at once. Each is a process (the sender) or a thread (rx)
+# that wants a CPU: past a few dozen per CPU they only share it (iperf3 -P stops at 128).
+FLOWS_PER_CPU = 64
+RX_FDS_PER_FLOW = 2          # rx -n: a flow's connection and its ring
+RX_FDS_SPARE = 32            # rx: the listener, stdio, and what Python opens itself
+
+
+def check_flows(flows: int, rx: bool) -> None:
+    """-n above what this host runs at once is a usage mistake, named with the limit that binds:
+    its CPUs; `ulimit -u` (RLIMIT_NPROC, which counts threads too; root passes it); rx's `ulimit -n`."""
+    cpus = len(os.sched_getaffinity(0))
+    limits = [(FLOWS_PER_CPU * cpus, f"{FLOWS_PER_CPU} per CPU, {cpus} CPU{'s' if cpus != 1 else ''}", "")]
+    nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if nproc != resource.RLIM_INFINITY and os.getuid() != 0:
+        limits.append((nproc, f"`ulimit -u` {nproc}", ", or raise `ulimit -u`"))
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if rx and nofile != resource.RLIM_INFINITY:
+        limits.append((max(1, (nofile - RX_FDS_SPARE) // RX_FDS_PER_FLOW),
+                       f"`ulimit -n` {nofile}, {RX_FDS_PER_FLOW} per flow", ", or raise `ulimit -n`"))
+    limit, why, fix = min(limits)
+    if flows > limit:
+        raise UsageError(f"-n {flows}: more flows than this host runs at once ({limit}: {why}): "
+                         f"give -n {limit} or less{fix}")
+
+
 def sender_config(a: argparse.Namespace) -> SendConfig:
     """Check the sender's options against each other; UsageError names the mistake."""
     family = pick_family(a.families, a.addr)
+    check_flows(a.flows, rx=False)
     if a.sink and a.addr is not None:
         raise UsageError("--sink with -D: --sink sends into the private sink, -D to a receiver: "
                          "drop one of the two")

@@ -1388,7 +1388,11 @@ def readme_rows():
 README_ROWS = readme_rows()
 USAGE_MISTAKES = {m["case"]: (shlex.split(m["args"]), line)
                   for case, (line, status) in README_ROWS.items() if status == "2"
-                  for m in [USAGE_CASE.fullmatch(case)]}
+                  for m in [USAGE_CASE.fullmatch(case)] if m}
+# A usage row whose line holds this host's own numbers (-n's limit) does not end in its
+# command: it is not run as written, and a test of its own pins it as a runtime row's.
+PINNED_USAGE = {case for case, (_, status) in README_ROWS.items()
+                if status == "2" and not USAGE_CASE.fullmatch(case)}
 
 
 def readme_cases(key):
@@ -1430,7 +1434,7 @@ def test_every_runtime_row_of_the_readme_is_pinned_by_a_test():
         strings = {n.value for n in ast.walk(ast.parse(f.read()))
                    if isinstance(n, ast.Constant) and isinstance(n.value, str)}
     named = {cases[0] for cases in map(readme_cases, strings) if len(cases) == 1}
-    assert {case for case, (_, status) in README_ROWS.items() if status != "2"} - named == set()
+    assert ({case for case, (_, status) in README_ROWS.items() if status != "2"} | PINNED_USAGE) - named == set()
 
 
 # --- children that cannot do what root can ------------------------------------
@@ -3623,24 +3627,26 @@ FUZZ_SEED = 13
 FUZZ_RUNS = 40
 
 
-def fuzz_command(rng):
+def fuzz_command(rng, svg_dir="."):
     """(argv, send SIGINT after this many seconds or None)."""
     def some(*options):
         return [w for o in options if rng.random() < 0.3 for w in o]
 
     t = rng.choice(["0.05", "0.1", "0.2"])
-    common = some(["--json"], ["-i", rng.choice(["0.05", "0.001"])]) + \
+    common = some(["--json"], ["-i", rng.choice(["0.05", "0.001", "1e-300"])]) + \
         (["-p", str(rng.choice([8000, 9100]))] if rng.random() < 0.3 else [])
     form = rng.choices(["send", "rx", "bench", "probe"], weights=[6, 1, 2, 1])[0]
     if form == "probe":
         return ["--probe", *some(["--json"])], None
     if form == "rx":                               # no sender: only Ctrl-C ends it
         proto = rng.choice(["udp", "tcp"])
-        return ["rx", *common, *some(["-t", t], ["--no-verify"], ["--no-uring"], ["-4"], ["-6"]), proto], \
+        return ["rx", *common, *some(["-t", t], ["--no-verify"], ["--no-uring"], ["-4"], ["-6"], ["--pool"],
+                                     ["--keep"], ["--discard"], ["-n", rng.choice(["2", "99999999"])]), proto], \
             rng.uniform(0.2, 0.6)
     if form == "bench":
         argv = ["bench", "-t", t, "--batches", rng.choice(["1", "1,8"]), *common,
-                *some(["--sizes", "1400,65435"], ["--sweep"], ["--qdisc", rng.choice(["fq", "bogus"])])]
+                *some(["--sizes", "1400,65435"], ["--sweep"], ["--qdisc", rng.choice(["fq", "bogus"])],
+                      ["--svg", rng.choice([os.path.join(svg_dir, "fuzz.svg"), ""])])]
         if rng.random() < 0.3 and "--qdisc" not in argv:
             argv += ["-D", SINK4]
         return argv, rng.choice([None, None, rng.uniform(0.1, 1.0)])
@@ -3653,9 +3659,10 @@ def fuzz_command(rng):
     argv = ["-D", addr, "-t", t, *common,
             *some(["-s", rng.choice(["1", "1400", "65435", "70000"])], ["-r", rng.choice(["1", "8", "64", "1024"])],
                   ["-f"], ["--no-zc"], ["--no-fixed-buf"], ["--sendmsg"], ["--entries", rng.choice(["8", "100", "512"])],
-                  ["--trace", "2"], ["--sqpoll"], ["-4"], ["-6"]), proto]
+                  ["--trace", "2"], ["--sqpoll"], ["-4"], ["-6"], ["--gso", rng.choice(["1472", "auto", "١٤٧٢"])],
+                  ["--pool", rng.choice(["4", "1024"])]), proto]
     if "-i" not in argv and rng.random() < 0.2:
-        argv[-1:-1] = ["-n", "2"]
+        argv[-1:-1] = ["-n", rng.choice(["2", "3", "99999999"])]
     if "-n" in argv and "--json" in argv and "--trace" in argv:
         argv.remove("--trace")                     # item 6 (another change): -n's --trace goes to stdout
         argv.remove("2")
@@ -3681,12 +3688,12 @@ def wait_until_running(p, timeout=10):
         time.sleep(0.002)
 
 
-def test_fuzz_command_lines_end_cleanly(sink):
+def test_fuzz_command_lines_end_cleanly(sink, tmp_path):
     """No traceback, a status in {0, 1, 2, 130}, and with --json exactly one JSON document."""
     import random
     rng = random.Random(FUZZ_SEED)
     for run in range(FUZZ_RUNS):
-        argv, stop = fuzz_command(rng)
+        argv, stop = fuzz_command(rng, str(tmp_path))
         what = f"seed {FUZZ_SEED}, run {run}: sendzc.py {' '.join(argv)} (SIGINT after {stop})"
         p = subprocess.Popen(["ip", "netns", "exec", sink, sys.executable, TOOL, *argv],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -3873,3 +3880,332 @@ def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy():
                                "leaves more to the kernel (`sendzc.py bench --sweep` shows where "
                                "batching stops paying)"]
     assert notes(0.1, 0.9) == []                           # busy, but Python under 15%
+
+
+# =============================================================================
+# HARDEN (issue 22 items 1, 2, 4, 6, 7; issue 19 item 4)
+# =============================================================================
+
+def send_tcp(port, data, chunk=0):
+    """A plain socket that writes data (in chunks of chunk bytes, each one send) to rx, then closes."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        for at in range(0, len(data), chunk or len(data) or 1):
+            s.sendall(data[at:at + (chunk or len(data))])
+
+
+def send_udp(port, datagrams):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        for d in datagrams:
+            s.sendto(d, ("127.0.0.1", port))
+            time.sleep(0.002)                # rx's socket buffer is large; this only keeps order plain
+
+
+def rx_against(rx_args, proto, data, as_json=True):
+    """rx ARGS proto on loopback, fed data (bytes for tcp, a list of datagrams for udp) by a plain
+    socket: (status, stdout, stderr)."""
+    port = free_port(socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+    rx, _ = start_rx_args(*(["--json"] if as_json else []), "-4", "-p", port, *rx_args, proto)
+    with reaped(rx):
+        send_tcp(port, data) if proto == "tcp" else send_udp(port, data)
+        out, err = rx.communicate(timeout=30)
+    return rx.returncode, out, err
+
+
+NOTHING_TO_VERIFY = {                   # 22.1: what each sender brought, and README's row for it
+    "tcp-no-data": ([], "tcp", b"", "rx: a TCP connection that brings no data"),
+    "pool-tcp-no-data": (["--pool"], "tcp", b"", "rx: a TCP connection that brings no data"),
+    "pool-tcp-15-bytes": (["--pool"], "tcp", b"\xff" * 15, "rx --pool tcp: a stream shorter than one stamp"),
+    "udp-20-empty": ([], "udp", [b""] * 20, "rx: UDP datagrams that are all empty"),
+    "pool-udp-20-empty": (["--pool"], "udp", [b""] * 20, "rx: UDP datagrams that are all empty"),
+}
+
+
+@pytest.mark.parametrize("case", list(NOTHING_TO_VERIFY))
+def test_rx_says_verified_only_about_bytes_it_compared(case):
+    rx_args, proto, data, row = NOTHING_TO_VERIFY[case]
+    status, out, err = rx_against(rx_args, proto, data)
+    example = "15" if "15" in case else "20" if "20" in case else None
+    line = readme_line(row, {example: len(data)} if example else {})
+    assert (status, one_line(err)) == (1, line)
+    got = json.loads(out)["rows"][0]
+    assert got["verified"] is None and got["mismatches"] == 0 and got["bytes"] == len(data if proto == "tcp" else b"".join(data))
+    assert f"sendzc: {got['error']}" == line
+    status, out, err = rx_against(rx_args, proto, data, as_json=False)
+    assert status == 1 and not [l for l in out.splitlines() if l.startswith("verified")], out
+    assert out.splitlines()[-1].startswith("not verified: ")
+
+
+def test_rx_udp_verdict_counts_only_the_datagrams_it_compared():
+    status, out, err = rx_against([], "udp", [b""] * 2 + [sendzc.pattern(1000)] * 3, as_json=False)
+    assert status == 0, err
+    assert out.splitlines()[-1] == ("verified: all 3 datagrams are the sender's pattern, intact "
+                                    "(2 empty datagrams, nothing to compare)")
+
+
+OTHER_MODE = {                          # 22.6: data of the other mode, or of neither
+    "pool-stamps-into-rx-tcp": ([], "tcp", b"".join(sendzc.stamp(q, 1400) for q in range(50)),
+                                "rx: a `--pool` sender into `rx` without `--pool`"),
+    "pool-stamps-into-rx-udp": ([], "udp", [sendzc.stamp(q, 1400) for q in range(5)],
+                                "rx: a `--pool` sender into `rx` without `--pool`"),
+    "pattern-into-rx-pool-tcp": (["--pool"], "tcp", sendzc.pattern(100000), "rx --pool: a sender without `--pool`"),
+    "pattern-into-rx-pool-udp": (["--pool"], "udp", [sendzc.pattern(1000)] * 5,
+                                 "rx --pool: a sender without `--pool`"),
+    "random-into-rx-pool-udp": (["--pool"], "udp", [os.urandom(1000) for _ in range(5)],
+                                "rx --pool: a datagram that is neither"),
+    "one-byte-into-rx-pool-udp": (["--pool"], "udp", [b"\xff"], "rx --pool: a datagram shorter than one stamp"),
+}
+
+
+@pytest.mark.parametrize("case", list(OTHER_MODE))
+def test_rx_names_the_other_modes_data_and_no_bogus_request(case):
+    rx_args, proto, data, row = OTHER_MODE[case]
+    status, out, err = rx_against(rx_args, proto, data)
+    assert (status, one_line(err)) == (1, readme_line(row))
+    first = json.loads(out)["rows"][0]["first_mismatch"]
+    if "--pool" in rx_args and proto == "udp":
+        assert first["request"] is None          # no request number made up from random bytes
+        assert first["length"] == len(data[0])
+
+
+PATTERN_LEN_ = sendzc.PATTERN_LEN     # below it, a rest may run on unseen: no cut to count
+
+
+def restarting_stream(size, sends, flip=None, cut=False):
+    """What the seed's send-zc.c sends over TCP: pattern(size) from the buffer's start, each send.
+    cut: as liburing's send-zerocopy -n 8 does it, some sends cut short, their rest coming two
+    sends later (several sends in flight on one socket), at cuts of every phase mod 26."""
+    buf = sendzc.pattern(size)
+    if cut:
+        pieces, rests = [], []
+        for n in range(sends):
+            x = (n * 7919) % size or 1
+            pieces.append(buf[:x] if n % 3 == 2 else buf)
+            if n % 3 == 2:
+                rests.append(buf[x:])
+            if n % 3 == 1 and rests:
+                pieces.append(rests.pop(0))
+        data = bytearray(b"".join(pieces + rests))
+    else:
+        data = bytearray(buf * sends)
+    if flip is not None:
+        data[flip] ^= 0x20
+    return bytes(data)
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole-sends", "sends-in-pieces"])
+@pytest.mark.parametrize("size", [65435, 1000, 7])
+def test_the_verifier_checks_a_restarting_stream_whatever_the_receive_boundaries(size, cut):
+    """19.4, in process: receives of 7777 bytes cut the sends anywhere; every byte is still checked."""
+    def check(stream):
+        v = sendzc.Verifier(sendzc.RX_BUF)
+        view, nbytes = memoryview(stream), 0
+        for at in range(0, len(stream), 7777):          # as receive() calls it
+            k = min(7777, len(stream) - at)
+            phase = (nbytes - v.shift) % v.period
+            if not v.matches(view[at:at + k], phase):
+                v.mismatch(view[at:], k, phase, nbytes, None)
+            nbytes += k
+        return v
+    v = check(restarting_stream(size, 40, cut=cut))
+    assert (v.bad, v.size) == (0, size) and (v.cuts > 0 or not cut or size < PATTERN_LEN_)
+    flip = size * 30 + size // 2
+    v = check(restarting_stream(size, 40, flip, cut))
+    assert v.bad == 1 and v.first["offset"] == flip and v.size == size
+    if cut and size > 7:                      # a byte that neither runs on nor begins a piece
+        stream = bytearray(restarting_stream(size, 40, cut=True))
+        stream[size * 20 + size // 3] = ord("!")
+        assert check(bytes(stream)).bad == 1
+
+
+@pytest.mark.parametrize("cut", [False, True], ids=["whole-sends", "sends-in-pieces"])
+def test_rx_verifies_a_tcp_stream_that_restarts_the_pattern_at_each_send(cut):
+    """19.4: each request sent from the buffer's start (a Python stand-in for the seed's C sender;
+    cut: as liburing's send-zerocopy -n 8 sends, measured here: 1884528000 bytes over veth, 28800
+    sends of 65435 bytes, 524 of them in pieces, all verified)."""
+    size, sends = 65435, 40
+    port = free_port()
+    rx, _ = start_rx_args("-4", "-p", port, "tcp")
+    with reaped(rx):
+        send_tcp(port, restarting_stream(size, sends, cut=cut), size)
+        out, err = rx.communicate(timeout=30)
+    assert rx.returncode == 0, err
+    assert f"({size * sends >> 20} MB, {size * sends} bytes)" in out.splitlines()[0]
+    verdict = out.splitlines()[-1]
+    assert verdict.startswith(
+        f"verified: every byte is the sender's pattern, restarted every {size} bytes (each send from "
+        f"the start of its buffer, as the seed's send-zc.c and liburing's send-zerocopy send)")
+    pieces = re.search(r"; (\d+) sends came in pieces, the rest of each after other sends \(several "
+                       r"sends in flight on one TCP socket\)$", verdict)
+    assert bool(pieces) == cut
+
+
+@pytest.mark.parametrize("restarts", [False, True], ids=["stream", "restarting"])
+def test_a_real_mismatch_keeps_its_line_in_either_stream(restarts):
+    size, flip = 65435, 65435 * 7 + 100
+    data = restarting_stream(size, 20, flip) if restarts else bytearray(sendzc.pattern(size * 20))
+    if not restarts:
+        data[flip] ^= 0x20
+    status, out, err = rx_against([], "tcp", bytes(data))
+    row = json.loads(out)["rows"][0]
+    want = (sendzc.pattern(size) * 20 if restarts else sendzc.pattern(size * 20))[flip]
+    restart = f" (restarted every {size} bytes)" if restarts else ""
+    assert status == 1 and row["first_mismatch"]["offset"] == flip
+    assert one_line(err) == (
+        f"sendzc: rx: verification failed: stream byte {flip} is {want ^ 0x20:#04x} where the "
+        f"pattern{restart} has {want:#04x} {chr(want)!r} (1 of {row['receives']} receives differ): the "
+        f"data changed after the sender handed it over, as when a zero-copy buffer is rewritten "
+        f"before its notification")
+
+
+FULL_DISK = """
+import json, os, subprocess, sys
+where, tool = sys.argv[1], sys.argv[2]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k", "sztfull", where], check=True)
+p = subprocess.run([sys.executable, tool, "bench", "--json", "-t", "0.05", "--batches", "8",
+                    "--svg", os.path.join(where, "chart.svg")], capture_output=True, text=True)
+print(json.dumps({"status": p.returncode, "out": p.stdout, "err": p.stderr, "files": os.listdir(where)}))
+"""
+
+
+@needs_root
+def test_svg_on_a_full_filesystem_leaves_no_file_and_json_names_the_error(tmp_path):
+    """22.4: a one-page tmpfs, mounted in a mount namespace of the test's own (gone with it)."""
+    if shutil.which("unshare") is None:
+        pytest.skip("no unshare(1) to make a private mount namespace")
+    full = tmp_path / "full"
+    full.mkdir()
+    p = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable, "-c", FULL_DISK,
+                        str(full), TOOL], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    got = json.loads(p.stdout)
+    if got["status"] == 1 and "no ifb device" in got["err"]:
+        pytest.skip(got["err"].strip())
+    line = readme_line("a full filesystem under `bench --svg FILE`", {"/mnt/full": full})
+    assert got["status"] == 1 and got["err"].splitlines() == [line]
+    assert json.loads(got["out"])["error"] == line[len("sendzc: "):]
+    assert got["files"] == []                  # no chart, and no temporary left behind
+    assert os.listdir(full) == []              # (outside the namespace, the tmpfs never was)
+
+
+def test_n_above_what_the_host_runs_is_a_usage_line_naming_the_limit():
+    """22.2: checked before anything forks (a limit of 64 flows per CPU this process may use)."""
+    cpus = len(os.sched_getaffinity(0))
+    limit = 64 * cpus
+    line = readme_line("-n above what this host runs at once",
+                       {"99999999": limit + 1, "128": limit, "2 CPUs": f"{cpus} CPU{'s' if cpus != 1 else ''}"})
+    for args in (["-D", "127.0.0.1", "-n", limit + 1, "udp"], ["rx", "-n", limit + 1, "tcp"]):
+        p = tool(*args, timeout=20)
+        assert (p.returncode, only_line(p), p.stdout) == (2, line, "")
+
+
+# A user of the tests' own, with no process of its own yet: RLIMIT_NPROC counts a user's
+# processes everywhere on the host, so the user nobody (which other tests use) would not do.
+FRESH_UID = 64123
+
+
+def as_fresh_user(args, nproc):
+    """The tool as FRESH_UID with RLIMIT_NPROC nproc (set in that child alone), to a UDP socket here."""
+    import tempfile
+    if not IS_ROOT:
+        pytest.skip("needs root to become another user")
+    if NOBODY_PYTHON is None:
+        pytest.skip("no Python interpreter that any user may run")
+    with tempfile.TemporaryDirectory() as d, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        os.chmod(d, 0o755)
+        copy = os.path.join(d, "sendzc.py")
+        shutil.copy(TOOL, copy)
+        os.chmod(copy, 0o644)
+        rx.bind(("127.0.0.1", 0))
+
+        def become():
+            import resource
+            resource.setrlimit(resource.RLIMIT_NPROC, (nproc, nproc))
+            os.setgroups([])
+            os.setgid(FRESH_UID)
+            os.setuid(FRESH_UID)
+        return subprocess.run([NOBODY_PYTHON, "-I", copy, "-D", "127.0.0.1", "-p", str(rx.getsockname()[1]),
+                               *map(str, args), "udp"], cwd=d, capture_output=True, text=True, timeout=60,
+                              preexec_fn=become, env={"PATH": "/usr/bin:/bin"})
+
+
+def test_n_fork_eagain_says_lower_n_or_raise_ulimit_u():
+    """22.2: ulimit -u 6 and -n 6: the parent and five flows fill it, the sixth fork is refused."""
+    p = as_fresh_user(["-n", 6, "-t", 0.2, "-s", 1400], nproc=6)
+    assert (p.returncode, only_line(p)) == (1, readme_line("`-n`: fork() refused (EAGAIN)"))
+    assert subprocess.run(["pgrep", "-u", str(FRESH_UID)], capture_output=True).stdout == b""
+    p = as_fresh_user(["-n", 7, "-t", 0.2], nproc=6)
+    assert (p.returncode, only_line(p)) == (2, "sendzc: -n 7: more flows than this host runs at once "
+                                               "(6: `ulimit -u` 6): give -n 6 or less, or raise `ulimit -u`")
+
+
+def test_n_stops_forking_at_the_first_sigterm_and_reaps_what_it_forked():
+    """22.2: SIGTERM as the first flow appears: far fewer than -n flows, each one reported, none left."""
+    flows = 60
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        p = subprocess.Popen([sys.executable, TOOL, "--json", "-D", "127.0.0.1", "-p", str(rx.getsockname()[1]),
+                              "-n", str(flows), "-t", "5", "-s", "1400", "udp"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with reaped(p):
+            deadline = time.monotonic() + 20
+            while not children_of(p.pid) and p.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.001)
+            p.send_signal(signal.SIGTERM)
+            sent = time.monotonic()
+            out, err = p.communicate(timeout=30)
+            took = time.monotonic() - sent
+    assert p.returncode == 143, err
+    assert err.splitlines() == [readme_line("`-n`: a signal while the flows are forked")]
+    rows = json.loads(out)["rows"]
+    assert 1 <= len(rows) < flows and took < 5             # not every flow forked, nor run to -t
+    assert all(r["interrupted"] for r in rows) or json.loads(out)["total"]["interrupted"]
+    assert children_of(p.pid) == []
+
+
+# --- the fuzz test's other half: what garbage and empty senders get from every rx mode ---------
+
+FUZZ_RX_MODES = [[], ["--pool"], ["-n", "2"], ["--pool", "-n", "2"], ["--keep"], ["--pool", "--keep"]]
+
+
+def fuzz_payload(rng, kind, proto):
+    """One sender's data: bytes (tcp) or datagrams (udp), none of it the pattern or a stamp."""
+    def garbage(n):
+        return bytes([0xFF]) + bytes(rng.randrange(256) for _ in range(n - 1))   # not 'a', no stamp
+    if kind == "empty":
+        return b"" if proto == "tcp" else [b""] * rng.randrange(1, 20)
+    if kind == "short":
+        return garbage(rng.randrange(1, 16)) if proto == "tcp" else [garbage(rng.randrange(1, 16))]
+    return garbage(rng.randrange(16, 5000)) if proto == "tcp" else \
+        [garbage(rng.randrange(1, 2000)) for _ in range(rng.randrange(1, 6))]
+
+
+def test_fuzz_garbage_and_empty_senders_are_never_verified():
+    """Every rx mode, fed empty, too short or garbage senders (seeded): no row and no text line
+    says "verified" about them, no traceback, status 1 (--keep: 130 at the Ctrl-C that ends it)."""
+    import random
+    rng = random.Random(FUZZ_SEED)
+    for proto, mode, kind in itertools.product(["tcp", "udp"], FUZZ_RX_MODES, ["empty", "short", "garbage"]):
+        if "-n" in mode and proto == "udp":
+            continue
+        as_json = rng.random() < 0.5
+        what = f"seed {FUZZ_SEED}: {kind} into rx {' '.join(mode)} {proto} ({'json' if as_json else 'text'})"
+        port = free_port(socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM)
+        rx, _ = start_rx_args(*(["--json"] if as_json else []), "-4", "-p", port, *mode, proto)
+        with reaped(rx):
+            for _ in range(2 if "-n" in mode else 1):
+                data = fuzz_payload(rng, kind, proto)
+                send_tcp(port, data) if proto == "tcp" else send_udp(port, data)
+            if "--keep" in mode:
+                time.sleep(sendzc.RX_UDP_IDLE_S + 0.5 if proto == "udp" else 0.5)   # that sender is done
+                rx.send_signal(signal.SIGINT)
+            out, err = rx.communicate(timeout=30)
+        assert "Traceback" not in err, f"{what}\n{err}"
+        assert rx.returncode == (130 if "--keep" in mode else 1), f"{what}: status {rx.returncode}\n{err}"
+        if as_json:
+            docs = [json.loads(line) for line in out.splitlines() if line.strip()] if "--keep" in mode \
+                else [json.loads(out)]
+            rows = [r for d in docs for r in d["rows"]] + [d["total"] for d in docs if "total" in d]
+            assert rows and not any(r["verified"] for r in rows), f"{what}\n{out}"
+        else:
+            said = [l for l in out.splitlines() if l.startswith("verified") or "every one verified" in l]
+            assert said == [], f"{what}\n{out}"
