@@ -6,6 +6,7 @@
     python3 sendzc.py -4 -D 10.0.0.2 udp    send to a receiver on another box ...
     python3 sendzc.py rx udp                ... which runs this, and checks every byte
     python3 sendzc.py --probe               what this kernel's io_uring offers
+    python3 sendzc.py --first-send          one zero-copy send, its two CQEs explained
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
@@ -18,8 +19,9 @@ II, sections 8 to 12, is the tool built on it; nothing in Part I calls into Part
   4. Submit, reap      placing SQEs and judging CQEs, one by one and in bulk
   5. Preparing SQEs    the io_uring_prep_* helpers of liburing
   6. One CQE at a time a zero-copy sender over a pool of buffers, every CQE judged
-  7. The same, in bulk that sender made fast: batches in, CQEs judged by the batch
-  8. The senders       the tool's sender: payload, results, sockets, flows, failures
+  7. A first send      Part I in one request: one SEND_ZC to run, its CQEs judged
+  8. The senders       the fast sender (section 6 in bulk), and around it the
+                       tool's: payload, results, sockets, flows, failures
   9. The receiver      rx: counts and verifies what a sender sends
  10. The benchmark     the private sink and the table of every way to send
  11. Failures          the one line for each refusal and fault, and what it looks at
@@ -74,8 +76,10 @@ if __name__ == "__main__":
         signal.signal(_signum, _signal_before_main)
 
 import argparse
+import collections
 import ctypes
 import errno
+import functools
 import json
 import linecache
 import math
@@ -106,15 +110,22 @@ VERSION = "0.1.0"
 # from <linux/io_uring.h> (kernel 6.18) and must never be guessed. Each opcode
 # and flag is tagged with the kernel release that brought it, because on an
 # older kernel it is simply absent: setup answers EINVAL, an SQE answers
-# -EINVAL in its CQE, and the probe in section 3 says which is which.
+# -EINVAL in its CQE (IORING_REGISTER_PROBE asks which are there: section 8).
 # =============================================================================
 
 # --- io_uring_setup() flags: io_uring_params.flags --------------------------
+# Two words they use. A request often completes where the kernel cannot post
+# its CQE (in an interrupt, on another CPU): it queues the rest as *task
+# work*, to run in the submitting task's own context. To make that task run
+# it at once, the kernel interrupts the CPU the task is on: an *IPI*
+# (inter-processor interrupt). COOP_TASKRUN skips the IPI: the work waits
+# until the task next enters the kernel. DEFER_TASKRUN waits longer: only
+# an io_uring_enter() that waits for CQEs (GETEVENTS) runs it.
 IORING_SETUP_SQPOLL = 1 << 1          # 5.1  a kernel thread polls the SQ
 IORING_SETUP_CQSIZE = 1 << 3          # 5.5  io_uring_params.cq_entries is ours
-IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 no IPI to run completion work
+IORING_SETUP_COOP_TASKRUN = 1 << 8    # 5.19 task work without an IPI
 IORING_SETUP_SINGLE_ISSUER = 1 << 12  # 6.0  only one task submits
-IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  completion work runs in io_uring_enter
+IORING_SETUP_DEFER_TASKRUN = 1 << 13  # 6.1  task work runs only in io_uring_enter(GETEVENTS)
 IORING_SETUP_NO_SQARRAY = 1 << 16     # 6.6  no SQ index array: slot i is SQE i
 
 # --- enum io_uring_op: the opcodes this file uses, by the release that added them
@@ -132,7 +143,7 @@ IOSQE_IO_LINK = 1 << 2      # the next SQE starts only after this one completes
 # --- send flags, in io_uring_sqe.ioprio for SEND/SENDMSG and their _ZC forms
 IORING_RECVSEND_POLL_FIRST = 1 << 0
 IORING_RECVSEND_FIXED_BUF = 1 << 2     # 6.0  sqe.buf_index names a registered buffer
-IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it copied
+IORING_SEND_ZC_REPORT_USAGE = 1 << 3   # 6.2  notification res says whether it avoided the copy
 # cqe.res of a notification when REPORT_USAGE was asked: "a flag, all other
 # bits reserved". Bit 31 of a signed 32-bit res: it reads as a negative number.
 IORING_NOTIF_USAGE_ZC_COPIED = 1 << 31
@@ -150,10 +161,8 @@ IORING_CQE_F_NOTIF = 1 << 3          # this CQE is a zero-copy notification
 def more(flags: int) -> bool:
     """F_MORE: this request will post another CQE (a zero-copy send's notification).
 
-    A result without it owes no notification, with one exception: a linked
-    SEND_ZC cancelled because the request before it failed completes with
-    -ECANCELED and flags 0, and its notification still comes (section 7's
-    judge_each). Both CQEs of a request carry its user_data.
+    A result without it owes no notification: the kernel refused the send
+    before it took the pages. Both CQEs of a request carry its user_data.
     """
     return bool(flags & IORING_CQE_F_MORE)
 
@@ -164,7 +173,12 @@ def notif(flags: int) -> bool:
 
 
 def copied(res: int) -> bool:
-    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the kernel copied after all."""
+    """A notification's res with IORING_NOTIF_USAGE_ZC_COPIED: the send was not zero-copy.
+
+    The kernel copied, or never used the pages at all: a send that failed, or
+    whose bytes all went by copy (a fragmented datagram), sets it too
+    (io_notif_tw_complete(): zc_copied || !zc_used).
+    """
     return bool(res & IORING_NOTIF_USAGE_ZC_COPIED)
 
 
@@ -175,6 +189,7 @@ IORING_OFF_SQES = 0x10000000
 
 # --- sq_ring flags (the word at sq_off.flags, written by the kernel) ---------
 IORING_SQ_NEED_WAKEUP = 1 << 0   # SQPOLL thread sleeps: io_uring_enter must wake it
+IORING_SQ_CQ_OVERFLOW = 1 << 1   # CQEs are held back for want of room in the CQ ring
 
 # --- io_uring_enter() flags ---------------------------------------------------
 IORING_ENTER_GETEVENTS = 1 << 0       # wait for min_complete CQEs
@@ -195,11 +210,9 @@ IORING_REGISTER_BUFFERS = 0
 IORING_UNREGISTER_BUFFERS = 1
 IORING_REGISTER_FILES = 2
 IORING_UNREGISTER_FILES = 3
-IORING_REGISTER_PROBE = 8          # 5.6
 IORING_REGISTER_RING_FDS = 20      # 5.18
 IORING_UNREGISTER_RING_FDS = 21
 
-IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
 
 
 def _names(prefix: str) -> Dict[int, str]:
@@ -311,16 +324,6 @@ class io_uring_cqe(ctypes.Structure):
     _fields_ = [("user_data", u64), ("res", s32), ("flags", u32), ("big_cqe", u64 * 0)]
 
 
-class io_uring_probe_op(ctypes.Structure):
-    _fields_ = [("op", u8), ("resv", u8), ("flags", u16), ("resv2", u32)]
-
-
-class io_uring_probe(ctypes.Structure):
-    """Header of IORING_REGISTER_PROBE's answer; ops[] follows (see Probe)."""
-    _fields_ = [("last_op", u8), ("ops_len", u8), ("resv", u16), ("resv2", u32 * 3),
-                ("ops", io_uring_probe_op * 0)]
-
-
 class io_uring_rsrc_update(ctypes.Structure):
     """Argument of IORING_REGISTER_RING_FDS: offset -1 lets the kernel pick a slot."""
     _fields_ = [("offset", u32), ("resv", u32), ("data", u64)]
@@ -336,24 +339,17 @@ class kernel_timespec(ctypes.Structure):
     _fields_ = [("tv_sec", ctypes.c_int64), ("tv_nsec", ctypes.c_int64)]
 
 
-# Plain socket structs, from <sys/uio.h> and <sys/socket.h>: what SENDMSG reads.
+# A plain socket struct, from <sys/uio.h>: what registered buffers are described by.
 class iovec(ctypes.Structure):
     _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
-
-
-class msghdr(ctypes.Structure):
-    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", u32),
-                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
-                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
-                ("msg_flags", ctypes.c_int)]
 
 
 def _check_layout():
     """Fail at import, loudly, if a declaration above drifted from the kernel's."""
     sizes = {io_sqring_offsets: 40, io_cqring_offsets: 40, io_uring_params: 120,
-             io_uring_sqe: 64, io_uring_cqe: 16, io_uring_probe_op: 8, io_uring_probe: 16,
+             io_uring_sqe: 64, io_uring_cqe: 16,
              io_uring_rsrc_update: 16, io_uring_getevents_arg: 24, kernel_timespec: 16,
-             iovec: 16, msghdr: 56}
+             iovec: 16}
     for struct_type, size in sizes.items():
         assert ctypes.sizeof(struct_type) == size, (struct_type.__name__, ctypes.sizeof(struct_type))
     offsets = {io_uring_sqe: dict(opcode=0, flags=1, ioprio=2, fd=4, off=8, addr=16, len=24,
@@ -394,9 +390,9 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap 
 # becomes an OSError that names the syscall (OSError(EINTR, ...) is an
 # InterruptedError, which the wait loops catch), and a refusal the user must
 # act on becomes Fatal: one line, naming the fix. Past this section only the
-# once-per-batch paths (Ring.submit_and_peek, BulkSender.run_hot) call
-# _syscall themselves, to save a Python frame, and make the same OSError
-# (syscall_error).
+# once-per-batch paths (Ring.submit_and_peek, and section 8's hot loop) call
+# _syscall themselves, to save a Python frame; every io_uring_enter's answer
+# goes through check_enter() all the same.
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
@@ -437,13 +433,25 @@ def _raise_errno(call: str) -> None:
     raise syscall_error(call, ctypes.get_errno())
 
 
+def check_enter(ret: int) -> int:
+    """io_uring_enter's answer: ret, the SQEs it consumed; or the OSError naming it and its errno.
+
+    Every io_uring_enter in this file is judged here, the hot loop's too.
+    """
+    if ret < 0:
+        _raise_errno("io_uring_enter")
+    return ret
+
+
 def io_uring_setup(entries: int, params: io_uring_params) -> int:
     """io_uring_setup(2): make a ring; returns its fd and fills params.
 
     EINVAL  a flag this kernel does not know (or bad sizes)
     EPERM   io_uring disabled (sysctl kernel.io_uring_disabled) or blocked by seccomp
     ENOSYS  kernel built without io_uring, or a filter pretending so
-    ENOMEM  out of memory, or the rings pass RLIMIT_MEMLOCK (users without CAP_IPC_LOCK)
+    ENOMEM  out of memory; or, for a user without CAP_IPC_LOCK, the rings pass RLIMIT_MEMLOCK
+            (before 5.12, and again since 6.14, whose io_create_region() counts their pages;
+            5.12 to 6.13 charge them to the memory cgroup instead)
     EMFILE  out of file descriptors
     """
     if NR_io_uring_setup is None:
@@ -467,10 +475,7 @@ def io_uring_enter(fd: int, to_submit: int, min_complete: int, flags: int,
     EBADR   CQEs were dropped even with IORING_FEAT_NODROP (no memory to hold the overflow)
     EFAULT  an argument points outside our memory
     """
-    ret = _syscall(NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz)
-    if ret < 0:
-        _raise_errno("io_uring_enter")
-    return ret
+    return check_enter(_syscall(NR_io_uring_enter, fd, to_submit, min_complete, flags, arg, argsz))
 
 
 def io_uring_register(fd: int, opcode: int, arg, nr_args: int) -> int:
@@ -515,7 +520,7 @@ def _addr_of(buf) -> int:
 #   sq.head   kernel (advances as it consumes SQEs; we read it for free space)
 #   cq.tail   kernel (advances as it posts CQEs; we read it to reap)
 #   cq.head   we     (tells the kernel which CQE slots are free again)
-#   sq.flags, cq.overflow    kernel (NEED_WAKEUP; CQEs it could not post)
+#   sq.flags, cq.overflow    kernel (NEED_WAKEUP, CQ_OVERFLOW; CQEs it dropped)
 #   SQE slots from sq.head to sq.tail    the kernel's to read until sq.head passes
 #   CQE slots from cq.head to cq.tail    ours to read until we move cq.head
 #
@@ -543,17 +548,6 @@ def _addr_of(buf) -> int:
 #    memoryview cast("I"): one machine load or store, never torn (what C's
 #    READ_ONCE and WRITE_ONCE ask for).
 # =============================================================================
-
-@dataclass
-class Probe:
-    """What IORING_REGISTER_PROBE says the kernel supports (io_uring_get_probe)."""
-    last_op: int
-    supported: frozenset
-
-    def has(self, op: int) -> bool:
-        """Like liburing's io_uring_opcode_supported()."""
-        return op in self.supported
-
 
 # The longest one io_uring_enter() of a send loop waits before it comes back
 # to look at the clock and at Ctrl-C: a send the kernel never completes (a TCP
@@ -605,10 +599,28 @@ class Ring:
             raise Fatal(f"io_uring: this kernel ({platform.release()}) lacks "
                         f"{flag_names(missing, FEAT_NAMES, 'IORING_FEAT_')} (Linux 5.11+): "
                         f"use a newer kernel")
+        self._map_rings(p)
+        self.sq_tail = 0            # our copy of sq.tail (we own it)
+        self.cq_head = 0            # our copy of cq.head (we own it)
+        self.enter_fd = self.fd     # a registered index after register_ring_fd()
+        self.enter_flags = 0
+        # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
+        # argument whose timespec is ENTER_WAIT_NS, built once and passed by
+        # reference on every batch.
+        self._wait_ts = kernel_timespec(*divmod(ENTER_WAIT_NS, 10**9))
+        self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
+        self._wait_ref = ctypes.byref(self._wait_arg)
+        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
+        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
+        self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
+        self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
 
-        # Map the regions, sized as liburing's io_uring_mmap() does: the SQ
-        # ring's words and index array and the CQ ring with its CQEs share one
-        # mapping, sized for the larger.
+    def _map_rings(self, p: io_uring_params) -> None:
+        """Like liburing's io_uring_mmap(): map the regions, find each ring word, check the kernel's promises.
+
+        The SQ ring's words and index array and the CQ ring with its CQEs
+        share one mapping (IORING_FEAT_SINGLE_MMAP), sized for the larger.
+        """
         sq_off, cq_off = p.sq_off, p.cq_off
         sq_size = sq_off.array + p.sq_entries * U32_SIZE if sq_off.array else 0
         cq_size = cq_off.cqes + p.cq_entries * CQE_SIZE
@@ -655,21 +667,6 @@ class Ring:
             array_i = sq_off.array // U32_SIZE
             sq_words[array_i:array_i + self.sq_entries] = memoryview(
                 struct.pack(f"{self.sq_entries}I", *range(self.sq_entries))).cast("I")
-
-        self.sq_tail = 0            # our copy of sq.tail (we own it)
-        self.cq_head = 0            # our copy of cq.head (we own it)
-        self.enter_fd = self.fd     # a registered index after register_ring_fd()
-        self.enter_flags = 0
-        # The bound on every send loop's waits: an IORING_ENTER_EXT_ARG
-        # argument whose timespec is ENTER_WAIT_NS, built once and passed by
-        # reference on every batch.
-        self._wait_ts = kernel_timespec(*divmod(ENTER_WAIT_NS, 10**9))
-        self._wait_arg = io_uring_getevents_arg(ts=ctypes.addressof(self._wait_ts))
-        self._wait_ref = ctypes.byref(self._wait_arg)
-        self._wait_size = ctypes.c_size_t(ctypes.sizeof(self._wait_arg))
-        self._wait_flags = IORING_ENTER_GETEVENTS | IORING_ENTER_EXT_ARG
-        self._peek_flags = self._wait_flags       # ... | enter_flags, see register_ring_fd()
-        self.sqpoll = bool(p.flags & IORING_SETUP_SQPOLL)
 
     def _map(self, size: int, offset: int) -> mmap.mmap:
         # MAP_POPULATE: fault the pages in now rather than on first touch.
@@ -735,21 +732,13 @@ class Ring:
                              ctypes.byref(done), 1)
         return True
 
-    def probe(self) -> Probe:
-        """io_uring_get_probe_ring(): which opcodes does this kernel support?"""
-        n_ops = 256
-        buf = (ctypes.c_uint8 * (ctypes.sizeof(io_uring_probe) + n_ops * ctypes.sizeof(io_uring_probe_op)))()
-        io_uring_register(self.fd, IORING_REGISTER_PROBE, ctypes.byref(buf), n_ops)
-        head = io_uring_probe.from_buffer(buf)
-        ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
-        return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
-
 # =============================================================================
 # 4. Submit, reap (still class Ring)
 #
 # First the calls a C program makes with liburing, one SQE and one CQE at a
 # time: place SQEs, submit and wait, peek a CQE, mark it seen. Section 6's
-# reference sender is built from these. Then the same in bulk, for section 7.
+# reference sender is built from these. Then the same in bulk, for the tool's
+# fast sender (section 8).
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -800,7 +789,7 @@ class Ring:
         """io_uring_submit_and_wait(): publish sq.tail, submit, wait for wait_nr CQEs, in one syscall.
 
         IORING_ENTER_GETEVENTS always: with DEFER_TASKRUN it is what runs the
-        completion work that posts CQEs, so even wait_nr 0 collects what finished.
+        task work that posts CQEs, so even wait_nr 0 collects what finished.
         Unbounded, unlike every other wait here: only the probes use it, on rings
         without SQPOLL, for requests that complete at once.
         """
@@ -861,11 +850,24 @@ class Ring:
         return self._cq_words[self._cq_tail_i]
 
     @property
-    def cq_overflow(self) -> int:
-        """CQEs the kernel could not post for want of room (with FEAT_NODROP: held back, not lost)."""
+    def cq_held_back(self) -> bool:
+        """IORING_SQ_CQ_OVERFLOW in sq.flags: CQEs are waiting in the kernel for room in the CQ.
+
+        With IORING_FEAT_NODROP (5.5) a CQE with no free slot is kept on a
+        kernel list, not lost, and posted by a later io_uring_enter once we
+        free slots (io_cqring_event_overflow(), __io_cqring_overflow_flush()).
+        Every loop here sizes its CQ so that this never happens; when it does,
+        the run ends saying so, as tokio's and Zig's rings look at it too.
+        """
+        return bool(self._sq_words[self._sq_flags_i] & IORING_SQ_CQ_OVERFLOW)
+
+    @property
+    def cq_dropped(self) -> int:
+        """The CQ ring's overflow word: CQEs the kernel *dropped*, with no memory even to hold
+        them back (io_account_cq_overflow()). Held-back ones are cq_held_back, not counted here."""
         return self._cq_words[self._cq_overflow_i]
 
-    # --- in bulk: what section 7's fast sender uses -----------------------------
+    # --- in bulk: what section 8's fast sender uses -----------------------------
     # Python pays per bytecode, the kernel per syscall, so a fast sender pays
     # both per *batch*: a batch of SQEs is one slice copy into the SQE array,
     # one store of sq.tail and one io_uring_enter that both submits and waits;
@@ -895,41 +897,9 @@ class Ring:
         """
         words, tail = self._sq_words, self.sq_tail
         words[self._sq_tail_i] = tail                       # see "Memory ordering" above
-        ret = _syscall(NR_io_uring_enter, self.enter_fd, (tail - words[self._sq_head_i]) & U32,
-                       wait_nr, self._peek_flags, self._wait_ref, self._wait_size)
-        if ret < 0:
-            _raise_errno("io_uring_enter")
+        check_enter(_syscall(NR_io_uring_enter, self.enter_fd, (tail - words[self._sq_head_i]) & U32,
+                             wait_nr, self._peek_flags, self._wait_ref, self._wait_size))
         return self._peek_bulk(self._cq_words[self._cq_tail_i])
-
-    def sqpoll_submit_and_peek(self, wait_nr: int) -> Tuple[List[int], int]:
-        """submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
-
-        The kernel's SQ thread, on another CPU, watches sq.tail and submits
-        whatever we place; we store the tail and read the CQ ring, and enter
-        only to sleep until wait_nr CQEs are ready, or to wake the thread
-        (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
-
-        Memory ordering, the part C gets from barriers: the thread reads our
-        tail concurrently, so the SQE bytes must be visible before the tail.
-        x86-64 keeps stores in order and loads in order (TSO), so writing the
-        SQEs then the tail is enough there, and the CQEs we read after cq.tail
-        are those it covers; arm64 needs a release and an acquire Python cannot
-        issue, which is why --sqpoll is x86-64 only. A store then a load (the
-        tail, then NEED_WAKEUP) may still pass each other even on x86: the
-        thread could fall asleep without seeing our tail; then no CQE comes,
-        we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
-        """
-        self._sq_words[self._sq_tail_i] = self.sq_tail
-        tail = self._cq_words[self._cq_tail_i]
-        short = (tail - self.cq_head) & U32 < wait_nr
-        if short or self._sq_words[self._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
-            ret = _syscall(NR_io_uring_enter, self.enter_fd, 0, wait_nr if short else 0,
-                           self._peek_flags | IORING_ENTER_SQ_WAKEUP,
-                           self._wait_ref, self._wait_size)     # bounded, as submit_and_peek's
-            if ret < 0:
-                _raise_errno("io_uring_enter")
-            tail = self._cq_words[self._cq_tail_i]
-        return self._peek_bulk(tail)
 
     def _peek_bulk(self, tail: int) -> Tuple[List[int], int]:
         """The flags of the CQEs from cq_head up to tail, and the sum of their res.
@@ -968,7 +938,7 @@ class Ring:
         return [self._cqe_user_data[(self.cq_head + k) & self.cq_mask] for k in range(n)]
 
     def cqe_bytes(self, n: int, head: int) -> bytes:
-        """The raw CQEs from counter head on, n of them, the wraparound joined (section 7's hot loop)."""
+        """The raw CQEs from counter head on, n of them, the wraparound joined (section 8's hot loop)."""
         m, start = self._cq_map, self.cqe_start
         return b"".join(m[start + (a << CQE_SHIFT):start + (b << CQE_SHIFT)]
                         for a, b in ring_slices(head, n, self.cq_entries))
@@ -978,7 +948,7 @@ def ring_slices(head: int, count: int, entries: int) -> List[Tuple[int, int]]:
     """The (start, stop) slot ranges of count entries from counter head: the wraparound in one place.
 
     An entry's slot is its counter & mask, and a run that passes the end of
-    the array goes on at slot 0. place() and section 7's hot loop, which run once per
+    the array goes on at slot 0. place() and section 8's hot loop, which run once per
     batch, write the same arithmetic inline.
     """
     i = head & (entries - 1)
@@ -1035,43 +1005,12 @@ def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_f
     sqe.buf_index = buf_index
 
 
-def prep_sendmsg(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
-    """io_uring_prep_sendmsg(): sendmsg(2) as a request, msg_addr a struct msghdr; the kernel copies."""
-    prep_rw(sqe, IORING_OP_SENDMSG, fd, msg_addr, 1, 0)
-    sqe.msg_flags = msg_flags
-
-
-def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
-    """io_uring_prep_sendmsg_zc(): prep_sendmsg() with the zero-copy opcode; two CQEs follow."""
-    prep_sendmsg(sqe, fd, msg_addr, msg_flags)
-    sqe.opcode = IORING_OP_SENDMSG_ZC
-
-
-def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
-                          buf_index: int) -> None:
-    """io_uring_prep_sendmsg_zc_fixed() (6.15): the iovecs lie in a registered buffer."""
-    prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
-    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
-    sqe.buf_index = buf_index
-
-
-def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
-    """io_uring_prep_recv(): recv(2) as a request; res is the bytes copied to addr, 0 at EOF.
-
-    No _fixed twin: the kernel refuses IORING_RECVSEND_FIXED_BUF on RECV
-    (-EINVAL on 6.18), and a receive, being a copy into our pages, has no
-    per-request pinning for a registered buffer to save.
-    """
-    prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
-    sqe.msg_flags = msg_flags
-
-
 # =============================================================================
 # 6. A zero-copy send, one CQE at a time
 #
 # Sections 3 to 5 put together the plain way: a sender that owns a small pool
 # of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
-# it. The fast sender of section 7 (BulkSender) takes the same steps in
+# it. The fast sender of section 8 (BulkSender) takes the same steps in
 # bulk, and both number them alike:
 #
 #   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
@@ -1164,19 +1103,68 @@ class Pool:
 
 
 @dataclass
-class PoolTally:
-    """What a reference run's CQEs said, one by one."""
-    requests: int = 0        # results with res >= 0
-    bytes: int = 0           # the sum of those res
-    notifications: int = 0   # F_NOTIF CQEs
-    copied: int = 0          # ... that said the kernel copied (REPORT_USAGE)
-    eagain: int = 0          # results -EAGAIN
-    failed: int = 0          # results with any other -errno
-    error: int = 0           # the first of those errnos
-    undrained: int = 0       # notifications still owed after the drain
-    broke: int = 0           # buffers rewritten before their F_NOTIF (--break-contract)
-    pinned_max: int = 0      # the most bytes the kernel held at once (requests owing a notification)
-    lags_ns: List[int] = field(default_factory=list)   # per request: submission to its F_NOTIF
+class Tally:
+    """What CQEs said, judged one by one: (4) results and (5) notifications, counted."""
+    results: int = 0      # result CQEs, whatever their res
+    ok: int = 0           # ... of which res >= 0
+    bytes: int = 0        # the sum of those res
+    notifs: int = 0       # F_NOTIF CQEs
+    due: int = 0          # results with F_MORE minus notifications: notifications still owed
+    eagain: int = 0       # results -EAGAIN (only with MSG_DONTWAIT: first_send() says why)
+    copied: int = 0       # notifications that said the kernel copied (REPORT_USAGE)
+    short: int = 0        # good results of fewer bytes than asked
+    failed: int = 0       # results with any other -errno
+    error: int = 0        # the first of those errnos
+
+    def judge(self, res: int, flags: int, size: int) -> None:
+        """(4) a result: bytes sent or -errno, F_MORE if a notification is owed; (5) a notification.
+
+        Strict, as the kernel selftest is: a notification with F_MORE is a bug.
+        """
+        if notif(flags):
+            assert not more(flags), "a notification CQE with F_MORE set"
+            self.notifs += 1
+            self.due -= 1
+            self.copied += copied(res)
+            return
+        self.results += 1
+        self.due += more(flags)           # refused before the kernel took the pages: no F_MORE
+        if res >= 0:
+            self.ok += 1
+            self.bytes += res
+            self.short += res != size
+        elif res == -errno.EAGAIN:
+            self.eagain += 1
+        else:
+            self.failed += 1
+            self.error = self.error or -res
+
+    def add(self, t: "Tally") -> None:
+        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short", "failed"):
+            setattr(self, name, getattr(self, name) + getattr(t, name))
+        self.error = self.error or t.error
+
+
+def drain_owed(owed: Callable[[], int], wait_and_reap: Callable[[float], None], seconds: float,
+               hurry: Callable[[], bool]) -> float:
+    """(7) drain: while owed(), wait_and_reap(seconds left), at most seconds or until hurry().
+
+    Bounded: a TCP peer that stopped acknowledging could hold a send's pages
+    for minutes. A signal (InterruptedError) only makes it look at hurry()
+    again. Returns the seconds it waited. What never came is still the
+    kernel's: its buffer stays mapped until exit. Every drain in this file is this loop.
+    """
+    start = time.perf_counter_ns()
+    until = start + int(seconds * 1e9)
+    while owed() and not hurry():
+        left = (until - time.perf_counter_ns()) / 1e9
+        if left <= 0:
+            break
+        try:
+            wait_and_reap(left)
+        except InterruptedError:
+            continue
+    return (time.perf_counter_ns() - start) / 1e9
 
 
 class ReferenceSender:
@@ -1195,12 +1183,16 @@ class ReferenceSender:
         # MSG_WAITALL: io_uring retries a partial stream send until it is whole.
         self.msg_flags = socket.MSG_WAITALL if stream else 0
         self.sqe = io_uring_sqe()
-        self.free = list(range(pool.n))    # buffers the kernel does not hold
+        self.free = collections.deque(range(pool.n))    # buffers the kernel does not hold
         self.owed: Dict[int, int] = {}     # sequence number -> submission time: notification owed
         self.placed: List[int] = []        # placed, not yet submitted
         self.results_owed = 0              # submitted, result CQE not yet seen
         self.seq = 0                       # the next request's sequence number
-        self.tally = PoolTally()
+        self.tally = Tally()
+        self.broke = 0                     # buffers rewritten before their F_NOTIF (--break-contract)
+        self.held_back = False             # the kernel held CQEs back for want of CQ room
+        self.pinned_max = 0                # the most bytes the kernel held at once
+        self.lags_ns: List[int] = []       # per request: submission to its F_NOTIF
 
     def send(self, buf: int) -> None:
         """(1) get SQEs: stamp free buffer buf with the next sequence number; prep and place a SEND_ZC.
@@ -1222,78 +1214,71 @@ class ReferenceSender:
         self.seq += 1
         self.results_owed += 1
 
-    def submit_and_wait(self) -> None:
-        """(2) submit and wait: io_uring_submit_and_wait_timeout(ring, 1, ENTER_WAIT_NS).
+    def submit_and_wait(self, seconds: float) -> None:
+        """(2) submit and wait: io_uring_submit_and_wait_timeout(ring, 1, seconds), then reap.
 
-        Bounded, so that the caller sees the clock and Ctrl-C even when
+        Bounded, so that the caller sees the clock and a stop even when
         nothing completes (a TCP peer that stopped reading).
         """
         now = time.perf_counter_ns()
         for seq in self.placed:                           # the lag runs from here
             self.owed[seq] = now
         self.placed.clear()
-        self.tally.pinned_max = max(self.tally.pinned_max, len(self.owed) * self.pool.size)
-        try:
-            self.ring.wait_cqes(1, ENTER_WAIT_NS / 1e9)
-        except InterruptedError:
-            pass                                          # a signal: the caller looks at why
+        self.pinned_max = max(self.pinned_max, len(self.owed) * self.pool.size)
+        self.ring.wait_cqes(1, seconds)
+        self.reap()
 
     def reap(self) -> None:
         """(3) peek CQEs, (4)/(5) judge each, (6) advance: io_uring_peek_cqe() + io_uring_cqe_seen()."""
-        ring = self.ring
+        ring, size = self.ring, self.pool.size
         cqe = ring.peek_cqe()
         while cqe is not None:
             user_data, res, flags = cqe
-            seq, buf = unpack_user_data(user_data)
-            if notif(flags):
-                self.notification(seq, buf, res)
-            else:
-                self.result(seq, buf, res, flags)
             ring.cqe_seen()                   # the CQE is copied out: its slot is the kernel's
+            seq, buf = unpack_user_data(user_data)
+            self.tally.judge(res, flags, size)
+            if notif(flags):
+                self.notification(seq, buf)
+            else:
+                self.result(seq, buf, flags)
             cqe = ring.peek_cqe()
+        # The CQ had no room for some CQEs (FEAT_NODROP: the kernel holds them
+        # and posts them as we make room): more in flight than the CQ holds.
+        self.held_back = self.held_back or ring.cq_held_back
 
-    def result(self, seq: int, buf: int, res: int, flags: int) -> None:
-        """(4) judge a result: res is the bytes sent, or -errno; F_MORE: a notification is owed."""
-        t = self.tally
+    def result(self, seq: int, buf: int, flags: int) -> None:
+        """(4) after a result: without F_MORE its buffer is free at once; with it, at its notification."""
         self.results_owed -= 1
-        if res >= 0:
-            t.requests += 1
-            t.bytes += res
-        elif res == -errno.EAGAIN:
-            t.eagain += 1
-        else:
-            t.failed += 1
-            t.error = t.error or -res
         if not more(flags):               # refused before the kernel took the pages: free now
             del self.owed[seq]
             self.free.append(buf)
         elif self.break_contract:         # WRONG, on purpose: the kernel may still read buf
-            t.broke += 1
+            self.broke += 1
             self.free.append(buf)
 
-    def notification(self, seq: int, buf: int, res: int) -> None:
-        """(5) judge a notification: the kernel has let go of buffer buf; it is free again."""
-        t = self.tally
+    def notification(self, seq: int, buf: int) -> None:
+        """(5) after a notification: the kernel has let go of buffer buf; it is free again."""
         assert seq in self.owed, "a notification that matches no request"
-        t.lags_ns.append(time.perf_counter_ns() - self.owed.pop(seq))
-        t.notifications += 1
-        t.copied += copied(res)
+        self.lags_ns.append(time.perf_counter_ns() - self.owed.pop(seq))
         if not self.break_contract:
             self.free.append(buf)
 
-    def run(self, count: int, deadline_ns: int, stop: Callable[[], bool]) -> PoolTally:
+    def run(self, count: int, deadline_ns: int, stop: Callable[[], bool]) -> Tally:
         """Send until count requests (0: no limit), deadline_ns or stop(); not drained yet.
 
         The pool is lent from here until drain() settles it.
         """
         self.pool.lent += 1
-        while not (self.tally.error or stop() or time.perf_counter_ns() >= deadline_ns):
-            if count and self.seq >= count and not self.results_owed:
+        while not (self.tally.error or self.held_back or stop()):
+            left = deadline_ns - time.perf_counter_ns()
+            if left <= 0 or (count and self.seq >= count and not self.results_owed):
                 break
             while self.may_send(count):
-                self.send(self.free.pop(0))                                   # (1)
-            self.submit_and_wait()                                            # (2)
-            self.reap()                                                       # (3)-(6)
+                self.send(self.free.popleft())                                # (1)
+            try:                                                              # (2)-(6)
+                self.submit_and_wait(min(ENTER_WAIT_NS, left) / 1e9)
+            except InterruptedError:
+                pass                                      # a signal: the loop looks at stop()
         return self.tally
 
     def may_send(self, count: int) -> bool:
@@ -1301,31 +1286,78 @@ class ReferenceSender:
         left = not count or self.seq < count
         return bool(self.free) and left and not (self.stream and self.results_owed)
 
-    def drain(self, seconds: float, hurry: Callable[[], bool]) -> PoolTally:
-        """(7) drain: wait for every result and notification still owed, at most seconds.
+    def drain(self, seconds: float, hurry: Callable[[], bool]) -> float:
+        """(7) drain: every result and notification still owed, at most seconds; the seconds waited.
 
-        What never came is counted as undrained and keeps the pool mapped
-        until exit (Pool.close): those buffers are still the kernel's.
+        What never came (len(self.owed)) keeps the pool mapped until exit
+        (Pool.close): those buffers are still the kernel's.
         """
-        until = time.perf_counter_ns() + int(seconds * 1e9)
-        while self.owed and not hurry():
-            left = (until - time.perf_counter_ns()) / 1e9
-            if left <= 0:
-                break
-            try:
-                self.ring.wait_cqes(1, left)              # submits what is placed, too
-            except InterruptedError:
-                continue                                  # Ctrl-C: the loop looks at hurry()
-            self.reap()
-        self.tally.undrained = len(self.owed)
-        self.pool.lent += self.tally.undrained - 1        # settled: only what never came stays lent
-        return self.tally
+        waited = drain_owed(lambda: self.owed, self.submit_and_wait, seconds, hurry)
+        self.pool.lent += len(self.owed) - 1              # settled: only what never came stays lent
+        return waited
 
 
 # =============================================================================
-# 7. The same, in bulk
+# 7. A first zero-copy send
 #
-# The reference sender pays Python for every request and every CQE (a prep, a
+# Part I in one request, to run: `sendzc.py --first-send`. A UDP socket, a
+# ring, one SEND_ZC from plain memory on the socket's own fd, and its two
+# CQEs judged with more(), notif() and copied(): nothing registered, no
+# batch; section 6's steps, once. Part II makes the same steps fast (the
+# fast sender opens section 8) and measures them.
+# =============================================================================
+
+def first_send(dest: Tuple[str, int], size: int = 4096,
+               say: Callable[[str], None] = print) -> List[Tuple[int, int]]:
+    """One SEND_ZC over UDP, from a plain buffer and the socket's own fd: its CQEs, judged.
+
+    What sections 1 to 6 taught, with nothing registered and nothing in bulk;
+    `sendzc.py --first-send` runs it (section 12). Returns each CQE's (res, flags).
+    No SO_ZEROCOPY: send(2)'s MSG_ZEROCOPY needs that socket option, but a
+    SEND_ZC hands the socket its own notification (msg_ubuf, io_send_zc()),
+    which __ip_append_data() takes without looking at the option. And never
+    -EAGAIN: without MSG_DONTWAIT in msg_flags, a send the socket cannot take
+    yet is parked until the socket is writable (io_arm_poll_handler()) and
+    retried; only with it does the result carry -EAGAIN (REQ_F_NOWAIT).
+    """
+    data = ctypes.create_string_buffer((b"zero-copy!" * (size // 10 + 1))[:size], size)   # plain memory
+    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+    cqes: List[Tuple[int, int]] = []
+    with socket.socket(family, socket.SOCK_DGRAM) as sock, Ring(4) as ring:
+        sock.connect(dest)
+        sqe = io_uring_sqe()
+        prep_send_zc(sqe, sock.fileno(), ctypes.addressof(data), size, 0, IORING_SEND_ZC_REPORT_USAGE)
+        sqe.user_data = 1
+        ring.place(bytes(sqe))
+        say(f"SEND_ZC of {size} bytes to {dest[0]} port {dest[1]}: one SQE, one io_uring_enter")
+        owed = 1                                   # CQEs still to come: the result, for now
+        while owed and ring.wait_cqes(1, 1.0):     # submits, then waits (a second at most)
+            cqe = ring.peek_cqe()
+            while cqe is not None:
+                _, res, flags = cqe
+                ring.cqe_seen()
+                cqes.append((res, flags))
+                owed -= 1
+                if notif(flags):                   # (5) the kernel let go of the buffer
+                    say(f"notification: the buffer is ours again; the kernel "
+                        + ("copied (REPORT_USAGE): the receiver is on this host, or the path "
+                           "fragments" if copied(res) else "sent it zero-copy (REPORT_USAGE)"))
+                elif res < 0:                      # (4) a result: bytes or -errno
+                    say(f"result: -{errno.errorcode.get(-res, res)}: {os.strerror(-res)}")
+                else:
+                    say(f"result: {res} bytes sent")
+                if more(flags):                    # a notification follows: the buffer stays lent
+                    owed += 1
+                    say("  F_MORE: the kernel still holds the buffer; a notification will follow")
+                cqe = ring.peek_cqe()
+    return cqes
+
+
+# =============================================================================
+# 8. The senders
+#
+# First the fast sender, BulkSender: section 6's steps, in bulk. The
+# reference sender pays Python for every request and every CQE (a prep, a
 # place, a call per CQE), which costs more than the kernel's ~2 us for the
 # send itself. The fast sender takes the same steps and changes what each costs:
 #
@@ -1344,6 +1376,8 @@ class ReferenceSender:
 # is judged as a whole; only a batch that is not clean is looked at closer
 # (judge_odd, judge), and only one where something went wrong is walked CQE by
 # CQE (judge_each, section 6's judging with counters instead of buffers).
+#
+# Then what every sender needs around it ("Around the senders", below).
 # =============================================================================
 
 class StopRequest:
@@ -1354,56 +1388,23 @@ class StopRequest:
         self.hurry = False       # stop waiting for notifications too
 
 
-@dataclass
-class Tally:
-    """What CQEs said, judged one by one (the slow path)."""
-    results: int = 0      # result CQEs, whatever their res
-    ok: int = 0           # ... of which res >= 0
-    bytes: int = 0
-    notifs: int = 0
-    due: int = 0          # F_MORE results minus notifications
-    eagain: int = 0
-    copied: int = 0
-    short: int = 0
-    failed: int = 0       # results with res < 0 other than EAGAIN, cancelled ones included
-    error: int = 0        # first errno other than EAGAIN and ECANCELED
-
-    def add(self, t: "Tally") -> None:
-        for name in ("results", "ok", "bytes", "notifs", "due", "eagain", "copied", "short", "failed"):
-            setattr(self, name, getattr(self, name) + getattr(t, name))
-        self.error = self.error or t.error
-
-
 def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) -> Tally:
     """(4)+(5) one CQE at a time, as section 6's reap() does: errors, EAGAIN, copies, odd flags.
 
-    Strict, as the kernel selftest is: a notification with F_MORE is a bug.
-    One exception, seen on 6.18 when a TCP peer goes away: a zero-copy
-    request cancelled because the one linked before it failed completes with
-    -ECANCELED and no F_MORE (io_req_tw_fail_links() sets flags 0), yet its
-    notification still comes (io_send_zc_cleanup() flushes it).
+    Plus what links bring, seen on 6.18 when a TCP peer goes away: a
+    zero-copy request cancelled because the one linked before it failed
+    completes with -ECANCELED and flags 0 (io_req_tw_fail_links()), no
+    F_MORE, yet its notification still comes (io_send_zc_cleanup() flushes
+    it). ECANCELED is no cause of its own: the error is the failed request's.
     """
     t = Tally()
     for r, f in zip(res, flags):
-        if notif(f):
-            assert not more(f), "a notification CQE with F_MORE set"
-            t.notifs += 1
-            t.due -= 1
-            t.copied += copied(r)
-            continue
-        t.results += 1
-        if more(f) or (zc and r == -errno.ECANCELED):
-            t.due += 1               # a notification follows, whatever res says
-        if r >= 0:
-            t.ok += 1
-            t.bytes += r
-            t.short += r != size
-        elif r == -errno.EAGAIN:
-            t.eagain += 1
-        else:
+        if r == -errno.ECANCELED and not notif(f):
+            t.results += 1
             t.failed += 1
-            if r != -errno.ECANCELED and not t.error:
-                t.error = -r         # ECANCELED is no cause: the request before it in its link failed
+            t.due += zc              # a zero-copy one's notification follows all the same
+        else:
+            t.judge(r, f, size)
     return t
 
 
@@ -1422,47 +1423,53 @@ class SendBooks:
     placed: int = 0       # requests placed: a stream's batch starts at offset placed*size
     slow: Tally = field(default_factory=Tally)   # everything else, judged one by one
     entered: Optional[OSError] = None            # io_uring_enter failed: the run ends with that
+    held_back: bool = False  # the kernel held CQEs back for want of CQ room: the run ends with that
     stopped: bool = False  # a stop had ended the run before the drain began
     waited: float = 0.0    # seconds the drain waited
     lags_ns: List[int] = field(default_factory=list)   # sampled: submission to the F_NOTIF that settles it
     pinned_max: int = 0    # the most bytes the kernel held when a sample began
 
 
+class KnownBatch:
+    """A batch's CQE bytes judged once (judge_odd), and what they added: `seen`'s values."""
+    __slots__ = ("times", "results", "owed", "whole", "notifs", "copied")
+
+    def __init__(self, results: int, owed: int, whole: int, notifs: int, copied: int):
+        self.times = 0              # how often the hot loop met these bytes again
+        self.results, self.owed = results, owed     # results they hold, notifications they leave owed
+        self.whole, self.notifs, self.copied = whole, notifs, copied   # what judging them added
+
+
 # The hot loop looks at the clock (and at the stop request) once per this many batches,
 # as liburing's send-zerocopy does once per 16: a clock read costs about as
 # much Python as the rest of a batch.
 CLOCK_EVERY = 16
-WAIT_DONE, WAIT_CUT = 1, 2    # wait_owed(): CQEs may be ready / a signal or the bound cut it short
 SEEN_MAX = 256                # distinct odd batches the hot loop remembers (memory stays flat)
 HOT_USER_DATA = 0             # every hot request's user_data: alike, so a clean batch is known by its bytes
 
 
 class BulkSender:
-    """Batches of `batch` sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
+    """Batches of per_batch sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
 
     The ring comes set up: the socket is its registered file 0 and, with
-    fixed, the buffer its registered buffer 0. buf (section 8's Payload) has
+    fixed, the buffer its registered buffer 0. buf (Payload, below) has
     .addr; .period, the length after which its bytes repeat (it is that much
     longer than size, so a stream's send may start at any offset below it
     and the stream stays one continuous pattern); and .lent, which begin()
-    raises and drain() settles, as Pool.lent. r is the batch (the seed's
-    nr_reqs); cmsg is a control message for every SENDMSG.
+    raises and drain() settles, as Pool.lent. per_batch is the seed's nr_reqs.
     """
 
-    def __init__(self, ring: Ring, buf, size: int, batch: int, zc: bool = True, fixed: bool = True,
-                 sendmsg: bool = False, stream: bool = False,
-                 report_usage: bool = False, cmsg: Optional[ctypes.Array] = None,
+    def __init__(self, ring: Ring, buf, size: int, per_batch: int, zc: bool = True,
+                 fixed: bool = True, stream: bool = False, report_usage: bool = False,
                  stop: Optional[StopRequest] = None):
-        self.ring, self.buf, self.size, self.r = ring, buf, size, batch
+        self.ring, self.buf, self.size, self.per_batch = ring, buf, size, per_batch
+        self.zc, self.fixed, self.stream, self.report_usage = zc, fixed, stream, report_usage
         self.stop = stop or StopRequest()     # whoever owns the signals sets it
         # The syscall() the hot loop enters through (a subclass may pass one
-        # that keeps the GIL: section 8).
+        # that keeps the GIL: UringSender, below).
         self.syscall = _syscall
-        self.zc, self.fixed, self.sendmsg, self.stream = zc, fixed, sendmsg, stream
-        self.report_usage, self.cmsg = report_usage, cmsg     # IORING_SEND_ZC_REPORT_USAGE on each send
-        self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
         self._batches: Dict[int, bytes] = {}
-        self.seen: Dict[bytes, list] = {}
+        self.seen: Dict[bytes, KnownBatch] = {}
 
     # --- (1) building SQEs ----------------------------------------------------
     def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
@@ -1473,20 +1480,7 @@ class BulkSender:
         msg_flags = socket.MSG_WAITALL if self.stream else 0
         zc_flags = IORING_SEND_ZC_REPORT_USAGE if self.report_usage else 0
         fd = 0                                    # index 0 of the registered files
-        if self.sendmsg:
-            iov = iovec(addr, size)
-            msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
-            if self.cmsg is not None:
-                msg.msg_control, msg.msg_controllen = ctypes.addressof(self.cmsg), len(self.cmsg)
-            self._msgs += [iov, msg]
-            if not self.zc:
-                prep_sendmsg(sqe, fd, ctypes.addressof(msg), msg_flags)
-            elif self.fixed:
-                prep_sendmsg_zc_fixed(sqe, fd, ctypes.addressof(msg), msg_flags, 0)
-            else:
-                prep_sendmsg_zc(sqe, fd, ctypes.addressof(msg), msg_flags)
-            sqe.ioprio |= zc_flags if self.zc else 0
-        elif not self.zc:
+        if not self.zc:
             prep_send(sqe, fd, addr, size, msg_flags)
         elif self.fixed:
             prep_send_zc_fixed(sqe, fd, addr, size, msg_flags, zc_flags, 0)
@@ -1495,7 +1489,7 @@ class BulkSender:
         sqe.flags |= IOSQE_FIXED_FILE
         sqe.user_data = user_data
 
-    def batch(self, phase: int) -> bytes:
+    def batch_sqes(self, phase: int) -> bytes:
         """The bytes of one batch of SQEs, built once per starting offset.
 
         Datagrams always start at 0. A stream's request j starts at phase +
@@ -1508,9 +1502,9 @@ class BulkSender:
         got = self._batches.get(phase)
         if got is None:
             sqe, parts = io_uring_sqe(), []
-            for j in range(self.r):
+            for j in range(self.per_batch):
                 self.prep(sqe, (phase + j * self.size) % self.buf.period if self.stream else 0, j)
-                if self.stream and j < self.r - 1:
+                if self.stream and j < self.per_batch - 1:
                     sqe.flags |= IOSQE_IO_LINK
                 parts.append(bytes(sqe))
             got = self._batches[phase] = b"".join(parts)
@@ -1529,63 +1523,66 @@ class BulkSender:
 
     def send(self) -> None:
         """(1)-(6) until the deadline, a stop request or an error (the tool's UringSender goes on
-        in a general loop where the hot loop hands over: section 8)."""
+        in a general loop where the hot loop hands over: below)."""
         self.run_hot()
 
     def run_hot(self) -> bool:
         """The hot loop: one batch in flight, every batch judged in bulk; False hands over.
 
-        Everything off the common path is a method of its own, reached only
-        when a check fails: a batch never judged before (judge_odd), the clock
-        passing a tick or the deadline (at_tick), results still owed
-        (wait_owed), an io_uring_enter that did not submit the batch (False:
-        the tool's general loop takes over, section 8). Written flat, every name bound to a local
-        first: in CPython a local is an array slot, an attribute or a global
-        a dictionary lookup, a call a new frame; each costs ~20-50 ns, against
-        ~2 us of kernel work for a 64 KB SEND_ZC.
+        Longer than any other function here, on purpose: it is the tool's
+        speed, written flat, every name bound to a local first. In CPython a
+        local is an array slot, an attribute or a global a dictionary lookup,
+        a call a new frame; each costs ~20-50 ns, against ~2 us of kernel work
+        for a 64 KB SEND_ZC. Everything off the common path is a method of its
+        own, reached only when a check fails: a batch never judged before
+        (judge_odd), the clock passing a tick or the deadline (at_tick),
+        results still owed (wait_owed), an io_uring_enter that did not submit
+        the batch (False: UringSender.run_general() takes over).
         """
-        ring, run, stream, r, size, zc = self.ring, self.books, self.stream, self.r, self.size, self.zc
+        ring, books, stream, size, zc = self.ring, self.books, self.stream, self.size, self.zc
+        per_batch = self.per_batch
         if stream:
             # (1) for a stream: the batch of every starting offset, built once.
             period = self.buf.period
-            by_phase = [self.batch(p) for p in range(period)]
-            phase, step = run.placed * size % period, r * size % period
+            by_phase = [self.batch_sqes(p) for p in range(period)]
+            phase, step = books.placed * size % period, per_batch * size % period
         else:
             # (1) for datagrams, once for the whole run: the kernel only reads
-            # SQEs, so once every slot holds the request, claiming r slots is
-            # moving our tail by r.
+            # SQEs, so once every slot holds the request, claiming n slots is
+            # moving our tail by n.
             sqe = io_uring_sqe()
             self.prep(sqe, 0, HOT_USER_DATA)
             ring.fill_sqes(bytes(sqe))
             by_phase, phase, step, period = [], 0, 0, 1
-        # A clean datagram batch's CQEs, byte for byte: r results of size bytes
-        # (F_MORE if zero-copy), then the r notifications that say the kernel
-        # let go without copying (res 0). With DEFER_TASKRUN that is also their
-        # order: results are posted at the end of submission, notifications by
-        # the task work io_uring_enter runs before it returns. Other batches
-        # are looked up in `seen` (a stream's come in a handful of orders).
-        one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if self.zc else 0))
+        # A clean datagram batch's CQEs, byte for byte: per_batch results of
+        # size bytes (F_MORE if zero-copy), then their notifications saying
+        # the kernel let go without copying (res 0). With DEFER_TASKRUN that
+        # is their order when the enter returns: results are posted as the
+        # submission ends, notifications by the task work (section 3) the
+        # enter runs before it returns. Other batches are looked up in
+        # `seen` (a stream's come in a handful of orders).
+        one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if zc else 0))
         one_notif = bytes(io_uring_cqe(HOT_USER_DATA, 0, IORING_CQE_F_NOTIF))
-        clean = None if stream else one_result * r + (one_notif * r if self.zc else b"")
-        seen = self.seen          # CQE bytes -> [times seen, results, owed, whole, notifs, copied]
+        clean = None if stream else one_result * per_batch + (one_notif * per_batch if zc else b"")
+        seen = self.seen
 
         syscall, enter, enter_fd, u32 = self.syscall, NR_io_uring_enter, ring.enter_fd, U32
-        enter_flags = IORING_ENTER_GETEVENTS | ring.enter_flags
         wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
         wait_owed, judge_odd, seen_get = self.wait_owed, self.judge_odd, seen.get
         sq_words, sq_tail_i, sq_mask, sq_entries = ring._sq_words, ring._sq_tail_i, ring.sq_mask, ring.sq_entries
-        sqes = ring._sqes
+        sq_flags_i, sqes = ring._sq_flags_i, ring._sqes
         cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
         cq_map, cqe_start, cqe_end = ring._cq_map, ring.cqe_start, ring.cqe_end
-        cq_mask, clock, stop = ring.cq_mask, time.perf_counter_ns, self.stop
+        cq_mask, clock, stop, held_back = ring.cq_mask, time.perf_counter_ns, self.stop, IORING_SQ_CQ_OVERFLOW
         sq_tail, cq_head = ring.sq_tail, ring.cq_head
-        inflight, due = run.inflight, run.due
-        lags_append, sample_t, sample_due = run.lags_ns.append, 0, 0    # the lag sample under way
+        inflight, due = books.inflight, books.due
+        lags_append, sample_t, sample_due = books.lags_ns.append, 0, 0    # the lag sample under way
         # The CQ never overflows: before the next reap the kernel can post a
         # result and a notification for each request in flight, plus every
-        # notification still due, so `due` may not pass what that leaves.
-        room = ring.cq_entries - 2 * r
-        check_at = min(run.deadline, run.next_tick)    # the clock's next reason to stop
+        # notification still due, so a batch goes in only while `due` is at
+        # most what that leaves.
+        due_max = ring.cq_entries - 2 * per_batch
+        check_at = min(books.deadline, books.next_tick)    # the clock's next reason to stop
         batches = placed = ret = 0      # clean datagram batches; requests placed; the last enter's answer
         done = True                     # False: hand over to a general loop
         countdown = 1                   # batches until the next look at the clock and at the stop request
@@ -1595,8 +1592,9 @@ class BulkSender:
             if not countdown:
                 countdown = CLOCK_EVERY
                 now = clock()
-                if now >= check_at or stop.requested:   # the deadline, a stop request, or a tick
-                    check_at = self.at_tick(now, batches * r)
+                # The deadline, a stop request, a tick, or CQEs held back (IORING_SQ_CQ_OVERFLOW)
+                if now >= check_at or stop.requested or sq_words[sq_flags_i] & held_back:
+                    check_at = self.at_tick(now, batches * per_batch)
                     if not check_at:
                         break
                 elif zc and not sample_t and not inflight:
@@ -1604,48 +1602,44 @@ class BulkSender:
                     # notifications owed now and its own have all come (a
                     # socket's come in order). One in CLOCK_EVERY batches.
                     sample_t, sample_due = now, due
-                    run.pinned_max = max(run.pinned_max, (r + due) * size)
-            if not inflight and due <= room:
+                    books.pinned_max = max(books.pinned_max, (per_batch + due) * size)
+            if not inflight and due <= due_max:
                 if stream:
                     # (1) get SQEs: the batch that starts where the stream stands.
                     slot = sq_tail & sq_mask
-                    if slot + r <= sq_entries:
-                        sqes[slot << SQE_SHIFT:(slot + r) << SQE_SHIFT] = by_phase[phase]
+                    if slot + per_batch <= sq_entries:
+                        sqes[slot << SQE_SHIFT:(slot + per_batch) << SQE_SHIFT] = by_phase[phase]
                     else:                           # it wraps: place() splits it
                         ring.sq_tail = sq_tail
                         ring.place(by_phase[phase])
                     phase = (phase + step) % period
-                sq_tail = (sq_tail + r) & u32       # (1) claim r slots; a u32 counter wraps at 2**32
+                sq_tail = (sq_tail + per_batch) & u32   # (1) claim the slots; a u32 counter wraps at 2**32
                 # (2) submit and wait: a plain store of the tail, which the
                 # kernel reads inside the io_uring_enter below, on this thread
                 # (section 3, "Memory ordering").
                 sq_words[sq_tail_i] = sq_tail
-                inflight = r
-                placed += r
-                # min_complete r, not 0: with DEFER_TASKRUN the kernel runs
-                # the deferred task work (one item per notification) in
-                # passes of at most max(20, min_complete) items
-                # (IO_LOCAL_TW_DEFAULT_MAX, io_uring.c), so with 0 some of the
-                # batch's notifications would come a batch late.
-                if stream:
-                    # A stream's send waits for socket space only the peer frees:
-                    # bounded by ENTER_WAIT_NS (EXT_ARG), seven arguments.
-                    ret = syscall(enter, enter_fd, r, r, wait_flags, wait_ref, wait_size)
-                else:
-                    # A datagram completes inside its submission or once the
-                    # device took or dropped the packets ahead of it: no peer
-                    # can hold it, so five arguments (each one more costs
-                    # ~30 ns). A signal still ends the wait (EINTR).
-                    ret = syscall(enter, enter_fd, r, r, enter_flags)
-                if ret != r:                        # an error, or a short submit
+                inflight = per_batch
+                placed += per_batch
+                # min_complete per_batch, not 0: with DEFER_TASKRUN the enter
+                # runs the batch's task work before it returns, so its
+                # notifications come with it (since 6.13 in passes of at most
+                # max(20, min_complete) items, IO_LOCAL_TW_DEFAULT_MAX: with
+                # 0 some would come a batch late). Bounded by ENTER_WAIT_NS
+                # (EXT_ARG), datagrams too: a shaping qdisc holds a send until
+                # the socket has room again (5 Mbit/s tbf: a batch of 256 x
+                # 1400 B takes 0.57 s). When the bound cuts the wait, the
+                # enter still answers per_batch (it submitted them all), and
+                # the batch is judged odd: results are still owed.
+                ret = syscall(enter, enter_fd, per_batch, per_batch, wait_flags, wait_ref, wait_size)
+                if ret != per_batch:                # an error, or a short submit
                     done = False
                     break
             else:                                   # results, or CQ room, still owed
-                waited = wait_owed(inflight or 1)
-                if not waited:
-                    break
-                if waited == WAIT_CUT:              # a signal or the bound: look at the clock now
+                if countdown != CLOCK_EVERY:        # -t: look at the clock before each wait
                     countdown = 1
+                    continue
+                if not wait_owed(inflight or 1):
+                    break
             # (3) peek CQEs: from cq.head (ours) to cq.tail (the kernel's), one
             # slice of the mapping unless they wrap past its end.
             k = (cq_words[cq_tail_i] - cq_head) & u32
@@ -1656,20 +1650,19 @@ class BulkSender:
             # or one seen whole before?
             if cqes == clean:
                 batches += 1
-                inflight -= r
+                inflight -= per_batch
             else:
                 known = seen_get(cqes)
                 if known is not None:
-                    known[0] += 1
-                    inflight -= known[1]
-                    due += known[2]
-                else:                               # judge_odd() reads the ring's and books' copies
-                    ring.cq_head, run.inflight, run.due = cq_head, inflight, due
-                    results, owed = judge_odd(cqes)
-                    inflight -= results
-                    due += owed
+                    known.times += 1
+                    inflight -= known.results
+                    due += known.owed
+                else:
+                    known = judge_odd(cqes)
+                    inflight -= known.results
+                    due += known.owed
                     assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-                    if run.slow.error:
+                    if books.slow.error:
                         cq_head = (cq_head + k) & u32
                         cq_words[cq_head_i] = cq_head
                         break
@@ -1683,79 +1676,82 @@ class BulkSender:
 
         # Hand over: a general loop, the drain and the result read these.
         ring.sq_tail, ring.cq_head = sq_tail, cq_head
-        run.inflight, run.due, run.placed = inflight, due, run.placed + placed
-        run.whole += batches * r
-        run.notifs += batches * r if self.zc else 0
-        for times, _, _, whole, notifs, n_copied in seen.values():
-            run.whole += times * whole
-            run.notifs += times * notifs
-            run.copied += times * n_copied
+        books.inflight, books.due, books.placed = inflight, due, books.placed + placed
+        books.whole += batches * per_batch
+        books.notifs += batches * per_batch if zc else 0
+        for known in seen.values():
+            books.whole += known.times * known.whole
+            books.notifs += known.times * known.notifs
+            books.copied += known.times * known.copied
+            known.times = 0
         if ret < 0:
-            err = ctypes.get_errno()
-            if err not in (errno.EINTR, errno.ETIME):   # those two: a general loop may go on
-                run.entered = syscall_error("io_uring_enter", err)
+            try:
+                check_enter(ret)
+            except OSError as e:
+                if e.errno not in (errno.EINTR, errno.ETIME):   # those two: a general loop may go on
+                    books.entered = e
         return done
 
-    def wait_owed(self, wait_nr: int):
-        """(2) without a submit: io_uring_wait_cqes() bounded by ENTER_WAIT_NS.
+    def wait_owed(self, wait_nr: int) -> bool:
+        """(2) without a submit: io_uring_wait_cqes() bounded by ENTER_WAIT_NS; False: enter failed for good.
 
-        WAIT_DONE; WAIT_CUT when a signal (EINTR) or the bound (ETIME) ended
-        it; False when io_uring_enter failed for good (books.entered says why).
+        A signal (EINTR) or the bound (ETIME) only sends the caller back to
+        its clock; any other error ends the run (books.entered says why).
         """
         ring = self.ring
-        ret = self.syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags,
-                           ring._wait_ref, ring._wait_size)
-        if ret >= 0:
-            return WAIT_DONE
-        err = ctypes.get_errno()
-        if err in (errno.EINTR, errno.ETIME):
-            return WAIT_CUT
-        self.books.entered = syscall_error("io_uring_enter", err)
-        return False
+        try:
+            io_uring_enter(ring.enter_fd, 0, wait_nr, ring._peek_flags, ring._wait_ref, ring._wait_size)
+        except OSError as e:
+            if e.errno not in (errno.EINTR, errno.ETIME):
+                self.books.entered = e
+                return False
+        return True
 
     def at_tick(self, now: int, hot_results: int) -> int:
-        """The clock or a stop request stopped the hot loop: 0 ends the run, else the next time to look."""
-        run = self.books
-        if now >= run.deadline or self.stop.requested:
+        """The hot loop's look at the clock, the stop request and sq.flags: 0 ends the run, else the next."""
+        books = self.books
+        books.held_back = books.held_back or self.ring.cq_held_back
+        if now >= books.deadline or self.stop.requested or books.held_back:
             return 0
-        whole = run.whole + hot_results + sum(v[0] * v[3] for v in self.seen.values())
-        run.on_tick(whole * self.size + run.slow.bytes, whole + run.slow.ok)
-        run.next_tick += run.tick_ns
-        return min(run.deadline, run.next_tick)
+        whole = books.whole + hot_results + sum(k.times * k.whole for k in self.seen.values())
+        books.on_tick(whole * self.size + books.slow.bytes, whole + books.slow.ok)
+        books.next_tick += books.tick_ns
+        return min(books.deadline, books.next_tick)
 
-    def judge_odd(self, cqes: bytes) -> Tuple[int, int]:
-        """(4)+(5) for a batch the hot loop has not seen: (results, notifications owed).
+    def judge_odd(self, cqes: bytes) -> KnownBatch:
+        """(4)+(5) for CQE bytes the hot loop has not seen: what they hold and add, as a KnownBatch.
 
         Still in bulk: the flags column and the sum of the res column, read
-        off strided casts of the bytes. A batch judged whole goes into `seen`
-        with what it added, so the same bytes next time cost one lookup.
+        off strided casts of the bytes. A batch judged whole goes into `seen`,
+        so the same bytes next time cost one lookup.
         """
-        run = self.books
-        before = (run.whole, run.notifs, run.copied, run.slow.results)
+        books = self.books
+        before = (books.whole, books.notifs, books.copied, books.slow.results)
         view = memoryview(cqes)
         try:
             words = CQE_SIZE // U32_SIZE
             flags = view.cast("I")[io_uring_cqe.flags.offset // U32_SIZE::words].tolist()
-            res = view.cast("i")[io_uring_cqe.res.offset // U32_SIZE::words]
-            results, owed = self.judge(flags, sum(res))
+            res = view.cast("i")[io_uring_cqe.res.offset // U32_SIZE::words].tolist()
         finally:
             view.release()
-        if run.slow.results == before[3] and len(self.seen) < SEEN_MAX:
-            self.seen[cqes] = [0, results, owed, run.whole - before[0], run.notifs - before[1],
-                               run.copied - before[2]]
-        return results, owed
+        results, owed = self.judge(flags, sum(res), lambda k: res)
+        known = KnownBatch(results, owed, books.whole - before[0], books.notifs - before[1],
+                           books.copied - before[2])
+        if books.slow.results == before[3] and len(self.seen) < SEEN_MAX:
+            self.seen[cqes] = known          # whole: the same bytes will mean the same again
+        return known
 
-    def judge(self, flags: List[int], res_sum: int) -> Tuple[int, int]:
-        """(4)+(5) the CQEs from cq.head on, in bulk: (results, notifications they leave owed).
+    def judge(self, flags: List[int], res_sum: int,
+              peek_res: Callable[[int], List[int]]) -> Tuple[int, int]:
+        """(4)+(5) k CQEs in bulk: (results, notifications they leave owed); peek_res(k): their res.
 
         If every CQE is a good result or a notification and the results add
         up to exactly size each, every send was whole and every notification
         said zero-copy: no send returns more than size, and a notification's
         res is 0, or bit 31 (copied) which reads as negative. An error, EAGAIN,
-        a short send or a copy makes the sum fall short. The CQEs stay in the
-        ring for the caller to advance past.
+        a short send or a copy makes the sum fall short.
         """
-        run, ring, size = self.books, self.ring, self.size
+        books, size = self.books, self.size
         k = len(flags)
         n_results = flags.count(IORING_CQE_F_MORE if self.zc else 0)   # results with the good flags
         n_notif = flags.count(IORING_CQE_F_NOTIF)
@@ -1764,56 +1760,44 @@ class BulkSender:
             # Second look, still in bulk: take the copied notifications (all
             # of them on loopback and veth) out of the sum; if the results then
             # add up, the batch was whole all the same.
-            n_copied = ring.peek_res(k).count(NOTIF_COPIED_RES)
+            n_copied = peek_res(k).count(NOTIF_COPIED_RES)
             clean = res_sum - n_copied * NOTIF_COPIED_RES == n_results * size
-            run.copied += n_copied if clean else 0
+            books.copied += n_copied if clean else 0
         if clean:
-            run.whole += n_results
-            run.notifs += n_notif
+            books.whole += n_results
+            books.notifs += n_notif
             return n_results, (n_results - n_notif if self.zc else 0)
-        t = judge_each(ring.peek_res(k), flags, size, self.zc)   # something went wrong: each CQE
-        run.slow.add(t)
-        if self.stream and t.short and not run.slow.error:
-            run.slow.error = errno.EIO    # a short stream write: the stream would tear
+        t = judge_each(peek_res(k), flags, size, self.zc)   # something went wrong: each CQE
+        books.slow.add(t)
+        if self.stream and t.short and not books.slow.error:
+            books.slow.error = errno.EIO    # a short stream write (a reset): the stream would tear
         return t.results, t.due
 
     def drain(self, seconds: float) -> SendBooks:
-        """(7) drain: every result and notification still owed, before the buffer may go.
+        """(7) drain: every result and notification still owed, at most seconds (drain_owed()).
 
-        Bounded by seconds: a TCP peer that stopped acknowledging could hold
-        the pages for minutes. A stop that ended the run leaves the drain its
-        time (stop.hurry cuts it); one that comes while it waits cuts it.
-        What never came stays lent, so the buffer stays mapped until exit.
+        A stop that ended the run leaves the drain its time (stop.hurry cuts
+        it); one that comes while it waits cuts it.
         """
-        ring, run, stop = self.ring, self.books, self.stop
-        clock = time.perf_counter_ns
-        stopped = run.stopped = stop.requested
-        drain_from = clock()
-        drain_until = drain_from + int(seconds * 1e9)
-        while run.inflight or run.due:
-            left = (drain_until - clock()) / 1e9
-            if left <= 0 or stop.hurry or (stop.requested and not stopped):
-                break
-            try:
-                ring.wait_cqes(1, left)
-            except InterruptedError:
-                continue
-            res, fl = ring.peek()
-            if fl:
-                ring.cq_advance(len(fl))
-                t = judge_each(res, fl, self.size, self.zc)
-                run.slow.add(t)
-                run.inflight -= t.results
-                run.due += t.due
-                if self.stream and t.short and not run.slow.error:
-                    run.slow.error = errno.EIO    # as in judge(): a reset cut a send short
-        run.waited = (clock() - drain_from) / 1e9
-        self.buf.lent += run.due + run.inflight - 1   # settled: only what never came stays lent
-        return run
+        ring, books, stop = self.ring, self.books, self.stop
+        stopped = books.stopped = stop.requested
+
+        def wait_and_reap(left: float) -> None:
+            ring.wait_cqes(1, left)
+            res, flags = ring.peek()
+            ring.cq_advance(len(flags))
+            results, owed = self.judge(flags, sum(res), lambda k: res)
+            books.inflight -= results
+            books.due += owed
+            books.held_back = books.held_back or ring.cq_held_back
+
+        books.waited = drain_owed(lambda: books.inflight or books.due, wait_and_reap, seconds,
+                                  lambda: stop.hurry or (stop.requested and not stopped))
+        self.buf.lent += books.due + books.inflight - 1   # settled: only what never came stays lent
+        return books
 
 
-# =============================================================================
-# 8. The senders
+# --- Around the senders --------------------------------------------------------
 #
 # Every sender sends the same bytes: the seed's pattern, byte i = 'a' + i % 26,
 # from one preallocated page-aligned buffer. Each returns a Result built from
@@ -1821,11 +1805,10 @@ class BulkSender:
 # getrusage(), time from a monotonic clock, and whether the kernel copied.
 #
 # In order: the socket ABI besides io_uring; the payload; Result and how it is
-# printed; sockets, the path MTU and UDP GSO; the io_uring sender (section 7's
-# BulkSender with a SendConfig, a general loop for SQPOLL and -f, --trace and a
-# Result around it), -n flows, the
-# reference sender's run; then the baselines, send(2) with and without MSG_ZEROCOPY.
-# =============================================================================
+# printed; sockets, the path MTU and UDP GSO; the io_uring sender (BulkSender
+# with a SendConfig, a general loop for SQPOLL and -f, --trace and a Result
+# around it), -n flows, the reference sender's run; then the baselines,
+# send(2) with and without MSG_ZEROCOPY.
 
 # --- The socket ABI the tool uses beside io_uring (values from the kernel UAPI,
 # for what Python's socket module may lack)
@@ -1852,9 +1835,18 @@ UDP_MAX_SEGMENTS = 128
 UDP_MAX_SEGMENTS_BEFORE_6_9 = 64
 IP_MAXPACKET = 65535
 CLONE_NEWNET = 0x40000000                                  # <sched.h>
-# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, rings, registered
-# buffers and pinned pages count against that limit; the ENOMEM lines name it.
+# <linux/capability.h>: locking memory past RLIMIT_MEMLOCK. Without it, registered
+# buffers and a SEND_ZC's pinned pages count against that limit, and so do the rings
+# before 5.12 and since 6.14 (section 2, io_uring_setup); the ENOMEM lines name it.
 CAP_IPC_LOCK = 14
+
+
+# <sys/socket.h>: what SENDMSG and SENDMSG_ZC read.
+class msghdr(ctypes.Structure):
+    _fields_ = [("msg_name", ctypes.c_void_p), ("msg_namelen", u32),
+                ("msg_iov", ctypes.POINTER(iovec)), ("msg_iovlen", ctypes.c_size_t),
+                ("msg_control", ctypes.c_void_p), ("msg_controllen", ctypes.c_size_t),
+                ("msg_flags", ctypes.c_int)]
 
 
 class sock_extended_err(ctypes.Structure):
@@ -1880,7 +1872,7 @@ class tcp_info(ctypes.Structure):
         ("tcpi_bytes_received", u64), ("tcpi_segs_out", u32), ("tcpi_segs_in", u32)]
 
 
-assert (ctypes.sizeof(sock_extended_err), ctypes.sizeof(tcp_info)) == (16, 144)
+assert (ctypes.sizeof(msghdr), ctypes.sizeof(sock_extended_err), ctypes.sizeof(tcp_info)) == (56, 16, 144)
 assert (tcp_info.tcpi_rto.offset, tcp_info.tcpi_total_retrans.offset, tcp_info.tcpi_pacing_rate.offset,
         tcp_info.tcpi_bytes_received.offset, tcp_info.tcpi_segs_in.offset) == (8, 100, 104, 128, 140)
 
@@ -1968,7 +1960,7 @@ class Payload:
     """The buffer every request sends from (BulkSender's buf): page-aligned, written once, then only read.
 
     Never written after the first send, so every request may reuse it while
-    notifications are outstanding (section 7). PATTERN_LEN bytes longer than a
+    notifications are outstanding (BulkSender, above). PATTERN_LEN bytes longer than a
     send, so a TCP write at stream offset o sends from o % 26 and the stream
     stays one pattern. `lent` counts runs under way and notifications that
     never came; close() unmaps only at 0, else the pages stay until exit (a
@@ -2134,6 +2126,8 @@ BUSY_SHARE = 0.5
 
 def describe_result(r: Result) -> List[str]:
     """The seed's line, then rate and CPU, then what REPORT_USAGE said."""
+    # nr EAGAIN is always 0 for an io_uring row: without MSG_DONTWAIT a send the
+    # socket cannot take yet is polled and retried, never failed (first_send()).
     lines = [f"tx={r.requests} ({r.bytes >> 20} MB) txc={r.notifications}, nr EAGAIN={r.eagain}"]
     rate = r.requests / r.seconds if r.seconds else 0.0
     lines.append(f"{r.proto} {family_name_label(r.family)} {r.size} B {r.mode} batch {r.batch}: "
@@ -2467,6 +2461,45 @@ class SendConfig:
                 + ("_fixed" if self.zc and self.fixed_buf else ""))
 
 
+# --- Which opcodes this kernel has: IORING_REGISTER_PROBE (5.6), from <linux/io_uring.h>
+IORING_REGISTER_PROBE = 8
+IO_URING_OP_SUPPORTED = 1 << 0     # io_uring_probe_op.flags
+
+
+class io_uring_probe_op(ctypes.Structure):
+    _fields_ = [("op", u8), ("resv", u8), ("flags", u16), ("resv2", u32)]
+
+
+class io_uring_probe(ctypes.Structure):
+    """Header of IORING_REGISTER_PROBE's answer; ops[] follows (see Probe)."""
+    _fields_ = [("last_op", u8), ("ops_len", u8), ("resv", u16), ("resv2", u32 * 3),
+                ("ops", io_uring_probe_op * 0)]
+
+
+assert (ctypes.sizeof(io_uring_probe_op), ctypes.sizeof(io_uring_probe)) == (8, 16)
+
+
+@dataclass
+class Probe:
+    """What IORING_REGISTER_PROBE says the kernel supports (io_uring_get_probe)."""
+    last_op: int
+    supported: frozenset
+
+    def has(self, op: int) -> bool:
+        """Like liburing's io_uring_opcode_supported()."""
+        return op in self.supported
+
+
+def get_probe(ring: Ring) -> Probe:
+    """io_uring_get_probe_ring(): which opcodes does this kernel support?"""
+    n_ops = 256
+    buf = (ctypes.c_uint8 * (ctypes.sizeof(io_uring_probe) + n_ops * ctypes.sizeof(io_uring_probe_op)))()
+    io_uring_register(ring.fd, IORING_REGISTER_PROBE, ctypes.byref(buf), n_ops)
+    head = io_uring_probe.from_buffer(buf)
+    ops = (io_uring_probe_op * head.ops_len).from_buffer(buf, ctypes.sizeof(io_uring_probe))
+    return Probe(head.last_op, frozenset(o.op for o in ops if o.flags & IO_URING_OP_SUPPORTED))
+
+
 REQUIRED_OPS = {"send": (IORING_OP_SEND, "5.6"), "sendmsg": (IORING_OP_SENDMSG, "5.3"),
                 "send_zc": (IORING_OP_SEND_ZC, "6.0"), "sendmsg_zc": (IORING_OP_SENDMSG_ZC, "6.1")}
 
@@ -2486,8 +2519,10 @@ def probe_report_usage() -> bool:
     """Does SEND_ZC accept IORING_SEND_ZC_REPORT_USAGE (6.2)? Ask the kernel, on a small ring of its own.
 
     A SEND_ZC with the flag to an AF_UNIX socketpair: a kernel that knows the
-    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), one
-    that does not rejects the flag (-EINVAL) first. Both post F_MORE, then a notification.
+    flag rejects the socket (-EOPNOTSUPP: no zero-copy on unix sockets), with
+    F_MORE and then a notification; one that does not (6.0, 6.1) rejects the
+    flag (-EINVAL) without F_MORE and posts no notification: io_send_zc_prep()
+    checked the flags before it allocated one.
     """
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
     with a, b, Ring(2, attempts=SETUP_ATTEMPTS) as ring:
@@ -2527,13 +2562,36 @@ TRACE_EXPLAINED = {
     "notif": ["F_NOTIF: the notification. The kernel has let go of the buffer (the last",
               "packet that pointed at it was freed): now it may be changed or reused. With",
               "REPORT_USAGE, res 0 means the pages really went out zero-copy; bit 31",
-              "(IORING_NOTIF_USAGE_ZC_COPIED, reads as negative) means the kernel copied."],
+              "(IORING_NOTIF_USAGE_ZC_COPIED, reads as negative) means they did not: the",
+              "kernel copied, or the send never used them (it failed, or was all copied)."],
     "done": ["No F_MORE: a copying SEND. The data was copied at submission, so the buffer",
              "was free again before this CQE was even posted; no notification follows."],
     "error": ["res < 0 is -errno: the send failed. A zero-copy send may still set F_MORE,",
               "and then its notification still comes."],
-    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 7)."],
+    "fast": ["From here on, batches go in whole and CQEs are judged in bulk (section 8)."],
 }
+
+
+class TraceVoice:
+    """--trace's voice: each kind of step explained once, before its first line, then only shown."""
+
+    def __init__(self, out, ring: Ring):
+        self.out, self.ring = out, ring
+        self.explained = set()            # the kinds whose words were printed already
+
+    def say(self, kind: str, line: str) -> None:
+        """One trace line, after TRACE_EXPLAINED's words for its kind if this is the first of it."""
+        if kind not in self.explained:
+            self.explained.add(kind)
+            for text in TRACE_EXPLAINED[kind]:
+                print(f"#   {text}", file=self.out)
+        print(f"trace: {line}", file=self.out)
+
+    def rings(self) -> str:
+        """The four ring words as they stand: what io_uring_enter() moves, seen from our side."""
+        ring = self.ring
+        return (f"sq head={ring.sq_head} tail={ring.sq_tail} "
+                f"cq head={ring.cq_head} tail={ring.cq_tail}")
 
 
 # --- What the tool's senders ask of Part I's Ring and BulkSender
@@ -2565,22 +2623,27 @@ _syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
 _syscall_gil.restype = ctypes.c_long
 
 
+# A sender's CQ ring holds this many CQEs per SQ entry: room for a result and a
+# notification of every request in flight, and for notifications that lag.
+CQ_ENTRIES_PER_SQ = 4
+
+
 def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int]],
               stack: ExitStack, **ring_args) -> Tuple[Ring, bool]:
     """A sender's ring, set up in the order liburing's example does and torn down by stack; and
     whether its SEND_ZC may ask IORING_SEND_ZC_REPORT_USAGE.
 
-    The ring (CQ 4x the SQ), the socket as registered file 0, the buffers
+    The ring (CQ CQ_ENTRIES_PER_SQ times the SQ), the socket as registered file 0, the buffers
     (addr, length) as registered buffers 0.. (none: no FIXED_BUF), the ring
     fd registered. Each refusal is one line (Fatal), the probe's ring's too.
     """
     ring_args.setdefault("attempts", SETUP_ATTEMPTS)
     try:
-        ring = Ring(cfg.entries, cq_entries=4 * cfg.entries, **ring_args)
+        ring = Ring(cfg.entries, cq_entries=CQ_ENTRIES_PER_SQ * cfg.entries, **ring_args)
     except OSError as e:
         raise Fatal(setup_error(e)) from None
     stack.callback(ring.close)
-    check_opcode(ring.probe(), cfg.mode)
+    check_opcode(get_probe(ring), cfg.mode)
     try:
         ring.register_files([sock.fileno()])
         if buffers:
@@ -2594,12 +2657,63 @@ def send_ring(cfg: SendConfig, sock: socket.socket, buffers: List[Tuple[int, int
         raise Fatal(setup_error(e)) from None
 
 
+# --sqpoll's submit and peek: the SQ thread submits, we mostly only read the rings.
+def sqpoll_submit_and_peek(ring: Ring, wait_nr: int) -> Tuple[List[int], int]:
+    """Ring.submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
+
+    The kernel's SQ thread, on another CPU, watches sq.tail and submits
+    whatever we place; we store the tail and read the CQ ring, and enter
+    only to sleep until wait_nr CQEs are ready, or to wake the thread
+    (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
+
+    Memory ordering, the part C gets from barriers: the thread reads our
+    tail concurrently, so the SQE bytes must be visible before the tail.
+    x86-64 keeps stores in order and loads in order (TSO), so writing the
+    SQEs then the tail is enough there, and the CQEs we read after cq.tail
+    are those it covers; arm64 needs a release and an acquire Python cannot
+    issue, which is why --sqpoll is x86-64 only. A store then a load (the
+    tail, then NEED_WAKEUP) may still pass each other even on x86: the
+    thread could fall asleep without seeing our tail; then no CQE comes,
+    we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
+    """
+    ring._sq_words[ring._sq_tail_i] = ring.sq_tail
+    tail = ring._cq_words[ring._cq_tail_i]
+    short = (tail - ring.cq_head) & U32 < wait_nr
+    if short or ring._sq_words[ring._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
+        check_enter(_syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr if short else 0,
+                             ring._peek_flags | IORING_ENTER_SQ_WAKEUP,
+                             ring._wait_ref, ring._wait_size))     # bounded, as submit_and_peek's
+        tail = ring._cq_words[ring._cq_tail_i]
+    return ring._peek_bulk(tail)
+
+
+# liburing's SENDMSG preps (section 5's kind), for --sendmsg.
+def prep_sendmsg(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg(): sendmsg(2) as a request, msg_addr a struct msghdr; the kernel copies."""
+    prep_rw(sqe, IORING_OP_SENDMSG, fd, msg_addr, 1, 0)
+    sqe.msg_flags = msg_flags
+
+
+def prep_sendmsg_zc(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int) -> None:
+    """io_uring_prep_sendmsg_zc(): prep_sendmsg() with the zero-copy opcode; two CQEs follow."""
+    prep_sendmsg(sqe, fd, msg_addr, msg_flags)
+    sqe.opcode = IORING_OP_SENDMSG_ZC
+
+
+def prep_sendmsg_zc_fixed(sqe: io_uring_sqe, fd: int, msg_addr: int, msg_flags: int,
+                          buf_index: int) -> None:
+    """io_uring_prep_sendmsg_zc_fixed() (6.15): the iovecs lie in a registered buffer."""
+    prep_sendmsg_zc(sqe, fd, msg_addr, msg_flags)
+    sqe.ioprio |= IORING_RECVSEND_FIXED_BUF
+    sqe.buf_index = buf_index
+
+
 # What a batch costs (README, "Speed", has the measurements): Python spends ~1.5 us
 # on a batch, whatever its size (a ctypes call into io_uring_enter is a third
 # of it); the kernel ~2 us on each 64 KB SEND_ZC. So Python's share is ~9% of
 # a batch of 8 and ~2% of a batch of 64 (bench --sweep measures it on any host).
 class UringSender(BulkSender):
-    """The seed's do_tx(): section 7's BulkSender, set up from a SendConfig, traced and reported.
+    """The seed's do_tx(): BulkSender, set up from a SendConfig, traced and reported.
 
     Beside the hot loop, a general loop (run_general) for what it does not
     take: SQPOLL, -f, and whatever the hot loop hands over.
@@ -2619,10 +2733,13 @@ class UringSender(BulkSender):
                       sq_thread_idle=SQ_THREAD_IDLE_MS) if cfg.sqpoll else {}
         buffers = [(payload.addr, payload.length)] if cfg.fixed_buf and cfg.zc else []
         ring, usage = send_ring(cfg, sock, buffers, stack, **sqpoll)
-        super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf, cfg.sendmsg,
-                         cfg.proto == "tcp", usage,
-                         gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None, STOP)
+        # --sendmsg: SENDMSG_ZC; cmsg, a control message for every request (--gso).
+        self.sendmsg, self.cmsg = cfg.sendmsg, gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None
+        self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
+        super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf,
+                         cfg.proto == "tcp", usage, STOP)
         self.flush = cfg.flush      # -f: each batch waits for its notifications (run_general)
+        self.run_of_batches: Optional[memoryview] = None     # place_batches() builds it
         self.syscall = _syscall_gil                # see above
         self.trace_out = sys.stdout
         self.deadline_ns: Optional[int] = None     # -n: the flows' common deadline (run_flows)
@@ -2635,27 +2752,47 @@ class UringSender(BulkSender):
                         setup=self.ring.setup_flags, gso=cfg.gso or None)
         meter = Meter()
         self.started_ns = meter.t0    # -i: where the interval lines start counting
-        run = self.begin(self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9), on_tick, tick_ns)
+        books = self.begin(self.deadline_ns or meter.t0 + int(cfg.seconds * 1e9), on_tick, tick_ns)
         if cfg.trace:                 # inside the timed run: the trace's sends count, so must its time
-            run.slow, run.inflight, run.due = self.trace(cfg.trace, self.trace_out, run.deadline)
-            run.placed = run.slow.results + run.inflight
+            books.slow, books.inflight, books.due = self.trace(cfg.trace, self.trace_out, books.deadline)
+            books.placed = books.slow.results + books.inflight
         self.send()
         meter.stop(result)            # the rate covers sending; the drain is not timed
         self.drain(DRAIN_SECONDS)
-        slow = run.slow
-        result.requests = run.whole + slow.ok
-        result.bytes = run.whole * cfg.size + slow.bytes
+        slow = books.slow
+        result.requests = books.whole + slow.ok
+        result.bytes = books.whole * cfg.size + slow.bytes
         result.eagain, result.failed = slow.eagain, slow.failed
-        result.notifications = run.notifs + slow.notifs
-        result.undrained = run.due + run.inflight
+        result.notifications = books.notifs + slow.notifs
+        result.undrained = books.due + books.inflight
         if self.report_usage:
-            result.zc_copied = run.copied + slow.copied
-        if run.lags_ns:
-            result.notif_lag = lag_summary(run.lags_ns, run.pinned_max, result)
+            result.zc_copied = books.copied + slow.copied
+        if books.lags_ns:
+            result.notif_lag = lag_summary(books.lags_ns, books.pinned_max, result)
         result.interrupted = STOP.requested       # during the run, or during the drain
-        result.error = run_error(cfg, result, slow.error, run.entered, run.waited,
-                                 gave_up=run.stopped and STOP.hurry)
+        result.error = run_error(cfg, result, slow.error, books.entered, books.waited,
+                                 gave_up=books.stopped and STOP.hurry, held_back=books.held_back)
         return result
+
+    def prep(self, sqe: io_uring_sqe, phase: int, user_data: int) -> None:
+        """BulkSender.prep(), rewritten as a SENDMSG(_ZC) with --sendmsg: a msghdr that may carry cmsg."""
+        super().prep(sqe, phase, user_data)
+        if not self.sendmsg:
+            return
+        iov = iovec(sqe.addr, sqe.len)
+        msg = msghdr(msg_iov=ctypes.pointer(iov), msg_iovlen=1)
+        if self.cmsg is not None:
+            msg.msg_control, msg.msg_controllen = ctypes.addressof(self.cmsg), len(self.cmsg)
+        self._msgs += [iov, msg]
+        msg_flags, usage, flags = sqe.msg_flags, sqe.ioprio & IORING_SEND_ZC_REPORT_USAGE, sqe.flags
+        if not self.zc:
+            prep_sendmsg(sqe, 0, ctypes.addressof(msg), msg_flags)
+        elif self.fixed:
+            prep_sendmsg_zc_fixed(sqe, 0, ctypes.addressof(msg), msg_flags, 0)
+        else:
+            prep_sendmsg_zc(sqe, 0, ctypes.addressof(msg), msg_flags)
+        sqe.ioprio |= usage
+        sqe.flags, sqe.user_data = flags, user_data
 
     def send(self) -> None:
         """(1)-(6) until the deadline, STOP or an error: the hot loop if it can, else the general one."""
@@ -2665,88 +2802,101 @@ class UringSender(BulkSender):
     def run_general(self) -> None:
         """The loop for what the hot loop does not take: SQPOLL, -f, and its hand-overs.
 
-        Per batch: one place(), one submit_and_peek() (submit, wait, then the
-        ready CQEs' flags and res sum), judge(), one cq_advance().
+        Per batch: the clock, one place(), one submit_and_peek() (submit, wait
+        at most ENTER_WAIT_NS, then the ready CQEs' flags and res sum),
+        judge(), one cq_advance(), a look at sq.flags.
         """
-        ring, run, r, size, stream = self.ring, self.books, self.r, self.size, self.stream
-        if run.entered is not None or run.slow.error:
+        ring, books, per_batch, size = self.ring, self.books, self.per_batch, self.size
+        if books.entered is not None or books.slow.error:
             return
-        place, cq_advance = ring.place, ring.cq_advance
-        submit_and_peek = ring.sqpoll_submit_and_peek if ring.sqpoll else ring.submit_and_peek
-        # In flight: one batch, as in the seed, unless SQPOLL: its thread
-        # submits on its own CPU, so we keep two chunks of a quarter of the SQ
-        # in flight and sleep until the older one is done (sleeping per batch
-        # cost the SQ thread a third of its rate: README, "Speed"). Two, not
-        # the whole SQ at once: the thread takes all it finds in one pass,
-        # posts the results at its end and commits sq.head after them, so a
-        # full SQ let us refill only once it had finished, and it spun idle
-        # while we woke and refilled (a third of its time at batch 64; perf
-        # counted 15-17% of its samples in the empty loop, 8-12% with two).
-        # Not a stream: batches are not linked to each other, and the SQ
-        # thread cuts a chain wherever its submission ends; nor -f, which
-        # waits per batch.
-        ahead = (max(r, ring.sq_entries // 4 // r * r) if ring.sqpoll and not (stream or self.flush)
-                 else 0)                       # the chunk
-        room = 0 if self.flush else ring.cq_entries - 2 * (ahead + r)   # as in run_hot()
-        clock, deadline, stop = time.perf_counter_ns, run.deadline, self.stop
-        run_of_batches = memoryview(self.batch(0) * (ring.sq_entries // r))   # datagram batches are alike
-        judge, slow, batch = self.judge, run.slow, self.batch
-        inflight, due, placed = run.inflight, run.due, run.placed
+        submit_and_peek = (functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll
+                           else ring.submit_and_peek)
+        # In flight: one batch, as in the seed, unless SQPOLL: two chunks (sqpoll_chunk()).
+        ahead = self.sqpoll_chunk()
+        due_max = 0 if self.flush else ring.cq_entries - 2 * (ahead + per_batch)   # as in run_hot()
+        clock, deadline, stop, slow = time.perf_counter_ns, books.deadline, self.stop, books.slow
+        judge, peek_res, cq_advance = self.judge, ring.peek_res, ring.cq_advance
+        place_batches = self.place_batches
+        inflight, due, placed = books.inflight, books.due, books.placed
         sample_t = sample_target = 0          # the lag sample under way, as in run_hot()
         fresh = 0                             # requests placed since the last submit_and_peek
         while True:
+            now = clock()                     # -t: before every (bounded) wait
+            if now >= deadline or stop.requested or slow.error or books.held_back:
+                break
             if inflight <= ahead:
-                now = clock()
-                if now >= deadline or stop.requested or slow.error:
-                    break
-                if now >= run.next_tick:
-                    run.on_tick(run.whole * size + slow.bytes, run.whole + slow.ok)
-                    run.next_tick += run.tick_ns
-                if due <= room:
-                    if stream:                  # (1) the batch starts where the last one ended
-                        place(batch(placed * size % self.buf.period))
-                        inflight += r
-                        placed += r
-                    else:                       # (1) a chunk of batches, in one slice copy
-                        # ... if the SQ has room for it: the SQ thread commits
-                        # sq.head after its whole submission.
-                        n = fresh = min(ahead or r, ring.sq_space_left() // r * r)
-                        if n:
-                            place(run_of_batches[:n << SQE_SHIFT])
-                            inflight += n
-                            placed += n
-                        elif not inflight:
-                            continue            # nothing to wait for: the head is on its way
+                if now >= books.next_tick:
+                    books.on_tick(books.whole * size + slow.bytes, books.whole + slow.ok)
+                    books.next_tick += books.tick_ns
+                if due <= due_max:
+                    n = fresh = place_batches(placed, ahead)        # (1)
+                    inflight, placed = inflight + n, placed + n
+                    if not inflight:
+                        continue            # nothing to wait for: the head is on its way
                 if self.zc and not sample_t and inflight:
                     # (5) time the newest request: until the notifications of
                     # every request placed so far have come (in order).
-                    sample_t, sample_target = now, run.notifs + slow.notifs + due + inflight
-                    run.pinned_max = max(run.pinned_max, (due + inflight) * size)
+                    sample_t, sample_target = now, books.notifs + slow.notifs + due + inflight
+                    books.pinned_max = max(books.pinned_max, (due + inflight) * size)
             try:                                # (2) submit and wait, (3) peek CQEs
-                # SQPOLL: until the older chunk's results and the notifications
-                # owed are in; with one chunk out, only publish the new one.
-                flags, res_sum = submit_and_peek(
-                    (due + inflight - ahead if inflight > ahead else int(not fresh)) if ahead
-                    else inflight or 1)
+                # SQPOLL: the older chunk's results and the notifications owed;
+                # with one chunk out, only publish the new one.
+                flags, res_sum = submit_and_peek((due + inflight - ahead if inflight > ahead else int(not fresh))
+                                                 if ahead else inflight or 1)
                 fresh = 0
             except OSError as e:
                 # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed with no CQE:
-                # a TCP peer that stopped reading): look at the clock and the stop request.
+                # a TCP peer that stopped reading): look at the clock again.
                 if e.errno not in (errno.EINTR, errno.ETIME):
-                    run.entered = e
-                    break
-                if stop.requested or clock() >= deadline:
+                    books.entered = e
                     break
                 continue
-            results, owed = judge(flags, res_sum)     # (4), (5)
+            results, owed = judge(flags, res_sum, peek_res)      # (4), (5)
             inflight -= results
             due += owed
-            cq_advance(len(flags))                    # (6)
-            if sample_t and run.notifs + slow.notifs >= sample_target:
-                run.lags_ns.append(clock() - sample_t)
+            cq_advance(len(flags))                              # (6)
+            books.held_back = ring.cq_held_back
+            if sample_t and books.notifs + slow.notifs >= sample_target:
+                books.lags_ns.append(clock() - sample_t)
                 sample_t = 0
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-        run.inflight, run.due, run.placed = inflight, due, placed
+        books.inflight, books.due, books.placed = inflight, due, placed
+
+    def sqpoll_chunk(self) -> int:
+        """The requests run_general() places at once with SQPOLL, two such chunks in flight; 0 without.
+
+        The SQ thread submits on its own CPU, so we keep two chunks of a
+        quarter of the SQ in flight and sleep until the older one is done
+        (sleeping per batch cost the thread a third of its rate: README,
+        "Speed"). Two, not the whole SQ at once: the thread takes all it finds
+        in one pass, posts the results at its end and commits sq.head after
+        them, so a full SQ could be refilled only once it had finished, and it
+        spun idle while we woke and refilled: perf counted 15-17% of its
+        samples in its empty loop at batch 64 (8-12% with two chunks), and
+        65% in io_submit_sqes (81-86%). Not a stream: batches are not linked
+        to each other, and the thread cuts a chain wherever its submission
+        ends; nor -f, which waits per batch.
+        """
+        if not self.ring.sqpoll or self.stream or self.flush:
+            return 0
+        return max(self.per_batch, self.ring.sq_entries // 4 // self.per_batch * self.per_batch)
+
+    def place_batches(self, placed: int, chunk: int) -> int:
+        """(1) for run_general(): a stream's next batch, or datagram batches; how many requests.
+
+        Datagram batches are alike, so several go in one slice copy: a chunk
+        (SQPOLL; else one batch), if the SQ has room for it (the SQ thread
+        commits sq.head only after its whole submission).
+        """
+        ring, per_batch = self.ring, self.per_batch
+        if self.stream:                     # the batch starts where the last one ended
+            ring.place(self.batch_sqes(placed * self.size % self.buf.period))
+            return per_batch
+        if self.run_of_batches is None:
+            self.run_of_batches = memoryview(self.batch_sqes(0) * (ring.sq_entries // per_batch))
+        n = min(chunk or per_batch, ring.sq_space_left() // per_batch * per_batch)
+        ring.place(self.run_of_batches[:n << SQE_SHIFT])
+        return n
 
     def trace(self, n: int, out, deadline: int) -> Tuple[Tally, int, int]:
         """Send the first n requests slowly (user_data = each one's number), saying aloud each step.
@@ -2755,72 +2905,80 @@ class UringSender(BulkSender):
         sends), and the results and notifications still outstanding if it
         stopped early: at an error, Ctrl-C, or the run's deadline.
         """
-        cfg, ring = self.cfg, self.ring
-        explained = set()
-
-        def say(kind: str, line: str) -> None:
-            if kind not in explained:
-                explained.add(kind)
-                for text in TRACE_EXPLAINED[kind]:
-                    print(f"#   {text}", file=out)
-            print(f"trace: {line}", file=out)
-
-        def rings() -> str:
-            return (f"sq head={ring.sq_head} tail={ring.sq_tail} "
-                    f"cq head={ring.cq_head} tail={ring.cq_tail}")
-
+        voice = TraceVoice(out, self.ring)
         total = Tally()
-        sqe = io_uring_sqe()
         seq = count = due = 0
         # Part of the timed run, so -t ends it too: a peer that stops taking
         # data must not hold it for ever, nor must Ctrl-C go unheard.
         late = False
-        while seq < n and not total.error and not STOP.requested and not late:
-            count = min(cfg.batch, n - seq)
-            for j in range(count):
-                seq += 1
-                phase = (total.bytes + j * cfg.size) % PATTERN_LEN if self.stream else 0
-                self.prep(sqe, phase, seq)
-                if self.stream and j < count - 1:
-                    sqe.flags |= IOSQE_IO_LINK
-                slot = ring.sq_tail & ring.sq_mask
-                ring.place(bytes(sqe))
-                say("sqe", "SQE " + describe_sqe(slot, sqe))
-            due = 0
-            wait = count
-            while wait:
-                left = (deadline - time.perf_counter_ns()) / 1e9
-                if STOP.requested:
-                    break
-                if left <= 0:                     # -t: run()'s drain waits for the rest
-                    late = True
-                    break
-                say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
-                             f"min_complete={wait}) before: {rings()}")
-                try:
-                    ring.wait_cqes(wait, left)    # submits too; EXT_ARG bounds the wait
-                except InterruptedError:
-                    continue                      # Ctrl-C: the loop looks at STOP
-                ready = ring.cq_ready()
-                say("entered", f"  returned; after: {rings()} ({ready} CQEs ready)")
-                user_data = ring.peek_user_data(ready)
-                res, flags = ring.peek()
-                for k in range(ready):
-                    kind = ("notif" if flags[k] & IORING_CQE_F_NOTIF else
-                            "error" if res[k] < 0 else
-                            "more" if flags[k] & IORING_CQE_F_MORE else "done")
-                    say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
-                                                    user_data[k], res[k], flags[k]))
-                ring.cq_advance(ready)
-                t = judge_each(res, flags, cfg.size, cfg.zc)
-                total.add(t)
-                due += t.due
-                count -= t.results
-                wait = count + due          # here we do wait for the notifications
+        while seq < n and not total.error and not STOP.requested and not late and not self.books.held_back:
+            count = min(self.cfg.batch, n - seq)
+            seq = self.trace_place(seq, count, total.bytes, voice)
+            count, due, late = self.trace_reap(count, deadline, total, voice)
         total.due = 0
         if not (total.error or STOP.requested or late):
-            say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
+            voice.say("fast", f"{seq} traced requests done; the run goes on at full speed, untraced")
         return total, count, due          # what is still out: run()'s drain waits for it
+
+    def trace_place(self, seq: int, count: int, sent: int, voice: "TraceVoice") -> int:
+        """(1) for trace(): count SQEs one by one, each shown as the kernel will read it; the last seq.
+
+        A stream's batch is linked (IOSQE_IO_LINK) so its sends reach the
+        socket in order; each starts where the bytes before it ended.
+        """
+        cfg, ring = self.cfg, self.ring
+        sqe = io_uring_sqe()
+        for j in range(count):
+            seq += 1
+            phase = (sent + j * cfg.size) % PATTERN_LEN if self.stream else 0
+            self.prep(sqe, phase, seq)
+            if self.stream and j < count - 1:
+                sqe.flags |= IOSQE_IO_LINK
+            slot = ring.sq_tail & ring.sq_mask
+            ring.place(bytes(sqe))
+            voice.say("sqe", "SQE " + describe_sqe(slot, sqe))
+        return seq
+
+    def trace_reap(self, count: int, deadline: int, total: Tally, voice: "TraceVoice") -> Tuple[int, int, bool]:
+        """(2)+(3) for trace(): enter until the batch's results and notifications are all in, showing each CQE.
+
+        Like io_uring_submit_and_wait() then io_uring_for_each_cqe(), aloud.
+        Adds what came to total; returns the results and notifications still
+        out, and whether the run's deadline came first.
+        """
+        cfg, ring = self.cfg, self.ring
+        due = 0
+        wait = count
+        while wait:
+            left = (deadline - time.perf_counter_ns()) / 1e9
+            if STOP.requested:
+                break
+            if left <= 0:                     # -t: run()'s drain waits for the rest
+                return count, due, True
+            voice.say("enter", f"io_uring_enter(to_submit={(ring.sq_tail - ring.sq_head) & U32}, "
+                               f"min_complete={wait}) before: {voice.rings()}")
+            try:
+                ring.wait_cqes(wait, left)    # submits too; EXT_ARG bounds the wait
+            except InterruptedError:
+                continue                      # Ctrl-C: the loop looks at STOP
+            ready = ring.cq_ready()
+            voice.say("entered", f"  returned; after: {voice.rings()} ({ready} CQEs ready)")
+            user_data = ring.peek_user_data(ready)
+            res, flags = ring.peek()
+            for k in range(ready):
+                kind = ("notif" if flags[k] & IORING_CQE_F_NOTIF else
+                        "error" if res[k] < 0 else
+                        "more" if flags[k] & IORING_CQE_F_MORE else "done")
+                voice.say(kind, "CQE " + describe_cqe((ring.cq_head + k) & ring.cq_mask,
+                                                      user_data[k], res[k], flags[k]))
+            ring.cq_advance(ready)
+            self.books.held_back = self.books.held_back or ring.cq_held_back
+            t = judge_each(res, flags, cfg.size, cfg.zc)
+            total.add(t)
+            due += t.due
+            count -= t.results
+            wait = count + due          # here we do wait for the notifications
+        return count, due, False
 
 
 def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
@@ -2839,43 +2997,64 @@ def run_flows(cfg: SendConfig, trace_out=None) -> Tuple[List[Result], Result]:
     sys.stderr.flush()
     finished = False
     try:
-        for i in range(cfg.flows):
-            pid = fork_flow(cfg, i)
-            if pid < 0:
-                break
-            if pid == 0:                  # the child: never returns
-                os.close(out_r)
-                os.close(go_w)
-                flow_child(i, cfg, trace_out or sys.stdout, out_w, go_r)
-            try:
-                os.setpgid(pid, pid)      # as the child does itself: whichever runs first
-            except OSError:
-                pass                      # the child has already done it
-            pids[pid] = i
+        fork_flows(cfg, trace_out or sys.stdout, pids, (out_r, go_w), (out_w, go_r))
         os.close(out_w)
         os.close(go_r)
         out_w = go_r = -1
-        inbox = flow_inbox(out_r, pids, len(pids))
-        done = next(inbox)                # "ready" or "fatal" from each
-        if all(m[0] == "ready" for m in done):
-            deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
-            os.write(go_w, struct.pack("q", deadline) * len(pids))   # 8 B a child: far below a pipe's room
-            done = next(inbox)            # "result" or "fatal" from each
+        done = start_flows_together(cfg, flow_inbox(out_r, pids, len(pids)), go_w, len(pids))
         finished = True
     finally:
-        for pid in pids if not finished else ():   # leaving by an exception (fork's EAGAIN, a
-            try:                                    # third Ctrl-C): before the pipes close, so
-                os.kill(pid, signal.SIGKILL)        # no child writes into a closed one
-            except ProcessLookupError:
-                pass                      # (the kernel tears down its ring and sends)
-        for fd in (out_r, out_w, go_r, go_w):
-            if fd >= 0:
-                os.close(fd)              # a child still waiting for go reads EOF and leaves
-        for pid in list(pids):
-            os.waitpid(pid, 0)            # every child reported (or was killed): reap it
+        end_flows(pids, (out_r, out_w, go_r, go_w), kill=not finished)
     failed = [m for m in done if m[0] == "fatal"]
     if failed:
         raise Fatal(*failed[0][2:])
+    return sum_flows(cfg, done)
+
+
+def fork_flows(cfg: SendConfig, trace_out, pids: Dict[int, int], parent_ends: Tuple[int, int],
+               child_ends: Tuple[int, int]) -> None:
+    """fork() a child per flow into pids, each in a process group of its own (fewer if a signal came)."""
+    for i in range(cfg.flows):
+        pid = fork_flow(cfg, i)
+        if pid < 0:
+            break
+        if pid == 0:                      # the child: never returns
+            for fd in parent_ends:
+                os.close(fd)
+            flow_child(i, cfg, trace_out, *child_ends)
+        try:
+            os.setpgid(pid, pid)          # as the child does itself: whichever runs first
+        except OSError:
+            pass                          # the child has already done it
+        pids[pid] = i
+
+
+def start_flows_together(cfg: SendConfig, inbox: Iterator[List[tuple]], go_w: int, n: int) -> List[tuple]:
+    """Once all n flows are ready, one deadline for all; each flow's last message ("result" or "fatal")."""
+    done = next(inbox)                    # "ready" or "fatal" from each
+    if all(m[0] == "ready" for m in done):
+        deadline = time.perf_counter_ns() + int(cfg.seconds * 1e9)
+        os.write(go_w, struct.pack("q", deadline) * n)   # 8 B a child: far below a pipe's room
+        done = next(inbox)                # "result" or "fatal" from each
+    return done
+
+
+def end_flows(pids: Dict[int, int], fds: Tuple[int, ...], kill: bool) -> None:
+    """run_flows()' teardown, on every path: kill the children if it failed, close the pipes, reap each child."""
+    for pid in pids if kill else ():      # leaving by an exception (fork's EAGAIN, a
+        try:                              # third Ctrl-C): before the pipes close, so
+            os.kill(pid, signal.SIGKILL)  # no child writes into a closed one
+        except ProcessLookupError:
+            pass                          # (the kernel tears down its ring and sends)
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)                  # a child still waiting for go reads EOF and leaves
+    for pid in list(pids):
+        os.waitpid(pid, 0)                # every child reported (or was killed): reap it
+
+
+def sum_flows(cfg: SendConfig, done: List[tuple]) -> Tuple[List[Result], Result]:
+    """The flows' results in flow order, and their total: counts and CPU summed, time first start to last end."""
     results = [m[2] for m in sorted(done, key=lambda m: m[1])]
     total = Result(cfg.mode, cfg.proto, cfg.size, cfg.batch, family_name(cfg.family),
                    setup=results[0].setup, gso=cfg.gso or None)
@@ -3023,16 +3202,15 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
                    lambda: STOP.requested)
     stopped = STOP.requested
     meter.stop(result)                          # the rate covers sending; the drain is not timed
-    drain_from = time.perf_counter_ns()
-    sender.drain(DRAIN_SECONDS, lambda: STOP.hurry)
-    waited = (time.perf_counter_ns() - drain_from) / 1e9
+    waited = sender.drain(DRAIN_SECONDS, lambda: STOP.hurry)
     result.interrupted = STOP.requested
-    result.requests, result.bytes, result.eagain = t.requests, t.bytes, t.eagain
-    result.notifications, result.failed, result.undrained = t.notifications, t.failed, t.undrained
+    result.requests, result.bytes, result.eagain = t.ok, t.bytes, t.eagain
+    result.notifications, result.failed, result.undrained = t.notifs, t.failed, len(sender.owed)
     result.zc_copied = t.copied if zc_flags else None
-    result.pool = {"buffers": cfg.pool, "break_contract": cfg.break_contract, "rewritten_early": t.broke,
-                   **lag_summary(t.lags_ns, t.pinned_max, result)}
-    result.error = run_error(cfg, result, t.error, None, waited, gave_up=stopped and STOP.hurry)
+    result.pool = {"buffers": cfg.pool, "break_contract": cfg.break_contract,
+                   "rewritten_early": sender.broke, **lag_summary(sender.lags_ns, sender.pinned_max, result)}
+    result.error = run_error(cfg, result, t.error, None, waited, gave_up=stopped and STOP.hurry,
+                             held_back=sender.held_back)
     return result
 
 
@@ -3156,13 +3334,13 @@ class SyscallSender:
         flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
         whole = memoryview(self.payload.map)
         views = [whole[p:p + size] for p in range(PATTERN_LEN if cfg.proto == "tcp" else 1)]
-        room = select.poll()           # wakes when the send buffer has space (or an error is queued)
-        room.register(sock, select.POLLOUT)
+        writable = select.poll()       # wakes when the send buffer has space (or an error is queued)
+        writable.register(sock, select.POLLOUT)
         errq = select.poll()           # wakes when a notification is queued
         errq.register(sock, select.POLLERR)
         done = self.completions
         result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family), gso=cfg.gso or None)
-        send, poll, clock, burst = sock.send, room.poll, time.perf_counter_ns, range(SEND_BURST)
+        send, poll, clock, burst = sock.send, writable.poll, time.perf_counter_ns, range(SEND_BURST)
         view, nviews = views[0], len(views)
         # The selftest's loop, datagrams: one send(), one poll(), and Python's least around them, since
         # this row is the RFC's baseline and every ns of Python per send lowers it (its kernel rate
@@ -3206,7 +3384,7 @@ class SyscallSender:
                     eagain += 1
                     if zc:
                         error = done.read(sock, sends)
-                    room.poll(POLL_MS)
+                    writable.poll(POLL_MS)
                 except OSError as e:
                     if not (zc and e.errno == errno.ENOBUFS):
                         error = e.errno
@@ -3228,14 +3406,16 @@ class SyscallSender:
             result.interrupted = STOP.requested
             meter.stop(result)          # the rate covers sending; the drain below is not timed
             done.sent = sends
-            # Every completion before the buffer may go; bounded, as UringSender's
-            # drain is: a TCP peer that stopped reading could hold the pages for minutes.
-            drain_from = clock()
-            drain_until = drain_from + int(DRAIN_SECONDS * 1e9)
-            while zc and done.outstanding and clock() < drain_until and not STOP.hurry:
-                errq.poll(POLL_MS)
-                error = error or done.read(sock, sends)
-            waited = (clock() - drain_from) / 1e9
+            # Every completion before the buffer may go, in section 6's drain_owed():
+            # bounded, as a TCP peer that stopped reading could hold the pages for minutes.
+            read_errors = []
+
+            def wait_and_read(left: float) -> None:
+                errq.poll(min(POLL_MS, left * 1000))
+                read_errors.append(done.read(sock, sends))
+            waited = drain_owed(lambda: zc and done.outstanding, wait_and_read, DRAIN_SECONDS,
+                                lambda: STOP.hurry)
+            error = error or next((e for e in read_errors if e), 0)
             self.payload.lent += done.outstanding - 1      # settled: only what never came stays
         finally:
             for v in views:
@@ -3801,6 +3981,18 @@ class GroReceiver:
         return k
 
 
+# liburing's RECV prep (section 5's kind), for the receiver below.
+def prep_recv(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_flags: int) -> None:
+    """io_uring_prep_recv(): recv(2) as a request; res is the bytes copied to addr, 0 at EOF.
+
+    No _fixed twin: the kernel refuses IORING_RECVSEND_FIXED_BUF on RECV
+    (-EINVAL on 6.18), and a receive, being a copy into our pages, has no
+    per-request pinning for a registered buffer to save.
+    """
+    prep_rw(sqe, IORING_OP_RECV, fd, addr, length, 0)
+    sqe.msg_flags = msg_flags
+
+
 class UringReceiver:
     """TCP through io_uring: one IORING_OP_RECV at a time into the buffer.
 
@@ -3818,7 +4010,7 @@ class UringReceiver:
         stack.callback(ring.close)
         # Runs before ring.close (LIFO): a RECV in flight writes into buf, so it must end before buf goes.
         stack.callback(self.cancel)
-        if not ring.probe().has(IORING_OP_RECV):
+        if not get_probe(ring).has(IORING_OP_RECV):
             raise OSError(errno.EOPNOTSUPP, "this kernel has no IORING_OP_RECV (needs Linux 5.6+)")
         ring.register_files([sock.fileno()])
         ring.register_ring_fd()
@@ -3854,14 +4046,11 @@ class UringReceiver:
             self.sock.shutdown(socket.SHUT_RD)
         except OSError:
             pass                # ENOTCONN: the peer reset it, and the RECV has ended already
-        until = time.monotonic() + DRAIN_SECONDS
-        while self.inflight and not STOP.hurry and time.monotonic() < until:
-            try:
-                if self.ring.wait_cqes(1, until - time.monotonic()):
-                    self.ring.cq_advance(len(self.ring.peek()[0]))
-                    self.inflight = False
-            except InterruptedError:
-                continue        # Ctrl-C again: the loop looks at STOP.hurry
+        def wait_and_reap(left: float) -> None:
+            if self.ring.wait_cqes(1, left):
+                self.ring.cq_advance(len(self.ring.peek()[0]))
+                self.inflight = False
+        drain_owed(lambda: self.inflight, wait_and_reap, DRAIN_SECONDS, lambda: STOP.hurry)
         if self.inflight:       # the kernel may still write into buf: never unmap it under a RECV
             self.buf.lent = True
 
@@ -5224,8 +5413,8 @@ def setup_error(e: OSError) -> str:
         return ("io_uring_setup: ENOSYS: this kernel has no io_uring (built without "
                 "CONFIG_IO_URING): use one that has it")
     if e.errno == errno.ENOMEM and not has_cap(CAP_IPC_LOCK):
-        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again on
-        # newer kernels (6.18 does): a user without CAP_IPC_LOCK meets it first.
+        # Ring memory counts against RLIMIT_MEMLOCK before 5.12 and again since
+        # 6.14 (io_create_region()): a user without CAP_IPC_LOCK meets it first.
         return (f"io_uring_setup: ENOMEM: the rings need more locked memory than RLIMIT_MEMLOCK "
                 f"leaves (`ulimit -l`: {memlock_limit()}): raise it, lower --entries, or run as root")
     return oserror_line(e)
@@ -5255,7 +5444,7 @@ def check_io_uring() -> None:
     io_uring_setup and refuse only _register or _enter, and only calling each tells.
     """
     with Ring(1, attempts=SETUP_ATTEMPTS) as ring:
-        ring.probe()                                   # io_uring_register
+        get_probe(ring)                                   # io_uring_register
         sqe = io_uring_sqe()
         prep_nop(sqe)
         ring.place(bytes(sqe))
@@ -5327,14 +5516,17 @@ def send_error(err: int, cfg: SendConfig) -> str:
 
 
 def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSError],
-              waited: float, gave_up: bool) -> Optional[str]:
+              waited: float, gave_up: bool, held_back: bool = False) -> Optional[str]:
     """The one line a finished run (fast or reference sender) ends with, or None.
 
     err: the first send's errno; entered: a failed io_uring_enter; waited: the
-    drain's wait; gave_up: Ctrl-C twice, so missing completions are no error.
+    drain's wait; gave_up: Ctrl-C twice, so missing completions are no error;
+    held_back: the kernel held CQEs back for want of CQ room (Ring.cq_held_back).
     Failed sends are data that never left, whatever else the run says; one with
     no errno of its own (only -ECANCELED links) was the stream breaking.
     """
+    if held_back:
+        return CQ_HELD_BACK_LINE
     if result.failed and not err:
         err = errno.EIO if cfg.proto == "tcp" else errno.ECANCELED
     if err:
@@ -5346,6 +5538,12 @@ def run_error(cfg: SendConfig, result: Result, err: int, entered: Optional[OSErr
     if not result.requests and not result.interrupted:
         return nothing_sent_error(cfg)
     return None
+
+
+# The CQ ring is sized (CQ_ENTRIES_PER_SQ) and filled so that this cannot happen: a bug if it does.
+CQ_HELD_BACK_LINE = ("io_uring: the kernel held CQEs back for want of room in the CQ ring "
+                     "(IORING_SQ_CQ_OVERFLOW in sq.flags), so the run ended there: sendzc sizes its "
+                     "ring so that this never happens; please report it, with the command line")
 
 
 def undrained_error(cfg: SendConfig, waited: float) -> str:
@@ -5627,7 +5825,11 @@ def sender_parser() -> Parser:
                       "                                `sendzc.py` alone runs it with its defaults\n"
                       "  sendzc.py rx [options] udp|tcp  receive and verify "
                       "(see `sendzc.py rx --help`)\n"
-                      "  sendzc.py --probe             what this kernel's io_uring offers")
+                      "  sendzc.py --probe             what this kernel's io_uring offers\n"
+                      "  sendzc.py --first-send        one SEND_ZC, its result and notification "
+                      "explained (Part I's\n"
+                      "                                first_send(); the private sink as root, "
+                      "else loopback)")
     add_common(p)
     p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
     p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
@@ -5954,6 +6156,34 @@ def probe_main(argv: List[str]) -> int:
     return 0
 
 
+def first_send_main(argv: List[str]) -> int:
+    """`sendzc.py --first-send`: Part I's first_send(), into the private sink as root, else over loopback."""
+    p = Parser(prog="sendzc.py --first-send",
+               description="One SEND_ZC and its two CQEs, explained: Part I's first_send().")
+    p.add_argument("--first-send", action="store_true", required=True)
+    p.parse_args(argv)
+    with ExitStack() as stack:
+        if os.geteuid() == 0:
+            stack.enter_context(private_sink(DEFAULT_QDISC, who="--first-send", hint=FIRST_SEND_HINT))
+            dest = (SINK_DST4, DEFAULT_PORT)
+            print(f"into the private sink ({SINK_DEV} in a namespace of our own, which drops every packet)")
+        else:
+            rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+            rx.bind(("127.0.0.1", 0))            # a receiver that never reads: no ICMP refusal
+            dest = rx.getsockname()
+            print("over loopback (no root, so no private sink): the receiver is on this host, "
+                  "so the kernel copies, and the notification says so")
+        cqes = first_send(dest)
+    flags = [f for _, f in cqes]
+    if len(cqes) != 2 or not more(flags[0]) or not notif(flags[1]) or cqes[0][0] != 4096:
+        raise Fatal(f"the first send did not end in a whole result and its notification: "
+                    f"(res, flags) = {cqes}; `sendzc.py --probe` says what this kernel lacks")
+    return 0
+
+
+FIRST_SEND_HINT = "or run it without root: it sends over loopback instead"
+
+
 def kernel_capabilities() -> dict:
     """What this kernel's io_uring offers (--probe's JSON object); what is missing, and why."""
     missing: List[str] = []
@@ -5970,7 +6200,7 @@ def kernel_capabilities() -> dict:
     try:
         with ring, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
             caps["features"] = [FEAT_NAMES[bit] for bit in sorted(FEAT_NAMES) if ring.features & bit]
-            probe = ring.probe()
+            probe = get_probe(ring)
             caps["opcodes"] = {OPCODE_NAMES[op]: probe.has(op) for op in PROBED_OPS}
             caps["registered_ring_fd"] = ring.register_ring_fd()
             for what, register in (("registered_files", lambda: ring.register_files([sock.fileno()])),
@@ -6174,7 +6404,7 @@ def memlock_room() -> dict:
     fix = ("raise it: `ulimit -l 1024` (or more) in the shell that runs sendzc, `memlock` in "
            "/etc/security/limits.conf, LimitMEMLOCK= for a service; or run as root")
     try:
-        with Ring(cfg.entries, cq_entries=4 * cfg.entries, attempts=SETUP_ATTEMPTS) as ring:
+        with Ring(cfg.entries, cq_entries=CQ_ENTRIES_PER_SQ * cfg.entries, attempts=SETUP_ATTEMPTS) as ring:
             ring.register_buffers([(payload.addr, payload.length)])
     except OSError as e:
         step = "the ring" if getattr(e, "syscall", None) == "io_uring_setup" else "the registered buffer"
@@ -6377,6 +6607,8 @@ def dispatch(argv: List[str]) -> int:
         return bench_main(argv[1:])
     if "--probe" in argv:
         return probe_main(argv)
+    if "--first-send" in argv:
+        return first_send_main(argv)
     parser = sender_parser()
     check_bench_options(argv, parser)
     a = parser.parse_args(argv)

@@ -143,12 +143,11 @@ def mappings():
 # =============================================================================
 
 def sendzc_parts():
-    """sendzc.py's top-level statements as (Part I, Part II), split at the first banner after Part I's last section."""
+    """sendzc.py's top-level statements as (Part I, Part II), split at section 8's banner."""
     import ast
     with open(TOOL) as f:
         src = f.read()
-    last = re.search(r"^# \d+\. The same, in bulk$", src, re.M)
-    part_two = re.compile(r"^# =+\n# \d+\. ", re.M).search(src, last.end())
+    part_two = re.search(r"^# =+\n# 8\. ", src, re.M)
     boundary = src[:part_two.start()].count("\n") + 1
     body = ast.parse(src).body
     return [n for n in body if n.lineno < boundary], [n for n in body if n.lineno >= boundary]
@@ -252,7 +251,7 @@ def test_nop_round_trip_counts_and_wraps_the_ring():
         total = batch * rounds
         assert ring.sq_tail == ring.sq_head == total        # the kernel consumed all
         assert ring.cq_tail == ring.cq_head == total        # and we reaped all
-        assert ring.cq_overflow == 0
+        assert ring.cq_dropped == 0 and not ring.cq_held_back
 
 
 def test_submit_and_peek_wraps_the_completion_ring():
@@ -306,7 +305,7 @@ def test_bulk_peek_agrees_with_peek_one_by_one():
 
 def test_probe_reports_the_opcodes_this_kernel_has():
     with sendzc.Ring(4) as ring:
-        probe = ring.probe()
+        probe = sendzc.get_probe(ring)
     assert probe.has(sendzc.IORING_OP_NOP) and probe.has(sendzc.IORING_OP_SEND)
     if kernel_at_least(6, 0):
         assert probe.has(sendzc.IORING_OP_SEND_ZC)
@@ -319,6 +318,73 @@ def test_wait_with_a_timeout_returns_false_when_nothing_comes():
         ring.register_ring_fd()
         for _ in range(3):          # the EXT_ARG path, repeatedly: argsz must be a clean size_t
             assert ring.wait_cqes(1, 0.01) is False
+
+
+def test_first_send_over_loopback_posts_its_result_then_its_notification():
+    """Part I's first_send(): one SEND_ZC, a whole result with F_MORE, then one F_NOTIF that says it copied."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx:
+        rx.bind(("127.0.0.1", 0))
+        said = []
+        cqes = sendzc.first_send(rx.getsockname(), 4096, said.append)
+        assert rx.recv(65536) == (b"zero-copy!" * 410)[:4096]       # the bytes arrived as sent
+    (res, flags), (notif_res, notif_flags) = cqes
+    assert (res, flags) == (4096, sendzc.IORING_CQE_F_MORE)
+    assert notif_flags == sendzc.IORING_CQE_F_NOTIF
+    assert sendzc.copied(notif_res)                                    # loopback: the kernel copies
+    assert said[1:] == ["result: 4096 bytes sent",
+                        "  F_MORE: the kernel still holds the buffer; a notification will follow",
+                        "notification: the buffer is ours again; the kernel copied (REPORT_USAGE): "
+                        "the receiver is on this host, or the path fragments"]
+
+
+def test_first_send_from_the_command_line_into_the_sink_and_as_nobody_over_loopback(nobody):
+    """`--first-send`: root sends into the private sink, zero-copy; nobody over loopback, copied."""
+    p = tool("--first-send")
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert p.stdout.splitlines()[0].startswith("into the private sink")
+    assert p.stdout.splitlines()[-1] == ("notification: the buffer is ours again; "
+                                         "the kernel sent it zero-copy (REPORT_USAGE)")
+    p = nobody("--first-send")
+    assert (p.returncode, p.stderr) == (0, ""), p.stderr
+    assert p.stdout.splitlines()[0].startswith("over loopback (no root")
+    assert "result: 4096 bytes sent" in p.stdout.splitlines()
+    assert p.stdout.splitlines()[-1].startswith("notification: the buffer is ours again; the kernel copied")
+
+
+def test_the_ring_says_when_the_kernel_holds_cqes_back_and_the_overflow_word_stays_0():
+    """8 NOPs into a CQ of 4: 4 posted, 4 held back (IORING_SQ_CQ_OVERFLOW), none dropped."""
+    with sendzc.Ring(4, cq_entries=4) as ring:
+        sqe = sendzc.io_uring_sqe()
+        sendzc.prep_nop(sqe)
+        for _ in range(2):
+            ring.place(bytes(sqe) * 4)
+            ring.submit_and_wait(0)
+        assert ring.cq_ready() == 4 and ring.cq_held_back and ring.cq_dropped == 0
+        ring.cq_advance(4)
+        ring.submit_and_wait(0)                   # an enter flushes the held-back CQEs into the room
+        assert ring.cq_ready() == 4 and not ring.cq_held_back and ring.cq_dropped == 0
+
+
+@pytest.mark.parametrize("how", ["-f", "--pool"])
+def test_a_held_back_cqe_ends_the_run_in_one_line_and_nothing_is_lost(monkeypatch, how):
+    """A CQ as small as the SQ: a batch's notifications find no room; the run ends saying so."""
+    monkeypatch.setattr(sendzc, "CQ_ENTRIES_PER_SQ", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as rx, contextlib.ExitStack() as stack:
+        rx.bind(("127.0.0.1", 0))
+        cfg = sendzc.SendConfig(proto="udp", addr="127.0.0.1", port=rx.getsockname()[1], size=1400,
+                                seconds=0.5, batch=8, entries=8, flush=how == "-f",
+                                pool=8 if how == "--pool" else 0)
+        sock = sendzc.open_tx_socket("udp", socket.AF_INET, cfg.addr, cfg.port)
+        stack.callback(sock.close)
+        if how == "--pool":
+            result = sendzc.run_reference(cfg, sock, stack)
+        else:
+            payload = sendzc.Payload(cfg.size)
+            stack.callback(payload.close)
+            result = sendzc.UringSender(cfg, sock, payload, stack).run()
+    assert result.error == sendzc.CQ_HELD_BACK_LINE
+    assert result.requests == result.notifications > 0 and result.undrained == 0
+    assert result.seconds < 0.4                   # it ended there, not at -t
 
 
 def test_send_zc_to_a_unix_socket_still_posts_f_more_then_a_notification():
@@ -1642,7 +1708,7 @@ def test_an_opcode_missing_on_an_older_kernel(mode, case, release):
 
 def test_an_opcode_missing_ends_the_sender_in_one_line_and_leaks_nothing(capsys, monkeypatch):
     # (the same fake, through main(): the ring is real, only its probe answer is not)
-    monkeypatch.setattr(sendzc.Ring, "probe", lambda ring: probe_without(sendzc.IORING_OP_SEND_ZC))
+    monkeypatch.setattr(sendzc, "get_probe", lambda ring: probe_without(sendzc.IORING_OP_SEND_ZC))
     with udp_sink_socket() as port:
         args = ("-D", "127.0.0.1", "-p", port, "-t", "0.2", "udp")
         main_in_process(capsys, *args)                      # warm up imports and caches
@@ -1989,6 +2055,36 @@ def test_a_gso_payload_is_the_pattern_from_a_in_every_segment():
             assert seg == sendzc.pattern(len(seg))
     finally:
         payload.close()
+
+
+@pytest.mark.parametrize("opts,rx_opts", [((), ()), (("-f",), ()), (("--pool", "64"), ("--pool",))],
+                         ids=["hot loop", "general loop", "reference sender"])
+def test_t_is_kept_when_a_shaping_qdisc_holds_every_send(pair, opts, rx_opts):
+    """-t 1 over veth with a 5 Mbit/s token bucket whose queue outgrows the socket buffer.
+
+    Every send waits for room in the socket (never EAGAIN, never dropped), a
+    batch of 256 x 1400 B for ~0.57 s; the run still ends within ~0.2 s of
+    -t: each wait is bounded (ENTER_WAIT_NS) and the clock is read before it.
+    The drain after it waits for the queue to empty (the notifications), not timed.
+    """
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    ip("netns", "exec", txns, "tc", "qdisc", "replace", "dev", "szta", "root",
+       "tbf", "rate", "5mbit", "burst", "32kb", "limit", "16mb")
+    try:
+        rx = start_rx("-4", "-p", port, *rx_opts, "udp", ns=rxns)
+        started = time.monotonic()
+        tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "1", "-s", "1400", "-r", "256", *opts,
+                       "udp", ns=txns)
+        took = time.monotonic() - started
+        status, got, err = finish_rx(rx)
+    finally:
+        ip("netns", "exec", txns, "tc", "qdisc", "del", "dev", "szta", "root", check=False)
+    row = tx["rows"][0]
+    assert 1.0 <= row["seconds"] < 1.25, row        # the run: -t 1, plus at most one bounded wait
+    assert row["requests"] == row["notifications"] > 0 and row["undrained"] == 0
+    assert took < 1.25 + sendzc.DRAIN_SECONDS + 3   # and the drain is bounded too
+    assert status == 0, err
 
 
 def test_gso_into_rx_over_veth_every_datagram_verified_and_counted(pair):
@@ -3143,7 +3239,7 @@ def test_probe_leaks_nothing():
     sendzc.zero_copy_limits()
     fds, maps = open_fds(), mappings()
     with sendzc.Ring(4) as ring:
-        probe = ring.probe()
+        probe = sendzc.get_probe(ring)
     sendzc.newer_features(probe)
     sendzc.zero_copy_limits()
     assert (open_fds(), mappings()) == (fds, maps)
