@@ -6,7 +6,7 @@
     python3 sendzc.py -4 -D 10.0.0.2 udp    send to a receiver on another box ...
     python3 sendzc.py rx udp                ... which runs this, and checks every byte
     python3 sendzc.py --probe               what this kernel's io_uring offers
-    python3 sendzc.py --first-send          one zero-copy send, its two CQEs explained
+    python3 sendzc.py --first-send          one zero-copy send explained, then in bulk
 
 This file is also a tutorial. It drives io_uring with nothing but the three
 system calls and shared memory, the way liburing does in C, and it is meant to
@@ -19,9 +19,10 @@ II, sections 8 to 12, is the tool built on it; nothing in Part I calls into Part
   4. Submit, reap      placing SQEs and judging CQEs, one by one and in bulk
   5. Preparing SQEs    the io_uring_prep_* helpers of liburing
   6. One CQE at a time a zero-copy sender over a pool of buffers, every CQE judged
-  7. A first send      Part I in one request: one SEND_ZC to run, its CQEs judged
-  8. The senders       the fast sender (section 6 in bulk), and around it the
-                       tool's: payload, results, sockets, flows, failures
+  7. Run it           one SEND_ZC and its two CQEs judged; then the same in bulk
+  8. The senders       the fast sender (section 7's bulk send made fast), and
+                       around it the tool's: payload, results, sockets, flows,
+                       failures
   9. The receiver      rx: counts and verifies what a sender sends
  10. The benchmark     the private sink and the table of every way to send
  11. Failures          the one line for each refusal and fault, and what it looks at
@@ -95,7 +96,7 @@ import socket
 import struct
 import subprocess
 import time
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from xml.sax.saxutils import escape, quoteattr
@@ -737,8 +738,8 @@ class Ring:
 #
 # First the calls a C program makes with liburing, one SQE and one CQE at a
 # time: place SQEs, submit and wait, peek a CQE, mark it seen. Section 6's
-# reference sender is built from these. Then the same in bulk, for the tool's
-# fast sender (section 8).
+# reference sender is built from these. Then the same in bulk, for section
+# 7's bulk send and the tool's fast sender (section 8).
 # =============================================================================
 
     def sq_space_left(self) -> int:
@@ -867,7 +868,7 @@ class Ring:
         them back (io_account_cq_overflow()). Held-back ones are cq_held_back, not counted here."""
         return self._cq_words[self._cq_overflow_i]
 
-    # --- in bulk: what section 8's fast sender uses -----------------------------
+    # --- in bulk: what section 7's bulk send and section 8's fast sender use ----
     # Python pays per bytecode, the kernel per syscall, so a fast sender pays
     # both per *batch*: a batch of SQEs is one slice copy into the SQE array,
     # one store of sq.tail and one io_uring_enter that both submits and waits;
@@ -1010,8 +1011,8 @@ def prep_send_zc_fixed(sqe: io_uring_sqe, fd: int, addr: int, length: int, msg_f
 #
 # Sections 3 to 5 put together the plain way: a sender that owns a small pool
 # of buffers and keeps the zero-copy contract to the letter. `--pool N` runs
-# it. The fast sender of section 8 (BulkSender) takes the same steps in
-# bulk, and both number them alike:
+# it. Section 7 takes the same steps in bulk (bulk_send), and section 8's
+# fast sender (BulkSender) makes them fast; all three number them alike:
 #
 #   (1) get SQEs             stamp a free buffer, prep a SEND_ZC from it, place it
 #   (2) submit and wait      one io_uring_enter(): publish sq.tail, wait for a CQE
@@ -1100,6 +1101,12 @@ class Pool:
     def close(self) -> None:
         if not self.lent:
             self.map.close()
+        else:                             # a collected mmap unmaps itself: keep it referenced
+            STILL_LENT.append(self.map)
+
+
+# Buffers the kernel may still send from, kept until exit (Pool.close).
+STILL_LENT: List[mmap.mmap] = []
 
 
 @dataclass
@@ -1298,13 +1305,15 @@ class ReferenceSender:
 
 
 # =============================================================================
-# 7. A first zero-copy send
+# 7. Run it: a first zero-copy send, then the same in bulk
 #
-# Part I in one request, to run: `sendzc.py --first-send`. A UDP socket, a
+# Part I to run: `sendzc.py --first-send`. First one request: a UDP socket, a
 # ring, one SEND_ZC from plain memory on the socket's own fd, and its two
-# CQEs judged with more(), notif() and copied(): nothing registered, no
-# batch; section 6's steps, once. Part II makes the same steps fast (the
-# fast sender opens section 8) and measures them.
+# CQEs judged with more(), notif() and copied(); nothing registered; section
+# 6's steps, once. Then the same in bulk (bulk_send): a batch of SQEs per
+# io_uring_enter, and every CQE that is ready reaped in one pass. The kernel's
+# work per send stays; what a batch of N saves is the syscall's own cost (and
+# from Python, a ctypes call), paid once instead of N times.
 # =============================================================================
 
 def first_send(dest: Tuple[str, int], size: int = 4096,
@@ -1353,13 +1362,94 @@ def first_send(dest: Tuple[str, int], size: int = 4096,
     return cqes
 
 
+def reap_all(ring: Ring, tally: Tally, size: int) -> int:
+    """(3) peek every ready CQE in one pass, (6) advance, (4)+(5) judge each; how many.
+
+    Like liburing's io_uring_peek_batch_cqe() + io_uring_cq_advance(): one
+    read of cq.tail, the ready CQEs' res and flags as two lists (section 4's
+    peek(), wraparound and all), and one store of cq.head for all of them.
+    """
+    res, flags = ring.peek()
+    ring.cq_advance(len(res))             # copied out: the slots are the kernel's again
+    for r, f in zip(res, flags):
+        tally.judge(r, f, size)           # more(): a notification owed; notif(), copied()
+    return len(res)
+
+
+def bulk_send(dest: Tuple[str, int], count: int = 64, batch: int = 8, size: int = 4096,
+              say: Callable[[str], None] = print,
+              stop: Callable[[], bool] = lambda: False) -> Tuple[Tally, int]:
+    """first_send() in bulk: count SEND_ZC requests over UDP, up to batch per io_uring_enter.
+
+    Like liburing's examples/send-zerocopy.c with nothing registered. Every
+    request sends the same buffer, which never changes, so a request may go
+    while earlier ones still owe notifications (a buffer whose data changes
+    waits for its own: section 6's pool); only the socket's close and the
+    buffer's unmap wait for all of them, (7). stop() ends it early.
+    Returns section 6's Tally of what the CQEs said, and the enters it took.
+    """
+    tally, placed, enters = Tally(), 0, 0
+    family = socket.AF_INET6 if ":" in dest[0] else socket.AF_INET
+
+    def owed() -> int:
+        """CQEs the kernel may still post: two per request without its result, then one per
+        F_MORE until its notification (tally.due, the notifications owed)."""
+        return 2 * (placed - tally.results) + tally.due
+
+    def submit_and_reap(wait_nr: int, seconds: float) -> bool:
+        """(2) one io_uring_enter submits every placed SQE and waits; (3)-(6) reap_all(). False: none came."""
+        nonlocal enters
+        enters += 1
+        try:
+            came = ring.wait_cqes(wait_nr, seconds)
+        except InterruptedError:                     # a signal: the loop looks at stop()
+            came = True
+        return reap_all(ring, tally, size) > 0 or came
+
+    # Section 6's Pool, of one buffer: its close() unmaps it only when nothing is owed.
+    # A CQ of 4 x batch: two CQEs per request of a batch, while the last batch's
+    # notifications may still be on their way. Closed in reverse: ring, socket, buffer.
+    with closing(Pool(1, size)) as pool, socket.socket(family, socket.SOCK_DGRAM) as sock, \
+            Ring(batch, cq_entries=4 * batch) as ring:
+        pool.write(0, (b"zero-copy!" * (size // 10 + 1))[:size])
+        pool.lent = 1                                # the kernel's from the first submit
+        sock.connect(dest)
+        sqe = io_uring_sqe()
+        prep_send_zc(sqe, sock.fileno(), pool.addr, size, 0, IORING_SEND_ZC_REPORT_USAGE)
+        say(f"then the same in bulk: {count} SEND_ZC of {size} bytes, {batch} per io_uring_enter")
+        while placed < count and not (tally.error or stop()):
+            # (1) get SQEs: the same SQE n times, one copy into the ring; no
+            # more than the CQ has room for, or the kernel holds CQEs back.
+            n = min(batch, count - placed, ring.sq_space_left(), (ring.cq_entries - owed()) // 2)
+            ring.place(bytes(sqe) * n)
+            placed += n
+            if not submit_and_reap(max(n, 1), 1.0):
+                break                                # nothing in a second: (7) says what is owed
+        drain_owed(owed, lambda s: submit_and_reap(1, s), 1.0, lambda: False)     # (7) drain
+        pool.lent = 1 if owed() else 0               # what never came keeps the buffer mapped
+    say(f"  {enters} io_uring_enter for {placed} requests: {tally.results} results, {tally.bytes} bytes sent"
+        + (f"; the first error: -{errno.errorcode.get(tally.error, tally.error)}" if tally.error else ""))
+    say(f"  {tally.notifs} notifications for {tally.notifs + tally.due} results with F_MORE "
+        f"({tally.copied} said the kernel copied); {owed()} CQEs still owed")
+    return tally, enters
+
+
+# Section 8's BulkSender, the tool's sender, is this loop made fast, in the
+# same steps (1) to (7): the buffer and the socket registered once (no page
+# pinning nor file lookup per request); Python's work paid per batch, not per
+# request (the SQ filled once, a batch's CQEs compared as one bytes object);
+# -t kept however slowly the path drains; and the odd CQE (an error, a short
+# send, a copy) found without judging every CQE one by one.
+
+
 # =============================================================================
 # 8. The senders
 #
-# First the fast sender, BulkSender: section 6's steps, in bulk. The
+# First the fast sender, BulkSender: section 7's bulk send made fast. The
 # reference sender pays Python for every request and every CQE (a prep, a
-# place, a call per CQE), which costs more than the kernel's ~2 us for the
-# send itself. The fast sender takes the same steps and changes what each costs:
+# place, a call per CQE), bulk_send for every CQE (a judge() each), which
+# costs more than the kernel's ~2 us for the send itself. The fast sender
+# takes the same steps and changes what each costs:
 #
 #   (1) get SQEs             datagrams: nothing, every SQ slot already holds the
 #                            request; a stream: one slice copy of a prebuilt batch
@@ -1367,7 +1457,7 @@ def first_send(dest: Tuple[str, int], size: int = 4096,
 #   (3) peek CQEs            one slice of the CQ mapping: the batch's CQE bytes
 #   (4)+(5) judge            one bytes comparison with the clean batch, or one lookup
 #   (6) advance CQ           one store of cq.head
-#   (7) drain                as in 6: every owed notification before the buffer goes
+#   (7) drain                as in 6 and 7: every owed notification before the buffer goes
 #
 # It sends from one buffer that is written once and never again, so no write
 # can race the kernel's reads: every request may reuse it while notifications
@@ -1450,6 +1540,8 @@ HOT_USER_DATA = 0             # every hot request's user_data: alike, so a clean
 
 class BulkSender:
     """Batches of per_batch sends of one buffer, judged in bulk: liburing's examples/send-zerocopy.c.
+
+    Section 7's bulk_send() made fast, in the same steps (1) to (7).
 
     The ring comes set up: the socket is its registered file 0 and, with
     fixed, the buffer its registered buffer 0. buf (Payload, below) has
@@ -1984,6 +2076,8 @@ class Payload:
         """munmap(), unless the kernel may still be sending from these pages."""
         if not self.lent:
             self.map.close()
+        else:
+            STILL_LENT.append(self.map)     # as Pool.close(): kept referenced, so never unmapped
 
 
 class Rates:
@@ -3416,7 +3510,9 @@ class SyscallSender:
             waited = drain_owed(lambda: zc and done.outstanding, wait_and_read, DRAIN_SECONDS,
                                 lambda: STOP.hurry)
             error = error or next((e for e in read_errors if e), 0)
-            self.payload.lent += done.outstanding - 1      # settled: only what never came stays
+            # Settled: only what never came stays lent (send(2) without MSG_ZEROCOPY copies:
+            # nothing is owed, though `outstanding` counts every send then).
+            self.payload.lent += (done.outstanding if zc else 0) - 1
         finally:
             for v in views:
                 v.release()             # the mmap cannot close while a view exports it
@@ -3922,6 +4018,8 @@ class RxBuffer:
         self.view.release()         # the view must go before the mapping can
         if not self.lent:           # else left mapped until exit, as Payload does
             self.map.close()
+        else:
+            STILL_LENT.append(self.map)
 
 
 class SocketReceiver:
@@ -5827,9 +5925,10 @@ def sender_parser() -> Parser:
                       "(see `sendzc.py rx --help`)\n"
                       "  sendzc.py --probe             what this kernel's io_uring offers\n"
                       "  sendzc.py --first-send        one SEND_ZC, its result and notification "
-                      "explained (Part I's\n"
-                      "                                first_send(); the private sink as root, "
-                      "else loopback)")
+                      "explained, then the\n"
+                      "                                same in bulk (Part I's section 7; the private "
+                      "sink as root,\n"
+                      "                                else loopback; see `sendzc.py --first-send --help`)")
     add_common(p)
     p.add_argument("-D", dest="addr", metavar="ADDR", help="destination address")
     p.add_argument("-s", dest="size", type=positive_int, default=SEED_MAX_PAYLOAD,
@@ -6157,28 +6256,53 @@ def probe_main(argv: List[str]) -> int:
 
 
 def first_send_main(argv: List[str]) -> int:
-    """`sendzc.py --first-send`: Part I's first_send(), into the private sink as root, else over loopback."""
+    """`sendzc.py --first-send`: Part I's first_send(), then bulk_send(); into the private sink
+    as root, else over loopback."""
     p = Parser(prog="sendzc.py --first-send",
-               description="One SEND_ZC and its two CQEs, explained: Part I's first_send().")
+               description="One SEND_ZC and its two CQEs, explained: Part I's first_send(); "
+                           "then the same in bulk, bulk_send(), as root into the private sink, "
+                           "else over loopback.")
     p.add_argument("--first-send", action="store_true", required=True)
-    p.parse_args(argv)
+    p.add_argument("--count", type=positive_int, default=64,
+                   help="requests of the bulk send (default 64)")
+    p.add_argument("-r", dest="batch", type=first_send_batch, default=8, metavar="NR_REQS",
+                   help=f"requests per io_uring_enter in the bulk send (default 8, at most {MAX_ENTRIES})")
+    a = p.parse_args(argv)
     with ExitStack() as stack:
-        if os.geteuid() == 0:
-            stack.enter_context(private_sink(DEFAULT_QDISC, who="--first-send", hint=FIRST_SEND_HINT))
-            dest = (SINK_DST4, DEFAULT_PORT)
-            print(f"into the private sink ({SINK_DEV} in a namespace of our own, which drops every packet)")
-        else:
-            rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
-            rx.bind(("127.0.0.1", 0))            # a receiver that never reads: no ICMP refusal
-            dest = rx.getsockname()
-            print("over loopback (no root, so no private sink): the receiver is on this host, "
-                  "so the kernel copies, and the notification says so")
+        dest = first_send_destination(stack)
         cqes = first_send(dest)
-    flags = [f for _, f in cqes]
-    if len(cqes) != 2 or not more(flags[0]) or not notif(flags[1]) or cqes[0][0] != 4096:
-        raise Fatal(f"the first send did not end in a whole result and its notification: "
-                    f"(res, flags) = {cqes}; `sendzc.py --probe` says what this kernel lacks")
+        flags = [f for _, f in cqes]
+        if len(cqes) != 2 or not more(flags[0]) or not notif(flags[1]) or cqes[0][0] != 4096:
+            raise Fatal(f"the first send did not end in a whole result and its notification: "
+                        f"(res, flags) = {cqes}; `sendzc.py --probe` says what this kernel lacks")
+        tally, _ = bulk_send(dest, a.count, a.batch, stop=lambda: STOP.requested)
+    if STOP.requested:
+        return 130
+    if tally.error:
+        raise Fatal(f"the bulk send failed: {os.strerror(tally.error)} "
+                    f"({errno.errorcode.get(tally.error, tally.error)}) in a result CQE")
+    if (tally.ok, tally.bytes, tally.notifs, tally.due) != (a.count, a.count * 4096, a.count, 0):
+        raise Fatal(f"the bulk send did not end in {a.count} whole results and as many "
+                    f"notifications: {tally}; `sendzc.py --probe` says what this kernel lacks")
     return 0
+
+
+first_send_batch = number(whole, lambda value: 1 <= value <= MAX_ENTRIES,
+                          f"not a whole number: give one from 1 to {MAX_ENTRIES}",
+                          f"out of range: give a whole number from 1 to {MAX_ENTRIES}")
+
+
+def first_send_destination(stack: ExitStack) -> Tuple[str, int]:
+    """Where --first-send sends: the private sink as root (zero-copy), else a loopback socket (copied)."""
+    if os.geteuid() == 0:
+        stack.enter_context(private_sink(DEFAULT_QDISC, who="--first-send", hint=FIRST_SEND_HINT))
+        print(f"into the private sink ({SINK_DEV} in a namespace of our own, which drops every packet)")
+        return SINK_DST4, DEFAULT_PORT
+    rx = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+    rx.bind(("127.0.0.1", 0))            # a receiver that never reads: no ICMP refusal
+    print("over loopback (no root, so no private sink): the receiver is on this host, "
+          "so the kernel copies, and the notifications say so")
+    return rx.getsockname()
 
 
 FIRST_SEND_HINT = "or run it without root: it sends over loopback instead"
