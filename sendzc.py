@@ -2905,15 +2905,19 @@ class UringSender(BulkSender):
             return
         submit_and_peek = (functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll
                            else ring.submit_and_peek)
-        # In flight: one batch, as in the seed, unless SQPOLL: two chunks (sqpoll_chunk()).
-        ahead = self.sqpoll_chunk()
+        # In flight: one batch, as in the seed, unless SQPOLL: its thread
+        # submits on its own CPU, so we keep the SQ full and enter only to
+        # sleep until half of what is in flight has completed (sleeping per
+        # batch cost the SQ thread a third of its rate: README, "Speed"). Not a
+        # stream: batches are not linked to each other, and the SQ thread cuts
+        # a chain wherever its submission ends; nor -f, which waits per batch.
+        ahead = ring.sq_entries - per_batch if ring.sqpoll and not (self.stream or self.flush) else 0
         due_max = 0 if self.flush else ring.cq_entries - 2 * (ahead + per_batch)   # as in run_hot()
         clock, deadline, stop, slow = time.perf_counter_ns, books.deadline, self.stop, books.slow
         judge, peek_res, cq_advance = self.judge, ring.peek_res, ring.cq_advance
         place_batches = self.place_batches
         inflight, due, placed = books.inflight, books.due, books.placed
         sample_t = sample_target = 0          # the lag sample under way, as in run_hot()
-        fresh = 0                             # requests placed since the last submit_and_peek
         while True:
             now = clock()                     # -t: before every (bounded) wait
             if now >= deadline or stop.requested or slow.error or books.held_back:
@@ -2923,7 +2927,7 @@ class UringSender(BulkSender):
                     books.on_tick(books.whole * size + slow.bytes, books.whole + slow.ok)
                     books.next_tick += books.tick_ns
                 if due <= due_max:
-                    n = fresh = place_batches(placed, ahead)        # (1)
+                    n = place_batches(inflight, placed, ahead)      # (1)
                     inflight, placed = inflight + n, placed + n
                     if not inflight:
                         continue            # nothing to wait for: the head is on its way
@@ -2933,11 +2937,7 @@ class UringSender(BulkSender):
                     sample_t, sample_target = now, books.notifs + slow.notifs + due + inflight
                     books.pinned_max = max(books.pinned_max, (due + inflight) * size)
             try:                                # (2) submit and wait, (3) peek CQEs
-                # SQPOLL: the older chunk's results and the notifications owed;
-                # with one chunk out, only publish the new one.
-                flags, res_sum = submit_and_peek((due + inflight - ahead if inflight > ahead else int(not fresh))
-                                                 if ahead else inflight or 1)
-                fresh = 0
+                flags, res_sum = submit_and_peek((inflight >> 1 if ahead else inflight) or 1)
             except OSError as e:
                 # EINTR (a signal) or ETIME (ENTER_WAIT_NS passed with no CQE:
                 # a TCP peer that stopped reading): look at the clock again.
@@ -2956,30 +2956,11 @@ class UringSender(BulkSender):
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
         books.inflight, books.due, books.placed = inflight, due, placed
 
-    def sqpoll_chunk(self) -> int:
-        """The requests run_general() places at once with SQPOLL, two such chunks in flight; 0 without.
+    def place_batches(self, inflight: int, placed: int, ahead: int) -> int:
+        """(1) for run_general(): a stream's next batch, or as many datagram batches as fit; how many requests.
 
-        The SQ thread submits on its own CPU, so we keep two chunks of a
-        quarter of the SQ in flight and sleep until the older one is done
-        (sleeping per batch cost the thread a third of its rate: README,
-        "Speed"). Two, not the whole SQ at once: the thread takes all it finds
-        in one pass, posts the results at its end and commits sq.head after
-        them, so a full SQ could be refilled only once it had finished, and it
-        spun idle while we woke and refilled: perf counted 15-17% of its
-        samples in its empty loop at batch 64 (8-12% with two chunks), and
-        65% in io_submit_sqes (81-86%). Not a stream: batches are not linked
-        to each other, and the thread cuts a chain wherever its submission
-        ends; nor -f, which waits per batch.
-        """
-        if not self.ring.sqpoll or self.stream or self.flush:
-            return 0
-        return max(self.per_batch, self.ring.sq_entries // 4 // self.per_batch * self.per_batch)
-
-    def place_batches(self, placed: int, chunk: int) -> int:
-        """(1) for run_general(): a stream's next batch, or datagram batches; how many requests.
-
-        Datagram batches are alike, so several go in one slice copy: a chunk
-        (SQPOLL; else one batch), if the SQ has room for it (the SQ thread
+        Datagram batches are alike, so several go in one slice copy, as many
+        as keep `ahead` in flight and the SQ has room for (the SQ thread
         commits sq.head only after its whole submission).
         """
         ring, per_batch = self.ring, self.per_batch
@@ -2988,7 +2969,8 @@ class UringSender(BulkSender):
             return per_batch
         if self.run_of_batches is None:
             self.run_of_batches = memoryview(self.batch_sqes(0) * (ring.sq_entries // per_batch))
-        n = min(chunk or per_batch, ring.sq_space_left() // per_batch * per_batch)
+        n = min((ahead - inflight) // per_batch * per_batch + per_batch,
+                ring.sq_space_left() // per_batch * per_batch)
         ring.place(self.run_of_batches[:n << SQE_SHIFT])
         return n
 

@@ -547,8 +547,7 @@ def test_udp_into_the_sink(sink, opts):
 def test_sqpoll_sends_and_reaps_without_losing_a_cqe(sink):
     if os.uname().machine != "x86_64":
         pytest.skip("--sqpoll is x86-64 only")
-    # Two chunks of a quarter of the SQ in flight; a batch past a quarter is a chunk of its own, and
-    # one past half cannot have two in the SQ at once: each of those still sends and reaps it all.
+    # Batches of half the SQ, and one that leaves less than a batch of room ahead of it, too.
     for opts in ([], ["-r", "32"], ["-r", "256"], ["-r", "200", "--entries", "256"]):
         row = tool_json("-4", "-D", SINK4, "-t", "0.3", "--sqpoll", *opts, "udp", ns=sink)["rows"][0]
         check_row(row, 65435)
