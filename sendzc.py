@@ -95,9 +95,10 @@ import shutil
 import socket
 import struct
 import subprocess
+import threading
 import time
-from contextlib import ExitStack, closing, contextmanager
-from dataclasses import dataclass, field
+from contextlib import ExitStack, closing, contextmanager, suppress
+from dataclasses import dataclass, field, replace
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
@@ -2120,6 +2121,9 @@ class Result(Rates):
     pool: Optional[dict] = None              # --pool: pool_summary() of this run
     notif_lag: Optional[dict] = None         # the fast sender's sampled lag_summary()
     sys_speedup: Optional[float] = None      # bench: mb_per_sys_s over the baseline row's (the table's speedup)
+    receiver: Optional[dict] = None          # rx's result, over the control connection (joined())
+    receiver_note: Optional[str] = None      # why the report is the sender's alone, if it is
+    receiver_missing: bool = False           # rx said ready, then its result never came: exit 1
 
     @property
     def datagrams(self) -> Optional[int]:
@@ -2144,8 +2148,8 @@ class Result(Rates):
         for name in ROW_FIELDS:
             value, digits = getattr(self, name), ROW_DIGITS.get(name)
             row[name] = value if digits is None or value is None else round(value, digits)
-        row.update((name, getattr(self, name)) for name in ("intervals", "pool", "notif_lag")
-                   if getattr(self, name) is not None)
+        row.update((name, getattr(self, name)) for name in ("intervals", "pool", "notif_lag", "receiver",
+                                                            "receiver_note") if getattr(self, name) is not None)
         return row
 
 
@@ -2548,6 +2552,9 @@ class SendConfig:
     sink: Optional[dict] = None  # no -D: the private sink it sends into (Sink's fields)
     pool: int = 0                # --pool N: the reference sender (section 6) from N buffers
     break_contract: bool = False  # --break-contract: ... rewriting each at its result, too early
+    # TCP: the control connection a receiver took without answering (not sendzc
+    # rx: msg_zerocopy -r accepts one connection only): the data goes over it.
+    data_sock: Optional[socket.socket] = None
 
     @property
     def mode(self) -> str:
@@ -3164,7 +3171,8 @@ def flow_child(i: int, cfg: SendConfig, trace_out, out_fd: int, go_fd: int) -> N
         try:
             os.setpgid(0, 0)              # out of the terminal's group: Ctrl-C comes via the parent
             with ExitStack() as stack:
-                sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
+                sock = stack.enter_context(tx_socket(cfg) if i == 0 else
+                                           open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
                 payload = Payload(cfg.size, cfg.gso)
                 stack.callback(payload.close)
                 sender = UringSender(cfg, sock, payload, stack)
@@ -3290,12 +3298,10 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
     return result
 
 
-def run_pool_sender(cfg: SendConfig, as_json: bool) -> int:
-    """`sendzc.py --pool N ...`: one reference run, printed as run_sender() prints a fast one."""
-    with ExitStack() as stack:
-        sock = stack.enter_context(open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port))
-        result = run_reference(cfg, sock, stack)
-    return report_send(cfg, result, as_json)
+def tx_socket(cfg: SendConfig) -> socket.socket:
+    """open_tx_socket(), or the control connection a receiver took without a word (cfg.data_sock)."""
+    sock, cfg.data_sock = cfg.data_sock, None
+    return sock or open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
 
 
 # --- send(2), with and without MSG_ZEROCOPY: the baselines --------------------
@@ -3937,10 +3943,17 @@ def listen_for(cfg: RxConfig) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
         sock.bind(("::" if family == socket.AF_INET6 else "0.0.0.0", cfg.port))
         if cfg.proto == "tcp":
-            sock.listen(1)
+            # Room for every flow a sender connects at once (-n), its control
+            # connection first: listen(1) overflowed at rx -n 64 and took 37.
+            sock.listen(socket.SOMAXCONN)
     except OSError as e:
         sock.close()
         raise Fatal(bind_error(e, cfg)) from None
+    return sock
+
+
+def say_waiting(cfg: RxConfig, family: int) -> None:
+    """rx's first line, once it listens (and has its control listener): what it waits for."""
     # On stderr: stdout may be JSON.
     where = "IPv6 and IPv4" if family == socket.AF_INET6 and cfg.family is None \
         else family_name_label(family_name(family))
@@ -3949,7 +3962,6 @@ def listen_for(cfg: RxConfig) -> socket.socket:
             else "a sender" if n == 1 else f"{n} senders")
     print(f"sendzc rx: {cfg.proto} port {cfg.port} ({where}): waiting for {whom}; "
           f"Ctrl-C to stop", file=sys.stderr, flush=True)
-    return sock
 
 
 def peer_name(addr: tuple) -> Tuple[str, str]:
@@ -4155,11 +4167,12 @@ def open_receiver(cfg: RxConfig, sock: socket.socket, buf: RxBuffer, stack: Exit
 
 
 def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, result: RxResult,
-            ticks: Optional[Intervals], meter: Meter) -> None:
+            ticks: Optional[Intervals], meter: Meter, ended: Optional[Callable[[], bool]] = None) -> None:
     """The loop, from meter.t0: receive, verify, count, until the end, -t, silence or Ctrl-C.
 
     An -i interval ends only at a receive that brought data, so intervals stop
     at the last byte; a pause shows as one longer interval at its lower rate.
+    ended (UDP: ControlPeer.ended) is asked at each pause: has the sender said it is done?
     """
     stream = cfg.proto == "tcp"
     recv, view, clock = rx.recv, buf.view, time.perf_counter_ns
@@ -4180,8 +4193,8 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
             break
         now = clock()
         if k is None:                   # nothing for RX_TICK_S
-            if now - last >= idle_ns:
-                break                   # UDP: the sender has gone quiet
+            if now - last >= idle_ns or (ended is not None and ended()):
+                break                   # UDP: the sender has gone quiet, or said it is done
         elif stream:
             if not k:
                 break                   # TCP: 0 bytes is the end of the stream
@@ -4226,13 +4239,17 @@ def new_result(cfg: RxConfig) -> RxResult:
     return RxResult(cfg.proto, method, discard=cfg.discard, stamped=bool(cfg.pool))
 
 
-def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Optional[float]) -> RxResult:
-    """msg_zerocopy -r's do_rx(), with a check of every byte: wait on sock for one sender, receive it."""
+def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Optional[float],
+              first: Optional[tuple] = None, ended: Optional[Callable[[], bool]] = None) -> RxResult:
+    """msg_zerocopy -r's do_rx(), with a check of every byte: wait on sock for one sender, receive it.
+
+    first: the sender next_*_sender() found (TCP: (conn, addr); UDP: addr); ended: see receive().
+    """
     result = new_result(cfg)
     if cfg.proto == "tcp":
-        conn, addr = until_stop(sock.accept) or (None, None)
+        conn, addr = first or until_stop(sock.accept) or (None, None)
     else:                               # the first datagram's sender; the datagram stays queued
-        conn, addr = sock, until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+        conn, addr = sock, first or until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
     if addr is None:                    # Ctrl-C came first
         result.interrupted = True
         return result
@@ -4244,12 +4261,13 @@ def serve_one(cfg: RxConfig, sock: socket.socket, printing: bool, interval: Opti
             stack.callback(disconnect, conn.fileno())
         else:
             stack.enter_context(conn)
-        receive_from(cfg, conn, addr, result, printing, interval)
+        receive_from(cfg, conn, addr, result, printing, interval, ended=ended)
     return result
 
 
 def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResult, printing: bool,
-                 interval: Optional[float], who: int = resource.RUSAGE_SELF) -> None:
+                 interval: Optional[float], who: int = resource.RUSAGE_SELF,
+                 ended: Optional[Callable[[], bool]] = None) -> None:
     """Receive from one sender into result, with a buffer, ring and check of its own: counted, timed."""
     udp = cfg.proto == "udp"
     verifier = None
@@ -4264,7 +4282,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
         result.method, (result.family, result.peer) = rx.method, peer_name(addr)
         meter = Meter(who)                  # from the connection, or the first datagram
         ticks = Intervals(interval, printing, meter.t0) if interval else None
-        receive(rx, buf, verifier, cfg, result, ticks, meter)
+        receive(rx, buf, verifier, cfg, result, ticks, meter, ended)
         if udp:
             # SO_RXQ_OVFL told it at the last receive; SO_MEMINFO adds any drops since.
             drops_now = socket_drops(conn)
@@ -4285,7 +4303,7 @@ def receive_from(cfg: RxConfig, conn: socket.socket, addr: tuple, result: RxResu
             result.error = nothing_to_verify(result)
 
 
-def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxResult]:
+def serve_flows(cfg: RxConfig, sock: socket.socket, first: Optional[tuple] = None) -> Tuple[List[RxResult], RxResult]:
     """rx -n: up to cfg.flows connections, each received in its own thread (own buffer, ring, check).
 
     A thread starts at its accept, so a first flow never stalls while a last
@@ -4300,7 +4318,7 @@ def serve_flows(cfg: RxConfig, sock: socket.socket) -> Tuple[List[RxResult], RxR
     with ExitStack() as stack:
         threads = stack.enter_context(ThreadPoolExecutor(cfg.flows, "rx"))
         while len(results) < cfg.flows:
-            got = until_stop(sock.accept)
+            got, first = first or until_stop(sock.accept), None     # first: accepted already
             if got is None:                 # Ctrl-C before every sender came: end those that did
                 break
             stack.callback(got[0].close)    # after every flow has ended (below)
@@ -4443,10 +4461,15 @@ def rx_main(argv: List[str]) -> int:
         if cfg.pool and given:
             raise UsageError(f"--pool with {flag}: --pool checks the stamps, and {flag} checks "
                              f"nothing: drop one of the two")
-    with listen_for(cfg) as sock:
+    with ExitStack() as stack:
+        sock = stack.enter_context(listen_for(cfg))
+        ctl = control_listener(cfg, sock) if cfg.proto == "udp" else None
+        if ctl is not None:
+            stack.enter_context(ctl)
+        say_waiting(cfg, sock.family)
         if cfg.keep:
-            return serve_senders(cfg, sock, a)
-        results, result = serve(cfg, sock, a)
+            return serve_senders(cfg, sock, a, ctl)
+        results, result = serve(cfg, sock, a, ctl)
     report_rx(cfg, a, results, result)
     if result.error:
         print(f"sendzc: {result.error}", file=sys.stderr)
@@ -4454,30 +4477,51 @@ def rx_main(argv: List[str]) -> int:
     return 130 if result.interrupted else 0
 
 
-def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> Tuple[List[RxResult], RxResult]:
-    """One sender (with -n: its flows): each flow's result, and the total (the one result, for one)."""
-    if cfg.flows > 1:
-        return serve_flows(cfg, sock)
-    result = serve_one(cfg, sock, not a.json, a.interval)
-    return [result], result
+def serve(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace,
+          ctl: Optional[socket.socket] = None) -> Tuple[List[RxResult], RxResult]:
+    """One sender (with -n: its flows): each flow's result, and the total (the one result, for one).
+
+    A sender on the control connection says what comes (its -n, the pattern
+    or --pool stamps) and gets the result back; one that does not speak it
+    is received as rx's options say. ctl: rx udp's TCP control listener.
+    """
+    arrival = next_tcp_sender(cfg, sock) if cfg.proto == "tcp" else next_udp_sender(cfg, sock, ctl)
+    if arrival is None:                 # Ctrl-C came first
+        result = new_result(cfg)
+        result.interrupted = True
+        return [result], result
+    mine, control = arrival.cfg, arrival.control
+    if mine.flows > 1:
+        results, result = serve_flows(mine, sock, arrival.first)
+    else:
+        udp = mine.proto == "udp"       # (ctl is rx udp's; arrival.first its first datagram's source)
+        with turning_away(ctl if udp else None, peer_name(arrival.first)[1] if udp else ""):
+            result = serve_one(mine, sock, not a.json, a.interval, arrival.first,
+                               control.ended if control and udp else None)
+        results = [result]
+    if control is not None:
+        control.report(mine, results, result)
+    return results, result
 
 
 def report_rx(cfg: RxConfig, a: argparse.Namespace, results: List[RxResult], result: RxResult,
               extra: Optional[dict] = None) -> None:
     """Print one sender's result: a JSON document (on one line with --keep), or the text lines."""
+    flows = cfg.flows > 1 or len(results) > 1     # (a sender's hello may ask for more flows than -n)
     if a.json:
         doc = json_doc(cfg.params(), results, extra)
-        if cfg.flows > 1:
+        if flows:
             doc["total"] = result.row()
         print(json.dumps(doc) if cfg.keep else json.dumps(doc, indent=2), flush=True)
-    elif cfg.flows > 1:     # a line per flow that came (each was accepted, so has a peer), then the total
+    elif flows:     # a line per flow that came (each was accepted, so has a peer), then the total
         lines = [f"flow {i}: " + describe_rx(r)[1] for i, r in enumerate(results)]
         print("\n".join(lines + [f"total of {len(results)} flows:"] + describe_rx(result)), flush=True)
     else:
         print("\n".join(describe_rx(result)), flush=True)
 
 
-def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> int:
+def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace,
+                  ctl: Optional[socket.socket] = None) -> int:
     """--keep: serve sender after sender until Ctrl-C, then print the totals (exit 130).
 
     Each sender gets its own result, buffer, ring, Verifier (its stream is
@@ -4485,7 +4529,7 @@ def serve_senders(cfg: RxConfig, sock: socket.socket, a: argparse.Namespace) -> 
     """
     served: List[RxResult] = []
     while not STOP.requested:
-        results, result = serve(cfg, sock, a)
+        results, result = serve(cfg, sock, a, ctl)
         if not result.peer:
             break                           # Ctrl-C while waiting for the next sender
         served.append(result)
@@ -4518,6 +4562,534 @@ def totals_line(total: RxResult, served: List[RxResult]) -> str:
                    if failed else f"not verified: {total.unverified}")
     return (f"total: {n} sender{'s' if n != 1 else ''}, {total.bytes >> 20} MB ({total.bytes} bytes)"
             f"{counted}; {verdict}")
+
+
+# --- The control connection: one report from both ends ------------------------
+#
+# The sender's lines say what it handed its kernel; what arrived is known on
+# the other box. So the sender and rx talk, as iperf3's client and server do,
+# over a control connection: TCP to the data port's number. For UDP data rx
+# listens on that TCP port beside its UDP socket; for TCP data the one
+# listening socket takes both, and a control connection is told from a data
+# connection by its first byte, '{' (a data stream opens with the pattern's
+# 'a', or request 0's stamp: 0x00). Each message is one line of JSON,
+# parsed by json and nothing else, at most CONTROL_LINE_MAX bytes, every wait
+# for one bounded in time:
+#
+#   sender -> rx   hello: proto, family, size, gso, data ("pattern" or "stamps"), flows, seconds
+#   rx -> sender   ready (or busy: serving another sender; or refused: why)
+#                  ... the data: datagrams to the UDP port, or `flows` TCP connections ...
+#   sender -> rx   done: what it sent (UDP: rx stops at the next pause, not RX_UDP_IDLE_S later)
+#   rx -> sender   result: bytes, datagrams, drops, verdict, CPU (rx_summary())
+#
+# A peer that does not speak it (msg_zerocopy -r, socat, a plain socket)
+# refuses the TCP port (a UDP receiver) or leaves the hello unanswered for
+# CONTROL_WAIT_S; the sender says so in one note and runs as before. Over TCP
+# that connection is already accepted, and a receiver that accepts only one
+# (msg_zerocopy -r) has taken it: so it carries the data, after the hello line.
+# rx, for its part, serves a sender that sends no hello (the seed's C sender)
+# as ever; a TCP connection silent for CONTROL_READ_S is such a sender too.
+# While it serves one UDP sender, rx answers every other hello "busy"
+# (turning_away()): that sender's datagrams would be refused anyway.
+
+CONTROL_VERSION = 1
+CONTROL_LINE_MAX = 1 << 16   # bytes in one message: a result with 1,000 flows' shares fits
+CONTROL_WAIT_S = 0.5         # sender: connect + hello + ready; more than a round trip on any path but a satellite's
+CONTROL_READ_S = 2.0         # rx: the longest a new connection may take to say its first line
+CONTROL_RESULT_S = 3.0       # sender: from "done" to rx's result (rx ends UDP at its next RX_TICK_S pause)
+CONTROL_MAX_FLOWS = 4096     # rx: the most flows a hello may announce
+
+
+class ControlError(Exception):
+    """The peer broke the control protocol: what it did, in words for a note line.
+
+    gone: the connection closed or reset; other_version: a sendzc of another
+    version; refusal: rx's reason to refuse this sender, in words for it.
+    """
+
+    def __init__(self, words: str, gone: bool = False, other_version: bool = False,
+                 refusal: Optional[str] = None):
+        super().__init__(words)
+        self.gone, self.other_version, self.refusal = gone, other_version, refusal
+
+
+def control_line(kind: str, **fields) -> bytes:
+    """One message: a JSON object on one line, with the protocol's name and version."""
+    line = json.dumps({"control": "sendzc", "version": CONTROL_VERSION, "type": kind, **fields},
+                      separators=(",", ":")).encode() + b"\n"
+    assert len(line) <= CONTROL_LINE_MAX, "a control message must fit CONTROL_LINE_MAX"
+    return line
+
+
+def send_control(sock: socket.socket, kind: str, **fields) -> None:
+    """Send one message; a peer that has gone is the caller's ControlError."""
+    try:
+        sock.sendall(control_line(kind, **fields))
+    except OSError as e:
+        raise ControlError(f"closed the control connection ({errno.errorcode.get(e.errno, e)})",
+                           gone=True) from None
+
+
+def read_line(sock: socket.socket, deadline: float) -> bytes:
+    """One line (without its newline), by deadline (time.monotonic()); never a byte past it.
+
+    Peeks first and takes only up to the newline: what follows on a TCP data
+    connection that began with a hello is data. A line longer than
+    CONTROL_LINE_MAX is refused after that many bytes, whatever its length.
+    """
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    while True:
+        try:
+            data = sock.recv(CONTROL_LINE_MAX, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            data = None
+        except OSError as e:
+            raise ControlError(f"reset the control connection ({errno.errorcode.get(e.errno, e)})",
+                               gone=True) from None
+        if data is not None:
+            end = data.find(b"\n")
+            if end >= 0:
+                return sock.recv(end + 1)[:end]
+            if len(data) >= CONTROL_LINE_MAX:
+                raise ControlError(f"sent a line longer than {CONTROL_LINE_MAX} bytes")
+            if not data:
+                raise ControlError("closed the control connection", gone=True)
+        left = deadline - time.monotonic()
+        if left <= 0 or STOP.hurry:
+            raise ControlError("sent half a line, then nothing" if data else "said nothing in time")
+        if data:                          # part of a line: poll() would say "readable" at once
+            time.sleep(min(left, 0.01))
+        else:
+            poller.poll(max(1, int(min(left, RX_TICK_S) * 1000)))
+
+
+def shown(value) -> str:
+    """A peer's value, quoted and cut short, for a line of ours (it is data, never trusted)."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def control_message(line: bytes, *kinds: str) -> dict:
+    """The message a line holds, if it is one of kinds in this version; else ControlError."""
+    try:
+        msg = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ControlError(f"sent {shown(line[:40].decode('utf-8', 'replace'))}, which is not JSON") from None
+    if not isinstance(msg, dict) or msg.get("control") != "sendzc":
+        raise ControlError(f"sent JSON that is not sendzc's control message ({shown(msg)})")
+    if msg.get("version") != CONTROL_VERSION:
+        raise ControlError(f"speaks control version {shown(msg.get('version'))}, this sendzc "
+                           f"{CONTROL_VERSION}: run the same sendzc.py on both hosts", other_version=True)
+    if msg.get("type") not in kinds:
+        raise ControlError(f"sent {shown(msg.get('type'))} where {or_list(kinds)} belongs")
+    return msg
+
+
+def count_field(msg: dict, name: str, optional: bool = False):
+    """msg[name], if it is a count (an int >= 0) or, when optional, None; else ControlError."""
+    value = msg.get(name)
+    if value is None and optional:
+        return None
+    if type(value) is not int or value < 0:
+        raise ControlError(f"sent {name} = {shown(value)}, not a count")
+    return value
+
+
+# The sender's end.
+
+class ControlLink:
+    """The sender's end of the control connection: open_control() makes it, finish_control() ends it.
+
+    ready: rx said ready, and owes us its result. note: why this report will
+    be the sender's alone (one line), when it will.
+    """
+
+    def __init__(self, cfg: SendConfig):
+        self.proto, self.port, self.where = cfg.proto, cfg.port, host_port(cfg.addr, cfg.port)
+        self.sock: Optional[socket.socket] = None
+        self.ready = False
+        self.note: Optional[str] = None
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def control_hello(cfg: SendConfig) -> dict:
+    """What is coming, for rx to receive and check it as sent."""
+    return dict(proto=cfg.proto, family=family_name(cfg.family), size=cfg.size, gso=cfg.gso or None,
+                data="stamps" if cfg.pool else "pattern", flows=cfg.flows, seconds=cfg.seconds)
+
+
+def open_control(cfg: SendConfig) -> ControlLink:
+    """Say hello to rx on the data port's number over TCP; CONTROL_WAIT_S at most for its answer."""
+    link = ControlLink(cfg)
+    if cfg.sink is not None or cfg.proto == "raw":
+        return link                       # bench's sink drops everything: nobody to ask
+    deadline = time.monotonic() + CONTROL_WAIT_S
+    sock = socket.socket(cfg.family, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(CONTROL_WAIT_S)
+        sock.connect((cfg.addr, cfg.port))
+        # Blocking again: io_uring sends on it as on any socket if it must carry the
+        # data (O_NONBLOCK off), and read_line() waits in poll(), not in recv().
+        sock.settimeout(None)
+        sock.sendall(control_line("hello", **control_hello(cfg)))
+        reply = control_message(read_line(sock, deadline), "ready", "busy", "refused")
+    except (OSError, ControlError) as e:
+        link.note = control_fallback(cfg, link, sock, e)
+        return link
+    if reply["type"] != "ready":
+        sock.close()
+        if reply["type"] == "busy":
+            raise Fatal(f"the receiver at {link.where} is busy with another sender "
+                        f"({printable(reply.get('serving'))}): `sendzc.py rx` serves one at a time: "
+                        f"start this one when that one is done")
+        raise Fatal(f"the receiver at {link.where} refused this run: {printable(reply.get('why'))}")
+    link.sock, link.ready = sock, True
+    return link
+
+
+def control_fallback(cfg: SendConfig, link: ControlLink, sock: socket.socket, e: Exception) -> Optional[str]:
+    """No ready came: the note that says so; over TCP, a connection the peer took carries the data."""
+    alone = "this report is the sender's alone"
+    connected = isinstance(e, ControlError) and not e.gone and not e.other_version
+    if cfg.proto == "tcp" and connected:  # it took the connection, then said nothing (or no sendzc)
+        link.sock = cfg.data_sock = sock
+        hello = len(control_line("hello", **control_hello(cfg)))
+        return (f"the receiver at {link.where} {e} on sendzc's control connection (not `sendzc.py rx`?): "
+                f"the data went over that connection, after the {hello}-byte hello line; {alone}")
+    sock.close()
+    if isinstance(e, ControlError):
+        return (f"the receiver at {link.where} {e}" + ("" if e.other_version else
+                " on sendzc's control connection (not `sendzc.py rx`?)") + f": {alone}")
+    if cfg.proto == "tcp":
+        return None                       # the data connection meets the same refusal, and names it
+    if e.errno == errno.ECONNREFUSED:
+        return f"no sendzc rx at {link.where} (TCP port {cfg.port} refused the control connection): {alone}"
+    why = "in time" if isinstance(e, socket.timeout) else f"({errno.errorcode.get(e.errno, e)})"
+    return f"no sendzc rx answered at {link.where} (TCP port {cfg.port}) {why}: {alone}"
+
+
+def printable(value) -> str:
+    """A peer's words (a str) for a line of ours: printable characters only, cut short."""
+    if not isinstance(value, str):
+        return shown(value)
+    text = "".join(c for c in value[:300] if c.isprintable())
+    return text if len(value) <= 300 else text + "..."
+
+
+def finish_control(link: ControlLink, result: Result) -> None:
+    """After the run: tell rx what was sent, and join its result (result.receiver) or say why not."""
+    result.receiver_note = link.note
+    try:
+        if link.ready:
+            send_control(link.sock, "done", bytes=result.bytes, datagrams=result.datagrams,
+                         requests=result.requests)
+            msg = control_message(read_line(link.sock, time.monotonic() + CONTROL_RESULT_S), "result")
+            result.receiver = joined(result, msg, link.where)
+    except ControlError as e:
+        result.receiver_note = f"the receiver's result is missing: rx at {link.where} {e} (did it stop?)"
+        result.receiver_missing = True
+    finally:
+        link.close()
+
+
+def seconds_field(msg: dict, name: str) -> float:
+    value = msg.get(name)
+    if type(value) not in (int, float) or not 0 <= value < 1e9:
+        raise ControlError(f"sent {name} = {shown(value)}, not a time in seconds")
+    return float(value)
+
+
+def joined(sent: Result, msg: dict, where: str) -> dict:
+    """rows[0].receiver: rx's result, checked field by field, beside what was sent."""
+    got, datagrams = count_field(msg, "bytes"), count_field(msg, "datagrams", True)
+    verified = msg.get("verified")
+    flows = msg.get("flows")
+    if verified not in (True, False, None):
+        raise ControlError(f"sent verified = {shown(verified)}, not true, false or null")
+    if flows is not None and (not isinstance(flows, list) or len(flows) > CONTROL_MAX_FLOWS):
+        raise ControlError(f"sent flows = {shown(flows)}, not a list of counts")
+    r = {"at": where, "bytes": got, "datagrams": datagrams, "lost": None, "missing": None,
+         "dropped": count_field(msg, "dropped", True), "verified": verified,
+         "unverified": printable(msg["unverified"]) if msg.get("unverified") else None,
+         "mismatches": count_field(msg, "mismatches"), "seconds": seconds_field(msg, "seconds"),
+         "cpu_user_s": seconds_field(msg, "cpu_user_s"), "cpu_sys_s": seconds_field(msg, "cpu_sys_s"),
+         "error": printable(msg["error"]) if msg.get("error") else None,
+         "flows": [count_field({"flow": b}, "flow") for b in flows] if flows else None}
+    cpu = r["cpu_user_s"] + r["cpu_sys_s"]
+    r["mb_per_cpu_s"] = round(got / MIB / cpu, 1) if cpu > 0 else None
+    if sent.proto == "udp" and datagrams is not None:
+        r["lost"] = sent.datagrams - datagrams
+    elif sent.proto == "tcp":
+        r["missing"] = sent.bytes - got
+    return r
+
+
+def describe_receiver(r: Result) -> List[str]:
+    """The joined report's line: what the receiver got, its verdict, each host's CPU."""
+    g = r.receiver
+    if g is None:
+        return [f"note: {r.receiver_note}"] if r.receiver_note else []
+    mb = f"{g['bytes'] >> 20} MB"
+    if g["datagrams"] is not None:
+        share = f"{100 * g['lost'] / r.datagrams:.2f}%" if r.datagrams else "-"
+        # SO_RXQ_OVFL counts packets: a GSO packet that GRO kept whole (veth) is dropped, and counted, once.
+        drops = ("" if g["dropped"] is None else
+                 f"; its full socket buffer dropped {g['dropped']} GSO packets of up to "
+                 f"{segments_per_send(r.size, r.gso)} datagrams" if r.gso else
+                 f"; {g['dropped']} dropped by its full socket buffer")
+        what = f"{g['datagrams']} of {r.datagrams} datagrams ({mb}), {g['lost']} lost ({share}{drops})"
+    else:
+        missing = f", {g['missing']} missing" if g["missing"] else ""
+        what = f"{g['bytes']} of {r.bytes} bytes ({mb}){missing}"
+    if g["flows"]:
+        what += f" in {len(g['flows'])} flows (" + ", ".join(f"{b >> 20}" for b in g["flows"]) + " MB)"
+    verdict = ("verified" if g["verified"] else f"not verified ({g['unverified'] or 'rx did not check'})"
+               if g["verified"] is None else f"verification FAILED ({g['mismatches']} differ)")
+
+    def cpu(user: float, sys_: float, nbytes: int) -> str:
+        rate = f"{nbytes / MIB / (user + sys_):.0f}" if user + sys_ > 0 else "-"
+        return f"user {user:.2f} s sys {sys_:.2f} s, {rate} MB per CPU-second"
+    return [f"receiver: {what}, {verdict}; cpu: sender {cpu(r.cpu_user_s, r.cpu_sys_s, r.bytes)}; "
+            f"receiver {cpu(g['cpu_user_s'], g['cpu_sys_s'], g['bytes'])}"]
+
+
+def receiver_failure(r: Result) -> Optional[str]:
+    """Why the joined run fails (exit 1): rx's check failed, TCP bytes went missing, or its result did."""
+    g = r.receiver
+    if r.receiver_missing:
+        return r.receiver_note
+    if g is None:
+        return None
+    if g["verified"] is False:
+        return f"the receiver at {g['at']} says: {g['error'] or 'verification failed'}"
+    if g["missing"]:
+        return (f"the receiver at {g['at']} got {g['bytes']} of the {r.bytes} bytes sent: "
+                f"{g['missing']} never arrived over TCP")
+    return None
+
+
+# rx's end.
+
+class ControlPeer:
+    """rx's end of one sender's control connection, from its hello to the result sent back."""
+
+    def __init__(self, conn: socket.socket, addr: tuple, hello: dict):
+        self.conn, self.peer, self.hello = conn, peer_name(addr)[1], hello
+        self.done: Optional[dict] = None    # the sender's "done", once read
+        self.gone: Optional[str] = None     # how the control connection broke, if it did
+
+    def ended(self) -> bool:
+        """receive()'s question at each pause in the data: has the sender said done (or gone)?"""
+        if self.done is None and self.gone is None and select.select([self.conn], [], [], 0)[0]:
+            try:
+                self.done = control_message(read_line(self.conn, time.monotonic() + CONTROL_READ_S), "done")
+            except ControlError as e:
+                self.gone = str(e)
+        return self.done is not None or self.gone is not None
+
+    def report(self, cfg: RxConfig, results: List[RxResult], total: RxResult) -> None:
+        """Send the result, close; a sender gone by now is one line on stderr, not a failure of rx."""
+        try:
+            if self.gone is None:
+                send_control(self.conn, "result", **rx_summary(cfg, results, total))
+        except ControlError as e:
+            self.gone = str(e)
+        finally:
+            self.conn.close()
+        if self.gone is not None:
+            rx_note(f"the sender at {self.peer} {self.gone}: its report lacks this side")
+
+
+def rx_note(line: str) -> None:
+    """One line of rx's on stderr (stdout may be JSON)."""
+    print(f"rx: {line}", file=sys.stderr, flush=True)
+
+
+def rx_summary(cfg: RxConfig, results: List[RxResult], total: RxResult) -> dict:
+    """What the sender's joined report needs of rx's result: counts, verdict, CPU (getrusage)."""
+    unverified = ("--discard" if cfg.discard else "--no-verify" if not cfg.verify
+                  else "nothing to verify" if total.verified is None else None)
+    return dict(bytes=total.bytes, datagrams=total.datagrams, dropped=total.dropped, verified=total.verified,
+                unverified=unverified, mismatches=total.mismatches, error=total.error,
+                # (to the microsecond: the sender's text rounds as rx's own lines do)
+                seconds=round(total.seconds, 6), cpu_user_s=round(total.cpu_user_s, 6),
+                cpu_sys_s=round(total.cpu_sys_s, 6), interrupted=total.interrupted,
+                flows=[r.bytes for r in results] if len(results) > 1 else None)
+
+
+@dataclass
+class Arrival:
+    """The next sender, as next_sender() found it: the config to serve it with, its control
+    connection (None: a sender that does not speak it), its first connection or datagram's source."""
+    cfg: RxConfig
+    control: Optional[ControlPeer] = None
+    first: Optional[tuple] = None       # TCP: (conn, addr); UDP: the first datagram's addr
+
+
+def control_listener(cfg: RxConfig, sock: socket.socket) -> Optional[socket.socket]:
+    """rx udp: a TCP socket on the data port's number, for the control connections; None if refused."""
+    ctl = socket.socket(sock.family, socket.SOCK_STREAM)
+    try:
+        if sock.family == socket.AF_INET6:
+            ctl.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, int(cfg.family is not None))
+        ctl.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ctl.bind(sock.getsockname()[:2])
+        ctl.listen(socket.SOMAXCONN)
+    except OSError as e:
+        ctl.close()
+        rx_note(f"no control connection on TCP port {cfg.port} ({errno.errorcode.get(e.errno, e)}): "
+                f"senders will report their own side alone")
+        return None
+    return ctl
+
+
+def check_hello(cfg: RxConfig, hello: dict) -> RxConfig:
+    """The config this sender's hello asks for (its data and flows), or ControlError saying why not."""
+    proto, data, flows = hello.get("proto"), hello.get("data"), hello.get("flows")
+    if proto != cfg.proto:
+        raise ControlError(f"sends {shown(proto)}, and this is `sendzc.py rx {cfg.proto}`",
+                           refusal=f"it is `sendzc.py rx {cfg.proto}`: start `sendzc.py rx {proto}` there"
+                           if proto in ("udp", "tcp") else f"it receives {cfg.proto}")
+    if data not in ("pattern", "stamps"):
+        raise ControlError(f"sends data {shown(data)}, neither the pattern nor --pool stamps")
+    if type(flows) is not int or not 1 <= flows <= (1 if proto == "udp" else CONTROL_MAX_FLOWS):
+        takes = ("one flow (every UDP flow arrives on its one socket): drop -n" if proto == "udp"
+                 else f"1 to {CONTROL_MAX_FLOWS} flows")
+        raise ControlError(f"announces {shown(flows)} flows", refusal=f"`sendzc.py rx {proto}` takes {takes}")
+    try:
+        check_flows(flows, rx=True)     # what this host runs at once, as rx's own -n is held to
+    except UsageError as e:
+        raise ControlError(f"announces {flows} flows", refusal=f"on its host, {e}") from None
+    return replace(cfg, pool=data == "stamps", flows=flows)
+
+
+def greet(cfg: RxConfig, conn: socket.socket, addr: tuple) -> Optional[Arrival]:
+    """A connection that opened with '{': its hello, answered. None (closed, said on stderr) if bad.
+
+    A hello followed at once by data is a sender that gave up waiting for our
+    ready (we were busy): it sends its stream on this connection (ControlLink).
+    """
+    peer = peer_name(addr)[1]
+    try:
+        hello = control_message(read_line(conn, time.monotonic() + CONTROL_READ_S), "hello")
+        mine = check_hello(cfg, hello)
+        if mine.proto == "tcp" and select.select([conn], [], [], 0)[0]:
+            if not opening_byte(conn):
+                raise ControlError("closed the control connection after its hello", gone=True)
+            return Arrival(mine, None, (conn, addr))
+        send_control(conn, "ready")
+    except ControlError as e:
+        if e.refusal or e.other_version:
+            with suppress(ControlError):
+                send_control(conn, "refused", why=e.refusal or f"it speaks control version {CONTROL_VERSION}: "
+                                                               f"run the same sendzc.py on both hosts")
+        conn.close()
+        rx_note(f"the sender at {peer} {e}: closed its control connection")
+        return None
+    return Arrival(mine, ControlPeer(conn, addr, hello))
+
+
+def opening_byte(conn: socket.socket) -> bytes:
+    """A new TCP connection's first byte, peeked (b"" at once-closed, or silent for CONTROL_READ_S)."""
+    if not select.select([conn], [], [], CONTROL_READ_S)[0]:
+        return b""
+    try:
+        return conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except OSError:
+        return b""                  # reset already: receive() says so as for any sender
+
+
+def next_tcp_sender(cfg: RxConfig, sock: socket.socket) -> Optional[Arrival]:
+    """The next TCP sender: a control connection's hello, answered, or a data connection that
+    does not speak it (the seed's C sender, socat): served as ever. None on Ctrl-C."""
+    while True:
+        got = until_stop(sock.accept)
+        if got is None:
+            return None
+        if opening_byte(got[0]) != b"{":
+            return Arrival(cfg, None, got)
+        arrival = greet(cfg, *got)
+        if arrival is not None:
+            return arrival
+
+
+def next_udp_sender(cfg: RxConfig, sock: socket.socket, ctl: Optional[socket.socket]) -> Optional[Arrival]:
+    """The next UDP sender: its first datagram (the seed's C sender), or a control connection's
+    hello, then that sender's first datagram. None on Ctrl-C."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    if ctl is not None:
+        poller.register(ctl, select.POLLIN)
+    while not STOP.requested:
+        ready = {fd for fd, _ in poller.poll(int(RX_TICK_S * 1000))}
+        if sock.fileno() in ready:
+            addr = until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+            return addr and Arrival(cfg, None, addr)
+        if ctl is not None and ctl.fileno() in ready:
+            conn, addr = ctl.accept()
+            arrival = greet(cfg, conn, addr)
+            if arrival is not None and first_datagram(sock, arrival):
+                return arrival
+    return None
+
+
+def first_datagram(sock: socket.socket, arrival: Arrival) -> bool:
+    """Wait for a greeted sender's first datagram (arrival.first); False if it left first."""
+    control = arrival.control
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    poller.register(control.conn, select.POLLIN)
+    while not STOP.requested:
+        ready = {fd for fd, _ in poller.poll(int(RX_TICK_S * 1000))}
+        if sock.fileno() in ready:
+            arrival.first = until_stop(lambda: sock.recvfrom(1, socket.MSG_PEEK)[1])
+            return arrival.first is not None
+        if control.conn.fileno() in ready and control.ended():
+            rx_note(f"the sender at {control.peer} ended before its first datagram came")
+            break
+    control.report(arrival.cfg, [], new_result(arrival.cfg))
+    return False
+
+
+@contextmanager
+def turning_away(ctl: Optional[socket.socket], serving: str) -> Iterator[None]:
+    """rx udp: while one sender is served, a thread answers every other one's hello "busy".
+
+    Its data would be refused anyway: a connected UDP socket takes only its
+    peer's datagrams, and the kernel answers the others' with an ICMP port
+    unreachable (ECONNREFUSED at the sender). Better the sender hear why.
+    """
+    if ctl is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def doorman() -> None:
+        while not stop.is_set():
+            if not select.select([ctl], [], [], RX_TICK_S)[0]:
+                continue
+            try:
+                conn, addr = ctl.accept()
+            except OSError:
+                continue
+            with conn:
+                with suppress(ControlError):
+                    control_message(read_line(conn, time.monotonic() + CONTROL_WAIT_S), "hello")
+                    send_control(conn, "busy", serving=serving)
+            rx_note(f"turned away the sender at {peer_name(addr)[1]}: busy with {serving} "
+                    f"(one sender at a time)")
+    door = threading.Thread(target=doorman, name="rx-door", daemon=True)
+    door.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        door.join()
 
 
 # =============================================================================
@@ -6094,46 +6666,60 @@ def run_sender(cfg: SendConfig, as_json: bool, interval: Optional[float]) -> int
             warning = fragmentation_warning(cfg.proto, cfg.size, cfg.zc, cfg.gso, cfg.path_mtu, cfg.family)
             if warning:
                 print(f"sendzc: {warning}", file=sys.stderr, flush=True)
-        trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
-        if cfg.flows > 1:
-            flows, total = run_flows(cfg, trace_out)
-            return report_send(cfg, total, as_json, flows)
-        if cfg.pool:
-            return run_pool_sender(cfg, as_json)
-        sock = open_tx_socket(cfg.proto, cfg.family, cfg.addr, cfg.port)
-        stack.callback(sock.close)
-        payload = Payload(cfg.size, cfg.gso)
-        stack.callback(payload.close)           # after the ring (below) has let go of it
-        sender = UringSender(cfg, sock, payload, stack)
-        sender.trace_out = trace_out
-        ticks = Intervals(interval, not as_json) if interval else None
+        link = open_control(cfg)
+        stack.callback(link.close)
+        with ExitStack() as data:       # the data's sockets, closed before rx's result is asked for (TCP: EOF)
+            flows, result = send_data(cfg, data, as_json, interval)
+        finish_control(link, result)
+        return report_send(cfg, result, as_json, flows)
 
-        def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
-            # Intervals count from the run's own start, as result.seconds
-            # does: the last one, which ends there, cannot end before it began.
-            ticks.start_ns = sender.started_ns
-            ticks.report(now_ns or time.perf_counter_ns(), nbytes, requests)
-        result = sender.run(on_tick=on_tick if ticks else None, tick_ns=int((interval or 0) * 1e9))
-        if ticks:                               # the last, partial interval
-            on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
-            result.intervals = ticks.rows
-        return report_send(cfg, result, as_json)
+
+def send_data(cfg: SendConfig, stack: ExitStack, as_json: bool,
+              interval: Optional[float]) -> Tuple[Optional[List[Result]], Result]:
+    """The run itself: -n N flows (their results and total), --pool's reference sender, or the fast one."""
+    trace_out = sys.stderr if as_json else sys.stdout     # under --json stdout is one JSON document
+    if cfg.flows > 1:
+        return run_flows(cfg, trace_out)
+    sock = stack.enter_context(tx_socket(cfg))
+    if cfg.pool:
+        return None, run_reference(cfg, sock, stack)
+    payload = Payload(cfg.size, cfg.gso)
+    stack.callback(payload.close)           # after the ring (below) has let go of it
+    sender = UringSender(cfg, sock, payload, stack)
+    sender.trace_out = trace_out
+    ticks = Intervals(interval, not as_json) if interval else None
+
+    def on_tick(nbytes: int, requests: int, now_ns: int = 0) -> None:
+        # Intervals count from the run's own start, as result.seconds
+        # does: the last one, which ends there, cannot end before it began.
+        ticks.start_ns = sender.started_ns
+        ticks.report(now_ns or time.perf_counter_ns(), nbytes, requests)
+    result = sender.run(on_tick=on_tick if ticks else None, tick_ns=int((interval or 0) * 1e9))
+    if ticks:                               # the last, partial interval
+        on_tick(result.bytes, result.requests, sender.started_ns + int(result.seconds * 1e9))
+        result.intervals = ticks.rows
+    return None, result
 
 
 def report_send(cfg: SendConfig, result: Result, as_json: bool, flows: Optional[List[Result]] = None) -> int:
-    """Print a sender's result (after each flow's, when result is their total), its error; the status."""
+    """Print a sender's result (after each flow's, when result is their total), then the receiver's
+    (describe_receiver), then its error or the receiver's failure; the status."""
+    if flows:                               # rows[0].receiver: the receiver's whole result
+        flows[0].receiver, flows[0].receiver_note = result.receiver, result.receiver_note
+    failure = result.error or receiver_failure(result)
     if as_json:
+        extra = {"total": result.row()} if flows else {}
         print(json.dumps(json_doc(sender_params(cfg), flows or [result],
-                                  {"total": result.row()} if flows else None), indent=2))
+                                  {**extra, "error": failure} if failure else extra), indent=2))
     else:
         for i, r in enumerate(flows or []):
             print(f"flow {i}: " + describe_result(r)[1])
         if flows:
             print(f"total of {len(flows)} flows:")
         if flows or result.requests or not result.error:   # a run refused at its first send has none
-            print("\n".join(describe_result(result)))
-    if result.error:
-        print(f"sendzc: {result.error}", file=sys.stderr)
+            print("\n".join(describe_result(result) + describe_receiver(result)))
+    if failure:
+        print(f"sendzc: {failure}", file=sys.stderr)
         return 1
     return 130 if result.interrupted else 0
 

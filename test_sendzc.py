@@ -606,6 +606,10 @@ MINI_RX = textwrap.dedent("""
     s.bind(("", int(sys.argv[2]))); s.listen(1)
     print("ready", flush=True)
     c, _ = s.accept()
+    hello = b""                 # sendzc's control line, unanswered: then the data, on this connection
+    if c.recv(1, socket.MSG_PEEK) == b"{":
+        while not hello.endswith(b"\\n"):
+            hello += c.recv(1)
     buf = bytearray(1 << 20); n = 0; bad = None
     pat = bytes(range(97, 123)) * ((1 << 20) // 26 + 2)
     while True:
@@ -615,7 +619,7 @@ MINI_RX = textwrap.dedent("""
         if bad is None and buf[:k] != pat[n % 26:n % 26 + k]:
             bad = n
         n += k
-    print(json.dumps({"bytes": n, "bad": bad}))
+    print(json.dumps({"bytes": n, "bad": bad, "hello": len(hello)}))
 """)
 
 
@@ -638,6 +642,7 @@ def test_tcp_receiver_gets_every_byte_in_order(pair, family, opts):
     check_row(row, 65435) if not row["mode"].startswith(("send_zc", "sendmsg_zc")) else None
     assert row["requests"] > 0 and row["error"] is None
     assert got["bytes"] == row["bytes"]            # the receiver counted what the sender reports
+    assert f"after the {got['hello']}-byte hello line" in row["receiver_note"]     # (not sendzc rx)
     assert got["bad"] is None                      # ... and every byte is the pattern, in order
     if row["mode"] != "send":
         assert row["notifications"] == row["requests"]
@@ -1930,7 +1935,12 @@ def test_t_ends_the_run_even_with_sends_stuck_in_the_kernel():
     row = doc["rows"][0]
     assert row["seconds"] < 1.0                      # the loop stopped at -t, not when the reader woke
     assert row["error"] is None and row["undrained"] == 0
-    assert got == [row["bytes"]] and row["notifications"] == row["requests"] > 0
+    assert got == [row["bytes"] + hello_bytes(row)] and row["notifications"] == row["requests"] > 0
+
+
+def hello_bytes(row):
+    """The control line a TCP receiver that is not sendzc rx got before the data (its note says)."""
+    return int(re.search(r"after the (\d+)-byte hello line", row["receiver_note"]).group(1))
 
 
 # --- ENOBUFS: MSG_ZEROCOPY and net.core.optmem_max -------------------------------
@@ -2930,7 +2940,11 @@ def test_pool_keeps_the_contract_and_rx_verifies_every_stamp(tbf_pair, proto):
 @pytest.mark.parametrize("proto", ["udp", "tcp"])
 def test_break_contract_is_caught_by_rx_at_its_offset(tbf_pair, proto):
     tx, (status, doc, err) = pool_run_over_tbf(tbf_pair, proto, "--break-contract")
-    assert tx.returncode == 0, tx.stderr
+    # The sender hears rx's verdict over the control connection, and fails with rx's line.
+    said = readme_pattern("the receiver's check failed", {"10.0.0.2": re.escape(PAIR4[1]), "8000": r"\d+",
+                                                         "rx: verification failed: ...":
+                                                         re.escape(doc["rows"][0]["error"])})
+    assert tx.returncode == 1 and said.fullmatch(only_line(tx)), tx.stderr
     broke = re.search(r"^warning: --break-contract: (\d+) buffers were rewritten as soon as their "
                       r"send's result \(F_MORE\) came, before their notification \(F_NOTIF\): the "
                       r"rule broken is \"a zero-copy buffer is the kernel's until its F_NOTIF\"",
@@ -3903,7 +3917,9 @@ def test_a_flow_the_receiver_never_took_fails_the_run():
     rows = json.loads(p.stdout)["rows"]
     lost = [r for r in rows if r["error"]]
     assert len(lost) == 1 and lost[0]["failed"] > 0 and f"sendzc: {lost[0]['error']}" == line
-    assert sorted(r["bytes"] for r in rows if not r["error"]) == sorted(got)
+    # The plain receiver took the control connection first: it carried flow 0, after the hello line.
+    hello = hello_bytes(rows[0])
+    assert sorted(r["bytes"] + (hello if i == 0 else 0) for i, r in enumerate(rows) if not r["error"]) == sorted(got)
 
 
 # === PERF (issue 15; issue 13 items 5 and 6) ===============================
@@ -4361,3 +4377,505 @@ def test_fuzz_garbage_and_empty_senders_are_never_verified():
         else:
             said = [l for l in out.splitlines() if l.startswith("verified") or "every one verified" in l]
             assert said == [], f"{what}\n{out}"
+
+
+# =============================================================================
+# The control connection: one report from both ends (issue 19, issue 22 items 3 and 5)
+# =============================================================================
+
+def joined_run(pair, proto, *opts, rx_opts=(), t="1"):
+    """`rx --json [rx_opts] proto` in the pair's receiving namespace, the sender `--json -t T opts`
+    into it: (the sender's document, its rows[0].receiver, rx's document)."""
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, *rx_opts, proto, ns=rxns)
+    with reaped(rx):
+        tx = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", t, *opts, proto, ns=txns)
+        status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    return tx, tx["rows"][0]["receiver"], doc
+
+
+def same_cpu(receiver, rx_row):
+    """The receiver's CPU in the sender's report is rx's own getrusage(), as rx printed it."""
+    return all(abs(receiver[k] - rx_row[k]) <= 0.0005 for k in ("cpu_user_s", "cpu_sys_s"))   # (rx rounds to ms)
+
+
+def test_udp_joined_report_accounts_for_every_datagram_sent(pair):
+    tx, got, doc = joined_run(pair, "udp")
+    sent, rx = tx["rows"][0], doc["rows"][0]
+    assert tx["error"] is None and sent["datagrams"] > 0
+    assert got["datagrams"] + got["lost"] == sent["datagrams"]            # exactly
+    assert got["datagrams"] == rx["datagrams"] > 0 and got["bytes"] == rx["bytes"] == rx["datagrams"] * 65435
+    assert got["verified"] is True and rx["verified"] is True and got["mismatches"] == 0
+    assert got["dropped"] == rx["dropped"] is not None and got["dropped"] <= got["lost"]
+    assert same_cpu(got, rx) and got["cpu_user_s"] + got["cpu_sys_s"] > 0
+    assert got["mb_per_cpu_s"] > 0 and got["at"] == f"{PAIR4[1]}:{doc['params']['port']}"
+    check_against_readme(got, "### The receiver in a JSON row")
+
+
+def test_tcp_joined_report_has_every_byte_verified(pair):
+    tx, got, doc = joined_run(pair, "tcp")
+    sent, rx = tx["rows"][0], doc["rows"][0]
+    assert got["bytes"] == sent["bytes"] == rx["bytes"] > 0 and got["missing"] == 0
+    assert got["verified"] is True and got["datagrams"] is None and got["lost"] is None
+    assert same_cpu(got, rx)
+    check_against_readme(got, "### The receiver in a JSON row")
+
+
+def test_udp_gso_joined_counts_segments_and_rx_coalesces_them(pair):
+    tx, got, doc = joined_run(pair, "udp", "-s", 14720, "--gso", 1472)
+    sent, rx = tx["rows"][0], doc["rows"][0]
+    assert sent["datagrams"] == 10 * sent["requests"] > 0                 # ten segments a send
+    assert got["datagrams"] + got["lost"] == sent["datagrams"] and got["verified"] is True
+    assert rx["method"] == "recvmsg UDP_GRO" and rx["bytes"] == rx["datagrams"] * 1472
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_pool_stamps_are_announced_and_checked_without_rx_pool(pair, proto):
+    """The hello says "stamps": rx checks them although it was started without --pool."""
+    tx, got, doc = joined_run(pair, proto, "--pool", "8", "-s", 1400 if proto == "udp" else 65435)
+    sent = tx["rows"][0]
+    assert got["verified"] is True and got["mismatches"] == 0 and doc["params"]["pool"] is False
+    if proto == "udp":
+        assert got["datagrams"] + got["lost"] == sent["datagrams"] > 0
+    else:
+        assert got["bytes"] == sent["bytes"] > 0
+
+
+def test_flows_each_report_their_share_and_the_total(pair):
+    """-n 2 into an rx started without -n: the hello says two flows, and rx takes both."""
+    tx, got, doc = joined_run(pair, "tcp", "-n", "2", t="0.5")
+    assert sorted(got["flows"]) == sorted(r["bytes"] for r in doc["rows"]) == sorted(r["bytes"] for r in tx["rows"][:2])
+    assert got["bytes"] == sum(got["flows"]) == tx["total"]["bytes"] == doc["total"]["bytes"]
+    assert tx["total"]["receiver"] == got and got["verified"] is True and got["missing"] == 0
+
+
+def test_the_text_report_ends_with_the_receivers_line(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "udp", ns=rxns)
+    with reaped(rx):
+        p = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "udp", ns=txns)
+        status, doc, err = finish_rx(rx)
+    assert p.returncode == 0 and status == 0, p.stderr + err
+    got, sent = doc["rows"][0], int(p.stdout.split("tx=")[1].split()[0])
+    last = p.stdout.splitlines()[-1]
+    lost = sent - got["datagrams"]
+    assert re.fullmatch(
+        rf"receiver: {got['datagrams']} of {sent} datagrams \({got['bytes'] >> 20} MB\), {lost} lost "
+        rf"\({100 * lost / sent:.2f}%; {got['dropped']} dropped by its full socket buffer\), verified; "
+        rf"cpu: sender user \d+\.\d\d s sys \d+\.\d\d s, (\d+|-) MB per CPU-second; "
+        rf"receiver user \d+\.\d\d s sys \d+\.\d\d s, (\d+|-) MB per CPU-second",
+        last), last
+
+
+@pytest.mark.parametrize("flag", ["--no-verify", "--discard"])
+def test_a_receiver_that_verifies_nothing_is_reported_as_not_verified(pair, flag):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, flag, "tcp", ns=rxns)
+    with reaped(rx):
+        p = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "tcp", ns=txns)
+        finish_rx(rx)
+    assert p.returncode == 0, p.stderr
+    last = p.stdout.splitlines()[-1]
+    assert f", not verified ({flag}); cpu: " in last and ", verified" not in last
+    tx, got, _ = joined_run(pair, "udp", rx_opts=[flag], t="0.3")
+    assert got["verified"] is None and got["unverified"] == flag
+
+
+def plain_udp_receiver():
+    """A UDP socket on loopback that nobody reads, and no TCP listener on its port: (socket, port)."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s, s.getsockname()[1]
+
+
+def test_a_plain_udp_receiver_gets_the_seeds_run_plus_one_note_in_time():
+    s, port = plain_udp_receiver()
+    with s:
+        started = time.monotonic()
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "1", "udp")
+        took = time.monotonic() - started
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("tx=") and [l for l in lines if "sendzc rx" in l or "receiver:" in l] == [lines[-1]]
+    assert lines[-1] == (f"note: no sendzc rx at 127.0.0.1:{port} (TCP port {port} refused the control "
+                         f"connection): this report is the sender's alone")
+    # The seed's command costs -t, the interpreter's start and at most the control's bounded waits.
+    assert took < 1 + 1.5, took
+
+
+class FakeControlPeer:
+    """A TCP listener on loopback that answers sendzc's hello as a broken peer would (behaviour:
+    'garbage', 'huge', 'silent', 'version', 'half'), beside a UDP socket on the same port for the data."""
+
+    def __init__(self, behaviour):
+        self.behaviour, self.stop = behaviour, threading.Event()
+        self.udp, self.port = plain_udp_receiver()
+        self.listener = socket.socket()
+        self.listener.bind(("127.0.0.1", self.port))
+        self.listener.listen(4)
+        self.got = b""
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self):
+        conn, _ = self.listener.accept()
+        with conn:
+            self.got = conn.recv(4096)
+            try:
+                if self.behaviour == "garbage":
+                    conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+                elif self.behaviour == "version":
+                    conn.sendall(b'{"control": "sendzc", "version": 99, "type": "ready"}\n')
+                elif self.behaviour == "half":
+                    conn.sendall(b'{"control": "sendzc", "vers')
+                elif self.behaviour == "huge":     # 100 MB, no newline: the sender must not read it all
+                    chunk = b"x" * (1 << 20)
+                    for _ in range(100):
+                        conn.sendall(chunk)
+            except OSError:
+                self.got += b" (the sender closed it)"
+            self.stop.wait(10)
+
+    def close(self):
+        self.stop.set()
+        self.thread.join(15)
+        self.listener.close()
+        self.udp.close()
+
+
+SENDER_FAULTS = {
+    "garbage": "sent 'HTTP/1.1 400 Bad Request\\r', which is not JSON on sendzc's control connection "
+               "(not `sendzc.py rx`?)",
+    "huge": "sent a line longer than 65536 bytes on sendzc's control connection (not `sendzc.py rx`?)",
+    "silent": "said nothing in time on sendzc's control connection (not `sendzc.py rx`?)",
+    "half": "sent half a line, then nothing on sendzc's control connection (not `sendzc.py rx`?)",
+    "version": "speaks control version 99, this sendzc 1: run the same sendzc.py on both hosts",
+}
+
+
+@pytest.mark.parametrize("behaviour", list(SENDER_FAULTS))
+def test_a_broken_control_peer_costs_the_sender_one_note_and_half_a_second(behaviour):
+    peer = FakeControlPeer(behaviour)
+    try:
+        started = time.monotonic()
+        p = tool("-D", "127.0.0.1", "-p", peer.port, "-t", "1", "udp")
+        took = time.monotonic() - started
+    finally:
+        peer.close()
+    assert p.returncode == 0 and p.stderr == "", p.stderr
+    assert peer.got.startswith(b'{"control":"sendzc","version":1,"type":"hello","proto":"udp"')
+    assert p.stdout.splitlines()[-1] == (f"note: the receiver at 127.0.0.1:{peer.port} "
+                                         f"{SENDER_FAULTS[behaviour]}: this report is the sender's alone")
+    assert took < 1 + 1.5, took
+
+
+def test_a_tcp_receiver_that_takes_one_connection_gets_the_data_on_it():
+    """msg_zerocopy -r, socat, nc -l accept one connection: the unanswered control connection
+    carries the data, after the hello line, and the sender's run is the seed's."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    port, got = listener.getsockname()[1], []
+
+    def one_connection():
+        conn, _ = listener.accept()
+        with conn:
+            data = b""
+            while True:
+                chunk = conn.recv(1 << 20)
+                if not chunk:
+                    break
+                data += chunk
+            got.append(data)
+    reader = threading.Thread(target=one_connection)
+    reader.start()
+    p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.3", "-s", "1000", "tcp")
+    reader.join(10)
+    listener.close()
+    assert p.returncode == 0, p.stderr
+    hello, _, data = got[0].partition(b"\n")
+    assert json.loads(hello)["type"] == "hello"
+    assert data == sendzc.pattern(len(data)) and len(data) == int(p.stdout.split("(")[0].split("=")[1]) * 1000
+    assert p.stdout.splitlines()[-1] == (
+        f"note: the receiver at 127.0.0.1:{port} said nothing in time on sendzc's control connection "
+        f"(not `sendzc.py rx`?): the data went over that connection, after the {len(hello) + 1}-byte "
+        f"hello line: this report is the sender's alone".replace("line: this", "line; this"))
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_rx_killed_mid_run_the_sender_reports_its_own_and_the_receivers_missing(pair, proto):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, proto, ns=rxns)
+    with reaped(rx):
+        tx = subprocess.Popen(["ip", "netns", "exec", txns, sys.executable, TOOL, "-4", "-D", PAIR4[1],
+                               "-p", str(port), "-t", "3", "-s", "1400", "-i", "0.2", proto],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with reaped(tx):
+            first = tx.stdout.readline()            # an interval line: the run is under way
+            rx.kill()
+            out, err = tx.communicate(timeout=15)
+    assert first.startswith("[") and tx.returncode == 1 and "Traceback" not in err, first + err
+    assert int(out.split("tx=")[1].split()[0]) > 0                                # its own result
+    assert re.search(rf"^note: the receiver's result is missing: rx at {re.escape(PAIR4[1])}:{port} "
+                     rf"(closed|reset) the control connection.*\(did it stop\?\)$", out, re.M), out
+    assert len(err.splitlines()) == 1, err                                        # one line: why it failed
+
+
+def fake_sender(port, payload, hold=0.0):
+    """Open a control connection to rx on loopback, send payload, wait hold seconds: rx's answer."""
+    with socket.create_connection(("127.0.0.1", port)) as s:
+        try:
+            if callable(payload):
+                payload(s)
+            else:
+                s.sendall(payload)
+        except OSError:
+            pass                        # rx closed it in the middle: what it should do
+        time.sleep(hold)
+        s.settimeout(5)
+        try:
+            return s.recv(4096)
+        except OSError:
+            return b""
+
+
+def hundred_megabytes(s):
+    for _ in range(100):
+        s.sendall(b"{" + b"x" * ((1 << 20) - 1))
+
+
+RX_FAULTS = {   # what a bad sender sends: (rx's line about it, what rx answers)
+    "garbage": (b"{this is no JSON\n", "sent '{this is no JSON', which is not JSON", b""),
+    "huge": (hundred_megabytes, "sent a line longer than 65536 bytes", b""),
+    "version": (b'{"control": "sendzc", "version": 2, "type": "hello"}\n',
+                "speaks control version 2, this sendzc 1: run the same sendzc.py on both hosts",
+                b'{"control":"sendzc","version":1,"type":"refused","why":"it speaks control version 1: '
+                b'run the same sendzc.py on both hosts"}\n'),
+    "silent": (b"", "said nothing in time", b""),
+}
+
+
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+@pytest.mark.parametrize("fault", list(RX_FAULTS))
+def test_rx_turns_a_broken_control_peer_away_in_one_line_and_serves_the_next(proto, fault):
+    if proto == "tcp" and fault == "silent":
+        pytest.skip("a TCP connection that says nothing is a sender that sends nothing: rx waits for "
+                    "its data as for any (its first byte tells control from data)")
+    port = free_port()
+    rx = start_rx("-p", port, proto)
+    with reaped(rx):
+        payload, line, answer = RX_FAULTS[fault]
+        assert fake_sender(port, payload, hold=0.0) == answer
+        tx = tool_json("-D", "127.0.0.1", "-p", port, "-t", "0.3", proto)
+        status, doc, err = finish_rx(rx)
+    assert status == 0, err
+    rx_lines = [l for l in err.splitlines() if "waiting for" not in l]
+    assert len(rx_lines) == 1 and re.fullmatch(
+        rf"rx: the sender at 127\.0\.0\.1:\d+ {re.escape(line)}: closed its control connection", rx_lines[0]), err
+    assert tx["rows"][0]["receiver"]["bytes"] == doc["rows"][0]["bytes"] > 0
+
+
+def test_rx_takes_64_flows_at_once():
+    """listen(1) overflowed: rx -n 64 took 37 of 64 simultaneous connects and waited for the rest."""
+    port = free_port()
+    rx = start_rx("-p", port, "-n", "64", "tcp")
+    with reaped(rx):
+        tx = tool_json("-D", "127.0.0.1", "-p", port, "-n", "64", "-t", "0.5", "-s", "1000", "tcp", timeout=120)
+        status, doc, err = finish_rx(rx, timeout=60)
+    assert status == 0, err
+    assert len(doc["rows"]) == 64 and doc["total"]["bytes"] == tx["total"]["bytes"] > 0
+    assert tx["total"]["receiver"]["bytes"] == tx["total"]["bytes"] and tx["error"] is None
+
+
+def test_rx_keep_udp_serves_the_next_sender_at_once_and_turns_a_simultaneous_one_away(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx, _ = start_rx_args("--keep", "--json", "-4", "-p", port, "udp", ns=rxns)
+    with reaped(rx):
+        first = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "-s", "1400", "udp", ns=txns)
+        second = tool_json("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "-s", "1400", "udp", ns=txns)   # right after
+        docs = [read_doc(rx), read_doc(rx)]
+        long_run = subprocess.Popen(["ip", "netns", "exec", txns, sys.executable, TOOL, "-4", "-D", PAIR4[1],
+                                     "-p", str(port), "-t", "2", "-s", "1400", "--json", "udp"],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        with reaped(long_run):
+            time.sleep(1)
+            turned = tool("-4", "-D", PAIR4[1], "-p", port, "-t", "0.5", "-s", "1400", "udp", ns=txns)
+            out, _ = long_run.communicate(timeout=20)
+        docs.append(read_doc(rx))
+        stop_keep_rx_err = ctrl_c(rx)[1]
+    for sent, doc in zip([first, second, json.loads(out)], docs):
+        got = sent["rows"][0]["receiver"]
+        assert got["datagrams"] == doc["rows"][0]["datagrams"] > 0 and got["verified"] is True
+    assert turned.returncode == 1 and turned.stdout == ""
+    busy = readme_pattern("the receiver is busy", {"10.0.0.2": re.escape(PAIR4[1]), "8000": str(port),
+                                                   "10.0.0.3:41234": re.escape(PAIR4[0]) + r":\d+"})
+    assert busy.fullmatch(only_line(turned)), turned.stderr
+    assert re.search(rf"^rx: turned away the sender at {re.escape(PAIR4[0])}:\d+: busy with "
+                     rf"{re.escape(PAIR4[0])}:\d+ \(one sender at a time\)$", stop_keep_rx_err, re.M)
+
+
+def test_a_failed_check_at_the_receiver_fails_the_sender(pair):
+    """A --pool sender into an rx told the data is the pattern (an older hello): rx's check fails,
+    and the sender exits 1 with rx's line."""
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "tcp", ns=rxns)
+    with reaped(rx):
+        hello = {"control": "sendzc", "version": 1, "type": "hello", "proto": "tcp", "data": "pattern",
+                 "flows": 1}
+        script = textwrap.dedent(f"""
+            import json, socket, sys
+            sys.path.insert(0, {HERE!r})
+            import sendzc
+            with socket.create_connection(({PAIR4[1]!r}, {port})) as ctl:
+                ctl.sendall(json.dumps({hello!r}).encode() + b"\\n")
+                assert json.loads(ctl.recv(4096))["type"] == "ready"
+                with socket.create_connection(({PAIR4[1]!r}, {port})) as data:
+                    data.sendall(b"abcdefghijklmnopqrstuvwxyzabcX")
+                ctl.sendall(sendzc.control_line("done", bytes=30, datagrams=None, requests=1))
+                print(ctl.recv(65536).decode(), end="")
+        """)
+        p = subprocess.run(["ip", "netns", "exec", txns, sys.executable, "-c", script],
+                           capture_output=True, text=True, timeout=30)
+        status, doc, err = finish_rx(rx)
+    assert p.returncode == 0, p.stderr
+    msg = json.loads(p.stdout)
+    assert msg["type"] == "result" and msg["verified"] is False and msg["bytes"] == 30
+    sent = sendzc.Result("send_zc_fixed", "tcp", 30, 1, requests=1, bytes=30)
+    sent.receiver = sendzc.joined(sent, msg, f"{PAIR4[1]}:{port}")
+    assert sendzc.receiver_failure(sent) == f"the receiver at {PAIR4[1]}:{port} says: {doc['rows'][0]['error']}"
+    assert status == 1
+
+
+@pytest.mark.parametrize("behaviour", ["plain", "silent", "huge"])
+def test_the_sender_leaves_no_fd_or_thread_whatever_the_control_peer_does(capsys, behaviour):
+    fds, threads = open_fds(), threading.active_count()     # before the peer (its fds are this process's)
+    peer = FakeControlPeer(behaviour) if behaviour != "plain" else None
+    s, port = plain_udp_receiver() if peer is None else (None, peer.port)
+    try:
+        status, out, err = main_in_process(capsys, "-D", "127.0.0.1", "-p", port, "-t", "0.2", "-s", "1000", "udp")
+    finally:
+        peer.close() if peer else s.close()
+    assert (open_fds(), threading.active_count()) == (fds, threads)
+    assert status == 0 and err == [] and out.splitlines()[-1].startswith("note: ")
+
+
+def test_rx_leaves_no_fd_or_thread_after_a_controlled_sender_and_one_turned_away(capsys):
+    """rx udp in this process (its doorman thread, control listener and connections), a sender
+    and a second one during the first: afterwards only what was open before."""
+    port = free_port()
+    later = [subprocess.Popen(["sh", "-c", f"sleep {delay}; exec {sys.executable} {TOOL} -D 127.0.0.1 "
+                                           f"-p {port} -t {t} -s 1000 udp"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for delay, t in ((1, 1.5), (1.8, 0.2))]
+    fds, threads = open_fds(), threading.active_count()
+    try:
+        status, out, err = main_in_process(capsys, "rx", "-p", port, "udp")
+        assert (open_fds(), threading.active_count()) == (fds, threads)
+    finally:
+        results = [p.communicate(timeout=30) for p in later]
+    assert status == 0 and out.splitlines()[-1].startswith("verified: all ")
+    assert later[0].returncode == 0 and results[0][0].splitlines()[-1].startswith("receiver: ")
+    assert later[1].returncode == 1 and "is busy with another sender" in results[1][1]
+    assert any(line.startswith("rx: turned away the sender at 127.0.0.1:") for line in err)
+
+
+def test_tcp_bytes_missing_at_the_receiver_fail_the_sender_in_one_line():
+    """A receiver whose result says fewer bytes than were sent (here a fake one that says so):
+    exit 1, the line says how many, and the JSON document's error is that line."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    port = listener.getsockname()[1]
+
+    def short_receiver():
+        ctl, _ = listener.accept()
+        with ctl:
+            sendzc.read_line(ctl, time.monotonic() + 5)
+            ctl.sendall(sendzc.control_line("ready"))
+            data, _ = listener.accept()
+            with data:
+                got = sum(iter(lambda: len(data.recv(1 << 20)), 0))
+            sendzc.read_line(ctl, time.monotonic() + 5)
+            ctl.sendall(sendzc.control_line("result", bytes=got - 1000, datagrams=None, dropped=None,
+                                            verified=True, mismatches=0, seconds=0.2, cpu_user_s=0.01,
+                                            cpu_sys_s=0.02, error=None))
+    fake = threading.Thread(target=short_receiver)
+    fake.start()
+    try:
+        p = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.2", "-s", "1000", "tcp")
+    finally:
+        fake.join(20)
+        listener.close()
+    doc = json.loads(p.stdout)
+    sent = doc["rows"][0]["bytes"]
+    line = readme_line("TCP bytes missing at the receiver", {**at("127.0.0.1", port), "4213489520": sent - 1000,
+                                                             "4213490520": sent, "1000": 1000})
+    assert p.returncode == 1 and only_line(p) == line and doc["error"] == line[len("sendzc: "):]
+    assert doc["rows"][0]["receiver"]["missing"] == 1000
+
+
+def test_a_receiver_that_refuses_the_run_ends_it_before_any_data():
+    """-n 2 udp into rx udp: every UDP flow would arrive on rx's one socket; rx says no at the hello."""
+    port = free_port()
+    rx = start_rx("-p", port, "udp")
+    with reaped(rx):
+        p = tool("-D", "127.0.0.1", "-p", port, "-n", "2", "-t", "0.3", "udp")
+        ctrl_c(rx)
+    assert p.returncode == 1 and p.stdout == ""
+    assert only_line(p) == readme_line("the receiver refuses the run", at("127.0.0.1", port))
+
+
+def test_a_receiver_whose_result_never_comes_fails_the_run_in_one_line():
+    """rx said ready, took the data, then closed the control connection without a result."""
+    s, port = plain_udp_receiver()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", port))
+    listener.listen(1)
+
+    def ready_then_gone():
+        conn, _ = listener.accept()
+        with conn:
+            sendzc.read_line(conn, time.monotonic() + 5)
+            conn.sendall(sendzc.control_line("ready"))
+            sendzc.read_line(conn, time.monotonic() + 10)      # "done": and then nothing but a close
+    fake = threading.Thread(target=ready_then_gone)
+    fake.start()
+    try:
+        p = tool("-D", "127.0.0.1", "-p", port, "-t", "0.2", "-s", "1000", "udp")
+    finally:
+        fake.join(20)
+        listener.close()
+        s.close()
+    line = readme_line("the receiver's result never comes", at("127.0.0.1", port))
+    assert p.returncode == 1 and only_line(p) == line
+    assert p.stdout.splitlines()[-1] == "note: " + line[len("sendzc: "):]
+
+
+def test_rx_keep_tcp_busy_a_second_sender_falls_back_and_is_served_next_verified():
+    """rx --keep tcp answers nobody while it serves a sender: a second one's hello waits unanswered,
+    so it sends its stream on that connection, after the hello; rx serves it next, checked from
+    the byte after the line."""
+    port = free_port()
+    rx = keep_rx("-p", port, "tcp")
+    with reaped(rx):
+        first = subprocess.Popen([sys.executable, TOOL, "-D", "127.0.0.1", "-p", str(port), "-i", "0.2",
+                                  "-t", "1.5", "-s", "1000", "tcp"], stdout=subprocess.PIPE, text=True)
+        with reaped(first):
+            assert first.stdout.readline().startswith("[")      # an interval line: rx is busy with it
+            second = tool("--json", "-D", "127.0.0.1", "-p", port, "-t", "0.3", "-s", "1000", "tcp")
+            first_out = first.communicate(timeout=20)[0]
+        docs = [read_doc(rx), read_doc(rx)]
+        stop_keep_rx(rx)
+    assert first.returncode == 0 and ", verified; cpu: " in first_out.splitlines()[-1]
+    sent = json.loads(second.stdout)["rows"][0]
+    assert second.returncode == 0 and "receiver" not in sent
+    assert "the data went over that connection, after the" in sent["receiver_note"]
+    got = docs[1]["rows"][0]
+    assert got["bytes"] == sent["bytes"] > 0 and got["verified"] is True
