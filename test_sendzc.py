@@ -4685,7 +4685,7 @@ def test_rx_takes_64_flows_at_once():
     port = free_port()
     rx = start_rx("-p", port, "-n", "64", "tcp")
     with reaped(rx):
-        tx = tool_json("-D", "127.0.0.1", "-p", port, "-n", "64", "-t", "0.5", "-s", "1000", "tcp", timeout=120)
+        tx = tool_json("-D", "127.0.0.1", "-p", port, "-n", "64", "-t", "2", "-s", "1000", "tcp", timeout=120)
         status, doc, err = finish_rx(rx, timeout=60)
     assert status == 0, err
     assert len(doc["rows"]) == 64 and doc["total"]["bytes"] == tx["total"]["bytes"] > 0
