@@ -2935,19 +2935,12 @@ class UringSender(BulkSender):
         at most ENTER_WAIT_NS, then the ready CQEs' flags and res sum),
         judge(), one cq_advance(), a look at sq.flags.
         """
-        ring, books, per_batch, size = self.ring, self.books, self.per_batch, self.size
+        ring, books, size = self.ring, self.books, self.size
         if books.entered is not None or books.slow.error:
             return
         submit_and_peek = (functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll
                            else ring.submit_and_peek)
-        # In flight: one batch, as in the seed, unless SQPOLL: its thread
-        # submits on its own CPU, so we keep the SQ full and enter only to
-        # sleep until half of what is in flight has completed (sleeping per
-        # batch cost the SQ thread a third of its rate: README, "Speed"). Not a
-        # stream: batches are not linked to each other, and the SQ thread cuts
-        # a chain wherever its submission ends; nor -f, which waits per batch.
-        ahead = ring.sq_entries - per_batch if ring.sqpoll and not (self.stream or self.flush) else 0
-        due_max = 0 if self.flush else ring.cq_entries - 2 * (ahead + per_batch)   # as in run_hot()
+        ahead, due_max = self.general_window()
         clock, deadline, stop, slow = time.perf_counter_ns, books.deadline, self.stop, books.slow
         judge, peek_res, cq_advance = self.judge, ring.peek_res, ring.cq_advance
         place_batches = self.place_batches
@@ -2990,6 +2983,21 @@ class UringSender(BulkSender):
                 sample_t = 0
             assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
         books.inflight, books.due, books.placed = inflight, due, placed
+
+    def general_window(self) -> Tuple[int, int]:
+        """run_general()'s (ahead, due_max): how far SQPOLL runs ahead, how many notifications may be owed.
+
+        In flight: one batch, as in the seed, unless SQPOLL: its thread
+        submits on its own CPU, so we keep the SQ full and enter only to
+        sleep until half of what is in flight has completed (sleeping per
+        batch cost the SQ thread a third of its rate: README, "Speed"). Not a
+        stream: batches are not linked to each other, and the SQ thread cuts
+        a chain wherever its submission ends; nor -f, which waits per batch.
+        """
+        ring, per_batch = self.ring, self.per_batch
+        ahead = ring.sq_entries - per_batch if ring.sqpoll and not (self.stream or self.flush) else 0
+        due_max = 0 if self.flush else ring.cq_entries - 2 * (ahead + per_batch)   # as in run_hot()
+        return ahead, due_max
 
     def place_batches(self, inflight: int, placed: int, ahead: int) -> int:
         """(1) for run_general(): a stream's next batch, or as many datagram batches as fit; how many requests.
@@ -3439,17 +3447,38 @@ class SyscallSender:
         A TCP send may move fewer bytes than asked: the next starts where the
         stream stands, so the wire carries the pattern in order.
         """
-        cfg, sock, zc, poll_each = self.cfg, self.sock, self.zerocopy, self.poll_each
-        size = cfg.size
-        flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
+        cfg, sock = self.cfg, self.sock
         whole = memoryview(self.payload.map)
-        views = [whole[p:p + size] for p in range(PATTERN_LEN if cfg.proto == "tcp" else 1)]
+        views = [whole[p:p + cfg.size] for p in range(PATTERN_LEN if cfg.proto == "tcp" else 1)]
         writable = select.poll()       # wakes when the send buffer has space (or an error is queued)
         writable.register(sock, select.POLLOUT)
         errq = select.poll()           # wakes when a notification is queued
         errq.register(sock, select.POLLERR)
-        done = self.completions
-        result = Result(self.mode, cfg.proto, size, 1, family_name(cfg.family), gso=cfg.gso or None)
+        result = Result(self.mode, cfg.proto, cfg.size, 1, family_name(cfg.family), gso=cfg.gso or None)
+        self.payload.lent += 1         # until the drain settles it (see Payload)
+        try:
+            meter = Meter()
+            self.started_ns = meter.t0    # -i: where the interval lines start counting
+            counts = self.send_until_done(views, writable, errq, meter.t0, on_tick, tick_ns)
+            result.interrupted = STOP.requested
+            meter.stop(result)          # the rate covers sending; the drain below is not timed
+            waited, drain_error = self.drain_notifications(counts[0], errq)
+        finally:
+            for v in views:
+                v.release()             # the mmap cannot close while a view exports it
+            whole.release()
+        self.settle_result(result, counts, drain_error, waited)
+        return result
+
+    def send_until_done(self, views: List[memoryview], writable, errq, t0: int,
+                        on_tick: Optional[Callable[[int, int], None]], tick_ns: int
+                        ) -> Tuple[int, int, int, int, int, bool]:
+        """do_tx()'s loop: bursts of send(2) to the deadline; (sends, bytes, eagain, enobufs, errno, starved).
+
+        Each burst is one tight loop, every name bound before it: Python's cost per send is the row.
+        """
+        cfg, sock, zc, poll_each, done = self.cfg, self.sock, self.zerocopy, self.poll_each, self.completions
+        flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
         send, poll, clock, burst = sock.send, writable.poll, time.perf_counter_ns, range(SEND_BURST)
         view, nviews = views[0], len(views)
         # The selftest's loop, datagrams: one send(), one poll(), and Python's least around them, since
@@ -3459,91 +3488,102 @@ class SyscallSender:
         sends = nbytes = eagain = enobufs = error = 0
         starved = False                # ENOBUFS with nothing outstanding: waiting cannot help
         reap_at = ZC_REAP_EVERY
-        self.payload.lent += 1         # until the drain settles it (see Payload)
-        try:
-            meter = Meter()
-            self.started_ns = meter.t0    # -i: where the interval lines start counting
-            deadline = meter.t0 + int(cfg.seconds * 1e9)
-            next_tick = meter.t0 + tick_ns if tick_ns else deadline + 1
-            while True:
-                now = clock()
-                if now >= deadline or STOP.requested or error:
-                    break
-                if now >= next_tick:                # -i: ticks only inside the run
-                    on_tick(nbytes, sends)
-                    next_tick += tick_ns
-                try:
-                    if selftest:                    # send, poll(), send, ... as do_tx() does
-                        for _ in burst:
-                            nbytes += send(view, flags)
-                            sends += 1
-                            if not poll(POLL_MS):   # no room: only now read the error queue
-                                error = done.read(sock, sends) if zc else 0
-                                break
-                    elif nviews > 1 or poll_each:   # TCP, from where the stream stands
-                        for _ in burst:
-                            nbytes += send(views[nbytes % nviews], flags)
-                            sends += 1
-                            if poll_each:
-                                poll(POLL_MS)
-                    else:
-                        for _ in burst:
-                            nbytes += send(view, flags)
-                            sends += 1
-                except BlockingIOError:             # the send buffer is full: wait for room
-                    eagain += 1
-                    if zc:
-                        error = done.read(sock, sends)
-                    writable.poll(POLL_MS)
-                except OSError as e:
-                    if not (zc and e.errno == errno.ENOBUFS):
-                        error = e.errno
-                        continue
-                    # Out of option memory, which unread notifications hold: read them;
-                    # if there were none, wait for one. If none is outstanding either,
-                    # no completion will ever free some.
-                    ranges = done.ranges
+        deadline = t0 + int(cfg.seconds * 1e9)
+        next_tick = t0 + tick_ns if tick_ns else deadline + 1
+        while True:
+            now = clock()
+            if now >= deadline or STOP.requested or error:
+                break
+            if now >= next_tick:                # -i: ticks only inside the run
+                on_tick(nbytes, sends)
+                next_tick += tick_ns
+            try:
+                if selftest:                    # send, poll(), send, ... as do_tx() does
+                    for _ in burst:
+                        nbytes += send(view, flags)
+                        sends += 1
+                        if not poll(POLL_MS):   # no room: only now read the error queue
+                            error = done.read(sock, sends) if zc else 0
+                            break
+                elif nviews > 1 or poll_each:   # TCP, from where the stream stands
+                    for _ in burst:
+                        nbytes += send(views[nbytes % nviews], flags)
+                        sends += 1
+                        if poll_each:
+                            poll(POLL_MS)
+                else:
+                    for _ in burst:
+                        nbytes += send(view, flags)
+                        sends += 1
+            except BlockingIOError:             # the send buffer is full: wait for room
+                eagain += 1
+                if zc:
                     error = done.read(sock, sends)
-                    if done.ranges == ranges and not done.outstanding:
-                        starved, error = True, errno.ENOBUFS
-                        continue
-                    enobufs += 1                    # ... and retried
-                    if done.ranges == ranges:
-                        errq.poll(POLL_MS)
-                if zc and sends >= reap_at and not selftest:
-                    error = error or done.read(sock, sends)
-                    reap_at = sends + ZC_REAP_EVERY
-            result.interrupted = STOP.requested
-            meter.stop(result)          # the rate covers sending; the drain below is not timed
-            done.sent = sends
-            # Every completion before the buffer may go, in section 6's drain_owed():
-            # bounded, as a TCP peer that stopped reading could hold the pages for minutes.
-            read_errors = []
+                writable.poll(POLL_MS)
+            except OSError as e:
+                if not (zc and e.errno == errno.ENOBUFS):
+                    error = e.errno
+                    continue
+                error, starved = self.after_enobufs(sends, errq)
+                if starved:
+                    continue
+                enobufs += 1                    # ... and retried
+            if zc and sends >= reap_at and not selftest:
+                error = error or done.read(sock, sends)
+                reap_at = sends + ZC_REAP_EVERY
+        return sends, nbytes, eagain, enobufs, error, starved
 
-            def wait_and_read(left: float) -> None:
-                errq.poll(min(POLL_MS, left * 1000))
-                read_errors.append(done.read(sock, sends))
-            waited = drain_owed(lambda: zc and done.outstanding, wait_and_read, DRAIN_SECONDS,
-                                lambda: STOP.hurry)
-            error = error or next((e for e in read_errors if e), 0)
-            # Settled: only what never came stays lent (send(2) without MSG_ZEROCOPY copies:
-            # nothing is owed, though `outstanding` counts every send then).
-            self.payload.lent += (done.outstanding if zc else 0) - 1
-        finally:
-            for v in views:
-                v.release()             # the mmap cannot close while a view exports it
-            whole.release()
+    def after_enobufs(self, sends: int, errq) -> Tuple[int, bool]:
+        """ENOBUFS from a MSG_ZEROCOPY send: free option memory, or say (errno, starved) that none will come.
+
+        Out of option memory, which unread notifications hold: read them;
+        if there were none, wait for one. If none is outstanding either,
+        no completion will ever free some.
+        """
+        done = self.completions
+        ranges = done.ranges
+        error = done.read(self.sock, sends)
+        if done.ranges == ranges and not done.outstanding:
+            return errno.ENOBUFS, True
+        if done.ranges == ranges:
+            errq.poll(POLL_MS)
+        return error, False
+
+    def drain_notifications(self, sends: int, errq) -> Tuple[float, int]:
+        """Every completion before the buffer may go, in section 6's drain_owed(); (seconds waited, errno).
+
+        Bounded, as a TCP peer that stopped reading could hold the pages for minutes.
+        """
+        done, sock, zc = self.completions, self.sock, self.zerocopy
+        done.sent = sends
+        read_errors = []
+
+        def wait_and_read(left: float) -> None:
+            errq.poll(min(POLL_MS, left * 1000))
+            read_errors.append(done.read(sock, sends))
+        waited = drain_owed(lambda: zc and done.outstanding, wait_and_read, DRAIN_SECONDS,
+                            lambda: STOP.hurry)
+        # Settled: only what never came stays lent (send(2) without MSG_ZEROCOPY copies:
+        # nothing is owed, though `outstanding` counts every send then).
+        self.payload.lent += (done.outstanding if zc else 0) - 1
+        return waited, next((e for e in read_errors if e), 0)
+
+    def settle_result(self, result: Result, counts: Tuple[int, int, int, int, int, bool],
+                      drain_error: int, waited: float) -> None:
+        """The totals into result, and its one error line: starved, a send's errno, or what never came."""
+        sends, nbytes, eagain, enobufs, error, starved = counts
+        error = error or drain_error
+        done = self.completions
         result.requests, result.bytes, result.eagain, result.enobufs = sends, nbytes, eagain, enobufs
-        if zc:
+        if self.zerocopy:
             result.notifications, result.zc_copied = done.completed, done.copied
             result.undrained = done.outstanding
         if starved:
             result.error = zerocopy_enobufs_error()
         elif error:
-            result.error = send_error(error, cfg)
+            result.error = send_error(error, self.cfg)
         elif result.undrained and not STOP.hurry:
-            result.error = undrained_error(cfg, waited)
-        return result
+            result.error = undrained_error(self.cfg, waited)
 
 
 # =============================================================================
@@ -4249,6 +4289,12 @@ def receive(rx, buf: RxBuffer, verifier: Optional[Verifier], cfg: RxConfig, resu
         if now >= deadline or STOP.requested:
             break
     meter.stop(result)                  # CPU over the whole run, idle tail included
+    settle_receive(result, ticks, stream, nbytes, receives, datagrams, biggest, t0, last)
+
+
+def settle_receive(result: RxResult, ticks: Optional[Intervals], stream: bool, nbytes: int,
+                   receives: int, datagrams: int, biggest: int, t0: int, last: int) -> None:
+    """receive()'s totals into result, and the last, partial -i interval (ending at the last byte)."""
     if ticks and (nbytes > ticks.last[1] or not ticks.rows):      # the last, partial interval
         ticks.report(last, nbytes, receives if stream else datagrams)
     result.bytes, result.receives, result.intervals = nbytes, receives, ticks and ticks.rows
