@@ -3481,9 +3481,8 @@ class SyscallSender:
         flags = socket.MSG_DONTWAIT | (MSG_ZEROCOPY if zc else 0)
         send, poll, clock, burst = sock.send, writable.poll, time.perf_counter_ns, range(SEND_BURST)
         view, nviews = views[0], len(views)
-        # The selftest's loop, datagrams: one send(), one poll(), and Python's least around them, since
-        # this row is the RFC's baseline and every ns of Python per send lowers it (its kernel rate
-        # matches the selftest's; by MB/s it stays at ~0.85x, the interpreter's ~0.4 us a send).
+        # The selftest's loop, datagrams: one send(), one poll(), and Python's least around them: this
+        # row is the RFC's baseline, and every ns of Python per send lowers it (README: "Speed").
         selftest = poll_each and nviews == 1
         sends = nbytes = eagain = enobufs = error = 0
         starved = False                # ENOBUFS with nothing outstanding: waiting cannot help
