@@ -392,9 +392,10 @@ MAP_POPULATE = getattr(mmap, "MAP_POPULATE", 0x8000)       # <sys/mman.h>; mmap 
 # becomes an OSError that names the syscall (OSError(EINTR, ...) is an
 # InterruptedError, which the wait loops catch), and a refusal the user must
 # act on becomes Fatal: one line, naming the fix. Past this section only the
-# once-per-batch paths (Ring.submit_and_peek, and section 8's hot loop) call
-# _syscall themselves, to save a Python frame; every io_uring_enter's answer
-# goes through check_enter() all the same.
+# once-per-batch paths call syscall() themselves, to save a Python frame
+# (Ring.submit_and_peek through _syscall; section 8's hot loop through one that
+# keeps the GIL); every io_uring_enter's answer goes through check_enter() all
+# the same.
 # =============================================================================
 
 _NR_IO_URING = {  # machine: (io_uring_setup, io_uring_enter, io_uring_register)
@@ -1473,11 +1474,24 @@ def bulk_send(dest: Tuple[str, int], count: int = 64, batch: int = 8, size: int 
 # =============================================================================
 
 class StopRequest:
-    """A request to end a run early, set from outside the loop (a signal handler); read once per batch."""
+    """The tool's request to end a run early: section 12's signal handlers set STOP, every loop reads
+    it once per batch."""
 
     def __init__(self):
-        self.requested = False   # end the run, drain, report what was done
-        self.hurry = False       # stop waiting for notifications too
+        self.requested = False   # Ctrl-C once: end the run, drain, print the partial result
+        self.hurry = False       # Ctrl-C twice: stop waiting for notifications too
+        self.signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
+
+
+STOP = StopRequest()
+
+# The same syscall() without letting go of the GIL: CDLL releases and retakes
+# it around every call (~60 ns), which pays only if another thread of ours has
+# Python to run meanwhile. The tool's hot loop has none (it runs one ring per
+# process), and a signal still interrupts a wait (EINTR): BulkSender's hot loop
+# enters through it.
+_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
+_syscall_gil.restype = ctypes.c_long
 
 
 def judge_each(res: List[int], flags: List[int], size: int, zc: bool = False) -> Tally:
@@ -1554,14 +1568,9 @@ class BulkSender:
     """
 
     def __init__(self, ring: Ring, buf, size: int, per_batch: int, zc: bool = True,
-                 fixed: bool = True, stream: bool = False, report_usage: bool = False,
-                 stop: Optional[StopRequest] = None):
+                 fixed: bool = True, stream: bool = False, report_usage: bool = False):
         self.ring, self.buf, self.size, self.per_batch = ring, buf, size, per_batch
         self.zc, self.fixed, self.stream, self.report_usage = zc, fixed, stream, report_usage
-        self.stop = stop or StopRequest()     # whoever owns the signals sets it
-        # The syscall() the hot loop enters through (a subclass may pass one
-        # that keeps the GIL: UringSender, below).
-        self.syscall = _syscall
         self._batches: Dict[int, bytes] = {}
         self.seen: Dict[bytes, KnownBatch] = {}
 
@@ -1660,14 +1669,14 @@ class BulkSender:
         clean = None if stream else one_result * per_batch + (one_notif * per_batch if zc else b"")
         seen = self.seen
 
-        syscall, enter, enter_fd, u32 = self.syscall, NR_io_uring_enter, ring.enter_fd, U32
+        syscall, enter, enter_fd, u32 = _syscall_gil, NR_io_uring_enter, ring.enter_fd, U32
         wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
         wait_owed, judge_odd, seen_get = self.wait_owed, self.judge_odd, seen.get
         sq_words, sq_tail_i, sq_mask, sq_entries = ring._sq_words, ring._sq_tail_i, ring.sq_mask, ring.sq_entries
         sq_flags_i, sqes = ring._sq_flags_i, ring._sqes
         cq_words, cq_tail_i, cq_head_i = ring._cq_words, ring._cq_tail_i, ring._cq_head_i
         cq_map, cqe_start, cqe_end = ring._cq_map, ring.cqe_start, ring.cqe_end
-        cq_mask, clock, stop, held_back = ring.cq_mask, time.perf_counter_ns, self.stop, IORING_SQ_CQ_OVERFLOW
+        cq_mask, clock, stop, held_back = ring.cq_mask, time.perf_counter_ns, STOP, IORING_SQ_CQ_OVERFLOW
         sq_tail, cq_head = ring.sq_tail, ring.cq_head
         inflight, due = books.inflight, books.due
         lags_append, sample_t, sample_due = books.lags_ns.append, 0, 0    # the lag sample under way
@@ -1805,7 +1814,7 @@ class BulkSender:
         """The hot loop's look at the clock, the stop request and sq.flags: 0 ends the run, else the next."""
         books = self.books
         books.held_back = books.held_back or self.ring.cq_held_back
-        if now >= books.deadline or self.stop.requested or books.held_back:
+        if now >= books.deadline or STOP.requested or books.held_back:
             return 0
         whole = books.whole + hot_results + sum(k.times * k.whole for k in self.seen.values())
         books.on_tick(whole * self.size + books.slow.bytes, whole + books.slow.ok)
@@ -1873,7 +1882,7 @@ class BulkSender:
         A stop that ended the run leaves the drain its time (stop.hurry cuts
         it); one that comes while it waits cuts it.
         """
-        ring, books, stop = self.ring, self.books, self.stop
+        ring, books, stop = self.ring, self.books, STOP
         stopped = books.stopped = stop.requested
 
         def wait_and_reap(left: float) -> None:
@@ -2738,14 +2747,6 @@ SQ_THREAD_IDLE_MS = 1000   # how long the SQ thread spins with nothing to do bef
 # minutes; past this the buffer stays mapped until exit instead.
 DRAIN_SECONDS = 5.0
 
-# The same syscall() without letting go of the GIL: CDLL releases and retakes
-# it around every call (~60 ns), which pays only if another thread of ours has
-# Python to run meanwhile. The tool's hot loop has none (it runs one ring per
-# process), and a signal still interrupts a wait (EINTR): UringSender hands
-# it to BulkSender as the syscall() its hot loop enters through.
-_syscall_gil = ctypes.PyDLL(None, use_errno=True).syscall
-_syscall_gil.restype = ctypes.c_long
-
 
 # A sender's CQ ring holds this many CQEs per SQ entry: room for a result and a
 # notification of every request in flight, and for notifications that lag.
@@ -2866,10 +2867,9 @@ class UringSender(BulkSender):
         self.sendmsg, self.cmsg = cfg.sendmsg, gso_cmsg(cfg.gso) if cfg.gso and cfg.sendmsg else None
         self._msgs: List[ctypes.Structure] = []   # SENDMSG's msghdrs must live as long as we do
         super().__init__(ring, payload, cfg.size, cfg.batch, cfg.zc, cfg.fixed_buf,
-                         cfg.proto == "tcp", usage, STOP)
+                         cfg.proto == "tcp", usage)
         self.flush = cfg.flush      # -f: each batch waits for its notifications (run_general)
         self.run_of_batches: Optional[memoryview] = None     # place_batches() builds it
-        self.syscall = _syscall_gil                # see above
         self.trace_out = sys.stdout
         self.deadline_ns: Optional[int] = None     # -n: the flows' common deadline (run_flows)
         self.started_ns = 0                        # perf_counter_ns when run() started
@@ -2941,7 +2941,7 @@ class UringSender(BulkSender):
         submit_and_peek = (functools.partial(sqpoll_submit_and_peek, ring) if ring.sqpoll
                            else ring.submit_and_peek)
         ahead, due_max = self.general_window()
-        clock, deadline, stop, slow = time.perf_counter_ns, books.deadline, self.stop, books.slow
+        clock, deadline, stop, slow = time.perf_counter_ns, books.deadline, STOP, books.slow
         judge, peek_res, cq_advance = self.judge, ring.peek_res, ring.cq_advance
         place_batches = self.place_batches
         inflight, due, placed = books.inflight, books.due, books.placed
@@ -7339,18 +7339,6 @@ def describe_capabilities(caps: dict) -> List[str]:
 
 def signal_label(signum: int) -> str:
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-
-
-class _Stop(StopRequest):
-    """The tool's stop request, set by the signal handlers below; every loop reads it once per batch.
-
-    requested: Ctrl-C once: end the run, drain, print the partial result.
-    hurry: Ctrl-C twice: stop waiting for notifications too.
-    """
-    signum = signal.SIGINT   # the first signal that asked: main()'s status and line name it
-
-
-STOP = _Stop()
 
 
 def on_sigint(signum, frame):
