@@ -2266,8 +2266,13 @@ def describe_result(r: Result) -> List[str]:
                      f"{r.requests} in tx and {r.failed} that failed or were cancelled after the error, "
                      f"which also post one")
     cpu = r.cpu_user_s + r.cpu_sys_s
-    if (r.mode not in SYSCALL_MODES and r.pool is None and r.requests
-            and cpu > BUSY_SHARE * r.seconds and r.cpu_user_s > PYTHON_SHARE_HINT * cpu):
+    python_heavy = (r.mode not in SYSCALL_MODES and r.pool is None and r.requests
+                    and cpu > BUSY_SHARE * r.seconds and r.cpu_user_s > PYTHON_SHARE_HINT * cpu)
+    if python_heavy and "IORING_SETUP_SQPOLL" in r.setup:
+        # Not Python's cost per batch: its poll of the CQ ring (SQPOLL_SPIN_NS).
+        lines.append(f"note: --sqpoll: Python polled the CQ ring rather than sleep ({r.cpu_user_s:.2f} s "
+                     f"of user CPU), so that the SQ thread never wakes it: this flow takes two cores")
+    elif python_heavy:
         # --sqpoll only where the file allows it (x86-64): arm64 6.1 was told to try it, and refused it.
         sqpoll = ", or --sqpoll," if platform.machine() == "x86_64" else ""
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
@@ -2791,13 +2796,26 @@ def check_sqpoll(cfg: SendConfig) -> None:
 
 
 # --sqpoll's submit and peek: the SQ thread submits, we mostly only read the rings.
+# How long the reaper polls the CQ ring before it sleeps in io_uring_enter. A
+# sleeper costs the SQ thread, the one CPU doing all of this flow's kernel
+# work: every CQE it posts runs the sleeper's wake check, and a wake sends an
+# IPI to our CPU. Polling, we leave it nothing but the sends, and SQPOLL
+# outruns C's plain sender on an idle host (README, "Speed", has the figures);
+# Python takes the other core for it, which the run's user CPU shows. A
+# batch's CQEs come within ~100 us; after 1 ms without them the path is slow
+# (a shaping qdisc, a TCP peer that stopped reading), and sleeping costs
+# nothing there.
+SQPOLL_SPIN_NS = 1_000_000
+
+
 def sqpoll_submit_and_peek(ring: Ring, wait_nr: int) -> Tuple[List[int], int]:
     """Ring.submit_and_peek() for an IORING_SETUP_SQPOLL ring: mostly no syscall at all.
 
     The kernel's SQ thread, on another CPU, watches sq.tail and submits
-    whatever we place; we store the tail and read the CQ ring, and enter
-    only to sleep until wait_nr CQEs are ready, or to wake the thread
-    (IORING_ENTER_SQ_WAKEUP) when it has set IORING_SQ_NEED_WAKEUP.
+    whatever we place; we store the tail, wake the thread if it has set
+    IORING_SQ_NEED_WAKEUP (IORING_ENTER_SQ_WAKEUP), then poll cq.tail until
+    wait_nr CQEs are ready, for at most SQPOLL_SPIN_NS; only then do we
+    enter to sleep for them (bounded, as submit_and_peek's wait).
 
     Memory ordering, the part C gets from barriers: the thread reads our
     tail concurrently, so the SQE bytes must be visible before the tail.
@@ -2807,16 +2825,23 @@ def sqpoll_submit_and_peek(ring: Ring, wait_nr: int) -> Tuple[List[int], int]:
     issue, which is why --sqpoll is x86-64 only. A store then a load (the
     tail, then NEED_WAKEUP) may still pass each other even on x86: the
     thread could fall asleep without seeing our tail; then no CQE comes,
-    we enter to wait, and SQ_WAKEUP wakes it: a delay, never a hang.
+    the poll runs out, and the sleeping enter's SQ_WAKEUP wakes it: a
+    delay, never a hang.
     """
+    words, tail_i, head = ring._cq_words, ring._cq_tail_i, ring.cq_head
     ring._sq_words[ring._sq_tail_i] = ring.sq_tail
-    tail = ring._cq_words[ring._cq_tail_i]
-    short = (tail - ring.cq_head) & U32 < wait_nr
-    if short or ring._sq_words[ring._sq_flags_i] & IORING_SQ_NEED_WAKEUP:
-        check_enter(_syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr if short else 0,
-                             ring._peek_flags | IORING_ENTER_SQ_WAKEUP,
-                             ring._wait_ref, ring._wait_size))     # bounded, as submit_and_peek's
-        tail = ring._cq_words[ring._cq_tail_i]
+    if ring._sq_words[ring._sq_flags_i] & IORING_SQ_NEED_WAKEUP:     # asleep: wake it, wait for nothing
+        check_enter(_syscall(NR_io_uring_enter, ring.enter_fd, 0, 0, ring._peek_flags | IORING_ENTER_SQ_WAKEUP,
+                             ring._wait_ref, ring._wait_size))
+    clock = time.perf_counter_ns
+    give_up = clock() + SQPOLL_SPIN_NS
+    tail = words[tail_i]
+    while (tail - head) & U32 < wait_nr and clock() < give_up:     # poll: the kernel moves cq.tail
+        tail = words[tail_i]
+    if (tail - head) & U32 < wait_nr:
+        check_enter(_syscall(NR_io_uring_enter, ring.enter_fd, 0, wait_nr, ring._peek_flags | IORING_ENTER_SQ_WAKEUP,
+                             ring._wait_ref, ring._wait_size))
+        tail = words[tail_i]
     return ring._peek_bulk(tail)
 
 

@@ -3181,6 +3181,38 @@ def test_the_sq_thread_is_woken_only_when_it_says_it_sleeps():
         assert ring.wait_cqes(1, 2.0) and ring.cq_ready() == 1   # woken, it submitted the NOP
 
 
+def test_the_sqpoll_reaper_polls_the_cq_and_sleeps_only_once_the_poll_runs_out(monkeypatch):
+    """sqpoll_submit_and_peek(): CQEs the SQ thread posts are reaped with no syscall; none: one bounded sleep."""
+    if os.uname().machine != "x86_64":
+        pytest.skip("--sqpoll is x86-64 only")
+    entered = []
+    real = sendzc._syscall
+    def counting(nr, *args):                         # io_uring_enter's min_complete, each time
+        if nr == sendzc.NR_io_uring_enter:
+            entered.append(args[2])
+        return real(nr, *args)
+    monkeypatch.setattr(sendzc, "_syscall", counting)
+    nop = sendzc.io_uring_sqe()
+    sendzc.prep_nop(nop)
+    with sendzc.Ring(8, flags=sendzc.IORING_SETUP_SQPOLL, attempts=sendzc.SQPOLL_ATTEMPTS,
+                     sq_thread_idle=2000) as ring:
+        ring.place(bytes(nop))
+        ring.submit_and_wait(0)                     # the thread may sleep right after setup: wake it
+        assert ring.wait_cqes(1, 2.0)
+        ring.cq_advance(1)
+        entered.clear()
+        ring.place(bytes(nop) * 4)
+        flags, res_sum = sendzc.sqpoll_submit_and_peek(ring, 4)
+        assert (flags, res_sum, entered) == ([0] * 4, 0, [])    # four NOPs' CQEs, not one syscall
+        ring.cq_advance(4)
+        t0 = time.perf_counter_ns()
+        with pytest.raises(OSError) as e:           # nothing placed: the poll runs out, then the wait
+            sendzc.sqpoll_submit_and_peek(ring, 1)
+        waited = time.perf_counter_ns() - t0
+        assert e.value.errno == errno.ETIME and entered == [1]
+        assert waited >= sendzc.SQPOLL_SPIN_NS + sendzc.ENTER_WAIT_NS
+
+
 def test_a_receiver_on_a_kernel_ring_does_not_support_falls_back_to_recv_into(monkeypatch):
     pretend_kernel_lacks(monkeypatch, sendzc.IORING_FEAT_SINGLE_MMAP)
     with tcp_receiver_on_a_socketpair() as (a, rx, result):
@@ -4153,6 +4185,12 @@ def test_the_python_share_note_only_for_a_run_that_kept_its_cpu_busy(monkeypatch
                                "leaves more to the kernel (`sendzc.py bench --sweep` shows where "
                                "batching stops paying)"]
     assert notes(0.1, 0.9) == []                           # busy, but Python under 15%
+    # --sqpoll: the share is Python polling the CQ ring, on purpose; a larger -r would not lower it
+    r = sendzc.Result("send_zc_fixed", "udp", 65435, 8, requests=800, bytes=800 * 65435, seconds=1.0,
+                      cpu_user_s=1.0, cpu_sys_s=1.0, setup=["IORING_SETUP_SQPOLL"])
+    assert [line for line in sendzc.describe_result(r) if line.startswith("note:")] == [
+        "note: --sqpoll: Python polled the CQ ring rather than sleep (1.00 s of user CPU), so that the "
+        "SQ thread never wakes it: this flow takes two cores"]
     # arm64 refuses --sqpoll: Debian's arm64 6.1 was told to try it; there the note names -r alone
     monkeypatch.setattr(sendzc.platform, "machine", lambda: "aarch64")
     assert notes(0.4, 0.6) == ["note: Python took 40% of the CPU at batch 8: a larger -r leaves more to "
