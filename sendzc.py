@@ -2124,6 +2124,7 @@ class Result(Rates):
     interrupted: bool = False
     error: Optional[str] = None
     undrained: int = 0         # completions still missing after the drain (DRAIN_SECONDS)
+    drain_s: float = 0.0       # seconds the drain waited after the run for the kernel to let go
     failed: int = 0            # sends that failed, or were cancelled after one that did
     setup: List[str] = field(default_factory=list)
     intervals: Optional[List[dict]] = None   # -i: Intervals.rows of this run
@@ -2165,9 +2166,9 @@ class Result(Rates):
 
 ROW_FIELDS = ("mode proto family size batch requests bytes notifications eagain enobufs seconds mb_per_s "
               "gbit_per_s speedup cpu_user_s cpu_sys_s cpu_s_per_gb zc_copied interrupted error undrained "
-              "failed setup gso datagrams mb_per_sys_s sys_speedup").split()
+              "failed setup gso datagrams mb_per_sys_s sys_speedup drain_s").split()
 ROW_DIGITS = {"seconds": 6, "mb_per_s": 1, "gbit_per_s": 3, "speedup": 2, "cpu_user_s": 3, "cpu_sys_s": 3,
-              "cpu_s_per_gb": 4, "mb_per_sys_s": 1, "sys_speedup": 2}
+              "cpu_s_per_gb": 4, "mb_per_sys_s": 1, "sys_speedup": 2, "drain_s": 3}
 
 
 class Meter:
@@ -2230,6 +2231,8 @@ PYTHON_SHARE_HINT = 0.15
 # of its time: one that mostly waited (a paced path, a slow receiver) was not
 # held back by Python, and its few ms of CPU make any share meaningless.
 BUSY_SHARE = 0.5
+# A drain after the run this long gets a note: the path held sends the socket had taken.
+DRAIN_NOTE_S = 0.5
 
 
 def describe_result(r: Result) -> List[str]:
@@ -2278,6 +2281,10 @@ def describe_result(r: Result) -> List[str]:
         lines.append(f"note: Python took {100 * r.cpu_user_s / cpu:.0f}% of the CPU at batch {r.batch}: "
                      f"a larger -r{sqpoll} leaves more to the kernel "
                      f"(`sendzc.py bench --sweep` shows where batching stops paying)")
+    if r.drain_s >= DRAIN_NOTE_S and not r.undrained:
+        lines.append(f"note: after the run the kernel held the buffer {r.drain_s:.1f} s more, until the "
+                     f"path (a shaping qdisc, a slow link or receiver) let go of sends it had taken: "
+                     f"MB/s is the rate the socket took them at; a receiver's figure is the wire's")
     if r.undrained:
         lines.append(f"warning: {r.undrained} completions never came (waited {DRAIN_SECONDS:g} s): "
                      f"the payload buffer stays mapped until exit, as the kernel may still send from it")
@@ -2918,7 +2925,7 @@ class UringSender(BulkSender):
         result.bytes = books.whole * cfg.size + slow.bytes
         result.eagain, result.failed = slow.eagain, slow.failed
         result.notifications = books.notifs + slow.notifs
-        result.undrained = books.due + books.inflight
+        result.undrained, result.drain_s = books.due + books.inflight, books.waited
         if self.report_usage:
             result.zc_copied = books.copied + slow.copied
         if books.lags_ns:
@@ -3351,6 +3358,7 @@ def run_reference(cfg: SendConfig, sock: socket.socket, stack: ExitStack, count:
     result.interrupted = STOP.requested
     result.requests, result.bytes, result.eagain = t.ok, t.bytes, t.eagain
     result.notifications, result.failed, result.undrained = t.notifs, t.failed, len(sender.owed)
+    result.drain_s = waited
     result.zc_copied = t.copied if zc_flags else None
     result.pool = {"buffers": cfg.pool, "break_contract": cfg.break_contract,
                    "rewritten_early": sender.broke, **lag_summary(sender.lags_ns, sender.pinned_max, result)}
@@ -3599,6 +3607,7 @@ class SyscallSender:
         error = error or drain_error
         done = self.completions
         result.requests, result.bytes, result.eagain, result.enobufs = sends, nbytes, eagain, enobufs
+        result.drain_s = waited
         if self.zerocopy:
             result.notifications, result.zc_copied = done.completed, done.copied
             result.undrained = done.outstanding

@@ -2242,7 +2242,25 @@ def test_t_is_kept_when_a_shaping_qdisc_holds_every_send(pair, opts, rx_opts):
     assert 1.0 <= row["seconds"] < 1.25, row        # the run: -t 1, plus at most one bounded wait
     assert row["requests"] == row["notifications"] > 0 and row["undrained"] == 0
     assert took < 1.25 + sendzc.DRAIN_SECONDS + 3   # and the drain is bounded too
+    # The drain is the time the qdisc still held what the socket had taken: the
+    # hot loop leaves a socket buffer's worth queued (seconds at 5 Mbit/s), and
+    # the report says so rather than pass the socket's rate off as the wire's;
+    # -f and --pool wait for their notifications inside the run, so little.
+    assert 0 < row["drain_s"] < took - row["seconds"], row
+    assert (row["drain_s"] > 1.0) == (opts == ()), row
     assert status == 0, err
+
+
+def test_a_long_drain_gets_its_note_and_a_short_one_none():
+    def notes(drain_s, undrained=0):
+        r = sendzc.Result("send_zc_fixed", "udp", 1400, 256, requests=1536, bytes=1536 * 1400, seconds=1.09,
+                          notifications=1536 - undrained, drain_s=drain_s, undrained=undrained)
+        return [line for line in sendzc.describe_result(r) if line.startswith(("note:", "warning:"))]
+    assert notes(2.93) == ["note: after the run the kernel held the buffer 2.9 s more, until the path (a "
+                           "shaping qdisc, a slow link or receiver) let go of sends it had taken: MB/s is "
+                           "the rate the socket took them at; a receiver's figure is the wire's"]
+    assert notes(0.2) == []
+    assert [n[:8] for n in notes(5.0, undrained=3)] == ["warning:"]   # what never came says it instead
 
 
 def test_gso_into_rx_over_veth_every_datagram_verified_and_counted(pair):
