@@ -4941,6 +4941,17 @@ def describe_receiver(r: Result) -> List[str]:
     g = r.receiver
     if g is None:
         return [f"note: {r.receiver_note}"] if r.receiver_note else []
+
+    def cpu(user: float, sys_: float, nbytes: int) -> str:
+        rate = f"{nbytes / MIB / (user + sys_):.0f}" if user + sys_ > 0 else "-"
+        return f"user {user:.2f} s sys {sys_:.2f} s, {rate} MB per CPU-second"
+    return [f"receiver: {receiver_got(r)}; cpu: sender {cpu(r.cpu_user_s, r.cpu_sys_s, r.bytes)}; "
+            f"receiver {cpu(g['cpu_user_s'], g['cpu_sys_s'], g['bytes'])}"]
+
+
+def receiver_got(r: Result) -> str:
+    """What the receiver got of r (r.receiver, joined()), and its verdict."""
+    g = r.receiver
     mb = f"{g['bytes'] >> 20} MB"
     if g["datagrams"] is not None:
         share = f"{100 * g['lost'] / r.datagrams:.2f}%" if r.datagrams else "-"
@@ -4957,12 +4968,7 @@ def describe_receiver(r: Result) -> List[str]:
         what += f" in {len(g['flows'])} flows (" + ", ".join(f"{b >> 20}" for b in g["flows"]) + " MB)"
     verdict = ("verified" if g["verified"] else f"not verified ({g['unverified'] or 'rx did not check'})"
                if g["verified"] is None else f"verification FAILED ({g['mismatches']} differ)")
-
-    def cpu(user: float, sys_: float, nbytes: int) -> str:
-        rate = f"{nbytes / MIB / (user + sys_):.0f}" if user + sys_ > 0 else "-"
-        return f"user {user:.2f} s sys {sys_:.2f} s, {rate} MB per CPU-second"
-    return [f"receiver: {what}, {verdict}; cpu: sender {cpu(r.cpu_user_s, r.cpu_sys_s, r.bytes)}; "
-            f"receiver {cpu(g['cpu_user_s'], g['cpu_sys_s'], g['bytes'])}"]
+    return f"{what}, {verdict}"
 
 
 def receiver_failure(r: Result) -> Optional[str]:
@@ -5265,7 +5271,7 @@ SINK_NET6, SINK_DST6 = "2001:2::1/64", "2001:2::2"      # RFC 5180's
 DEFAULT_QDISC = "noqueue"            # as on the RFC's dummy device
 KEEP_QDISC = "default"               # --qdisc default: leave the kernel's choice
 NO_SINK_HINT = ("or measure against a receiver instead, with no private sink and no root: "
-                "`python3 sendzc.py bench -D ADDR` (`sendzc.py rx udp` running at ADDR)")
+                "`python3 sendzc.py bench -D ADDR` (`sendzc.py rx --keep udp` running at ADDR)")
 IPV6_MIN_MTU = 1280                  # RFC 8200: below it a device has no IPv6
 IPV4_MIN_MTU = 68                    # RFC 791: every IPv4 host takes 68-byte packets
 
@@ -5396,41 +5402,66 @@ def bench_groups(cfg: BenchConfig) -> List[Tuple[int, int]]:
 
 
 def run_row(cfg: BenchConfig, dst: str, size: int, gso: int, mode: str, batch: int, payload: Payload,
-            progress: Progress, label: str) -> Result:
-    """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse."""
+            progress: Progress, label: str, ask: bool = False, served: bool = False) -> Result:
+    """One row: a fresh socket (and ring), cfg.seconds of sending, torn down in reverse.
+
+    ask: say hello to the receiver (-D) on the control connection, as a
+    single run does, so that it counts this row and ends it at our "done";
+    served: it counted the rows before, so it must answer this one too.
+    """
     send_cfg = SendConfig(proto=cfg.proto, family=cfg.family, addr=dst, port=cfg.port, size=size,
                           batch=batch, zc=mode != "send", fixed_buf=mode.startswith("send_zc_fixed"),
                           entries=BENCH_ENTRIES, seconds=cfg.seconds, sqpoll=mode.endswith("_sqpoll"),
                           gso=gso, flush=mode.endswith("_flush"))
-    with ExitStack() as stack:
-        sock = open_tx_socket(cfg.proto, cfg.family, dst, cfg.port)
-        stack.callback(sock.close)               # last: after the ring has let go of it
-        if mode in SYSCALL_MODES:
-            sender = SyscallSender(send_cfg, sock, payload, zerocopy=mode != "send_syscall",
-                                   poll_each=mode == BASELINE_MODE)
-        else:
-            sender = UringSender(send_cfg, sock, payload, stack)
-        ticks = cfg.interval and Intervals(cfg.interval, not cfg.as_json)
-        if ticks and not cfg.as_json:
-            progress.clear()
-            print(f"-- {label}", flush=True)
-
-        def on_tick(nbytes: int, requests: int) -> None:
-            progress.clear()                     # an interval line replaces the progress line
-            if ticks:
-                ticks.start_ns = sender.started_ns   # from the run's own start, as result.seconds
-                ticks.report(time.perf_counter_ns(), nbytes, requests)
-            progress.draw()
-        # Without -i, ticks only count the progress line down.
-        tick_s = cfg.interval or (PROGRESS_EVERY_S if progress.on else 0.0)
-        result = sender.run(on_tick=on_tick, tick_ns=int(tick_s * 1e9))
-        if ticks:                                # the last, partial interval
-            progress.clear()
-            ticks.start_ns = sender.started_ns
-            ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
-            result.intervals = ticks.rows
+    link = open_control(send_cfg) if ask else ControlLink(send_cfg)
+    try:
+        if served and not link.ready:
+            raise Fatal(f"the receiver at {link.where} counted the rows before this one and is gone: "
+                        f"`sendzc.py rx` serves one run and exits: for bench, start it with "
+                        f"`sendzc.py rx --keep {cfg.proto}`")
+        with ExitStack() as stack:               # the data socket, closed before rx's count is asked for
+            result = run_row_data(cfg, send_cfg, mode, payload, progress, label, stack)
+        finish_control(link, result)
+    finally:
+        link.close()
     result.mode = mode                           # the row's name, SQPOLL included
     return result
+
+
+def run_row_data(cfg: BenchConfig, send_cfg: SendConfig, mode: str, payload: Payload,
+                 progress: Progress, label: str, stack: ExitStack) -> Result:
+    """run_row()'s sending: the sender the mode names, its -i lines or the progress line."""
+    sock = tx_socket(send_cfg)               # (the control connection, if a plain TCP peer took it)
+    stack.callback(sock.close)               # last: after the ring has let go of it
+    if mode in SYSCALL_MODES:
+        sender = SyscallSender(send_cfg, sock, payload, zerocopy=mode != "send_syscall",
+                               poll_each=mode == BASELINE_MODE)
+    else:
+        sender = UringSender(send_cfg, sock, payload, stack)
+    ticks = cfg.interval and Intervals(cfg.interval, not cfg.as_json)
+    if ticks and not cfg.as_json:
+        progress.clear()
+        print(f"-- {label}", flush=True)
+
+    def on_tick(nbytes: int, requests: int) -> None:
+        progress.clear()                     # an interval line replaces the progress line
+        if ticks:
+            ticks.start_ns = sender.started_ns   # from the run's own start, as result.seconds
+            ticks.report(time.perf_counter_ns(), nbytes, requests)
+        progress.draw()
+    # Without -i, ticks only count the progress line down.
+    tick_s = cfg.interval or (PROGRESS_EVERY_S if progress.on else 0.0)
+    result = sender.run(on_tick=on_tick, tick_ns=int(tick_s * 1e9))
+    if ticks:                                # the last, partial interval
+        progress.clear()
+        ticks.start_ns = sender.started_ns
+        ticks.report(ticks.start_ns + int(result.seconds * 1e9), result.bytes, result.requests)
+        result.intervals = ticks.rows
+    return result
+
+
+def row_label(mode: str, batch: int, size: int, gso: int) -> str:
+    return f"{MODE_LABELS[mode]}, batch {batch}, {size} B" + (f", GSO {gso} B" if gso else "")
 
 
 def lacking_modes(modes: List[str]) -> Dict[str, str]:
@@ -5459,6 +5490,9 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
     progress = Progress(len(plan) * len(cfg.groups), cfg.seconds)
     results: List[Result] = []
     failure = None
+    # -D: ask the receiver to count each row. If the first row finds none
+    # (no rx, or a plain peer), the later rows do not ask again.
+    ask, served = cfg.addr is not None, False
     with ExitStack() as stack:
         stack.callback(progress.clear)
         for size, gso in cfg.groups:
@@ -5469,11 +5503,13 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
             for mode, batch in plan:
                 if STOP.requested or failure:
                     break
-                label = f"{MODE_LABELS[mode]}, batch {batch}, {size} B" + (f", GSO {gso} B" if gso else "")
+                label = row_label(mode, batch, size, gso)
                 progress.draw(label)
                 try:
-                    results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress, label))
-                    failure = results[-1].error
+                    results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress, label,
+                                           ask, served))
+                    served = ask = results[-1].receiver is not None
+                    failure = results[-1].error or receiver_failure(results[-1])
                 except Fatal as e:               # (130: Ctrl-C while the row connected: STOP says so)
                     failure = None if e.status == 130 else str(e)
                 except OSError as e:             # one line, after the rows measured so far
@@ -5971,12 +6007,28 @@ def print_bench(cfg: BenchConfig, results: List[Result], complete: bool) -> None
         for mode, batch in cfg.plan():
             if mode in cfg.lacking:
                 print(f"{MODE_LABELS[mode]:<29} {batch:>5}  not run: needs {cfg.lacking[mode]}")
+    receiver = bench_receiver(results)
+    if receiver:
+        print("", *receiver, sep="\n")
     if cfg.sweep:
         print("\nuser %: the share of the row's CPU spent outside the kernel (Python, ctypes): "
               "what batching amortizes. With SQPOLL, sys includes the kernel's SQ thread on the "
               "other CPU.", flush=True)
     else:
         print("\n".join(bench_footer(results, cfg.sizes, complete)), flush=True)
+
+
+def bench_receiver(results: List[Result]) -> List[str]:
+    """-D: what the receiver got of each row (as a single run's "receiver:" line), or why none said."""
+    counted = [r for r in results if r.receiver is not None]
+    if not counted:
+        note = next((r.receiver_note for r in results if r.receiver_note), None)
+        return [f"note: {note}"] if note else []
+    lines = [f"receiver at {counted[0].receiver['at']}, row by row:"]
+    for r in results:
+        got = receiver_got(r) if r.receiver is not None else r.receiver_note or "not counted"
+        lines.append(f"  {row_label(r.mode, r.batch, r.size, r.gso or 0)}: {got}")
+    return lines
 
 
 def bench_main(argv: List[str]) -> int:

@@ -4885,6 +4885,46 @@ def test_rx_keep_udp_serves_the_next_sender_at_once_and_turns_a_simultaneous_one
                      rf"{re.escape(PAIR4[0])}:\d+ \(one sender at a time\)$", stop_keep_rx_err, re.M)
 
 
+@pytest.mark.parametrize("proto", ["udp", "tcp"])
+def test_bench_to_rx_keep_runs_every_row_and_rx_counts_each(pair, proto):
+    """bench -D says hello before every row, as a single run does, so rx --keep counts each row
+    and ends it at the sender's "done": the next row from a fresh socket is served, not refused."""
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx, _ = start_rx_args("--keep", "--json", "-4", "-p", port, proto, ns=rxns)
+    with reaped(rx):
+        p = tool("bench", "--json", "-4", "-D", PAIR4[1], "-p", port, "-t", "0.2", "--sizes", "1400",
+                 "--batches", "8", proto, ns=txns, timeout=120)
+        assert p.returncode == 0, p.stderr
+        rows = json.loads(p.stdout)["rows"]
+        docs = [read_doc(rx) for _ in rows]         # one per row: rx ended each at its "done"
+        ctrl_c(rx)
+    assert len(rows) == 7
+    for row, doc in zip(rows, docs):
+        got = row["receiver"]
+        assert got["verified"] is True and got["bytes"] == doc["rows"][0]["bytes"] > 0, row["mode"]
+        if proto == "udp":                          # every datagram sent is received or counted lost
+            assert got["datagrams"] + got["lost"] == row["datagrams"], row["mode"]
+        else:
+            assert got["bytes"] == row["bytes"] and got["missing"] == 0, row["mode"]
+
+
+def test_bench_to_an_rx_that_served_one_run_says_to_keep_it(pair):
+    txns, rxns = pair
+    port = 8100 + next(_names)
+    rx = start_rx("-4", "-p", port, "udp", ns=rxns)
+    with reaped(rx):
+        p = tool("bench", "-4", "-D", PAIR4[1], "-p", port, "-t", "0.2", "--sizes", "1400", "--batches", "8",
+                 "udp", ns=txns, timeout=60)
+        status, doc, _ = finish_rx(rx)
+    assert status == 0 and doc["rows"][0]["verified"] is True
+    assert p.returncode == 1
+    assert only_line(p) == readme_line("`bench -D` against an `rx` without `--keep`", at(PAIR4[1], port))
+    # The row it did count is in the report, with its receiver
+    assert re.search(r"^receiver at .*, row by row:\n  send\(2\), batch 1, 1400 B: \d+ of \d+ datagrams",
+                     p.stdout, re.M), p.stdout
+
+
 def test_a_failed_check_at_the_receiver_fails_the_sender(pair):
     """A --pool sender into an rx told the data is the pattern (an older hello): rx's check fails,
     and the sender exits 1 with rx's line."""
