@@ -3020,9 +3020,9 @@ class UringSender(BulkSender):
         """run_general()'s (ahead, due_max): how far SQPOLL runs ahead, how many notifications may be owed.
 
         In flight: one batch, as in the seed, unless SQPOLL: its thread
-        submits on its own CPU, so we keep the SQ full and enter only to
-        sleep until half of what is in flight has completed (sleeping per
-        batch cost the SQ thread a third of its rate: README, "Speed"). Not a
+        submits on its own CPU, so we keep the SQ full and reap once half of
+        what is in flight has completed (sqpoll_submit_and_peek() polls for
+        it; waiting per batch cost the SQ thread a third of its rate). Not a
         stream: batches are not linked to each other, and the SQ thread cuts
         a chain wherever its submission ends; nor -f, which waits per batch.
         """
