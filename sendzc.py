@@ -1552,6 +1552,16 @@ class KnownBatch:
 CLOCK_EVERY = 16
 SEEN_MAX = 256                # distinct odd batches the hot loop remembers (memory stays flat)
 HOT_USER_DATA = 0             # every hot request's user_data: alike, so a clean batch is known by its bytes
+# A CQE read as u64 words: user_data, then res and flags together. The hot
+# loop counts a stream's CQEs by that second word (run_hot()).
+CQE_WORDS = CQE_SIZE // ctypes.sizeof(u64)
+CQE_RES_FLAGS_WORD = io_uring_cqe.res.offset // ctypes.sizeof(u64)
+assert io_uring_cqe.flags.offset // ctypes.sizeof(u64) == CQE_RES_FLAGS_WORD, "res and flags share a word"
+
+
+def res_flags_word(cqe: bytes) -> int:
+    """The u64 of a CQE's bytes that holds its res and flags."""
+    return memoryview(cqe).cast("Q")[CQE_RES_FLAGS_WORD]
 
 
 class BulkSender:
@@ -1662,12 +1672,21 @@ class BulkSender:
         # the kernel let go without copying (res 0). With DEFER_TASKRUN that
         # is their order when the enter returns: results are posted as the
         # submission ends, notifications by the task work (section 3) the
-        # enter runs before it returns. Other batches are looked up in
-        # `seen` (a stream's come in a handful of orders).
+        # enter runs before it returns. Other datagram batches are looked up
+        # in `seen`.
         one_result = bytes(io_uring_cqe(HOT_USER_DATA, size, IORING_CQE_F_MORE if zc else 0))
         one_notif = bytes(io_uring_cqe(HOT_USER_DATA, 0, IORING_CQE_F_NOTIF))
         clean = None if stream else one_result * per_batch + (one_notif * per_batch if zc else b"")
         seen = self.seen
+        # A stream's CQEs come in more orders than `seen` holds: a TCP peer's
+        # ACKs free the notifications at their own pace, so a batch's results
+        # arrive among any number of older notifications. One not seen before
+        # is counted, by the word of each CQE that holds res and flags (its
+        # second u64): in a whole batch each is one of three words. (The bulk
+        # judgement, judge_odd(), is for what is not whole.)
+        result_word, notif_word = res_flags_word(one_result), res_flags_word(one_notif)
+        copied_word = res_flags_word(bytes(io_uring_cqe(HOT_USER_DATA, NOTIF_COPIED_RES, IORING_CQE_F_NOTIF)))
+        stream_whole = stream_notifs = stream_copied = 0      # what the stream's whole batches added
 
         syscall, enter, enter_fd, u32 = _syscall_gil, NR_io_uring_enter, ring.enter_fd, U32
         wait_flags, wait_ref, wait_size = ring._peek_flags, ring._wait_ref, ring._wait_size
@@ -1750,7 +1769,7 @@ class BulkSender:
             end = start + (k << CQE_SHIFT)
             cqes = cq_map[start:end] if end <= cqe_end else ring.cqe_bytes(k, cq_head)
             # (4) judge results and (5) notifications at once: the clean batch,
-            # or one seen whole before?
+            # one seen whole before, or a stream's batch counted whole?
             if cqes == clean:
                 batches += 1
                 inflight -= per_batch
@@ -1761,14 +1780,27 @@ class BulkSender:
                     inflight -= known.results
                     due += known.owed
                 else:
-                    known = judge_odd(cqes)
-                    inflight -= known.results
-                    due += known.owed
-                    assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
-                    if books.slow.error:
-                        cq_head = (cq_head + k) & u32
-                        cq_words[cq_head_i] = cq_head
-                        break
+                    whole = False                       # a stream's batch, counted whole
+                    if stream:                          # by the res-and-flags words (above)
+                        words = memoryview(cqes).cast("Q")[CQE_RES_FLAGS_WORD::CQE_WORDS].tolist()
+                        n_results, n_notif = words.count(result_word), words.count(notif_word)
+                        n_copied = words.count(copied_word)
+                        whole = n_results + n_notif + n_copied == k
+                    if whole:
+                        inflight -= n_results
+                        due += (n_results if zc else 0) - n_notif - n_copied
+                        stream_whole += n_results
+                        stream_notifs += n_notif + n_copied
+                        stream_copied += n_copied
+                    else:
+                        known = judge_odd(cqes)
+                        inflight -= known.results
+                        due += known.owed
+                        assert inflight >= 0 and due >= 0, "more CQEs than requests: accounting is broken"
+                        if books.slow.error:
+                            cq_head = (cq_head + k) & u32
+                            cq_words[cq_head_i] = cq_head
+                            break
             # (6) advance CQ: our reads are done (the slice copied them), so
             # only now may the kernel reuse those slots.
             cq_head = (cq_head + k) & u32
@@ -1780,8 +1812,9 @@ class BulkSender:
         # Hand over: a general loop, the drain and the result read these.
         ring.sq_tail, ring.cq_head = sq_tail, cq_head
         books.inflight, books.due, books.placed = inflight, due, books.placed + placed
-        books.whole += batches * per_batch
-        books.notifs += batches * per_batch if zc else 0
+        books.whole += batches * per_batch + stream_whole
+        books.notifs += (batches * per_batch if zc else 0) + stream_notifs
+        books.copied += stream_copied
         for known in seen.values():
             books.whole += known.times * known.whole
             books.notifs += known.times * known.notifs

@@ -646,6 +646,8 @@ def test_tcp_receiver_gets_every_byte_in_order(pair, family, opts):
     assert got["bad"] is None                      # ... and every byte is the pattern, in order
     if row["mode"] != "send":
         assert row["notifications"] == row["requests"]
+        # veth's receiver copies every byte: each notification says so (REPORT_USAGE, where the kernel has it)
+        assert row["zc_copied"] in (row["notifications"], None)
 
 
 # =============================================================================
