@@ -3582,9 +3582,8 @@ class SyscallSender:
                         sends += 1
             except BlockingIOError:             # the send buffer is full: wait for room
                 eagain += 1
-                if zc:
-                    error = done.read(sock, sends)
-                writable.poll(POLL_MS)
+                error = done.read(sock, sends) if zc else 0
+                poll(POLL_MS)
             except OSError as e:
                 if not (zc and e.errno == errno.ENOBUFS):
                     error = e.errno
