@@ -5522,9 +5522,7 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
     progress = Progress(len(plan) * len(cfg.groups), cfg.seconds)
     results: List[Result] = []
     failure = None
-    # -D: ask the receiver to count each row. If the first row finds none
-    # (no rx, or a plain peer), the later rows do not ask again.
-    ask, served = cfg.addr is not None, False
+    served = False      # -D: the receiver counted every row so far
     with ExitStack() as stack:
         stack.callback(progress.clear)
         for size, gso in cfg.groups:
@@ -5537,10 +5535,13 @@ def run_bench(cfg: BenchConfig, dst: str) -> Tuple[List[Result], Optional[str]]:
                     break
                 label = row_label(mode, batch, size, gso)
                 progress.draw(label)
+                # -D: ask the receiver to count the first row, and each row after one it
+                # counted; if it counted none (no rx, or a plain peer), no later row asks.
+                ask = cfg.addr is not None and (served or not results)
                 try:
                     results.append(run_row(cfg, dst, size, gso, mode, batch, payload, progress, label,
                                            ask, served))
-                    served = ask = results[-1].receiver is not None
+                    served = results[-1].receiver is not None
                     failure = results[-1].error or receiver_failure(results[-1])
                 except Fatal as e:               # (130: Ctrl-C while the row connected: STOP says so)
                     failure = None if e.status == 130 else str(e)
